@@ -1,0 +1,62 @@
+/**
+ * Channel credentials for workloads and resource servers talking to the broker over mTLS.
+ *
+ * The client presents its X509-SVID and authenticates the broker by SPIFFE ID, not host name:
+ * the broker's chain is verified with the SPIFFE rules against the broker's trust domain
+ * bundle, and its ID must match what the client expects.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { PeerCertificate } from 'node:tls';
+import { parseX509Bundle, TrustBundleSet } from '../spiffe/bundle.js';
+import { SpiffeId } from '../spiffe/id.js';
+import { verifyX509Svid } from '../spiffe/x509svid.js';
+
+export interface SvidCredentialsOptions {
+  /** The client's SVID: PEM certificate chain, leaf first. */
+  certChainPem: string;
+  keyPem: string;
+  /** PEM (or SPIFFE bundle JSON) of the broker's trust domain. */
+  bundle: string;
+  /** The broker's SPIFFE ID; when omitted, any ID in the bundle's trust domain is accepted. */
+  serverId?: string;
+  /** Trust domain of `bundle`; taken from `serverId` when omitted. */
+  trustDomain?: string;
+}
+
+function peerChain(cert: PeerCertificate & { issuerCertificate?: PeerCertificate }): Buffer[] {
+  const chain: Buffer[] = [];
+  let current: (PeerCertificate & { issuerCertificate?: PeerCertificate }) | undefined = cert;
+  while (current?.raw && chain.length < 16) {
+    chain.push(current.raw);
+    if (!current.issuerCertificate || current.issuerCertificate === current) break;
+    current = current.issuerCertificate;
+  }
+  return chain;
+}
+
+export function svidChannelCredentials(options: SvidCredentialsOptions): grpc.ChannelCredentials {
+  const expected = options.serverId ? SpiffeId.parse(options.serverId) : undefined;
+  const trustDomain = options.trustDomain ?? expected?.trustDomain;
+  if (!trustDomain) throw new Error('svidChannelCredentials: give serverId or trustDomain');
+  const bundle = parseX509Bundle(trustDomain, options.bundle);
+  const bundles = new TrustBundleSet([bundle]);
+  const rootsPem = bundle.authorities.map((a) => a.node.toString()).join('\n');
+  return grpc.credentials.createSsl(Buffer.from(rootsPem), Buffer.from(options.keyPem), Buffer.from(options.certChainPem), {
+    checkServerIdentity: (_host, cert) => {
+      try {
+        const { spiffeId } = verifyX509Svid(peerChain(cert), bundles);
+        if (expected && !spiffeId.equals(expected)) {
+          return new Error(`broker presented ${spiffeId.toString()}, expected ${expected.toString()}`);
+        }
+        return undefined;
+      } catch (err) {
+        return err as Error;
+      }
+    },
+  });
+}
+
+/** Channel options that keep Node from sending an IP address as TLS SNI (RFC 6066 forbids it). */
+export function svidChannelOptions(serverName = 'task-broker'): grpc.ChannelOptions {
+  return { 'grpc.ssl_target_name_override': serverName, 'grpc.default_authority': serverName };
+}

@@ -1,0 +1,31 @@
+/**
+ * The broker's protobuf definitions, loaded at run time by @grpc/proto-loader; the TypeScript
+ * types in src/gen are generated from the same files (`npm run gen`).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { loadSync, type Options, type PackageDefinition } from '@grpc/proto-loader';
+import { protoDir } from '../files/project-paths.js';
+import type { ProtoGrpcType as BrokerProto } from '../gen/broker.js';
+
+export const PROTO_FILES = ['taskbroker/v1/broker.proto'];
+
+/** Must match the flags of `npm run gen` so the generated types describe what is loaded. */
+export const LOADER_OPTIONS: Options = {
+  keepCase: false,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [protoDir],
+};
+
+let cached: PackageDefinition | undefined;
+
+export function brokerPackageDefinition(): PackageDefinition {
+  cached ??= loadSync(PROTO_FILES, LOADER_OPTIONS);
+  return cached;
+}
+
+export function brokerProto(): BrokerProto {
+  return grpc.loadPackageDefinition(brokerPackageDefinition()) as unknown as BrokerProto;
+}

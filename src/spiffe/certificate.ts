@@ -1,0 +1,116 @@
+/**
+ * One X.509 certificate, parsed once into the facts SPIFFE verification needs.
+ *
+ * node:crypto's X509Certificate verifies signatures and exposes keys of every type SPIRE uses
+ * (EC P-256/P-384, RSA, Ed25519); @peculiar/x509 reads the extensions node:crypto does not
+ * expose in structured form (basicConstraints, keyUsage bits, URI SANs, criticality).
+ * node-forge is not used: it cannot parse EC public keys.
+ */
+import 'reflect-metadata';
+import { X509Certificate, createHash } from 'node:crypto';
+import * as x509 from '@peculiar/x509';
+
+export class CertificateParseError extends Error {
+  override readonly name = 'CertificateParseError';
+}
+
+export interface ParsedCertificate {
+  readonly der: Buffer;
+  /** node:crypto view, used for signature verification and key details. */
+  readonly node: X509Certificate;
+  readonly subject: string;
+  readonly issuer: string;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+  /** basicConstraints cA; `undefined` when the extension is absent. */
+  readonly isCa: boolean | undefined;
+  readonly pathLength: number | undefined;
+  /** KeyUsage bit flags (x509.KeyUsageFlags); `undefined` when the extension is absent. */
+  readonly keyUsage: number | undefined;
+  readonly uriSans: readonly string[];
+  readonly criticalExtensionOids: readonly string[];
+  /** e.g. "ECDSA/SHA-256", "RSASSA-PKCS1-v1_5/SHA-256", "Ed25519". */
+  readonly signatureAlgorithm: string;
+  /** RFC 8705 x5t#S256: base64url SHA-256 of the DER certificate. */
+  readonly thumbprint: string;
+}
+
+export const KeyUsageFlag = x509.KeyUsageFlags;
+
+/** Parses one DER certificate; throws CertificateParseError with the reason. */
+export function parseCertificate(der: Uint8Array): ParsedCertificate {
+  const bytes = Buffer.from(der);
+  let node: X509Certificate;
+  let cert: x509.X509Certificate;
+  try {
+    node = new X509Certificate(bytes);
+    cert = new x509.X509Certificate(bytes);
+  } catch (err) {
+    throw new CertificateParseError(`certificate could not be parsed: ${(err as Error).message}`);
+  }
+  const basic = cert.getExtension(x509.BasicConstraintsExtension);
+  const usage = cert.getExtension(x509.KeyUsagesExtension);
+  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
+  const sig = cert.signatureAlgorithm as Algorithm & { hash?: Algorithm };
+  return {
+    der: bytes,
+    node,
+    subject: node.subject,
+    issuer: node.issuer,
+    notBefore: cert.notBefore,
+    notAfter: cert.notAfter,
+    isCa: basic?.ca,
+    pathLength: basic?.pathLength,
+    keyUsage: usage?.usages,
+    uriSans: san ? san.names.items.filter((n) => n.type === 'url').map((n) => n.value) : [],
+    criticalExtensionOids: cert.extensions.filter((e) => e.critical).map((e) => e.type),
+    signatureAlgorithm: sig.hash ? `${sig.name}/${sig.hash.name}` : sig.name,
+    thumbprint: certificateThumbprint(bytes),
+  };
+}
+
+/** base64url(SHA-256(DER)), the `x5t#S256` confirmation value of RFC 8705. */
+export function certificateThumbprint(der: Uint8Array): string {
+  return createHash('sha256').update(der).digest('base64url');
+}
+
+/**
+ * Parses every CERTIFICATE block of a PEM document. Any other block type is an error:
+ * a bundle or chain file that also holds a key is a deployment mistake worth stopping on.
+ */
+export function parsePemCertificates(pem: string): ParsedCertificate[] {
+  let blocks: ReturnType<typeof x509.PemConverter.decodeWithHeaders>;
+  try {
+    blocks = x509.PemConverter.decodeWithHeaders(pem);
+  } catch (err) {
+    throw new CertificateParseError(`PEM could not be decoded: ${(err as Error).message}`);
+  }
+  if (blocks.length === 0) {
+    throw new CertificateParseError('no PEM CERTIFICATE block found');
+  }
+  return blocks.map((block, i) => {
+    if (block.type !== 'CERTIFICATE') {
+      throw new CertificateParseError(`PEM block ${i + 1} is ${block.type}, expected CERTIFICATE`);
+    }
+    return parseCertificate(new Uint8Array(block.rawData));
+  });
+}
+
+/** Why a key cannot sign anything the broker accepts, or undefined when it is acceptable. */
+export function keyWeakness(cert: ParsedCertificate): string | undefined {
+  const key = cert.node.publicKey;
+  const details = key.asymmetricKeyDetails ?? {};
+  switch (key.asymmetricKeyType) {
+    case 'ec':
+      return details.namedCurve === 'prime256v1' || details.namedCurve === 'secp384r1' || details.namedCurve === 'secp521r1'
+        ? undefined
+        : `EC curve ${details.namedCurve ?? 'unknown'} is not supported (P-256, P-384, P-521)`;
+    case 'rsa':
+    case 'rsa-pss':
+      return (details.modulusLength ?? 0) >= 2048 ? undefined : `RSA key of ${details.modulusLength ?? 0} bits is below the 2048-bit minimum`;
+    case 'ed25519':
+      return undefined;
+    default:
+      return `key type ${key.asymmetricKeyType ?? 'unknown'} is not supported`;
+  }
+}

@@ -1,0 +1,141 @@
+/**
+ * The broker's gRPC server over mutual TLS with X509-SVIDs.
+ *
+ * A node:tls server (client certificate required, ALPN h2) terminates TLS, the
+ * ConnectionAuthenticator verifies each peer's full chain against its own trust domain's
+ * bundle, and the socket is then injected into grpc-js. Rotating the broker's SVID swaps the
+ * secure context in place; open connections are untouched.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { createServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '../observability/logger.js';
+import type { X509BundleSource } from '../spiffe/bundle.js';
+import { ConnectionAuthenticator, type Admission } from './connection-authenticator.js';
+import type { ServerIdentitySource, TlsIdentity } from './server-identity.js';
+
+export interface SvidServerOptions {
+  bundles: X509BundleSource;
+  identity: ServerIdentitySource;
+  logger: Logger;
+  clock?: () => Date;
+  handshakeTimeoutMs?: number;
+  refusedConnectionLingerMs?: number;
+  /** Extra grpc-js server options (message size limits, keepalive). */
+  grpcOptions?: grpc.ServerOptions;
+  /** Interceptors that run after authentication (metrics, logging). */
+  interceptors?: grpc.ServerInterceptor[];
+  onCallAuthenticated?: (admission: Admission) => void;
+}
+
+const DEFAULT_GRPC_OPTIONS: grpc.ServerOptions = {
+  'grpc.max_receive_message_length': 1024 * 1024,
+  'grpc.keepalive_time_ms': 60_000,
+  'grpc.keepalive_timeout_ms': 20_000,
+};
+
+function secureContextOptions(identity: TlsIdentity) {
+  return { cert: identity.certChainPem, key: identity.keyPem, minVersion: 'TLSv1.2' as const };
+}
+
+export class SvidServer {
+  /** Register services here; every call passes the authentication interceptor first. */
+  readonly grpc: grpc.Server;
+  readonly authenticator: ConnectionAuthenticator;
+  readonly #tls: TlsServer;
+  readonly #logger: Logger;
+  readonly #sockets = new Set<TLSSocket>();
+  readonly #unsubscribe: () => void;
+  #injector: ReturnType<grpc.Server['createConnectionInjector']> | undefined;
+  #accepted = 0;
+
+  constructor(options: SvidServerOptions) {
+    this.#logger = options.logger;
+    this.authenticator = new ConnectionAuthenticator({
+      bundles: options.bundles,
+      logger: options.logger,
+      clock: options.clock,
+      refusedConnectionLingerMs: options.refusedConnectionLingerMs,
+      onCallAuthenticated: options.onCallAuthenticated,
+    });
+    this.grpc = new grpc.Server({
+      ...DEFAULT_GRPC_OPTIONS,
+      ...options.grpcOptions,
+      interceptors: [this.authenticator.interceptor(), ...(options.interceptors ?? [])],
+    });
+    const identity = options.identity.current();
+    this.#tls = createServer({
+      ...(identity ? secureContextOptions(identity) : {}),
+      requestCert: true,
+      // The authenticator decides; OpenSSL's verdict against its default roots is meaningless here.
+      rejectUnauthorized: false,
+      ALPNProtocols: ['h2'],
+      handshakeTimeout: options.handshakeTimeoutMs ?? 10_000,
+    });
+    this.#tls.on('secureConnection', (socket: TLSSocket) => this.#onSecureConnection(socket));
+    this.#tls.on('tlsClientError', (err, socket) => {
+      this.#logger.info({ peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}`, err: err.message }, 'TLS handshake failed');
+    });
+    this.#unsubscribe = options.identity.onChange((next) => {
+      this.#tls.setSecureContext(secureContextOptions(next));
+      this.#logger.info({ spiffeId: next.spiffeId.toString(), notAfter: next.notAfter.toISOString() }, 'serving with new SVID');
+    });
+  }
+
+  /** Starts listening on `host:port` (port 0 picks a free one) and resolves with the bound port. */
+  async listen(host: string, port: number): Promise<number> {
+    this.#injector ??= this.grpc.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    await new Promise<void>((resolve, reject) => {
+      this.#tls.once('error', reject);
+      this.#tls.listen(port, host, () => {
+        this.#tls.off('error', reject);
+        resolve();
+      });
+    });
+    return (this.#tls.address() as AddressInfo).port;
+  }
+
+  /** Connections open now. */
+  get connectionCount(): number {
+    return this.#sockets.size;
+  }
+
+  /** Connections accepted since start (TLS handshake completed). */
+  get connectionsAccepted(): number {
+    return this.#accepted;
+  }
+
+  /**
+   * Stops accepting connections, lets in-flight calls finish within `graceMs`, then cuts what is
+   * left. Resolves once every connection is gone.
+   */
+  async shutdown(graceMs = 10_000): Promise<void> {
+    this.#unsubscribe();
+    const closed = new Promise<void>((resolve) => this.#tls.close(() => resolve()));
+    const drained = new Promise<void>((resolve) => this.grpc.tryShutdown(() => resolve()));
+    const deadline = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
+    if ((await Promise.race([drained, deadline])) === 'timeout') {
+      this.#logger.warn({ graceMs }, 'shutdown deadline reached; cancelling remaining calls');
+      this.grpc.forceShutdown();
+    }
+    for (const socket of this.#sockets) socket.destroy();
+    await closed;
+  }
+
+  #onSecureConnection(socket: TLSSocket): void {
+    this.#accepted += 1;
+    this.#sockets.add(socket);
+    socket.once('close', () => this.#sockets.delete(socket));
+    if (socket.alpnProtocol !== 'h2') {
+      this.#logger.info({ peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}` }, 'connection closed: client did not negotiate HTTP/2 (ALPN h2)');
+      socket.destroy();
+      return;
+    }
+    this.authenticator.admit(socket);
+    if (!this.#injector) {
+      socket.destroy();
+      return;
+    }
+    this.#injector.injectConnection(socket);
+  }
+}
