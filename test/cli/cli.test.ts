@@ -159,7 +159,7 @@ function reflectedServices(address: string, credentials: grpc.ChannelCredentials
   };
   return new Promise((resolve, reject) => {
     const stream = client.serverReflectionInfo();
-    stream.on('data', (res) => {
+    stream.on('data', (res: { listServicesResponse?: { service: Array<{ name: string }> } }) => {
       resolve(res.listServicesResponse?.service.map((s) => s.name) ?? []);
       stream.end();
       client.close();
