@@ -1,0 +1,108 @@
+/**
+ * The database as kysely sees it. Column types follow migrations/; `Generated` marks columns
+ * the database fills in.
+ */
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
+
+export type TaskState = 'PENDING_APPROVAL' | 'ACTIVE' | 'COMPLETED' | 'CANCELLED' | 'REVOKED' | 'EXPIRED';
+export const LIVE_STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE'];
+export const TERMINAL_STATES: readonly TaskState[] = ['COMPLETED', 'CANCELLED', 'REVOKED', 'EXPIRED'];
+
+/** jsonb: written as a JSON string, read back parsed. */
+export type Json<T> = ColumnType<T, string, string>;
+
+export interface TasksTable {
+  task_id: string;
+  owner_spiffe_id: string;
+  owner_trust_domain: string;
+  spec: Json<unknown>;
+  task_hash: string;
+  action: string;
+  audience: string;
+  scopes: Json<string[]>;
+  ttl_seconds: number;
+  state: TaskState;
+  idempotency_key: string | null;
+  owner_cert_thumbprint: string;
+  created_at: Date;
+  expires_at: Date;
+  ended_at: Date | null;
+  ended_by: string | null;
+  end_reason: string | null;
+}
+
+export type SigningKeyState = 'ACTIVE' | 'RETIRED';
+
+export interface SigningKeysTable {
+  kid: string;
+  alg: string;
+  public_jwk: Json<Record<string, unknown>>;
+  private_key_ciphertext: Buffer | Uint8Array;
+  kek_id: string;
+  state: SigningKeyState;
+  created_at: Date;
+  retired_at: Date | null;
+  publish_until: Date | null;
+}
+
+export interface TokensTable {
+  jti: string;
+  task_id: string;
+  kid: string;
+  subject: string;
+  audience: string;
+  scopes: Json<string[]>;
+  cnf_thumbprint: string;
+  issued_at: Date;
+  expires_at: Date;
+  revoked_at: Date | null;
+  revoke_reason: string | null;
+}
+
+export interface AuditChainsTable {
+  chain_id: string;
+  last_seq: number;
+  last_hash: string;
+}
+
+export interface AuditEventsTable {
+  /** bigint: a string from `pg`, a number from PGlite; use eventIdOf() to read it. */
+  event_id: ColumnType<string | number, never, never>;
+  chain_id: string;
+  seq: number;
+  task_id: string | null;
+  event_type: string;
+  actor_spiffe_id: string;
+  actor_cert_thumbprint: string | null;
+  request_id: string;
+  occurred_at: Date;
+  details: Json<Record<string, unknown>>;
+  prev_hash: string;
+  hash: string;
+}
+
+export interface SchemaMigrationsTable {
+  version: string;
+  checksum: string;
+  applied_at: Generated<Date>;
+}
+
+export interface Schema {
+  tasks: TasksTable;
+  signing_keys: SigningKeysTable;
+  tokens: TokensTable;
+  audit_chains: AuditChainsTable;
+  audit_events: AuditEventsTable;
+  schema_migrations: SchemaMigrationsTable;
+}
+
+export type TaskRow = Selectable<TasksTable>;
+export type NewTaskRow = Insertable<TasksTable>;
+export type TaskUpdate = Updateable<TasksTable>;
+export type TokenRow = Selectable<TokensTable>;
+export type SigningKeyRow = Selectable<SigningKeysTable>;
+export type AuditEventRow = Selectable<AuditEventsTable>;
+
+export function eventIdOf(row: { event_id: string | number }): number {
+  return Number(row.event_id);
+}

@@ -1,0 +1,63 @@
+/**
+ * Real databases for tests: a fresh PostgreSQL database (unique name, dropped afterwards) on
+ * the local server, and embedded PGlite. Suites run against both with `describe.each(STORES)`.
+ */
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { openStore, type Store, type StoreKind } from '../../src/store/database.js';
+import { migrate } from '../../src/store/migrate.js';
+
+export const STORES: StoreKind[] = ['postgres', 'pglite'];
+
+const ADMIN_URL = process.env.TASK_BROKER_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+export interface TestDatabase {
+  kind: StoreKind;
+  /** postgres URL for the postgres kind; undefined for PGlite. */
+  url?: string;
+  /** PGlite data directory when the test asked for one. */
+  dataDir?: string;
+  open(): Promise<Store>;
+  drop(): Promise<void>;
+}
+
+async function adminQuery(text: string): Promise<void> {
+  const client = new pg.Client({ connectionString: ADMIN_URL });
+  await client.connect();
+  try {
+    await client.query(text);
+  } finally {
+    await client.end();
+  }
+}
+
+/** A new, empty database of the given kind. PGlite lives in `dataDir` when given, else in memory (then open() may be called once). */
+export async function createTestDatabase(kind: StoreKind, dataDir?: string): Promise<TestDatabase> {
+  if (kind === 'pglite') {
+    return { kind, dataDir, open: () => openStore({ dataDir }), drop: () => Promise.resolve() };
+  }
+  const name = `tb_test_${Date.now().toString(36)}_${randomBytes(4).toString('hex')}`;
+  await adminQuery(`CREATE DATABASE ${name}`);
+  const url = ADMIN_URL.replace(/\/[^/]*$/, `/${name}`);
+  return {
+    kind,
+    url,
+    open: () => openStore({ databaseUrl: url, maxConnections: 20 }),
+    drop: () => adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
+  };
+}
+
+/** Opens a migrated store of the given kind; `cleanup` closes it and drops the database. */
+export async function migratedStore(kind: StoreKind): Promise<{ store: Store; database: TestDatabase; cleanup(): Promise<void> }> {
+  const database = await createTestDatabase(kind);
+  const store = await database.open();
+  await migrate(store.db);
+  return {
+    store,
+    database,
+    cleanup: async () => {
+      await store.close();
+      await database.drop();
+    },
+  };
+}
