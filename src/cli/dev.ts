@@ -1,16 +1,19 @@
 /**
  * `task-broker dev`: the broker's main job on a fresh machine, end to end, in one command.
- * Mints a local trust domain (and a federated and an untrusted one), starts the broker with
- * them, and walks through what it does, printing each step.
+ * Mints local trust domains, starts the broker on embedded PGlite, and walks through a task's
+ * life: create, token, verification by the resource server, completion, revocation, the
+ * stranger who knows the task ID, and the audit trail with its hash chain checked.
  */
 import * as grpc from '@grpc/grpc-js';
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { verifyTaskTrail } from '../audit/audit.js';
 import { BrokerClient } from '../client/broker-client.js';
 import { initDevCa, loadDevCa, mintDevSvid, type SvidFiles } from '../devca/dev-ca.js';
 import { chainPem, mintX509Svid, privateKeyPem } from '../devca/certificates.js';
 import { createLogger } from '../observability/logger.js';
+import { generateKekBase64 } from '../tokens/kek.js';
 import { parseListenAddress, stringOption, type CommandSpec, type ParsedCommand } from './options.js';
 import { startFromConfig } from './serve.js';
 
@@ -18,8 +21,9 @@ export const devSpec: CommandSpec = {
   name: 'dev',
   summary: 'Mint a local trust domain, start the broker on the embedded database and run a demo end to end.',
   options: {
-    dir: { type: 'string', placeholder: 'DIR', description: 'Where to keep the CA, SVIDs and data (default: a new temporary directory)' },
-    listen: { type: 'string', placeholder: 'HOST:PORT', default: '127.0.0.1:0', description: 'Broker listen address' },
+    dir: { type: 'string', placeholder: 'DIR', description: 'Where to keep the CA, SVIDs, key-encryption key and data (default: a new temporary directory)' },
+    listen: { type: 'string', placeholder: 'HOST:PORT', default: '127.0.0.1:0', description: 'Broker gRPC listen address' },
+    'http-listen': { type: 'string', placeholder: 'HOST:PORT', default: '127.0.0.1:0', description: 'Broker HTTP (JWKS) listen address' },
     'keep-running': { type: 'boolean', description: 'Leave the broker running after the demo (Ctrl-C stops it)' },
     'log-level': { type: 'string', placeholder: 'LEVEL', default: 'warn', description: "Broker log level (the broker's log lines go to stderr)" },
   },
@@ -37,42 +41,48 @@ async function readSvid(files: SvidFiles): Promise<Svid> {
   return { certChainPem: await readFile(files.certPath, 'utf8'), keyPem: await readFile(files.keyPath, 'utf8') };
 }
 
-/** Runs `fn` with a client and closes the client afterwards. */
-async function using<T>(client: BrokerClient, fn: (client: BrokerClient) => Promise<T>): Promise<T> {
-  try {
-    return await fn(client);
-  } finally {
-    client.close();
-  }
-}
-
 function describe(err: unknown): string {
   const e = err as grpc.ServiceError;
   return `${grpc.status[e.code] ?? e.code}: ${e.details}`;
 }
 
+function decodeJwtPart(token: string, index: number): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.split('.')[index] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+}
+
 export async function runDev(parsed: ParsedCommand, out: (line: string) => void): Promise<number> {
   const dir = stringOption(parsed.values, 'dir') ?? (await mkdtemp(join(tmpdir(), 'task-broker-dev-')));
   const step = (text: string) => out(`\n==> ${text}`);
+  const say = (text: string) => out(`    ${text}`);
 
   step(`Minting local trust domains in ${dir} (task-broker dev-ca)`);
   const home = await initDevCa(join(dir, 'ca', TRUST_DOMAIN), TRUST_DOMAIN, { force: true });
   const partner = await initDevCa(join(dir, 'ca', FEDERATED), FEDERATED, { force: true });
+  const svidDir = join(dir, 'svids');
   const brokerId = `spiffe://${TRUST_DOMAIN}/task-broker`;
-  const brokerFiles = await mintDevSvid(home.dir, brokerId, { outDir: join(dir, 'svids') });
-  const workloadId = `spiffe://${TRUST_DOMAIN}/ns/demo/sa/worker`;
-  const workload = await readSvid(await mintDevSvid(home.dir, workloadId, { outDir: join(dir, 'svids') }));
+  const brokerFiles = await mintDevSvid(home.dir, brokerId, { outDir: svidDir });
+  const workerId = `spiffe://${TRUST_DOMAIN}/ns/demo/sa/worker`;
+  const worker = await readSvid(await mintDevSvid(home.dir, workerId, { outDir: svidDir }));
+  const apiId = `spiffe://${TRUST_DOMAIN}/ns/billing/sa/invoice-api`;
+  const api = await readSvid(await mintDevSvid(home.dir, apiId, { outDir: svidDir }));
+  const strangerId = `spiffe://${TRUST_DOMAIN}/ns/demo/sa/stranger`;
+  const stranger = await readSvid(await mintDevSvid(home.dir, strangerId, { outDir: svidDir }));
   const partnerId = `spiffe://${FEDERATED}/ns/jobs/sa/reporter`;
-  const partnerWorkload = await readSvid(await mintDevSvid(partner.dir, partnerId, { outDir: join(dir, 'svids') }));
-  out(`    ${TRUST_DOMAIN} CA: ${home.certPath}`);
-  out(`    ${FEDERATED} CA (federated): ${partner.certPath}`);
-  out(`    broker SVID ${brokerId}, workload SVIDs ${workloadId} and ${partnerId}`);
+  const partnerWorkload = await readSvid(await mintDevSvid(partner.dir, partnerId, { outDir: svidDir }));
+  const kekPath = join(dir, 'kek');
+  await writeFile(kekPath, `${generateKekBase64()}\n`, { mode: 0o600, flag: 'w' });
+  say(`${TRUST_DOMAIN} CA: ${home.certPath}`);
+  say(`${FEDERATED} CA (federated): ${partner.certPath}`);
+  say(`SVIDs: broker ${brokerId}, workload ${workerId}, resource server ${apiId}, ${strangerId}, ${partnerId}`);
+  say(`key-encryption key for the signing keys: ${kekPath}`);
 
-  step('Starting the broker (mTLS, trust bundles for both trust domains)');
-  const logger = createLogger({ level: (stringOption(parsed.values, 'log-level') ?? 'warn') as 'warn', destination: process.stderr });
+  step('Starting the broker: mTLS with both trust bundles, embedded PGlite, JWKS over HTTP');
+  const logLevel = (stringOption(parsed.values, 'log-level') ?? 'warn') as 'warn';
+  const logger = createLogger({ level: logLevel, destination: process.stderr });
   const broker = await startFromConfig(
     {
       ...parseListenAddress(stringOption(parsed.values, 'listen') ?? '127.0.0.1:0'),
+      http: parseListenAddress(stringOption(parsed.values, 'http-listen') ?? '127.0.0.1:0'),
       svidCertPath: brokerFiles.certPath,
       svidKeyPath: brokerFiles.keyPath,
       bundles: [
@@ -80,37 +90,94 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
         { trustDomain: FEDERATED, path: partner.certPath },
       ],
       dataDir: join(dir, 'data'),
+      migrate: true,
+      kek: { file: kekPath },
+      tokenAlg: 'ES256',
+      limits: { defaultTaskTtlSeconds: 900, maxTaskTtlSeconds: 86_400, defaultTokenTtlSeconds: 300, maxTokenTtlSeconds: 900 },
+      sweepIntervalMs: 30_000,
+      tokenRetentionSeconds: 7 * 86_400,
       filePollIntervalMs: 5_000,
       shutdownGraceMs: 5_000,
-      logLevel: 'warn',
+      logLevel,
     },
     logger,
   );
   const address = `127.0.0.1:${broker.port}`;
-  out(`    listening on ${address} as ${brokerId}`);
+  say(`gRPC on ${address} as ${brokerId}; database: ${broker.store.description}`);
+  say(`JWKS: http://127.0.0.1:${broker.httpPort ?? '?'}/.well-known/jwks.json`);
   const bundlePem = await readFile(home.certPath, 'utf8');
   const connect = (svid: Svid) => BrokerClient.withSvid(address, { ...svid, bundle: bundlePem, serverId: brokerId });
+  const clients = { worker: connect(worker), api: connect(api), stranger: connect(stranger) };
 
   try {
-    step(`${workloadId} asks the broker who it is`);
-    const me = await using(connect(workload), (client) => client.whoAmI());
-    out(`    broker verified: ${me.spiffeId} (certificate x5t#S256 ${me.certThumbprint})`);
-
-    step(`${partnerId} from the federated trust domain ${FEDERATED}`);
-    const them = await using(connect(partnerWorkload), (client) => client.whoAmI());
-    out(`    broker verified: ${them.spiffeId} against the ${them.trustDomain} bundle`);
-
-    step(`An impostor: a certificate claiming ${workloadId} but signed by ${FEDERATED}'s CA`);
-    // partner.test's real CA is trusted, but only for partner.test IDs.
+    step(`${workerId} asks the broker who it is`);
+    const me = await clients.worker.whoAmI();
+    say(`verified: ${me.spiffeId}, certificate x5t#S256 ${me.certThumbprint}`);
+    const them = await connect(partnerWorkload).whoAmI();
+    say(`federated: ${them.spiffeId} verified against the ${them.trustDomain} bundle`);
     const { ca: partnerCa } = await loadDevCa(partner.dir);
-    const impostor = await mintX509Svid(partnerCa, workloadId);
-    await using(connect({ certChainPem: chainPem(impostor), keyPem: await privateKeyPem(impostor.keys) }), (client) => client.whoAmI()).then(
-      () => out('    UNEXPECTED: the impostor got in'),
-      (err: unknown) => out(`    refused: ${describe(err)}`),
+    const impostor = await mintX509Svid(partnerCa, workerId);
+    await connect({ certChainPem: chainPem(impostor), keyPem: await privateKeyPem(impostor.keys) })
+      .whoAmI()
+      .then(
+        () => say('UNEXPECTED: an impostor got in'),
+        (err: unknown) => say(`impostor (${workerId} signed by ${FEDERATED}'s CA) refused: ${describe(err)}`),
+      );
+
+    step('The workload creates a task for the invoice API');
+    const created = await clients.worker.createTask({
+      spec: {
+        action: 'invoice.export',
+        resources: ['invoices/2026-11'],
+        audience: apiId,
+        scopes: ['invoices:read'],
+        params: { fields: { format: { stringValue: 'csv', kind: 'stringValue' } } },
+        ttl: { seconds: 600 },
+      },
+      idempotencyKey: 'export-2026-11',
+    });
+    const task = created.task!;
+    say(`task ${task.taskId} ${task.state}, expires ${new Date(Number(task.expiresAt?.seconds) * 1000).toISOString()}`);
+    say(`task_hash ${task.taskHash} = base64url(SHA-256(${created.canonicalSpec}))`);
+
+    step('The workload asks for a token for the task');
+    const issued = await clients.worker.issueToken({ taskId: task.taskId });
+    const header = decodeJwtPart(issued.token, 0);
+    const claims = decodeJwtPart(issued.token, 1);
+    say(`header ${JSON.stringify(header)}`);
+    say(`claims ${JSON.stringify(claims)}`);
+
+    step(`The resource server ${apiId} verifies the token the workload presented`);
+    const verify = (presenter: string) => clients.api.verifyToken({ token: issued.token, presenterCertThumbprint: presenter, expectedTaskHash: task.taskHash });
+    const ok = await verify(me.certThumbprint);
+    say(`${ok.reason}: ${ok.detail}`);
+    const stolen = await verify((await clients.stranger.whoAmI()).certThumbprint);
+    say(`the same token presented by ${strangerId}: ${stolen.reason}: ${stolen.detail}`);
+
+    step(`${strangerId} knows the task ID and polls it`);
+    await clients.stranger.getTask(task.taskId).then(
+      () => say('UNEXPECTED: a stranger read the task'),
+      (err: unknown) => say(`${describe(err)} (the same answer as for a task that does not exist; the attempt is audited)`),
     );
+
+    step('The workload completes the task');
+    const done = await clients.worker.completeTask(task.taskId, 'exported 42 invoices');
+    say(`task ${done.task?.state}; tokens revoked with it: ${done.revokedTokens}`);
+
+    step('The resource server verifies the same token again');
+    const after = await verify(me.certThumbprint);
+    say(`${after.reason}: ${after.detail}`);
+
+    step('The task audit trail');
+    const trail = await verifyTaskTrail(broker.store.db, task.taskId);
+    for (const e of trail.trail) {
+      say(`#${e.seq} ${e.occurredAt.toISOString()} ${e.type.padEnd(20)} ${e.actorSpiffeId} ${JSON.stringify(e.details)}`);
+    }
+    say(trail.ok ? `hash chain verified: ${trail.events} events, head ${trail.trail.at(-1)?.hash ?? ''}` : `HASH CHAIN BROKEN at event ${trail.brokenAt}: ${trail.problem}`);
   } finally {
+    for (const c of Object.values(clients)) c.close();
     if (parsed.values['keep-running'] === true) {
-      out(`\nBroker left running on ${address}; SVIDs and bundles are in ${dir}. Ctrl-C to stop.`);
+      out(`\nBroker left running on ${address}; SVIDs, bundles and the KEK are in ${dir}. Ctrl-C to stop.`);
       await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()).once('SIGTERM', () => resolve()));
     }
     await broker.close(2_000);

@@ -4,6 +4,15 @@
 import * as grpc from '@grpc/grpc-js';
 import type { TaskBrokerClient } from '../gen/taskbroker/v1/TaskBroker.js';
 import type { WhoAmIResponse__Output } from '../gen/taskbroker/v1/WhoAmIResponse.js';
+import type { CancelTaskResponse__Output } from '../gen/taskbroker/v1/CancelTaskResponse.js';
+import type { CompleteTaskResponse__Output } from '../gen/taskbroker/v1/CompleteTaskResponse.js';
+import type { CreateTaskRequest } from '../gen/taskbroker/v1/CreateTaskRequest.js';
+import type { CreateTaskResponse__Output } from '../gen/taskbroker/v1/CreateTaskResponse.js';
+import type { GetTaskResponse__Output } from '../gen/taskbroker/v1/GetTaskResponse.js';
+import type { IssueTokenRequest } from '../gen/taskbroker/v1/IssueTokenRequest.js';
+import type { IssueTokenResponse__Output } from '../gen/taskbroker/v1/IssueTokenResponse.js';
+import type { VerifyTokenRequest } from '../gen/taskbroker/v1/VerifyTokenRequest.js';
+import type { VerifyTokenResponse__Output } from '../gen/taskbroker/v1/VerifyTokenResponse.js';
 import { brokerProto } from '../protocol/proto.js';
 import { svidChannelCredentials, svidChannelOptions, type SvidCredentialsOptions } from './credentials.js';
 
@@ -47,6 +56,31 @@ export class BrokerClient {
 
   whoAmI(options?: CallOptions): Promise<WhoAmIResponse__Output> {
     return unaryCall((md, opts, cb) => this.raw.WhoAmI({}, md, opts, cb), options);
+  }
+
+  createTask(request: CreateTaskRequest, options?: CallOptions): Promise<CreateTaskResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.CreateTask(request, md, opts, cb), options);
+  }
+
+  getTask(taskId: string, options?: CallOptions): Promise<GetTaskResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.GetTask({ taskId }, md, opts, cb), options);
+  }
+
+  issueToken(request: IssueTokenRequest, options?: CallOptions): Promise<IssueTokenResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.IssueToken(request, md, opts, cb), options);
+  }
+
+  completeTask(taskId: string, outcome: string, options?: CallOptions): Promise<CompleteTaskResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.CompleteTask({ taskId, outcome }, md, opts, cb), options);
+  }
+
+  cancelTask(taskId: string, reason: string, options?: CallOptions): Promise<CancelTaskResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.CancelTask({ taskId, reason }, md, opts, cb), options);
+  }
+
+  /** For resource servers: the caller must be the token's audience. */
+  verifyToken(request: VerifyTokenRequest, options?: CallOptions): Promise<VerifyTokenResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.VerifyToken(request, md, opts, cb), options);
   }
 
   close(): void {

@@ -1,0 +1,210 @@
+/**
+ * The audit trail: every event is appended in the transaction of the change it describes, to a
+ * hash chain. A task's events form the chain named by its task ID; events that concern no
+ * existing task (a probe of an unknown task ID, a malformed token) go to the chain of the actor
+ * who caused them ("actor:<spiffe id>"), so no single chain becomes a global lock.
+ *
+ * Each event's hash is base64url SHA-256 over the RFC 8785 canonical JSON of the event
+ * (chain, sequence number, previous hash and every recorded field), so changing, removing or
+ * reordering any stored event, or dropping the newest one, breaks the check.
+ */
+import canonicalize from 'canonicalize';
+import { createHash } from 'node:crypto';
+import type { DbOrTx, Tx } from '../store/database.js';
+import { eventIdOf, type AuditEventRow } from '../store/schema.js';
+
+export type AuditEventType =
+  | 'task.created'
+  | 'task.create_replayed'
+  | 'task.polled'
+  | 'task.approved'
+  | 'task.completed'
+  | 'task.cancelled'
+  | 'task.revoked'
+  | 'task.expired'
+  | 'token.issued'
+  | 'token.verified'
+  | 'access.denied';
+
+/** Who did it: the verified caller (or the broker itself, for the sweeper). */
+export interface AuditActor {
+  spiffeId: string;
+  certThumbprint: string | null;
+  requestId: string;
+}
+
+export interface AuditEventInput {
+  /** The task the event is about, when it exists. */
+  taskId: string | null;
+  type: AuditEventType;
+  actor: AuditActor;
+  occurredAt: Date;
+  details: Record<string, unknown>;
+}
+
+export interface AuditEvent {
+  eventId: number;
+  chainId: string;
+  seq: number;
+  taskId: string | null;
+  type: string;
+  actorSpiffeId: string;
+  actorCertThumbprint: string | null;
+  requestId: string;
+  occurredAt: Date;
+  details: Record<string, unknown>;
+  prevHash: string;
+  hash: string;
+}
+
+export const GENESIS_HASH = '';
+
+export function chainIdFor(input: Pick<AuditEventInput, 'taskId' | 'actor'>): string {
+  return input.taskId ?? `actor:${input.actor.spiffeId}`;
+}
+
+interface HashedFields {
+  chainId: string;
+  seq: number;
+  taskId: string | null;
+  type: string;
+  actorSpiffeId: string;
+  actorCertThumbprint: string | null;
+  requestId: string;
+  occurredAt: Date;
+  details: Record<string, unknown>;
+  prevHash: string;
+}
+
+export function eventHash(e: HashedFields): string {
+  const document = canonicalize({
+    chain_id: e.chainId,
+    seq: e.seq,
+    task_id: e.taskId,
+    event_type: e.type,
+    actor_spiffe_id: e.actorSpiffeId,
+    actor_cert_thumbprint: e.actorCertThumbprint,
+    request_id: e.requestId,
+    occurred_at: e.occurredAt.toISOString(),
+    details: e.details,
+    prev_hash: e.prevHash,
+  });
+  if (document === undefined) throw new Error('audit: event cannot be canonicalized');
+  return createHash('sha256').update(document, 'utf8').digest('base64url');
+}
+
+/**
+ * Appends one event to its chain inside `tx`. Locks the chain head, so appends to one chain are
+ * serialized; callers that also lock a task row must lock it first (they always do: the
+ * lifecycle locks the task, then writes its events).
+ */
+export async function appendAuditEvent(tx: Tx, input: AuditEventInput): Promise<AuditEvent> {
+  const chainId = chainIdFor(input);
+  await tx
+    .insertInto('audit_chains')
+    .values({ chain_id: chainId, last_seq: 0, last_hash: GENESIS_HASH })
+    .onConflict((oc) => oc.column('chain_id').doNothing())
+    .execute();
+  const head = await tx.selectFrom('audit_chains').select(['last_seq', 'last_hash']).where('chain_id', '=', chainId).forUpdate().executeTakeFirstOrThrow();
+  // Round-trip the details through JSON so what is hashed is exactly what jsonb gives back.
+  const details = JSON.parse(JSON.stringify(input.details)) as Record<string, unknown>;
+  const occurredAt = new Date(input.occurredAt.getTime());
+  const fields: HashedFields = {
+    chainId,
+    seq: head.last_seq + 1,
+    taskId: input.taskId,
+    type: input.type,
+    actorSpiffeId: input.actor.spiffeId,
+    actorCertThumbprint: input.actor.certThumbprint,
+    requestId: input.actor.requestId,
+    occurredAt,
+    details,
+    prevHash: head.last_hash,
+  };
+  const hash = eventHash(fields);
+  const row = await tx
+    .insertInto('audit_events')
+    .values({
+      chain_id: chainId,
+      seq: fields.seq,
+      task_id: fields.taskId,
+      event_type: fields.type,
+      actor_spiffe_id: fields.actorSpiffeId,
+      actor_cert_thumbprint: fields.actorCertThumbprint,
+      request_id: fields.requestId,
+      occurred_at: occurredAt,
+      details: JSON.stringify(details),
+      prev_hash: fields.prevHash,
+      hash,
+    })
+    .returning('event_id')
+    .executeTakeFirstOrThrow();
+  await tx.updateTable('audit_chains').set({ last_seq: fields.seq, last_hash: hash }).where('chain_id', '=', chainId).execute();
+  return { ...fields, eventId: eventIdOf(row), hash };
+}
+
+function fromRow(r: AuditEventRow): AuditEvent {
+  return {
+    eventId: eventIdOf(r),
+    chainId: r.chain_id,
+    seq: r.seq,
+    taskId: r.task_id,
+    type: r.event_type,
+    actorSpiffeId: r.actor_spiffe_id,
+    actorCertThumbprint: r.actor_cert_thumbprint,
+    requestId: r.request_id,
+    occurredAt: r.occurred_at,
+    details: r.details,
+    prevHash: r.prev_hash,
+    hash: r.hash,
+  };
+}
+
+/** Every event of a chain, in order. */
+export async function readChain(db: DbOrTx, chainId: string): Promise<AuditEvent[]> {
+  const rows = await db.selectFrom('audit_events').selectAll().where('chain_id', '=', chainId).orderBy('seq').execute();
+  return rows.map(fromRow);
+}
+
+export interface ChainCheck {
+  ok: boolean;
+  chainId: string;
+  events: number;
+  /** The first sequence number at which the chain breaks, and why. */
+  brokenAt?: number;
+  problem?: string;
+}
+
+/** Recomputes every hash and link of a chain and compares its end with the chain head. */
+export function checkChain(chainId: string, events: readonly AuditEvent[], head: { last_seq: number; last_hash: string } | undefined): ChainCheck {
+  let prev = GENESIS_HASH;
+  for (let i = 0; i < events.length; i++) {
+    const e = events[i]!;
+    const bad = (problem: string): ChainCheck => ({ ok: false, chainId, events: events.length, brokenAt: e.seq, problem });
+    if (e.seq !== i + 1) return bad(`event ${i + 1} is missing (found sequence number ${e.seq})`);
+    if (e.prevHash !== prev) return bad(`event ${e.seq} does not link to the event before it`);
+    if (eventHash(e) !== e.hash) return bad(`event ${e.seq} was altered: its content does not match its hash`);
+    prev = e.hash;
+  }
+  const lastSeq = events.length;
+  if (!head) {
+    return lastSeq === 0 ? { ok: true, chainId, events: 0 } : { ok: false, chainId, events: lastSeq, brokenAt: 1, problem: 'the chain head is missing' };
+  }
+  if (head.last_seq !== lastSeq || head.last_hash !== prev) {
+    return { ok: false, chainId, events: lastSeq, brokenAt: lastSeq + 1, problem: `the chain head records ${head.last_seq} events but ${lastSeq} are stored: events were removed` };
+  }
+  return { ok: true, chainId, events: lastSeq };
+}
+
+export async function verifyChain(db: DbOrTx, chainId: string): Promise<ChainCheck & { trail: AuditEvent[] }> {
+  const [trail, head] = await Promise.all([
+    readChain(db, chainId),
+    db.selectFrom('audit_chains').select(['last_seq', 'last_hash']).where('chain_id', '=', chainId).executeTakeFirst(),
+  ]);
+  return { ...checkChain(chainId, trail, head), trail };
+}
+
+/** The audit trail of a task with its chain check. */
+export function verifyTaskTrail(db: DbOrTx, taskId: string): Promise<ChainCheck & { trail: AuditEvent[] }> {
+  return verifyChain(db, taskId);
+}

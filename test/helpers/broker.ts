@@ -1,0 +1,132 @@
+/**
+ * A whole broker for integration tests: test-time PKI (a.test, federated b.test), a migrated
+ * database of the requested kind, a fresh KEK, gRPC over real mTLS, the HTTP port for the JWKS,
+ * and clients for a few workloads. The lifecycle clock can be moved forward.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BrokerClient } from '../../src/client/broker-client.js';
+import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
+import { mintX509Svid } from '../../src/devca/certificates.js';
+import type { Logger } from '../../src/observability/logger.js';
+import { silentLogger } from '../../src/observability/logger.js';
+import { startTaskBroker, type RunningTaskBroker, type TaskBrokerOptions } from '../../src/server.js';
+import type { StoreKind } from '../../src/store/database.js';
+import { migrate } from '../../src/store/migrate.js';
+import { KeyEncryptionKey, generateKekBase64 } from '../../src/tokens/kek.js';
+import { StaticServerIdentity, tlsIdentityFrom } from '../../src/transport/server-identity.js';
+import { createTestDatabase, type TestDatabase } from './db.js';
+import { bundleSet, pemOf, trustDomainPki, type PemSvid, type TrustDomainPki } from './pki.js';
+
+export const BROKER_ID = 'spiffe://a.test/task-broker';
+export const WORKER = 'spiffe://a.test/ns/demo/sa/worker';
+export const API = 'spiffe://a.test/ns/billing/sa/invoice-api';
+export const STRANGER = 'spiffe://a.test/ns/demo/sa/stranger';
+export const PARTNER = 'spiffe://b.test/ns/jobs/sa/reporter';
+
+export class MutableClock {
+  private offsetMs = 0;
+  now = (): Date => new Date(Date.now() + this.offsetMs);
+  advance(ms: number): void {
+    this.offsetMs += ms;
+  }
+}
+
+export interface TestBroker {
+  broker: RunningTaskBroker;
+  database: TestDatabase;
+  clock: MutableClock;
+  address: string;
+  jwksUrl: string;
+  a: TrustDomainPki;
+  b: TrustDomainPki;
+  /** A connected client presenting a fresh SVID for `spiffeId` (a.test or b.test). */
+  client(spiffeId: string): Promise<BrokerClient>;
+  /** The PEM SVID of the most recent client() for `spiffeId`. */
+  svidOf(spiffeId: string): PemSvid;
+  /** Stops the broker and starts a new one on the same database, keys and PKI. */
+  restart(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface TestBrokerOptions extends Partial<Pick<TaskBrokerOptions, 'limits' | 'tokenAlg' | 'sweepIntervalMs'>> {
+  logger?: Logger;
+}
+
+export async function startTestBroker(kind: StoreKind, options: TestBrokerOptions = {}): Promise<TestBroker> {
+  const [a, b] = await Promise.all([trustDomainPki('a.test'), trustDomainPki('b.test')]);
+  const serverSvid = await pemOf(await mintX509Svid(a.root, BROKER_ID));
+  const identity = new StaticServerIdentity(tlsIdentityFrom(serverSvid.certChainPem, serverSvid.keyPem));
+  const bundles = bundleSet(a, b);
+  const dataDir = kind === 'pglite' ? await mkdtemp(join(tmpdir(), 'tb-pglite-')) : undefined;
+  const database = await createTestDatabase(kind, dataDir);
+  const kek = KeyEncryptionKey.fromBase64(generateKekBase64());
+  const clock = new MutableClock();
+  const logger = options.logger ?? silentLogger();
+  const clients: BrokerClient[] = [];
+  const svids = new Map<string, PemSvid>();
+
+  const start = async () => {
+    const store = await database.open();
+    await migrate(store.db);
+    return startTaskBroker({
+      logger,
+      identity,
+      bundles,
+      store,
+      kek,
+      host: '127.0.0.1',
+      port: 0,
+      http: { host: '127.0.0.1', port: 0 },
+      migrate: false,
+      tokenAlg: options.tokenAlg,
+      limits: options.limits,
+      sweepIntervalMs: options.sweepIntervalMs ?? 0,
+      clock: clock.now,
+    });
+  };
+
+  let broker = await start();
+  const t: TestBroker = {
+    broker,
+    database,
+    clock,
+    a,
+    b,
+    address: `127.0.0.1:${broker.port}`,
+    jwksUrl: `http://127.0.0.1:${broker.httpPort}/.well-known/jwks.json`,
+    async client(spiffeId) {
+      const pki = spiffeId.startsWith('spiffe://b.test/') ? b : a;
+      const svid = await pemOf(await mintX509Svid(pki.root, spiffeId));
+      svids.set(spiffeId, svid);
+      const client = new BrokerClient({
+        address: t.address,
+        credentials: svidChannelCredentials({ ...svid, bundle: a.root.pem, serverId: BROKER_ID }),
+        channelOptions: svidChannelOptions(),
+      });
+      clients.push(client);
+      return client;
+    },
+    svidOf(spiffeId) {
+      const svid = svids.get(spiffeId);
+      if (!svid) throw new Error(`no client for ${spiffeId} yet`);
+      return svid;
+    },
+    async restart() {
+      for (const c of clients.splice(0)) c.close();
+      await broker.close(1_000);
+      broker = await start();
+      t.broker = broker;
+      t.address = `127.0.0.1:${broker.port}`;
+      t.jwksUrl = `http://127.0.0.1:${broker.httpPort}/.well-known/jwks.json`;
+    },
+    async close() {
+      for (const c of clients.splice(0)) c.close();
+      await broker.close(1_000);
+      await database.drop();
+      if (dataDir) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+  return t;
+}
