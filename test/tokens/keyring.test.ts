@@ -151,7 +151,7 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     const text = JSON.stringify(lines());
     expect(lines().length).toBeGreaterThan(0);
     for (const key of [first, second]) {
-      const jwk = KeyObject.from(key.privateKey as CryptoKey).export({ format: 'jwk' });
+      const jwk = (key.privateKey instanceof KeyObject ? key.privateKey : KeyObject.from(key.privateKey)).export({ format: 'jwk' });
       expect(jwk.d).toBeTruthy();
       expect(text).not.toContain(jwk.d);
       expect(text).not.toContain(pkcs8(key.privateKey).toString('base64').slice(0, 40));
@@ -253,8 +253,9 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
 
   it('concurrent rotations from two replicas both succeed and leave one ACTIVE key', async () => {
     await resetKeys();
-    const a = ring();
-    const b = ring({ db: replicaDb });
+    const time = manualClock();
+    const a = ring({ clock: time.clock });
+    const b = ring({ db: replicaDb, clock: time.clock });
     await a.init();
     const original = (await a.activeKey()).kid;
     const results = await Promise.all([a.rotate(), b.rotate()]);
@@ -262,9 +263,13 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     expect(rows).toHaveLength(3);
     expect(rows.filter((r) => r.state === 'ACTIVE')).toHaveLength(1);
     const active = rows.find((r) => r.state === 'ACTIVE')!.kid;
+    const first = results.find((r) => r.kid !== active)!;
     expect(results.map((r) => r.kid)).toContain(active);
-    // One rotation retired the original key, the other retired the first rotation's key.
-    expect(new Set(results.map((r) => r.retiredKid))).toEqual(new Set([original, results.find((r) => r.kid !== active)!.kid]));
+    // The later rotation retired the earlier one's key, which stays published for the replica
+    // that may still sign with it until its next refresh.
+    expect(new Set(results.map((r) => r.retiredKid))).toEqual(new Set([original, first.kid]));
+    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual(expect.arrayContaining([active, first.kid, original]));
+    time.advance(REFRESH_MS);
     expect((await a.activeKey()).kid).toBe(active);
     expect((await b.activeKey()).kid).toBe(active);
   });

@@ -1,0 +1,103 @@
+/**
+ * The audit hash chain: any change to a stored event, a removed event (middle or newest) or a
+ * reordering is detected; and an event that cannot be stored fails the request it describes.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { sql } from 'kysely';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { verifyTaskTrail } from '../../src/audit/audit.js';
+import type { BrokerClient } from '../../src/client/broker-client.js';
+import { STORES } from '../helpers/db.js';
+import { API, startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
+
+describe.each(STORES)('audit hash chain on %s', (kind) => {
+  let t: TestBroker;
+  let worker: BrokerClient;
+  beforeAll(async () => {
+    t = await startTestBroker(kind);
+    worker = await t.client(WORKER);
+  });
+  afterAll(async () => {
+    await t?.close();
+  });
+
+  /** A task with five events: created, polled, token issued, polled, completed. */
+  async function taskWithTrail(): Promise<string> {
+    const { task } = await worker.createTask({ spec: { action: 'audit.test', audience: API, scopes: ['s'], resources: ['r'] } });
+    const id = task!.taskId;
+    await worker.getTask(id);
+    await worker.issueToken({ taskId: id });
+    await worker.getTask(id);
+    await worker.completeTask(id, 'ok');
+    const check = await verifyTaskTrail(t.broker.store.db, id);
+    expect(check).toMatchObject({ ok: true, events: 5 });
+    expect(check.trail.map((e) => e.type)).toEqual(['task.created', 'task.polled', 'token.issued', 'task.polled', 'task.completed']);
+    expect(check.trail[1]?.prevHash).toBe(check.trail[0]?.hash);
+    return id;
+  }
+
+  const db = () => t.broker.store.db;
+
+  it('detects a changed detail', async () => {
+    const id = await taskWithTrail();
+    await db().updateTable('audit_events').set({ details: JSON.stringify({ outcome: 'forged' }) }).where('chain_id', '=', id).where('seq', '=', 5).execute();
+    expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 5, problem: expect.stringMatching(/altered/) });
+  });
+
+  it('detects a changed actor, even when the attacker recomputes nothing', async () => {
+    const id = await taskWithTrail();
+    await db().updateTable('audit_events').set({ actor_spiffe_id: 'spiffe://a.test/someone-else' }).where('chain_id', '=', id).where('seq', '=', 1).execute();
+    expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 1 });
+  });
+
+  it('detects a changed time', async () => {
+    const id = await taskWithTrail();
+    await db().updateTable('audit_events').set({ occurred_at: new Date('2020-01-01T00:00:00Z') }).where('chain_id', '=', id).where('seq', '=', 3).execute();
+    expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 3 });
+  });
+
+  it('detects a removed event in the middle', async () => {
+    const id = await taskWithTrail();
+    await db().deleteFrom('audit_events').where('chain_id', '=', id).where('seq', '=', 3).execute();
+    expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 4, problem: expect.stringMatching(/missing/) });
+  });
+
+  it('detects a removed newest event through the chain head', async () => {
+    const id = await taskWithTrail();
+    await db().deleteFrom('audit_events').where('chain_id', '=', id).where('seq', '=', 5).execute();
+    expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, problem: expect.stringMatching(/events were removed/) });
+  });
+
+  it('detects an event rewritten with a recomputed hash, because the next event links to the old one', async () => {
+    const id = await taskWithTrail();
+    const { trail } = await verifyTaskTrail(db(), id);
+    const { eventHash } = await import('../../src/audit/audit.js');
+    const victim = trail[1]!;
+    const forged = { ...victim, details: { state: 'forged' } };
+    await db().updateTable('audit_events').set({ details: JSON.stringify(forged.details), hash: eventHash(forged) }).where('chain_id', '=', id).where('seq', '=', 2).execute();
+    expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 3, problem: expect.stringMatching(/does not link/) });
+  });
+
+  it('detects two events swapped', async () => {
+    const id = await taskWithTrail();
+    await db().transaction().execute(async (tx) => {
+      await tx.updateTable('audit_events').set({ seq: 100 }).where('chain_id', '=', id).where('seq', '=', 2).execute();
+      await tx.updateTable('audit_events').set({ seq: 2 }).where('chain_id', '=', id).where('seq', '=', 4).execute();
+      await tx.updateTable('audit_events').set({ seq: 4 }).where('chain_id', '=', id).where('seq', '=', 100).execute();
+    });
+    expect((await verifyTaskTrail(db(), id)).ok).toBe(false);
+  });
+
+  it('fails closed: when the audit event cannot be stored, the change is not made and the call fails', async () => {
+    const before = await db().selectFrom('tasks').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow();
+    await sql`alter table audit_events add constraint audit_unwritable check (false) not valid`.execute(db());
+    try {
+      const create = worker.createTask({ spec: { action: 'audit.test', audience: API, scopes: ['s'], resources: [] } });
+      await expect(create).rejects.toMatchObject({ code: grpc.status.INTERNAL });
+      const after = await db().selectFrom('tasks').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow();
+      expect(Number(after.n)).toBe(Number(before.n));
+    } finally {
+      await sql`alter table audit_events drop constraint audit_unwritable`.execute(db());
+    }
+  });
+});

@@ -1,0 +1,88 @@
+import { createRemoteJWKSet, jwtVerify } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { OpsHttpServer } from '../../src/http/ops-server.js';
+import { silentLogger } from '../../src/observability/logger.js';
+import { JWKS_PATH, jwksRoute } from '../../src/tokens/jwks.js';
+import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
+import { SigningKeyRing } from '../../src/tokens/keyring.js';
+import { signTaskToken, TASK_TOKEN_TYPE, type TaskTokenClaims } from '../../src/tokens/task-token.js';
+import { migratedStore, STORES } from '../helpers/db.js';
+
+const ISSUER = 'spiffe://broker.test/task-broker';
+
+function claims(overrides: Partial<TaskTokenClaims> = {}): TaskTokenClaims {
+  const now = Math.floor(Date.now() / 1000);
+  return {
+    iss: ISSUER,
+    sub: 'spiffe://a.test/workload',
+    aud: 'spiffe://a.test/target',
+    iat: now,
+    nbf: now,
+    exp: now + 300,
+    jti: 'tok-http',
+    task_id: 'task-http',
+    task_hash: 'Ll0x9m3sPqLQ8pEhGx3vV7o1sKXc5qYkQvFfJbqJgkA',
+    scope: 'read',
+    cnf: { 'x5t#S256': '47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU' },
+    ...overrides,
+  };
+}
+
+describe.each(STORES)('JWKS over HTTP on %s', (kind) => {
+  let env: Awaited<ReturnType<typeof migratedStore>>;
+  let ring: SigningKeyRing;
+  let server: OpsHttpServer;
+  let jwksUrl: URL;
+
+  beforeAll(async () => {
+    env = await migratedStore(kind);
+    ring = new SigningKeyRing({ db: env.store.db, kek: KeyEncryptionKey.fromBase64(generateKekBase64()), alg: 'ES256', maxTokenTtlSeconds: 600, logger: silentLogger() });
+    await ring.init();
+    server = new OpsHttpServer({ logger: silentLogger() });
+    server.route(JWKS_PATH, jwksRoute(ring));
+    const port = await server.listen('127.0.0.1', 0);
+    jwksUrl = new URL(`http://127.0.0.1:${port}${JWKS_PATH}`);
+  });
+  afterAll(async () => {
+    await server?.close();
+    await env?.cleanup();
+  });
+
+  it('serves the key set as application/jwk-set+json with a cache lifetime', async () => {
+    const response = await fetch(jwksUrl);
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toBe('application/jwk-set+json');
+    expect(response.headers.get('cache-control')).toBe('public, max-age=60');
+    const body = (await response.json()) as { keys: Array<Record<string, unknown>> };
+    const active = await ring.activeKey();
+    expect(body).toEqual({ keys: [active.publicJwk] });
+    expect(body.keys[0]).not.toHaveProperty('d');
+  });
+
+  it('HEAD gives the same headers and no body; the query string is ignored', async () => {
+    const get = await fetch(`${jwksUrl.href}?x=1`);
+    const getBody = await get.text();
+    const head = await fetch(jwksUrl, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-type')).toBe('application/jwk-set+json');
+    expect(head.headers.get('content-length')).toBe(String(Buffer.byteLength(getBody)));
+    expect(await head.text()).toBe('');
+  });
+
+  it('a resource server verifies tokens with createRemoteJWKSet, before and after a rotation', async () => {
+    const JWKS = createRemoteJWKSet(jwksUrl, { cooldownDuration: 0 });
+    const options = { issuer: ISSUER, audience: 'spiffe://a.test/target', typ: TASK_TOKEN_TYPE, algorithms: ['ES256', 'EdDSA'] };
+    const before = await signTaskToken(await ring.activeKey(), claims());
+    const verified = await jwtVerify(before, JWKS, options);
+    expect(verified.payload).toMatchObject({ task_id: 'task-http', cnf: { 'x5t#S256': '47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU' } });
+    expect(verified.protectedHeader).toMatchObject({ typ: 'task+jwt', kid: (await ring.activeKey()).kid });
+
+    const { kid, retiredKid } = await ring.rotate();
+    const after = await signTaskToken(await ring.activeKey(), claims({ jti: 'tok-after' }));
+    expect((await jwtVerify(after, JWKS, options)).protectedHeader.kid).toBe(kid);
+    expect((await jwtVerify(before, JWKS, options)).protectedHeader.kid).toBe(retiredKid);
+
+    const tampered = after.replace(/\.[^.]+\./, `.${Buffer.from(JSON.stringify(claims({ scope: 'admin' }))).toString('base64url')}.`);
+    await expect(jwtVerify(tampered, JWKS, options)).rejects.toThrow(/signature verification failed/);
+  });
+});
