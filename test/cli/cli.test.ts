@@ -4,7 +4,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -26,14 +26,14 @@ describe('task-broker CLI', () => {
   it('prints its commands with --help and exits 0; an unknown command exits 2', async () => {
     const help = await runCli(['--help']);
     expect(help.code).toBe(0);
-    for (const command of ['serve', 'dev', 'dev-ca init', 'dev-ca mint']) expect(help.stdout).toContain(command);
+    for (const command of ['serve', 'dev', 'migrate', 'dev-ca init', 'dev-ca mint']) expect(help.stdout).toContain(command);
     const unknown = await runCli(['frobnicate']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toMatch(/unknown command "frobnicate"/);
   });
 
   it('every command has --help', async () => {
-    for (const command of [['serve'], ['dev'], ['dev-ca', 'init'], ['dev-ca', 'mint']]) {
+    for (const command of [['serve'], ['dev'], ['migrate'], ['dev-ca', 'init'], ['dev-ca', 'mint']]) {
       const result = await runCli([...command, '--help']);
       expect(result.code, command.join(' ')).toBe(0);
       expect(result.stdout).toMatch(new RegExp(`Usage: task-broker ${command.join(' ')}`));
@@ -72,6 +72,12 @@ describe('task-broker CLI', () => {
     const noBundle = await runCli(['serve', '--svid-cert', 'a', '--svid-key', 'b'], { env: { TASK_BROKER_BUNDLES: '' } });
     expect(noBundle.code).toBe(2);
     expect(noBundle.stderr).toMatch(/at least one --bundle/);
+    const noKek = await runCli(['serve', '--svid-cert', 'a', '--svid-key', 'b', '--bundle', 'example.org=/x.pem'], { env: { TASK_BROKER_KEK: '', TASK_BROKER_KEK_FILE: '' } });
+    expect(noKek.code).toBe(2);
+    expect(noKek.stderr).toMatch(/exactly one key-encryption key is required/);
+    const badAlg = await runCli(['serve', '--svid-cert', 'a', '--svid-key', 'b', '--bundle', 'example.org=/x.pem', '--kek', 'x', '--token-alg', 'HS256']);
+    expect(badAlg.code).toBe(2);
+    expect(badAlg.stderr).toMatch(/--token-alg: ES256 or EdDSA/);
     const badFlag = await runCli(['serve', '--no-such-flag']);
     expect(badFlag.code).toBe(2);
     expect(badFlag.stderr).toMatch(/Unknown option '--no-such-flag'/);
@@ -90,9 +96,16 @@ describe('task-broker CLI', () => {
       TASK_BROKER_SVID_KEY: join(ca, 'broker.key'),
       TASK_BROKER_BUNDLES: `example.org=${join(ca, 'ca.pem')}`,
       TASK_BROKER_DATA_DIR: join(dir, 'data'),
+      TASK_BROKER_KEK: randomBytes(32).toString('base64'),
+      TASK_BROKER_MIGRATE: 'true',
+      TASK_BROKER_HTTP_LISTEN: '127.0.0.1:0',
     });
     try {
       const listening = await broker.waitForLog((l) => l.msg === 'task-broker listening');
+      const http = await broker.waitForLog((l) => l.msg === 'HTTP listening');
+      const jwks = (await (await fetch(`http://127.0.0.1:${String(http.port)}/.well-known/jwks.json`)).json()) as { keys: Array<{ alg: string; kid: string }> };
+      expect(jwks.keys).toHaveLength(1);
+      expect(jwks.keys[0]?.alg).toBe('ES256');
       expect(listening.spiffeId).toBe('spiffe://example.org/task-broker');
       const address = `127.0.0.1:${String(listening.port)}`;
       const svid = { certChainPem: await readFile(join(ca, 'w.pem'), 'utf8'), keyPem: await readFile(join(ca, 'w.key'), 'utf8'), bundle: await readFile(join(ca, 'ca.pem'), 'utf8') };
@@ -118,13 +131,39 @@ describe('task-broker CLI', () => {
     }
   });
 
-  it('dev runs the demo end to end', async () => {
+  it('migrate applies the migrations to an embedded database once, and --status lists them', async () => {
+    const dataDir = join(dir, 'migrate-data');
+    const first = await runCli(['migrate', '--data-dir', dataDir]);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/applied {2}0001_tasks_tokens_keys_audit/);
+    const second = await runCli(['migrate', '--data-dir', dataDir]);
+    expect(second.stdout).toMatch(/up to date/);
+    const status = await runCli(['migrate', '--data-dir', dataDir, '--status']);
+    expect(status.stdout).toMatch(/applied {2}0001_tasks_tokens_keys_audit/);
+    const unreachable = await runCli(['migrate', '--database-url', 'postgres://nobody:secret@127.0.0.1:1/none']);
+    expect(unreachable.code).toBe(1);
+    expect(unreachable.stderr).toMatch(/cannot reach PostgreSQL at postgres:\/\/nobody:\*\*\*@127.0.0.1:1\/none/);
+    expect(unreachable.stderr).not.toContain('secret');
+  });
+
+  it('dev runs the main job end to end', async () => {
     const result = await runCli(['dev', '--dir', join(dir, 'dev')], { timeoutMs: 120_000 });
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toMatch(/broker verified: spiffe:\/\/example.org\/ns\/demo\/sa\/worker/);
-    expect(result.stdout).toMatch(/broker verified: spiffe:\/\/partner.test\/ns\/jobs\/sa\/reporter against the partner.test bundle/);
-    expect(result.stdout).toMatch(/refused: UNAUTHENTICATED: .*no chain to the trust bundle of "example.org"/);
-    expect(result.stdout).toMatch(/Demo complete/);
+    const out = result.stdout;
+    expect(out).toMatch(/verified: spiffe:\/\/example.org\/ns\/demo\/sa\/worker/);
+    expect(out).toMatch(/federated: spiffe:\/\/partner.test\/ns\/jobs\/sa\/reporter verified against the partner.test bundle/);
+    expect(out).toMatch(/refused: UNAUTHENTICATED: .*no chain to the trust bundle of "example.org"/);
+    expect(out).toMatch(/task tsk_\S+ TASK_STATE_ACTIVE/);
+    expect(out).toMatch(/"typ":"task\+jwt"/);
+    expect(out).toMatch(/VERIFY_TOKEN_REASON_VALID: valid and bound to the presenter/);
+    expect(out).toMatch(/stranger: VERIFY_TOKEN_REASON_BINDING_MISMATCH/);
+    expect(out).toMatch(/NOT_FOUND: task not found/);
+    expect(out).toMatch(/TASK_STATE_COMPLETED; tokens revoked with it: 1/);
+    expect(out).toMatch(/VERIFY_TOKEN_REASON_REVOKED: the token was revoked \(task completed\)/);
+    expect(out).toMatch(/#1 \S+ task\.created/);
+    expect(out).toMatch(/access\.denied +spiffe:\/\/example.org\/ns\/demo\/sa\/stranger/);
+    expect(out).toMatch(/hash chain verified: 7 events/);
+    expect(out).toMatch(/Demo complete/);
   });
 });
 
