@@ -42,28 +42,14 @@ export interface AuditEventInput {
   details: Record<string, unknown>;
 }
 
-export interface AuditEvent {
-  eventId: number;
-  chainId: string;
-  seq: number;
-  taskId: string | null;
-  type: string;
-  actorSpiffeId: string;
-  actorCertThumbprint: string | null;
-  requestId: string;
-  occurredAt: Date;
-  details: Record<string, unknown>;
-  prevHash: string;
-  hash: string;
-}
-
 export const GENESIS_HASH = '';
 
 export function chainIdFor(input: Pick<AuditEventInput, 'taskId' | 'actor'>): string {
   return input.taskId ?? `actor:${input.actor.spiffeId}`;
 }
 
-interface HashedFields {
+/** The fields an event's hash covers. */
+export interface HashedFields {
   chainId: string;
   seq: number;
   taskId: string | null;
@@ -74,6 +60,11 @@ interface HashedFields {
   occurredAt: Date;
   details: Record<string, unknown>;
   prevHash: string;
+}
+
+export interface AuditEvent extends HashedFields {
+  eventId: number;
+  hash: string;
 }
 
 export function eventHash(e: HashedFields): string {
