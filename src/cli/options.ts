@@ -29,8 +29,14 @@ export interface CommandSpec {
 /** Exit codes scripts can rely on. */
 export const ExitCode = {
   ok: 0,
+  /** Anything else: unreachable broker, internal error, bad files. */
   failure: 1,
   usage: 2,
+  /** Refused: PERMISSION_DENIED or UNAUTHENTICATED, or a policy decision that denies. */
+  denied: 3,
+  notFound: 4,
+  /** The state does not allow it: FAILED_PRECONDITION, ALREADY_EXISTS. */
+  conflict: 5,
 } as const;
 
 export class UsageError extends Error {
