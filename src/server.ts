@@ -10,7 +10,10 @@ import { loadSync } from '@grpc/proto-loader';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
 import { randomUUID } from 'node:crypto';
 import { brokerPackageDefinition, brokerProto } from './protocol/proto.js';
+import { adminHandlers } from './api/admin-service.js';
 import { taskBrokerHandlers } from './api/task-broker-service.js';
+import { StaticPolicySource, type PolicySource } from './policy/policy-source.js';
+import { TaskAdmin } from './tasks/admin.js';
 import { OpsHttpServer } from './http/ops-server.js';
 import type { Logger } from './observability/logger.js';
 import type { X509BundleSource } from './spiffe/bundle.js';
@@ -32,6 +35,7 @@ export interface BrokerDeps {
   clock?: () => Date;
   refusedConnectionLingerMs?: number;
   lifecycle?: TaskLifecycle;
+  admin?: TaskAdmin;
 }
 
 export interface RunningBroker {
@@ -41,7 +45,7 @@ export interface RunningBroker {
   close(graceMs?: number): Promise<void>;
 }
 
-export const SERVICE_NAMES = ['taskbroker.v1.TaskBroker'] as const;
+export const SERVICE_NAMES = ['taskbroker.v1.TaskBroker', 'taskbroker.v1.TaskBrokerAdmin'] as const;
 
 export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
   const server = new SvidServer({
@@ -53,14 +57,16 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
   });
   const proto = brokerProto();
   server.grpc.addService(proto.taskbroker.v1.TaskBroker.service, taskBrokerHandlers({ logger: deps.logger, lifecycle: deps.lifecycle }));
+  if (deps.admin) server.grpc.addService(proto.taskbroker.v1.TaskBrokerAdmin.service, adminHandlers({ logger: deps.logger, admin: deps.admin }));
+  const served = SERVICE_NAMES.filter((name) => name !== 'taskbroker.v1.TaskBrokerAdmin' || deps.admin);
 
-  const health = new HealthImplementation({ '': 'NOT_SERVING', ...Object.fromEntries(SERVICE_NAMES.map((s) => [s, 'NOT_SERVING'])) });
+  const health = new HealthImplementation({ '': 'NOT_SERVING', ...Object.fromEntries(served.map((s) => [s, 'NOT_SERVING'])) });
   health.addToServer(server.grpc);
   // Reflection describes every service served here, health included.
   new ReflectionService({ ...brokerPackageDefinition(), ...loadSync(healthProtoPath) }).addToServer(server.grpc);
 
   const port = await server.listen(deps.host, deps.port);
-  for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, 'SERVING');
+  for (const name of ['', ...served]) health.setStatus(name, 'SERVING');
   deps.logger.info({ host: deps.host, port, spiffeId: deps.identity.current()?.spiffeId.toString() }, 'task-broker listening');
 
   return {
@@ -68,7 +74,7 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
     server,
     health,
     async close(graceMs = 10_000) {
-      for (const name of ['', ...SERVICE_NAMES]) health.setStatus(name, 'NOT_SERVING');
+      for (const name of ['', ...served]) health.setStatus(name, 'NOT_SERVING');
       await server.shutdown(graceMs);
     },
   };
@@ -81,6 +87,8 @@ export interface TaskBrokerOptions {
   /** The broker takes ownership: close() closes it. */
   store: Store;
   kek: KeyEncryptionKey;
+  /** The policy consulted on every request; absent: no policy, every task and admin request is denied. */
+  policy?: PolicySource;
   host: string;
   port: number;
   /** The HTTP port for /.well-known/jwks.json; undefined: no HTTP listener. */
@@ -102,6 +110,7 @@ export interface TaskBrokerOptions {
 export interface RunningTaskBroker extends RunningBroker {
   readonly httpPort: number | undefined;
   readonly lifecycle: TaskLifecycle;
+  readonly admin: TaskAdmin;
   readonly keys: SigningKeyRing;
   readonly store: Store;
   /** Runs one sweep now (also what the timer runs). */
@@ -134,7 +143,10 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       logger,
     });
     await keys.init();
-    const lifecycle = new TaskLifecycle({ db: store.db, keys, issuer, limits, clock: options.clock });
+    const policy = options.policy ?? new StaticPolicySource(undefined);
+    if (!policy.current()) logger.warn('no policy loaded: every task and admin request will be denied (start with --policy FILE)');
+    const lifecycle = new TaskLifecycle({ db: store.db, keys, issuer, limits, clock: options.clock, policy });
+    const admin = new TaskAdmin({ db: store.db, lifecycle, keys, policy, clock: options.clock });
 
     let httpPort: number | undefined;
     if (options.http) {
@@ -177,12 +189,14 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       clock: options.clock,
       refusedConnectionLingerMs: options.refusedConnectionLingerMs,
       lifecycle,
+      admin,
     });
     logger.info({ database: store.description, issuer, alg: options.tokenAlg ?? 'ES256' }, 'task-broker ready');
     return {
       ...grpcBroker,
       httpPort,
       lifecycle,
+      admin,
       keys,
       store,
       sweep,

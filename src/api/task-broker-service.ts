@@ -55,6 +55,10 @@ export function taskMessage(task: Task): TaskMessage {
     endedAt: task.endedAt ? toTimestamp(task.endedAt) : null,
     endedBy: task.endedBy ?? '',
     endReason: task.endReason ?? '',
+    approvedBy: task.approvedBy ?? '',
+    approvedAt: task.approvedAt ? toTimestamp(task.approvedAt) : null,
+    approvalComment: task.approvalComment ?? '',
+    policyRule: task.policyRule ?? '',
   };
 }
 

@@ -24,7 +24,11 @@ export type AuditEventType =
   | 'task.expired'
   | 'token.issued'
   | 'token.verified'
-  | 'access.denied';
+  | 'access.denied'
+  | 'admin.workload_revoked'
+  | 'admin.tasks_listed'
+  | 'admin.audit_read'
+  | 'admin.key_rotated';
 
 /** Who did it: the verified caller (or the broker itself, for the sweeper). */
 export interface AuditActor {

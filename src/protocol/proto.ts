@@ -5,9 +5,13 @@
 import * as grpc from '@grpc/grpc-js';
 import { loadSync, type Options, type PackageDefinition } from '@grpc/proto-loader';
 import { protoDir } from '../files/project-paths.js';
-import type { ProtoGrpcType as BrokerProto } from '../gen/broker.js';
+import type { ProtoGrpcType as AdminProtoType } from '../gen/admin.js';
+import type { ProtoGrpcType as BrokerProtoType } from '../gen/broker.js';
 
-export const PROTO_FILES = ['taskbroker/v1/broker.proto'];
+/** Both files load into one package: taskbroker.v1 holds TaskBroker and TaskBrokerAdmin. */
+export type BrokerProto = BrokerProtoType & AdminProtoType;
+
+export const PROTO_FILES = ['taskbroker/v1/broker.proto', 'taskbroker/v1/admin.proto'];
 
 /** Must match the flags of `npm run gen` so the generated types describe what is loaded. */
 export const LOADER_OPTIONS: Options = {

@@ -133,3 +133,22 @@ export function parseSpiffeIdPattern(pattern: string): SpiffeIdMatcher {
 export function matchesPattern(pattern: string, id: SpiffeId | string): boolean {
   return parseSpiffeIdPattern(pattern).matches(typeof id === 'string' ? SpiffeId.parse(id) : id);
 }
+
+/**
+ * A PostgreSQL regular expression (for `~`) equivalent to a pattern, so selectors can be
+ * evaluated in the database. Only '.' needs escaping: IDs hold letters, digits, '.', '-', '_'.
+ */
+export function patternToPostgresRegex(pattern: string): string {
+  parseSpiffeIdPattern(pattern); // validates
+  const [scheme, rest] = ['spiffe://', pattern.slice('spiffe://'.length)];
+  const body = rest
+    .split('/')
+    .map((segment, i) => {
+      if (i === 0) return segment.replaceAll('.', '\\.');
+      if (segment === '*') return '[^/]+';
+      if (segment === '**') return '[^/]+(/[^/]+)*';
+      return segment.replaceAll('.', '\\.');
+    })
+    .join('/');
+  return `^${scheme}${body}$`;
+}

@@ -29,6 +29,10 @@ export interface TasksTable {
   ended_at: Date | null;
   ended_by: string | null;
   end_reason: string | null;
+  approved_by: ColumnType<string | null, string | null | undefined, string | null>;
+  approved_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
+  approval_comment: ColumnType<string | null, string | null | undefined, string | null>;
+  policy_rule: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export type SigningKeyState = 'ACTIVE' | 'RETIRED';

@@ -9,6 +9,9 @@
 
 import { appendAuditEvent, type AuditActor, type AuditEventInput } from '../audit/audit.js';
 import { BrokerError } from '../errors.js';
+import type { PolicyDecision } from '../policy/policy.js';
+import type { PolicySource } from '../policy/policy-source.js';
+import { SpiffeId } from '../spiffe/id.js';
 import type { Db, Tx } from '../store/database.js';
 import type { TaskRow, TaskState } from '../store/schema.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
@@ -35,6 +38,10 @@ export interface Task {
   endedAt: Date | null;
   endedBy: string | null;
   endReason: string | null;
+  approvedBy: string | null;
+  approvedAt: Date | null;
+  approvalComment: string | null;
+  policyRule: string | null;
 }
 
 export interface LifecycleLimits extends SpecLimits {
@@ -80,6 +87,8 @@ export interface LifecycleDeps {
   keys: SigningKeyRing;
   /** The token issuer (`iss`) and the actor recorded for the broker's own actions (expiry). */
   issuer: string;
+  /** Consulted on every request; no policy (current() undefined) denies everything. */
+  policy: PolicySource;
   limits?: Partial<LifecycleLimits>;
   clock?: () => Date;
 }
@@ -87,7 +96,7 @@ export interface LifecycleDeps {
 const LIVE: TaskState[] = ['PENDING_APPROVAL', 'ACTIVE'];
 const notFound = () => new BrokerError('not-found', 'task not found');
 
-function toTask(row: TaskRow): Task {
+export function toTask(row: TaskRow): Task {
   const spec = row.spec as Omit<TaskSpec, 'ttlSeconds'>;
   return {
     taskId: row.task_id,
@@ -100,15 +109,19 @@ function toTask(row: TaskRow): Task {
     endedAt: row.ended_at,
     endedBy: row.ended_by,
     endReason: row.end_reason,
+    approvedBy: row.approved_by,
+    approvedAt: row.approved_at,
+    approvalComment: row.approval_comment,
+    policyRule: row.policy_rule,
   };
 }
 
-function auditActor(actor: Actor): AuditActor {
+export function auditActor(actor: Actor): AuditActor {
   return { spiffeId: actor.spiffeId, certThumbprint: actor.certThumbprint, requestId: actor.requestId };
 }
 
 /** A result computed inside a transaction that must commit, then surface as an error. */
-class Refusal {
+export class Refusal {
   constructor(readonly error: BrokerError) {}
 }
 
@@ -133,20 +146,41 @@ export class TaskLifecycle {
     return this.deps.issuer;
   }
 
-  private async audit(tx: Tx, actor: Actor | AuditActor, input: Omit<AuditEventInput, 'actor' | 'occurredAt'> & { occurredAt?: Date }): Promise<void> {
+  async audit(tx: Tx, actor: Actor | AuditActor, input: Omit<AuditEventInput, 'actor' | 'occurredAt'> & { occurredAt?: Date }): Promise<void> {
     const a = 'trustDomain' in actor ? auditActor(actor) : actor;
     await appendAuditEvent(tx, { ...input, actor: a, occurredAt: input.occurredAt ?? this.clock() });
   }
 
   /** Runs `fn` in a transaction; a Refusal it returns is committed, then thrown. */
-  private async run<T>(fn: (tx: Tx) => Promise<T | Refusal>): Promise<T> {
+  async run<T>(fn: (tx: Tx) => Promise<T | Refusal>): Promise<T> {
     const result = await this.deps.db.transaction().execute(fn);
     if (result instanceof Refusal) throw result.error;
     return result;
   }
 
+  /** The policy's decision for `actor`; with no policy loaded, a denial that says so. */
+  decide(actor: Actor, request: { action: string; audience: string; scopes: readonly string[]; taskTtlSeconds?: number }): PolicyDecision {
+    const policy = this.deps.policy.current();
+    if (!policy) return { allowed: false, reason: 'no policy is loaded: every request is denied', policyDigest: '' };
+    return policy.decide({ caller: SpiffeId.parse(actor.spiffeId), ...request });
+  }
+
+  /** Records a policy denial in `tx` and returns the refusal to raise after commit. */
+  private async denyByPolicy(tx: Tx, actor: Actor, taskId: string | null, operation: string, decision: PolicyDecision & { allowed: false }, details: Record<string, unknown> = {}): Promise<Refusal> {
+    await this.audit(tx, actor, {
+      taskId,
+      type: 'access.denied',
+      details: { operation, reason: `policy: ${decision.reason}`, policy_digest: decision.policyDigest, ...details },
+    });
+    return new Refusal(new BrokerError('permission-denied', `denied by policy: ${decision.reason}`));
+  }
+
   async createTask(actor: Actor, input: TaskSpecInput, idempotencyKey?: string): Promise<{ task: Task; canonicalSpec: string; replayed: boolean }> {
     const spec = validateTaskSpec(input, this.limits);
+    const decision = this.decide(actor, { action: spec.action, audience: spec.audience, scopes: spec.scopes, taskTtlSeconds: spec.ttlSeconds });
+    if (!decision.allowed) {
+      return this.run<never>((tx) => this.denyByPolicy(tx, actor, null, 'CreateTask', decision, { action: spec.action, audience: spec.audience, scopes: spec.scopes }));
+    }
     // eslint-disable-next-line no-control-regex
     if (idempotencyKey !== undefined && (idempotencyKey.length === 0 || idempotencyKey.length > 128 || /[\x00-\x1f\x7f]/.test(idempotencyKey))) {
       throw new BrokerError('invalid-argument', 'idempotency_key: 1 to 128 printable characters');
@@ -191,7 +225,8 @@ export class TaskLifecycle {
               audience: spec.audience,
               scopes: JSON.stringify(spec.scopes),
               ttl_seconds: spec.ttlSeconds,
-              state: 'ACTIVE',
+              state: decision.requireApproval ? 'PENDING_APPROVAL' : 'ACTIVE',
+              policy_rule: decision.rule,
               idempotency_key: idempotencyKey ?? null,
               owner_cert_thumbprint: actor.certThumbprint,
               created_at: now,
@@ -212,6 +247,8 @@ export class TaskLifecycle {
               ttl_seconds: spec.ttlSeconds,
               expires_at: row.expires_at.toISOString(),
               state: row.state,
+              policy_rule: decision.rule,
+              policy_digest: decision.policyDigest,
               ...(idempotencyKey !== undefined ? { idempotency_key: idempotencyKey } : {}),
             },
           });
@@ -284,7 +321,9 @@ export class TaskLifecycle {
     return this.run(async (tx) => {
       const row = await this.lockOwnedTask(tx, actor, taskId, 'GetTask');
       if (row instanceof Refusal) return row;
-      await this.audit(tx, actor, { taskId, type: 'task.polled', details: { state: row.state } });
+      const decision = this.decide(actor, { action: row.action, audience: row.audience, scopes: row.scopes });
+      if (!decision.allowed) return this.denyByPolicy(tx, actor, taskId, 'GetTask', decision);
+      await this.audit(tx, actor, { taskId, type: 'task.polled', details: { state: row.state, policy_rule: decision.rule } });
       return toTask(row);
     });
   }
@@ -312,9 +351,13 @@ export class TaskLifecycle {
       if (extra.length > 0) return refuse('permission-denied', `scopes not granted to the task: ${extra.join(' ')}`, { requested_scopes: requestedScopes });
       const scopes = requestedScopes.length > 0 ? requestedScopes : taskScopes;
 
+      // Policy at request time: a task the policy no longer allows gets no more tokens.
+      const decision = this.decide(actor, { action: row.action, audience: row.audience, scopes });
+      if (!decision.allowed) return this.denyByPolicy(tx, actor, taskId, 'IssueToken', decision, { scopes });
+
       const now = this.clock();
       const nowSec = Math.floor(now.getTime() / 1000);
-      const wanted = Math.min(request.ttlSeconds ?? this.limits.defaultTokenTtlSeconds, this.limits.maxTokenTtlSeconds);
+      const wanted = Math.min(request.ttlSeconds ?? this.limits.defaultTokenTtlSeconds, this.limits.maxTokenTtlSeconds, decision.maxTokenTtlSeconds ?? Infinity);
       const exp = Math.min(nowSec + wanted, Math.floor(row.expires_at.getTime() / 1000));
       if (exp <= nowSec) return refuse('failed-precondition', 'task expires in less than a second: no token can be issued');
 
@@ -352,7 +395,16 @@ export class TaskLifecycle {
         taskId,
         type: 'token.issued',
         occurredAt: now,
-        details: { token_id: jti, kid: key.kid, scopes, audience: claims.aud, expires_at: expiresAt.toISOString(), cnf_x5t_s256: actor.certThumbprint },
+        details: {
+          token_id: jti,
+          kid: key.kid,
+          scopes,
+          audience: claims.aud,
+          expires_at: expiresAt.toISOString(),
+          cnf_x5t_s256: actor.certThumbprint,
+          policy_rule: decision.rule,
+          policy_digest: decision.policyDigest,
+        },
       });
       return { token, tokenId: jti, expiresAt, scopes };
     });

@@ -11,7 +11,7 @@
 import { KeyObject, createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
 import type { Logger } from '../observability/logger.js';
-import type { Db } from '../store/database.js';
+import type { Db, Tx } from '../store/database.js';
 import type { SigningKeyRow, SigningKeyState } from '../store/schema.js';
 import type { KeyEncryptionKey } from './kek.js';
 
@@ -167,7 +167,11 @@ export class SigningKeyRing implements VerificationKeySource {
    * Retires the ACTIVE key (still published for the longest token lifetime plus one refresh
    * interval, since replicas that have not re-read yet keep signing with it) and activates a new one.
    */
-  async rotate(): Promise<{ kid: string; retiredKid: string | undefined }> {
+  /**
+   * Makes a new key ACTIVE and retires the current one. `inTransaction` runs inside the rotation's
+   * transaction (the caller's audit event), so the rotation and its record commit together.
+   */
+  async rotate(inTransaction?: (tx: Tx, rotation: { kid: string; retiredKid: string | undefined }) => Promise<void>): Promise<{ kid: string; retiredKid: string | undefined }> {
     const fresh = await this.#generate();
     let retiredKid: string | undefined;
     for (let attempt = 1; ; attempt++) {
@@ -186,6 +190,7 @@ export class SigningKeyRing implements VerificationKeySource {
             .insertInto('signing_keys')
             .values({ ...fresh, state: 'ACTIVE', created_at: now, retired_at: null, publish_until: null })
             .execute();
+          await inTransaction?.(tx, { kid: fresh.kid, retiredKid: current?.kid });
           return current?.kid;
         });
         break;

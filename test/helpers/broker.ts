@@ -17,6 +17,7 @@ import { migrate } from '../../src/store/migrate.js';
 import { KeyEncryptionKey, generateKekBase64 } from '../../src/tokens/kek.js';
 import { StaticServerIdentity, tlsIdentityFrom } from '../../src/transport/server-identity.js';
 import { createTestDatabase, type TestDatabase } from './db.js';
+import { permissivePolicySource } from './policy.js';
 import { bundleSet, pemOf, trustDomainPki, type PemSvid, type TrustDomainPki } from './pki.js';
 
 export const BROKER_ID = 'spiffe://a.test/task-broker';
@@ -50,7 +51,7 @@ export interface TestBroker {
   close(): Promise<void>;
 }
 
-export interface TestBrokerOptions extends Partial<Pick<TaskBrokerOptions, 'limits' | 'tokenAlg' | 'sweepIntervalMs'>> {
+export interface TestBrokerOptions extends Partial<Pick<TaskBrokerOptions, 'limits' | 'tokenAlg' | 'sweepIntervalMs' | 'policy'>> {
   logger?: Logger;
 }
 
@@ -76,6 +77,7 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
       bundles,
       store,
       kek,
+      policy: options.policy ?? permissivePolicySource(),
       host: '127.0.0.1',
       port: 0,
       http: { host: '127.0.0.1', port: 0 },

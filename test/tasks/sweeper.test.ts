@@ -12,6 +12,7 @@ import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
 import { SigningKeyRing } from '../../src/tokens/keyring.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { MutableClock } from '../helpers/broker.js';
+import { permissivePolicySource } from '../helpers/policy.js';
 
 const ISSUER = 'spiffe://a.test/task-broker';
 const OWNER: Actor = { spiffeId: 'spiffe://a.test/w', trustDomain: 'a.test', certThumbprint: 'x5t', requestId: 'r' };
@@ -32,7 +33,7 @@ describe('expiry sweep in three replicas against one PostgreSQL database', () =>
       stores.map(async (store) => {
         const keys = new SigningKeyRing({ db: store.db, kek, alg: 'ES256', maxTokenTtlSeconds: 900, logger: silentLogger(), clock: clock.now });
         await keys.init();
-        return new TaskLifecycle({ db: store.db, keys, issuer: ISSUER, clock: clock.now });
+        return new TaskLifecycle({ db: store.db, keys, issuer: ISSUER, clock: clock.now, policy: permissivePolicySource() });
       }),
     );
   });

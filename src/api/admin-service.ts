@@ -1,0 +1,93 @@
+/**
+ * gRPC handlers of TaskBrokerAdmin: decode, take the verified Caller, call the admin domain
+ * (which checks that the caller is an admin), encode.
+ */
+import type { AuditEvent as AuditEventMessage } from '../gen/taskbroker/v1/AuditEvent.js';
+import type { TaskBrokerAdminHandlers } from '../gen/taskbroker/v1/TaskBrokerAdmin.js';
+import type { Logger } from '../observability/logger.js';
+import type { AuditEvent } from '../audit/audit.js';
+import { BrokerError } from '../errors.js';
+import { jsonToStruct } from '../protocol/struct.js';
+import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
+import type { TaskAdmin } from '../tasks/admin.js';
+import type { JsonObject } from '../tasks/spec.js';
+import type { TaskState } from '../store/schema.js';
+import { unary } from './handlers.js';
+import { actorOf, taskMessage } from './task-broker-service.js';
+
+export interface AdminServiceDeps {
+  logger: Logger;
+  admin: TaskAdmin;
+}
+
+const STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE', 'COMPLETED', 'CANCELLED', 'REVOKED', 'EXPIRED'];
+
+function stateFilter(value: string): TaskState | undefined {
+  if (value === '' || value === 'TASK_STATE_UNSPECIFIED') return undefined;
+  const state = value.replace(/^TASK_STATE_/, '') as TaskState;
+  if (!STATES.includes(state)) throw new BrokerError('invalid-argument', `state: unknown task state ${value}`);
+  return state;
+}
+
+export function auditEventMessage(e: AuditEvent): AuditEventMessage {
+  return {
+    seq: e.seq,
+    eventType: e.type,
+    actorSpiffeId: e.actorSpiffeId,
+    actorCertThumbprint: e.actorCertThumbprint ?? '',
+    requestId: e.requestId,
+    occurredAt: toTimestamp(e.occurredAt),
+    details: jsonToStruct(e.details as JsonObject),
+    prevHash: e.prevHash,
+    hash: e.hash,
+  };
+}
+
+export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAdminHandlers {
+  return {
+    RevokeTask: unary('RevokeTask', logger, async (call) => {
+      const res = await admin.revokeTask(actorOf(call), call.request.taskId, call.request.reason);
+      return { task: taskMessage(res.task), revokedTokens: res.revokedTokens };
+    }),
+
+    RevokeWorkload: unary('RevokeWorkload', logger, async (call) => {
+      const res = await admin.revokeWorkload(actorOf(call), call.request.selector, call.request.reason);
+      return { revokedTasks: res.taskIds.length, revokedTokens: res.revokedTokens, taskIds: res.taskIds };
+    }),
+
+    ListTasks: unary('ListTasks', logger, async (call) => {
+      const r = call.request;
+      const res = await admin.listTasks(
+        actorOf(call),
+        {
+          owner: r.owner || undefined,
+          state: stateFilter(r.state),
+          audience: r.audience || undefined,
+          createdAfter: fromTimestamp(r.createdAfter),
+          createdBefore: fromTimestamp(r.createdBefore),
+        },
+        { pageSize: r.pageSize, pageToken: r.pageToken || undefined },
+      );
+      return { tasks: res.tasks.map(taskMessage), nextPageToken: res.nextPageToken };
+    }),
+
+    GetAuditTrail: unary('GetAuditTrail', logger, async (call) => {
+      const res = await admin.auditTrail(actorOf(call), call.request.taskId);
+      return {
+        taskId: call.request.taskId,
+        events: res.events.map(auditEventMessage),
+        chain: { ok: res.check.ok, events: res.check.events, brokenAt: res.check.brokenAt ?? 0, problem: res.check.problem ?? '' },
+      };
+    }),
+
+    ApproveTask: unary('ApproveTask', logger, async (call) => {
+      const task = await admin.approveTask(actorOf(call), call.request.taskId, call.request.comment);
+      return { task: taskMessage(task) };
+    }),
+
+    RotateSigningKey: unary('RotateSigningKey', logger, async (call) => {
+      const res = await admin.rotateSigningKey(actorOf(call));
+      return { kid: res.kid, retiredKid: res.retiredKid ?? '' };
+    }),
+  };
+}

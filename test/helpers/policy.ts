@@ -1,0 +1,32 @@
+/**
+ * Policies for tests: the permissive one lets every workload of a.test and b.test do anything
+ * with audiences in those trust domains (so non-policy tests are not about policy), and names
+ * one admin.
+ */
+import { parsePolicy, type Policy } from '../../src/policy/policy.js';
+import { StaticPolicySource } from '../../src/policy/policy-source.js';
+
+export const ADMIN = 'spiffe://a.test/ns/platform/sa/admin';
+export const SECOND_ADMIN = 'spiffe://a.test/ns/platform/sa/oncall';
+
+export const PERMISSIVE_POLICY = `
+version: 1
+admins:
+  - ${ADMIN}
+  - ${SECOND_ADMIN}
+rules:
+  - name: everything
+    callers:
+      trust_domains: [a.test, b.test]
+    actions: ["*"]
+    audiences: ["spiffe://a.test/**", "spiffe://b.test/**"]
+    scopes: ["*"]
+`;
+
+export function policyOf(yaml: string, source = 'test-policy.yaml'): Policy {
+  return parsePolicy(yaml, source);
+}
+
+export function permissivePolicySource(): StaticPolicySource {
+  return new StaticPolicySource(policyOf(PERMISSIVE_POLICY));
+}
