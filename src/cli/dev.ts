@@ -8,8 +8,9 @@ import * as grpc from '@grpc/grpc-js';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { verifyTaskTrail } from '../audit/audit.js';
+import { AdminClient } from '../client/admin-client.js';
 import { BrokerClient } from '../client/broker-client.js';
+import { structToJson } from '../protocol/struct.js';
 import { initDevCa, loadDevCa, mintDevSvid, type SvidFiles } from '../devca/dev-ca.js';
 import { chainPem, mintX509Svid, privateKeyPem } from '../devca/certificates.js';
 import { createLogger } from '../observability/logger.js';
@@ -46,6 +47,24 @@ function describe(err: unknown): string {
   return `${grpc.status[e.code] ?? e.code}: ${e.details}`;
 }
 
+/** Default deny: the demo's workloads may export invoices from the invoice API; one admin. */
+function devPolicy(adminId: string, apiId: string): string {
+  return `# task-broker dev policy (see examples/policy.yaml for the format)
+version: 1
+admins:
+  - ${adminId}
+rules:
+  - name: demo-invoice-export
+    callers:
+      spiffe_ids: ["spiffe://${TRUST_DOMAIN}/ns/demo/sa/*"]
+    actions: ["invoice.export"]
+    audiences: ["${apiId}"]
+    scopes: ["invoices:read", "invoices:list"]
+    max_task_ttl: 1h
+    max_token_ttl: 5m
+`;
+}
+
 function decodeJwtPart(token: string, index: number): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split('.')[index] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
 }
@@ -69,12 +88,17 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
   const stranger = await readSvid(await mintDevSvid(home.dir, strangerId, { outDir: svidDir }));
   const partnerId = `spiffe://${FEDERATED}/ns/jobs/sa/reporter`;
   const partnerWorkload = await readSvid(await mintDevSvid(partner.dir, partnerId, { outDir: svidDir }));
+  const adminId = `spiffe://${TRUST_DOMAIN}/ns/platform/sa/admin`;
+  const adminSvid = await readSvid(await mintDevSvid(home.dir, adminId, { outDir: svidDir }));
+  const policyPath = join(dir, 'policy.yaml');
+  await writeFile(policyPath, devPolicy(adminId, apiId));
   const kekPath = join(dir, 'kek');
   await writeFile(kekPath, `${generateKekBase64()}\n`, { mode: 0o600, flag: 'w' });
   say(`${TRUST_DOMAIN} CA: ${home.certPath}`);
   say(`${FEDERATED} CA (federated): ${partner.certPath}`);
   say(`SVIDs: broker ${brokerId}, workload ${workerId}, resource server ${apiId}, ${strangerId}, ${partnerId}`);
   say(`key-encryption key for the signing keys: ${kekPath}`);
+  say(`policy (default deny; one rule for the demo workloads, one admin): ${policyPath}`);
 
   step('Starting the broker: mTLS with both trust bundles, embedded PGlite, JWKS over HTTP');
   const logLevel = (stringOption(parsed.values, 'log-level') ?? 'warn') as 'warn';
@@ -89,6 +113,7 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
         { trustDomain: TRUST_DOMAIN, path: home.certPath },
         { trustDomain: FEDERATED, path: partner.certPath },
       ],
+      policyPath,
       dataDir: join(dir, 'data'),
       migrate: true,
       kek: { file: kekPath },
@@ -108,6 +133,7 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
   const bundlePem = await readFile(home.certPath, 'utf8');
   const connect = (svid: Svid) => BrokerClient.withSvid(address, { ...svid, bundle: bundlePem, serverId: brokerId });
   const clients = { worker: connect(worker), api: connect(api), stranger: connect(stranger) };
+  const admin = AdminClient.withSvid(address, { ...adminSvid, bundle: bundlePem, serverId: brokerId });
 
   try {
     step(`${workerId} asks the broker who it is`);
@@ -168,14 +194,17 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
     const after = await verify(me.certThumbprint);
     say(`${after.reason}: ${after.detail}`);
 
-    step('The task audit trail');
-    const trail = await verifyTaskTrail(broker.store.db, task.taskId);
-    for (const e of trail.trail) {
-      say(`#${e.seq} ${e.occurredAt.toISOString()} ${e.type.padEnd(20)} ${e.actorSpiffeId} ${JSON.stringify(e.details)}`);
+    step(`The platform team reads the task's audit trail (${adminId}, TaskBrokerAdmin.GetAuditTrail)`);
+    const trail = await admin.getAuditTrail(task.taskId);
+    for (const e of trail.events) {
+      const at = new Date(Number(e.occurredAt?.seconds ?? 0) * 1000 + Math.floor((e.occurredAt?.nanos ?? 0) / 1e6)).toISOString();
+      say(`#${e.seq} ${at} ${e.eventType.padEnd(20)} ${e.actorSpiffeId} ${JSON.stringify(structToJson(e.details))}`);
     }
-    say(trail.ok ? `hash chain verified: ${trail.events} events, head ${trail.trail.at(-1)?.hash ?? ''}` : `HASH CHAIN BROKEN at event ${trail.brokenAt}: ${trail.problem}`);
+    const chain = trail.chain;
+    say(chain?.ok ? `hash chain verified: ${chain.events} events, head ${trail.events.at(-1)?.hash ?? ''}` : `HASH CHAIN BROKEN at event ${chain?.brokenAt}: ${chain?.problem}`);
   } finally {
     for (const c of Object.values(clients)) c.close();
+    admin.close();
     if (parsed.values['keep-running'] === true) {
       out(`\nBroker left running on ${address}; SVIDs, bundles and the KEK are in ${dir}. Ctrl-C to stop.`);
       await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()).once('SIGTERM', () => resolve()));

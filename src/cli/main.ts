@@ -6,6 +6,7 @@ import { runDev, devSpec } from './dev.js';
 import { devCaInitSpec, devCaMintSpec, runDevCaInit, runDevCaMint } from './dev-ca.js';
 import { ExitCode, helpText, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './options.js';
 import { migrateSpec, runMigrate } from './migrate.js';
+import { policyCheckSpec, runPolicyCheck } from './policy.js';
 import { runServe, serveSpec } from './serve.js';
 
 interface Command {
@@ -17,6 +18,7 @@ const COMMANDS: Record<string, Command> = {
   serve: { spec: serveSpec, run: (p) => runServe(p) },
   dev: { spec: devSpec, run: runDev },
   migrate: { spec: migrateSpec, run: runMigrate },
+  'policy check': { spec: policyCheckSpec, run: runPolicyCheck },
   'dev-ca init': { spec: devCaInitSpec, run: runDevCaInit },
   'dev-ca mint': { spec: devCaMintSpec, run: runDevCaMint },
 };

@@ -9,6 +9,7 @@ import { parseBundleFileArg, watchBundleFiles } from '../spiffe/bundle-files.js'
 import { openStore } from '../store/database.js';
 import { loadKek } from '../tokens/kek.js';
 import type { TokenAlg } from '../tokens/keyring.js';
+import { FilePolicySource } from '../policy/policy-source.js';
 import { FileServerIdentity } from '../transport/server-identity.js';
 import { listOption, parseDuration, parseListenAddress, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from './options.js';
 
@@ -33,6 +34,7 @@ export const serveSpec: CommandSpec = {
       env: 'TASK_BROKER_BUNDLES',
       description: 'Trust bundle of a trust domain whose workloads may call (PEM or SPIFFE bundle JSON); reloaded on change',
     },
+    policy: { type: 'string', placeholder: 'FILE', env: 'TASK_BROKER_POLICY', description: 'Policy document (YAML); reloaded on change, a broken new version keeps the last good one. Without it every task and admin request is denied' },
     ...storageOptions,
     migrate: { type: 'boolean', env: 'TASK_BROKER_MIGRATE', description: 'Apply pending database migrations at start (otherwise the broker refuses to start while any is pending)' },
     'kek-file': { type: 'string', placeholder: 'FILE', env: 'TASK_BROKER_KEK_FILE', description: 'Key-encryption key for the signing keys at rest: 32 random bytes, base64 (mode 0600)' },
@@ -58,6 +60,7 @@ export interface ServeConfig {
   svidCertPath: string;
   svidKeyPath: string;
   bundles: ReturnType<typeof parseBundleFileArg>[];
+  policyPath?: string;
   databaseUrl?: string;
   dataDir: string;
   migrate: boolean;
@@ -117,6 +120,7 @@ export function serveConfig(parsed: ParsedCommand): ServeConfig {
     svidCertPath,
     svidKeyPath,
     bundles,
+    policyPath: stringOption(values, 'policy'),
     databaseUrl: stringOption(values, 'database-url'),
     dataDir: stringOption(values, 'data-dir') ?? './task-broker-data',
     migrate: values.migrate === true || values.migrate === 'true',
@@ -138,7 +142,9 @@ export async function startFromConfig(config: ServeConfig, logger: Logger): Prom
   const identity = await FileServerIdentity.load(config.svidCertPath, config.svidKeyPath, { logger, pollIntervalMs: config.filePollIntervalMs });
   const bundles = new TrustBundleSet();
   let bundleWatch: { close(): void } | undefined;
+  let policy: FilePolicySource | undefined;
   try {
+    if (config.policyPath) policy = await FilePolicySource.load(config.policyPath, { logger, pollIntervalMs: config.filePollIntervalMs });
     bundleWatch = await watchBundleFiles(bundles, config.bundles, { logger, pollIntervalMs: config.filePollIntervalMs });
     const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
     const broker = await startTaskBroker({
@@ -147,6 +153,7 @@ export async function startFromConfig(config: ServeConfig, logger: Logger): Prom
       bundles,
       store,
       kek,
+      policy,
       host: config.host,
       port: config.port,
       http: config.http,
@@ -163,11 +170,13 @@ export async function startFromConfig(config: ServeConfig, logger: Logger): Prom
         await broker.close(graceMs);
         identity.close();
         bundleWatch?.close();
+        policy?.close();
       },
     };
   } catch (err) {
     identity.close();
     bundleWatch?.close();
+    policy?.close();
     throw err;
   }
 }

@@ -1,0 +1,55 @@
+/**
+ * A typed, promise-based client for TaskBrokerAdmin (platform teams, admin SVIDs only).
+ */
+import type { ApproveTaskResponse__Output } from '../gen/taskbroker/v1/ApproveTaskResponse.js';
+import type { GetAuditTrailResponse__Output } from '../gen/taskbroker/v1/GetAuditTrailResponse.js';
+import type { ListTasksRequest } from '../gen/taskbroker/v1/ListTasksRequest.js';
+import type { ListTasksResponse__Output } from '../gen/taskbroker/v1/ListTasksResponse.js';
+import type { RevokeTaskResponse__Output } from '../gen/taskbroker/v1/RevokeTaskResponse.js';
+import type { RevokeWorkloadResponse__Output } from '../gen/taskbroker/v1/RevokeWorkloadResponse.js';
+import type { RotateSigningKeyResponse__Output } from '../gen/taskbroker/v1/RotateSigningKeyResponse.js';
+import type { TaskBrokerAdminClient } from '../gen/taskbroker/v1/TaskBrokerAdmin.js';
+import { brokerProto } from '../protocol/proto.js';
+import { unaryCall, type CallOptions, type ConnectOptions } from './broker-client.js';
+import { svidChannelCredentials, svidChannelOptions, type SvidCredentialsOptions } from './credentials.js';
+
+export class AdminClient {
+  readonly raw: TaskBrokerAdminClient;
+
+  constructor(options: ConnectOptions) {
+    const { TaskBrokerAdmin } = brokerProto().taskbroker.v1;
+    this.raw = new TaskBrokerAdmin(options.address, options.credentials, { ...svidChannelOptions(), ...options.channelOptions });
+  }
+
+  static withSvid(address: string, svid: SvidCredentialsOptions): AdminClient {
+    return new AdminClient({ address, credentials: svidChannelCredentials(svid) });
+  }
+
+  revokeTask(taskId: string, reason: string, options?: CallOptions): Promise<RevokeTaskResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.RevokeTask({ taskId, reason }, md, opts, cb), options);
+  }
+
+  revokeWorkload(selector: string, reason: string, options?: CallOptions): Promise<RevokeWorkloadResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.RevokeWorkload({ selector, reason }, md, opts, cb), options);
+  }
+
+  listTasks(request: ListTasksRequest, options?: CallOptions): Promise<ListTasksResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.ListTasks(request, md, opts, cb), options);
+  }
+
+  getAuditTrail(taskId: string, options?: CallOptions): Promise<GetAuditTrailResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.GetAuditTrail({ taskId }, md, opts, cb), options);
+  }
+
+  approveTask(taskId: string, comment: string, options?: CallOptions): Promise<ApproveTaskResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.ApproveTask({ taskId, comment }, md, opts, cb), options);
+  }
+
+  rotateSigningKey(options?: CallOptions): Promise<RotateSigningKeyResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.RotateSigningKey({}, md, opts, cb), options);
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+}
