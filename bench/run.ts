@@ -27,6 +27,8 @@ import { svidChannelCredentials, svidChannelOptions } from '../src/client/creden
 import { chainPem, createRootCa, mintX509Svid, privateKeyPem, type IssuedCertificate } from '../src/devca/certificates.js';
 import type { CreateTaskRequest } from '../src/gen/taskbroker/v1/CreateTaskRequest.js';
 import { silentLogger } from '../src/observability/logger.js';
+import { parsePolicy } from '../src/policy/policy.js';
+import { StaticPolicySource } from '../src/policy/policy-source.js';
 import { jsonToStruct } from '../src/protocol/struct.js';
 import { startTaskBroker, type RunningTaskBroker } from '../src/server.js';
 import { TrustBundleSet } from '../src/spiffe/bundle.js';
@@ -42,6 +44,18 @@ const WORKER_ID = `spiffe://${TRUST_DOMAIN}/ns/bench/sa/worker`;
 const API_ID = `spiffe://${TRUST_DOMAIN}/ns/bench/sa/api`;
 const ADMIN_URL = process.env.TASK_BROKER_BENCH_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 
+/** The broker denies everything without a policy; this one allows the bench's workloads what they do, and nothing else. */
+const BENCH_POLICY = `
+version: 1
+rules:
+  - name: bench
+    callers:
+      spiffe_ids: ["${WORKER_ID}"]
+    actions: ["invoice.export"]
+    audiences: ["${API_ID}"]
+    scopes: ["invoices:read", "invoices:export"]
+`;
+
 // ---------------------------------------------------------------------------------------------
 // Options
 
@@ -53,28 +67,35 @@ interface BenchOptions {
   json: boolean;
 }
 
+class UsageError extends Error {}
+
 const USAGE = 'usage: run.js [--store pglite|postgres|both] [--ops N] [--concurrency C] [--warmup W] [--json]';
 
 function positiveInt(name: string, value: string, allowZero = false): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < (allowZero ? 0 : 1)) throw new Error(`--${name}: expected a ${allowZero ? 'non-negative' : 'positive'} integer, got "${value}"\n${USAGE}`);
+  if (!Number.isInteger(n) || n < (allowZero ? 0 : 1)) throw new UsageError(`--${name}: expected a ${allowZero ? 'non-negative' : 'positive'} integer, got "${value}"\n${USAGE}`);
   return n;
 }
 
+const FLAGS = {
+  store: { type: 'string', default: 'both' },
+  ops: { type: 'string', default: '2000' },
+  concurrency: { type: 'string', default: '16' },
+  warmup: { type: 'string', default: '200' },
+  json: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+
+function parseFlags(argv: string[]) {
+  try {
+    return parseArgs({ args: argv, options: FLAGS, strict: true, allowPositionals: false }).values;
+  } catch (err) {
+    throw new UsageError(`${(err as Error).message}\n${USAGE}`);
+  }
+}
+
 function parseOptions(argv: string[]): BenchOptions {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      store: { type: 'string', default: 'both' },
-      ops: { type: 'string', default: '2000' },
-      concurrency: { type: 'string', default: '16' },
-      warmup: { type: 'string', default: '200' },
-      json: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
+  const values = parseFlags(argv);
   if (values.help) {
     console.log(USAGE);
     process.exit(0);
@@ -89,7 +110,7 @@ function parseOptions(argv: string[]): BenchOptions {
       stores = [values.store];
       break;
     default:
-      throw new Error(`--store: expected pglite, postgres or both, got "${values.store}"\n${USAGE}`);
+      throw new UsageError(`--store: expected pglite, postgres or both, got "${values.store}"\n${USAGE}`);
   }
   return {
     stores,
@@ -263,6 +284,7 @@ async function startHarness(kind: StoreKind, options: BenchOptions): Promise<Har
       bundles,
       store,
       kek: KeyEncryptionKey.fromBase64(generateKekBase64()),
+      policy: new StaticPolicySource(parsePolicy(BENCH_POLICY, 'bench-policy.yaml')),
       host: '127.0.0.1',
       port: 0,
       migrate: false,
@@ -408,6 +430,8 @@ interface Machine {
   node: string;
   platform: string;
   memoryGiB: number;
+  /** 1-minute load average at start: other work on the machine skews the numbers. */
+  loadAverage: number;
   postgres?: string;
 }
 
@@ -419,6 +443,7 @@ function machine(): Machine {
     node: process.version,
     platform: `${os.platform()} ${os.release()} ${os.arch()}`,
     memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+    loadAverage: Math.round((os.loadavg()[0] ?? 0) * 100) / 100,
   };
 }
 
@@ -453,7 +478,7 @@ async function main(): Promise<void> {
   const log = (line: string) => console.error(line);
   if (!options.json) {
     console.log(`machine: ${m.cpus} × ${m.cpuModel}, ${m.memoryGiB} GiB, ${m.platform}`);
-    console.log(`node ${m.node}${m.postgres ? `, PostgreSQL ${m.postgres}` : ''}`);
+    console.log(`node ${m.node}${m.postgres ? `, PostgreSQL ${m.postgres}` : ''}, load average ${m.loadAverage} at start`);
     console.log(`ops ${options.ops} per operation, concurrency ${options.concurrency}, warm-up ${options.warmup} per operation, mTLS gRPC over 127.0.0.1\n`);
   }
   const results: PhaseResult[] = [];
@@ -466,6 +491,7 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
+  if (err instanceof UsageError) console.error(err.message);
+  else console.error(err instanceof Error ? (err.stack ?? err.message) : String(err));
   process.exitCode = 1;
 });

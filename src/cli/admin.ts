@@ -366,7 +366,7 @@ function printJson(out: Out, value: JsonValue): void {
   out(JSON.stringify(value, null, 2));
 }
 
-const shortState = (state: TaskState__Output | string): string => state.replace(/^TASK_STATE_/, '');
+const shortState = (state: string): string => state.replace(/^TASK_STATE_/, '');
 const dash = (text: string | null | undefined): string => (text ? text : '-');
 
 const TASK_COLUMNS = ['TASK ID', 'STATE', 'OWNER', 'AUDIENCE', 'ACTION', 'CREATED', 'EXPIRES'] as const;

@@ -6,6 +6,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { AdminClient } from '../../src/client/admin-client.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
@@ -44,6 +45,8 @@ export interface TestBroker {
   b: TrustDomainPki;
   /** A connected client presenting a fresh SVID for `spiffeId` (a.test or b.test). */
   client(spiffeId: string): Promise<BrokerClient>;
+  /** A connected admin client presenting a fresh SVID for `spiffeId`. */
+  adminClient(spiffeId: string): Promise<AdminClient>;
   /** The PEM SVID of the most recent client() for `spiffeId`. */
   svidOf(spiffeId: string): PemSvid;
   /** Stops the broker and starts a new one on the same database, keys and PKI. */
@@ -65,7 +68,7 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
   const kek = KeyEncryptionKey.fromBase64(generateKekBase64());
   const clock = new MutableClock();
   const logger = options.logger ?? silentLogger();
-  const clients: BrokerClient[] = [];
+  const clients: Array<{ close(): void }> = [];
   const svids = new Map<string, PemSvid>();
 
   const start = async () => {
@@ -103,6 +106,17 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
       const svid = await pemOf(await mintX509Svid(pki.root, spiffeId));
       svids.set(spiffeId, svid);
       const client = new BrokerClient({
+        address: t.address,
+        credentials: svidChannelCredentials({ ...svid, bundle: a.root.pem, serverId: BROKER_ID }),
+        channelOptions: svidChannelOptions(),
+      });
+      clients.push(client);
+      return client;
+    },
+    async adminClient(spiffeId) {
+      const svid = await pemOf(await mintX509Svid(a.root, spiffeId));
+      svids.set(spiffeId, svid);
+      const client = new AdminClient({
         address: t.address,
         credentials: svidChannelCredentials({ ...svid, bundle: a.root.pem, serverId: BROKER_ID }),
         channelOptions: svidChannelOptions(),

@@ -1,0 +1,461 @@
+/**
+ * `task-broker admin …` end to end: the real binary against a real broker (`serve`, started
+ * once from dev-ca files, a policy file and environment variables), with tasks made by
+ * workloads through the SDK. Covers every admin command in text and --json, paging, and the
+ * exit codes scripts rely on (0 ok, 1 failure, 2 usage, 3 denied, 4 not found, 5 conflict).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { reportAuditTrail } from '../../src/cli/admin.js';
+import { BrokerClient } from '../../src/client/broker-client.js';
+import type { SvidCredentialsOptions } from '../../src/client/credentials.js';
+import type { GetAuditTrailResponse__Output } from '../../src/gen/taskbroker/v1/GetAuditTrailResponse.js';
+import type { TaskSpec } from '../../src/gen/taskbroker/v1/TaskSpec.js';
+import { runCli, startCli, type CliResult, type RunningCli } from '../helpers/cli.js';
+
+const BROKER_ID = 'spiffe://example.org/task-broker';
+const ADMIN_ID = 'spiffe://example.org/ns/platform/sa/admin';
+const WORKER_ID = 'spiffe://example.org/ns/demo/sa/worker';
+const API_ID = 'spiffe://example.org/ns/demo/sa/api';
+const REQUESTER_ID = 'spiffe://example.org/ns/ops/sa/requester';
+const INTRUDER_ID = 'spiffe://example.org/ns/ops/sa/intruder';
+const JOB_A_ID = 'spiffe://example.org/ns/batch/sa/job-a';
+const JOB_B_ID = 'spiffe://example.org/ns/batch/sa/job-b';
+const UNKNOWN_TASK = 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA';
+
+const SVIDS: Record<string, string> = {
+  broker: BROKER_ID,
+  admin: ADMIN_ID,
+  worker: WORKER_ID,
+  api: API_ID,
+  requester: REQUESTER_ID,
+  intruder: INTRUDER_ID,
+  'job-a': JOB_A_ID,
+  'job-b': JOB_B_ID,
+};
+
+// The approval rule comes first: the first rule that allows a request wins.
+const POLICY = `
+version: 1
+admins: [${ADMIN_ID}]
+rules:
+  - name: approval-required
+    callers: { trust_domains: [example.org] }
+    actions: ["needs.approval"]
+    audiences: ["spiffe://example.org/**"]
+    scopes: ["*"]
+    require_approval: true
+  - name: demo
+    callers: { trust_domains: [example.org] }
+    actions: ["*"]
+    audiences: ["spiffe://example.org/**"]
+    scopes: ["*"]
+`;
+
+const ADMIN_COMMANDS = ['list-tasks', 'audit-trail', 'approve-task', 'revoke-task', 'revoke-workload', 'rotate-signing-key'];
+
+interface JsonTask {
+  taskId: string;
+  ownerSpiffeId: string;
+  state: string;
+  createdAt: string;
+  expiresAt: string;
+  approvedBy: string;
+  spec: { action: string; audience: string };
+}
+
+let dir: string;
+let pki: string;
+let broker: RunningCli;
+let address: string;
+let httpPort: number;
+const clients: BrokerClient[] = [];
+let worker: BrokerClient;
+let api: BrokerClient;
+let requester: BrokerClient;
+let adminWorkload: BrokerClient;
+let jobA: BrokerClient;
+let jobB: BrokerClient;
+
+function adminEnv(): NodeJS.ProcessEnv {
+  return {
+    TASK_BROKER_ADDRESS: address,
+    TASK_BROKER_ID: BROKER_ID,
+    TASK_BROKER_ADMIN_SVID_CERT: join(pki, 'admin.pem'),
+    TASK_BROKER_ADMIN_SVID_KEY: join(pki, 'admin.key'),
+    TASK_BROKER_ADMIN_BUNDLE: join(pki, 'ca.pem'),
+    TASK_BROKER_ADMIN_TIMEOUT: '',
+  };
+}
+
+/** Runs `task-broker admin <args>` as the admin (configured through the environment). */
+function admin(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return runCli(['admin', ...args], { env: { ...adminEnv(), ...env } });
+}
+
+/** The whole of stdout must be one JSON document. */
+function jsonOf<T>(result: CliResult): T {
+  expect(result.code, result.stderr).toBe(0);
+  return JSON.parse(result.stdout) as T;
+}
+
+async function svid(name: string): Promise<SvidCredentialsOptions> {
+  return {
+    certChainPem: await readFile(join(pki, `${name}.pem`), 'utf8'),
+    keyPem: await readFile(join(pki, `${name}.key`), 'utf8'),
+    bundle: await readFile(join(pki, 'ca.pem'), 'utf8'),
+    serverId: BROKER_ID,
+  };
+}
+
+async function client(name: string): Promise<BrokerClient> {
+  const c = BrokerClient.withSvid(address, await svid(name));
+  clients.push(c);
+  return c;
+}
+
+function spec(overrides: Partial<TaskSpec> = {}): TaskSpec {
+  return { action: 'report.read', resources: ['reports/2026'], audience: API_ID, scopes: ['reports:read'], ttl: { seconds: 600 }, ...overrides };
+}
+
+async function newTask(owner: BrokerClient, overrides: Partial<TaskSpec> = {}): Promise<string> {
+  const { task } = await owner.createTask({ spec: spec(overrides) });
+  if (!task) throw new Error('CreateTask returned no task');
+  return task.taskId;
+}
+
+async function jwksKids(): Promise<string[]> {
+  const res = await fetch(`http://127.0.0.1:${httpPort}/.well-known/jwks.json`);
+  const jwks = (await res.json()) as { keys: Array<{ kid: string }> };
+  return jwks.keys.map((k) => k.kid);
+}
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'tb-admin-cli-'));
+  pki = join(dir, 'pki');
+  const rogue = join(dir, 'rogue-pki');
+  const inits = await Promise.all([
+    runCli(['dev-ca', 'init', '--dir', pki, '--trust-domain', 'example.org']),
+    // A second CA claiming the same trust domain: its "admin" must not get in.
+    runCli(['dev-ca', 'init', '--dir', rogue, '--trust-domain', 'example.org']),
+  ]);
+  for (const r of inits) expect(r.code, r.stderr).toBe(0);
+  const mints = await Promise.all([
+    ...Object.entries(SVIDS).map(([name, id]) => runCli(['dev-ca', 'mint', '--dir', pki, '--spiffe-id', id, '--name', name])),
+    runCli(['dev-ca', 'mint', '--dir', rogue, '--spiffe-id', ADMIN_ID, '--name', 'admin']),
+  ]);
+  for (const r of mints) expect(r.code, r.stderr).toBe(0);
+  await writeFile(join(dir, 'policy.yaml'), POLICY);
+
+  broker = startCli(['serve'], {
+    TASK_BROKER_LISTEN: '127.0.0.1:0',
+    TASK_BROKER_HTTP_LISTEN: '127.0.0.1:0',
+    TASK_BROKER_SVID_CERT: join(pki, 'broker.pem'),
+    TASK_BROKER_SVID_KEY: join(pki, 'broker.key'),
+    TASK_BROKER_BUNDLES: `example.org=${join(pki, 'ca.pem')}`,
+    TASK_BROKER_DATA_DIR: join(dir, 'data'),
+    TASK_BROKER_KEK: randomBytes(32).toString('base64'),
+    TASK_BROKER_MIGRATE: 'true',
+    TASK_BROKER_POLICY: join(dir, 'policy.yaml'),
+  });
+  const listening = await broker.waitForLog((l) => l.msg === 'task-broker listening');
+  const http = await broker.waitForLog((l) => l.msg === 'HTTP listening');
+  address = `127.0.0.1:${String(listening.port)}`;
+  httpPort = Number(http.port);
+
+  [worker, api, requester, adminWorkload, jobA, jobB] = await Promise.all([client('worker'), client('api'), client('requester'), client('admin'), client('job-a'), client('job-b')]);
+});
+
+afterAll(async () => {
+  for (const c of clients) c.close();
+  if (broker) {
+    broker.child.kill('SIGTERM');
+    const code = await broker.exited;
+    expect(code, broker.stderr()).toBe(0);
+  }
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('task-broker admin', () => {
+  it('every admin command has --help, generated from its spec with the shared connection options', async () => {
+    const results = await Promise.all(ADMIN_COMMANDS.map((c) => runCli(['admin', c, '--help'])));
+    results.forEach((r, i) => {
+      const name = ADMIN_COMMANDS[i] ?? '';
+      expect(r.code, name).toBe(0);
+      expect(r.stdout).toContain(`Usage: task-broker admin ${name} [options]`);
+      for (const text of ['--broker HOST:PORT', 'env: TASK_BROKER_ADDRESS', 'default: 127.0.0.1:8443', '--broker-id SPIFFE_ID', 'env: TASK_BROKER_ID']) {
+        expect(r.stdout, name).toContain(text);
+      }
+      for (const text of ['env: TASK_BROKER_ADMIN_SVID_CERT', 'env: TASK_BROKER_ADMIN_SVID_KEY', 'env: TASK_BROKER_ADMIN_BUNDLE', '--json', '--timeout DURATION', 'Exit status']) {
+        expect(r.stdout, name).toContain(text);
+      }
+    });
+    const group = await runCli(['admin']);
+    expect(group.code).toBe(2);
+    expect(group.stderr).toMatch(/choose one of: .*admin list-tasks/);
+  });
+
+  it('missing or invalid flags exit 2 with a message, and so does a request the broker finds invalid', async () => {
+    const [noTask, noBrokerId, badBrokerId, badState, badPageSize, badTime, stray, badSelector, badTaskId] = await Promise.all([
+      admin(['approve-task']),
+      admin(['list-tasks'], { TASK_BROKER_ID: '' }),
+      admin(['list-tasks', '--broker-id', 'example.org/task-broker']),
+      admin(['list-tasks', '--state', 'RUNNING']),
+      admin(['list-tasks', '--page-size', '0']),
+      admin(['list-tasks', '--created-after', 'yesterday']),
+      admin(['revoke-task', UNKNOWN_TASK]),
+      admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/billing-*']),
+      admin(['audit-trail', '--task', 'not-a-task']),
+    ]);
+    const expectations: Array<[CliResult, RegExp]> = [
+      [noTask, /^task-broker admin approve-task: --task is required\n/],
+      [noBrokerId, /^task-broker admin list-tasks: --broker-id is required \(or set TASK_BROKER_ID\)/],
+      [badBrokerId, /--broker-id must be the broker's SPIFFE ID/],
+      [badState, /--state must be one of PENDING_APPROVAL, ACTIVE, COMPLETED, CANCELLED, REVOKED, EXPIRED, got "RUNNING"/],
+      [badPageSize, /--page-size must be a whole number from 1 to 500/],
+      [badTime, /--created-after must be an ISO-8601 time/],
+      [stray, /unexpected argument "tsk_A+"/],
+      [badSelector, /^task-broker admin revoke-workload: INVALID_ARGUMENT: selector: /],
+      [badTaskId, /^task-broker admin audit-trail: INVALID_ARGUMENT: task_id is not a task ID/],
+    ];
+    for (const [result, message] of expectations) {
+      expect(result.code, result.stderr).toBe(2);
+      expect(result.stderr).toMatch(message);
+      expect(result.stdout).toBe('');
+    }
+  });
+
+  it('list-tasks prints a table or JSON, filters by owner, state and time, and pages with --page-size, --page-token and --all', async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push(await newTask(worker, { params: { fields: { n: { numberValue: i, kind: 'numberValue' } } } }));
+    const newestFirst = [...ids].reverse();
+    const completed = ids[1] ?? '';
+    await worker.completeTask(completed, 'done');
+
+    const [table, active, completedByPattern, firstPage, all, none] = await Promise.all([
+      admin(['list-tasks', '--owner', WORKER_ID]),
+      admin(['list-tasks', '--owner', WORKER_ID, '--state', 'ACTIVE', '--json']),
+      admin(['list-tasks', '--owner', 'spiffe://example.org/ns/demo/**', '--state', 'completed', '--json']),
+      admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2']),
+      admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2', '--all', '--json']),
+      admin(['list-tasks', '--created-before', '2000-01-01T00:00:00Z']),
+    ]);
+
+    expect(table.code, table.stderr).toBe(0);
+    const lines = table.stdout.split('\n');
+    expect(lines[0]).toMatch(/^TASK ID +STATE +OWNER +AUDIENCE +ACTION +CREATED +EXPIRES$/);
+    for (const [i, id] of newestFirst.entries()) {
+      expect(lines[i + 1]).toMatch(new RegExp(`^${id} +${id === completed ? 'COMPLETED' : 'ACTIVE'} +${WORKER_ID} +${API_ID} +report\\.read +\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z +\\d{4}-`));
+    }
+    expect(table.stdout).toContain('5 tasks on this page');
+    expect(table.stdout).not.toContain('--page-token');
+
+    const activeTasks = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(active);
+    expect(activeTasks.tasks.map((t) => t.taskId)).toEqual(newestFirst.filter((id) => id !== completed));
+    expect(activeTasks.tasks.every((t) => t.state === 'TASK_STATE_ACTIVE' && t.ownerSpiffeId === WORKER_ID)).toBe(true);
+    expect(activeTasks.tasks[0]?.createdAt).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    expect(activeTasks.tasks[0]?.spec).toMatchObject({ action: 'report.read', audience: API_ID, params: { n: 4 }, ttl: '600s' });
+    expect(activeTasks.nextPageToken).toBe('');
+
+    expect(jsonOf<{ tasks: JsonTask[] }>(completedByPattern).tasks.map((t) => t.taskId)).toEqual([completed]);
+
+    expect(firstPage.code, firstPage.stderr).toBe(0);
+    const firstRows = firstPage.stdout.split('\n').filter((l) => l.startsWith('tsk_'));
+    expect(firstRows.map((l) => l.split(' ')[0])).toEqual(newestFirst.slice(0, 2));
+    const token = /more tasks: continue with --page-token (\S+)/.exec(firstPage.stdout)?.[1];
+    expect(token).toBeTruthy();
+    const second = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(await admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2', '--page-token', token ?? '', '--json']));
+    expect(second.tasks.map((t) => t.taskId)).toEqual(newestFirst.slice(2, 4));
+    expect(second.nextPageToken).not.toBe('');
+
+    const everything = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(all);
+    expect(everything.tasks.map((t) => t.taskId)).toEqual(newestFirst);
+    expect(everything.nextPageToken).toBe('');
+
+    expect(none.code).toBe(0);
+    expect(none.stdout).toBe('no tasks match\n');
+  });
+
+  it('approve-task moves a PENDING_APPROVAL task to ACTIVE, after which its owner can get a token', async () => {
+    const taskId = await newTask(requester, { action: 'needs.approval' });
+    expect((await requester.getTask(taskId)).task?.state).toBe('TASK_STATE_PENDING_APPROVAL');
+    await expect(requester.issueToken({ taskId })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+
+    const approved = await admin(['approve-task', '--task', taskId, '--comment', 'ticket OPS-1']);
+    expect(approved.code, approved.stderr).toBe(0);
+    expect(approved.stdout).toContain(`approved ${taskId}: it is now ACTIVE`);
+    expect(approved.stdout).toMatch(/^state: +ACTIVE$/m);
+    expect(approved.stdout).toMatch(new RegExp(`^approved by: +${ADMIN_ID}$`, 'm'));
+    expect(approved.stdout).toMatch(/^approval comment: +ticket OPS-1$/m);
+    expect(approved.stdout).toMatch(/^policy rule: +approval-required$/m);
+
+    const task = (await requester.getTask(taskId)).task;
+    expect(task).toMatchObject({ state: 'TASK_STATE_ACTIVE', approvedBy: ADMIN_ID, approvalComment: 'ticket OPS-1' });
+    expect((await requester.issueToken({ taskId })).token).toMatch(/^ey/);
+
+    // Approving it again: the task is no longer PENDING_APPROVAL.
+    const again = await admin(['approve-task', '--task', taskId, '--json']);
+    expect(again.code).toBe(5);
+    expect(again.stderr).toBe(`task-broker admin approve-task: FAILED_PRECONDITION: task is ACTIVE, not PENDING_APPROVAL\n`);
+    expect(again.stdout).toBe('');
+  });
+
+  it('audit-trail lists the events in order and verifies the hash chain', async () => {
+    const taskId = await newTask(requester);
+    await requester.issueToken({ taskId });
+    await requester.completeTask(taskId, 'report sent');
+
+    const [text, json] = await Promise.all([admin(['audit-trail', '--task', taskId]), admin(['audit-trail', '--task', taskId, '--json'])]);
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toContain(`audit trail of ${taskId}: 3 events`);
+    expect(text.stdout).toMatch(/^SEQ +TIME +EVENT +ACTOR +REQUEST ID +DETAILS$/m);
+    expect(text.stdout).toMatch(new RegExp(`^#1 +\\d{4}-\\S+Z +task\\.created +${REQUESTER_ID} `, 'm'));
+    expect(text.stdout).toMatch(/^#2 +\S+ +token\.issued /m);
+    expect(text.stdout).toMatch(/^#3 +\S+ +task\.completed .*report sent/m);
+    expect(text.stdout).toMatch(/hash chain verified: 3 events/);
+
+    const trail = jsonOf<{ taskId: string; events: Array<{ seq: number; eventType: string; occurredAt: string; prevHash: string; hash: string }>; chain: { ok: boolean; events: number } }>(json);
+    expect(trail.taskId).toBe(taskId);
+    expect(trail.events.map((e) => [e.seq, e.eventType])).toEqual([
+      [1, 'task.created'],
+      [2, 'token.issued'],
+      [3, 'task.completed'],
+    ]);
+    trail.events.slice(1).forEach((e, i) => expect(e.prevHash).toBe(trail.events[i]?.hash));
+    expect(trail.events[0]?.occurredAt).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    expect(trail.chain).toEqual({ ok: true, events: 3, brokenAt: 0, problem: '' });
+  });
+
+  it('a broken hash chain is reported loudly on stderr and exits 1, in text and in JSON', () => {
+    const res: GetAuditTrailResponse__Output = {
+      taskId: UNKNOWN_TASK,
+      events: [
+        { seq: 1, eventType: 'task.created', actorSpiffeId: WORKER_ID, actorCertThumbprint: 'x', requestId: 'r1', occurredAt: { seconds: '1790000000', nanos: 0 }, details: { fields: {} }, prevHash: '', hash: 'h1' },
+        { seq: 2, eventType: 'task.completed', actorSpiffeId: WORKER_ID, actorCertThumbprint: 'x', requestId: 'r2', occurredAt: { seconds: '1790000001', nanos: 0 }, details: { fields: {} }, prevHash: 'h1', hash: 'h2' },
+      ],
+      chain: { ok: false, events: 2, brokenAt: 2, problem: 'event hash does not match its content' },
+    };
+    for (const json of [false, true]) {
+      const out: string[] = [];
+      let err = '';
+      const code = reportAuditTrail(res, json, (l) => out.push(l), (t) => (err += t));
+      expect(code).toBe(1);
+      expect(err).toMatch(/^task-broker admin audit-trail: HASH CHAIN BROKEN: .* at event #2 \(event hash does not match its content\)/);
+      expect(err).toContain('Do not trust this trail');
+      if (json) expect((JSON.parse(out.join('\n')) as { chain: { ok: boolean } }).chain.ok).toBe(false);
+      else expect(out.join('\n')).toContain('HASH CHAIN BROKEN at event #2: event hash does not match its content');
+    }
+  });
+
+  it('revoke-task ends a live task and its tokens: the token then verifies as REVOKED; revoking it again is a conflict', async () => {
+    const taskId = await newTask(requester);
+    const { token } = await requester.issueToken({ taskId });
+    expect((await api.verifyToken({ token })).valid).toBe(true);
+
+    const revoked = await admin(['revoke-task', '--task', taskId, '--reason', 'compromised host']);
+    expect(revoked.code, revoked.stderr).toBe(0);
+    expect(revoked.stdout).toContain(`revoked ${taskId}; tokens revoked with it: 1`);
+    expect(revoked.stdout).toMatch(/^state: +REVOKED$/m);
+    expect(revoked.stdout).toMatch(new RegExp(`^ended by: +${ADMIN_ID}$`, 'm'));
+    expect(revoked.stdout).toMatch(/^end reason: +compromised host$/m);
+
+    const verified = await api.verifyToken({ token });
+    expect(verified).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_REVOKED' });
+    expect((await requester.getTask(taskId)).task?.state).toBe('TASK_STATE_REVOKED');
+
+    const again = await admin(['revoke-task', '--task', taskId, '--json']);
+    expect(again.code).toBe(5);
+    expect(again.stderr).toBe('task-broker admin revoke-task: FAILED_PRECONDITION: task is already REVOKED\n');
+    expect(again.stdout).toBe('');
+  });
+
+  it('revoke-workload revokes every live task of the workloads a pattern selects, and nothing else', async () => {
+    const a1 = await newTask(jobA);
+    const a2 = await newTask(jobA);
+    const { token } = await jobA.issueToken({ taskId: a1 });
+    const b1 = await newTask(jobB);
+    const bPending = await newTask(jobB, { action: 'needs.approval' });
+    const bDone = await newTask(jobB);
+    await jobB.completeTask(bDone, 'done');
+    const bystander = await newTask(requester);
+
+    const result = await admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--reason', 'incident 7']);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout.split('\n')[0]).toBe('revoked 4 tasks and 1 token of workloads matching spiffe://example.org/ns/batch/**:');
+    const listed = result.stdout.split('\n').slice(1).map((l) => l.trim()).filter(Boolean);
+    expect(listed.sort()).toEqual([a1, a2, b1, bPending].sort());
+
+    for (const [owner, id] of [[jobA, a1], [jobA, a2], [jobB, b1], [jobB, bPending]] as const) {
+      expect((await owner.getTask(id)).task).toMatchObject({ state: 'TASK_STATE_REVOKED', endReason: 'incident 7', endedBy: ADMIN_ID });
+    }
+    expect((await jobB.getTask(bDone)).task?.state).toBe('TASK_STATE_COMPLETED');
+    expect((await requester.getTask(bystander)).task?.state).toBe('TASK_STATE_ACTIVE');
+    expect(await api.verifyToken({ token })).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_REVOKED' });
+
+    // Nothing live is left to revoke.
+    expect(jsonOf(await admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--json']))).toEqual({ revokedTasks: 0, revokedTokens: 0, taskIds: [] });
+  });
+
+  it('rotate-signing-key makes a new key active and publishes it in the JWKS next to the retired one', async () => {
+    const before = await jwksKids();
+    const rotated = jsonOf<{ kid: string; retiredKid: string }>(await admin(['rotate-signing-key', '--json']));
+    expect(before).not.toContain(rotated.kid);
+    expect(before).toContain(rotated.retiredKid);
+    const after = await jwksKids();
+    expect(after).toEqual(expect.arrayContaining([rotated.kid, rotated.retiredKid]));
+
+    const text = await admin(['rotate-signing-key']);
+    expect(text.code, text.stderr).toBe(0);
+    const kid = /^new signing key: +(\S+)$/m.exec(text.stdout)?.[1] ?? '';
+    expect(text.stdout).toMatch(new RegExp(`^retired key: +${rotated.kid} `, 'm'));
+    expect(await jwksKids()).toContain(kid);
+    // Tokens are signed with the new key from now on.
+    const taskId = await newTask(requester);
+    const { token } = await requester.issueToken({ taskId });
+    expect((JSON.parse(Buffer.from(token.split('.')[0] ?? '', 'base64url').toString()) as { kid: string }).kid).toBe(kid);
+  });
+
+  it('exit codes: 3 denied, 4 not found, 5 conflict, 1 unreachable or unusable', async () => {
+    const active = await newTask(requester);
+    const own = await newTask(adminWorkload, { action: 'needs.approval' });
+    const [intruder, rogue, selfApproval, unknownTrail, unknownRevoke, unknownApprove, approveActive, unreachable, wrongBroker, unreadable] = await Promise.all([
+      admin(['list-tasks', '--svid-cert', join(pki, 'intruder.pem'), '--svid-key', join(pki, 'intruder.key')]),
+      admin(['revoke-workload', '--selector', 'spiffe://example.org/**'], {
+        TASK_BROKER_ADMIN_SVID_CERT: join(dir, 'rogue-pki', 'admin.pem'),
+        TASK_BROKER_ADMIN_SVID_KEY: join(dir, 'rogue-pki', 'admin.key'),
+      }),
+      admin(['approve-task', '--task', own]),
+      admin(['audit-trail', '--task', UNKNOWN_TASK]),
+      admin(['revoke-task', '--task', UNKNOWN_TASK, '--json']),
+      admin(['approve-task', '--task', UNKNOWN_TASK]),
+      admin(['approve-task', '--task', active]),
+      admin(['list-tasks', '--broker', '127.0.0.1:1', '--timeout', '5s']),
+      admin(['list-tasks', '--broker-id', 'spiffe://example.org/not-the-broker', '--timeout', '5s']),
+      admin(['rotate-signing-key', '--svid-cert', join(dir, 'no-such.pem')]),
+    ]);
+    const expectations: Array<[CliResult, number, RegExp]> = [
+      [intruder, 3, /^task-broker admin list-tasks: PERMISSION_DENIED: ListTasks is for admins only\n$/],
+      [rogue, 3, /^task-broker admin revoke-workload: UNAUTHENTICATED: /],
+      [selfApproval, 3, /^task-broker admin approve-task: PERMISSION_DENIED: an approver cannot approve their own task\n$/],
+      [unknownTrail, 4, /^task-broker admin audit-trail: NOT_FOUND: task not found\n$/],
+      [unknownRevoke, 4, /^task-broker admin revoke-task: NOT_FOUND: task not found\n$/],
+      [unknownApprove, 4, /^task-broker admin approve-task: NOT_FOUND: task not found\n$/],
+      [approveActive, 5, /^task-broker admin approve-task: FAILED_PRECONDITION: task is ACTIVE, not PENDING_APPROVAL\n$/],
+      [unreachable, 1, /^task-broker admin list-tasks: UNAVAILABLE: .*\n {2}\(broker 127\.0\.0\.1:1, expected SPIFFE ID spiffe:\/\/example\.org\/task-broker/],
+      [wrongBroker, 1, /^task-broker admin list-tasks: UNAVAILABLE: .*expected spiffe:\/\/example\.org\/not-the-broker/],
+      [unreadable, 1, /^task-broker admin rotate-signing-key: cannot read --svid-cert .*no-such\.pem/],
+    ];
+    for (const [result, code, message] of expectations) {
+      expect(result.code, result.stderr).toBe(code);
+      expect(result.stderr).toMatch(message);
+      expect(result.stdout).toBe('');
+    }
+    // Neither the intruder nor the rogue CA's "admin" changed anything.
+    expect((await requester.getTask(active)).task?.state).toBe('TASK_STATE_ACTIVE');
+    expect((await adminWorkload.getTask(own)).task?.state).toBe('TASK_STATE_PENDING_APPROVAL');
+  });
+});
