@@ -95,12 +95,14 @@ export function eventHash(e: HashedFields): string {
  */
 export async function appendAuditEvent(tx: Tx, input: AuditEventInput): Promise<AuditEvent> {
   const chainId = chainIdFor(input);
-  await tx
+  // One round trip creates the chain head if needed, locks it and reads it: ON CONFLICT DO
+  // UPDATE takes the row lock like SELECT … FOR UPDATE and returns the current values.
+  const head = await tx
     .insertInto('audit_chains')
     .values({ chain_id: chainId, last_seq: 0, last_hash: GENESIS_HASH })
-    .onConflict((oc) => oc.column('chain_id').doNothing())
-    .execute();
-  const head = await tx.selectFrom('audit_chains').select(['last_seq', 'last_hash']).where('chain_id', '=', chainId).forUpdate().executeTakeFirstOrThrow();
+    .onConflict((oc) => oc.column('chain_id').doUpdateSet({ chain_id: (eb) => eb.ref('excluded.chain_id') }))
+    .returning(['last_seq', 'last_hash'])
+    .executeTakeFirstOrThrow();
   // Round-trip the details through JSON so what is hashed is exactly what jsonb gives back.
   const details = JSON.parse(JSON.stringify(input.details)) as Record<string, unknown>;
   const occurredAt = new Date(input.occurredAt.getTime());
@@ -117,25 +119,33 @@ export async function appendAuditEvent(tx: Tx, input: AuditEventInput): Promise<
     prevHash: head.last_hash,
   };
   const hash = eventHash(fields);
+  // A second round trip stores the event and moves the head, in one statement.
   const row = await tx
-    .insertInto('audit_events')
-    .values({
-      chain_id: chainId,
-      seq: fields.seq,
-      task_id: fields.taskId,
-      event_type: fields.type,
-      actor_spiffe_id: fields.actorSpiffeId,
-      actor_cert_thumbprint: fields.actorCertThumbprint,
-      request_id: fields.requestId,
-      occurred_at: occurredAt,
-      details: JSON.stringify(details),
-      prev_hash: fields.prevHash,
-      hash,
-    })
-    .returning('event_id')
+    .with('event', (db) =>
+      db
+        .insertInto('audit_events')
+        .values({
+          chain_id: chainId,
+          seq: fields.seq,
+          task_id: fields.taskId,
+          event_type: fields.type,
+          actor_spiffe_id: fields.actorSpiffeId,
+          actor_cert_thumbprint: fields.actorCertThumbprint,
+          request_id: fields.requestId,
+          occurred_at: occurredAt,
+          details: JSON.stringify(details),
+          prev_hash: fields.prevHash,
+          hash,
+        })
+        .returning('event_id'),
+    )
+    .updateTable('audit_chains')
+    .set({ last_seq: fields.seq, last_hash: hash })
+    .where('chain_id', '=', chainId)
+    .returning((eb) => eb.selectFrom('event').select('event_id').as('event_id'))
     .executeTakeFirstOrThrow();
-  await tx.updateTable('audit_chains').set({ last_seq: fields.seq, last_hash: hash }).where('chain_id', '=', chainId).execute();
-  return { ...fields, eventId: eventIdOf(row), hash };
+  if (row.event_id === null) throw new Error('audit: event was not stored');
+  return { ...fields, eventId: eventIdOf({ event_id: row.event_id }), hash };
 }
 
 function fromRow(r: AuditEventRow): AuditEvent {
