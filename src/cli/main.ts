@@ -2,6 +2,7 @@
  * The `task-broker` command: dispatches to subcommands and turns failures into exit codes
  * (0 ok, 1 failure, 2 usage).
  */
+import { adminCommands } from './admin.js';
 import { runDev, devSpec } from './dev.js';
 import { devCaInitSpec, devCaMintSpec, runDevCaInit, runDevCaMint } from './dev-ca.js';
 import { ExitCode, helpText, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './options.js';
@@ -19,6 +20,7 @@ const COMMANDS: Record<string, Command> = {
   dev: { spec: devSpec, run: runDev },
   migrate: { spec: migrateSpec, run: runMigrate },
   'policy check': { spec: policyCheckSpec, run: runPolicyCheck },
+  ...adminCommands,
   'dev-ca init': { spec: devCaInitSpec, run: runDevCaInit },
   'dev-ca mint': { spec: devCaMintSpec, run: runDevCaMint },
 };
