@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AdminClient } from '../../src/client/admin-client.js';
-import { BrokerClient } from '../../src/client/broker-client.js';
+import { BrokerClient, type ConnectOptions } from '../../src/client/broker-client.js';
 import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
 import type { Logger } from '../../src/observability/logger.js';
@@ -92,6 +92,20 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
     });
   };
 
+  /** Mints a fresh SVID for `spiffeId` (a.test or b.test) and connects a client with it. */
+  const connectAs = async <C extends { close(): void }>(spiffeId: string, Client: new (options: ConnectOptions) => C): Promise<C> => {
+    const pki = spiffeId.startsWith('spiffe://b.test/') ? b : a;
+    const svid = await pemOf(await mintX509Svid(pki.root, spiffeId));
+    svids.set(spiffeId, svid);
+    const client = new Client({
+      address: t.address,
+      credentials: svidChannelCredentials({ ...svid, bundle: a.root.pem, serverId: BROKER_ID }),
+      channelOptions: svidChannelOptions(),
+    });
+    clients.push(client);
+    return client;
+  };
+
   let broker = await start();
   const t: TestBroker = {
     broker,
@@ -101,29 +115,8 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
     b,
     address: `127.0.0.1:${broker.port}`,
     jwksUrl: `http://127.0.0.1:${broker.httpPort}/.well-known/jwks.json`,
-    async client(spiffeId) {
-      const pki = spiffeId.startsWith('spiffe://b.test/') ? b : a;
-      const svid = await pemOf(await mintX509Svid(pki.root, spiffeId));
-      svids.set(spiffeId, svid);
-      const client = new BrokerClient({
-        address: t.address,
-        credentials: svidChannelCredentials({ ...svid, bundle: a.root.pem, serverId: BROKER_ID }),
-        channelOptions: svidChannelOptions(),
-      });
-      clients.push(client);
-      return client;
-    },
-    async adminClient(spiffeId) {
-      const svid = await pemOf(await mintX509Svid(a.root, spiffeId));
-      svids.set(spiffeId, svid);
-      const client = new AdminClient({
-        address: t.address,
-        credentials: svidChannelCredentials({ ...svid, bundle: a.root.pem, serverId: BROKER_ID }),
-        channelOptions: svidChannelOptions(),
-      });
-      clients.push(client);
-      return client;
-    },
+    client: (spiffeId) => connectAs(spiffeId, BrokerClient),
+    adminClient: (spiffeId) => connectAs(spiffeId, AdminClient),
     svidOf(spiffeId) {
       const svid = svids.get(spiffeId);
       if (!svid) throw new Error(`no client for ${spiffeId} yet`);
