@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { SpiffeId } from '../../src/spiffe/id.js';
-import { exactId, matchesPattern, parseSpiffeIdPattern, SpiffeIdPatternError, trustDomainOf } from '../../src/spiffe/pattern.js';
+import { exactId, matchesPattern, parseSpiffeIdPattern, patternToPostgresRegex, SpiffeIdPatternError, trustDomainOf } from '../../src/spiffe/pattern.js';
 
 const id = (s: string) => SpiffeId.parse(s);
 
@@ -79,6 +79,28 @@ describe('SPIFFE ID matchers', () => {
       const m = parseSpiffeIdPattern('spiffe://example.org/ns/*/sa/**');
       expect(m.toString()).toBe('spiffe://example.org/ns/*/sa/**');
       expect(m.trustDomain).toBe('example.org');
+    });
+  });
+
+  describe('patternToPostgresRegex (how the admin plane selects owners in SQL)', () => {
+    const patterns = ['spiffe://example.org/ns/*/sa/billing', 'spiffe://example.org/ns/prod/**', 'spiffe://example.org/**', 'spiffe://example.org/a.b/*', 'spiffe://example.org', 'spiffe://ex-ample.org/x'];
+    const ids = [
+      'spiffe://example.org',
+      'spiffe://example.org/ns/prod',
+      'spiffe://example.org/ns/prod/sa/billing',
+      'spiffe://example.org/ns/dev/sa/billing',
+      'spiffe://example.org/ns/a/b/sa/billing',
+      'spiffe://example.org/ns/prod/x/y/z',
+      'spiffe://example.org/axb/c',
+      'spiffe://example.org/a.b/c',
+      'spiffe://examplexorg/ns/prod/sa',
+      'spiffe://example.org.evil/ns/prod/sa',
+      'spiffe://ex-ample.org/x',
+    ];
+    it.each(patterns)('%s agrees with the matcher on every ID', (pattern) => {
+      const regex = new RegExp(patternToPostgresRegex(pattern));
+      const matcher = parseSpiffeIdPattern(pattern);
+      for (const candidate of ids) expect(regex.test(candidate), candidate).toBe(matcher.matches(id(candidate)));
     });
   });
 });
