@@ -6,11 +6,14 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { startTaskBroker, type RunningTaskBroker } from '../server.js';
 import { TrustBundleSet } from '../spiffe/bundle.js';
 import { parseBundleFileArg, watchBundleFiles } from '../spiffe/bundle-files.js';
+import { SpiffeId } from '../spiffe/id.js';
+import { parseWorkloadApiAddress, SPIFFE_ENDPOINT_SOCKET } from '../spiffe/workload-api.js';
+import { WorkloadApiSource } from '../spiffe/workload-api-source.js';
 import { openStore } from '../store/database.js';
 import { loadKek } from '../tokens/kek.js';
 import type { TokenAlg } from '../tokens/keyring.js';
 import { FilePolicySource } from '../policy/policy-source.js';
-import { FileServerIdentity } from '../transport/server-identity.js';
+import { FileServerIdentity, type ServerIdentitySource } from '../transport/server-identity.js';
 import { listOption, parseDuration, parseListenAddress, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from './options.js';
 
 /** Where the data lives: shared by serve and migrate. */
@@ -25,6 +28,26 @@ export const serveSpec: CommandSpec = {
   options: {
     listen: { type: 'string', placeholder: 'HOST:PORT', env: 'TASK_BROKER_LISTEN', default: '0.0.0.0:8443', description: 'Address of the gRPC (mTLS) listener' },
     'http-listen': { type: 'string', placeholder: 'HOST:PORT', env: 'TASK_BROKER_HTTP_LISTEN', default: '0.0.0.0:8080', description: "Address of the HTTP listener serving /.well-known/jwks.json ('off' to disable)" },
+    'workload-api': {
+      type: 'string',
+      placeholder: 'ADDRESS',
+      env: SPIFFE_ENDPOINT_SOCKET,
+      description:
+        "SPIFFE Workload API endpoint (a SPIRE agent), e.g. unix:///run/spire/agent-sockets/api.sock: the broker's SVID and every trust bundle come from it, followed as they rotate. Replaces --svid-cert, --svid-key and --bundle",
+    },
+    'workload-api-timeout': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_WORKLOAD_API_TIMEOUT',
+      default: '60s',
+      description: 'How long to wait at start for the first SVID from the Workload API before giving up',
+    },
+    'workload-api-spiffe-id': {
+      type: 'string',
+      placeholder: 'ID',
+      env: 'TASK_BROKER_WORKLOAD_API_SPIFFE_ID',
+      description: "Serve with the Workload API's SVID for this SPIFFE ID (default: the first, the agent's default identity)",
+    },
     'svid-cert': { type: 'string', placeholder: 'FILE', env: 'TASK_BROKER_SVID_CERT', description: "The broker's own X509-SVID certificate chain (PEM, leaf first); reloaded on change" },
     'svid-key': { type: 'string', placeholder: 'FILE', env: 'TASK_BROKER_SVID_KEY', description: "The private key of the broker's SVID (PEM); reloaded on change" },
     bundle: {
@@ -53,13 +76,28 @@ export const serveSpec: CommandSpec = {
   },
 };
 
+/** Workload API mode: the broker's SVID and all trust bundles come from a SPIRE agent. */
+export interface WorkloadApiConfig {
+  /** unix:///path/to/agent.sock (or unix:/path, tcp://IP:PORT). */
+  address: string;
+  /** How long startFromConfig waits for the first SVID. */
+  timeoutMs: number;
+  /** Serve with the SVID for this ID instead of the agent's default (first) one. */
+  spiffeId?: string;
+}
+
+/**
+ * Exactly one identity mode: files (svidCertPath, svidKeyPath and bundles) or the Workload API
+ * (workloadApi, with the file fields absent).
+ */
 export interface ServeConfig {
   host: string;
   port: number;
   http?: { host: string; port: number };
-  svidCertPath: string;
-  svidKeyPath: string;
-  bundles: ReturnType<typeof parseBundleFileArg>[];
+  svidCertPath?: string;
+  svidKeyPath?: string;
+  bundles?: ReturnType<typeof parseBundleFileArg>[];
+  workloadApi?: WorkloadApiConfig;
   policyPath?: string;
   databaseUrl?: string;
   dataDir: string;
@@ -81,14 +119,46 @@ const seconds = (values: ParsedCommand['values'], name: string, fallback: string
   return ms / 1000;
 };
 
-export function serveConfig(parsed: ParsedCommand): ServeConfig {
-  const { values } = parsed;
+/** The identity part of the configuration: files or the Workload API, never both. */
+function identityConfig(values: ParsedCommand['values']): Pick<ServeConfig, 'svidCertPath' | 'svidKeyPath' | 'bundles' | 'workloadApi'> {
   const svidCertPath = stringOption(values, 'svid-cert');
   const svidKeyPath = stringOption(values, 'svid-key');
-  if (!svidCertPath || !svidKeyPath) {
-    throw new UsageError("the broker's own SVID is required: --svid-cert and --svid-key (or TASK_BROKER_SVID_CERT and TASK_BROKER_SVID_KEY)");
+  const bundleArgs = listOption(values, 'bundle');
+  const workloadApi = stringOption(values, 'workload-api');
+  if (workloadApi !== undefined) {
+    const fileOptions = [svidCertPath && '--svid-cert', svidKeyPath && '--svid-key', bundleArgs.length > 0 && '--bundle'].filter(Boolean);
+    if (fileOptions.length > 0) {
+      throw new UsageError(
+        `--workload-api (or ${SPIFFE_ENDPOINT_SOCKET}) cannot be combined with ${fileOptions.join(', ')} (or their TASK_BROKER_* variables): ` +
+          'with the Workload API the SVID and every trust bundle come from the agent. Use one mode or the other.',
+      );
+    }
+    try {
+      parseWorkloadApiAddress(workloadApi);
+    } catch (err) {
+      throw new UsageError(`--workload-api: ${(err as Error).message}`);
+    }
+    const spiffeId = stringOption(values, 'workload-api-spiffe-id');
+    if (spiffeId !== undefined) {
+      try {
+        SpiffeId.parse(spiffeId);
+      } catch (err) {
+        throw new UsageError(`--workload-api-spiffe-id: ${(err as Error).message}`);
+      }
+    }
+    const timeoutMs = parseDuration(stringOption(values, 'workload-api-timeout') ?? '60s', '--workload-api-timeout');
+    if (timeoutMs <= 0) throw new UsageError('--workload-api-timeout must be longer than 0s');
+    return { workloadApi: { address: workloadApi, timeoutMs, ...(spiffeId !== undefined ? { spiffeId } : {}) } };
   }
-  const bundles = listOption(values, 'bundle').map((arg) => {
+  if (stringOption(values, 'workload-api-spiffe-id') !== undefined) {
+    throw new UsageError('--workload-api-spiffe-id only applies with --workload-api (or SPIFFE_ENDPOINT_SOCKET)');
+  }
+  if (!svidCertPath || !svidKeyPath) {
+    throw new UsageError(
+      "the broker's own SVID is required: --svid-cert and --svid-key (or TASK_BROKER_SVID_CERT and TASK_BROKER_SVID_KEY), or --workload-api (or SPIFFE_ENDPOINT_SOCKET) to take it from a SPIRE agent",
+    );
+  }
+  const bundles = bundleArgs.map((arg) => {
     try {
       return parseBundleFileArg(arg);
     } catch (err) {
@@ -98,6 +168,12 @@ export function serveConfig(parsed: ParsedCommand): ServeConfig {
   if (bundles.length === 0) {
     throw new UsageError('at least one --bundle TRUST_DOMAIN=FILE is required: with no trust bundle no caller can be verified');
   }
+  return { svidCertPath, svidKeyPath, bundles };
+}
+
+export function serveConfig(parsed: ParsedCommand): ServeConfig {
+  const { values } = parsed;
+  const identity = identityConfig(values);
   const kekFile = stringOption(values, 'kek-file');
   const kekValue = stringOption(values, 'kek');
   if (!kekFile === !kekValue) {
@@ -117,9 +193,7 @@ export function serveConfig(parsed: ParsedCommand): ServeConfig {
   return {
     ...parseListenAddress(stringOption(values, 'listen') ?? '0.0.0.0:8443'),
     http: httpListen === 'off' ? undefined : parseListenAddress(httpListen),
-    svidCertPath,
-    svidKeyPath,
-    bundles,
+    ...identity,
     policyPath: stringOption(values, 'policy'),
     databaseUrl: stringOption(values, 'database-url'),
     dataDir: stringOption(values, 'data-dir') ?? './task-broker-data',
@@ -136,16 +210,67 @@ export function serveConfig(parsed: ParsedCommand): ServeConfig {
   };
 }
 
-/** Starts the whole broker from a ServeConfig: files watched, database opened, keys ready. */
-export async function startFromConfig(config: ServeConfig, logger: Logger): Promise<RunningTaskBroker> {
-  const kek = await loadKek(config.kek);
+/** What startFromConfig starts: the broker, plus the Workload API source when it is in use (readiness, metrics). */
+export interface ServedBroker extends RunningTaskBroker {
+  /** Present in Workload API mode: ready(), status() and the bundle set. */
+  readonly workloadApi?: WorkloadApiSource;
+}
+
+interface IdentitySetup {
+  identity: ServerIdentitySource;
+  bundles: TrustBundleSet;
+  workloadApi?: WorkloadApiSource;
+  close(): void;
+}
+
+/** The broker's SVID and trust bundles: from the Workload API (after its first SVID) or from watched files. */
+async function setUpIdentity(config: ServeConfig, logger: Logger): Promise<IdentitySetup> {
+  if (config.workloadApi) {
+    if (config.svidCertPath || config.svidKeyPath || (config.bundles?.length ?? 0) > 0) {
+      throw new Error('the Workload API and SVID/bundle files cannot be combined: the Workload API provides both');
+    }
+    const { address, timeoutMs, spiffeId } = config.workloadApi;
+    const source = await WorkloadApiSource.connect({ address, logger, ...(spiffeId !== undefined ? { spiffeId } : {}) });
+    try {
+      logger.info({ workloadApi: address, timeoutMs }, 'waiting for the first X509-SVID from the Workload API');
+      await source.waitUntilReady(timeoutMs);
+    } catch (err) {
+      source.close();
+      throw err;
+    }
+    return { identity: source, bundles: source.bundles, workloadApi: source, close: () => source.close() };
+  }
+  if (!config.svidCertPath || !config.svidKeyPath) throw new Error("the broker's own SVID is required: svidCertPath and svidKeyPath, or workloadApi");
   const identity = await FileServerIdentity.load(config.svidCertPath, config.svidKeyPath, { logger, pollIntervalMs: config.filePollIntervalMs });
   const bundles = new TrustBundleSet();
-  let bundleWatch: { close(): void } | undefined;
+  try {
+    const watch = await watchBundleFiles(bundles, config.bundles ?? [], { logger, pollIntervalMs: config.filePollIntervalMs });
+    return {
+      identity,
+      bundles,
+      close: () => {
+        identity.close();
+        watch.close();
+      },
+    };
+  } catch (err) {
+    identity.close();
+    throw err;
+  }
+}
+
+/**
+ * Starts the whole broker from a ServeConfig: SVID and bundles in place (in Workload API mode,
+ * after the first SVID arrived, within workloadApi.timeoutMs), database opened, keys ready.
+ */
+export async function startFromConfig(config: ServeConfig, logger: Logger): Promise<ServedBroker> {
+  const kek = await loadKek(config.kek);
   let policy: FilePolicySource | undefined;
+  let setup: IdentitySetup | undefined;
   try {
     if (config.policyPath) policy = await FilePolicySource.load(config.policyPath, { logger, pollIntervalMs: config.filePollIntervalMs });
-    bundleWatch = await watchBundleFiles(bundles, config.bundles, { logger, pollIntervalMs: config.filePollIntervalMs });
+    setup = await setUpIdentity(config, logger);
+    const { identity, bundles } = setup;
     const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
     const broker = await startTaskBroker({
       logger,
@@ -164,18 +289,18 @@ export async function startFromConfig(config: ServeConfig, logger: Logger): Prom
       sweepIntervalMs: config.sweepIntervalMs,
       tokenRetentionSeconds: config.tokenRetentionSeconds,
     });
+    const opened = setup;
     return {
       ...broker,
+      ...(opened.workloadApi ? { workloadApi: opened.workloadApi } : {}),
       async close(graceMs?: number) {
         await broker.close(graceMs);
-        identity.close();
-        bundleWatch?.close();
+        opened.close();
         policy?.close();
       },
     };
   } catch (err) {
-    identity.close();
-    bundleWatch?.close();
+    setup?.close();
     policy?.close();
     throw err;
   }

@@ -96,6 +96,39 @@ export function parsePemCertificates(pem: string): ParsedCertificate[] {
   });
 }
 
+/**
+ * Parses certificates given as ASN.1 DER concatenated back to back, the way the SPIFFE Workload
+ * API carries chains and bundles. Each certificate is one DER SEQUENCE; its header says how long
+ * it is, which is where the next one starts.
+ */
+export function parseDerCertificates(der: Uint8Array): ParsedCertificate[] {
+  const bytes = Buffer.from(der.buffer, der.byteOffset, der.byteLength);
+  if (bytes.length === 0) throw new CertificateParseError('no DER certificate found (empty)');
+  const certificates: ParsedCertificate[] = [];
+  let offset = 0;
+  while (offset < bytes.length) {
+    const n = certificates.length + 1;
+    if (bytes[offset] !== 0x30) throw new CertificateParseError(`DER certificate ${n} does not start with a SEQUENCE`);
+    const first = bytes[offset + 1];
+    if (first === undefined) throw new CertificateParseError(`DER certificate ${n} is truncated`);
+    let length = first;
+    let header = 2;
+    if (first & 0x80) {
+      const lengthBytes = first & 0x7f;
+      // Definite lengths only (DER), and no certificate needs more than 4 length bytes.
+      if (lengthBytes === 0 || lengthBytes > 4) throw new CertificateParseError(`DER certificate ${n} has an invalid length encoding`);
+      if (offset + 2 + lengthBytes > bytes.length) throw new CertificateParseError(`DER certificate ${n} is truncated`);
+      length = bytes.readUIntBE(offset + 2, lengthBytes);
+      header = 2 + lengthBytes;
+    }
+    const end = offset + header + length;
+    if (end > bytes.length) throw new CertificateParseError(`DER certificate ${n} is truncated`);
+    certificates.push(parseCertificate(bytes.subarray(offset, end)));
+    offset = end;
+  }
+  return certificates;
+}
+
 /** Why a key cannot sign anything the broker accepts, or undefined when it is acceptable. */
 export function keyWeakness(cert: ParsedCertificate): string | undefined {
   const key = cert.node.publicKey;
