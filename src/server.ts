@@ -3,8 +3,10 @@
  *
  * startBroker: the gRPC side (SVID-verifying TLS server, services, health, reflection).
  * startTaskBroker: the whole broker: storage, signing keys, lifecycle, gRPC, the HTTP port
- * with the JWKS, and the expiry sweeper.
+ * with the JWKS, /healthz, /readyz and /metrics, readiness driving the gRPC health statuses,
+ * and the expiry sweeper.
  */
+import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { loadSync } from '@grpc/proto-loader';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
@@ -12,10 +14,15 @@ import { randomUUID } from 'node:crypto';
 import { brokerPackageDefinition, brokerProto } from './protocol/proto.js';
 import { adminHandlers } from './api/admin-service.js';
 import { taskBrokerHandlers } from './api/task-broker-service.js';
+import { statusName } from './api/handlers.js';
 import { StaticPolicySource, type PolicySource } from './policy/policy-source.js';
 import { TaskAdmin } from './tasks/admin.js';
 import { OpsHttpServer } from './http/ops-server.js';
 import type { Logger } from './observability/logger.js';
+import { BrokerMetrics, isObservableBundles, METRICS_PATH, metricsRoute } from './observability/metrics.js';
+import { healthzRoute, Readiness, readyzRoute, type ReadinessCheck } from './observability/readiness.js';
+import { databaseCheck, migrationsCheck, policyCheck, svidCheck } from './observability/readiness-checks.js';
+import { parsePemCertificates } from './spiffe/certificate.js';
 import type { X509BundleSource } from './spiffe/bundle.js';
 import type { Store } from './store/database.js';
 import { migrate, migrationStatus } from './store/migrate.js';
@@ -23,7 +30,7 @@ import { TaskLifecycle, type LifecycleLimits } from './tasks/lifecycle.js';
 import { JWKS_PATH, jwksRoute } from './tokens/jwks.js';
 import type { KeyEncryptionKey } from './tokens/kek.js';
 import { SigningKeyRing, type TokenAlg } from './tokens/keyring.js';
-import type { ServerIdentitySource } from './transport/server-identity.js';
+import type { ServerIdentitySource, TlsIdentity } from './transport/server-identity.js';
 import { SvidServer } from './transport/svid-server.js';
 
 export interface BrokerDeps {
@@ -36,45 +43,81 @@ export interface BrokerDeps {
   refusedConnectionLingerMs?: number;
   lifecycle?: TaskLifecycle;
   admin?: TaskAdmin;
+  /** Counts and times every call; absent: no metrics. */
+  metrics?: BrokerMetrics;
+  /**
+   * Drives the gRPC health statuses: SERVING while ready, NOT_SERVING otherwise. Absent: every
+   * service is SERVING from the moment the broker listens until close().
+   */
+  readiness?: Readiness;
 }
 
 export interface RunningBroker {
   readonly port: number;
   readonly server: SvidServer;
   readonly health: HealthImplementation;
+  /** The names health answers for: '' (the whole server) and each service. */
+  readonly healthServices: readonly string[];
   close(graceMs?: number): Promise<void>;
 }
 
 export const SERVICE_NAMES = ['taskbroker.v1.TaskBroker', 'taskbroker.v1.TaskBrokerAdmin'] as const;
 
+/** Splits a gRPC method path (/pkg.Service/Method) into service and method. */
+function splitMethodPath(path: string): { service: string; method: string } {
+  const match = /^\/([^/]+)\/([^/]+)$/.exec(path);
+  return match ? { service: match[1] ?? '', method: match[2] ?? '' } : { service: 'unknown', method: 'unknown' };
+}
+
 export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
+  const { metrics, readiness } = deps;
   const server = new SvidServer({
     bundles: deps.bundles,
     identity: deps.identity,
     logger: deps.logger,
     clock: deps.clock,
     refusedConnectionLingerMs: deps.refusedConnectionLingerMs,
+    // Calls refused before any handler (the peer is not a valid X509-SVID) count as UNAUTHENTICATED.
+    onCallAuthenticated: metrics
+      ? (admission, path) => {
+          if (admission.ok) return;
+          const { service, method } = splitMethodPath(path);
+          metrics.observeRpc(service, method, statusName(grpc.status.UNAUTHENTICATED), 0);
+        }
+      : undefined,
   });
   const proto = brokerProto();
-  server.grpc.addService(proto.taskbroker.v1.TaskBroker.service, taskBrokerHandlers({ logger: deps.logger, lifecycle: deps.lifecycle }));
-  if (deps.admin) server.grpc.addService(proto.taskbroker.v1.TaskBrokerAdmin.service, adminHandlers({ logger: deps.logger, admin: deps.admin }));
+  server.grpc.addService(proto.taskbroker.v1.TaskBroker.service, taskBrokerHandlers({ logger: deps.logger, lifecycle: deps.lifecycle, metrics }));
+  if (deps.admin) server.grpc.addService(proto.taskbroker.v1.TaskBrokerAdmin.service, adminHandlers({ logger: deps.logger, admin: deps.admin, metrics }));
   const served = SERVICE_NAMES.filter((name) => name !== 'taskbroker.v1.TaskBrokerAdmin' || deps.admin);
+  const healthServices = ['', ...served];
 
-  const health = new HealthImplementation({ '': 'NOT_SERVING', ...Object.fromEntries(served.map((s) => [s, 'NOT_SERVING'])) });
+  const health = new HealthImplementation(Object.fromEntries(healthServices.map((s) => [s, 'NOT_SERVING'])));
   health.addToServer(server.grpc);
   // Reflection describes every service served here, health included.
   new ReflectionService({ ...brokerPackageDefinition(), ...loadSync(healthProtoPath) }).addToServer(server.grpc);
+  const setHealth = (serving: boolean) => {
+    for (const name of healthServices) health.setStatus(name, serving ? 'SERVING' : 'NOT_SERVING');
+  };
 
   const port = await server.listen(deps.host, deps.port);
-  for (const name of ['', ...served]) health.setStatus(name, 'SERVING');
+  let unfollow = () => undefined as void;
+  if (readiness) {
+    setHealth(readiness.ready);
+    unfollow = readiness.onChange((report) => setHealth(report.ready));
+  } else {
+    setHealth(true);
+  }
   deps.logger.info({ host: deps.host, port, spiffeId: deps.identity.current()?.spiffeId.toString() }, 'task-broker listening');
 
   return {
     port,
     server,
     health,
+    healthServices,
     async close(graceMs = 10_000) {
-      for (const name of ['', ...served]) health.setStatus(name, 'NOT_SERVING');
+      unfollow();
+      setHealth(false);
       await server.shutdown(graceMs);
     },
   };
@@ -105,6 +148,14 @@ export interface TaskBrokerOptions {
   tokenRetentionSeconds?: number;
   clock?: () => Date;
   refusedConnectionLingerMs?: number;
+  /** The broker's metrics; default: a new registry with the default process metrics. */
+  metrics?: BrokerMetrics;
+  /** How often readiness is evaluated on its own (default 5 s; 0: only on demand). */
+  readinessIntervalMs?: number;
+  /** How long a database ping may take before the broker counts as not ready (default 1 s). */
+  databasePingTimeoutMs?: number;
+  /** Checks added to the built-in ones (database, migrations, svid, policy), e.g. from a Workload API source. */
+  readinessChecks?: ReadinessCheck[];
 }
 
 export interface RunningTaskBroker extends RunningBroker {
@@ -113,16 +164,43 @@ export interface RunningTaskBroker extends RunningBroker {
   readonly admin: TaskAdmin;
   readonly keys: SigningKeyRing;
   readonly store: Store;
+  readonly metrics: BrokerMetrics;
+  readonly readiness: Readiness;
   /** Runs one sweep now (also what the timer runs). */
   sweep(): Promise<number>;
 }
 
+/** The SVID facts metrics report: expiry, and notBefore of the leaf (parsed once per identity). */
+function svidInfo(): (identity: TlsIdentity | undefined) => { notAfter: Date; notBefore?: Date } | undefined {
+  const cache = new WeakMap<TlsIdentity, Date | null>();
+  return (identity) => {
+    if (!identity) return undefined;
+    let notBefore = cache.get(identity);
+    if (notBefore === undefined) {
+      try {
+        notBefore = parsePemCertificates(identity.certChainPem)[0]?.notBefore ?? null;
+      } catch {
+        notBefore = null;
+      }
+      cache.set(identity, notBefore);
+    }
+    return { notAfter: identity.notAfter, ...(notBefore ? { notBefore } : {}) };
+  };
+}
+
 export async function startTaskBroker(options: TaskBrokerOptions): Promise<RunningTaskBroker> {
   const { logger, store } = options;
+  const clock = options.clock ?? (() => new Date());
   const cleanups: Array<() => Promise<void> | void> = [() => store.close()];
   const cleanup = async () => {
     for (const fn of cleanups.reverse()) await fn();
   };
+  const metrics = options.metrics ?? new BrokerMetrics({ clock });
+  metrics.watchPool(() => store.poolStats());
+  const svid = svidInfo();
+  metrics.watchSvid(() => svid(options.identity.current()));
+  const bundles = options.bundles;
+  if (isObservableBundles(bundles)) cleanups.push(metrics.watchBundles(bundles, (td) => bundles.getX509Bundle(td) !== undefined));
   try {
     if (options.migrate) {
       const applied = await migrate(store.db);
@@ -145,16 +223,50 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
     await keys.init();
     const policy = options.policy ?? new StaticPolicySource(undefined);
     if (!policy.current()) logger.warn('no policy loaded: every task and admin request will be denied (start with --policy FILE)');
-    const lifecycle = new TaskLifecycle({ db: store.db, keys, issuer, limits, clock: options.clock, policy });
+    const lifecycle = new TaskLifecycle({
+      db: store.db,
+      keys,
+      issuer,
+      limits,
+      clock: options.clock,
+      policy,
+      observer: {
+        taskEnded: (state, revokedTokens) => {
+          metrics.tasksEnded.inc({ state });
+          if (revokedTokens > 0) metrics.tokensRevoked.inc(revokedTokens);
+        },
+        auditWritten: (seconds) => metrics.auditWriteDuration.observe(seconds),
+      },
+    });
     const admin = new TaskAdmin({ db: store.db, lifecycle, keys, policy, clock: options.clock });
+
+    // Readiness: evaluated now, every few seconds, on demand (/readyz) and when the policy or SVID changes.
+    const readiness = new Readiness({ logger, intervalMs: options.readinessIntervalMs, clock });
+    readiness
+      .add(databaseCheck(store, options.databasePingTimeoutMs))
+      .add(migrationsCheck(store))
+      .add(svidCheck(options.identity, clock))
+      .add(policyCheck(policy));
+    for (const check of options.readinessChecks ?? []) readiness.add(check);
+    metrics.watchReadiness(() => readiness.report);
+    const reevaluate = () => void readiness.evaluate();
+    const unsubscribes = [policy.onChange(reevaluate), options.identity.onChange(reevaluate)];
+    cleanups.push(async () => {
+      for (const unsubscribe of unsubscribes) unsubscribe();
+      await readiness.close();
+    });
+    await readiness.evaluate();
 
     let httpPort: number | undefined;
     if (options.http) {
       const http = new OpsHttpServer({ logger });
       http.route(JWKS_PATH, jwksRoute(keys));
+      http.route('/healthz', healthzRoute());
+      http.route('/readyz', readyzRoute(readiness));
+      http.route(METRICS_PATH, metricsRoute(metrics));
       httpPort = await http.listen(options.http.host, options.http.port);
       cleanups.push(() => http.close());
-      logger.info({ host: options.http.host, port: httpPort, path: JWKS_PATH }, 'HTTP listening');
+      logger.info({ host: options.http.host, port: httpPort, paths: [JWKS_PATH, '/healthz', '/readyz', METRICS_PATH] }, 'HTTP listening');
     }
 
     const sweep = async () => {
@@ -190,8 +302,12 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       refusedConnectionLingerMs: options.refusedConnectionLingerMs,
       lifecycle,
       admin,
+      metrics,
+      readiness,
     });
-    logger.info({ database: store.description, issuer, alg: options.tokenAlg ?? 'ES256' }, 'task-broker ready');
+    readiness.start();
+    logger.info({ database: store.description, issuer, alg: options.tokenAlg ?? 'ES256', ready: readiness.ready }, 'task-broker ready');
+    let closing: Promise<void> | undefined;
     return {
       ...grpcBroker,
       httpPort,
@@ -199,11 +315,18 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       admin,
       keys,
       store,
+      metrics,
+      readiness,
       sweep,
-      async close(graceMs?: number) {
-        // Stop taking calls first, let in-flight ones finish, then release the rest.
-        await grpcBroker.close(graceMs);
-        await cleanup();
+      close(graceMs?: number) {
+        // Not ready first (health NOT_SERVING, /readyz 503), then stop taking connections and let
+        // in-flight calls finish, then release the rest: HTTP, sweeper, database last.
+        closing ??= (async () => {
+          readiness.shutdown();
+          await grpcBroker.close(graceMs);
+          await cleanup();
+        })();
+        return closing;
       },
     };
   } catch (err) {

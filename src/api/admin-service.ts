@@ -5,6 +5,7 @@
 import type { AuditEvent as AuditEventMessage } from '../gen/taskbroker/v1/AuditEvent.js';
 import type { TaskBrokerAdminHandlers } from '../gen/taskbroker/v1/TaskBrokerAdmin.js';
 import type { Logger } from '../observability/logger.js';
+import type { BrokerMetrics } from '../observability/metrics.js';
 import type { AuditEvent } from '../audit/audit.js';
 import { BrokerError } from '../errors.js';
 import { jsonToStruct } from '../protocol/struct.js';
@@ -12,13 +13,17 @@ import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
 import type { TaskAdmin } from '../tasks/admin.js';
 import type { JsonObject } from '../tasks/spec.js';
 import type { TaskState } from '../store/schema.js';
-import { unary } from './handlers.js';
+import { unary, type RpcContext } from './handlers.js';
 import { actorOf, taskMessage } from './task-broker-service.js';
 
 export interface AdminServiceDeps {
   logger: Logger;
   admin: TaskAdmin;
+  /** Counts calls; absent: nothing is counted. */
+  metrics?: BrokerMetrics;
 }
+
+export const TASK_BROKER_ADMIN_SERVICE = 'taskbroker.v1.TaskBrokerAdmin';
 
 const STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE', 'COMPLETED', 'CANCELLED', 'REVOKED', 'EXPIRED'];
 
@@ -43,19 +48,20 @@ export function auditEventMessage(e: AuditEvent): AuditEventMessage {
   };
 }
 
-export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAdminHandlers {
+export function adminHandlers({ logger, admin, metrics }: AdminServiceDeps): TaskBrokerAdminHandlers {
+  const rpc: RpcContext = { service: TASK_BROKER_ADMIN_SERVICE, logger, metrics };
   return {
-    RevokeTask: unary('RevokeTask', logger, async (call) => {
+    RevokeTask: unary('RevokeTask', rpc, async (call) => {
       const res = await admin.revokeTask(actorOf(call), call.request.taskId, call.request.reason);
       return { task: taskMessage(res.task), revokedTokens: res.revokedTokens };
     }),
 
-    RevokeWorkload: unary('RevokeWorkload', logger, async (call) => {
+    RevokeWorkload: unary('RevokeWorkload', rpc, async (call) => {
       const res = await admin.revokeWorkload(actorOf(call), call.request.selector, call.request.reason);
       return { revokedTasks: res.taskIds.length, revokedTokens: res.revokedTokens, taskIds: res.taskIds };
     }),
 
-    ListTasks: unary('ListTasks', logger, async (call) => {
+    ListTasks: unary('ListTasks', rpc, async (call) => {
       const r = call.request;
       const res = await admin.listTasks(
         actorOf(call),
@@ -71,7 +77,7 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
       return { tasks: res.tasks.map(taskMessage), nextPageToken: res.nextPageToken };
     }),
 
-    GetAuditTrail: unary('GetAuditTrail', logger, async (call) => {
+    GetAuditTrail: unary('GetAuditTrail', rpc, async (call) => {
       const res = await admin.auditTrail(actorOf(call), call.request.taskId);
       return {
         taskId: call.request.taskId,
@@ -80,12 +86,12 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
       };
     }),
 
-    ApproveTask: unary('ApproveTask', logger, async (call) => {
+    ApproveTask: unary('ApproveTask', rpc, async (call) => {
       const task = await admin.approveTask(actorOf(call), call.request.taskId, call.request.comment);
       return { task: taskMessage(task) };
     }),
 
-    RotateSigningKey: unary('RotateSigningKey', logger, async (call) => {
+    RotateSigningKey: unary('RotateSigningKey', rpc, async (call) => {
       const res = await admin.rotateSigningKey(actorOf(call));
       return { kid: res.kid, retiredKid: res.retiredKid ?? '' };
     }),

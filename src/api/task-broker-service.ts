@@ -8,28 +8,31 @@ import type { TaskBrokerHandlers } from '../gen/taskbroker/v1/TaskBroker.js';
 import type { TaskState as TaskStateEnum } from '../gen/taskbroker/v1/TaskState.js';
 import type { VerifyTokenReason } from '../gen/taskbroker/v1/VerifyTokenReason.js';
 import type { Logger } from '../observability/logger.js';
+import type { BrokerMetrics } from '../observability/metrics.js';
 import { durationSeconds, jsonToStruct, secondsToDuration, structToJson } from '../protocol/struct.js';
 import { toTimestamp } from '../protocol/timestamps.js';
-import { requestIdFrom } from '../tasks/ids.js';
 import type { Actor, Task, TaskLifecycle, VerifyReason } from '../tasks/lifecycle.js';
 import { certificateThumbprint } from '../spiffe/certificate.js';
 import { callerOf } from '../transport/caller.js';
 import { BrokerError } from '../errors.js';
-import { unary } from './handlers.js';
+import { REQUEST_ID_HEADER, requestIdOf, unary, type RpcContext } from './handlers.js';
 
 export interface TaskBrokerServiceDeps {
   logger: Logger;
   /** Absent in transport-only tests: task RPCs then answer UNAVAILABLE. */
   lifecycle?: TaskLifecycle;
+  /** Counts calls, tokens issued and verification outcomes; absent: nothing is counted. */
+  metrics?: BrokerMetrics;
 }
 
-export const REQUEST_ID_HEADER = 'x-request-id';
+export const TASK_BROKER_SERVICE = 'taskbroker.v1.TaskBroker';
+
+export { REQUEST_ID_HEADER };
 
 /** The verified caller of a call plus its request id (echoed to the client in the response headers). */
 export function actorOf(call: grpc.ServerUnaryCall<unknown, unknown>): Actor {
   const caller = callerOf(call);
-  const header = call.metadata.get(REQUEST_ID_HEADER)[0];
-  const requestId = requestIdFrom(typeof header === 'string' ? header : undefined);
+  const requestId = requestIdOf(call);
   const md = new grpc.Metadata();
   md.set(REQUEST_ID_HEADER, requestId);
   call.sendMetadata(md);
@@ -82,13 +85,14 @@ function text(value: string, field: string): string {
   return value;
 }
 
-export function taskBrokerHandlers({ logger, lifecycle }: TaskBrokerServiceDeps): TaskBrokerHandlers {
+export function taskBrokerHandlers({ logger, lifecycle, metrics }: TaskBrokerServiceDeps): TaskBrokerHandlers {
+  const rpc: RpcContext = { service: TASK_BROKER_SERVICE, logger, metrics };
   const tasks = (): TaskLifecycle => {
     if (!lifecycle) throw new BrokerError('unavailable', 'tasks are not served by this broker');
     return lifecycle;
   };
   return {
-    WhoAmI: unary('WhoAmI', logger, (call) => {
+    WhoAmI: unary('WhoAmI', rpc, (call) => {
       const caller = callerOf(call);
       return {
         spiffeId: caller.spiffeId.toString(),
@@ -98,7 +102,7 @@ export function taskBrokerHandlers({ logger, lifecycle }: TaskBrokerServiceDeps)
       };
     }),
 
-    CreateTask: unary('CreateTask', logger, async (call) => {
+    CreateTask: unary('CreateTask', rpc, async (call) => {
       const actor = actorOf(call);
       const { spec, idempotencyKey } = call.request;
       if (!spec) throw new BrokerError('invalid-argument', 'spec is required');
@@ -117,31 +121,32 @@ export function taskBrokerHandlers({ logger, lifecycle }: TaskBrokerServiceDeps)
       return { task: taskMessage(created.task), canonicalSpec: created.canonicalSpec, replayed: created.replayed };
     }),
 
-    GetTask: unary('GetTask', logger, async (call) => {
+    GetTask: unary('GetTask', rpc, async (call) => {
       const actor = actorOf(call);
       return { task: taskMessage(await tasks().getTask(actor, call.request.taskId)) };
     }),
 
-    IssueToken: unary('IssueToken', logger, async (call) => {
+    IssueToken: unary('IssueToken', rpc, async (call) => {
       const actor = actorOf(call);
       const { taskId, scopes, ttl } = call.request;
       const issued = await tasks().issueToken(actor, taskId, { scopes, ttlSeconds: durationSeconds(ttl, 'ttl') });
+      metrics?.tokensIssued.inc();
       return { token: issued.token, tokenId: issued.tokenId, expiresAt: toTimestamp(issued.expiresAt), scopes: issued.scopes };
     }),
 
-    CompleteTask: unary('CompleteTask', logger, async (call) => {
+    CompleteTask: unary('CompleteTask', rpc, async (call) => {
       const actor = actorOf(call);
       const done = await tasks().completeTask(actor, call.request.taskId, text(call.request.outcome, 'outcome'));
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
     }),
 
-    CancelTask: unary('CancelTask', logger, async (call) => {
+    CancelTask: unary('CancelTask', rpc, async (call) => {
       const actor = actorOf(call);
       const done = await tasks().cancelTask(actor, call.request.taskId, text(call.request.reason, 'reason'));
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
     }),
 
-    VerifyToken: unary('VerifyToken', logger, async (call) => {
+    VerifyToken: unary('VerifyToken', rpc, async (call) => {
       const actor = actorOf(call);
       const req = call.request;
       if (req.token.length > MAX_TOKEN_LENGTH) throw new BrokerError('invalid-argument', `token: at most ${MAX_TOKEN_LENGTH} characters`);
@@ -155,6 +160,7 @@ export function taskBrokerHandlers({ logger, lifecycle }: TaskBrokerServiceDeps)
         presenterThumbprint,
         expectedTaskHash: req.expectedTaskHash === '' ? undefined : req.expectedTaskHash,
       });
+      metrics?.tokenVerifications.inc({ reason: result.reason });
       const c = result.claims;
       return {
         valid: result.valid,

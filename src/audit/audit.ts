@@ -93,7 +93,19 @@ export function eventHash(e: HashedFields): string {
  * serialized; callers that also lock a task row must lock it first (they always do: the
  * lifecycle locks the task, then writes its events).
  */
-export async function appendAuditEvent(tx: Tx, input: AuditEventInput): Promise<AuditEvent> {
+export async function appendAuditEvent(tx: Tx, input: AuditEventInput, options: AppendOptions = {}): Promise<AuditEvent> {
+  const started = options.onTimed ? performance.now() : 0;
+  const event = await append(tx, input);
+  options.onTimed?.((performance.now() - started) / 1000);
+  return event;
+}
+
+export interface AppendOptions {
+  /** Told how long a successful append took, in seconds (metrics). */
+  onTimed?: (seconds: number) => void;
+}
+
+async function append(tx: Tx, input: AuditEventInput): Promise<AuditEvent> {
   const chainId = chainIdFor(input);
   // One round trip creates the chain head if needed, locks it and reads it: ON CONFLICT DO
   // UPDATE takes the row lock like SELECT … FOR UPDATE and returns the current values.

@@ -91,6 +91,18 @@ export interface LifecycleDeps {
   policy: PolicySource;
   limits?: Partial<LifecycleLimits>;
   clock?: () => Date;
+  /** Told about outcomes, for metrics; absent: nothing is told. */
+  observer?: LifecycleObserver;
+}
+
+export type FinalState = Exclude<TaskState, 'PENDING_APPROVAL' | 'ACTIVE'>;
+
+/** Hooks for metrics. They must not throw; they never change an outcome. */
+export interface LifecycleObserver {
+  /** A task reached a final state, with the tokens revoked with it; called once its transaction committed. */
+  taskEnded?(state: FinalState, revokedTokens: number): void;
+  /** One audit event was appended, taking `seconds`. */
+  auditWritten?(seconds: number): void;
 }
 
 const LIVE: TaskState[] = ['PENDING_APPROVAL', 'ACTIVE'];
@@ -136,6 +148,8 @@ function truncate(text: string, max: number): string {
 export class TaskLifecycle {
   readonly limits: LifecycleLimits;
   private readonly clock: () => Date;
+  /** Task endings of transactions not yet committed (reported to the observer after commit). */
+  private readonly endedIn = new WeakMap<Tx, Array<{ state: FinalState; revokedTokens: number }>>();
 
   constructor(private readonly deps: LifecycleDeps) {
     this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
@@ -148,13 +162,29 @@ export class TaskLifecycle {
 
   async audit(tx: Tx, actor: Actor | AuditActor, input: Omit<AuditEventInput, 'actor' | 'occurredAt'> & { occurredAt?: Date }): Promise<void> {
     const a = 'trustDomain' in actor ? auditActor(actor) : actor;
-    await appendAuditEvent(tx, { ...input, actor: a, occurredAt: input.occurredAt ?? this.clock() });
+    const onTimed = this.deps.observer?.auditWritten?.bind(this.deps.observer);
+    await appendAuditEvent(tx, { ...input, actor: a, occurredAt: input.occurredAt ?? this.clock() }, { onTimed });
   }
 
   /** Runs `fn` in a transaction; a Refusal it returns is committed, then thrown. */
   async run<T>(fn: (tx: Tx) => Promise<T | Refusal>): Promise<T> {
-    const result = await this.deps.db.transaction().execute(fn);
+    const result = await this.transaction(fn);
     if (result instanceof Refusal) throw result.error;
+    return result;
+  }
+
+  /** A transaction whose task endings are reported to the observer once it committed. */
+  private async transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+    let transaction: Tx | undefined;
+    const result = await this.deps.db.transaction().execute((tx) => {
+      transaction = tx;
+      return fn(tx);
+    });
+    const ended = transaction ? this.endedIn.get(transaction) : undefined;
+    if (ended) {
+      this.endedIn.delete(transaction as Tx);
+      for (const e of ended) this.deps.observer?.taskEnded?.(e.state, e.revokedTokens);
+    }
     return result;
   }
 
@@ -292,7 +322,7 @@ export class TaskLifecycle {
   async endTask(
     tx: Tx,
     row: TaskRow,
-    change: { state: Exclude<TaskState, 'PENDING_APPROVAL' | 'ACTIVE'>; by: string; reason: string; eventType: AuditEventInput['type']; actor: Actor | AuditActor; now?: Date; details?: Record<string, unknown> },
+    change: { state: FinalState; by: string; reason: string; eventType: AuditEventInput['type']; actor: Actor | AuditActor; now?: Date; details?: Record<string, unknown> },
   ): Promise<TaskRow & { revokedTokens?: number }> {
     const now = change.now ?? this.clock();
     const updated = await tx
@@ -308,6 +338,11 @@ export class TaskLifecycle {
       .where('revoked_at', 'is', null)
       .executeTakeFirst();
     const revokedTokens = Number(revoked.numUpdatedRows);
+    if (this.deps.observer?.taskEnded) {
+      const ended = this.endedIn.get(tx) ?? [];
+      ended.push({ state: change.state, revokedTokens });
+      this.endedIn.set(tx, ended);
+    }
     await this.audit(tx, change.actor, {
       taskId: row.task_id,
       type: change.eventType,
@@ -500,7 +535,7 @@ export class TaskLifecycle {
     const batchSize = options.batchSize ?? 100;
     let total = 0;
     for (;;) {
-      const n = await this.deps.db.transaction().execute(async (tx) => {
+      const n = await this.transaction(async (tx) => {
         const now = this.clock();
         const due = await tx
           .selectFrom('tasks')

@@ -36,8 +36,8 @@ export interface ConnectionAuthenticatorOptions {
   clock?: () => Date;
   /** How long a refused connection stays open so its calls can be answered with UNAUTHENTICATED. */
   refusedConnectionLingerMs?: number;
-  /** Observes every call's authentication outcome (metrics). */
-  onCallAuthenticated?: (admission: Admission) => void;
+  /** Observes every call's authentication outcome with the call's method path (metrics). */
+  onCallAuthenticated?: (admission: Admission, method: string) => void;
 }
 
 interface ConnectionAddress {
@@ -82,7 +82,7 @@ export class ConnectionAuthenticator {
   readonly #logger: Logger;
   readonly #clock: () => Date;
   readonly #lingerMs: number;
-  readonly #onCall: (admission: Admission) => void;
+  readonly #onCall: (admission: Admission, method: string) => void;
 
   constructor(options: ConnectionAuthenticatorOptions) {
     this.#bundles = options.bundles;
@@ -153,7 +153,7 @@ export class ConnectionAuthenticator {
           next({
             onReceiveMetadata: (metadata, nextMetadata) => {
               const admission = this.authenticate(call.getConnectionInfo());
-              this.#onCall(admission);
+              this.#onCall(admission, methodDescriptor.path);
               if (admission.ok) {
                 attachCaller(metadata, admission.caller);
                 nextMetadata(metadata);

@@ -25,7 +25,7 @@ export interface SvidServerOptions {
   grpcOptions?: grpc.ServerOptions;
   /** Interceptors that run after authentication (metrics, logging). */
   interceptors?: grpc.ServerInterceptor[];
-  onCallAuthenticated?: (admission: Admission) => void;
+  onCallAuthenticated?: (admission: Admission, method: string) => void;
 }
 
 const DEFAULT_GRPC_OPTIONS: grpc.ServerOptions = {
@@ -48,6 +48,7 @@ export class SvidServer {
   readonly #unsubscribe: () => void;
   #injector: ReturnType<grpc.Server['createConnectionInjector']> | undefined;
   #accepted = 0;
+  #shutdown: Promise<void> | undefined;
 
   constructor(options: SvidServerOptions) {
     this.#logger = options.logger;
@@ -105,19 +106,45 @@ export class SvidServer {
     return this.#accepted;
   }
 
+  /** True once shutdown() was called. */
+  get shuttingDown(): boolean {
+    return this.#shutdown !== undefined;
+  }
+
   /**
    * Stops accepting connections, lets in-flight calls finish within `graceMs`, then cuts what is
-   * left. Resolves once every connection is gone.
+   * left. Resolves once every connection is gone. Calling it again returns the same promise.
+   *
+   * How the calls drain: the TLS listener closes at once (no new connections; a handshake that
+   * completes afterwards is dropped), and grpc-js's tryShutdown closes every HTTP/2 session
+   * gracefully: a GOAWAY naming the last stream the broker accepted, after which each session
+   * ends when its last call has sent its status. Calls the client started after that GOAWAY are
+   * refused with REFUSED_STREAM, which gRPC clients retry transparently on another connection
+   * (another replica). At the deadline whatever is left is cancelled.
    */
-  async shutdown(graceMs = 10_000): Promise<void> {
+  shutdown(graceMs = 10_000): Promise<void> {
+    this.#shutdown ??= this.#drain(graceMs);
+    return this.#shutdown;
+  }
+
+  async #drain(graceMs: number): Promise<void> {
     this.#unsubscribe();
     const closed = new Promise<void>((resolve) => this.#tls.close(() => resolve()));
+    const openAtStart = this.#sockets.size;
     const drained = new Promise<void>((resolve) => this.grpc.tryShutdown(() => resolve()));
-    const deadline = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), graceMs).unref());
+    let deadlineTimer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'timeout'>((resolve) => {
+      deadlineTimer = setTimeout(() => resolve('timeout'), graceMs);
+      deadlineTimer.unref();
+    });
+    const started = Date.now();
     if ((await Promise.race([drained, deadline])) === 'timeout') {
       this.#logger.warn({ graceMs }, 'shutdown deadline reached; cancelling remaining calls');
       this.grpc.forceShutdown();
+    } else {
+      this.#logger.info({ connections: openAtStart, drainMs: Date.now() - started }, 'gRPC calls drained');
     }
+    clearTimeout(deadlineTimer);
     for (const socket of this.#sockets) socket.destroy();
     await closed;
   }
@@ -126,6 +153,11 @@ export class SvidServer {
     this.#accepted += 1;
     this.#sockets.add(socket);
     socket.once('close', () => this.#sockets.delete(socket));
+    if (this.#shutdown) {
+      // Accepted before the listener closed, handshaken after: the broker is draining, not serving.
+      socket.destroy();
+      return;
+    }
     if (socket.alpnProtocol !== 'h2') {
       this.#logger.info({ peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}` }, 'connection closed: client did not negotiate HTTP/2 (ALPN h2)');
       socket.destroy();

@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -89,8 +89,11 @@ describe('task-broker CLI', () => {
     expect((await runCli(['dev-ca', 'mint', '--dir', ca, '--spiffe-id', 'spiffe://example.org/task-broker', '--name', 'broker'])).code).toBe(0);
     expect((await runCli(['dev-ca', 'mint', '--dir', ca, '--spiffe-id', 'spiffe://example.org/w', '--name', 'w'])).code).toBe(0);
 
+    const policyPath = join(dir, 'serve-policy.yaml');
+    await writeFile(policyPath, 'version: 1\nadmins: []\nrules: []\n');
     // Configuration through environment variables, as in a Deployment.
     const broker = startCli(['serve'], {
+      TASK_BROKER_POLICY: policyPath,
       TASK_BROKER_LISTEN: '127.0.0.1:0',
       TASK_BROKER_SVID_CERT: join(ca, 'broker.pem'),
       TASK_BROKER_SVID_KEY: join(ca, 'broker.key'),

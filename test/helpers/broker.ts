@@ -13,6 +13,7 @@ import { mintX509Svid } from '../../src/devca/certificates.js';
 import type { Logger } from '../../src/observability/logger.js';
 import { silentLogger } from '../../src/observability/logger.js';
 import { startTaskBroker, type RunningTaskBroker, type TaskBrokerOptions } from '../../src/server.js';
+import type { TrustBundleSet } from '../../src/spiffe/bundle.js';
 import type { StoreKind } from '../../src/store/database.js';
 import { migrate } from '../../src/store/migrate.js';
 import { KeyEncryptionKey, generateKekBase64 } from '../../src/tokens/kek.js';
@@ -41,8 +42,12 @@ export interface TestBroker {
   clock: MutableClock;
   address: string;
   jwksUrl: string;
+  /** http://host:port of the ops HTTP listener (/healthz, /readyz, /metrics). */
+  opsUrl: string;
   a: TrustDomainPki;
   b: TrustDomainPki;
+  /** The trust bundles the broker verifies callers against (a.test and b.test). */
+  bundles: TrustBundleSet;
   /** A connected client presenting a fresh SVID for `spiffeId` (a.test or b.test). */
   client(spiffeId: string): Promise<BrokerClient>;
   /** A connected admin client presenting a fresh SVID for `spiffeId`. */
@@ -54,7 +59,8 @@ export interface TestBroker {
   close(): Promise<void>;
 }
 
-export interface TestBrokerOptions extends Partial<Pick<TaskBrokerOptions, 'limits' | 'tokenAlg' | 'sweepIntervalMs' | 'policy'>> {
+export interface TestBrokerOptions
+  extends Partial<Pick<TaskBrokerOptions, 'limits' | 'tokenAlg' | 'sweepIntervalMs' | 'policy' | 'readinessIntervalMs' | 'readinessChecks' | 'databasePingTimeoutMs'>> {
   logger?: Logger;
 }
 
@@ -88,6 +94,9 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
       tokenAlg: options.tokenAlg,
       limits: options.limits,
       sweepIntervalMs: options.sweepIntervalMs ?? 0,
+      readinessIntervalMs: options.readinessIntervalMs,
+      readinessChecks: options.readinessChecks,
+      databasePingTimeoutMs: options.databasePingTimeoutMs,
       clock: clock.now,
     });
   };
@@ -113,8 +122,10 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
     clock,
     a,
     b,
+    bundles,
     address: `127.0.0.1:${broker.port}`,
     jwksUrl: `http://127.0.0.1:${broker.httpPort}/.well-known/jwks.json`,
+    opsUrl: `http://127.0.0.1:${broker.httpPort}`,
     client: (spiffeId) => connectAs(spiffeId, BrokerClient),
     adminClient: (spiffeId) => connectAs(spiffeId, AdminClient),
     svidOf(spiffeId) {
@@ -129,6 +140,7 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
       t.broker = broker;
       t.address = `127.0.0.1:${broker.port}`;
       t.jwksUrl = `http://127.0.0.1:${broker.httpPort}/.well-known/jwks.json`;
+      t.opsUrl = `http://127.0.0.1:${broker.httpPort}`;
     },
     async close() {
       for (const c of clients.splice(0)) c.close();

@@ -1,0 +1,254 @@
+/**
+ * Prometheus metrics of one broker, in a registry of its own (never prom-client's global one,
+ * so several brokers in one process, as in tests, do not mix). Every name starts with
+ * `task_broker_`, the default process metrics included.
+ *
+ * Labels carry only bounded, non-secret values: service and method names, gRPC status names,
+ * verification reasons, task states, trust domain names. Never a token, key or task ID.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Route } from '../http/ops-server.js';
+
+export const METRIC_PREFIX = 'task_broker_';
+export const METRICS_PATH = '/metrics';
+
+const RPC_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const AUDIT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+type RpcLabels = 'service' | 'method' | 'code';
+
+/** The broker's SVID as the metrics need it (a TlsIdentity fits). */
+export interface SvidInfo {
+  readonly notAfter: Date;
+  /** When the certificate became valid; absent: age is not reported. */
+  readonly notBefore?: Date;
+}
+
+/** A bundle set that announces changes per trust domain (TrustBundleSet fits). */
+export interface ObservableBundles {
+  trustDomains(): string[];
+  onChange(listener: (trustDomain: string | undefined) => void): () => void;
+}
+
+/** A readiness verdict (a ReadinessReport fits). */
+export interface ReadinessSnapshot {
+  readonly ready: boolean;
+  readonly checks: Readonly<Record<string, { readonly ok: boolean }>>;
+}
+
+export interface PoolStats {
+  total: number;
+  idle: number;
+  waiting: number;
+}
+
+export interface BrokerMetricsOptions {
+  /** Also collect prom-client's default process and Node.js metrics (prefixed too); default true. */
+  defaultMetrics?: boolean;
+  clock?: () => Date;
+}
+
+export class BrokerMetrics {
+  readonly registry = new Registry();
+  readonly rpcRequests: Counter<RpcLabels>;
+  readonly rpcDuration: Histogram<RpcLabels>;
+  readonly rpcInFlight: Gauge<'service' | 'method'>;
+  readonly tokensIssued: Counter;
+  readonly tokenVerifications: Counter<'reason'>;
+  readonly tokensRevoked: Counter;
+  readonly tasksEnded: Counter<'state'>;
+  readonly auditWriteDuration: Histogram;
+  readonly ready: Gauge;
+  readonly readinessCheck: Gauge<'check'>;
+  readonly #clock: () => Date;
+  #svid: () => SvidInfo | undefined = () => undefined;
+  #pool: (() => PoolStats) | undefined;
+  #readiness: (() => ReadinessSnapshot) | undefined;
+  readonly #bundleUpdated = new Map<string, Date>();
+
+  constructor(options: BrokerMetricsOptions = {}) {
+    this.#clock = options.clock ?? (() => new Date());
+    const registers = [this.registry];
+    const p = METRIC_PREFIX;
+    this.rpcRequests = new Counter({
+      name: `${p}grpc_requests_total`,
+      help: 'gRPC calls handled, by service, method and status code (calls refused as UNAUTHENTICATED before any handler included)',
+      labelNames: ['service', 'method', 'code'],
+      registers,
+    });
+    this.rpcDuration = new Histogram({
+      name: `${p}grpc_request_duration_seconds`,
+      help: 'Time from the start of a gRPC call to its status, by service, method and status code',
+      labelNames: ['service', 'method', 'code'],
+      buckets: RPC_BUCKETS,
+      registers,
+    });
+    this.rpcInFlight = new Gauge({
+      name: `${p}grpc_requests_in_flight`,
+      help: 'gRPC calls being handled now',
+      labelNames: ['service', 'method'],
+      registers,
+    });
+    this.tokensIssued = new Counter({ name: `${p}tokens_issued_total`, help: 'Task tokens issued', registers });
+    this.tokenVerifications = new Counter({
+      name: `${p}token_verifications_total`,
+      help: 'VerifyToken answers, by reason (valid, expired, revoked, binding-mismatch, ...)',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.tokensRevoked = new Counter({ name: `${p}tokens_revoked_total`, help: 'Tokens revoked because their task ended', registers });
+    this.tasksEnded = new Counter({
+      name: `${p}tasks_ended_total`,
+      help: 'Tasks that reached a final state (COMPLETED, CANCELLED, REVOKED, EXPIRED), counted once their transaction committed',
+      labelNames: ['state'],
+      registers,
+    });
+    this.auditWriteDuration = new Histogram({
+      name: `${p}audit_write_duration_seconds`,
+      help: 'Time to append one audit event to its hash chain (inside the transaction of the change)',
+      buckets: AUDIT_BUCKETS,
+      registers,
+    });
+
+    // collect() runs with the gauge as `this`; these read the broker's state at scrape time.
+    const svidNow = () => this.#svid();
+    const nowMs = () => this.#clock().getTime();
+    const bundleTimes = () => this.#bundleUpdated;
+    const poolNow = () => this.#pool?.();
+    const readinessNow = () => this.#readiness?.();
+    this.ready = new Gauge({
+      name: `${p}ready`,
+      help: '1 when the broker is ready to serve (every readiness check passed at the last evaluation, not shutting down), else 0',
+      registers,
+      collect() {
+        this.set(readinessNow()?.ready ? 1 : 0);
+      },
+    });
+    this.readinessCheck = new Gauge({
+      name: `${p}readiness_check`,
+      help: '1 when the readiness check passed at its last evaluation, else 0',
+      labelNames: ['check'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [check, r] of Object.entries(readinessNow()?.checks ?? {})) this.set({ check }, r.ok ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: `${p}svid_expiry_timestamp_seconds`,
+      help: "When the broker's own X509-SVID expires (Unix time)",
+      registers,
+      collect() {
+        this.reset();
+        const current = svidNow();
+        if (current) this.set(current.notAfter.getTime() / 1000);
+      },
+    });
+    new Gauge({
+      name: `${p}svid_age_seconds`,
+      help: "Seconds since the broker's current X509-SVID became valid (notBefore); grows until rotation",
+      registers,
+      collect() {
+        this.reset();
+        const current = svidNow();
+        if (current?.notBefore) this.set((nowMs() - current.notBefore.getTime()) / 1000);
+      },
+    });
+    new Gauge({
+      name: `${p}svid_remaining_seconds`,
+      help: "Seconds until the broker's own X509-SVID expires (negative once expired)",
+      registers,
+      collect() {
+        this.reset();
+        const current = svidNow();
+        if (current) this.set((current.notAfter.getTime() - nowMs()) / 1000);
+      },
+    });
+    new Gauge({
+      name: `${p}trust_bundle_age_seconds`,
+      help: 'Seconds since the trust bundle of each trust domain last changed (or since the broker started, for bundles it started with)',
+      labelNames: ['trust_domain'],
+      registers,
+      collect() {
+        this.reset();
+        const now = nowMs();
+        for (const [trustDomain, at] of bundleTimes()) this.set({ trust_domain: trustDomain }, (now - at.getTime()) / 1000);
+      },
+    });
+    const pool = (name: string, help: string, pick: (s: PoolStats) => number) =>
+      new Gauge({
+        name: `${p}${name}`,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          const stats = poolNow();
+          if (stats) this.set(pick(stats));
+        },
+      });
+    pool('db_pool_connections', 'Database connections open (in use and idle)', (s) => s.total);
+    pool('db_pool_idle_connections', 'Database connections open and idle', (s) => s.idle);
+    pool('db_pool_waiting_requests', 'Queries waiting for a database connection', (s) => s.waiting);
+
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: p });
+  }
+
+  /** One finished gRPC call. */
+  observeRpc(service: string, method: string, code: string, seconds: number): void {
+    this.rpcRequests.inc({ service, method, code });
+    this.rpcDuration.observe({ service, method, code }, seconds);
+  }
+
+  /** Reports the SVID `current()` returns at each scrape. */
+  watchSvid(current: () => SvidInfo | undefined): void {
+    this.#svid = current;
+  }
+
+  /** Reports the readiness verdict and each check's outcome at each scrape. */
+  watchReadiness(report: () => ReadinessSnapshot): void {
+    this.#readiness = report;
+  }
+
+  /** Reports database pool use at each scrape. */
+  watchPool(stats: () => PoolStats): void {
+    this.#pool = stats;
+  }
+
+  /**
+   * Follows bundle changes per trust domain; returns the unsubscribe function. Bundles present
+   * now count as updated now: when they were loaded before the broker started is not known.
+   */
+  watchBundles(bundles: ObservableBundles, has: (trustDomain: string) => boolean): () => void {
+    const now = () => this.#clock();
+    for (const td of bundles.trustDomains()) this.#bundleUpdated.set(td, now());
+    return bundles.onChange((trustDomain) => {
+      if (trustDomain === undefined) {
+        const present = new Set(bundles.trustDomains());
+        for (const td of [...this.#bundleUpdated.keys()]) if (!present.has(td)) this.#bundleUpdated.delete(td);
+        for (const td of present) this.#bundleUpdated.set(td, now());
+        return;
+      }
+      if (has(trustDomain)) this.#bundleUpdated.set(trustDomain, now());
+      else this.#bundleUpdated.delete(trustDomain);
+    });
+  }
+
+  /** The text exposition of every metric. */
+  async expose(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
+
+/** GET /metrics: the Prometheus text format. */
+export function metricsRoute(metrics: BrokerMetrics): Route {
+  return async () => {
+    const { contentType, body } = await metrics.expose();
+    return { status: 200, headers: { 'Content-Type': contentType, 'Cache-Control': 'no-store' }, body };
+  };
+}
+
+/** Whether a value looks like a bundle set the metrics can follow. */
+export function isObservableBundles(value: unknown): value is ObservableBundles {
+  const v = value as Partial<ObservableBundles> | null;
+  return typeof v === 'object' && v !== null && typeof v.trustDomains === 'function' && typeof v.onChange === 'function';
+}
