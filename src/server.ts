@@ -199,6 +199,14 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
   metrics.watchPool(() => store.poolStats());
   const svid = svidInfo();
   metrics.watchSvid(() => svid(options.identity.current()));
+  const source = options.identity as Partial<{ status(): { connected: boolean; lastSvidUpdate: Date | undefined } }>;
+  if (typeof source.status === 'function') {
+    const status = source.status.bind(options.identity);
+    metrics.watchSvidSource(() => {
+      const s = status();
+      return { connected: s.connected, lastUpdate: s.lastSvidUpdate };
+    });
+  }
   const bundles = options.bundles;
   if (isObservableBundles(bundles)) cleanups.push(metrics.watchBundles(bundles, (td) => bundles.getX509Bundle(td) !== undefined));
   try {

@@ -48,6 +48,12 @@ export interface BrokerMetricsOptions {
   clock?: () => Date;
 }
 
+/** What a streaming SVID source reports: connected now, and when it last delivered. */
+export interface SvidSourceStatus {
+  connected: boolean;
+  lastUpdate: Date | undefined;
+}
+
 export class BrokerMetrics {
   readonly registry = new Registry();
   readonly rpcRequests: Counter<RpcLabels>;
@@ -64,6 +70,7 @@ export class BrokerMetrics {
   #svid: () => SvidInfo | undefined = () => undefined;
   #pool: (() => PoolStats) | undefined;
   #readiness: (() => ReadinessSnapshot) | undefined;
+  #source: (() => SvidSourceStatus | undefined) | undefined;
   readonly #bundleUpdated = new Map<string, Date>();
 
   constructor(options: BrokerMetricsOptions = {}) {
@@ -186,6 +193,29 @@ export class BrokerMetrics {
           if (stats) this.set(pick(stats));
         },
       });
+    const sourceNow = () => this.#source?.();
+    new Gauge({
+      name: `${p}svid_source_connected`,
+      help: 'Whether the stream that delivers the SVID (the Workload API) is connected: 1 or 0; absent for file-based SVIDs',
+      labelNames: ['source'],
+      registers,
+      collect() {
+        this.reset();
+        const status = sourceNow();
+        if (status) this.set({ source: 'workload_api' }, status.connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: `${p}svid_source_last_update_age_seconds`,
+      help: 'Seconds since the SVID source last delivered an update; grows while the SPIRE agent is away',
+      labelNames: ['source'],
+      registers,
+      collect() {
+        this.reset();
+        const at = sourceNow()?.lastUpdate;
+        if (at) this.set({ source: 'workload_api' }, (nowMs() - at.getTime()) / 1000);
+      },
+    });
     pool('db_pool_connections', 'Database connections open (in use and idle)', (s) => s.total);
     pool('db_pool_idle_connections', 'Database connections open and idle', (s) => s.idle);
     pool('db_pool_waiting_requests', 'Queries waiting for a database connection', (s) => s.waiting);
@@ -207,6 +237,11 @@ export class BrokerMetrics {
   /** Reports the readiness verdict and each check's outcome at each scrape. */
   watchReadiness(report: () => ReadinessSnapshot): void {
     this.#readiness = report;
+  }
+
+  /** Reports the state of a streaming SVID source (the Workload API) at each scrape. */
+  watchSvidSource(status: () => SvidSourceStatus | undefined): void {
+    this.#source = status;
   }
 
   /** Reports database pool use at each scrape. */
