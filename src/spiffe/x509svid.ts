@@ -26,7 +26,13 @@ export type X509SvidFailure =
   | 'weak-key'
   | 'signature-algorithm'
   | 'critical-extension'
-  | 'path-length';
+  | 'path-length'
+  | 'too-many-certificates';
+
+/** A peer presents its leaf and intermediates; more than this is refused before any crypto. */
+export const MAX_PRESENTED_CERTIFICATES = 10;
+/** Signature checks one path search may spend (as Go's crypto/x509 bounds its own search). */
+export const MAX_SIGNATURE_CHECKS = 100;
 
 export class X509SvidError extends Error {
   override readonly name = 'X509SvidError';
@@ -70,6 +76,9 @@ export function verifyX509Svid(presented: readonly Uint8Array[], bundles: X509Bu
   const now = options.now ?? new Date();
   if (presented.length === 0) {
     throw new X509SvidError('no-certificate', 'no certificate presented');
+  }
+  if (presented.length > MAX_PRESENTED_CERTIFICATES) {
+    throw new X509SvidError('too-many-certificates', `${presented.length} certificates presented; at most ${MAX_PRESENTED_CERTIFICATES} are accepted`);
   }
   const [leaf, ...intermediates] = presented.map((der, i) => parseOrFail(der, i));
   if (!leaf) throw new X509SvidError('no-certificate', 'no certificate presented');
@@ -153,19 +162,16 @@ function checkSigningCertificate(cert: ParsedCertificate, role: string, id: Spif
   }
 }
 
-function signedBy(cert: ParsedCertificate, issuer: ParsedCertificate): boolean {
-  if (cert.issuer !== issuer.subject) return false;
-  try {
-    return cert.node.verify(issuer.node.publicKey);
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Depth-first path building from the leaf to one of the trust domain's authorities. Anchors are
  * tried before presented certificates, so a peer that also sends the root still anchors in the
  * bundle. When no path exists, the most specific rule a candidate issuer broke is reported.
+ *
+ * The search is bounded, because it runs before the peer is authenticated: each signature is
+ * checked at most once (cached per pair), a presented certificate that led nowhere is not
+ * explored again, and the whole search may spend at most MAX_SIGNATURE_CHECKS signature
+ * checks. Without these, certificates that all claim to sign each other make the search
+ * factorial in their number.
  */
 function buildPath(
   leaf: ParsedCertificate,
@@ -176,6 +182,27 @@ function buildPath(
   maxPathLength: number,
 ): ParsedCertificate[] {
   let closestFailure: X509SvidError | undefined;
+  let budget = MAX_SIGNATURE_CHECKS;
+  const signatures = new Map<string, boolean>();
+  const deadEnds = new Set<string>();
+
+  const signedBy = (cert: ParsedCertificate, issuer: ParsedCertificate): boolean => {
+    if (cert.issuer !== issuer.subject) return false;
+    const key = `${cert.thumbprint}>${issuer.thumbprint}`;
+    const known = signatures.get(key);
+    if (known !== undefined) return known;
+    if (--budget < 0) {
+      throw new X509SvidError('unknown-authority', `could not verify leaf certificate: the certificate path search gave up after ${MAX_SIGNATURE_CHECKS} signature checks`, id);
+    }
+    let ok: boolean;
+    try {
+      ok = cert.node.verify(issuer.node.publicKey);
+    } catch {
+      ok = false;
+    }
+    signatures.set(key, ok);
+    return ok;
+  };
 
   const extend = (path: ParsedCertificate[]): ParsedCertificate[] | undefined => {
     const tip = path[path.length - 1] as ParsedCertificate;
@@ -191,17 +218,20 @@ function buildPath(
     }
     if (path.length + 1 >= maxPathLength) return undefined;
     for (const candidate of presented) {
-      if (path.some((c) => c.thumbprint === candidate.thumbprint) || !signedBy(tip, candidate)) continue;
+      if (deadEnds.has(candidate.thumbprint) || path.some((c) => c.thumbprint === candidate.thumbprint)) continue;
+      // Cheap checks first: a candidate that cannot be a signing certificate costs no signature check.
       try {
         const role = `intermediate certificate "${candidate.subject.replace(/\n/g, ', ')}"`;
         checkSigningCertificate(candidate, role, id);
         checkCertificate(candidate, role, now, id);
       } catch (err) {
-        closestFailure = err as X509SvidError;
+        if (namesIssuer(tip, candidate)) closestFailure = err as X509SvidError;
         continue;
       }
+      if (!signedBy(tip, candidate)) continue;
       const found = extend([...path, candidate]);
       if (found) return found;
+      deadEnds.add(candidate.thumbprint);
     }
     return undefined;
   };
@@ -212,6 +242,11 @@ function buildPath(
     closestFailure ??
     new X509SvidError('unknown-authority', `could not verify leaf certificate: no chain to the trust bundle of "${id.trustDomain}"`, id)
   );
+}
+
+/** Whether `cert` names `issuer` as its issuer (names only; no signature check). */
+function namesIssuer(cert: ParsedCertificate, issuer: ParsedCertificate): boolean {
+  return cert.issuer === issuer.subject;
 }
 
 /** basicConstraints pathLenConstraint: how many intermediates may follow each CA below it. */

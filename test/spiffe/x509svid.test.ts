@@ -2,11 +2,12 @@
  * The X509-SVID verifier on its own, given chains directly (no TLS stack in between), so each
  * rule's exact message and failure kind is visible.
  */
-import { beforeAll, describe, expect, it } from 'vitest';
+import { X509Certificate } from 'node:crypto';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { createIntermediateCa, createRootCa, issueCertificate, KeyUsage, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
 import { TrustBundleSet } from '../../src/spiffe/bundle.js';
 import { parsePemCertificates } from '../../src/spiffe/certificate.js';
-import { verifyX509Svid, X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid.js';
+import { MAX_PRESENTED_CERTIFICATES, MAX_SIGNATURE_CHECKS, verifyX509Svid, X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid.js';
 import { bundleSet, issueLeaf, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
 
 let a: TrustDomainPki;
@@ -111,5 +112,39 @@ describe('verifyX509Svid', () => {
   ])('a URI SAN with %s is not a SPIFFE ID', async (_what, uri, message) => {
     const leaf = await issueLeaf(a.root, uri);
     expectFailure(chainOf(leaf), 'leaf-spiffe-id', message);
+  });
+
+  describe('bounded path search (it runs before the peer is authenticated)', () => {
+    /** CA certificates sharing one key and one subject: each appears to sign every other. */
+    async function tangledChain(n: number): Promise<Uint8Array[]> {
+      const first = await issueCertificate({ subject: 'CN=evil', ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign });
+      const cas = [first];
+      for (let i = 1; i < n; i++) cas.push(await issueCertificate({ subject: 'CN=evil', ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign, keys: first.keys }, first));
+      const leaf = await issueLeaf(first, 'spiffe://a.test/x');
+      return [leaf.der, ...cas.map((c) => c.der)];
+    }
+
+    it(`refuses more than ${MAX_PRESENTED_CERTIFICATES} presented certificates before any signature check`, async () => {
+      const chain = await tangledChain(MAX_PRESENTED_CERTIFICATES);
+      const verify = vi.spyOn(X509Certificate.prototype, 'verify');
+      try {
+        expectFailure(chain, 'too-many-certificates', /at most 10 are accepted/);
+        expect(verify).not.toHaveBeenCalled();
+      } finally {
+        verify.mockRestore();
+      }
+    });
+
+    it(`spends at most ${MAX_SIGNATURE_CHECKS} signature checks on certificates that all sign each other`, async () => {
+      const chain = await tangledChain(MAX_PRESENTED_CERTIFICATES - 1);
+      const verify = vi.spyOn(X509Certificate.prototype, 'verify');
+      try {
+        expectFailure(chain, 'unknown-authority', /could not verify leaf certificate/);
+        expect(verify.mock.calls.length).toBeGreaterThan(0);
+        expect(verify.mock.calls.length).toBeLessThanOrEqual(MAX_SIGNATURE_CHECKS);
+      } finally {
+        verify.mockRestore();
+      }
+    });
   });
 });
