@@ -58,7 +58,8 @@ export function adminHandlers({ logger, admin, metrics }: AdminServiceDeps): Tas
 
     RevokeWorkload: unary('RevokeWorkload', rpc, async (call) => {
       const res = await admin.revokeWorkload(actorOf(call), call.request.selector, call.request.reason);
-      return { revokedTasks: res.taskIds.length, revokedTokens: res.revokedTokens, taskIds: res.taskIds };
+      // At most 1,000 IDs go back (the count is complete); the audit trail has the rest.
+      return { revokedTasks: res.taskIds.length, revokedTokens: res.revokedTokens, taskIds: res.taskIds.slice(0, 1000) };
     }),
 
     ListTasks: unary('ListTasks', rpc, async (call) => {
@@ -69,8 +70,8 @@ export function adminHandlers({ logger, admin, metrics }: AdminServiceDeps): Tas
           owner: r.owner || undefined,
           state: stateFilter(r.state),
           audience: r.audience || undefined,
-          createdAfter: fromTimestamp(r.createdAfter),
-          createdBefore: fromTimestamp(r.createdBefore),
+          createdAfter: fromTimestamp(r.createdAfter, 'created_after'),
+          createdBefore: fromTimestamp(r.createdBefore, 'created_before'),
         },
         { pageSize: r.pageSize, pageToken: r.pageToken || undefined },
       );

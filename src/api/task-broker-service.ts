@@ -82,6 +82,8 @@ const MAX_TEXT = 1024;
 
 function text(value: string, field: string): string {
   if (value.length > MAX_TEXT) throw new BrokerError('invalid-argument', `${field}: at most ${MAX_TEXT} characters`);
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/.test(value)) throw new BrokerError('invalid-argument', `${field}: control characters are not allowed`);
   return value;
 }
 

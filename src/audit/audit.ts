@@ -115,8 +115,9 @@ async function append(tx: Tx, input: AuditEventInput): Promise<AuditEvent> {
     .onConflict((oc) => oc.column('chain_id').doUpdateSet({ chain_id: (eb) => eb.ref('excluded.chain_id') }))
     .returning(['last_seq', 'last_hash'])
     .executeTakeFirstOrThrow();
-  // Round-trip the details through JSON so what is hashed is exactly what jsonb gives back.
-  const details = JSON.parse(JSON.stringify(input.details)) as Record<string, unknown>;
+  // Round-trip the details through JSON so what is hashed is exactly what jsonb gives back; NUL
+  // (which jsonb cannot hold, and which a caller may smuggle in, e.g. in a token header) becomes U+FFFD.
+  const details = JSON.parse(JSON.stringify(input.details), (_key, value: unknown) => (typeof value === 'string' ? value.replaceAll('\u0000', '\ufffd') : value)) as Record<string, unknown>;
   const occurredAt = new Date(input.occurredAt.getTime());
   const fields: HashedFields = {
     chainId,
@@ -214,14 +215,29 @@ export function checkChain(chainId: string, events: readonly AuditEvent[], head:
 }
 
 export async function verifyChain(db: DbOrTx, chainId: string): Promise<ChainCheck & { trail: AuditEvent[] }> {
-  const [trail, head] = await Promise.all([
-    readChain(db, chainId),
-    db.selectFrom('audit_chains').select(['last_seq', 'last_hash']).where('chain_id', '=', chainId).executeTakeFirst(),
-  ]);
+  // The head first, then the events up to it: appends that commit in between are not part of
+  // this check (they extend the chain beyond the head we read) and cannot look like tampering.
+  const head = await db.selectFrom('audit_chains').select(['last_seq', 'last_hash']).where('chain_id', '=', chainId).executeTakeFirst();
+  const rows = await db
+    .selectFrom('audit_events')
+    .selectAll()
+    .where('chain_id', '=', chainId)
+    .where('seq', '<=', head?.last_seq ?? 0)
+    .orderBy('seq')
+    .execute();
+  const trail = rows.map(fromRow);
   return { ...checkChain(chainId, trail, head), trail };
 }
 
-/** The audit trail of a task with its chain check. */
-export function verifyTaskTrail(db: DbOrTx, taskId: string): Promise<ChainCheck & { trail: AuditEvent[] }> {
-  return verifyChain(db, taskId);
+/**
+ * The audit trail of a task with its chain check. Every task has at least its creation event,
+ * so a task whose chain is empty has lost its trail, and that is reported too.
+ */
+export async function verifyTaskTrail(db: DbOrTx, taskId: string): Promise<ChainCheck & { trail: AuditEvent[] }> {
+  const result = await verifyChain(db, taskId);
+  if (result.ok && result.events === 0) {
+    const task = await db.selectFrom('tasks').select('task_id').where('task_id', '=', taskId).executeTakeFirst();
+    if (task) return { ...result, ok: false, brokenAt: 1, problem: 'the task exists but its audit trail is missing' };
+  }
+  return result;
 }

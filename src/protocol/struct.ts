@@ -20,8 +20,11 @@ function valueToJson(v: Value__Output, path: string, depth: number): JsonValue {
       if (!Number.isFinite(n)) throw new BrokerError('invalid-argument', `${path}: numbers must be finite`);
       return n;
     }
-    case 'stringValue':
-      return v.stringValue ?? '';
+    case 'stringValue': {
+      const text = v.stringValue ?? '';
+      if (text.includes('\u0000')) throw new BrokerError('invalid-argument', `${path}: the NUL character is not allowed`);
+      return text;
+    }
     case 'boolValue':
       return v.boolValue ?? false;
     case 'structValue':
@@ -33,7 +36,12 @@ function valueToJson(v: Value__Output, path: string, depth: number): JsonValue {
 
 export function structToJson(s: Struct__Output | null | undefined, path = 'params', depth = 0): JsonObject {
   const out: JsonObject = {};
-  for (const [k, v] of Object.entries(s?.fields ?? {})) out[k] = valueToJson(v, `${path}.${k}`, depth);
+  for (const [k, v] of Object.entries(s?.fields ?? {})) {
+    // Assigning "__proto__" would set the prototype and drop the key from the hashed spec.
+    if (k === '__proto__') throw new BrokerError('invalid-argument', `${path}: the key "__proto__" is not allowed`);
+    if (k.includes('\u0000')) throw new BrokerError('invalid-argument', `${path}: the NUL character is not allowed in keys`);
+    out[k] = valueToJson(v, `${path}.${k}`, depth);
+  }
   return out;
 }
 

@@ -1,3 +1,4 @@
+import { BrokerError } from '../errors.js';
 import type { Timestamp } from '../gen/google/protobuf/Timestamp.js';
 
 export function toTimestamp(date: Date): Timestamp {
@@ -6,7 +7,10 @@ export function toTimestamp(date: Date): Timestamp {
   return { seconds: String(seconds), nanos: (ms - seconds * 1000) * 1_000_000 };
 }
 
-export function fromTimestamp(ts: { seconds?: string | number | null; nanos?: number | null } | null | undefined): Date | undefined {
+/** A Timestamp as a Date; one outside what a Date can hold is INVALID_ARGUMENT. */
+export function fromTimestamp(ts: { seconds?: string | number | null; nanos?: number | null } | null | undefined, field = 'timestamp'): Date | undefined {
   if (!ts) return undefined;
-  return new Date(Number(ts.seconds ?? 0) * 1000 + Math.floor((ts.nanos ?? 0) / 1_000_000));
+  const date = new Date(Number(ts.seconds ?? 0) * 1000 + Math.floor((ts.nanos ?? 0) / 1_000_000));
+  if (!Number.isFinite(date.getTime())) throw new BrokerError('invalid-argument', `${field} is out of range`);
+  return date;
 }

@@ -41,12 +41,16 @@ export async function loadMigrations(dir = migrationsDir): Promise<Migration[]> 
   );
 }
 
+/** Creates the bookkeeping table under the migration lock, so replicas starting together do not race on it. */
 async function ensureTable(db: Db): Promise<void> {
-  await sql`create table if not exists schema_migrations (
-    version text primary key,
-    checksum text not null,
-    applied_at timestamptz not null default now()
-  )`.execute(db);
+  await db.transaction().execute(async (tx) => {
+    await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_KEY.toString()}::bigint)`.execute(tx);
+    await sql`create table if not exists schema_migrations (
+      version text primary key,
+      checksum text not null,
+      applied_at timestamptz not null default now()
+    )`.execute(tx);
+  });
 }
 
 export interface MigrationStatus {

@@ -81,6 +81,8 @@ function selectorRegex(field: string, selector: string): string {
 
 function text(value: string, field: string): string {
   if (value.length > MAX_TEXT) throw new BrokerError('invalid-argument', `${field}: at most ${MAX_TEXT} characters`);
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/.test(value)) throw new BrokerError('invalid-argument', `${field}: control characters are not allowed`);
   return value;
 }
 
@@ -118,8 +120,9 @@ export class TaskAdmin {
     text(reason, 'reason');
     const entry = await this.authorize(actor, 'RevokeTask', { task_id: taskId });
     return this.lifecycle.run(async (tx) => {
-      const row = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
-      if (!row) return new Refusal(new BrokerError('not-found', 'task not found'));
+      const locked = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
+      if (!locked) return new Refusal(new BrokerError('not-found', 'task not found'));
+      const row = await this.lifecycle.expireIfDue(tx, locked, actor.requestId);
       if (row.state !== 'ACTIVE' && row.state !== 'PENDING_APPROVAL') {
         return new Refusal(new BrokerError('failed-precondition', `task is already ${row.state}`));
       }
@@ -233,8 +236,9 @@ export class TaskAdmin {
     text(comment, 'comment');
     const entry = await this.authorize(actor, 'ApproveTask', { task_id: taskId });
     return this.lifecycle.run(async (tx) => {
-      const row = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
-      if (!row) return new Refusal(new BrokerError('not-found', 'task not found'));
+      const locked = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
+      if (!locked) return new Refusal(new BrokerError('not-found', 'task not found'));
+      const row = await this.lifecycle.expireIfDue(tx, locked, actor.requestId);
       if (row.owner_spiffe_id === actor.spiffeId) {
         await this.lifecycle.audit(tx, actor, { taskId, type: 'access.denied', details: { operation: 'ApproveTask', reason: 'an approver cannot approve their own task' } });
         return new Refusal(new BrokerError('permission-denied', 'an approver cannot approve their own task'));

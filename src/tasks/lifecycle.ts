@@ -312,7 +312,7 @@ export class TaskLifecycle {
   }
 
   /** A live task past its expiry becomes EXPIRED now, whoever touches it first (or the sweeper). */
-  private async expireIfDue(tx: Tx, row: TaskRow, requestId: string): Promise<TaskRow> {
+  async expireIfDue(tx: Tx, row: TaskRow, requestId: string): Promise<TaskRow> {
     const now = this.clock();
     if (!LIVE.includes(row.state) || row.expires_at.getTime() > now.getTime()) return row;
     return this.endTask(tx, row, { state: 'EXPIRED', by: this.deps.issuer, reason: 'task ttl elapsed', eventType: 'task.expired', actor: { spiffeId: this.deps.issuer, certThumbprint: null, requestId }, now });
@@ -387,8 +387,12 @@ export class TaskLifecycle {
       const scopes = requestedScopes.length > 0 ? requestedScopes : taskScopes;
 
       // Policy at request time: a task the policy no longer allows gets no more tokens.
-      const decision = this.decide(actor, { action: row.action, audience: row.audience, scopes });
+      const decision = this.decide(actor, { action: row.action, audience: row.audience, scopes, taskTtlSeconds: row.ttl_seconds });
       if (!decision.allowed) return this.denyByPolicy(tx, actor, taskId, 'IssueToken', decision, { scopes });
+      if (decision.requireApproval && row.approved_by === null) {
+        // The rule now asks for approval, and this task never had one.
+        return this.denyByPolicy(tx, actor, taskId, 'IssueToken', { allowed: false, reason: `rule "${decision.rule}" now requires approval and the task was not approved`, policyDigest: decision.policyDigest });
+      }
 
       const now = this.clock();
       const nowSec = Math.floor(now.getTime() / 1000);

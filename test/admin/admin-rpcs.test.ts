@@ -64,6 +64,18 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     expect(trail[2]).toMatchObject({ type: 'task.revoked', actorSpiffeId: ADMIN, details: { revoked_tokens: 1, reason: 'incident 7' } });
   });
 
+  it('a task past its ttl is EXPIRED when an admin touches it, not REVOKED', async () => {
+    const { task } = await worker.createTask({ spec: spec({ ttl: { seconds: 30 } }) });
+    t.clock.advance(31_000);
+    try {
+      await expect(admin.revokeTask(task!.taskId, 'late')).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/EXPIRED/) });
+    } finally {
+      t.clock.advance(-31_000);
+    }
+    const { trail } = await verifyTaskTrail(t.broker.store.db, task!.taskId);
+    expect(trail.map((e) => e.type)).toEqual(['task.created', 'task.expired']);
+  });
+
   it('RevokeWorkload by prefix revokes every live task and token of the matching workloads, and only theirs', async () => {
     const ids = ['spiffe://a.test/ns/billing/sa/a', 'spiffe://a.test/ns/billing/sa/b', 'spiffe://a.test/ns/billing/sa/b/extra', 'spiffe://a.test/ns/billingx/sa/a', 'spiffe://a.test/ns/other/sa/a'];
     const issued = new Map<string, { taskId: string; token: string }>();
@@ -107,6 +119,7 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     expect((await admin.listTasks({ owner, createdBefore: ts(from) })).tasks).toHaveLength(0);
     await expect(admin.listTasks({ owner: 'spiffe://a.test/ns/li*' })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
     await expect(admin.listTasks({ pageSize: 501 })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+    await expect(admin.listTasks({ createdAfter: { seconds: '99999999999999', nanos: 0 } })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/created_after is out of range/) });
   });
 
   it('pagination has no gaps or repeats while tasks are being created', async () => {

@@ -158,6 +158,17 @@ describe.each(STORES)('request-time policy on %s', (kind) => {
     await worker.cancelTask(task!.taskId, 'done');
   });
 
+  it('a rule that starts requiring approval stops tokens for its existing unapproved tasks', async () => {
+    const { task } = await worker.createTask({ spec: spec() });
+    await worker.issueToken({ taskId: task!.taskId });
+    await reloadPolicy(POLICY.replace('    max_token_ttl: 60s\n', '    max_token_ttl: 60s\n    require_approval: true\n'));
+    try {
+      await expect(worker.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/now requires approval/) });
+    } finally {
+      await reloadPolicy(POLICY);
+    }
+  });
+
   it('a broken policy file keeps the last good policy', async () => {
     const digest = source.current().digest;
     await writeFile(policyFile, 'version: 1\nrules:\n  - name: x\n    bogus: true\n');

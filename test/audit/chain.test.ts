@@ -78,6 +78,28 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
     expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 3, problem: expect.stringMatching(/does not link/) });
   });
 
+  it('detects a task whose whole trail was deleted, head included', async () => {
+    const id = await taskWithTrail();
+    await db().deleteFrom('audit_events').where('chain_id', '=', id).execute();
+    await db().deleteFrom('audit_chains').where('chain_id', '=', id).execute();
+    expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, problem: expect.stringMatching(/trail is missing/) });
+  });
+
+  it('a check running while events are appended never reports tampering', async () => {
+    const { task } = await worker.createTask({ spec: { action: 'audit.test', audience: API, scopes: ['s'], resources: [] } });
+    const id = task!.taskId;
+    let polling = true;
+    const poller = (async () => {
+      while (polling) await worker.getTask(id);
+    })();
+    try {
+      for (let i = 0; i < 30; i++) expect((await verifyTaskTrail(db(), id)).ok).toBe(true);
+    } finally {
+      polling = false;
+      await poller;
+    }
+  });
+
   it('detects two events swapped', async () => {
     const id = await taskWithTrail();
     await db().transaction().execute(async (tx) => {

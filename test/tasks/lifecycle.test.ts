@@ -99,6 +99,8 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
     ['a scope with a space', { spec: spec({ scopes: ['a b'] }) }, /not a valid scope token/],
     ['a fractional ttl', { spec: spec({ ttl: { seconds: 1, nanos: 5 } }) }, /whole seconds/],
     ['a ttl over the maximum', { spec: spec({ ttl: { seconds: 10 * 86_400 } }) }, /at most 86400s/],
+    ['a __proto__ key in params', { spec: spec({ params: { fields: { ['__proto__']: { stringValue: 'x', kind: 'stringValue' } } } }) }, /"__proto__" is not allowed/],
+    ['a NUL character in params', { spec: spec({ params: { fields: { a: { stringValue: 'x\u0000y', kind: 'stringValue' } } } }) }, /NUL character/],
     ['a huge params object', { spec: spec({ params: { fields: { blob: { stringValue: 'x'.repeat(20_000), kind: 'stringValue' } } } }) }, /spec.params: at most/],
   ] as const)('CreateTask with %s is INVALID_ARGUMENT and writes nothing', async (_label, request, message) => {
     const before = await t.broker.store.db.selectFrom('tasks').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow();
@@ -146,6 +148,19 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
     const probes = await verifyTaskTrail(t.broker.store.db, `actor:${STRANGER}`);
     expect(probes.ok).toBe(true);
     expect(probes.trail.filter((e) => e.details.requested_task_id === unknown)).toHaveLength(4);
+  });
+
+  it('control characters in an outcome are INVALID_ARGUMENT, not an internal error', async () => {
+    const { task } = await worker.createTask({ spec: spec() });
+    await expect(worker.completeTask(task!.taskId, 'done\u0000')).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/control characters/) });
+    expect((await worker.getTask(task!.taskId)).task?.state).toBe('TASK_STATE_ACTIVE');
+  });
+
+  it('a token whose header smuggles a NUL character is answered and audited, not an internal error', async () => {
+    const header = Buffer.from(JSON.stringify({ alg: 'ES256', typ: 'task+jwt', kid: 'k\u0000id' })).toString('base64url');
+    const res = await api.verifyToken({ token: `${header}.${Buffer.from('{}').toString('base64url')}.AAAA` });
+    expect(res.valid).toBe(false);
+    expect(['VERIFY_TOKEN_REASON_MALFORMED', 'VERIFY_TOKEN_REASON_BAD_SIGNATURE']).toContain(res.reason);
   });
 
   it('a malformed task ID is INVALID_ARGUMENT', async () => {
