@@ -79,11 +79,13 @@ export function adminHandlers({ logger, admin, metrics }: AdminServiceDeps): Tas
     }),
 
     GetAuditTrail: unary('GetAuditTrail', rpc, async (call) => {
-      const res = await admin.auditTrail(actorOf(call), call.request.taskId);
+      const { taskId, afterSeq, pageSize } = call.request;
+      const res = await admin.auditTrail(actorOf(call), taskId, { afterSeq, pageSize });
       return {
-        taskId: call.request.taskId,
+        taskId,
         events: res.events.map(auditEventMessage),
         chain: { ok: res.check.ok, events: res.check.events, brokenAt: res.check.brokenAt ?? 0, problem: res.check.problem ?? '' },
+        nextAfterSeq: res.nextAfterSeq,
       };
     }),
 

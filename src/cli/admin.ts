@@ -513,7 +513,7 @@ export async function runAdminAuditTrail(parsed: ParsedCommand, out: Out, err: E
   noPositionals(spec, parsed);
   const taskId = requiredText(spec, parsed, 'task');
   return withAdmin(spec, parsed, out, err, async ({ client, call, json, prefix }) => {
-    const res = await client.getAuditTrail(taskId, call());
+    const res = await client.getWholeAuditTrail(taskId, call());
     return reportAuditTrail(res, json, out, err, prefix);
   });
 }

@@ -195,7 +195,7 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
     say(`${after.reason}: ${after.detail}`);
 
     step(`The platform team reads the task's audit trail (${adminId}, TaskBrokerAdmin.GetAuditTrail)`);
-    const trail = await admin.getAuditTrail(task.taskId);
+    const trail = await admin.getWholeAuditTrail(task.taskId);
     for (const e of trail.events) {
       const at = new Date(Number(e.occurredAt?.seconds ?? 0) * 1000 + Math.floor((e.occurredAt?.nanos ?? 0) / 1e6)).toISOString();
       say(`#${e.seq} ${at} ${e.eventType.padEnd(20)} ${e.actorSpiffeId} ${JSON.stringify(structToJson(e.details))}`);

@@ -37,8 +37,23 @@ export class AdminClient {
     return unaryCall((md, opts, cb) => this.raw.ListTasks(request, md, opts, cb), options);
   }
 
-  getAuditTrail(taskId: string, options?: CallOptions): Promise<GetAuditTrailResponse__Output> {
-    return unaryCall((md, opts, cb) => this.raw.GetAuditTrail({ taskId }, md, opts, cb), options);
+  /** One page of a task's trail (with the check of the whole chain). */
+  getAuditTrail(taskId: string, options?: CallOptions & { afterSeq?: number; pageSize?: number }): Promise<GetAuditTrailResponse__Output> {
+    const { afterSeq = 0, pageSize = 0, ...callOptions } = options ?? {};
+    return unaryCall((md, opts, cb) => this.raw.GetAuditTrail({ taskId, afterSeq, pageSize }, md, opts, cb), callOptions);
+  }
+
+  /** The whole trail, following pages. */
+  async getWholeAuditTrail(taskId: string, options?: CallOptions): Promise<GetAuditTrailResponse__Output> {
+    const first = await this.getAuditTrail(taskId, options);
+    const events = [...first.events];
+    let next = first.nextAfterSeq;
+    while (next !== 0) {
+      const page = await this.getAuditTrail(taskId, { ...options, afterSeq: next });
+      events.push(...page.events);
+      next = page.nextAfterSeq;
+    }
+    return { ...first, events, nextAfterSeq: 0 };
   }
 
   approveTask(taskId: string, comment: string, options?: CallOptions): Promise<ApproveTaskResponse__Output> {

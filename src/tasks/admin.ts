@@ -35,6 +35,8 @@ export interface ListTasksFilter {
 
 export const DEFAULT_PAGE_SIZE = 50;
 export const MAX_PAGE_SIZE = 500;
+/** Events per GetAuditTrail page: keeps a response far below gRPC's 4 MiB default, however long the trail. */
+export const MAX_TRAIL_PAGE = 1000;
 const MAX_TEXT = 1024;
 
 interface Cursor {
@@ -214,8 +216,11 @@ export class TaskAdmin {
     };
   }
 
-  async auditTrail(actor: Actor, taskId: string): Promise<{ events: AuditEvent[]; check: ChainCheck }> {
+  async auditTrail(actor: Actor, taskId: string, page: { afterSeq?: number; pageSize?: number } = {}): Promise<{ events: AuditEvent[]; check: ChainCheck; nextAfterSeq: number }> {
     this.checkTaskId(taskId);
+    const pageSize = page.pageSize === undefined || page.pageSize === 0 ? MAX_TRAIL_PAGE : page.pageSize;
+    if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_TRAIL_PAGE) throw new BrokerError('invalid-argument', `page_size: 1 to ${MAX_TRAIL_PAGE}`);
+    const afterSeq = page.afterSeq ?? 0;
     await this.authorize(actor, 'GetAuditTrail', { task_id: taskId });
     const result = await verifyTaskTrail(this.deps.db, taskId);
     if (result.events === 0 && result.trail.length === 0) {
@@ -228,7 +233,9 @@ export class TaskAdmin {
       return undefined;
     });
     const { trail, ...check } = result;
-    return { events: trail, check };
+    const rest = trail.filter((e) => e.seq > afterSeq);
+    const events = rest.slice(0, pageSize);
+    return { events, check, nextAfterSeq: rest.length > pageSize ? (events.at(-1)?.seq ?? 0) : 0 };
   }
 
   async approveTask(actor: Actor, taskId: string, comment: string): Promise<Task> {

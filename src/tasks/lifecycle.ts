@@ -299,12 +299,15 @@ export class TaskLifecycle {
     if (!isWellFormedTaskId(taskId)) {
       throw new BrokerError('invalid-argument', 'task_id is not a task ID');
     }
-    const row = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
-    if (!row || row.owner_spiffe_id !== actor.spiffeId) {
+    // Only the owner's request locks the row: a stranger's probes do not queue behind (or ahead
+    // of) the owner's work on the task. The owner of a task never changes.
+    const row = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).where('owner_spiffe_id', '=', actor.spiffeId).forUpdate().executeTakeFirst();
+    if (!row) {
+      const exists = await tx.selectFrom('tasks').select('task_id').where('task_id', '=', taskId).executeTakeFirst();
       await this.audit(tx, actor, {
-        taskId: row ? row.task_id : null,
+        taskId: exists ? exists.task_id : null,
         type: 'access.denied',
-        details: { operation, reason: row ? 'caller is not the task owner' : 'no such task', requested_task_id: taskId },
+        details: { operation, reason: exists ? 'caller is not the task owner' : 'no such task', requested_task_id: taskId },
       });
       return new Refusal(notFound());
     }

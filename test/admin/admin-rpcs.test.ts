@@ -176,6 +176,25 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     expect(trail.some((e) => e.type === 'admin.audit_read' && e.details.task_id === task!.taskId)).toBe(true);
   });
 
+  it('GetAuditTrail pages a long trail; every page carries the check of the whole chain', async () => {
+    const { task } = await worker.createTask({ spec: spec() });
+    for (let i = 0; i < 24; i++) await worker.getTask(task!.taskId);
+    const seqs: number[] = [];
+    let afterSeq = 0;
+    let pages = 0;
+    do {
+      const page = await admin.getAuditTrail(task!.taskId, { afterSeq, pageSize: 10 });
+      expect(page.chain).toMatchObject({ ok: true, events: 25 });
+      seqs.push(...page.events.map((e) => e.seq));
+      afterSeq = page.nextAfterSeq;
+      pages++;
+    } while (afterSeq !== 0);
+    expect(pages).toBe(3);
+    expect(seqs).toEqual(Array.from({ length: 25 }, (_, i) => i + 1));
+    expect((await admin.getWholeAuditTrail(task!.taskId)).events).toHaveLength(25);
+    await expect(admin.getAuditTrail(task!.taskId, { pageSize: 1001 })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+  });
+
   it('RotateSigningKey: new tokens use the new key; a token of the old key verifies until it expires; the old key leaves the JWKS after that', async () => {
     const { task } = await worker.createTask({ spec: spec() });
     const old = await worker.issueToken({ taskId: task!.taskId });

@@ -324,6 +324,7 @@ describe('task-broker admin', () => {
   it('a broken hash chain is reported loudly on stderr and exits 1, in text and in JSON', () => {
     const res: GetAuditTrailResponse__Output = {
       taskId: UNKNOWN_TASK,
+      nextAfterSeq: 0,
       events: [
         { seq: 1, eventType: 'task.created', actorSpiffeId: WORKER_ID, actorCertThumbprint: 'x', requestId: 'r1', occurredAt: { seconds: '1790000000', nanos: 0 }, details: { fields: {} }, prevHash: '', hash: 'h1' },
         { seq: 2, eventType: 'task.completed', actorSpiffeId: WORKER_ID, actorCertThumbprint: 'x', requestId: 'r2', occurredAt: { seconds: '1790000001', nanos: 0 }, details: { fields: {} }, prevHash: 'h1', hash: 'h2' },
