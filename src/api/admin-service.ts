@@ -12,7 +12,7 @@ import { jsonToStruct } from '../protocol/struct.js';
 import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
 import type { TaskAdmin } from '../tasks/admin.js';
 import type { JsonObject } from '../tasks/spec.js';
-import type { TaskState } from '../store/schema.js';
+import { TASK_STATES, type TaskState } from '../store/schema.js';
 import { unary, type RpcContext } from './handlers.js';
 import { actorOf, taskMessage } from './task-broker-service.js';
 
@@ -25,12 +25,11 @@ export interface AdminServiceDeps {
 
 export const TASK_BROKER_ADMIN_SERVICE = 'taskbroker.v1.TaskBrokerAdmin';
 
-const STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE', 'COMPLETED', 'CANCELLED', 'REVOKED', 'EXPIRED'];
 
 function stateFilter(value: string): TaskState | undefined {
   if (value === '' || value === 'TASK_STATE_UNSPECIFIED') return undefined;
   const state = value.replace(/^TASK_STATE_/, '') as TaskState;
-  if (!STATES.includes(state)) throw new BrokerError('invalid-argument', `state: unknown task state ${value}`);
+  if (!TASK_STATES.includes(state)) throw new BrokerError('invalid-argument', `state: unknown task state ${value}`);
   return state;
 }
 

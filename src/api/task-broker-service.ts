@@ -27,7 +27,6 @@ export interface TaskBrokerServiceDeps {
 
 export const TASK_BROKER_SERVICE = 'taskbroker.v1.TaskBroker';
 
-export { REQUEST_ID_HEADER };
 
 /** The verified caller of a call plus its request id (echoed to the client in the response headers). */
 export function actorOf(call: grpc.ServerUnaryCall<unknown, unknown>): Actor {

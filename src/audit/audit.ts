@@ -178,12 +178,6 @@ function fromRow(r: AuditEventRow): AuditEvent {
   };
 }
 
-/** Every event of a chain, in order. */
-export async function readChain(db: DbOrTx, chainId: string): Promise<AuditEvent[]> {
-  const rows = await db.selectFrom('audit_events').selectAll().where('chain_id', '=', chainId).orderBy('seq').execute();
-  return rows.map(fromRow);
-}
-
 export interface ChainCheck {
   ok: boolean;
   chainId: string;

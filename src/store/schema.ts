@@ -5,8 +5,9 @@
 import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
 
 export type TaskState = 'PENDING_APPROVAL' | 'ACTIVE' | 'COMPLETED' | 'CANCELLED' | 'REVOKED' | 'EXPIRED';
+export const TASK_STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE', 'COMPLETED', 'CANCELLED', 'REVOKED', 'EXPIRED'];
+/** A task in these states can still change; the others are final. */
 export const LIVE_STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE'];
-export const TERMINAL_STATES: readonly TaskState[] = ['COMPLETED', 'CANCELLED', 'REVOKED', 'EXPIRED'];
 
 /** jsonb: written as a JSON string, read back parsed. */
 export type Json<T> = ColumnType<T, string, string>;

@@ -11,8 +11,8 @@ import { BrokerError } from '../errors.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, patternToPostgresRegex, SpiffeIdPatternError } from '../spiffe/pattern.js';
-import type { Db } from '../store/database.js';
-import type { TaskState } from '../store/schema.js';
+import type { Db, Tx } from '../store/database.js';
+import { LIVE_STATES, type TaskRow, type TaskState } from '../store/schema.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import { isWellFormedTaskId } from './ids.js';
 import { Refusal, toTask, type Actor, type Task, type TaskLifecycle } from './lifecycle.js';
@@ -117,15 +117,21 @@ export class TaskAdmin {
     if (!isWellFormedTaskId(taskId)) throw new BrokerError('invalid-argument', 'task_id is not a task ID');
   }
 
+  /** Locks any task for an admin action (admins see every task), expiring it first if it is due. */
+  private async lockTask(tx: Tx, actor: Actor, taskId: string): Promise<TaskRow | Refusal> {
+    const locked = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
+    if (!locked) return new Refusal(new BrokerError('not-found', 'task not found'));
+    return this.lifecycle.expireIfDue(tx, locked, actor.requestId);
+  }
+
   async revokeTask(actor: Actor, taskId: string, reason: string): Promise<{ task: Task; revokedTokens: number }> {
     this.checkTaskId(taskId);
     text(reason, 'reason');
     const entry = await this.authorize(actor, 'RevokeTask', { task_id: taskId });
     return this.lifecycle.run(async (tx) => {
-      const locked = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
-      if (!locked) return new Refusal(new BrokerError('not-found', 'task not found'));
-      const row = await this.lifecycle.expireIfDue(tx, locked, actor.requestId);
-      if (row.state !== 'ACTIVE' && row.state !== 'PENDING_APPROVAL') {
+      const row = await this.lockTask(tx, actor, taskId);
+      if (row instanceof Refusal) return row;
+      if (!LIVE_STATES.includes(row.state)) {
         return new Refusal(new BrokerError('failed-precondition', `task is already ${row.state}`));
       }
       const ended = await this.lifecycle.endTask(tx, row, {
@@ -151,7 +157,7 @@ export class TaskAdmin {
       const rows = await tx
         .selectFrom('tasks')
         .selectAll()
-        .where('state', 'in', ['ACTIVE', 'PENDING_APPROVAL'])
+        .where('state', 'in', LIVE_STATES)
         .where('owner_trust_domain', '=', matcher.trustDomain)
         .where(sql<boolean>`owner_spiffe_id ~ ${regex}`)
         .orderBy('task_id')
@@ -243,16 +249,15 @@ export class TaskAdmin {
     text(comment, 'comment');
     const entry = await this.authorize(actor, 'ApproveTask', { task_id: taskId });
     return this.lifecycle.run(async (tx) => {
-      const locked = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
-      if (!locked) return new Refusal(new BrokerError('not-found', 'task not found'));
-      const row = await this.lifecycle.expireIfDue(tx, locked, actor.requestId);
+      const row = await this.lockTask(tx, actor, taskId);
+      if (row instanceof Refusal) return row;
       if (row.owner_spiffe_id === actor.spiffeId) {
         await this.lifecycle.audit(tx, actor, { taskId, type: 'access.denied', details: { operation: 'ApproveTask', reason: 'an approver cannot approve their own task' } });
         return new Refusal(new BrokerError('permission-denied', 'an approver cannot approve their own task'));
       }
       if (row.state !== 'PENDING_APPROVAL') return new Refusal(new BrokerError('failed-precondition', `task is ${row.state}, not PENDING_APPROVAL`));
+      // A due task was expired by lockTask, so a PENDING_APPROVAL row here is still within its ttl.
       const now = this.deps.clock?.() ?? new Date();
-      if (row.expires_at.getTime() <= now.getTime()) return new Refusal(new BrokerError('failed-precondition', 'task expired before it was approved'));
       const updated = await tx
         .updateTable('tasks')
         .set({ state: 'ACTIVE', approved_by: actor.spiffeId, approved_at: now, approval_comment: comment || null })
@@ -281,4 +286,3 @@ export class TaskAdmin {
   }
 }
 
-export type { TaskState };

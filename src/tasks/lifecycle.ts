@@ -13,11 +13,11 @@ import type { PolicyDecision } from '../policy/policy.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { Db, Tx } from '../store/database.js';
-import type { TaskRow, TaskState } from '../store/schema.js';
+import { LIVE_STATES, type TaskRow, type TaskState } from '../store/schema.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import { checkTaskToken, signTaskToken, type TaskTokenClaims } from '../tokens/task-token.js';
 import { isWellFormedTaskId, newTaskId, newTokenId } from './ids.js';
-import { canonicalSpecJson, taskHashOf, validateScopes, validateTaskSpec, type JsonObject, type SpecLimits, type TaskSpec, type TaskSpecInput } from './spec.js';
+import { canonicalSpecJson, taskHashOf, validateScopes, validateTaskSpec, type SpecLimits, type TaskSpec, type TaskSpecInput } from './spec.js';
 
 /** The verified caller of a request, as the lifecycle needs it. */
 export interface Actor {
@@ -105,7 +105,6 @@ export interface LifecycleObserver {
   auditWritten?(seconds: number): void;
 }
 
-const LIVE: TaskState[] = ['PENDING_APPROVAL', 'ACTIVE'];
 const notFound = () => new BrokerError('not-found', 'task not found');
 
 export function toTask(row: TaskRow): Task {
@@ -317,7 +316,7 @@ export class TaskLifecycle {
   /** A live task past its expiry becomes EXPIRED now, whoever touches it first (or the sweeper). */
   async expireIfDue(tx: Tx, row: TaskRow, requestId: string): Promise<TaskRow> {
     const now = this.clock();
-    if (!LIVE.includes(row.state) || row.expires_at.getTime() > now.getTime()) return row;
+    if (!LIVE_STATES.includes(row.state) || row.expires_at.getTime() > now.getTime()) return row;
     return this.endTask(tx, row, { state: 'EXPIRED', by: this.deps.issuer, reason: 'task ttl elapsed', eventType: 'task.expired', actor: { spiffeId: this.deps.issuer, certThumbprint: null, requestId }, now });
   }
 
@@ -457,7 +456,7 @@ export class TaskLifecycle {
     return this.run(async (tx) => {
       const row = await this.lockOwnedTask(tx, actor, taskId, op);
       if (row instanceof Refusal) return row;
-      const allowed: TaskState[] = op === 'CompleteTask' ? ['ACTIVE'] : ['ACTIVE', 'PENDING_APPROVAL'];
+      const allowed: readonly TaskState[] = op === 'CompleteTask' ? ['ACTIVE'] : LIVE_STATES;
       if (!allowed.includes(row.state)) {
         await this.audit(tx, actor, { taskId, type: 'access.denied', details: { operation: op, reason: `task is ${row.state}`, state: row.state } });
         return new Refusal(new BrokerError('failed-precondition', `task is ${row.state}; only a ${allowed.join(' or ')} task can be ${op === 'CompleteTask' ? 'completed' : 'cancelled'}`));
@@ -547,7 +546,7 @@ export class TaskLifecycle {
         const due = await tx
           .selectFrom('tasks')
           .selectAll()
-          .where('state', 'in', LIVE)
+          .where('state', 'in', LIVE_STATES)
           .where('expires_at', '<=', now)
           .orderBy('expires_at')
           .limit(batchSize)
@@ -585,4 +584,3 @@ export class TaskLifecycle {
   }
 }
 
-export type { JsonObject };

@@ -164,12 +164,10 @@ export class SigningKeyRing implements VerificationKeySource {
   }
 
   /**
-   * Retires the ACTIVE key (still published for the longest token lifetime plus one refresh
-   * interval, since replicas that have not re-read yet keep signing with it) and activates a new one.
-   */
-  /**
-   * Makes a new key ACTIVE and retires the current one. `inTransaction` runs inside the rotation's
-   * transaction (the caller's audit event), so the rotation and its record commit together.
+   * Makes a new key ACTIVE and retires the current one (still published for the longest token
+   * lifetime plus one refresh interval, since replicas that have not re-read yet keep signing
+   * with it). `inTransaction` runs inside the rotation's transaction (the caller's audit event),
+   * so the rotation and its record commit together.
    */
   async rotate(inTransaction?: (tx: Tx, rotation: { kid: string; retiredKid: string | undefined }) => Promise<void>): Promise<{ kid: string; retiredKid: string | undefined }> {
     const fresh = await this.#generate();
