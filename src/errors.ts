@@ -10,6 +10,8 @@ export type ErrorKind =
   | 'unauthenticated'
   | 'failed-precondition'
   | 'resource-exhausted'
+  /** A conflict with concurrent work; nothing changed, the whole call may be retried. */
+  | 'aborted'
   | 'unavailable';
 
 export class BrokerError extends Error {

@@ -14,7 +14,9 @@ import { randomUUID } from 'node:crypto';
 import { brokerPackageDefinition, brokerProto } from './protocol/proto.js';
 import { adminHandlers } from './api/admin-service.js';
 import { taskBrokerHandlers } from './api/task-broker-service.js';
-import { statusName } from './api/handlers.js';
+import { CallAdmission, type AdmissionLimits } from './api/admission.js';
+import { callRecorder } from './api/call-record.js';
+import { RequestDecoders } from './api/request-decoding.js';
 import { StaticPolicySource, type PolicySource } from './policy/policy-source.js';
 import { TaskAdmin } from './tasks/admin.js';
 import { OpsHttpServer } from './http/ops-server.js';
@@ -50,7 +52,16 @@ export interface BrokerDeps {
    * service is SERVING from the moment the broker listens until close().
    */
   readiness?: Readiness;
+  /** Per-caller and broker-wide limits on calls in flight (defaults: DEFAULT_ADMISSION_LIMITS). */
+  admission?: Partial<AdmissionLimits>;
+  /** Requests waiting for a database connection now: calls are shed before this queue grows without bound. */
+  databaseQueue?: () => number;
+  /** Largest request message accepted (bytes); default 1 MiB. */
+  maxMessageBytes?: number;
 }
+
+/** Largest request message (bytes). No valid request comes near it: params are at most 16 KiB. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 
 export interface RunningBroker {
   readonly port: number;
@@ -63,32 +74,25 @@ export interface RunningBroker {
 
 export const SERVICE_NAMES = ['taskbroker.v1.TaskBroker', 'taskbroker.v1.TaskBrokerAdmin'] as const;
 
-/** Splits a gRPC method path (/pkg.Service/Method) into service and method. */
-function splitMethodPath(path: string): { service: string; method: string } {
-  const match = /^\/([^/]+)\/([^/]+)$/.exec(path);
-  return match ? { service: match[1] ?? '', method: match[2] ?? '' } : { service: 'unknown', method: 'unknown' };
-}
-
 export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
   const { metrics, readiness } = deps;
+  const admission = new CallAdmission({ limits: deps.admission, metrics, databaseQueue: deps.databaseQueue, services: SERVICE_NAMES });
+  const decoders = new RequestDecoders();
+  const maxMessageBytes = deps.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   const server = new SvidServer({
     bundles: deps.bundles,
     identity: deps.identity,
     logger: deps.logger,
     clock: deps.clock,
     refusedConnectionLingerMs: deps.refusedConnectionLingerMs,
-    // Calls refused before any handler (the peer is not a valid X509-SVID) count as UNAUTHENTICATED.
-    onCallAuthenticated: metrics
-      ? (admission, path) => {
-          if (admission.ok) return;
-          const { service, method } = splitMethodPath(path);
-          metrics.observeRpc(service, method, statusName(grpc.status.UNAUTHENTICATED), 0);
-        }
-      : undefined,
+    grpcOptions: { 'grpc.max_receive_message_length': maxMessageBytes },
+    // Every call is recorded, refused ones included; then authenticated, admitted, decoded.
+    outerInterceptors: [callRecorder({ logger: deps.logger, metrics, maxMessageBytes })],
+    interceptors: [admission.interceptor(), decoders.interceptor()],
   });
   const proto = brokerProto();
-  server.grpc.addService(proto.taskbroker.v1.TaskBroker.service, taskBrokerHandlers({ logger: deps.logger, lifecycle: deps.lifecycle, metrics }));
-  if (deps.admin) server.grpc.addService(proto.taskbroker.v1.TaskBrokerAdmin.service, adminHandlers({ logger: deps.logger, admin: deps.admin, metrics }));
+  server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBroker.service), taskBrokerHandlers({ logger: deps.logger, lifecycle: deps.lifecycle, metrics }));
+  if (deps.admin) server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBrokerAdmin.service), adminHandlers({ logger: deps.logger, admin: deps.admin, metrics }));
   const served = SERVICE_NAMES.filter((name) => name !== 'taskbroker.v1.TaskBrokerAdmin' || deps.admin);
   const healthServices = ['', ...served];
 
@@ -154,6 +158,10 @@ export interface TaskBrokerOptions {
   readinessIntervalMs?: number;
   /** How long a database ping may take before the broker counts as not ready (default 1 s). */
   databasePingTimeoutMs?: number;
+  /** Per-caller and broker-wide limits on calls in flight. */
+  admission?: Partial<AdmissionLimits>;
+  /** Largest request message accepted (bytes); default 1 MiB. */
+  maxMessageBytes?: number;
   /** Checks added to the built-in ones (database, migrations, svid, policy), e.g. from a Workload API source. */
   readinessChecks?: ReadinessCheck[];
 }
@@ -238,6 +246,7 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       limits,
       clock: options.clock,
       policy,
+      transact: (work) => store.transaction(work),
       observer: {
         taskEnded: (state, revokedTokens) => {
           metrics.tasksEnded.inc({ state });
@@ -312,6 +321,9 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       admin,
       metrics,
       readiness,
+      admission: options.admission,
+      databaseQueue: () => store.poolStats().waiting,
+      maxMessageBytes: options.maxMessageBytes,
     });
     readiness.start();
     logger.info({ database: store.description, issuer, alg: options.tokenAlg ?? 'ES256', ready: readiness.ready }, 'task-broker ready');

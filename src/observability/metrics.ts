@@ -64,6 +64,7 @@ export class BrokerMetrics {
   readonly tokensRevoked: Counter;
   readonly tasksEnded: Counter<'state'>;
   readonly auditWriteDuration: Histogram;
+  readonly callsShed: Counter<'reason'>;
   readonly ready: Gauge;
   readonly readinessCheck: Gauge<'check'>;
   readonly #clock: () => Date;
@@ -114,6 +115,13 @@ export class BrokerMetrics {
       name: `${p}audit_write_duration_seconds`,
       help: 'Time to append one audit event to its hash chain (inside the transaction of the change)',
       buckets: AUDIT_BUCKETS,
+      registers,
+    });
+
+    this.callsShed = new Counter({
+      name: `${p}calls_shed_total`,
+      help: 'Calls refused before any work by admission control, by reason (caller-in-flight, caller-rate: RESOURCE_EXHAUSTED; broker-in-flight, database-queue: UNAVAILABLE)',
+      labelNames: ['reason'],
       registers,
     });
 

@@ -6,9 +6,12 @@
 import { PGlite } from '@electric-sql/pglite';
 import { Kysely, PostgresDialect, sql, type Transaction } from 'kysely';
 import { PGliteDialect } from 'kysely-pglite-dialect';
+import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import pg from 'pg';
+import type { DatabaseFailure } from './failures.js';
 import type { Schema } from './schema.js';
+import { runTransaction, type TransactionObserver } from './transaction.js';
 
 export type Db = Kysely<Schema>;
 export type Tx = Transaction<Schema>;
@@ -21,9 +24,19 @@ export interface Store {
   readonly db: Db;
   /** Where the data lives, without credentials: for logs. */
   readonly description: string;
+  /** How recent write transactions ended: readiness turns on a run of failures. */
+  readonly writes: WriteHealth;
   /** Connections in use and idle (PostgreSQL pool; PGlite has one). */
-  poolStats(): { total: number; idle: number; waiting: number };
+  poolStats(): { total: number; idle: number; waiting: number; max: number };
+  /** One round trip on a connection of its own, so a saturated pool does not look like a dead database. */
   ping(): Promise<void>;
+  /**
+   * Exercises every privilege the broker writes with (INSERT/UPDATE on its tables) in a
+   * transaction that is always rolled back: proves writes work without changing anything.
+   */
+  probeWrites(): Promise<void>;
+  /** Runs `work` in a transaction (see runTransaction); its outcome feeds `writes`. */
+  transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }
 
@@ -36,6 +49,15 @@ export interface StoreOptions {
   maxConnections?: number;
   /** Per-statement timeout on PostgreSQL, so a stuck query cannot hang a request forever. */
   statementTimeoutMs?: number;
+  /** How long a request may wait for a pool connection (or a new connection to open) before UNAVAILABLE. */
+  poolTimeoutMs?: number;
+  /**
+   * How long openStore keeps trying to reach PostgreSQL at start, with backoff, before it gives
+   * up (a broker may start before its database). 0: one attempt.
+   */
+  connectWaitMs?: number;
+  /** Told about each failed attempt to reach the database at start, and about connections that fail later. */
+  onConnectionProblem?: (problem: { phase: 'start' | 'pool'; message: string; attempt?: number; retryInMs?: number }) => void;
 }
 
 export function redactUrl(url: string): string {
@@ -53,46 +75,126 @@ export async function openStore(options: StoreOptions): Promise<Store> {
   return openPglite(options.dataDir);
 }
 
+/** Tracks consecutive failed write transactions (server-side failures only: conflicts and caller errors do not count). */
+export class WriteHealth implements TransactionObserver {
+  #consecutiveFailures = 0;
+  #lastFailure: DatabaseFailure | undefined;
+  #lastFailureAt: Date | undefined;
+
+  committed(): void {
+    this.#consecutiveFailures = 0;
+  }
+
+  failed(failure: DatabaseFailure): void {
+    this.#consecutiveFailures += 1;
+    this.#lastFailure = failure;
+    this.#lastFailureAt = new Date();
+  }
+
+  get consecutiveFailures(): number {
+    return this.#consecutiveFailures;
+  }
+
+  get lastFailure(): { reason: string; kind: string; at: Date } | undefined {
+    return this.#lastFailure && this.#lastFailureAt ? { reason: this.#lastFailure.reason, kind: this.#lastFailure.kind, at: this.#lastFailureAt } : undefined;
+  }
+}
+
+/** Inserts into the tables the broker writes and touches the rows it updates, then rolls back. */
+async function probeWrites(db: Db): Promise<void> {
+  const probe = `probe:${randomUUID()}`;
+  const tx = await db.startTransaction().execute();
+  try {
+    await sql`insert into audit_chains (chain_id, last_seq, last_hash) values (${probe}, 0, '')`.execute(tx);
+    await sql`insert into audit_events (chain_id, seq, event_type, actor_spiffe_id, request_id, occurred_at, details, prev_hash, hash)
+      values (${probe}, 1, 'probe', 'probe', 'probe', now(), '{}'::jsonb, '', '')`.execute(tx);
+    await sql`update audit_chains set last_seq = 1 where chain_id = ${probe}`.execute(tx);
+    await sql`update tasks set state = state where false`.execute(tx);
+    await sql`update tokens set revoked_at = revoked_at where false`.execute(tx);
+  } finally {
+    await tx.rollback().execute().catch(() => undefined);
+  }
+}
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+
 async function openPostgres(url: string, options: StoreOptions): Promise<Store> {
-  const pool = new pg.Pool({
+  const statementTimeoutMs = options.statementTimeoutMs ?? 30_000;
+  const poolTimeoutMs = options.poolTimeoutMs ?? 5_000;
+  const report = options.onConnectionProblem ?? (() => undefined);
+  const common = {
     connectionString: url,
-    max: options.maxConnections ?? 10,
-    statement_timeout: options.statementTimeoutMs ?? 30_000,
-    connectionTimeoutMillis: 10_000,
+    statement_timeout: statementTimeoutMs,
+    // A transaction left open by a stalled process must not hold row locks forever.
+    idle_in_transaction_session_timeout: Math.max(statementTimeoutMs * 2, 10_000),
+    // Client side too: a server that vanished without a FIN or RST (failover, partition) must not hang a call.
+    query_timeout: statementTimeoutMs + 5_000,
+    connectionTimeoutMillis: poolTimeoutMs,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
     application_name: 'task-broker',
-  });
-  // An idle client's error (server restart) must not crash the process; the pool replaces it.
-  pool.on('error', () => undefined);
+  };
+  const pool = new pg.Pool({ ...common, max: options.maxConnections ?? 10 });
+  // The health pool is separate so that a burst filling the main pool does not fail readiness.
+  const health = new pg.Pool({ ...common, max: 1, idleTimeoutMillis: 30_000, statement_timeout: 2_000, query_timeout: 3_000 });
+  const onClientError = (phase: 'pool') => (err: Error) => report({ phase, message: err.message });
+  for (const p of [pool, health]) {
+    // An idle client's error (server restart) must not crash the process; the pool replaces it.
+    p.on('error', onClientError('pool'));
+    // Nor may a client's error while it is checked out: pg-pool removes its own listener then.
+    // The query in flight fails with the error; the client is not queryable and is dropped on release.
+    p.on('connect', (client) => client.on('error', () => undefined));
+  }
   const db = new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
+  const healthDb = new Kysely<Schema>({ dialect: new PostgresDialect({ pool: health }) });
+  const writes = new WriteHealth();
   const store: Store = {
     kind: 'postgres',
     db,
     description: redactUrl(url),
-    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
+    writes,
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: pool.options.max }),
     ping: async () => {
-      await sql`select 1`.execute(db);
+      await sql`select 1`.execute(healthDb);
     },
-    close: () => db.destroy(),
+    probeWrites: () => probeWrites(healthDb),
+    transaction: (work) => runTransaction(db, work, { observer: writes }),
+    close: async () => {
+      await Promise.all([db.destroy(), healthDb.destroy()]);
+    },
   };
-  try {
-    await store.ping();
-  } catch (err) {
-    await db.destroy();
-    throw new Error(`cannot reach PostgreSQL at ${redactUrl(url)}: ${(err as Error).message}`);
+  const waitMs = options.connectWaitMs ?? 0;
+  const started = Date.now();
+  for (let attempt = 1, backoff = 250; ; attempt++, backoff = Math.min(backoff * 2, 5_000)) {
+    try {
+      await store.ping();
+      return store;
+    } catch (err) {
+      const message = (err as Error).message;
+      const left = waitMs - (Date.now() - started);
+      if (left <= 0) {
+        await store.close();
+        throw new Error(`cannot reach PostgreSQL at ${redactUrl(url)}${attempt > 1 ? ` after ${attempt} attempts in ${Math.round((Date.now() - started) / 1000)} s` : ''}: ${message}`);
+      }
+      const retryInMs = Math.min(Math.round(backoff * (0.5 + Math.random() / 2)), left);
+      report({ phase: 'start', message, attempt, retryInMs });
+      await delay(retryInMs);
+    }
   }
-  return store;
 }
 
 async function openPglite(dataDir: string | undefined): Promise<Store> {
   if (dataDir) await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const pglite = await PGlite.create(dataDir ? { dataDir } : {});
   const db = new Kysely<Schema>({ dialect: new PGliteDialect(pglite) });
+  const writes = new WriteHealth();
   let busy = false;
   return {
     kind: 'pglite',
     db,
     description: dataDir ? `embedded PGlite in ${dataDir}` : 'embedded PGlite in memory',
-    poolStats: () => ({ total: 1, idle: busy ? 0 : 1, waiting: 0 }),
+    writes,
+    poolStats: () => ({ total: 1, idle: busy ? 0 : 1, waiting: 0, max: 1 }),
     ping: async () => {
       busy = true;
       try {
@@ -101,6 +203,8 @@ async function openPglite(dataDir: string | undefined): Promise<Store> {
         busy = false;
       }
     },
+    probeWrites: () => probeWrites(db),
+    transaction: (work) => runTransaction(db, work, { observer: writes }),
     // Destroying the Kysely instance closes PGlite, which a process needs to exit.
     close: () => db.destroy(),
   };

@@ -13,6 +13,7 @@ import type { PolicyDecision } from '../policy/policy.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { Db, Tx } from '../store/database.js';
+import { runTransaction } from '../store/transaction.js';
 import { LIVE_STATES, type TaskRow, type TaskState } from '../store/schema.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import { checkTaskToken, signTaskToken, type TaskTokenClaims } from '../tokens/task-token.js';
@@ -93,6 +94,8 @@ export interface LifecycleDeps {
   clock?: () => Date;
   /** Told about outcomes, for metrics; absent: nothing is told. */
   observer?: LifecycleObserver;
+  /** Runs a unit of work in a transaction (Store.transaction, which also feeds write health); default: runTransaction on `db`. */
+  transact?: <T>(work: (tx: Tx) => Promise<T>) => Promise<T>;
 }
 
 export type FinalState = Exclude<TaskState, 'PENDING_APPROVAL' | 'ACTIVE'>;
@@ -159,6 +162,10 @@ export class TaskLifecycle {
     return this.deps.issuer;
   }
 
+  private transact<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
+    return this.deps.transact ? this.deps.transact(work) : runTransaction(this.deps.db, work);
+  }
+
   async audit(tx: Tx, actor: Actor | AuditActor, input: Omit<AuditEventInput, 'actor' | 'occurredAt'> & { occurredAt?: Date }): Promise<void> {
     const a = 'trustDomain' in actor ? auditActor(actor) : actor;
     const onTimed = this.deps.observer?.auditWritten?.bind(this.deps.observer);
@@ -175,7 +182,7 @@ export class TaskLifecycle {
   /** A transaction whose task endings are reported to the observer once it committed. */
   private async transaction<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
     let transaction: Tx | undefined;
-    const result = await this.deps.db.transaction().execute((tx) => {
+    const result = await this.transact((tx) => {
       transaction = tx;
       return fn(tx);
     });
@@ -499,13 +506,13 @@ export class TaskLifecycle {
     if (!check.ok && check.reason !== 'expired') {
       // Not authentic: nothing in it can be trusted, not even which task it names.
       const result: VerifyResult = { valid: false, reason: check.reason, detail: check.detail, bindingChecked };
-      await this.deps.db.transaction().execute((tx) => record(tx, null, result));
+      await this.transact((tx) => record(tx, null, result));
       return result;
     }
     const claims = check.ok ? check.claims : check.claims;
     const taskId = typeof claims?.task_id === 'string' ? claims.task_id : null;
 
-    return this.deps.db.transaction().execute(async (tx) => {
+    return this.transact(async (tx) => {
       // The task row is read under a share lock, so a verification never interleaves with the
       // transaction that ends the task: it sees the task either before or after, never between.
       const task = taskId ? await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forShare().executeTakeFirst() : undefined;

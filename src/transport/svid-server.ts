@@ -23,7 +23,9 @@ export interface SvidServerOptions {
   refusedConnectionLingerMs?: number;
   /** Extra grpc-js server options (message size limits, keepalive). */
   grpcOptions?: grpc.ServerOptions;
-  /** Interceptors that run after authentication (metrics, logging). */
+  /** Interceptors that run before authentication, outermost first (the call recorder). */
+  outerInterceptors?: grpc.ServerInterceptor[];
+  /** Interceptors that run after authentication (admission, decoding). */
   interceptors?: grpc.ServerInterceptor[];
   onCallAuthenticated?: (admission: Admission, method: string) => void;
 }
@@ -62,7 +64,7 @@ export class SvidServer {
     this.grpc = new grpc.Server({
       ...DEFAULT_GRPC_OPTIONS,
       ...options.grpcOptions,
-      interceptors: [this.authenticator.interceptor(), ...(options.interceptors ?? [])],
+      interceptors: [...(options.outerInterceptors ?? []), this.authenticator.interceptor(), ...(options.interceptors ?? [])],
     });
     const identity = options.identity.current();
     this.#tls = createServer({
