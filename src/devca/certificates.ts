@@ -25,17 +25,34 @@ export interface KeyPair {
   readonly publicKey: CryptoKey;
 }
 
+/** Name constraints (RFC 5280 4.2.1.10) for a CA template: subtrees by GeneralName, e.g. `{ type: 'url', value: 'a.test' }`. */
+export interface NameConstraintsTemplate {
+  permitted?: x509.JsonGeneralName[];
+  excluded?: x509.JsonGeneralName[];
+  /** Defaults to true, as RFC 5280 requires of conforming CAs. */
+  critical?: boolean;
+}
+
 export interface CertificateTemplate {
-  /** RFC 4514 distinguished name, e.g. "O=task-broker dev CA,CN=a.test". */
+  /** RFC 4514 distinguished name, e.g. "O=task-broker dev CA,CN=a.test"; '' for an empty subject. */
   subject: string;
   uris?: string[];
   dnsNames?: string[];
+  /** Criticality of the subjectAltName extension; by default critical only when the subject is empty (RFC 5280 4.1.2.6). */
+  subjectAltNameCritical?: boolean;
   /** `undefined` omits basicConstraints entirely. */
   ca?: boolean;
   pathLength?: number;
   /** Flags of KeyUsage; `undefined` omits the extension. */
   keyUsage?: number;
+  /** Criticality of the keyUsage extension; defaults to true (X509-SVID 4.3). */
+  keyUsageCritical?: boolean;
+  /** extKeyUsage purpose OIDs; `undefined` omits the extension. */
   extKeyUsage?: string[];
+  /** Criticality of the extKeyUsage extension; defaults to false. */
+  extKeyUsageCritical?: boolean;
+  /** `undefined` omits the nameConstraints extension. */
+  nameConstraints?: NameConstraintsTemplate;
   notBefore?: Date;
   notAfter?: Date;
   key?: KeyAlgorithm;
@@ -98,18 +115,21 @@ export async function issueCertificate(template: CertificateTemplate, issuer?: I
     extensions.push(new x509.BasicConstraintsExtension(template.ca, template.pathLength, true));
   }
   if (template.keyUsage !== undefined) {
-    extensions.push(new x509.KeyUsagesExtension(template.keyUsage, true));
+    extensions.push(new x509.KeyUsagesExtension(template.keyUsage, template.keyUsageCritical ?? true));
   }
   if (template.extKeyUsage !== undefined) {
-    extensions.push(new x509.ExtendedKeyUsageExtension(template.extKeyUsage, false));
+    extensions.push(new x509.ExtendedKeyUsageExtension(template.extKeyUsage, template.extKeyUsageCritical ?? false));
+  }
+  if (template.nameConstraints !== undefined) {
+    extensions.push(nameConstraintsExtension(template.nameConstraints));
   }
   const names: x509.JsonGeneralName[] = [
     ...(template.uris ?? []).map((value) => ({ type: 'url' as const, value })),
     ...(template.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
   ];
   if (names.length > 0) {
-    // RFC 5280: the SAN extension is critical when the subject name is empty; SPIFFE leaves set it non-critical.
-    extensions.push(new x509.SubjectAlternativeNameExtension(names, false));
+    // RFC 5280: the SAN extension is critical when the subject name is empty; otherwise SPIFFE leaves set it non-critical.
+    extensions.push(new x509.SubjectAlternativeNameExtension(names, template.subjectAltNameCritical ?? template.subject === ''));
   }
   extensions.push(await x509.SubjectKeyIdentifierExtension.create(keys.publicKey));
   if (issuer) {
@@ -132,6 +152,22 @@ export async function issueCertificate(template: CertificateTemplate, issuer?: I
   const der = Buffer.from(certificate.rawData);
   const intermediates = issuer && issuer.certificate.subject !== issuer.certificate.issuer ? [issuer, ...issuer.intermediates] : [];
   return { certificate, der, pem: certificate.toString('pem') + '\n', keys, intermediates };
+}
+
+/** DER TLV with a low tag number. */
+function derTlv(tag: number, content: Uint8Array): Buffer {
+  const n = content.length;
+  if (n > 0xffff) throw new Error('devca: DER value too long');
+  const length = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+  return Buffer.concat([Buffer.from([tag, ...length]), content]);
+}
+
+/** NameConstraints ::= SEQUENCE { permittedSubtrees [0] GeneralSubtrees OPTIONAL, excludedSubtrees [1] GeneralSubtrees OPTIONAL } */
+function nameConstraintsExtension(constraints: NameConstraintsTemplate): x509.Extension {
+  const subtrees = (tag: number, names: x509.JsonGeneralName[] | undefined) =>
+    names?.length ? [derTlv(tag, Buffer.concat(names.map((n) => derTlv(0x30, new Uint8Array(new x509.GeneralName(n.type, n.value).rawData)))))] : [];
+  const value = derTlv(0x30, Buffer.concat([...subtrees(0xa0, constraints.permitted), ...subtrees(0xa1, constraints.excluded)]));
+  return new x509.Extension('2.5.29.30', constraints.critical ?? true, value);
 }
 
 function randomSerial(): string {

@@ -75,6 +75,10 @@ export async function mintDevSvid(
   if (id.trustDomain !== files.trustDomain) {
     throw new Error(`${spiffeId} is not in this CA's trust domain ${files.trustDomain}`);
   }
+  if (id.path === '') {
+    // X509-SVID 3.1: a leaf's SPIFFE ID has a non-root path; the broker would refuse this SVID.
+    throw new Error(`${spiffeId} has no path: an X509-SVID's SPIFFE ID must name a workload (e.g. ${id.toString()}/my-service)`);
+  }
   const svid = await mintX509Svid(ca, id.toString(), { ttlMs: options.ttlMs, dnsNames: options.dnsNames, key: options.key });
   const outDir = options.outDir ?? dir;
   await mkdir(outDir, { recursive: true, mode: 0o700 });

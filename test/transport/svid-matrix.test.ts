@@ -128,6 +128,20 @@ describe('valid X509-SVIDs get through with the right Caller', () => {
     const leaf = await issueLeaf(a.root, 'spiffe://a.test/no-bc', { ca: undefined });
     await expectAccepted(leaf, await pemOf(leaf), 'spiffe://a.test/no-bc', 'a.test');
   });
+
+  it('a leaf with an empty subject and a critical URI SAN extension (X509-SVID 3.1)', async () => {
+    const leaf = await issueLeaf(a.root, 'spiffe://a.test/anonymous', { subject: '' });
+    await expectAccepted(leaf, await pemOf(leaf), 'spiffe://a.test/anonymous', 'a.test');
+  });
+
+  it("an SVID under an intermediate whose URI name constraint permits the leaf's trust domain (X509-SVID 4.2)", async () => {
+    const inter = await issueCertificate(
+      { subject: 'O=a.test only', uris: ['spiffe://a.test'], ca: true, keyUsage: KeyUsage.keyCertSign, nameConstraints: { permitted: [{ type: 'url', value: 'a.test' }] } },
+      a.root,
+    );
+    const leaf = await mintX509Svid(inter, 'spiffe://a.test/constrained');
+    await expectAccepted(leaf, await pemOf(leaf), 'spiffe://a.test/constrained', 'a.test');
+  });
 });
 
 describe('invalid peers are refused with UNAUTHENTICATED before any handler', () => {
@@ -287,9 +301,50 @@ describe('invalid peers are refused with UNAUTHENTICATED before any handler', ()
     await expectRefused({ svid: await pemOf(leaf), weakCrypto: true }, /weak algorithm \(ECDSA\/SHA-1\)/);
   });
 
+  it('a leaf whose SPIFFE ID has no path (X509-SVID 3.1, 5.2)', async () => {
+    const leaf = await mintX509Svid(a.root, 'spiffe://a.test');
+    await expectRefused({ svid: await pemOf(leaf) }, /leaf certificate SPIFFE ID "spiffe:\/\/a\.test" must have a non-root path component/);
+  });
+
+  it('a leaf with an empty subject and a non-critical URI SAN extension (X509-SVID 3.1)', async () => {
+    const leaf = await issueLeaf(a.root, 'spiffe://a.test/anonymous', { subject: '', subjectAltNameCritical: false });
+    await expectRefused({ svid: await pemOf(leaf) }, /empty subject, so its URI SAN extension must be marked critical/);
+  });
+
+  it('an intermediate whose SPIFFE ID has a path (X509-SVID 3.2)', async () => {
+    const inter = await issueCertificate({ subject: 'O=ca with path', uris: ['spiffe://a.test/ca'], ca: true, keyUsage: KeyUsage.keyCertSign }, a.root);
+    const leaf = await mintX509Svid(inter, 'spiffe://a.test/under-ca-with-path');
+    await expectRefused({ svid: await pemOf(leaf) }, /intermediate certificate .* SPIFFE ID "spiffe:\/\/a\.test\/ca" must not have a path component/);
+  });
+
+  it('a leaf whose key usage extension is not critical (X509-SVID 4.3)', async () => {
+    const leaf = await issueLeaf(a.root, 'spiffe://a.test/soft-ku', { keyUsageCritical: false });
+    await expectRefused({ svid: await pemOf(leaf) }, /leaf certificate key usage extension must be marked critical/);
+  });
+
+  it('an intermediate whose key usage extension is not critical (X509-SVID 4.3)', async () => {
+    const inter = await issueCertificate({ subject: 'O=soft ku', uris: ['spiffe://a.test'], ca: true, keyUsage: KeyUsage.keyCertSign, keyUsageCritical: false }, a.root);
+    const leaf = await mintX509Svid(inter, 'spiffe://a.test/under-soft-ku');
+    await expectRefused({ svid: await pemOf(leaf) }, /intermediate certificate .* key usage extension must be marked critical/);
+  });
+
+  it('a leaf whose extended key usage lacks serverAuth (X509-SVID 4.4)', async () => {
+    const leaf = await issueLeaf(a.root, 'spiffe://a.test/client-only', { extKeyUsage: [ExtendedKeyUsage.clientAuth] });
+    await expectRefused({ svid: await pemOf(leaf) }, /extended key usage must include both 'serverAuth' and 'clientAuth' \(found clientAuth\)/);
+  });
+
+  it("a leaf outside its intermediate's URI name constraints (X509-SVID 4.2)", async () => {
+    const inter = await issueCertificate(
+      { subject: 'O=b.test only', ca: true, keyUsage: KeyUsage.keyCertSign, nameConstraints: { permitted: [{ type: 'url', value: 'b.test' }] } },
+      a.root,
+    );
+    const leaf = await mintX509Svid(inter, 'spiffe://a.test/escaped');
+    await expectRefused({ svid: await pemOf(leaf) }, /URI SAN "spiffe:\/\/a\.test\/escaped" is not within the permitted URI name constraints \(b\.test\)/);
+  });
+
   it('a leaf with an unknown critical extension', async () => {
     const ext = new Extension('1.3.6.1.4.1.99999.1', true, new Uint8Array([0x05, 0x00]));
-    const leaf = await issueLeaf(a.root, 'spiffe://a.test/critical', { extraExtensions: [ext], extKeyUsage: [ExtendedKeyUsage.clientAuth] });
+    const leaf = await issueLeaf(a.root, 'spiffe://a.test/critical', { extraExtensions: [ext], extKeyUsage: [ExtendedKeyUsage.serverAuth, ExtendedKeyUsage.clientAuth] });
     await expectRefused({ svid: await pemOf(leaf) }, /unsupported critical extension \(1\.3\.6\.1\.4\.1\.99999\.1\)/);
   });
 });
