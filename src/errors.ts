@@ -23,3 +23,13 @@ export class BrokerError extends Error {
     super(message);
   }
 }
+
+/**
+ * A caller-supplied value for an error message or a log line: JSON-quoted, at most `max`
+ * characters of it, and how many were left out. Messages never echo input unbounded: a
+ * megabyte in a field must not become a megabyte in a status trailer or a log line.
+ */
+export function quoted(value: string, max = 64): string {
+  if (value.length <= max) return JSON.stringify(value);
+  return `${JSON.stringify(value.slice(0, max))}… (${value.length - max} more characters)`;
+}

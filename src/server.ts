@@ -6,7 +6,6 @@
  * with the JWKS, /healthz, /readyz and /metrics, readiness driving the gRPC health statuses,
  * and the expiry sweeper.
  */
-import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { loadSync } from '@grpc/proto-loader';
 import { HealthImplementation, protoPath as healthProtoPath } from 'grpc-health-check';
@@ -23,6 +22,7 @@ import { OpsHttpServer } from './http/ops-server.js';
 import type { Logger } from './observability/logger.js';
 import { BrokerMetrics, isObservableBundles, METRICS_PATH, metricsRoute } from './observability/metrics.js';
 import { healthzRoute, Readiness, readyzRoute, type ReadinessCheck } from './observability/readiness.js';
+import { fileDescriptorsCheck, writesCheck } from './observability/capacity-checks.js';
 import { databaseCheck, migrationsCheck, policyCheck, svidCheck } from './observability/readiness-checks.js';
 import { parsePemCertificates } from './spiffe/certificate.js';
 import type { X509BundleSource } from './spiffe/bundle.js';
@@ -33,7 +33,7 @@ import { JWKS_PATH, jwksRoute } from './tokens/jwks.js';
 import type { KeyEncryptionKey } from './tokens/kek.js';
 import { SigningKeyRing, type TokenAlg } from './tokens/keyring.js';
 import type { ServerIdentitySource, TlsIdentity } from './transport/server-identity.js';
-import { SvidServer } from './transport/svid-server.js';
+import { SvidServer, type ConnectionLimits } from './transport/svid-server.js';
 
 export interface BrokerDeps {
   logger: Logger;
@@ -58,6 +58,8 @@ export interface BrokerDeps {
   databaseQueue?: () => number;
   /** Largest request message accepted (bytes); default 1 MiB. */
   maxMessageBytes?: number;
+  /** Bounds on connections and handshakes (defaults: DEFAULT_CONNECTION_LIMITS). */
+  connectionLimits?: Partial<ConnectionLimits>;
 }
 
 /** Largest request message (bytes). No valid request comes near it: params are at most 16 KiB. */
@@ -85,6 +87,14 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
     logger: deps.logger,
     clock: deps.clock,
     refusedConnectionLingerMs: deps.refusedConnectionLingerMs,
+    limits: deps.connectionLimits,
+    observer: metrics
+      ? {
+          connectionAccepted: () => metrics.connectionsAccepted.inc(),
+          connectionRefused: (reason) => metrics.connectionsRefused.inc({ reason }),
+          handshakeFailed: (reason) => metrics.handshakeFailures.inc({ reason }),
+        }
+      : undefined,
     grpcOptions: { 'grpc.max_receive_message_length': maxMessageBytes },
     // Every call is recorded, refused ones included; then authenticated, admitted, decoded.
     outerInterceptors: [callRecorder({ logger: deps.logger, metrics, maxMessageBytes })],
@@ -162,6 +172,10 @@ export interface TaskBrokerOptions {
   admission?: Partial<AdmissionLimits>;
   /** Largest request message accepted (bytes); default 1 MiB. */
   maxMessageBytes?: number;
+  /** Bounds on connections and handshakes. */
+  connectionLimits?: Partial<ConnectionLimits>;
+  /** Readiness fails after this many write transactions failed in a row (default 5). */
+  writeFailureThreshold?: number;
   /** Checks added to the built-in ones (database, migrations, svid, policy), e.g. from a Workload API source. */
   readinessChecks?: ReadinessCheck[];
 }
@@ -238,6 +252,8 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
     });
     await keys.init();
     const policy = options.policy ?? new StaticPolicySource(undefined);
+    metrics.watchPolicy(() => policy.status());
+    metrics.watchWriteFailures(() => store.writes.consecutiveFailures);
     if (!policy.current()) logger.warn('no policy loaded: every task and admin request will be denied (start with --policy FILE)');
     const lifecycle = new TaskLifecycle({
       db: store.db,
@@ -263,7 +279,9 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       .add(databaseCheck(store, options.databasePingTimeoutMs))
       .add(migrationsCheck(store))
       .add(svidCheck(options.identity, clock))
-      .add(policyCheck(policy));
+      .add(policyCheck(policy))
+      .add(writesCheck(store, { threshold: options.writeFailureThreshold }))
+      .add(fileDescriptorsCheck());
     for (const check of options.readinessChecks ?? []) readiness.add(check);
     metrics.watchReadiness(() => readiness.report);
     const reevaluate = () => void readiness.evaluate();
@@ -324,7 +342,9 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       admission: options.admission,
       databaseQueue: () => store.poolStats().waiting,
       maxMessageBytes: options.maxMessageBytes,
+      connectionLimits: options.connectionLimits,
     });
+    metrics.watchConnections(() => grpcBroker.server);
     readiness.start();
     logger.info({ database: store.description, issuer, alg: options.tokenAlg ?? 'ES256', ready: readiness.ready }, 'task-broker ready');
     let closing: Promise<void> | undefined;

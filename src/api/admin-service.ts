@@ -7,12 +7,10 @@ import type { TaskBrokerAdminHandlers } from '../gen/taskbroker/v1/TaskBrokerAdm
 import type { Logger } from '../observability/logger.js';
 import type { BrokerMetrics } from '../observability/metrics.js';
 import type { AuditEvent } from '../audit/audit.js';
-import { BrokerError } from '../errors.js';
 import { jsonToStruct } from '../protocol/struct.js';
 import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
 import type { TaskAdmin } from '../tasks/admin.js';
 import type { JsonObject } from '../tasks/spec.js';
-import { TASK_STATES, type TaskState } from '../store/schema.js';
 import { unary, type RpcContext } from './handlers.js';
 import { actorOf, taskMessage } from './task-broker-service.js';
 
@@ -25,13 +23,6 @@ export interface AdminServiceDeps {
 
 export const TASK_BROKER_ADMIN_SERVICE = 'taskbroker.v1.TaskBrokerAdmin';
 
-
-function stateFilter(value: string): TaskState | undefined {
-  if (value === '' || value === 'TASK_STATE_UNSPECIFIED') return undefined;
-  const state = value.replace(/^TASK_STATE_/, '') as TaskState;
-  if (!TASK_STATES.includes(state)) throw new BrokerError('invalid-argument', `state: unknown task state ${value}`);
-  return state;
-}
 
 export function auditEventMessage(e: AuditEvent): AuditEventMessage {
   return {
@@ -67,7 +58,7 @@ export function adminHandlers({ logger, admin, metrics }: AdminServiceDeps): Tas
         actorOf(call),
         {
           owner: r.owner || undefined,
-          state: stateFilter(r.state),
+          state: r.state,
           audience: r.audience || undefined,
           createdAfter: fromTimestamp(r.createdAfter, 'created_after'),
           createdBefore: fromTimestamp(r.createdBefore, 'created_before'),

@@ -22,7 +22,7 @@ export class RequestDecoders {
       this.#decoders.set(method.path, { decode: method.requestDeserialize, type: method.requestType?.type?.name ?? 'request' });
       copy[name] = { ...method, requestDeserialize: (bytes: Buffer) => bytes };
     }
-    return copy as grpc.ServiceDefinition;
+    return copy;
   }
 
   /** The interceptor that decodes: it must sit below the recorder and before the handlers. */

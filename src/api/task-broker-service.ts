@@ -74,6 +74,7 @@ const REASONS: Record<VerifyReason, VerifyTokenReason> = {
   'audience-mismatch': 'VERIFY_TOKEN_REASON_AUDIENCE_MISMATCH',
   'binding-mismatch': 'VERIFY_TOKEN_REASON_BINDING_MISMATCH',
   'task-hash-mismatch': 'VERIFY_TOKEN_REASON_TASK_HASH_MISMATCH',
+  'presenter-required': 'VERIFY_TOKEN_REASON_PRESENTER_REQUIRED',
 };
 
 const MAX_TOKEN_LENGTH = 16 * 1024;
@@ -160,6 +161,7 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics }: TaskBrokerSer
       const result = await tasks().verifyToken(actor, req.token, {
         presenterThumbprint,
         expectedTaskHash: req.expectedTaskHash === '' ? undefined : req.expectedTaskHash,
+        skipBindingCheck: req.skipBindingCheck,
       });
       metrics?.tokenVerifications.inc({ reason: result.reason });
       const c = result.claims;

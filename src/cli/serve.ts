@@ -2,7 +2,10 @@
  * `task-broker serve`: the broker as deployed. Flags and environment variables are listed in
  * the spec below and in the README's configuration reference.
  */
+import { readFileSync } from 'node:fs';
+import type { AdmissionLimits } from '../api/admission.js';
 import { createLogger, type Logger } from '../observability/logger.js';
+import type { ConnectionLimits } from '../transport/svid-server.js';
 import { startTaskBroker, type RunningTaskBroker } from '../server.js';
 import { TrustBundleSet } from '../spiffe/bundle.js';
 import { parseBundleFileArg, watchBundleFiles } from '../spiffe/bundle-files.js';
@@ -20,6 +23,77 @@ import { listOption, parseDuration, parseListenAddress, stringOption, UsageError
 export const storageOptions: Record<string, OptionSpec> = {
   'database-url': { type: 'string', placeholder: 'URL', env: 'TASK_BROKER_DATABASE_URL', description: 'PostgreSQL connection URL (postgres://…); when absent, embedded PGlite in --data-dir' },
   'data-dir': { type: 'string', placeholder: 'DIR', env: 'TASK_BROKER_DATA_DIR', default: './task-broker-data', description: 'Directory of the embedded PGlite database' },
+  'database-wait': {
+    type: 'string',
+    placeholder: 'DURATION',
+    env: 'TASK_BROKER_DATABASE_WAIT',
+    default: '5m',
+    description: 'How long to keep trying to reach PostgreSQL at start (with backoff) before giving up, so a broker may start before its database',
+  },
+};
+
+/** Limits on what callers and peers can hold: every one has a default and a flag. */
+export const limitOptions: Record<string, OptionSpec> = {
+  'database-pool-size': { type: 'string', placeholder: 'N', env: 'TASK_BROKER_DATABASE_POOL_SIZE', default: '10', description: 'PostgreSQL connections per replica' },
+  'database-pool-timeout': {
+    type: 'string',
+    placeholder: 'DURATION',
+    env: 'TASK_BROKER_DATABASE_POOL_TIMEOUT',
+    default: '5s',
+    description: 'How long a call may wait for a database connection before it fails with UNAVAILABLE',
+  },
+  'statement-timeout': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_STATEMENT_TIMEOUT', default: '30s', description: 'Longest a database statement may run' },
+  'handshake-timeout': {
+    type: 'string',
+    placeholder: 'DURATION',
+    env: 'TASK_BROKER_HANDSHAKE_TIMEOUT',
+    default: '5s',
+    description: 'A connection whose TLS handshake has not finished by then is closed',
+  },
+  'max-connections': {
+    type: 'string',
+    placeholder: 'N',
+    env: 'TASK_BROKER_MAX_CONNECTIONS',
+    default: 'auto',
+    description: "Open gRPC connections at most; 'auto': 4096, or the file descriptor limit less 256 when that is lower",
+  },
+  'max-handshakes': { type: 'string', placeholder: 'N', env: 'TASK_BROKER_MAX_HANDSHAKES', default: '256', description: 'Connections in their TLS handshake at once at most; further ones are closed on accept' },
+  'max-connection-idle': {
+    type: 'string',
+    placeholder: 'DURATION',
+    env: 'TASK_BROKER_MAX_CONNECTION_IDLE',
+    default: '5m',
+    description: "A connection without a call for this long is closed (GOAWAY); '0s': never",
+  },
+  'max-connection-age': {
+    type: 'string',
+    placeholder: 'DURATION',
+    env: 'TASK_BROKER_MAX_CONNECTION_AGE',
+    default: '30m',
+    description: "Connections are closed gracefully after about this long so clients rebalance over replicas (calls in flight get 5m); '0s': never",
+  },
+  'max-concurrent-streams': { type: 'string', placeholder: 'N', env: 'TASK_BROKER_MAX_CONCURRENT_STREAMS', default: '128', description: 'Concurrent calls per connection (HTTP/2 streams)' },
+  'max-calls-per-caller': {
+    type: 'string',
+    placeholder: 'N',
+    env: 'TASK_BROKER_MAX_CALLS_PER_CALLER',
+    default: '32',
+    description: 'Calls one SPIFFE ID may have in flight at once; beyond that RESOURCE_EXHAUSTED with a retry hint',
+  },
+  'caller-rate': {
+    type: 'string',
+    placeholder: 'N',
+    env: 'TASK_BROKER_CALLER_RATE',
+    default: '0',
+    description: 'Calls per second one SPIFFE ID may make (token bucket, burst of one second); 0: no rate limit',
+  },
+  'max-in-flight': {
+    type: 'string',
+    placeholder: 'N',
+    env: 'TASK_BROKER_MAX_IN_FLIGHT',
+    default: '512',
+    description: 'Calls in flight in the whole replica at once; beyond that UNAVAILABLE (load shedding)',
+  },
 };
 
 export const serveSpec: CommandSpec = {
@@ -71,6 +145,7 @@ export const serveSpec: CommandSpec = {
     'sweep-interval': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_SWEEP_INTERVAL', default: '30s', description: 'How often expired tasks are swept (safe in every replica)' },
     'token-retention': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_TOKEN_RETENTION', default: '168h', description: 'How long token rows are kept after they expire (audit events are kept)' },
     'file-poll-interval': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_FILE_POLL_INTERVAL', default: '5s', description: 'Backup poll interval for watched files (SVID, bundles)' },
+    ...limitOptions,
     'shutdown-grace': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_SHUTDOWN_GRACE', default: '20s', description: 'How long in-flight calls may take to finish on SIGTERM' },
     'log-level': { type: 'string', placeholder: 'LEVEL', env: 'TASK_BROKER_LOG_LEVEL', default: 'info', description: 'trace, debug, info, warn, error or silent' },
   },
@@ -111,6 +186,49 @@ export interface ServeConfig {
   filePollIntervalMs: number;
   shutdownGraceMs: number;
   logLevel: string;
+  /** Absent: one attempt. */
+  databaseWaitMs?: number;
+  /** Absent: the store's defaults. */
+  database?: { poolSize: number; poolTimeoutMs: number; statementTimeoutMs: number };
+  /** Absent fields: DEFAULT_CONNECTION_LIMITS. */
+  connectionLimits?: Partial<ConnectionLimits>;
+  /** Absent fields: DEFAULT_ADMISSION_LIMITS. */
+  admission?: Partial<AdmissionLimits>;
+}
+
+/** The value of `name`, or its default from the serve spec (each default is written once, there). */
+function optionText(values: ParsedCommand['values'], name: string): string {
+  const text = stringOption(values, name) ?? serveSpec.options[name]?.default;
+  if (text === undefined) throw new UsageError(`--${name} is required`);
+  return text;
+}
+
+function durationOption(values: ParsedCommand['values'], name: string, { allowZero = false } = {}): number {
+  const ms = parseDuration(optionText(values, name), `--${name}`);
+  if (ms === 0 && !allowZero) throw new UsageError(`--${name} must be longer than 0s`);
+  return ms;
+}
+
+function countOption(values: ParsedCommand['values'], name: string, { min = 1, max = 1_000_000 } = {}): number {
+  const text = optionText(values, name);
+  const n = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+  if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name}: a whole number from ${min} to ${max}, got "${text.slice(0, 32)}"`);
+  return n;
+}
+
+/** 'auto': 4096, or the soft file descriptor limit less 256 (database, files, HTTP) when lower. */
+function maxConnectionsOption(values: ParsedCommand['values']): number {
+  if (optionText(values, 'max-connections') !== 'auto') return countOption(values, 'max-connections');
+  return Math.max(64, Math.min(4096, softFileLimit() - 256));
+}
+
+function softFileLimit(): number {
+  try {
+    const match = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return match ? Number(match[1]) : Infinity;
+  } catch {
+    return Infinity;
+  }
 }
 
 const seconds = (values: ParsedCommand['values'], name: string, fallback: string) => {
@@ -207,6 +325,25 @@ export function serveConfig(parsed: ParsedCommand): ServeConfig {
     filePollIntervalMs: parseDuration(stringOption(values, 'file-poll-interval') ?? '5s', '--file-poll-interval'),
     shutdownGraceMs: parseDuration(stringOption(values, 'shutdown-grace') ?? '20s', '--shutdown-grace'),
     logLevel: stringOption(values, 'log-level') ?? 'info',
+    databaseWaitMs: durationOption(values, 'database-wait', { allowZero: true }),
+    database: {
+      poolSize: countOption(values, 'database-pool-size', { max: 1_000 }),
+      poolTimeoutMs: durationOption(values, 'database-pool-timeout'),
+      statementTimeoutMs: durationOption(values, 'statement-timeout'),
+    },
+    connectionLimits: {
+      handshakeTimeoutMs: durationOption(values, 'handshake-timeout'),
+      maxConnections: maxConnectionsOption(values),
+      maxHandshakes: countOption(values, 'max-handshakes'),
+      idleTimeoutMs: durationOption(values, 'max-connection-idle', { allowZero: true }),
+      maxConnectionAgeMs: durationOption(values, 'max-connection-age', { allowZero: true }),
+      maxConcurrentStreams: countOption(values, 'max-concurrent-streams', { max: 100_000 }),
+    },
+    admission: {
+      maxInFlightPerCaller: countOption(values, 'max-calls-per-caller'),
+      callerRatePerSecond: countOption(values, 'caller-rate', { min: 0 }),
+      maxInFlight: countOption(values, 'max-in-flight'),
+    },
   };
 }
 
@@ -245,6 +382,16 @@ async function setUpIdentity(config: ServeConfig, logger: Logger): Promise<Ident
   const bundles = new TrustBundleSet();
   try {
     const watch = await watchBundleFiles(bundles, config.bundles ?? [], { logger, pollIntervalMs: config.filePollIntervalMs });
+    // Without its own trust domain's bundle the broker would start, report ready, and refuse
+    // every workload of its own trust domain. (The Workload API source refuses this state too.)
+    const own = identity.current()?.spiffeId.trustDomain;
+    if (own !== undefined && !bundles.getX509Bundle(own)) {
+      watch.close();
+      throw new Error(
+        `no trust bundle covers the broker's own trust domain "${own}" (its SVID is ${identity.current()?.spiffeId.toString() ?? ''}); ` +
+          `bundles were given for: ${bundles.trustDomains().join(', ') || 'none'}. Add --bundle ${own}=FILE`,
+      );
+    }
     return {
       identity,
       bundles,
@@ -271,7 +418,18 @@ export async function startFromConfig(config: ServeConfig, logger: Logger): Prom
     if (config.policyPath) policy = await FilePolicySource.load(config.policyPath, { logger, pollIntervalMs: config.filePollIntervalMs });
     setup = await setUpIdentity(config, logger);
     const { identity, bundles } = setup;
-    const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
+    const store = await openStore({
+      databaseUrl: config.databaseUrl,
+      dataDir: config.dataDir,
+      connectWaitMs: config.databaseWaitMs,
+      maxConnections: config.database?.poolSize,
+      poolTimeoutMs: config.database?.poolTimeoutMs,
+      statementTimeoutMs: config.database?.statementTimeoutMs,
+      onConnectionProblem: ({ phase, message, attempt, retryInMs }) =>
+        phase === 'start'
+          ? logger.warn({ err: message, attempt, retryInMs }, 'database not reachable yet; retrying')
+          : logger.warn({ err: message }, 'database connection failed; the pool replaces it'),
+    });
     const broker = await startTaskBroker({
       logger,
       identity,
@@ -288,6 +446,8 @@ export async function startFromConfig(config: ServeConfig, logger: Logger): Prom
       limits: config.limits,
       sweepIntervalMs: config.sweepIntervalMs,
       tokenRetentionSeconds: config.tokenRetentionSeconds,
+      connectionLimits: config.connectionLimits,
+      admission: config.admission,
     });
     const opened = setup;
     return {

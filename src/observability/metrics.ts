@@ -42,6 +42,19 @@ export interface PoolStats {
   waiting: number;
 }
 
+/** What the gRPC listener reports at each scrape (SvidServer fits). */
+export interface ConnectionStats {
+  readonly openConnections: number;
+  readonly handshakesInProgress: number;
+  readonly connectionCount: number;
+}
+
+/** How following the policy file has gone (a PolicySource's status() fits). */
+export interface PolicyReloadStatus {
+  readonly reloadFailures: number;
+  readonly lastReloadFailedAt?: Date;
+}
+
 export interface BrokerMetricsOptions {
   /** Also collect prom-client's default process and Node.js metrics (prefixed too); default true. */
   defaultMetrics?: boolean;
@@ -65,6 +78,9 @@ export class BrokerMetrics {
   readonly tasksEnded: Counter<'state'>;
   readonly auditWriteDuration: Histogram;
   readonly callsShed: Counter<'reason'>;
+  readonly connectionsAccepted: Counter;
+  readonly connectionsRefused: Counter<'reason'>;
+  readonly handshakeFailures: Counter<'reason'>;
   readonly ready: Gauge;
   readonly readinessCheck: Gauge<'check'>;
   readonly #clock: () => Date;
@@ -72,6 +88,9 @@ export class BrokerMetrics {
   #pool: (() => PoolStats) | undefined;
   #readiness: (() => ReadinessSnapshot) | undefined;
   #source: (() => SvidSourceStatus | undefined) | undefined;
+  #connections: (() => ConnectionStats) | undefined;
+  #policy: (() => PolicyReloadStatus) | undefined;
+  #writeFailures: (() => number) | undefined;
   readonly #bundleUpdated = new Map<string, Date>();
 
   constructor(options: BrokerMetricsOptions = {}) {
@@ -123,6 +142,70 @@ export class BrokerMetrics {
       help: 'Calls refused before any work by admission control, by reason (caller-in-flight, caller-rate: RESOURCE_EXHAUSTED; broker-in-flight, database-queue: UNAVAILABLE)',
       labelNames: ['reason'],
       registers,
+    });
+
+    this.connectionsAccepted = new Counter({
+      name: `${p}connections_accepted_total`,
+      help: 'gRPC connections that completed their TLS handshake with ALPN h2 (before the SVID check)',
+      registers,
+    });
+    this.connectionsRefused = new Counter({
+      name: `${p}connections_refused_total`,
+      help: 'gRPC connections closed by the broker on accept or after the handshake, by reason (max-connections, max-handshakes, no-h2, draining, not-an-svid)',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.handshakeFailures = new Counter({
+      name: `${p}tls_handshake_failures_total`,
+      help: 'TLS handshakes that failed or did not finish in time (the connection is closed), by reason (timeout, tls-error)',
+      labelNames: ['reason'],
+      registers,
+    });
+    const connectionsNow = () => this.#connections?.();
+    const connectionGauge = (name: string, help: string, pick: (s: ConnectionStats) => number) =>
+      new Gauge({
+        name: `${p}${name}`,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          const stats = connectionsNow();
+          if (stats) this.set(pick(stats));
+        },
+      });
+    connectionGauge('connections_open', 'TCP connections open on the gRPC port (in their TLS handshake or past it)', (s) => s.openConnections);
+    connectionGauge('connections_handshaking', 'Connections still in their TLS handshake (not authenticated yet)', (s) => s.handshakesInProgress);
+    connectionGauge('connections_established', 'Connections past their TLS handshake', (s) => s.connectionCount);
+    const policyNow = () => this.#policy?.();
+    new Counter({
+      name: `${p}policy_reload_failures_total`,
+      help: 'Policy file changes refused because the new version was broken or unreadable (the last good policy stayed in force)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(policyNow()?.reloadFailures ?? 0);
+      },
+    });
+    new Gauge({
+      name: `${p}policy_last_reload_failure_timestamp_seconds`,
+      help: 'When a policy reload last failed (Unix time); absent when none has',
+      registers,
+      collect() {
+        this.reset();
+        const at = policyNow()?.lastReloadFailedAt;
+        if (at) this.set(at.getTime() / 1000);
+      },
+    });
+    const writeFailuresNow = () => this.#writeFailures?.();
+    new Gauge({
+      name: `${p}db_consecutive_write_failures`,
+      help: 'Write transactions that failed in a row for a database reason (unreachable, timeout, privilege); 0 after any success',
+      registers,
+      collect() {
+        this.reset();
+        const n = writeFailuresNow();
+        if (n !== undefined) this.set(n);
+      },
     });
 
     // collect() runs with the gauge as `this`; these read the broker's state at scrape time.
@@ -250,6 +333,21 @@ export class BrokerMetrics {
   /** Reports the state of a streaming SVID source (the Workload API) at each scrape. */
   watchSvidSource(status: () => SvidSourceStatus | undefined): void {
     this.#source = status;
+  }
+
+  /** Reports the gRPC listener's connections at each scrape. */
+  watchConnections(stats: () => ConnectionStats): void {
+    this.#connections = stats;
+  }
+
+  /** Reports policy reload failures at each scrape. */
+  watchPolicy(status: () => PolicyReloadStatus): void {
+    this.#policy = status;
+  }
+
+  /** Reports the current run of failed write transactions at each scrape. */
+  watchWriteFailures(consecutive: () => number): void {
+    this.#writeFailures = consecutive;
   }
 
   /** Reports database pool use at each scrape. */

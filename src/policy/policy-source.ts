@@ -7,9 +7,18 @@ import { WatchedFiles } from '../files/watched-files.js';
 import type { Logger } from '../observability/logger.js';
 import { parsePolicy, PolicyError, type Policy } from './policy.js';
 
+/** How following the policy's source has gone (metrics, readiness detail). */
+export interface PolicySourceStatus {
+  /** Reloads refused because the new version was broken or unreadable (the last good one stayed). */
+  readonly reloadFailures: number;
+  readonly lastReloadError?: string;
+  readonly lastReloadFailedAt?: Date;
+}
+
 export interface PolicySource {
   /** The policy in force; undefined means none, and the caller must deny everything. */
   current(): Policy | undefined;
+  status(): PolicySourceStatus;
   /** Called with each new policy once it is in force; returns an unsubscribe function. */
   onChange(listener: (p: Policy) => void): () => void;
   close(): void;
@@ -21,6 +30,10 @@ export class StaticPolicySource implements PolicySource {
 
   current(): Policy | undefined {
     return this.policy;
+  }
+
+  status(): PolicySourceStatus {
+    return { reloadFailures: 0 };
   }
 
   onChange(_listener: (p: Policy) => void): () => void {
@@ -41,6 +54,7 @@ export class FilePolicySource implements PolicySource {
   #policy: Policy;
   readonly #listeners = new Set<(p: Policy) => void>();
   #watcher: WatchedFiles | undefined;
+  #status: PolicySourceStatus = { reloadFailures: 0 };
 
   private constructor(
     readonly path: string,
@@ -69,11 +83,11 @@ export class FilePolicySource implements PolicySource {
       },
       {
         pollIntervalMs: options.pollIntervalMs,
-        onError: (err) =>
-          log.error(
-            { err: err.message, keptDigest: source?.current().digest },
-            `policy reload failed; keeping the last good policy: ${err instanceof PolicyError ? err.message : `${path}: ${err.message}`}`,
-          ),
+        onError: (err) => {
+          const reason = err instanceof PolicyError ? err.message : `${path}: ${err.message}`;
+          if (source) source.#status = { reloadFailures: source.#status.reloadFailures + 1, lastReloadError: reason, lastReloadFailedAt: new Date() };
+          log.error({ err: err.message, keptDigest: source?.current().digest }, `policy reload failed; keeping the last good policy: ${reason}`);
+        },
       },
     );
     try {
@@ -94,6 +108,10 @@ export class FilePolicySource implements PolicySource {
 
   current(): Policy {
     return this.#policy;
+  }
+
+  status(): PolicySourceStatus {
+    return this.#status;
   }
 
   onChange(listener: (p: Policy) => void): () => void {

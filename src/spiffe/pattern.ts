@@ -9,6 +9,7 @@
  *   - a wildcard inside a segment (`billing-*`) is rejected, so a pattern never means
  *     something subtler than it looks.
  */
+import { quoted } from '../errors.js';
 import { SpiffeId, SpiffeIdError } from './id.js';
 
 export class SpiffeIdPatternError extends Error {
@@ -17,7 +18,7 @@ export class SpiffeIdPatternError extends Error {
     readonly pattern: string,
     detail: string,
   ) {
-    super(`spiffe id pattern "${pattern}": ${detail}`);
+    super(`spiffe id pattern ${quoted(pattern, 128)}: ${detail}`);
   }
 }
 
@@ -95,6 +96,8 @@ export function parseSpiffeIdPattern(pattern: string): SpiffeIdMatcher {
   // Validate the shape by substituting each wildcard segment with a placeholder
   // that is a valid segment, so every SPIFFE ID rule applies to the literal parts.
   const prefix = 'spiffe://';
+  // A SPIFFE ID is at most 2048 bytes; a pattern for one is no longer.
+  if (pattern.length > 2048) throw new SpiffeIdPatternError(pattern, 'longer than 2048 characters');
   if (!pattern.startsWith(prefix)) {
     throw new SpiffeIdPatternError(pattern, "must start with 'spiffe://'");
   }
@@ -113,7 +116,7 @@ export function parseSpiffeIdPattern(pattern: string): SpiffeIdMatcher {
       return { kind: 'rest' };
     }
     if (s.includes('*')) {
-      throw new SpiffeIdPatternError(pattern, `'${s}': a wildcard must be a whole segment ('*' or a trailing '**')`);
+      throw new SpiffeIdPatternError(pattern, `${quoted(s, 64)}: a wildcard must be a whole segment ('*' or a trailing '**')`);
     }
     return { kind: 'literal', value: s };
   });

@@ -7,12 +7,12 @@
 import { sql } from 'kysely';
 import { createHash } from 'node:crypto';
 import { verifyTaskTrail, type AuditEvent, type ChainCheck } from '../audit/audit.js';
-import { BrokerError } from '../errors.js';
+import { BrokerError, quoted } from '../errors.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, patternToPostgresRegex, SpiffeIdPatternError } from '../spiffe/pattern.js';
 import type { Db, Tx } from '../store/database.js';
-import { LIVE_STATES, type TaskRow, type TaskState } from '../store/schema.js';
+import { LIVE_STATES, TASK_STATES, type TaskRow, type TaskState } from '../store/schema.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import { isWellFormedTaskId } from './ids.js';
 import { Refusal, toTask, type Actor, type Task, type TaskLifecycle } from './lifecycle.js';
@@ -31,6 +31,19 @@ export interface ListTasksFilter {
   audience?: string;
   createdAfter?: Date;
   createdBefore?: Date;
+}
+
+/** A ListTasks filter as the caller sent it: checked only once the caller is known to be an admin. */
+export type ListTasksRequest = Omit<ListTasksFilter, 'state'> & {
+  /** A state name (ACTIVE or TASK_STATE_ACTIVE); empty or TASK_STATE_UNSPECIFIED: any. */
+  state?: string;
+};
+
+function stateFilter(value: string | undefined): TaskState | undefined {
+  if (value === undefined || value === '' || value === 'TASK_STATE_UNSPECIFIED') return undefined;
+  const state = value.replace(/^TASK_STATE_/, '') as TaskState;
+  if (!TASK_STATES.includes(state)) throw new BrokerError('invalid-argument', `state: unknown task state ${quoted(value)}`);
+  return state;
 }
 
 export const DEFAULT_PAGE_SIZE = 50;
@@ -81,6 +94,11 @@ function selectorRegex(field: string, selector: string): string {
   }
 }
 
+/** A caller's value recorded in a refusal's audit event: at most 256 characters of it. */
+function bounded(value: string): string {
+  return value.length > 256 ? `${value.slice(0, 256)}… (${value.length - 256} more characters)` : value;
+}
+
 function text(value: string, field: string): string {
   if (value.length > MAX_TEXT) throw new BrokerError('invalid-argument', `${field}: at most ${MAX_TEXT} characters`);
   // eslint-disable-next-line no-control-regex
@@ -125,9 +143,9 @@ export class TaskAdmin {
   }
 
   async revokeTask(actor: Actor, taskId: string, reason: string): Promise<{ task: Task; revokedTokens: number }> {
+    const entry = await this.authorize(actor, 'RevokeTask', { task_id: bounded(taskId) });
     this.checkTaskId(taskId);
     text(reason, 'reason');
-    const entry = await this.authorize(actor, 'RevokeTask', { task_id: taskId });
     return this.lifecycle.run(async (tx) => {
       const row = await this.lockTask(tx, actor, taskId);
       if (row instanceof Refusal) return row;
@@ -147,11 +165,12 @@ export class TaskAdmin {
   }
 
   async revokeWorkload(actor: Actor, selector: string, reason: string): Promise<{ taskIds: string[]; revokedTokens: number }> {
+    // Who asks is checked before what is asked: a stranger's input is never parsed, only recorded (bounded).
+    const entry = await this.authorize(actor, 'RevokeWorkload', { selector: bounded(selector) });
     if (!selector) throw new BrokerError('invalid-argument', 'selector is required: an exact SPIFFE ID or a pattern');
     const regex = selectorRegex('selector', selector);
     const matcher = parseSpiffeIdPattern(selector);
     text(reason, 'reason');
-    const entry = await this.authorize(actor, 'RevokeWorkload', { selector });
     return this.lifecycle.run(async (tx) => {
       // Locked in task_id order, so two overlapping kill switches cannot deadlock.
       const rows = await tx
@@ -187,14 +206,16 @@ export class TaskAdmin {
     });
   }
 
-  async listTasks(actor: Actor, filter: ListTasksFilter, page: { pageSize?: number; pageToken?: string }): Promise<{ tasks: Task[]; nextPageToken: string }> {
+  async listTasks(actor: Actor, request: ListTasksRequest, page: { pageSize?: number; pageToken?: string }): Promise<{ tasks: Task[]; nextPageToken: string }> {
+    await this.authorize(actor, 'ListTasks');
+    const filter: ListTasksFilter = { ...request, state: stateFilter(request.state) };
+    if (filter.state === undefined) delete filter.state;
     const pageSize = page.pageSize === undefined || page.pageSize === 0 ? DEFAULT_PAGE_SIZE : page.pageSize;
     if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_PAGE_SIZE) throw new BrokerError('invalid-argument', `page_size: 1 to ${MAX_PAGE_SIZE}`);
     const ownerRegex = filter.owner ? selectorRegex('owner', filter.owner) : undefined;
     const audienceRegex = filter.audience ? selectorRegex('audience', filter.audience) : undefined;
     const digest = filterDigest(filter);
     const cursor = page.pageToken ? decodeCursor(page.pageToken, digest) : undefined;
-    await this.authorize(actor, 'ListTasks');
 
     let q = this.deps.db.selectFrom('tasks').selectAll();
     if (ownerRegex) q = q.where(sql<boolean>`owner_spiffe_id ~ ${ownerRegex}`);
@@ -223,11 +244,11 @@ export class TaskAdmin {
   }
 
   async auditTrail(actor: Actor, taskId: string, page: { afterSeq?: number; pageSize?: number } = {}): Promise<{ events: AuditEvent[]; check: ChainCheck; nextAfterSeq: number }> {
+    await this.authorize(actor, 'GetAuditTrail', { task_id: bounded(taskId) });
     this.checkTaskId(taskId);
     const pageSize = page.pageSize === undefined || page.pageSize === 0 ? MAX_TRAIL_PAGE : page.pageSize;
     if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_TRAIL_PAGE) throw new BrokerError('invalid-argument', `page_size: 1 to ${MAX_TRAIL_PAGE}`);
     const afterSeq = page.afterSeq ?? 0;
-    await this.authorize(actor, 'GetAuditTrail', { task_id: taskId });
     const result = await verifyTaskTrail(this.deps.db, taskId);
     if (result.events === 0 && result.trail.length === 0) {
       const exists = await this.deps.db.selectFrom('tasks').select('task_id').where('task_id', '=', taskId).executeTakeFirst();
@@ -245,9 +266,9 @@ export class TaskAdmin {
   }
 
   async approveTask(actor: Actor, taskId: string, comment: string): Promise<Task> {
+    const entry = await this.authorize(actor, 'ApproveTask', { task_id: bounded(taskId) });
     this.checkTaskId(taskId);
     text(comment, 'comment');
-    const entry = await this.authorize(actor, 'ApproveTask', { task_id: taskId });
     return this.lifecycle.run(async (tx) => {
       const row = await this.lockTask(tx, actor, taskId);
       if (row instanceof Refusal) return row;

@@ -66,7 +66,8 @@ export type VerifyReason =
   | 'task-not-active'
   | 'audience-mismatch'
   | 'binding-mismatch'
-  | 'task-hash-mismatch';
+  | 'task-hash-mismatch'
+  | 'presenter-required';
 
 export interface VerifyResult {
   valid: boolean;
@@ -491,16 +492,25 @@ export class TaskLifecycle {
    * Verifies a token for a resource server. The caller must be the token's audience. Outcomes
    * are answers, not errors; each is audited (on the task's chain when the token is authentic).
    */
-  async verifyToken(actor: Actor, token: string, options: { presenterThumbprint?: string; expectedTaskHash?: string } = {}): Promise<VerifyResult> {
+  async verifyToken(actor: Actor, token: string, options: { presenterThumbprint?: string; expectedTaskHash?: string; skipBindingCheck?: boolean } = {}): Promise<VerifyResult> {
     const now = this.clock();
     const check = await checkTaskToken(token, this.deps.keys, { issuer: this.deps.issuer, now });
     const bindingChecked = options.presenterThumbprint !== undefined;
+    // Tokens are certificate-bound (RFC 8705): without the presenter's certificate the answer
+    // cannot be "valid", unless the resource server opted out on the record.
+    const bearerOnly = !bindingChecked && options.skipBindingCheck === true;
     const record = (tx: Tx, taskId: string | null, result: VerifyResult, claims?: Partial<TaskTokenClaims>) =>
       this.audit(tx, actor, {
         taskId,
         type: 'token.verified',
         occurredAt: now,
-        details: { result: result.reason, detail: result.detail, token_id: claims?.jti ?? null, binding_checked: result.bindingChecked },
+        details: {
+          result: result.reason,
+          detail: result.detail,
+          token_id: claims?.jti ?? null,
+          binding_checked: result.bindingChecked,
+          ...(bearerOnly ? { binding_check_skipped: true } : {}),
+        },
       });
 
     if (!check.ok && check.reason !== 'expired') {
@@ -539,7 +549,10 @@ export class TaskLifecycle {
       if (options.presenterThumbprint !== undefined && options.presenterThumbprint !== c.cnf['x5t#S256']) {
         return answer('binding-mismatch', "the presenter's certificate is not the one the token is bound to (cnf x5t#S256)");
       }
-      return answer('valid', bindingChecked ? 'valid and bound to the presenter' : 'valid (binding not checked: no presenter certificate given)');
+      if (!bindingChecked && !bearerOnly) {
+        return answer('presenter-required', "no presenter certificate was given: the token is bound to a certificate (cnf x5t#S256); pass the presenter's certificate, or set skip_binding_check to verify it as a bearer token");
+      }
+      return answer('valid', bindingChecked ? 'valid and bound to the presenter' : 'valid as a bearer token (binding check skipped at the caller\'s request)');
     });
   }
 

@@ -8,18 +8,58 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { createServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from '../observability/logger.js';
+import { LogThrottle } from '../observability/log-throttle.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
 import { ConnectionAuthenticator, type Admission } from './connection-authenticator.js';
 import type { ServerIdentitySource, TlsIdentity } from './server-identity.js';
+
+/** Bounds on what peers can hold: connections, handshakes in progress, idle and old connections. */
+export interface ConnectionLimits {
+  /** A TLS handshake not finished by then is closed (also a peer that sends nothing). */
+  handshakeTimeoutMs: number;
+  /** Open connections at most, authenticated or not; further ones are closed on accept. */
+  maxConnections: number;
+  /** Connections still in their TLS handshake at most (not yet authenticated); further ones are closed on accept. */
+  maxHandshakes: number;
+  /** An authenticated connection without a call for this long is closed (GOAWAY); 0: never. */
+  idleTimeoutMs: number;
+  /** Connections are closed gracefully after about this long, so clients rebalance over replicas; 0: never. */
+  maxConnectionAgeMs: number;
+  /** How long calls on a connection closed for its age may still take. */
+  maxConnectionAgeGraceMs: number;
+  /** Concurrent calls (HTTP/2 streams) per connection. */
+  maxConcurrentStreams: number;
+}
+
+export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
+  handshakeTimeoutMs: 5_000,
+  maxConnections: 4_096,
+  maxHandshakes: 256,
+  idleTimeoutMs: 5 * 60_000,
+  maxConnectionAgeMs: 30 * 60_000,
+  maxConnectionAgeGraceMs: 5 * 60_000,
+  maxConcurrentStreams: 128,
+};
+
+export type ConnectionRefusal = 'max-connections' | 'max-handshakes' | 'no-h2' | 'draining' | 'not-an-svid';
+export type HandshakeFailure = 'timeout' | 'tls-error';
+
+/** Told about connection events (metrics). */
+export interface TransportObserver {
+  connectionAccepted?(): void;
+  connectionRefused?(reason: ConnectionRefusal): void;
+  handshakeFailed?(reason: HandshakeFailure): void;
+}
 
 export interface SvidServerOptions {
   bundles: X509BundleSource;
   identity: ServerIdentitySource;
   logger: Logger;
   clock?: () => Date;
-  handshakeTimeoutMs?: number;
+  limits?: Partial<ConnectionLimits>;
+  observer?: TransportObserver;
   refusedConnectionLingerMs?: number;
   /** Extra grpc-js server options (message size limits, keepalive). */
   grpcOptions?: grpc.ServerOptions;
@@ -36,6 +76,14 @@ const DEFAULT_GRPC_OPTIONS: grpc.ServerOptions = {
   'grpc.keepalive_timeout_ms': 20_000,
 };
 
+function grpcConnectionOptions(limits: ConnectionLimits): grpc.ServerOptions {
+  return {
+    ...(limits.idleTimeoutMs > 0 ? { 'grpc.max_connection_idle_ms': limits.idleTimeoutMs } : {}),
+    ...(limits.maxConnectionAgeMs > 0 ? { 'grpc.max_connection_age_ms': limits.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': limits.maxConnectionAgeGraceMs } : {}),
+    'grpc.max_concurrent_streams': limits.maxConcurrentStreams,
+  };
+}
+
 function secureContextOptions(identity: TlsIdentity) {
   return { cert: identity.certChainPem, key: identity.keyPem, minVersion: 'TLSv1.2' as const };
 }
@@ -47,6 +95,11 @@ export class SvidServer {
   readonly #tls: TlsServer;
   readonly #logger: Logger;
   readonly #sockets = new Set<TLSSocket>();
+  /** Every accepted TCP connection until it closes, handshaking or not. */
+  readonly #raw = new Set<Socket>();
+  readonly #limits: ConnectionLimits;
+  readonly #observer: TransportObserver;
+  readonly #throttle: LogThrottle;
   readonly #unsubscribe: () => void;
   #injector: ReturnType<grpc.Server['createConnectionInjector']> | undefined;
   #accepted = 0;
@@ -54,6 +107,9 @@ export class SvidServer {
 
   constructor(options: SvidServerOptions) {
     this.#logger = options.logger;
+    this.#limits = { ...DEFAULT_CONNECTION_LIMITS, ...options.limits };
+    this.#observer = options.observer ?? {};
+    this.#throttle = new LogThrottle(options.logger);
     this.authenticator = new ConnectionAuthenticator({
       bundles: options.bundles,
       logger: options.logger,
@@ -63,6 +119,7 @@ export class SvidServer {
     });
     this.grpc = new grpc.Server({
       ...DEFAULT_GRPC_OPTIONS,
+      ...grpcConnectionOptions(this.#limits),
       ...options.grpcOptions,
       interceptors: [...(options.outerInterceptors ?? []), this.authenticator.interceptor(), ...(options.interceptors ?? [])],
     });
@@ -73,11 +130,22 @@ export class SvidServer {
       // The authenticator decides; OpenSSL's verdict against its default roots is meaningless here.
       rejectUnauthorized: false,
       ALPNProtocols: ['h2'],
-      handshakeTimeout: options.handshakeTimeoutMs ?? 10_000,
+      handshakeTimeout: this.#limits.handshakeTimeoutMs,
     });
+    this.#tls.maxConnections = this.#limits.maxConnections;
+    this.#tls.on('drop', (data?: { remoteAddress?: string; remotePort?: number }) => {
+      this.#observer.connectionRefused?.('max-connections');
+      this.#throttle.log('warn', 'max-connections', { peer: `${data?.remoteAddress ?? 'unknown'}:${data?.remotePort ?? 0}`, maxConnections: this.#limits.maxConnections }, 'connection refused: the connection limit is reached');
+    });
+    this.#tls.on('connection', (raw: Socket) => this.#onConnection(raw));
     this.#tls.on('secureConnection', (socket: TLSSocket) => this.#onSecureConnection(socket));
-    this.#tls.on('tlsClientError', (err, socket) => {
-      this.#logger.info({ peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}`, err: err.message }, 'TLS handshake failed');
+    this.#tls.on('tlsClientError', (err: Error & { code?: string }, socket) => {
+      // With a listener attached Node leaves the socket open: a peer that never finishes its
+      // handshake would hold it (and a file descriptor) forever.
+      socket.destroy();
+      const reason: HandshakeFailure = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'timeout' : 'tls-error';
+      this.#observer.handshakeFailed?.(reason);
+      this.#throttle.log('info', `handshake-${reason}`, { peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}`, err: err.message.slice(0, 200) }, 'TLS handshake failed; connection closed');
     });
     this.#unsubscribe = options.identity.onChange((next) => {
       this.#tls.setSecureContext(secureContextOptions(next));
@@ -98,9 +166,23 @@ export class SvidServer {
     return (this.#tls.address() as AddressInfo).port;
   }
 
-  /** Connections open now. */
+  /** Connections open now that finished their TLS handshake. */
   get connectionCount(): number {
     return this.#sockets.size;
+  }
+
+  /** TCP connections open now, in their handshake or past it. */
+  get openConnections(): number {
+    return this.#raw.size;
+  }
+
+  /** Connections still in their TLS handshake (not authenticated yet). */
+  get handshakesInProgress(): number {
+    return Math.max(0, this.#raw.size - this.#sockets.size);
+  }
+
+  get limits(): ConnectionLimits {
+    return this.#limits;
   }
 
   /** Connections accepted since start (TLS handshake completed). */
@@ -151,6 +233,23 @@ export class SvidServer {
     await closed;
   }
 
+  /** A new TCP connection (its TLS handshake starts now): refused at once when too many are mid-handshake. */
+  #onConnection(raw: Socket): void {
+    if (this.#shutdown) {
+      raw.destroy();
+      this.#observer.connectionRefused?.('draining');
+      return;
+    }
+    if (this.handshakesInProgress >= this.#limits.maxHandshakes) {
+      raw.destroy();
+      this.#observer.connectionRefused?.('max-handshakes');
+      this.#throttle.log('warn', 'max-handshakes', { peer: `${raw.remoteAddress ?? 'unknown'}:${raw.remotePort ?? 0}`, maxHandshakes: this.#limits.maxHandshakes }, 'connection refused: too many TLS handshakes in progress');
+      return;
+    }
+    this.#raw.add(raw);
+    raw.once('close', () => this.#raw.delete(raw));
+  }
+
   #onSecureConnection(socket: TLSSocket): void {
     this.#accepted += 1;
     this.#sockets.add(socket);
@@ -158,14 +257,17 @@ export class SvidServer {
     if (this.#shutdown) {
       // Accepted before the listener closed, handshaken after: the broker is draining, not serving.
       socket.destroy();
+      this.#observer.connectionRefused?.('draining');
       return;
     }
     if (socket.alpnProtocol !== 'h2') {
-      this.#logger.info({ peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}` }, 'connection closed: client did not negotiate HTTP/2 (ALPN h2)');
+      this.#throttle.log('info', 'no-h2', { peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}` }, 'connection closed: client did not negotiate HTTP/2 (ALPN h2)');
+      this.#observer.connectionRefused?.('no-h2');
       socket.destroy();
       return;
     }
-    this.authenticator.admit(socket);
+    this.#observer.connectionAccepted?.();
+    if (!this.authenticator.admit(socket).ok) this.#observer.connectionRefused?.('not-an-svid');
     if (!this.#injector) {
       socket.destroy();
       return;

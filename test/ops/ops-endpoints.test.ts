@@ -10,7 +10,7 @@ import { svidChannelCredentials, svidChannelOptions } from '../../src/client/cre
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
 import type { Policy } from '../../src/policy/policy.js';
-import { StaticPolicySource, type PolicySource } from '../../src/policy/policy-source.js';
+import { StaticPolicySource, type PolicySource, type PolicySourceStatus } from '../../src/policy/policy-source.js';
 import { API, BROKER_ID, STRANGER, startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
 import { STORES } from '../helpers/db.js';
 import { pemOf, trustDomainPki } from '../helpers/pki.js';
@@ -38,6 +38,9 @@ class SettablePolicySource implements PolicySource {
   onChange(listener: (p: Policy) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+  status(): PolicySourceStatus {
+    return { reloadFailures: 0 };
   }
   close(): void {}
 }
@@ -87,7 +90,8 @@ describe.each(STORES)('ops endpoints on %s', (kind) => {
     const created = await worker.createTask({ spec: spec() });
     const taskId = created.task!.taskId;
     const { token } = await worker.issueToken({ taskId });
-    expect((await api.verifyToken({ token })).reason).toBe('VERIFY_TOKEN_REASON_VALID');
+    const presenterCertThumbprint = (await worker.whoAmI()).certThumbprint;
+    expect((await api.verifyToken({ token, presenterCertThumbprint })).reason).toBe('VERIFY_TOKEN_REASON_VALID');
     expect((await stranger.verifyToken({ token })).reason).toBe('VERIFY_TOKEN_REASON_AUDIENCE_MISMATCH');
     await expect(stranger.getTask(taskId)).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
     expect((await worker.completeTask(taskId, 'done')).revokedTokens).toBe(1);

@@ -84,7 +84,7 @@ describe('RPC logs (PGlite, debug level)', () => {
     const created = await worker.createTask({ spec: spec() });
     const taskId = created.task!.taskId;
     const { token } = await worker.issueToken({ taskId }, withRequestId('req-ops-issue'));
-    expect((await api.verifyToken({ token })).valid).toBe(true);
+    expect((await api.verifyToken({ token, presenterCertThumbprint: (await worker.whoAmI()).certThumbprint })).valid).toBe(true);
     expect((await stranger.verifyToken({ token })).reason).toBe('VERIFY_TOKEN_REASON_AUDIENCE_MISMATCH');
     expect((await api.verifyToken({ token, presenterCertThumbprint: 'x'.repeat(43) })).reason).toBe('VERIFY_TOKEN_REASON_BINDING_MISMATCH');
     const [header, payload, signature] = token.split('.') as [string, string, string];

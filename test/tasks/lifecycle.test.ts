@@ -238,9 +238,21 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
       expect(res).toMatchObject({ valid: true, bindingChecked: true });
     });
 
-    it('valid without a presenter, saying the binding was not checked', async () => {
+    it('PRESENTER_REQUIRED without a presenter certificate: a certificate-bound token is not a bearer token by default', async () => {
       const res = await api.verifyToken({ token });
-      expect(res).toMatchObject({ valid: true, bindingChecked: false, detail: expect.stringMatching(/binding not checked/) });
+      expect(res).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_PRESENTER_REQUIRED', bindingChecked: false, claims: null, detail: expect.stringMatching(/skip_binding_check/) });
+      const trail = await verifyTaskTrail(t.broker.store.db, taskId);
+      expect(trail.trail.at(-1)).toMatchObject({ type: 'token.verified', actorSpiffeId: API, details: { result: 'presenter-required', binding_checked: false } });
+    });
+
+    it('valid as a bearer token only when the resource server opts out of the binding check, and the opt-out is on the record', async () => {
+      const res = await api.verifyToken({ token, skipBindingCheck: true });
+      expect(res).toMatchObject({ valid: true, reason: 'VERIFY_TOKEN_REASON_VALID', bindingChecked: false, detail: expect.stringMatching(/bearer token/) });
+      const trail = await verifyTaskTrail(t.broker.store.db, taskId);
+      expect(trail.trail.at(-1)).toMatchObject({ type: 'token.verified', actorSpiffeId: API, details: { result: 'valid', binding_checked: false, binding_check_skipped: true } });
+      // A presenter given along with the opt-out is still checked.
+      const mismatched = await api.verifyToken({ token, skipBindingCheck: true, presenterCertThumbprint: (await stranger.whoAmI()).certThumbprint });
+      expect(mismatched).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_BINDING_MISMATCH' });
     });
 
     it('BINDING_MISMATCH when another certificate presents it', async () => {
@@ -256,7 +268,7 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
     });
 
     it('TASK_HASH_MISMATCH when the resource server expects another spec', async () => {
-      const res = await api.verifyToken({ token, expectedTaskHash: createHash('sha256').update('{}').digest('base64url') });
+      const res = await api.verifyToken({ token, presenterCertThumbprint: workerThumbprint, expectedTaskHash: createHash('sha256').update('{}').digest('base64url') });
       expect(res).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_TASK_HASH_MISMATCH' });
     });
 
