@@ -7,6 +7,7 @@
  * and then fail: if the event cannot be stored, the request fails too (fail closed).
  */
 
+import { DenialThrottle } from '../audit/denial-throttle.js';
 import { appendAuditEvent, type AuditActor, type AuditEventInput } from '../audit/audit.js';
 import { BrokerError } from '../errors.js';
 import type { PolicyDecision } from '../policy/policy.js';
@@ -95,6 +96,8 @@ export interface LifecycleDeps {
   clock?: () => Date;
   /** Told about outcomes, for metrics; absent: nothing is told. */
   observer?: LifecycleObserver;
+  /** How many of a stranger's denied probes per task are written (default: DenialThrottle's). */
+  denials?: DenialThrottle;
   /** Runs a unit of work in a transaction (Store.transaction, which also feeds write health); default: runTransaction on `db`. */
   transact?: <T>(work: (tx: Tx) => Promise<T>) => Promise<T>;
 }
@@ -151,12 +154,14 @@ function truncate(text: string, max: number): string {
 export class TaskLifecycle {
   readonly limits: LifecycleLimits;
   private readonly clock: () => Date;
+  private readonly denials: DenialThrottle;
   /** Task endings of transactions not yet committed (reported to the observer after commit). */
   private readonly endedIn = new WeakMap<Tx, Array<{ state: FinalState; revokedTokens: number }>>();
 
   constructor(private readonly deps: LifecycleDeps) {
     this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
     this.clock = deps.clock ?? (() => new Date());
+    this.denials = deps.denials ?? new DenialThrottle({ now: () => this.clock().getTime() });
   }
 
   get issuer(): string {
@@ -310,11 +315,19 @@ export class TaskLifecycle {
     // of) the owner's work on the task. The owner of a task never changes.
     const row = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).where('owner_spiffe_id', '=', actor.spiffeId).forUpdate().executeTakeFirst();
     if (!row) {
+      // Bounded evidence: a stranger's repeated probes of one task are counted, not each written.
+      const admitted = this.denials.admit(actor.spiffeId, taskId);
+      if (!admitted.record) return new Refusal(notFound());
       const exists = await tx.selectFrom('tasks').select('task_id').where('task_id', '=', taskId).executeTakeFirst();
       await this.audit(tx, actor, {
         taskId: exists ? exists.task_id : null,
         type: 'access.denied',
-        details: { operation, reason: exists ? 'caller is not the task owner' : 'no such task', requested_task_id: taskId },
+        details: {
+          operation,
+          reason: exists ? 'caller is not the task owner' : 'no such task',
+          requested_task_id: taskId,
+          ...(admitted.suppressed > 0 ? { suppressed_denials: admitted.suppressed } : {}),
+        },
       });
       return new Refusal(notFound());
     }

@@ -150,6 +150,31 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
     expect(probes.trail.filter((e) => e.details.requested_task_id === unknown)).toHaveLength(4);
   });
 
+  it("a stranger's flood of probes on one task writes 10 denials a minute to its trail and counts the rest in the next one", async () => {
+    const { task } = await worker.createTask({ spec: spec() });
+    const id = task!.taskId;
+    for (let i = 0; i < 25; i++) await expect(stranger.getTask(id)).rejects.toMatchObject({ code: grpc.status.NOT_FOUND, details: 'task not found' });
+    let denied = (await verifyTaskTrail(t.broker.store.db, id)).trail.filter((e) => e.type === 'access.denied');
+    expect(denied).toHaveLength(10);
+    expect(denied.every((e) => e.details.suppressed_denials === undefined)).toBe(true);
+    // Another prober has a budget of its own; the owner is never throttled.
+    const partner = await t.client(PARTNER);
+    await expect(partner.getTask(id)).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    expect((await worker.getTask(id)).task?.state).toBe('TASK_STATE_ACTIVE');
+    t.clock.advance(61_000);
+    try {
+      await expect(stranger.getTask(id)).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
+    } finally {
+      t.clock.advance(-61_000);
+    }
+    const trail = await verifyTaskTrail(t.broker.store.db, id);
+    expect(trail.ok).toBe(true);
+    denied = trail.trail.filter((e) => e.type === 'access.denied');
+    expect(denied.filter((e) => e.actorSpiffeId === STRANGER)).toHaveLength(11);
+    expect(denied.filter((e) => e.actorSpiffeId === PARTNER)).toHaveLength(1);
+    expect(denied.at(-1)).toMatchObject({ actorSpiffeId: STRANGER, details: { suppressed_denials: 15 } });
+  });
+
   it('control characters in an outcome are INVALID_ARGUMENT, not an internal error', async () => {
     const { task } = await worker.createTask({ spec: spec() });
     await expect(worker.completeTask(task!.taskId, 'done\u0000')).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/control characters/) });
