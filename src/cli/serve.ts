@@ -27,8 +27,9 @@ export const storageOptions: Record<string, OptionSpec> = {
     type: 'string',
     placeholder: 'DURATION',
     env: 'TASK_BROKER_DATABASE_WAIT',
-    default: '5m',
-    description: 'How long to keep trying to reach PostgreSQL at start (with backoff) before giving up, so a broker may start before its database',
+    default: '2m',
+    description:
+      "How long to keep trying to reach PostgreSQL at start (with backoff) before giving up, so a broker may start before its database ('0s': one attempt). Keep it below the startup probe's budget",
   },
 };
 

@@ -116,7 +116,8 @@ async function probeWrites(db: Db): Promise<void> {
   }
 }
 
-const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+// Not unref'd: while it waits for its database, this timer is what keeps the process alive.
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 async function openPostgres(url: string, options: StoreOptions): Promise<Store> {
   const statementTimeoutMs = options.statementTimeoutMs ?? 30_000;

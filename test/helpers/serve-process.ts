@@ -150,6 +150,8 @@ export async function startServe(options: {
   args?: string[];
   /** How long to wait for the listening lines (default 60 s). */
   startTimeoutMs?: number;
+  /** Called with the child as soon as it is spawned (to watch its log while it starts). */
+  onSpawn?: (cli: RunningCli) => void;
 }): Promise<ServeProcess> {
   installExitHook();
   const { pki } = options;
@@ -179,6 +181,7 @@ export async function startServe(options: {
 
   const running = startCli(['serve', ...(options.args ?? [])], env);
   liveChildren.set(running, workDir);
+  options.onSpawn?.(running);
   const pid = running.child.pid;
   const reaper = pid ? armReaper('kill -KILL "$TB_SERVE_PID" 2>/dev/null\nrm -rf -- "$TB_SERVE_DIR"', { TB_SERVE_PID: String(pid), TB_SERVE_DIR: workDir }) : undefined;
   void running.exited.then(() => {
