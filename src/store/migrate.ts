@@ -2,6 +2,10 @@
  * Forward-only migrations from migrations/*.sql, applied in name order, each file in its own
  * transaction, serialized across replicas by an advisory lock. An applied file whose content
  * changed is an error: history is never rewritten.
+ *
+ * Only `migrate()` writes (it needs a role that may create tables: the schema's owner).
+ * `migrationStatus()` only reads, so `serve` without `--migrate` and its readiness check run
+ * as a role that may only read and write rows (see test/store/least-privilege.test.ts).
  */
 import { createHash } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
@@ -41,16 +45,42 @@ export async function loadMigrations(dir = migrationsDir): Promise<Migration[]> 
   );
 }
 
+const SCHEMA_MIGRATIONS_DDL = sql`create table if not exists schema_migrations (
+  version text primary key,
+  checksum text not null,
+  applied_at timestamptz not null default now()
+)`;
+
+/**
+ * Why applying migrations failed, with what to do about it when the role lacks privileges
+ * (SQLSTATE 42501, insufficient_privilege): typically `serve --migrate` run as the data-only role.
+ */
+function migrationError(what: string, err: unknown): Error {
+  const e = err as Error & { code?: unknown };
+  const hint =
+    e.code === '42501'
+      ? ". Applying migrations needs a role that may create and alter the broker's tables (the schema's owner): " +
+        "run 'task-broker migrate' as that role, and start 'serve' without --migrate as the data-only role"
+      : '';
+  return new Error(`${what}: ${e.message}${hint}`, { cause: err });
+}
+
 /** Creates the bookkeeping table under the migration lock, so replicas starting together do not race on it. */
 async function ensureTable(db: Db): Promise<void> {
-  await db.transaction().execute(async (tx) => {
-    await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_KEY.toString()}::bigint)`.execute(tx);
-    await sql`create table if not exists schema_migrations (
-      version text primary key,
-      checksum text not null,
-      applied_at timestamptz not null default now()
-    )`.execute(tx);
-  });
+  try {
+    await db.transaction().execute(async (tx) => {
+      await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_KEY.toString()}::bigint)`.execute(tx);
+      await SCHEMA_MIGRATIONS_DDL.execute(tx);
+    });
+  } catch (err) {
+    throw migrationError('cannot create the schema_migrations table', err);
+  }
+}
+
+/** Whether schema_migrations exists (is visible on the search path, where it is created and read). Reads only. */
+async function tableExists(db: Db): Promise<boolean> {
+  const { rows } = await sql<{ found: boolean }>`select to_regclass('schema_migrations') is not null as found`.execute(db);
+  return rows[0]?.found === true;
 }
 
 export interface MigrationStatus {
@@ -58,10 +88,13 @@ export interface MigrationStatus {
   pending: string[];
 }
 
+/**
+ * Which migrations are applied and which are pending. Never writes: without a schema_migrations
+ * table (a new database) every migration is pending.
+ */
 export async function migrationStatus(db: Db, migrations?: Migration[]): Promise<MigrationStatus> {
   const all = migrations ?? (await loadMigrations());
-  await ensureTable(db);
-  const rows = await db.selectFrom('schema_migrations').select(['version', 'checksum']).execute();
+  const rows = (await tableExists(db)) ? await db.selectFrom('schema_migrations').select(['version', 'checksum']).execute() : [];
   const applied = new Map(rows.map((r) => [r.version, r.checksum]));
   for (const m of all) {
     const checksum = applied.get(m.version);
@@ -90,8 +123,12 @@ export async function migrate(db: Db, migrations?: Migration[]): Promise<string[
         if (existing.checksum !== m.checksum) throw new Error(`migration ${m.version} was changed after it was applied`);
         return false;
       }
-      for (const statement of m.statements) await sql.raw(statement).execute(tx);
-      await tx.insertInto('schema_migrations').values({ version: m.version, checksum: m.checksum }).execute();
+      try {
+        for (const statement of m.statements) await sql.raw(statement).execute(tx);
+        await tx.insertInto('schema_migrations').values({ version: m.version, checksum: m.checksum }).execute();
+      } catch (err) {
+        throw migrationError(`migration ${m.version} failed`, err);
+      }
       return true;
     });
     if (applied) done.push(m.version);

@@ -78,18 +78,18 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
 
   it('RevokeWorkload by prefix revokes every live task and token of the matching workloads, and only theirs', async () => {
     const ids = ['spiffe://a.test/ns/billing/sa/a', 'spiffe://a.test/ns/billing/sa/b', 'spiffe://a.test/ns/billing/sa/b/extra', 'spiffe://a.test/ns/billingx/sa/a', 'spiffe://a.test/ns/other/sa/a'];
-    const issued = new Map<string, { taskId: string; token: string }>();
+    const issued = new Map<string, { taskId: string; token: string; presenter: string }>();
     for (const id of ids) {
       const c = await t.client(id);
       const { task } = await c.createTask({ spec: spec() });
-      issued.set(id, { taskId: task!.taskId, token: (await c.issueToken({ taskId: task!.taskId })).token });
+      issued.set(id, { taskId: task!.taskId, token: (await c.issueToken({ taskId: task!.taskId })).token, presenter: (await c.whoAmI()).certThumbprint });
     }
     const res = await admin.revokeWorkload('spiffe://a.test/ns/billing/**', 'compromised');
     expect(res.revokedTasks).toBe(3);
     expect(res.revokedTokens).toBe(3);
     expect(new Set(res.taskIds)).toEqual(new Set(ids.slice(0, 3).map((id) => issued.get(id)!.taskId)));
-    for (const [id, { token }] of issued) {
-      const verdict = await api.verifyToken({ token });
+    for (const [id, { token, presenter }] of issued) {
+      const verdict = await api.verifyToken({ token, presenterCertThumbprint: presenter });
       const matched = id.startsWith('spiffe://a.test/ns/billing/');
       expect(verdict.valid, id).toBe(!matched);
       if (matched) expect(verdict.reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
@@ -129,9 +129,15 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     for (let i = 0; i < 45; i++) existing.push((await c.createTask({ spec: spec() })).task!.taskId);
     let creating = true;
     const created: string[] = [];
+    // Paging waits for the writer between pages (not for a while): every page boundary sees a new task, however slow the machine.
+    let onCreated: () => void = () => undefined;
     const writer = (async () => {
-      while (creating) created.push((await c.createTask({ spec: spec() })).task!.taskId);
+      while (creating) {
+        created.push((await c.createTask({ spec: spec() })).task!.taskId);
+        onCreated();
+      }
     })();
+    const nextCreated = () => new Promise<void>((resolve) => (onCreated = resolve));
     const seen: string[] = [];
     let pageToken = '';
     let pages = 0;
@@ -141,7 +147,7 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
         seen.push(...page.tasks.map((x) => x.taskId));
         pageToken = page.nextPageToken;
         pages++;
-        await new Promise((r) => setTimeout(r, 20));
+        if (pageToken) await Promise.race([nextCreated(), writer]);
       } while (pageToken);
     } finally {
       creating = false;
@@ -199,6 +205,7 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     const { task } = await worker.createTask({ spec: spec() });
     const old = await worker.issueToken({ taskId: task!.taskId });
     const oldKid = decodeProtectedHeader(old.token).kid;
+    const presenterCertThumbprint = (await worker.whoAmI()).certThumbprint;
 
     const rotated = await admin.rotateSigningKey();
     expect(rotated.retiredKid).toBe(oldKid);
@@ -209,7 +216,7 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     const jwks = (await (await fetch(t.jwksUrl)).json()) as JSONWebKeySet;
     expect(jwks.keys.map((k) => k.kid).sort()).toEqual([oldKid, rotated.kid].sort());
     for (const token of [old.token, fresh.token]) {
-      expect((await api.verifyToken({ token })).valid).toBe(true);
+      expect((await api.verifyToken({ token, presenterCertThumbprint })).valid).toBe(true);
       await jwtVerify(token, createRemoteJWKSet(new URL(t.jwksUrl)), { issuer: BROKER_ID, audience: API, currentDate: t.clock.now() });
     }
     const { trail } = await verifyTaskTrail(t.broker.store.db, `actor:${ADMIN}`);
@@ -220,7 +227,7 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     try {
       const later = (await (await fetch(t.jwksUrl)).json()) as JSONWebKeySet;
       expect(later.keys.map((k) => k.kid)).toEqual([rotated.kid]);
-      expect((await api.verifyToken({ token: old.token })).valid).toBe(false);
+      expect((await api.verifyToken({ token: old.token, presenterCertThumbprint })).valid).toBe(false);
       await expect(jwtVerify(old.token, createLocalJWKSet(later), { currentDate: new Date(Number(decodeProtectedHeader(old.token).iat ?? 0)) })).rejects.toThrow();
     } finally {
       t.clock.advance(-400_000);

@@ -16,7 +16,7 @@ import type { SvidCredentialsOptions } from '../../src/client/credentials.js';
 import type { GetAuditTrailResponse__Output } from '../../src/gen/taskbroker/v1/GetAuditTrailResponse.js';
 import type { TaskSpec } from '../../src/gen/taskbroker/v1/TaskSpec.js';
 import { fromTimestamp } from '../../src/protocol/timestamps.js';
-import { runCli, startCli, type CliResult, type RunningCli } from '../helpers/cli.js';
+import { cliTimeout, runCli, startCli, type CliResult, type RunningCli } from '../helpers/cli.js';
 
 const BROKER_ID = 'spiffe://example.org/task-broker';
 const ADMIN_ID = 'spiffe://example.org/ns/platform/sa/admin';
@@ -89,7 +89,9 @@ function adminEnv(): NodeJS.ProcessEnv {
     TASK_BROKER_ADMIN_SVID_CERT: join(pki, 'admin.pem'),
     TASK_BROKER_ADMIN_SVID_KEY: join(pki, 'admin.key'),
     TASK_BROKER_ADMIN_BUNDLE: join(pki, 'ca.pem'),
-    TASK_BROKER_ADMIN_TIMEOUT: '',
+    // A call ends with its answer; the deadline only catches a hang. Below the CLI's own timeout,
+    // so a stuck call is reported by the admin command (DEADLINE_EXCEEDED) on its stderr.
+    TASK_BROKER_ADMIN_TIMEOUT: '60s',
   };
 }
 
@@ -135,6 +137,7 @@ async function jwksKids(): Promise<string[]> {
   return jwks.keys.map((k) => k.kid);
 }
 
+// Steps: the dev-ca inits, the mints (each batch in parallel), the broker's two log lines.
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'tb-admin-cli-'));
   pki = join(dir, 'pki');
@@ -169,7 +172,7 @@ beforeAll(async () => {
   httpPort = Number(http.port);
 
   [worker, api, requester, adminWorkload, jobA, jobB] = await Promise.all([client('worker'), client('api'), client('requester'), client('admin'), client('job-a'), client('job-b')]);
-});
+}, cliTimeout(4));
 
 afterAll(async () => {
   for (const c of clients) c.close();
@@ -179,7 +182,7 @@ afterAll(async () => {
     expect(code, broker.stderr()).toBe(0);
   }
   await rm(dir, { recursive: true, force: true });
-});
+}, cliTimeout(1));
 
 describe('task-broker admin', () => {
   it('every admin command has --help, generated from its spec with the shared connection options', async () => {
@@ -218,7 +221,7 @@ describe('task-broker admin', () => {
     }
   });
 
-  it('list-tasks prints a table or JSON, filters by owner, state and time, and pages with --page-size, --page-token and --all', async () => {
+  it('list-tasks prints a table or JSON, filters by owner, state and time, and pages with --page-size, --page-token and --all', { timeout: cliTimeout(2) }, async () => {
     const ids: string[] = [];
     const created: string[] = [];
     for (let i = 0; i < 5; i++) {
@@ -271,7 +274,7 @@ describe('task-broker admin', () => {
     expect(everything.nextPageToken).toBe('');
   });
 
-  it('approve-task moves a PENDING_APPROVAL task to ACTIVE, after which its owner can get a token', async () => {
+  it('approve-task moves a PENDING_APPROVAL task to ACTIVE, after which its owner can get a token', { timeout: cliTimeout(2) }, async () => {
     const taskId = await newTask(requester, { action: 'needs.approval' });
     expect((await requester.getTask(taskId)).task?.state).toBe('TASK_STATE_PENDING_APPROVAL');
     await expect(requester.issueToken({ taskId })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
@@ -343,10 +346,11 @@ describe('task-broker admin', () => {
     }
   });
 
-  it('revoke-task ends a live task and its tokens: the token then verifies as REVOKED; revoking it again is a conflict', async () => {
+  it('revoke-task ends a live task and its tokens: the token then verifies as REVOKED; revoking it again is a conflict', { timeout: cliTimeout(2) }, async () => {
     const taskId = await newTask(requester);
     const { token } = await requester.issueToken({ taskId });
-    expect((await api.verifyToken({ token })).valid).toBe(true);
+    const presenterCertThumbprint = (await requester.whoAmI()).certThumbprint;
+    expect((await api.verifyToken({ token, presenterCertThumbprint })).valid).toBe(true);
 
     const revoked = await admin(['revoke-task', '--task', taskId, '--reason', 'compromised host']);
     expect(revoked.code, revoked.stderr).toBe(0);
@@ -355,7 +359,7 @@ describe('task-broker admin', () => {
     expect(revoked.stdout).toMatch(new RegExp(`^ended by: +${ADMIN_ID}$`, 'm'));
     expect(revoked.stdout).toMatch(/^end reason: +compromised host$/m);
 
-    const verified = await api.verifyToken({ token });
+    const verified = await api.verifyToken({ token, presenterCertThumbprint });
     expect(verified).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_REVOKED' });
     expect((await requester.getTask(taskId)).task?.state).toBe('TASK_STATE_REVOKED');
 
@@ -365,7 +369,7 @@ describe('task-broker admin', () => {
     expect(again.stdout).toBe('');
   });
 
-  it('revoke-workload revokes every live task of the workloads a pattern selects, and nothing else', async () => {
+  it('revoke-workload revokes every live task of the workloads a pattern selects, and nothing else', { timeout: cliTimeout(2) }, async () => {
     const a1 = await newTask(jobA);
     const a2 = await newTask(jobA);
     const { token } = await jobA.issueToken({ taskId: a1 });
@@ -392,7 +396,7 @@ describe('task-broker admin', () => {
     expect(jsonOf(await admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--json']))).toEqual({ revokedTasks: 0, revokedTokens: 0, taskIds: [] });
   });
 
-  it('rotate-signing-key makes a new key active and publishes it in the JWKS next to the retired one', async () => {
+  it('rotate-signing-key makes a new key active and publishes it in the JWKS next to the retired one', { timeout: cliTimeout(2) }, async () => {
     const before = await jwksKids();
     const rotated = jsonOf<{ kid: string; retiredKid: string }>(await admin(['rotate-signing-key', '--json']));
     expect(before).not.toContain(rotated.kid);
@@ -423,8 +427,9 @@ describe('task-broker admin', () => {
       admin(['approve-task', '--task', own]),
       admin(['audit-trail', '--task', UNKNOWN_TASK]),
       admin(['revoke-task', '--task', UNKNOWN_TASK, '--json']),
-      admin(['list-tasks', '--broker', '127.0.0.1:1', '--timeout', '5s']),
-      admin(['list-tasks', '--broker-id', 'spiffe://example.org/not-the-broker', '--timeout', '5s']),
+      // Refused at once (UNAVAILABLE); the --timeout only catches a hang, and is still parsed.
+      admin(['list-tasks', '--broker', '127.0.0.1:1', '--timeout', '45s']),
+      admin(['list-tasks', '--broker-id', 'spiffe://example.org/not-the-broker', '--timeout', '45s']),
       admin(['rotate-signing-key', '--svid-cert', join(dir, 'no-such.pem')]),
     ]);
     const expectations: Array<[CliResult, number, RegExp]> = [

@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
-import { runCli, startCli } from '../helpers/cli.js';
+import { CLI_TIMEOUT_MS, cliTimeout, runCli, startCli } from '../helpers/cli.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -23,7 +23,7 @@ afterAll(async () => {
 });
 
 describe('task-broker CLI', () => {
-  it('prints its commands with --help and exits 0; an unknown command exits 2', async () => {
+  it('prints its commands with --help and exits 0; an unknown command exits 2', { timeout: cliTimeout(2) }, async () => {
     const help = await runCli(['--help']);
     expect(help.code).toBe(0);
     for (const command of ['serve', 'dev', 'migrate', 'dev-ca init', 'dev-ca mint']) expect(help.stdout).toContain(command);
@@ -32,7 +32,7 @@ describe('task-broker CLI', () => {
     expect(unknown.stderr).toMatch(/unknown command "frobnicate"/);
   });
 
-  it('every command has --help', async () => {
+  it('every command has --help', { timeout: cliTimeout(5) }, async () => {
     for (const command of [['serve'], ['dev'], ['migrate'], ['dev-ca', 'init'], ['dev-ca', 'mint']]) {
       const result = await runCli([...command, '--help']);
       expect(result.code, command.join(' ')).toBe(0);
@@ -40,7 +40,7 @@ describe('task-broker CLI', () => {
     }
   });
 
-  it('dev-ca init and mint write a CA and an EC P-256 SVID with private keys readable by the owner only', async () => {
+  it('dev-ca init and mint write a CA and an EC P-256 SVID with private keys readable by the owner only', { timeout: cliTimeout(5) }, async () => {
     const ca = join(dir, 'pki');
     const init = await runCli(['dev-ca', 'init', '--dir', ca, '--trust-domain', 'example.org']);
     expect(init.code, init.stderr).toBe(0);
@@ -65,7 +65,7 @@ describe('task-broker CLI', () => {
     expect(bad.stderr).toMatch(/dot segments/);
   });
 
-  it('serve refuses to start without its SVID or a bundle, exiting 2 with the reason', async () => {
+  it('serve refuses to start without its SVID or a bundle, exiting 2 with the reason', { timeout: cliTimeout(5) }, async () => {
     const noSvid = await runCli(['serve', '--bundle', 'example.org=/x.pem'], { env: { TASK_BROKER_SVID_CERT: '', TASK_BROKER_SVID_KEY: '' } });
     expect(noSvid.code).toBe(2);
     expect(noSvid.stderr).toMatch(/--svid-cert and --svid-key/);
@@ -83,11 +83,17 @@ describe('task-broker CLI', () => {
     expect(badFlag.stderr).toMatch(/Unknown option '--no-such-flag'/);
   });
 
-  it('serve answers WhoAmI, health and reflection over mTLS, and exits 0 on SIGTERM', async () => {
+  // Steps: three dev-ca runs, two log lines, the exit after SIGTERM.
+  it('serve answers WhoAmI, health and reflection over mTLS, and exits 0 on SIGTERM', { timeout: cliTimeout(6) }, async () => {
     const ca = join(dir, 'serve-pki');
-    expect((await runCli(['dev-ca', 'init', '--dir', ca, '--trust-domain', 'example.org'])).code).toBe(0);
-    expect((await runCli(['dev-ca', 'mint', '--dir', ca, '--spiffe-id', 'spiffe://example.org/task-broker', '--name', 'broker'])).code).toBe(0);
-    expect((await runCli(['dev-ca', 'mint', '--dir', ca, '--spiffe-id', 'spiffe://example.org/w', '--name', 'w'])).code).toBe(0);
+    for (const args of [
+      ['dev-ca', 'init', '--dir', ca, '--trust-domain', 'example.org'],
+      ['dev-ca', 'mint', '--dir', ca, '--spiffe-id', 'spiffe://example.org/task-broker', '--name', 'broker'],
+      ['dev-ca', 'mint', '--dir', ca, '--spiffe-id', 'spiffe://example.org/w', '--name', 'w'],
+    ]) {
+      const result = await runCli(args);
+      expect(result.code, result.stderr).toBe(0);
+    }
 
     const policyPath = join(dir, 'serve-policy.yaml');
     await writeFile(policyPath, 'version: 1\nadmins: []\nrules: []\n');
@@ -121,20 +127,21 @@ describe('task-broker CLI', () => {
       expect(await healthOf(address, credentials, 'taskbroker.v1.TaskBroker')).toBe('SERVING');
       expect(await reflectedServices(address, credentials)).toEqual(expect.arrayContaining(['taskbroker.v1.TaskBroker', 'grpc.health.v1.Health']));
 
-      // A client expecting a different broker ID refuses the connection.
+      // A client expecting a different broker ID refuses the connection. The refusal ends the call
+      // (UNAVAILABLE) as soon as the handshake fails; the deadline only catches a hang.
       const wrong = BrokerClient.withSvid(address, { ...svid, serverId: 'spiffe://example.org/not-the-broker' });
-      await expect(wrong.whoAmI({ deadlineMs: 3_000 })).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
+      await expect(wrong.whoAmI({ deadlineMs: 60_000 })).rejects.toMatchObject({ code: grpc.status.UNAVAILABLE });
       wrong.close();
 
       broker.child.kill('SIGTERM');
-      expect(await broker.exited).toBe(0);
+      expect(await broker.exited, broker.stderr()).toBe(0);
       expect(broker.stdout()).toMatch(/"msg":"stopped"/);
     } finally {
       broker.child.kill('SIGKILL');
     }
   });
 
-  it('migrate applies the migrations to an embedded database once, and --status lists them', async () => {
+  it('migrate applies the migrations to an embedded database once, and --status lists them', { timeout: cliTimeout(4) }, async () => {
     const dataDir = join(dir, 'migrate-data');
     const first = await runCli(['migrate', '--data-dir', dataDir]);
     expect(first.code, first.stderr).toBe(0);
@@ -149,8 +156,9 @@ describe('task-broker CLI', () => {
     expect(unreachable.stderr).not.toContain('secret');
   });
 
-  it('dev runs the main job end to end', async () => {
-    const result = await runCli(['dev', '--dir', join(dir, 'dev')], { timeoutMs: 120_000 });
+  // One process doing the work of several: a broker, its database, a dozen calls.
+  it('dev runs the main job end to end', { timeout: cliTimeout(2) }, async () => {
+    const result = await runCli(['dev', '--dir', join(dir, 'dev')], { timeoutMs: 2 * CLI_TIMEOUT_MS });
     expect(result.code, result.stderr).toBe(0);
     const out = result.stdout;
     expect(out).toMatch(/verified: spiffe:\/\/example.org\/ns\/demo\/sa\/worker/);

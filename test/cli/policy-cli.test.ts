@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../helpers/cli.js';
+import { cliTimeout, runCli } from '../helpers/cli.js';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/policy.yaml', import.meta.url));
 const WORKER = 'spiffe://example.org/ns/billing/sa/worker';
@@ -39,7 +39,7 @@ describe('task-broker policy check', () => {
     expect(result.stdout).toContain('ALLOW by rule "partner-reports" (approval required: yes; token ttl capped at 60s)');
   });
 
-  it('denies with the reason: exit 3', async () => {
+  it('denies with the reason: exit 3', { timeout: cliTimeout(3) }, async () => {
     const action = await check('--policy', EXAMPLE, '--caller', WORKER, '--action', 'invoice.delete', '--audience', INVOICES);
     expect(action.code, action.stderr).toBe(3);
     expect(action.stdout).toContain('DENY: rule "billing-export": action "invoice.delete" is not allowed');
@@ -53,7 +53,7 @@ describe('task-broker policy check', () => {
     expect(stranger.stdout).toContain('DENY: no rule matches caller spiffe://other.org/x');
   });
 
-  it('prints the decision as one JSON object with --json', async () => {
+  it('prints the decision as one JSON object with --json', { timeout: cliTimeout(2) }, async () => {
     const allow = await check('--policy', EXAMPLE, '--caller', WORKER, '--action', 'invoice.export', '--audience', INVOICES, '--json');
     expect(allow.code, allow.stderr).toBe(0);
     const allowed = JSON.parse(allow.stdout) as Record<string, unknown>;
@@ -64,7 +64,7 @@ describe('task-broker policy check', () => {
     expect(JSON.parse(deny.stdout)).toEqual({ allowed: false, reason: 'rule "billing-export": scope "invoices:write" is not allowed', policyDigest: allowed.policyDigest });
   });
 
-  it('checks admins with --admin (no --action or --audience needed)', async () => {
+  it('checks admins with --admin (no --action or --audience needed)', { timeout: cliTimeout(2) }, async () => {
     const admin = await check('--policy', EXAMPLE, '--caller', 'spiffe://example.org/ns/platform/sa/oncall/alice', '--admin');
     expect(admin.code, admin.stderr).toBe(0);
     expect(admin.stdout).toContain('ALLOW: spiffe://example.org/ns/platform/sa/oncall/alice is an admin (admins entry "spiffe://example.org/ns/platform/sa/oncall/**")');
@@ -74,7 +74,7 @@ describe('task-broker policy check', () => {
     expect(JSON.parse(notAdmin.stdout)).toMatchObject({ allowed: false, reason: `caller ${WORKER} is not an admin` });
   });
 
-  it('exits 1 with the PolicyError on stderr for a broken or missing policy file', async () => {
+  it('exits 1 with the PolicyError on stderr for a broken or missing policy file', { timeout: cliTimeout(2) }, async () => {
     const broken = join(dir, 'broken.yaml');
     await writeFile(broken, 'version: 1\nrules:\n  - name: x\n    callers: { spiffe_ids: ["spiffe://example.org/a"] }\n    actions: ["*"]\n    audiences: ["spiffe://example.org/ns/*-x"]\n    scopes: ["*"]\n');
     const result = await check('--policy', broken, '--caller', WORKER, '--action', 'a', '--audience', INVOICES);
@@ -87,7 +87,7 @@ describe('task-broker policy check', () => {
     expect(missing.stderr).toMatch(/cannot read the policy file: ENOENT/);
   });
 
-  it('exits 2 on usage errors: a missing flag, a bad SPIFFE ID, a bad --ttl', async () => {
+  it('exits 2 on usage errors: a missing flag, a bad SPIFFE ID, a bad --ttl', { timeout: cliTimeout(4) }, async () => {
     const noAction = await check('--policy', EXAMPLE, '--caller', WORKER, '--audience', INVOICES);
     expect(noAction.code).toBe(2);
     expect(noAction.stderr).toContain('--action is required');

@@ -9,7 +9,24 @@ import { migrate } from '../../src/store/migrate.js';
 
 export const STORES: StoreKind[] = ['postgres', 'pglite'];
 
-const ADMIN_URL = process.env.TASK_BROKER_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+/** A superuser's URL on the test server (trust auth on CI: no passwords). */
+export const ADMIN_URL = process.env.TASK_BROKER_TEST_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+
+/** The URL of `database` on the test server, as `user` (default: the admin URL's user). */
+export function pgUrl(database: string, user?: string): string {
+  const url = new URL(ADMIN_URL);
+  url.pathname = `/${database}`;
+  if (user !== undefined) {
+    url.username = user;
+    url.password = '';
+  }
+  return url.toString();
+}
+
+/** A name no other test run uses (a database or role name: lower case, digits, underscores). */
+export function uniqueName(prefix: string): string {
+  return `${prefix}_${Date.now().toString(36)}_${randomBytes(4).toString('hex')}`;
+}
 
 export interface TestDatabase {
   kind: StoreKind;
@@ -21,8 +38,9 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-async function adminQuery(text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: ADMIN_URL });
+/** Runs `text` (one or more statements) as the admin, on `database` (default: the admin URL's). */
+export async function adminQuery(text: string, database?: string): Promise<void> {
+  const client = new pg.Client({ connectionString: database === undefined ? ADMIN_URL : pgUrl(database) });
   await client.connect();
   try {
     await client.query(text);
@@ -36,9 +54,9 @@ export async function createTestDatabase(kind: StoreKind, dataDir?: string): Pro
   if (kind === 'pglite') {
     return { kind, dataDir, open: () => openStore({ dataDir }), drop: () => Promise.resolve() };
   }
-  const name = `tb_test_${Date.now().toString(36)}_${randomBytes(4).toString('hex')}`;
+  const name = uniqueName('tb_test');
   await adminQuery(`CREATE DATABASE ${name}`);
-  const url = ADMIN_URL.replace(/\/[^/]*$/, `/${name}`);
+  const url = pgUrl(name);
   return {
     kind,
     url,

@@ -28,11 +28,14 @@ rules:
 const decide = (policy: Policy | undefined, action: string) =>
   policy?.decide({ caller: SpiffeId.parse(WORKER), action, audience: AUDIENCE, scopes: [] });
 
-/** Polls `condition` every 10 ms until it holds, failing after `timeoutMs`. */
-async function waitFor(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
+/**
+ * Polls `condition` every 10 ms until it holds. The change it waits for ends the wait; the timeout
+ * (well below the test's) only catches a watcher that never delivers, however loaded the machine.
+ */
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }

@@ -29,6 +29,17 @@ describe.each(STORES)('migrations on %s', (kind) => {
     await database.drop();
   });
 
+  it('reading the status never writes: on a new database every migration is pending, in a read-only transaction, and nothing is created', async () => {
+    const all = await loadMigrations();
+    const status = await store.db.transaction().execute(async (tx) => {
+      await sql`set transaction read only`.execute(tx);
+      return migrationStatus(tx);
+    });
+    expect(status).toEqual({ applied: [], pending: all.map((m) => m.version) });
+    const tables = await sql<{ n: number }>`select count(*)::int as n from information_schema.tables where table_schema = 'public'`.execute(store.db);
+    expect(tables.rows[0]?.n).toBe(0);
+  });
+
   it('applies every migration once, creates the tables, and is a no-op the second time', async () => {
     const all = await loadMigrations();
     expect(all.length).toBeGreaterThan(0);
@@ -36,6 +47,13 @@ describe.each(STORES)('migrations on %s', (kind) => {
     expect(await migrate(store.db)).toEqual(all.map((m) => m.version));
     expect(await migrate(store.db)).toEqual([]);
     expect(await migrationStatus(store.db)).toEqual({ applied: all.map((m) => m.version), pending: [] });
+    // Also read-only once the table exists.
+    expect(
+      await store.db.transaction().execute(async (tx) => {
+        await sql`set transaction read only`.execute(tx);
+        return migrationStatus(tx);
+      }),
+    ).toEqual({ applied: all.map((m) => m.version), pending: [] });
     const tables = await sql<{ table_name: string }>`select table_name from information_schema.tables where table_schema = 'public' order by table_name`.execute(store.db);
     expect(tables.rows.map((r) => r.table_name)).toEqual(['audit_chains', 'audit_events', 'schema_migrations', 'signing_keys', 'tasks', 'tokens']);
   });

@@ -5,13 +5,33 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_ADMISSION_LIMITS } from '../../src/api/admission.js';
 import { verifyTaskTrail } from '../../src/audit/audit.js';
 import type { BrokerClient } from '../../src/client/broker-client.js';
 import { STORES } from '../helpers/db.js';
 import { API, startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
 
 const TASKS = 1_000;
-const CONCURRENCY = 50;
+/**
+ * Calls one caller has in flight at once: as many as the broker admits from one SPIFFE ID (more
+ * would be refused with RESOURCE_EXHAUSTED, by design). The race runs 4 calls per task at once
+ * (three IssueToken and the end of the task), so a quarter as many tasks race together.
+ */
+const IN_FLIGHT = DEFAULT_ADMISSION_LIMITS.maxInFlightPerCaller;
+const RACE_CALLS = 4;
+const CONCURRENCY = Math.floor(IN_FLIGHT / RACE_CALLS);
+/**
+ * Each call may wait behind the others in flight (on PGlite, one connection, all of them): on a
+ * loaded machine that alone once took over 10 s, the client's default deadline. A call's deadline
+ * only catches a stuck broker, so it is far above that.
+ */
+const CALL = { deadlineMs: 120_000 };
+/**
+ * The test's budget, scaled from its work: at most 8 calls per task (create, three IssueToken,
+ * complete or cancel, a VerifyToken per token) at a generous 100 ms each (about 15 ms on PGlite
+ * on a loaded CI machine), plus one call deadline.
+ */
+const TEST_TIMEOUT_MS = TASKS * 8 * 100 + CALL.deadlineMs;
 
 async function inBatches<T>(items: T[], size: number, fn: (item: T) => Promise<void>): Promise<void> {
   for (let i = 0; i < items.length; i += size) await Promise.all(items.slice(i, i + size).map(fn));
@@ -32,8 +52,8 @@ describe.each(STORES)('IssueToken racing the end of the task, %s', (kind) => {
   it(`${TASKS} tasks: no token survives its task`, async () => {
     const indexes = Array.from({ length: TASKS }, (_, i) => i);
     const taskIds: string[] = [];
-    await inBatches(indexes, CONCURRENCY, async () => {
-      const { task } = await worker.createTask({ spec: { action: 'race', audience: API, scopes: ['s'], resources: [], ttl: { seconds: 600 } } });
+    await inBatches(indexes, IN_FLIGHT, async () => {
+      const { task } = await worker.createTask({ spec: { action: 'race', audience: API, scopes: ['s'], resources: [], ttl: { seconds: 600 } } }, CALL);
       taskIds.push(task!.taskId);
     });
     expect(taskIds).toHaveLength(TASKS);
@@ -43,17 +63,17 @@ describe.each(STORES)('IssueToken racing the end of the task, %s', (kind) => {
     await inBatches(taskIds, CONCURRENCY, async (taskId) => {
       const i = taskIds.indexOf(taskId);
       const issue = () =>
-        worker.issueToken({ taskId }).then(
+        worker.issueToken({ taskId }, CALL).then(
           (r) => {
             tokens.push(r.token);
             outcomes.issued++;
           },
           (err: grpc.ServiceError) => {
-            expect(err.code).toBe(grpc.status.FAILED_PRECONDITION);
+            expect(err.code, err.message).toBe(grpc.status.FAILED_PRECONDITION);
             outcomes.refused++;
           },
         );
-      const end = () => (i % 2 === 0 ? worker.completeTask(taskId, 'done') : worker.cancelTask(taskId, 'stop')).then(() => void outcomes.ended++);
+      const end = () => (i % 2 === 0 ? worker.completeTask(taskId, 'done', CALL) : worker.cancelTask(taskId, 'stop', CALL)).then(() => void outcomes.ended++);
       // The end of the task is sent between token requests, so both orders happen.
       await Promise.all([issue(), issue(), end(), issue()]);
     });
@@ -81,8 +101,10 @@ describe.each(STORES)('IssueToken racing the end of the task, %s', (kind) => {
     expect(Number(late.n)).toBe(0);
 
     const valid: string[] = [];
-    await inBatches(tokens, CONCURRENCY, async (token) => {
-      const res = await api.verifyToken({ token });
+    // Presented by the worker the tokens are bound to: only revocation may make them invalid.
+    const presenterCertThumbprint = (await worker.whoAmI(CALL)).certThumbprint;
+    await inBatches(tokens, IN_FLIGHT, async (token) => {
+      const res = await api.verifyToken({ token, presenterCertThumbprint }, CALL);
       if (res.valid) valid.push(token);
       else expect(res.reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
     });
@@ -90,5 +112,5 @@ describe.each(STORES)('IssueToken racing the end of the task, %s', (kind) => {
     expect(tokens.length).toBe(outcomes.issued);
 
     for (const taskId of taskIds.slice(0, 25)) expect((await verifyTaskTrail(db, taskId)).ok).toBe(true);
-  }, 300_000);
+  }, TEST_TIMEOUT_MS);
 });
