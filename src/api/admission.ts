@@ -13,8 +13,19 @@ import type { BrokerMetrics } from '../observability/metrics.js';
 import { callerOf } from '../transport/caller.js';
 
 export interface AdmissionLimits {
-  /** Calls one SPIFFE ID may have in flight at once. */
+  /** Calls one SPIFFE ID may have in flight at once (running or waiting its turn); beyond that RESOURCE_EXHAUSTED. */
   maxInFlightPerCaller: number;
+  /**
+   * Calls of one SPIFFE ID that run at once while other callers run or wait (alone, a caller may
+   * use every active slot); the rest of its admitted calls wait their turn in the broker, in
+   * order. Keeps one caller from taking more than its share of the event loop and the database.
+   */
+  maxActivePerCaller: number;
+  /**
+   * Calls that run at once in the whole replica; more wait their turn, callers served in turn.
+   * About what the event loop and the database pool can work on together without queueing.
+   */
+  maxActive: number;
   /** Sustained calls per second one SPIFFE ID may make; 0: no rate limit. */
   callerRatePerSecond: number;
   /** How many calls above the rate a caller may make in a burst (token bucket size). */
@@ -23,17 +34,24 @@ export interface AdmissionLimits {
   maxInFlight: number;
   /** Requests that may wait for a database connection before new calls are shed. */
   maxDatabaseQueue: number;
+  /** How long a call over its caller's quota waits before its RESOURCE_EXHAUSTED (at most its retry hint); 0: at once. */
+  refusalDelayMs: number;
 }
 
 export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = {
   maxInFlightPerCaller: 32,
+  maxActivePerCaller: 2,
+  maxActive: 8,
   callerRatePerSecond: 0,
   callerBurst: 0,
   maxInFlight: 512,
   maxDatabaseQueue: 64,
+  refusalDelayMs: 100,
 };
 
 export const RETRY_PUSHBACK_HEADER = 'grpc-retry-pushback-ms';
+/** A caller counts as alone in the broker once no other caller has started a call for this long. */
+const ALONE_AFTER_MS = 1_000;
 /** Token buckets kept for callers at most; the idlest are forgotten first (a full bucket is no loss). */
 const MAX_BUCKETS = 10_000;
 
@@ -51,11 +69,29 @@ interface Bucket {
   at: number;
 }
 
+/** One caller's calls: how many are admitted, how many run, and who waits for a turn. */
+interface CallerCalls {
+  inFlight: number;
+  active: number;
+  waiting: Array<() => void>;
+}
+
+/** An admitted call: it runs once `whenActive` fires; `release` once it ended (or was cancelled while waiting). */
+export interface AdmissionSlot {
+  whenActive(run: () => void): void;
+  release(): void;
+}
+
 export type Refusal = { code: grpc.status; details: string; retryAfterMs: number; reason: 'caller-in-flight' | 'caller-rate' | 'broker-in-flight' | 'database-queue' };
 
 export class CallAdmission {
   readonly limits: AdmissionLimits;
-  readonly #inFlight = new Map<string, number>();
+  readonly #callers = new Map<string, CallerCalls>();
+  /** Callers with calls waiting for a turn, in the order their turn comes (a Set keeps insertion order). */
+  readonly #turns = new Set<string>();
+  #active = 0;
+  /** The two callers that most recently started a call, and when. */
+  #recent: Array<{ caller: string; at: number }> = [];
   readonly #buckets = new Map<string, Bucket>();
   readonly #metrics: BrokerMetrics | undefined;
   readonly #databaseQueue: () => number;
@@ -70,15 +106,20 @@ export class CallAdmission {
     this.#prefixes = options.services.map((s) => `/${s}/`);
   }
 
-  /** Calls in flight now, all callers together. */
+  /** Calls in flight now (running or waiting their turn), all callers together. */
   get inFlight(): number {
     return this.#total;
   }
 
-  /** Takes a slot for `caller`, or says why not. The returned release must be called exactly once. */
-  admit(caller: string): { release(): void } | Refusal {
-    const mine = this.#inFlight.get(caller) ?? 0;
-    if (mine >= this.limits.maxInFlightPerCaller) {
+  /** Calls running now. */
+  get active(): number {
+    return this.#active;
+  }
+
+  /** Takes a slot for `caller`, or says why not. The slot must be released exactly once. */
+  admit(caller: string): AdmissionSlot | Refusal {
+    const calls = this.#callers.get(caller) ?? { inFlight: 0, active: 0, waiting: [] };
+    if (calls.inFlight >= this.limits.maxInFlightPerCaller) {
       return { code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-in-flight', retryAfterMs: 100, details: `too many calls in flight for ${caller}: at most ${this.limits.maxInFlightPerCaller} at once` };
     }
     if (this.#total >= this.limits.maxInFlight) {
@@ -91,19 +132,93 @@ export class CallAdmission {
     if (wait > 0) {
       return { code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-rate', retryAfterMs: wait, details: `${caller} is over its rate of ${this.limits.callerRatePerSecond} calls per second` };
     }
-    this.#inFlight.set(caller, mine + 1);
+    calls.inFlight += 1;
+    this.#callers.set(caller, calls);
     this.#total += 1;
-    let released = false;
+    let state: 'new' | 'waiting' | 'active' | 'released' = 'new';
+    let turn: (() => void) | undefined;
     return {
+      whenActive: (run) => {
+        if (state !== 'new') return;
+        turn = () => {
+          state = 'active';
+          calls.active += 1;
+          this.#active += 1;
+          this.#noteActivity(caller);
+          run();
+        };
+        // Straight in when there is room and nobody waits; otherwise in line, served in turns.
+        if (this.#turns.size === 0 && this.#active < this.limits.maxActive && this.#mayRunAnother(caller, calls)) {
+          turn();
+          return;
+        }
+        state = 'waiting';
+        calls.waiting.push(turn);
+        this.#turns.add(caller);
+        this.#dispatch();
+      },
       release: () => {
-        if (released) return;
-        released = true;
+        if (state === 'released') return;
+        if (state === 'waiting' && turn) {
+          calls.waiting.splice(calls.waiting.indexOf(turn), 1);
+          if (calls.waiting.length === 0) this.#turns.delete(caller);
+        }
+        const wasActive = state === 'active';
+        state = 'released';
         this.#total -= 1;
-        const left = (this.#inFlight.get(caller) ?? 1) - 1;
-        if (left <= 0) this.#inFlight.delete(caller);
-        else this.#inFlight.set(caller, left);
+        calls.inFlight -= 1;
+        if (wasActive) {
+          calls.active -= 1;
+          this.#active -= 1;
+        }
+        if (calls.inFlight === 0) this.#callers.delete(caller);
+        if (wasActive) this.#dispatch();
       },
     };
+  }
+
+  /**
+   * A caller runs up to maxActivePerCaller calls at once; alone in the broker (nobody else
+   * running or waiting) it may use every active slot, so one busy client still gets the whole
+   * replica when nobody else needs it.
+   */
+  #mayRunAnother(caller: string, calls: CallerCalls): boolean {
+    if (calls.active < this.limits.maxActivePerCaller) return true;
+    // "Alone" must hold for a while: a closed-loop client pauses between its calls, and a burst
+    // that takes every slot in that pause would make its next call wait behind all of them.
+    const other = this.#recent.find((r) => r.caller !== caller);
+    return other === undefined || performance.now() - other.at > ALONE_AFTER_MS;
+  }
+
+  /** Remembers that `caller` started a call (the two most recent distinct callers are kept). */
+  #noteActivity(caller: string): void {
+    const now = performance.now();
+    if (this.#recent[0]?.caller === caller) this.#recent[0].at = now;
+    else this.#recent = [{ caller, at: now }, ...this.#recent.slice(0, 1)];
+  }
+
+  /**
+   * Gives free active slots to waiting calls, one caller at a time in turn (round robin over the
+   * callers that wait), so a caller with a thousand queued calls and one with a single call each
+   * get the next slot in their turn: the single call never waits behind the thousand.
+   */
+  #dispatch(): void {
+    let skipped = 0;
+    while (this.#active < this.limits.maxActive && this.#turns.size > 0 && skipped < this.#turns.size) {
+      const caller = this.#turns.values().next().value as string;
+      this.#turns.delete(caller);
+      const calls = this.#callers.get(caller);
+      if (!calls || calls.waiting.length === 0) continue;
+      if (!this.#mayRunAnother(caller, calls)) {
+        this.#turns.add(caller); // at its own limit: back of the line, try the next caller
+        skipped += 1;
+        continue;
+      }
+      skipped = 0;
+      const next = calls.waiting.shift();
+      if (calls.waiting.length > 0) this.#turns.add(caller); // back of the line for its next turn
+      next?.();
+    }
   }
 
   /** 0 when the caller may go now, else milliseconds until its bucket holds a token. */
@@ -132,7 +247,8 @@ export class CallAdmission {
   interceptor(): grpc.ServerInterceptor {
     return (descriptor, call) => {
       if (!this.#prefixes.some((p) => descriptor.path.startsWith(p))) return new grpc.ServerInterceptingCall(call);
-      let slot: { release(): void } | undefined;
+      let slot: AdmissionSlot | undefined;
+      let paused: NodeJS.Timeout | undefined;
       const release = () => slot?.release();
       return new grpc.ServerInterceptingCall(call, {
         start: (next) => {
@@ -148,15 +264,29 @@ export class CallAdmission {
               const admitted = this.admit(caller);
               if ('release' in admitted) {
                 slot = admitted;
-                nextMetadata(metadata);
+                // Its turn may come later: grpc-js holds the request until the metadata is passed on.
+                admitted.whenActive(() => nextMetadata(metadata));
                 return;
               }
               this.#metrics?.callsShed.inc({ reason: admitted.reason });
               const trailers = new grpc.Metadata();
               trailers.set(RETRY_PUSHBACK_HEADER, String(admitted.retryAfterMs));
-              call.sendStatus({ code: admitted.code, details: `${admitted.details}; retry after ${admitted.retryAfterMs} ms`, metadata: trailers });
+              const refuse = () => call.sendStatus({ code: admitted.code, details: `${admitted.details}; retry after ${admitted.retryAfterMs} ms`, metadata: trailers });
+              // A caller over its own quota is answered after a short pause, not at once: a client
+              // that fires thousands of calls then sends them at the pace of its own stream limit
+              // instead of spinning both sides' CPU on refusals, which is what would slow everyone
+              // else. The pause holds only the caller's own stream (bounded per connection).
+              const pause = admitted.code === grpc.status.RESOURCE_EXHAUSTED ? Math.min(this.limits.refusalDelayMs, admitted.retryAfterMs) : 0;
+              if (pause <= 0) {
+                refuse();
+                return;
+              }
+              paused = setTimeout(refuse, pause);
             },
-            onCancel: release,
+            onCancel: () => {
+              clearTimeout(paused);
+              release();
+            },
           });
         },
         sendStatus: (status, next) => {

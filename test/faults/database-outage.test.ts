@@ -76,10 +76,10 @@ async function query<T extends pg.QueryResultRow>(text: string, values: unknown[
 }
 
 /** Resolves when `fn` holds, checking every 25 ms; rejects after `limitMs` (a hang, not a slow machine). */
-async function until(fn: () => Promise<boolean>, limitMs: number, what: string): Promise<number> {
+async function until(fn: () => boolean | Promise<boolean>, limitMs: number, what: string): Promise<number> {
   const t0 = Date.now();
   for (;;) {
-    if (await fn().catch(() => false)) return Date.now() - t0;
+    if (await Promise.resolve().then(fn).catch(() => false)) return Date.now() - t0;
     if (Date.now() - t0 > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -97,11 +97,11 @@ describe('database restart and outage under load', () => {
     const figures: Record<string, unknown> = {};
     try {
       // Some load first, then a fast restart while calls are in flight.
-      await until(async () => load.outcomes.filter((o) => o.code === grpc.status.OK).length >= 60, 60_000, 'load warm-up');
+      await until(() => load.outcomes.filter((o) => o.code === grpc.status.OK).length >= 60, 60_000, 'load warm-up');
       const restartAt = Date.now() - load.startedAt;
       await cluster.restart('fast');
       const backAfterRestart = Date.now() - load.startedAt;
-      figures.restartBackWithinMs = await until(async () => load.outcomes.some((o) => o.code === grpc.status.OK && o.at >= backAfterRestart), 30_000, 'service after the restart');
+      figures.restartBackWithinMs = await until(() => load.outcomes.some((o) => o.code === grpc.status.OK && o.at >= backAfterRestart), 30_000, 'service after the restart');
 
       // Stopped for 10 s: every call fails with a retryable code, at once; /readyz says 503.
       await cluster.stop('fast');
@@ -118,7 +118,7 @@ describe('database restart and outage under load', () => {
       await cluster.start();
       const upAt = Date.now();
       const perReplica = await Promise.all(
-        replicas.map((_, i) => until(async () => load.outcomes.some((o) => o.replica === i && o.code === grpc.status.OK && o.at + load.startedAt >= upAt), 10_000, `replica ${i} serving again`)),
+        replicas.map((_, i) => until(() => load.outcomes.some((o) => o.replica === i && o.code === grpc.status.OK && o.at + load.startedAt >= upAt), 10_000, `replica ${i} serving again`)),
       );
       figures.resumeAfterDatabaseUpMs = perReplica;
       for (const ms of perReplica) expect(ms).toBeLessThan(2_000);
@@ -171,7 +171,7 @@ describe('database restart and outage under load', () => {
     const starting = startServe({ pki, databaseUrl, policyYaml: POLICY, kek, env: { TASK_BROKER_DATABASE_WAIT: '90s' }, startTimeoutMs: 100_000, onSpawn: (c) => (spawned = c) });
     starting.catch(() => undefined);
     // Event-driven: the second failed attempt is logged with its backoff, and the process is still there.
-    await until(async () => spawned !== undefined, 10_000, 'spawned');
+    await until(() => spawned !== undefined, 10_000, 'spawned');
     const waiting = await spawned!.waitForLog((l) => l.msg === 'database not reachable yet; retrying' && Number(l.attempt) >= 2, 60_000);
     expect(waiting).toMatchObject({ level: 'warn', retryInMs: expect.any(Number) });
     await cluster.start();

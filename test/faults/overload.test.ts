@@ -1,0 +1,174 @@
+/**
+ * Issue 8, overload, against a real `task-broker serve` on PostgreSQL: 10,000 concurrent calls
+ * from one identity get RESOURCE_EXHAUSTED (with a retry hint) for what exceeds its share, never
+ * INTERNAL or a timeout; other identities keep their latency (p99 within 2x of their baseline);
+ * readiness stays about the replica, not about one client's burst. (Runs dist/: build first.)
+ */
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import type { BrokerClient } from '../../src/client/broker-client.js';
+import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
+import { createServePki, startServe, type ServePki, type ServeProcess } from '../helpers/serve-process.js';
+import { sample } from '../ops/helpers.js';
+import { taskSpec } from './load.js';
+
+const TD = 'example.org';
+const FLOOD = `spiffe://${TD}/ns/faults/sa/flood`;
+const OTHERS = [`spiffe://${TD}/ns/faults/sa/steady-1`, `spiffe://${TD}/ns/faults/sa/steady-2`];
+const AUDIENCE = `spiffe://${TD}/ns/billing/sa/invoice-api`;
+const POLICY = `
+version: 1
+rules:
+  - name: fault-workers
+    callers:
+      spiffe_ids: ["spiffe://${TD}/ns/faults/**"]
+    actions: ["invoice.export"]
+    audiences: ["spiffe://${TD}/ns/billing/**"]
+    scopes: ["invoices:read"]
+`;
+const FLOOD_CALLS = Number(process.env.FLOOD_CALLS_OVERRIDE ?? 10_000);
+const FLOOD_CLIENT = fileURLToPath(new URL('./flood-client.js', import.meta.url));
+
+let dir: string;
+let pki: ServePki;
+let database: TestDatabase;
+let replica: ServeProcess;
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'tb-faults-overload-'));
+  [pki, database] = await Promise.all([
+    (async () => {
+      const made = await createServePki(join(dir, 'pki'), TD);
+      await Promise.all([FLOOD, ...OTHERS].map((id) => made.svid(id)));
+      return made;
+    })(),
+    createTestDatabase('postgres'),
+  ]);
+  replica = await startServe({ pki, databaseUrl: database.url, policyYaml: POLICY, env: { TASK_BROKER_LOG_LEVEL: 'info' } });
+}, 180_000);
+
+afterAll(async () => {
+  await replica?.stop('SIGKILL');
+  await database?.drop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** `concurrency` closed loops of GetTask on one task until `calls` calls are done; latencies in ms. */
+async function steadyLoad(client: BrokerClient, taskId: string, calls: number, concurrency: number): Promise<number[]> {
+  const latencies: number[] = [];
+  let left = calls;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (left-- > 0) {
+        const t0 = performance.now();
+        await client.getTask(taskId, { deadlineMs: 30_000 });
+        latencies.push(performance.now() - t0);
+      }
+    }),
+  );
+  return latencies;
+}
+
+/** CPU time (user + system) a process has used, from /proc. */
+async function processCpuMs(pid: number): Promise<number> {
+  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).replace(/^.*\) /s, '').split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
+
+function p99(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.99))] ?? NaN;
+}
+
+interface FloodRound {
+  counts: Record<string, number>;
+  withPushback: number;
+  baseline: number[];
+  during: number[];
+  readyDuring: number;
+  figures: Record<string, unknown>;
+}
+
+/** One round: the steady callers' baseline, then the burst (from a process of its own) with the same steady load beside it. */
+async function floodRound(steady: BrokerClient[], tasks: string[]): Promise<FloodRound> {
+  const baseline = (await Promise.all(steady.map((c, i) => steadyLoad(c, tasks[i]!, 300, 2)))).flat();
+  const svid = await pki.svid(FLOOD);
+  const child = spawn(process.execPath, [FLOOD_CLIENT], {
+    env: {
+      ...process.env,
+      FLOOD_ADDRESS: replica.address,
+      FLOOD_CERT: svid.certChainPem,
+      FLOOD_KEY: svid.keyPem,
+      FLOOD_BUNDLE: pki.bundlePem,
+      FLOOD_SERVER_ID: pki.brokerId,
+      FLOOD_AUDIENCE: AUDIENCE,
+      FLOOD_CALLS: String(FLOOD_CALLS),
+    },
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+  await new Promise<void>((resolve, reject) => {
+    const check = () => (out.includes('ready\n') ? resolve() : undefined);
+    child.stdout.on('data', check);
+    check();
+    void exited.then(() => reject(new Error(`flood client exited early: ${out}`)));
+  });
+  const cpuBefore = await processCpuMs(replica.pid);
+  child.stdin.end('go\n');
+  const during = (await Promise.all(steady.map((c, i) => steadyLoad(c, tasks[i]!, 300, 2)))).flat();
+  const readyDuring = (await replica.readyz()).status;
+  expect(await exited).toBe(0);
+  const brokerCpuMs = (await processCpuMs(replica.pid)) - cpuBefore;
+  const result = JSON.parse(out.split('\n').filter(Boolean).at(-1)!) as { counts: Record<string, number>; withPushback: number; elapsedMs: number; cpuMs: number };
+  const figures = {
+    flood: result.counts,
+    floodElapsedMs: result.elapsedMs,
+    floodClientCpuMs: result.cpuMs,
+    brokerCpuMs,
+    withPushback: result.withPushback,
+    baselineP99Ms: Math.round(p99(baseline) * 10) / 10,
+    duringP99Ms: Math.round(p99(during) * 10) / 10,
+    readyDuring,
+  };
+  console.info('overload figures', JSON.stringify(figures));
+  return { counts: result.counts, withPushback: result.withPushback, baseline, during, readyDuring, figures };
+}
+
+describe('a burst from one caller', () => {
+  it(`${FLOOD_CALLS} concurrent calls from one identity: the excess is RESOURCE_EXHAUSTED with a retry hint; other identities keep their p99 within 2x`, { timeout: 300_000 }, async () => {
+    onTestFailed(() => console.error(`--- serve stderr ---\n${replica.cli.stderr().slice(-3000)}`));
+    const steady = await Promise.all(OTHERS.map((id) => replica.client(id)));
+    const tasks = await Promise.all(steady.map(async (c) => (await c.createTask({ spec: taskSpec(AUDIENCE) })).task!.taskId));
+    await Promise.all(steady.map((c, i) => steadyLoad(c, tasks[i]!, 50, 2))); // warm-up
+
+    // Latency on a shared 2-core machine is noisy (other test files run beside this one): a
+    // round whose ratio is over 2 is measured again, up to three rounds in all. A broker without
+    // fair admission misses by far more than noise (10x and more), in every round.
+    const rounds: FloodRound[] = [];
+    let shed = 0;
+    for (let i = 0; i < 3; i++) {
+      const round = await floodRound(steady, tasks);
+      rounds.push(round);
+      shed += round.counts.RESOURCE_EXHAUSTED ?? 0;
+      // The flood: served up to its share, refused beyond it, never anything else; every refusal has a retry hint.
+      expect(Object.keys(round.counts).sort()).toEqual(['OK', 'RESOURCE_EXHAUSTED']);
+      expect(round.counts.RESOURCE_EXHAUSTED).toBeGreaterThan(0);
+      expect(round.withPushback).toBe(round.counts.RESOURCE_EXHAUSTED);
+      // The others: every call answered, and readiness is about the replica, not the burst.
+      expect(round.during).toHaveLength(600);
+      expect(round.readyDuring).toBe(200);
+      if (p99(round.during) <= 2 * p99(round.baseline)) break;
+    }
+    const ratios = rounds.map((r) => Math.round((p99(r.during) / p99(r.baseline)) * 100) / 100);
+    console.info('overload p99 ratios (during / baseline), per round', JSON.stringify(ratios));
+    expect(Math.min(...ratios)).toBeLessThanOrEqual(2);
+    const metrics = await replica.metrics();
+    expect(sample(metrics, 'task_broker_calls_shed_total', { reason: 'caller-in-flight' })).toBe(shed);
+  });
+});
