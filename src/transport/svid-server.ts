@@ -103,6 +103,9 @@ export class SvidServer {
   readonly #unsubscribe: () => void;
   #injector: ReturnType<grpc.Server['createConnectionInjector']> | undefined;
   #accepted = 0;
+  /** Calls started and not yet ended. */
+  #activeCalls = 0;
+  #onIdle: (() => void) | undefined;
   #shutdown: Promise<void> | undefined;
 
   constructor(options: SvidServerOptions) {
@@ -121,7 +124,7 @@ export class SvidServer {
       ...DEFAULT_GRPC_OPTIONS,
       ...grpcConnectionOptions(this.#limits),
       ...options.grpcOptions,
-      interceptors: [...(options.outerInterceptors ?? []), this.authenticator.interceptor(), ...(options.interceptors ?? [])],
+      interceptors: [...(options.outerInterceptors ?? []), this.#countCalls(), this.authenticator.interceptor(), ...(options.interceptors ?? [])],
     });
     const identity = options.identity.current();
     this.#tls = createServer({
@@ -215,23 +218,58 @@ export class SvidServer {
     this.#unsubscribe();
     const closed = new Promise<void>((resolve) => this.#tls.close(() => resolve()));
     const openAtStart = this.#sockets.size;
-    const drained = new Promise<void>((resolve) => this.grpc.tryShutdown(() => resolve()));
+    const drained = new Promise<'drained'>((resolve) => this.grpc.tryShutdown(() => resolve('drained')));
+    // Sessions end once their clients close them after the GOAWAY; a client that keeps an idle
+    // connection open must not hold the shutdown: once no call is in flight, the rest is cut.
+    const idle = new Promise<'idle'>((resolve) => {
+      if (this.#activeCalls === 0) resolve('idle');
+      else this.#onIdle = () => resolve('idle');
+    }).then(async (outcome) => {
+      // A moment for the last statuses and the GOAWAY frames to reach the clients.
+      await new Promise((r) => setTimeout(r, 50));
+      return outcome;
+    });
     let deadlineTimer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'timeout'>((resolve) => {
       deadlineTimer = setTimeout(() => resolve('timeout'), graceMs);
       deadlineTimer.unref();
     });
     const started = Date.now();
-    if ((await Promise.race([drained, deadline])) === 'timeout') {
-      this.#logger.warn({ graceMs }, 'shutdown deadline reached; cancelling remaining calls');
+    const outcome = await Promise.race([drained, idle, deadline]);
+    if (outcome === 'timeout') {
+      this.#logger.warn({ graceMs, callsInFlight: this.#activeCalls }, 'shutdown deadline reached; cancelling remaining calls');
       this.grpc.forceShutdown();
     } else {
+      if (outcome === 'idle') this.grpc.forceShutdown(); // no call left to cancel: only idle connections
       this.#logger.info({ connections: openAtStart, drainMs: Date.now() - started }, 'gRPC calls drained');
     }
     clearTimeout(deadlineTimer);
     for (const socket of this.#sockets) socket.destroy();
+    for (const raw of this.#raw) raw.destroy();
     await closed;
   }
+
+  /** Counts calls from their first event to their end (status sent, or the stream closed). */
+  #countCalls(): grpc.ServerInterceptor {
+    return (_descriptor, call) => {
+      this.#activeCalls += 1;
+      let ended = false;
+      const end = () => {
+        if (ended) return;
+        ended = true;
+        this.#activeCalls -= 1;
+        if (this.#activeCalls === 0) this.#onIdle?.();
+      };
+      return new grpc.ServerInterceptingCall(call, {
+        start: (next) => next({ onCancel: end }),
+        sendStatus: (status, next) => {
+          next(status);
+          end();
+        },
+      });
+    };
+  }
+
 
   /** A new TCP connection (its TLS handshake starts now): refused at once when too many are mid-handshake. */
   #onConnection(raw: Socket): void {

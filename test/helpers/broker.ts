@@ -60,7 +60,7 @@ export interface TestBroker {
 }
 
 export interface TestBrokerOptions
-  extends Partial<Pick<TaskBrokerOptions, 'limits' | 'tokenAlg' | 'sweepIntervalMs' | 'policy' | 'readinessIntervalMs' | 'readinessChecks' | 'databasePingTimeoutMs'>> {
+  extends Partial<Pick<TaskBrokerOptions, 'limits' | 'tokenAlg' | 'sweepIntervalMs' | 'policy' | 'readinessIntervalMs' | 'readinessChecks' | 'databasePingTimeoutMs' | 'admission'>> {
   logger?: Logger;
 }
 
@@ -97,6 +97,7 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
       readinessIntervalMs: options.readinessIntervalMs,
       readinessChecks: options.readinessChecks,
       databasePingTimeoutMs: options.databasePingTimeoutMs,
+      admission: options.admission,
       clock: clock.now,
     });
   };

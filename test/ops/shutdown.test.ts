@@ -140,7 +140,8 @@ describe('SvidServer.shutdown', () => {
 describe('a whole broker closing during a burst (PGlite)', () => {
   it('finishes every call it received before it releases the database', async () => {
     const { logger, lines } = capturedLogger();
-    const t = await startTestBroker('pglite', { logger });
+    // 50 calls at once per workload: over the per-caller admission limit (32) by design, lifted here.
+    const t = await startTestBroker('pglite', { logger, admission: { maxInFlightPerCaller: 100 } });
     toClose.push(() => t.close());
     const workers = await Promise.all([1, 2, 3, 4].map((i) => t.client(`${WORKER}-${i}`)));
     const spec: CreateTaskRequest['spec'] = { action: 'invoice.export', resources: ['r'], audience: API, scopes: ['invoices:read'], ttl: { seconds: 600 } };

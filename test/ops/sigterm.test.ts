@@ -8,11 +8,14 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
 import { runCli, startCli } from '../helpers/cli.js';
+import { createTestDatabase } from '../helpers/db.js';
+import { createServePki, startServe } from '../helpers/serve-process.js';
 
 const TD = 'example.org';
 const BROKER_ID = `spiffe://${TD}/task-broker`;
@@ -71,6 +74,8 @@ describe('task-broker serve under SIGTERM', () => {
       TASK_BROKER_KEK: randomBytes(32).toString('base64'),
       TASK_BROKER_MIGRATE: 'true',
       TASK_BROKER_SHUTDOWN_GRACE: '30s',
+      // The burst is 50 calls per workload at once: over the default admission limits by design.
+      TASK_BROKER_MAX_CALLS_PER_CALLER: '100',
       TASK_BROKER_LOG_LEVEL: 'info',
     });
     const clients: BrokerClient[] = [];
@@ -143,6 +148,63 @@ describe('task-broker serve under SIGTERM', () => {
     } finally {
       for (const c of clients) c.close();
       broker.child.kill('SIGKILL');
+    }
+  });
+});
+
+describe('task-broker serve under SIGTERM with idle connections', () => {
+  it('closes idle client connections at once (GOAWAY) and exits in under a second', { timeout: 180_000 }, async () => {
+    const database = await createTestDatabase('postgres');
+    const pki = await createServePki(join(dir, 'idle-pki'), TD);
+    const replica = await startServe({ pki, databaseUrl: database.url, policyYaml: POLICY, env: { TASK_BROKER_SHUTDOWN_GRACE: '30s' } });
+    try {
+      const ids = [1, 2, 3].map((i) => `spiffe://${TD}/ns/burst/sa/idle-${i}`);
+      const spec: CreateTaskRequest['spec'] = { action: 'invoice.export', resources: ['invoices/2026-11'], audience: AUDIENCE, scopes: ['invoices:read'], ttl: { seconds: 600 } };
+      // Three channels, each with a finished call behind it: open and idle.
+      for (const id of ids) expect((await (await replica.client(id)).createTask({ spec })).task?.state).toBe('TASK_STATE_ACTIVE');
+      const t0 = performance.now();
+      replica.cli.child.kill('SIGTERM');
+      const code = await replica.cli.exited;
+      const tookMs = performance.now() - t0;
+      console.info('SIGTERM with idle channels: exited in', Math.round(tookMs), 'ms');
+      expect(code).toBe(0);
+      expect(tookMs).toBeLessThan(1_000);
+      const stdout = replica.cli.stdout();
+      expect(stdout).not.toContain('shutdown deadline reached');
+      expect(stdout).toContain('"msg":"stopped"');
+    } finally {
+      await replica.stop('SIGKILL');
+      await database.drop();
+    }
+  });
+});
+
+describe('task-broker serve under SIGTERM with a client that ignores GOAWAY', () => {
+  it('does not wait for an idle connection whose client never closes it', { timeout: 180_000 }, async () => {
+    const database = await createTestDatabase('postgres');
+    const pki = await createServePki(join(dir, 'raw-pki'), TD);
+    const replica = await startServe({ pki, databaseUrl: database.url, policyYaml: POLICY, env: { TASK_BROKER_SHUTDOWN_GRACE: '30s' } });
+    const svid = await pki.svid(`spiffe://${TD}/ns/burst/sa/raw`);
+    // A bare HTTP/2 client: the connection preface and an empty SETTINGS frame, then silence.
+    const socket = tlsConnect({ host: '127.0.0.1', port: replica.port, cert: svid.certChainPem, key: svid.keyPem, ca: pki.bundlePem, ALPNProtocols: ['h2'], rejectUnauthorized: false });
+    socket.on('error', () => undefined);
+    socket.on('data', () => undefined);
+    try {
+      await new Promise<void>((resolve) => socket.once('secureConnect', resolve));
+      socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+      await replica.cli.waitForLog(() => true); // something logged since; the session is up by now
+      await new Promise((r) => setTimeout(r, 200));
+      const t0 = performance.now();
+      replica.cli.child.kill('SIGTERM');
+      const code = await replica.cli.exited;
+      const tookMs = performance.now() - t0;
+      console.info('SIGTERM with a raw idle HTTP/2 connection: exited in', Math.round(tookMs), 'ms');
+      expect(code).toBe(0);
+      expect(tookMs).toBeLessThan(1_000);
+    } finally {
+      socket.destroy();
+      await replica.stop('SIGKILL');
+      await database.drop();
     }
   });
 });
