@@ -10,6 +10,8 @@ import type { Logger } from '../observability/logger.js';
 export type Route = (req: IncomingMessage) => Promise<{ status: number; headers?: Record<string, string>; body: string | Buffer }>;
 
 export interface OpsHttpServerOptions {
+  /** Open connections at most (probes, scrapers, JWKS fetchers); more are closed on accept. Default 256. */
+  maxConnections?: number;
   logger: Logger;
   /** How long close() waits for in-flight requests before cutting their connections; default 5 s. */
   closeGraceMs?: number;
@@ -38,6 +40,9 @@ export class OpsHttpServer {
     this.#server.requestTimeout = 30_000;
     this.#server.keepAliveTimeout = 5_000;
     this.#server.maxHeadersCount = 100;
+    // A connection that sends nothing at all is closed too, and probes and scrapers need few.
+    this.#server.setTimeout(30_000, (socket) => socket.destroy());
+    this.#server.maxConnections = options.maxConnections ?? 256;
   }
 
   /** Serves GET and HEAD on exactly `path` (query strings are ignored). */

@@ -58,6 +58,7 @@ async function load(path: string, logger = capturedLogger().logger): Promise<Fil
 
 describe('StaticPolicySource', () => {
   it('returns its policy, or undefined for none, and never changes', () => {
+    expect(new StaticPolicySource(undefined).status()).toEqual({ reloadFailures: 0 });
     const policy = parsePolicy(policyText('r', 'a'), 'static');
     const source = new StaticPolicySource(policy);
     expect(source.current()).toBe(policy);
@@ -167,6 +168,11 @@ describe('FilePolicySource', () => {
     await source.reload(); // resolves once the complete file has been handled
     expect(errorAbout('not valid YAML')).toMatchObject({ path, keptDigest: good.digest });
     expect(source.current()).toBe(good);
+    // Each refused version is counted (the task_broker_policy_reload_failures_total metric).
+    const failed = source.status();
+    expect(failed.reloadFailures).toBeGreaterThanOrEqual(2);
+    expect(failed.lastReloadError).toMatch(/not valid YAML/);
+    expect(failed.lastReloadFailedAt).toBeInstanceOf(Date);
 
     await writeFile(path, policyText('fixed', 'd'));
     await waitFor(() => source.current().rules[0]?.name === 'fixed', 'the fixed file');
