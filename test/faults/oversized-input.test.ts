@@ -144,15 +144,17 @@ describe('oversized and malformed input', () => {
   it('admin input is parsed only after the admin check: a non-admin gets PERMISSION_DENIED, an admin INVALID_ARGUMENT, both under 1 KB', async () => {
     const stranger = await adminClient(WORKER);
     const admin = await adminClient(ADMIN);
-    for (const [who, expected] of [
-      [stranger, grpc.status.PERMISSION_DENIED],
-      [admin, grpc.status.INVALID_ARGUMENT],
+    // The stranger's refusal is written to the audit trail first (a database transaction), so its
+    // bound is looser; the admin's INVALID_ARGUMENT touches nothing.
+    for (const [who, expected, withinMs] of [
+      [stranger, grpc.status.PERMISSION_DENIED, 2_000],
+      [admin, grpc.status.INVALID_ARGUMENT, 100],
     ] as const) {
       for (const call of [() => who.listTasks({ owner: MEGABYTE }), () => who.listTasks({ audience: `spiffe://${TD}/${MEGABYTE}` }), () => who.revokeWorkload(MEGABYTE, 'r')]) {
         const r = await refusal(call);
         expect(r.code).toBe(expected);
         expect(Buffer.byteLength(r.details)).toBeLessThan(1024);
-        expect(r.ms).toBeLessThan(100);
+        expect(r.ms).toBeLessThan(withinMs);
       }
     }
   });

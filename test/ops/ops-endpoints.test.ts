@@ -68,7 +68,7 @@ describe.each(STORES)('ops endpoints on %s', (kind) => {
     const { status, body } = await readyz(t);
     expect(status).toBe(200);
     expect(body.status).toBe('ready');
-    expect(Object.keys(body.checks).sort()).toEqual(['database', 'migrations', 'policy', 'svid']);
+    expect(Object.keys(body.checks).sort()).toEqual(['database', 'file_descriptors', 'migrations', 'policy', 'svid', 'writes']);
     for (const check of Object.values(body.checks)) expect(check).toMatchObject({ ok: true, durationMs: expect.any(Number) });
     expect(body.checks.svid?.detail).toMatchObject({ spiffeId: BROKER_ID });
     expect(body.checks.database?.detail).toEqual({ kind });
