@@ -67,6 +67,20 @@ export interface SvidSourceStatus {
   lastUpdate: Date | undefined;
 }
 
+/** A gauge read at scrape time; absent while `value` says undefined. */
+function sampledGauge(registers: Registry[], name: string, help: string, value: () => number | undefined): Gauge {
+  return new Gauge({
+    name: `${METRIC_PREFIX}${name}`,
+    help,
+    registers,
+    collect() {
+      this.reset();
+      const v = value();
+      if (v !== undefined) this.set(v);
+    },
+  });
+}
+
 export class BrokerMetrics {
   readonly registry = new Registry();
   readonly rpcRequests: Counter<RpcLabels>;
@@ -162,20 +176,9 @@ export class BrokerMetrics {
       registers,
     });
     const connectionsNow = () => this.#connections?.();
-    const connectionGauge = (name: string, help: string, pick: (s: ConnectionStats) => number) =>
-      new Gauge({
-        name: `${p}${name}`,
-        help,
-        registers,
-        collect() {
-          this.reset();
-          const stats = connectionsNow();
-          if (stats) this.set(pick(stats));
-        },
-      });
-    connectionGauge('connections_open', 'TCP connections open on the gRPC port (in their TLS handshake or past it)', (s) => s.openConnections);
-    connectionGauge('connections_handshaking', 'Connections still in their TLS handshake (not authenticated yet)', (s) => s.handshakesInProgress);
-    connectionGauge('connections_established', 'Connections past their TLS handshake', (s) => s.connectionCount);
+    sampledGauge(registers, 'connections_open', 'TCP connections open on the gRPC port (in their TLS handshake or past it)', () => connectionsNow()?.openConnections);
+    sampledGauge(registers, 'connections_handshaking', 'Connections still in their TLS handshake (not authenticated yet)', () => connectionsNow()?.handshakesInProgress);
+    sampledGauge(registers, 'connections_established', 'Connections past their TLS handshake', () => connectionsNow()?.connectionCount);
     const policyNow = () => this.#policy?.();
     new Counter({
       name: `${p}policy_reload_failures_total`,
@@ -196,17 +199,12 @@ export class BrokerMetrics {
         if (at) this.set(at.getTime() / 1000);
       },
     });
-    const writeFailuresNow = () => this.#writeFailures?.();
-    new Gauge({
-      name: `${p}db_consecutive_write_failures`,
-      help: 'Write transactions that failed in a row for a database reason (unreachable, timeout, privilege); 0 after any success',
+    sampledGauge(
       registers,
-      collect() {
-        this.reset();
-        const n = writeFailuresNow();
-        if (n !== undefined) this.set(n);
-      },
-    });
+      'db_consecutive_write_failures',
+      'Write transactions that failed in a row for a database reason (unreachable, timeout, privilege); 0 after any success',
+      () => this.#writeFailures?.(),
+    );
 
     // collect() runs with the gauge as `this`; these read the broker's state at scrape time.
     const svidNow = () => this.#svid();
@@ -273,17 +271,6 @@ export class BrokerMetrics {
         for (const [trustDomain, at] of bundleTimes()) this.set({ trust_domain: trustDomain }, (now - at.getTime()) / 1000);
       },
     });
-    const pool = (name: string, help: string, pick: (s: PoolStats) => number) =>
-      new Gauge({
-        name: `${p}${name}`,
-        help,
-        registers,
-        collect() {
-          this.reset();
-          const stats = poolNow();
-          if (stats) this.set(pick(stats));
-        },
-      });
     const sourceNow = () => this.#source?.();
     new Gauge({
       name: `${p}svid_source_connected`,
@@ -307,9 +294,9 @@ export class BrokerMetrics {
         if (at) this.set({ source: 'workload_api' }, (nowMs() - at.getTime()) / 1000);
       },
     });
-    pool('db_pool_connections', 'Database connections open (in use and idle)', (s) => s.total);
-    pool('db_pool_idle_connections', 'Database connections open and idle', (s) => s.idle);
-    pool('db_pool_waiting_requests', 'Queries waiting for a database connection', (s) => s.waiting);
+    sampledGauge(registers, 'db_pool_connections', 'Database connections open (in use and idle)', () => poolNow()?.total);
+    sampledGauge(registers, 'db_pool_idle_connections', 'Database connections open and idle', () => poolNow()?.idle);
+    sampledGauge(registers, 'db_pool_waiting_requests', 'Queries waiting for a database connection', () => poolNow()?.waiting);
 
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: p });
   }

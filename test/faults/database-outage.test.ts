@@ -21,21 +21,8 @@ import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest'
 import { processAlive, startPgCluster, type PgCluster } from '../helpers/pg-cluster.js';
 import type { RunningCli } from '../helpers/cli.js';
 import { createServePki, randomKek, startServe, type ServePki, type ServeProcess } from '../helpers/serve-process.js';
-import { codeCounts, startTaskLoad, taskSpec, type CallOutcome } from './load.js';
+import { AUDIENCE, codeCounts, POLICY, startTaskLoad, taskSpec, TD, type CallOutcome, until, WORKER } from './fixtures.js';
 
-const TD = 'example.org';
-const WORKER = `spiffe://${TD}/ns/faults/sa/worker`;
-const AUDIENCE = `spiffe://${TD}/ns/billing/sa/invoice-api`;
-const POLICY = `
-version: 1
-rules:
-  - name: fault-workers
-    callers:
-      spiffe_ids: ["spiffe://${TD}/ns/faults/**"]
-    actions: ["invoice.export"]
-    audiences: ["spiffe://${TD}/ns/billing/**"]
-    scopes: ["invoices:read"]
-`;
 const RETRYABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.ABORTED]);
 
 let dir: string;
@@ -72,16 +59,6 @@ async function query<T extends pg.QueryResultRow>(text: string, values: unknown[
     return (await client.query<T>(text, values)).rows;
   } finally {
     await client.end();
-  }
-}
-
-/** Resolves when `fn` holds, checking every 25 ms; rejects after `limitMs` (a hang, not a slow machine). */
-async function until(fn: () => boolean | Promise<boolean>, limitMs: number, what: string): Promise<number> {
-  const t0 = Date.now();
-  for (;;) {
-    if (await Promise.resolve().then(fn).catch(() => false)) return Date.now() - t0;
-    if (Date.now() - t0 > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
-    await new Promise((r) => setTimeout(r, 25));
   }
 }
 

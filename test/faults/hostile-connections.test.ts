@@ -23,22 +23,9 @@ import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest'
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { createServePki, randomKek, startServe, type ServePki, type ServeProcess } from '../helpers/serve-process.js';
 import { sample } from '../ops/helpers.js';
-import { taskSpec } from './load.js';
+import { AUDIENCE, faultWorkload, POLICY, taskSpec, TD, until, WORKER } from './fixtures.js';
 
-const TD = 'example.org';
-const WORKER = `spiffe://${TD}/ns/faults/sa/worker`;
-const LATECOMER = `spiffe://${TD}/ns/faults/sa/latecomer`;
-const AUDIENCE = `spiffe://${TD}/ns/billing/sa/invoice-api`;
-const POLICY = `
-version: 1
-rules:
-  - name: fault-workers
-    callers:
-      spiffe_ids: ["spiffe://${TD}/ns/faults/**"]
-    actions: ["invoice.export"]
-    audiences: ["spiffe://${TD}/ns/billing/**"]
-    scopes: ["invoices:read"]
-`;
+const LATECOMER = faultWorkload('latecomer');
 
 let dir: string;
 let pki: ServePki;
@@ -114,15 +101,6 @@ async function openAbusers(port: number, n: number, kind: 'idle' | 'half-hello')
         }),
     ),
   );
-}
-
-async function until(fn: () => boolean | Promise<boolean>, limitMs: number, what: string): Promise<number> {
-  const t0 = Date.now();
-  for (;;) {
-    if (await fn()) return Date.now() - t0;
-    if (Date.now() - t0 > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 describe('connections that never finish a handshake', () => {

@@ -16,23 +16,7 @@ import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest'
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
 import { processAlive, startPgCluster, type PgCluster } from '../helpers/pg-cluster.js';
 import { createServePki, randomKek, startServe, type ServeProcess } from '../helpers/serve-process.js';
-
-const TD = 'example.org';
-const WORKER = `spiffe://${TD}/ns/faults/sa/worker`;
-const AUDIENCE = `spiffe://${TD}/ns/billing/sa/invoice-api`;
-
-const POLICY = `
-version: 1
-admins:
-  - spiffe://${TD}/ns/platform/sa/admin
-rules:
-  - name: fault-workers
-    callers:
-      spiffe_ids: ["spiffe://${TD}/ns/faults/**"]
-    actions: ["invoice.export"]
-    audiences: ["spiffe://${TD}/ns/billing/**"]
-    scopes: ["invoices:read"]
-`;
+import { AUDIENCE, POLICY, TD, WORKER } from './fixtures.js';
 
 /** Pids of live processes whose parent is `ppid`. */
 async function childrenOf(ppid: number): Promise<number[]> {
@@ -62,7 +46,6 @@ async function processesMentioning(text: string): Promise<number[]> {
   }
   return pids;
 }
-
 
 async function query<T extends pg.QueryResultRow>(url: string, text: string, values: unknown[] = []): Promise<T[]> {
   const client = new pg.Client({ connectionString: url });

@@ -14,22 +14,10 @@ import type { BrokerClient } from '../../src/client/broker-client.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { createServePki, startServe, type ServePki, type ServeProcess } from '../helpers/serve-process.js';
 import { sample } from '../ops/helpers.js';
-import { taskSpec } from './load.js';
+import { AUDIENCE, faultWorkload, POLICY, taskSpec, TD } from './fixtures.js';
 
-const TD = 'example.org';
-const FLOOD = `spiffe://${TD}/ns/faults/sa/flood`;
-const OTHERS = [`spiffe://${TD}/ns/faults/sa/steady-1`, `spiffe://${TD}/ns/faults/sa/steady-2`];
-const AUDIENCE = `spiffe://${TD}/ns/billing/sa/invoice-api`;
-const POLICY = `
-version: 1
-rules:
-  - name: fault-workers
-    callers:
-      spiffe_ids: ["spiffe://${TD}/ns/faults/**"]
-    actions: ["invoice.export"]
-    audiences: ["spiffe://${TD}/ns/billing/**"]
-    scopes: ["invoices:read"]
-`;
+const FLOOD = faultWorkload('flood');
+const OTHERS = [faultWorkload('steady-1'), faultWorkload('steady-2')];
 const FLOOD_CALLS = Number(process.env.FLOOD_CALLS_OVERRIDE ?? 10_000);
 const FLOOD_CLIENT = fileURLToPath(new URL('./flood-client.js', import.meta.url));
 

@@ -17,23 +17,8 @@ import { svidChannelCredentials, svidChannelOptions } from '../../src/client/cre
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { createServePki, startServe, type ServePki, type ServeProcess } from '../helpers/serve-process.js';
 import { sample } from '../ops/helpers.js';
-import { taskSpec } from './load.js';
+import { ADMIN, AUDIENCE, POLICY, taskSpec, TD, WORKER } from './fixtures.js';
 
-const TD = 'example.org';
-const WORKER = `spiffe://${TD}/ns/faults/sa/worker`;
-const ADMIN = `spiffe://${TD}/ns/platform/sa/admin`;
-const AUDIENCE = `spiffe://${TD}/ns/billing/sa/invoice-api`;
-const POLICY = `
-version: 1
-admins: ["${ADMIN}"]
-rules:
-  - name: fault-workers
-    callers:
-      spiffe_ids: ["spiffe://${TD}/ns/faults/**"]
-    actions: ["invoice.export"]
-    audiences: ["spiffe://${TD}/ns/billing/**"]
-    scopes: ["invoices:read"]
-`;
 const MEGABYTE = 'x'.repeat(1_000_000);
 
 let dir: string;

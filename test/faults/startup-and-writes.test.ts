@@ -18,21 +18,7 @@ import { runCli } from '../helpers/cli.js';
 import { adminQuery, pgUrl, uniqueName } from '../helpers/db.js';
 import { createServePki, randomKek, startServe, type ServePki } from '../helpers/serve-process.js';
 import { sample } from '../ops/helpers.js';
-import { taskSpec } from './load.js';
-
-const TD = 'example.org';
-const WORKER = `spiffe://${TD}/ns/faults/sa/worker`;
-const AUDIENCE = `spiffe://${TD}/ns/billing/sa/invoice-api`;
-const POLICY = `
-version: 1
-rules:
-  - name: fault-workers
-    callers:
-      spiffe_ids: ["spiffe://${TD}/ns/faults/**"]
-    actions: ["invoice.export"]
-    audiences: ["spiffe://${TD}/ns/billing/**"]
-    scopes: ["invoices:read"]
-`;
+import { AUDIENCE, POLICY, taskSpec, TD, until, WORKER } from './fixtures.js';
 
 let dir: string;
 let pki: ServePki;
@@ -46,14 +32,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
-
-async function until(fn: () => Promise<boolean>, limitMs: number, what: string): Promise<void> {
-  const t0 = Date.now();
-  while (!(await fn())) {
-    if (Date.now() - t0 > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('closed defaults at start', () => {
   it("serve refuses to start when no bundle covers its own trust domain, naming it", async () => {

@@ -1,11 +1,44 @@
 /**
- * Load for fault tests: loops that run a task's life (CreateTask -> IssueToken -> CompleteTask)
+ * What the fault tests share: one trust domain and policy for the workloads they run, a wait on a
+ * condition, and load: loops that run a task's life (CreateTask -> IssueToken -> CompleteTask)
  * against serve replicas and record every call's outcome, so a test can say afterwards which
  * codes failed calls got and check that every acknowledged effect is in the database.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { BrokerClient } from '../../src/client/broker-client.js';
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
+
+export const TD = 'example.org';
+/** A workload of the fault tests: spiffe://example.org/ns/faults/sa/NAME (the policy allows all of them). */
+export const faultWorkload = (name: string) => `spiffe://${TD}/ns/faults/sa/${name}`;
+export const WORKER = faultWorkload('worker');
+export const ADMIN = `spiffe://${TD}/ns/platform/sa/admin`;
+export const AUDIENCE = `spiffe://${TD}/ns/billing/sa/invoice-api`;
+/** Every fault workload may export invoices for the billing services; ADMIN is the one admin. */
+export const POLICY = `
+version: 1
+admins: ["${ADMIN}"]
+rules:
+  - name: fault-workers
+    callers:
+      spiffe_ids: ["spiffe://${TD}/ns/faults/**"]
+    actions: ["invoice.export"]
+    audiences: ["spiffe://${TD}/ns/billing/**"]
+    scopes: ["invoices:read"]
+`;
+
+/**
+ * Resolves with how long it took once `fn` holds (checked every 25 ms; a throw counts as not
+ * yet); rejects after `limitMs`, which only a hang should reach.
+ */
+export async function until(fn: () => boolean | Promise<boolean>, limitMs: number, what: string): Promise<number> {
+  const t0 = Date.now();
+  for (;;) {
+    if (await Promise.resolve().then(fn).catch(() => false)) return Date.now() - t0;
+    if (Date.now() - t0 > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
 
 export interface CallOutcome {
   method: 'CreateTask' | 'IssueToken' | 'CompleteTask';
