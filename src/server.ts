@@ -133,6 +133,7 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
       unfollow();
       setHealth(false);
       await server.shutdown(graceMs);
+      admission.close();
     },
   };
 }

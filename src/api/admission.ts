@@ -16,20 +16,22 @@ export interface AdmissionLimits {
   /** Calls one SPIFFE ID may have in flight at once (running or waiting its turn); beyond that RESOURCE_EXHAUSTED. */
   maxInFlightPerCaller: number;
   /**
-   * Calls of one SPIFFE ID that run at once while other callers run or wait (alone, a caller may
-   * use every active slot); the rest of its admitted calls wait their turn in the broker, in
-   * order. Keeps one caller from taking more than its share of the event loop and the database.
-   */
-  maxActivePerCaller: number;
-  /**
-   * Calls that run at once in the whole replica; more wait their turn, callers served in turn.
-   * About what the event loop and the database pool can work on together without queueing.
+   * Calls that run at once in the whole replica; the rest wait their turn in the broker, in
+   * order, without holding a database connection, callers served round robin. Each caller runs
+   * at most an equal share of them among the callers seen in the last second (at least one call);
+   * a caller alone may use them all. Keep it near what the event loop and the database work on
+   * together without queueing: more only adds latency.
    */
   maxActive: number;
   /** Sustained calls per second one SPIFFE ID may make; 0: no rate limit. */
   callerRatePerSecond: number;
   /** How many calls above the rate a caller may make in a burst (token bucket size). */
   callerBurst: number;
+  /**
+   * Event-loop utilization (0 to 1) above which a caller with a backlog waits while other
+   * callers are served, so their latency keeps its headroom. A caller alone is never held back.
+   */
+  busyUtilization: number;
   /** Calls the whole broker takes in flight at once before it sheds load. */
   maxInFlight: number;
   /** Requests that may wait for a database connection before new calls are shed. */
@@ -40,18 +42,20 @@ export interface AdmissionLimits {
 
 export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = {
   maxInFlightPerCaller: 32,
-  maxActivePerCaller: 2,
-  maxActive: 8,
+  maxActive: 4,
+  busyUtilization: 0.5,
   callerRatePerSecond: 0,
   callerBurst: 0,
   maxInFlight: 512,
   maxDatabaseQueue: 64,
-  refusalDelayMs: 100,
+  refusalDelayMs: 250,
 };
 
 export const RETRY_PUSHBACK_HEADER = 'grpc-retry-pushback-ms';
-/** A caller counts as alone in the broker once no other caller has started a call for this long. */
-const ALONE_AFTER_MS = 1_000;
+/** A caller with more calls in flight than this many times maxActive is a burst (and waits its share). */
+const BURST_FACTOR = 2;
+/** A caller counts among those sharing the broker for this long after it last started a call. */
+const SHARING_WINDOW_MS = 1_000;
 /** Token buckets kept for callers at most; the idlest are forgotten first (a full bucket is no loss). */
 const MAX_BUCKETS = 10_000;
 
@@ -90,8 +94,12 @@ export class CallAdmission {
   /** Callers with calls waiting for a turn, in the order their turn comes (a Set keeps insertion order). */
   readonly #turns = new Set<string>();
   #active = 0;
-  /** The two callers that most recently started a call, and when. */
-  #recent: Array<{ caller: string; at: number }> = [];
+  #elu = 0;
+  /** When a caller without a burst last started a call (-Infinity: never). */
+  #lastLightAt = -Infinity;
+  #sampler: NodeJS.Timeout | undefined;
+  /** Callers that started a call within the sharing window, and when they last did (oldest first). */
+  readonly #recent = new Map<string, number>();
   readonly #buckets = new Map<string, Bucket>();
   readonly #metrics: BrokerMetrics | undefined;
   readonly #databaseQueue: () => number;
@@ -111,6 +119,12 @@ export class CallAdmission {
     return this.#total;
   }
 
+  /** Stops sampling the event loop (the timer does not keep the process alive either way). */
+  close(): void {
+    clearInterval(this.#sampler);
+    this.#sampler = undefined;
+  }
+
   /** Calls running now. */
   get active(): number {
     return this.#active;
@@ -120,7 +134,7 @@ export class CallAdmission {
   admit(caller: string): AdmissionSlot | Refusal {
     const calls = this.#callers.get(caller) ?? { inFlight: 0, active: 0, waiting: [] };
     if (calls.inFlight >= this.limits.maxInFlightPerCaller) {
-      return { code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-in-flight', retryAfterMs: 100, details: `too many calls in flight for ${caller}: at most ${this.limits.maxInFlightPerCaller} at once` };
+      return { code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-in-flight', retryAfterMs: this.limits.refusalDelayMs > 0 ? this.limits.refusalDelayMs : 100, details: `too many calls in flight for ${caller}: at most ${this.limits.maxInFlightPerCaller} at once` };
     }
     if (this.#total >= this.limits.maxInFlight) {
       return { code: grpc.status.UNAVAILABLE, reason: 'broker-in-flight', retryAfterMs: 200, details: `the broker is overloaded (${this.#total} calls in flight)` };
@@ -144,7 +158,7 @@ export class CallAdmission {
           state = 'active';
           calls.active += 1;
           this.#active += 1;
-          this.#noteActivity(caller);
+          this.#noteActivity(caller, calls);
           run();
         };
         // Straight in when there is room and nobody waits; otherwise in line, served in turns.
@@ -178,23 +192,57 @@ export class CallAdmission {
   }
 
   /**
-   * A caller runs up to maxActivePerCaller calls at once; alone in the broker (nobody else
-   * running or waiting) it may use every active slot, so one busy client still gets the whole
-   * replica when nobody else needs it.
+   * A caller runs at most its share of the active slots: an equal part among the callers that
+   * started a call in the last second (itself included), at least one. The window matters: a
+   * closed-loop client pauses between its calls, and a burst that took every slot in that pause
+   * would make the client's next call wait behind all of it.
    */
   #mayRunAnother(caller: string, calls: CallerCalls): boolean {
-    if (calls.active < this.limits.maxActivePerCaller) return true;
-    // "Alone" must hold for a while: a closed-loop client pauses between its calls, and a burst
-    // that takes every slot in that pause would make its next call wait behind all of them.
-    const other = this.#recent.find((r) => r.caller !== caller);
-    return other === undefined || performance.now() - other.at > ALONE_AFTER_MS;
+    const now = performance.now();
+    for (const [c, at] of this.#recent) {
+      if (now - at <= SHARING_WINDOW_MS) break; // oldest first: the rest are recent too
+      this.#recent.delete(c);
+    }
+    const sharing = this.#recent.size + (this.#recent.has(caller) ? 0 : 1);
+    if (sharing === 1) return true; // alone: every slot (the global limit still holds)
+    // A caller without a burst behind it goes on into any free slot (in its turn): one whose
+    // calls merely got slower under load must not be held back for it.
+    if (calls.inFlight <= BURST_FACTOR * this.limits.maxActive) return true;
+    // A burst (more calls in flight than the replica runs at once, several times over) runs
+    // within an equal share, and only while the event loop has room: its calls run back to back,
+    // and without the headroom every other caller's calls would queue behind them. Its waiting
+    // calls go on as soon as there is room again.
+    const share = Math.max(1, Math.floor(this.limits.maxActive / sharing));
+    if (calls.active >= share) return false;
+    // The headroom is for callers without a burst; among bursts alone, equal shares are fair enough.
+    const lightCallersActive = now - this.#lastLightAt <= SHARING_WINDOW_MS;
+    return !lightCallersActive || this.#utilization() < this.limits.busyUtilization;
   }
 
-  /** Remembers that `caller` started a call (the two most recent distinct callers are kept). */
-  #noteActivity(caller: string): void {
+  /** Event-loop utilization over the last sampling period (0 to 1), sampled every 100 ms while calls wait. */
+  #utilization(): number {
+    this.#sampler ??= this.#startSampling();
+    return this.#elu;
+  }
+
+  #startSampling(): NodeJS.Timeout {
+    let previous = performance.eventLoopUtilization();
+    const timer = setInterval(() => {
+      const now = performance.eventLoopUtilization();
+      this.#elu = performance.eventLoopUtilization(now, previous).utilization;
+      previous = now;
+      if (this.#turns.size > 0) this.#dispatch(); // room may have come back for waiting calls
+    }, 100);
+    timer.unref();
+    return timer;
+  }
+
+  /** Remembers that `caller` started a call now (moved to the end: the map stays oldest first). */
+  #noteActivity(caller: string, calls: CallerCalls): void {
     const now = performance.now();
-    if (this.#recent[0]?.caller === caller) this.#recent[0].at = now;
-    else this.#recent = [{ caller, at: now }, ...this.#recent.slice(0, 1)];
+    this.#recent.delete(caller);
+    this.#recent.set(caller, now);
+    if (calls.inFlight <= BURST_FACTOR * this.limits.maxActive) this.#lastLightAt = now;
   }
 
   /**
@@ -281,7 +329,9 @@ export class CallAdmission {
                 refuse();
                 return;
               }
-              paused = setTimeout(refuse, pause);
+              // Jittered (half to the whole pause), so a burst's refusals do not all land in one
+              // tick, and its next burst does not arrive in one piece either.
+              paused = setTimeout(refuse, pause * (0.5 + Math.random() / 2));
             },
             onCancel: () => {
               clearTimeout(paused);

@@ -10,6 +10,7 @@
  * what HTTP/2 peers accept (a stalled stream, not an error, is what an oversized trailer gets).
  */
 import * as grpc from '@grpc/grpc-js';
+import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
 import type { BrokerMetrics } from '../observability/metrics.js';
 import { requestIdFrom } from '../tasks/ids.js';
@@ -77,6 +78,7 @@ interface StatusSink {
 
 /** The outermost server interceptor: records every call once, and bounds its status message. */
 export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderOptions): grpc.ServerInterceptor {
+  const refusals = new LogThrottle(logger, { perInterval: 20, intervalMs: 10_000, maxKinds: 1_000 });
   return (descriptor, call) => {
     const { service, method } = splitMethodPath(descriptor.path);
     const started = process.hrtime.bigint();
@@ -107,7 +109,11 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
           durationMs: Math.round(seconds * 1e6) / 1e3,
           ...(code !== grpc.status.OK && details ? { details } : {}),
         };
-        if (SERVER_SIDE.has(code)) logger.warn(line, 'rpc');
+        if (code === grpc.status.RESOURCE_EXHAUSTED) {
+          // A caller over its quota can make thousands of these a second: its lines are
+          // throttled per caller (the metric counts every one; the next line says how many were left out).
+          refusals.log('info', `${caller ?? 'unknown'}`, line, 'rpc');
+        } else if (SERVER_SIDE.has(code)) logger.warn(line, 'rpc');
         else logger.info(line, 'rpc');
       } catch (err) {
         logger.error({ service, method, err: (err as Error).message }, 'rpc could not be recorded');

@@ -81,20 +81,13 @@ export const limitOptions: Record<string, OptionSpec> = {
     default: '32',
     description: 'Calls one SPIFFE ID may have in flight at once; beyond that RESOURCE_EXHAUSTED with a retry hint',
   },
-  'max-active-calls-per-caller': {
-    type: 'string',
-    placeholder: 'N',
-    env: 'TASK_BROKER_MAX_ACTIVE_CALLS_PER_CALLER',
-    default: '2',
-    description:
-      'Calls of one SPIFFE ID that run at once while other callers are busy (alone it may use every active slot); its other admitted calls wait their turn in order',
-  },
   'max-active-calls': {
     type: 'string',
     placeholder: 'N',
     env: 'TASK_BROKER_MAX_ACTIVE_CALLS',
-    default: '8',
-    description: 'Calls that run at once in the replica; more wait their turn, callers served in turn, so a flood from one caller does not slow the others',
+    default: '4',
+    description:
+      'Calls that run at once in the replica; more wait their turn, callers served in turn, each caller at most an equal share among those active in the last second (alone, all of them), so a flood from one caller does not slow the others',
   },
   'caller-rate': {
     type: 'string',
@@ -357,7 +350,6 @@ export function serveConfig(parsed: ParsedCommand): ServeConfig {
     },
     admission: {
       maxInFlightPerCaller: countOption(values, 'max-calls-per-caller'),
-      maxActivePerCaller: countOption(values, 'max-active-calls-per-caller'),
       maxActive: countOption(values, 'max-active-calls'),
       callerRatePerSecond: countOption(values, 'caller-rate', { min: 0 }),
       maxInFlight: countOption(values, 'max-in-flight'),

@@ -1,7 +1,7 @@
 /**
- * A bound on log lines that strangers can cause. A flood of failed handshakes or refused
- * connections writes at most `perInterval` lines per kind per interval; the next line written
- * for that kind says how many were left out, so the count is never lost.
+ * A bound on log lines that strangers (or one caller's flood) can cause. A flood of failed
+ * handshakes, refused connections or refused calls writes at most `perInterval` lines per kind
+ * per interval; the next line written for that kind says how many were left out.
  */
 import type { Logger } from './logger.js';
 
@@ -11,10 +11,13 @@ export class LogThrottle {
   readonly #intervalMs: number;
   readonly #kinds = new Map<string, { windowStart: number; written: number; suppressed: number }>();
 
-  constructor(logger: Logger, options: { perInterval?: number; intervalMs?: number } = {}) {
+  readonly #maxKinds: number;
+
+  constructor(logger: Logger, options: { perInterval?: number; intervalMs?: number; maxKinds?: number } = {}) {
     this.#logger = logger;
     this.#perInterval = options.perInterval ?? 10;
     this.#intervalMs = options.intervalMs ?? 10_000;
+    this.#maxKinds = options.maxKinds ?? 100;
   }
 
   /** Logs `message` at `level` unless `kind` is over its budget for this interval. */
@@ -24,6 +27,8 @@ export class LogThrottle {
     if (!state || now - state.windowStart >= this.#intervalMs) {
       const suppressed = state?.suppressed ?? 0;
       state = { windowStart: now, written: 0, suppressed: 0 };
+      // Kinds are bounded too: the oldest is forgotten first (its count with it).
+      if (!this.#kinds.has(kind) && this.#kinds.size >= this.#maxKinds) this.#kinds.delete(this.#kinds.keys().next().value as string);
       this.#kinds.set(kind, state);
       if (suppressed > 0) fields = { ...fields, suppressedSinceLastLine: suppressed };
     }

@@ -26,7 +26,7 @@ describe('admission', () => {
     const a = slot(admission.admit('spiffe://t/a'));
     slot(admission.admit('spiffe://t/a'));
     const refused = admission.admit('spiffe://t/a');
-    expect(refused).toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-in-flight', retryAfterMs: 100, details: expect.stringMatching(/at most 2 at once/) });
+    expect(refused).toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-in-flight', retryAfterMs: 250, details: expect.stringMatching(/at most 2 at once/) });
     // Another caller is not affected.
     expect('release' in admission.admit('spiffe://t/b')).toBe(true);
     a.release();
@@ -36,7 +36,7 @@ describe('admission', () => {
   });
 
   it('runs calls in turns: a caller with many waiting calls and one with a single call alternate', () => {
-    const admission = new CallAdmission({ services, limits: { maxActive: 1, maxActivePerCaller: 1, maxInFlightPerCaller: 100 } });
+    const admission = new CallAdmission({ services, limits: { maxActive: 1, maxInFlightPerCaller: 100 } });
     const ran: string[] = [];
     const running = start(admission, 'spiffe://t/flood', ran, 'flood-0');
     const flood = Array.from({ length: 5 }, (_, i) => start(admission, 'spiffe://t/flood', ran, `flood-${i + 1}`));
@@ -52,27 +52,40 @@ describe('admission', () => {
     expect(admission.active).toBe(1);
   });
 
-  it('a caller runs at most maxActivePerCaller calls while another caller is busy', () => {
-    const admission = new CallAdmission({ services, limits: { maxActive: 8, maxActivePerCaller: 2 } });
+  it('a burst (more than twice the active slots in flight) runs at most an equal share, and a free slot stays free for others', () => {
+    const admission = new CallAdmission({ services, limits: { maxActive: 2 } });
     const ran: string[] = [];
-    start(admission, 'spiffe://t/other', ran);
-    const flood = Array.from({ length: 5 }, (_, i) => start(admission, 'spiffe://t/flood', ran, `flood-${i}`));
-    expect(ran).toEqual(['spiffe://t/other', 'flood-0', 'flood-1']);
+    const other = start(admission, 'spiffe://t/other', ran, 'other-0');
+    const flood = Array.from({ length: 10 }, (_, i) => start(admission, 'spiffe://t/flood', ran, `flood-${i}`));
+    expect(ran).toEqual(['other-0', 'flood-0']);
+    other.release();
+    // Two callers share two slots: the burst already runs its one; the free slot waits for others.
+    expect(ran).toEqual(['other-0', 'flood-0']);
+    start(admission, 'spiffe://t/other', ran, 'other-1');
+    expect(ran).toEqual(['other-0', 'flood-0', 'other-1']);
     flood[0]!.release();
-    expect(ran).toEqual(['spiffe://t/other', 'flood-0', 'flood-1', 'flood-2']);
-    expect(admission.active).toBe(3);
-    expect(admission.inFlight).toBe(5);
+    expect(ran.at(-1)).toBe('flood-1');
+    expect(admission.active).toBe(2);
+  });
+
+  it('a caller whose calls merely got slower is not held to a share: it takes any free slot in its turn', () => {
+    const admission = new CallAdmission({ services, limits: { maxActive: 6 } });
+    const ran: string[] = [];
+    start(admission, 'spiffe://t/a', ran, 'a-0');
+    start(admission, 'spiffe://t/b', ran, 'b-0');
+    for (let i = 1; i <= 4; i++) start(admission, 'spiffe://t/a', ran, `a-${i}`);
+    expect(ran).toEqual(['a-0', 'b-0', 'a-1', 'a-2', 'a-3', 'a-4']);
   });
 
   it('a caller alone in the broker may use every active slot', () => {
-    const admission = new CallAdmission({ services, limits: { maxActive: 4, maxActivePerCaller: 1 } });
+    const admission = new CallAdmission({ services, limits: { maxActive: 4 } });
     const ran: string[] = [];
     for (let i = 0; i < 6; i++) start(admission, 'spiffe://t/only', ran, `only-${i}`);
     expect(ran).toEqual(['only-0', 'only-1', 'only-2', 'only-3']);
   });
 
   it('a waiting call released before its turn (the client gave up) leaves the line, and never runs', () => {
-    const admission = new CallAdmission({ services, limits: { maxActive: 1, maxActivePerCaller: 1 } });
+    const admission = new CallAdmission({ services, limits: { maxActive: 1 } });
     const ran: string[] = [];
     const first = start(admission, 'spiffe://t/a', ran, 'a-0');
     const gaveUp = start(admission, 'spiffe://t/b', ran, 'b-0');

@@ -16,10 +16,10 @@ const CONCURRENCY = 50;
 const IN_FLIGHT = CONCURRENCY * 4;
 /**
  * The race needs one caller's calls to run together, which admission control deliberately
- * prevents in production (a caller runs two calls at once while others are busy, and has at most
- * 32 in flight): lifted here so every call of a batch hits the database at the same time.
+ * bounds in production (a replica runs 4 calls at once, and a caller has at most 32 in flight):
+ * lifted here so every call of a batch hits the database at the same time.
  */
-const ADMISSION = { maxInFlightPerCaller: IN_FLIGHT, maxActivePerCaller: IN_FLIGHT, maxActive: IN_FLIGHT, maxDatabaseQueue: IN_FLIGHT };
+const ADMISSION = { maxInFlightPerCaller: IN_FLIGHT, maxActive: IN_FLIGHT, maxDatabaseQueue: IN_FLIGHT };
 /**
  * Each call may wait behind the others in flight (on PGlite, one connection, all of them): on a
  * loaded machine that alone once took over 10 s, the client's default deadline. A call's deadline
