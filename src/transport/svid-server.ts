@@ -244,8 +244,10 @@ export class SvidServer {
       this.#logger.info({ connections: openAtStart, drainMs: Date.now() - started }, 'gRPC calls drained');
     }
     clearTimeout(deadlineTimer);
-    for (const socket of this.#sockets) socket.destroy();
-    for (const raw of this.#raw) raw.destroy();
+    const sockets = [...this.#sockets, ...this.#raw];
+    for (const socket of sockets) socket.destroy();
+    // Resolved only once every connection is gone ('close' comes a tick after destroy()).
+    await Promise.all(sockets.map((socket) => new Promise<void>((resolve) => (socket.closed ? resolve() : socket.once('close', () => resolve())))));
     await closed;
   }
 

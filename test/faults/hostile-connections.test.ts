@@ -131,8 +131,15 @@ describe('connections that never finish a handshake', () => {
     let peak = 0;
     try {
       abusers = [...(await openAbusers(replica.port, 500, 'idle')), ...(await openAbusers(replica.port, 200, 'half-hello'))];
-      peak = await replica.fdCount();
-      await until(() => abusers.every((a) => a.closedAt !== undefined), 30_000, 'every abusive connection closed');
+      // The kernel completes connections before the broker accepts them: the peak is sampled while they are held.
+      await until(
+        async () => {
+          peak = Math.max(peak, await replica.fdCount());
+          return abusers.every((a) => a.closedAt !== undefined);
+        },
+        30_000,
+        'every abusive connection closed',
+      );
     } finally {
       legit = false;
       await legitLoop;
@@ -142,7 +149,7 @@ describe('connections that never finish a handshake', () => {
 
     // Every one was held (under both caps) and closed by the broker at the handshake timeout,
     // give or take scheduling on a busy machine: none earlier, none much later.
-    expect(peak).toBeGreaterThan(baseline + 300);
+    expect(peak).toBeGreaterThanOrEqual(baseline + 600);
     expect(Math.min(...held)).toBeGreaterThanOrEqual(timeoutMs - 1_000);
     expect(longest).toBeLessThan(timeoutMs + 3_000);
     // The legitimate client was never refused.
