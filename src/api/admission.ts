@@ -28,10 +28,11 @@ export interface AdmissionLimits {
   /** How many calls above the rate a caller may make in a burst (token bucket size). */
   callerBurst: number;
   /**
-   * Event-loop utilization (0 to 1) above which a caller with a backlog waits while other
-   * callers are served, so their latency keeps its headroom. A caller alone is never held back.
+   * While callers without a burst are active, a caller with a burst behind it starts one call
+   * per this many milliseconds (a trickle, so it always makes progress); once they have been
+   * quiet for a second it runs its full share again.
    */
-  busyUtilization: number;
+  burstTrickleMs: number;
   /** Calls the whole broker takes in flight at once before it sheds load. */
   maxInFlight: number;
   /** Requests that may wait for a database connection before new calls are shed. */
@@ -43,7 +44,7 @@ export interface AdmissionLimits {
 export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = {
   maxInFlightPerCaller: 32,
   maxActive: 4,
-  busyUtilization: 0.5,
+  burstTrickleMs: 100,
   callerRatePerSecond: 0,
   callerBurst: 0,
   maxInFlight: 512,
@@ -94,10 +95,12 @@ export class CallAdmission {
   /** Callers with calls waiting for a turn, in the order their turn comes (a Set keeps insertion order). */
   readonly #turns = new Set<string>();
   #active = 0;
-  #elu = 0;
   /** When a caller without a burst last started a call (-Infinity: never). */
   #lastLightAt = -Infinity;
-  #sampler: NodeJS.Timeout | undefined;
+  /** When a burst last started a call in the background (the trickle). */
+  #lastTrickleAt = -Infinity;
+  /** Dispatches waiting calls every burstTrickleMs while any wait (the trickle needs a clock). */
+  #ticker: NodeJS.Timeout | undefined;
   /** Callers that started a call within the sharing window, and when they last did (oldest first). */
   readonly #recent = new Map<string, number>();
   readonly #buckets = new Map<string, Bucket>();
@@ -119,10 +122,10 @@ export class CallAdmission {
     return this.#total;
   }
 
-  /** Stops sampling the event loop (the timer does not keep the process alive either way). */
+  /** Stops the dispatch ticker (it does not keep the process alive either way). */
   close(): void {
-    clearInterval(this.#sampler);
-    this.#sampler = undefined;
+    clearInterval(this.#ticker);
+    this.#ticker = undefined;
   }
 
   /** Calls running now. */
@@ -209,35 +212,19 @@ export class CallAdmission {
     // calls merely got slower under load must not be held back for it.
     if (calls.inFlight <= BURST_FACTOR * this.limits.maxActive) return true;
     // A burst (more calls in flight than the replica runs at once, several times over) runs
-    // within an equal share, and only while the event loop has room: its calls run back to back,
-    // and without the headroom every other caller's calls would queue behind them. Its waiting
-    // calls go on as soon as there is room again.
+    // within an equal share, and while callers without a burst are active, only as a trickle:
+    // its calls run back to back, and even one of them started in a gap between the others'
+    // calls is one their next call shares the event loop with. The trickle keeps it from
+    // starving; it takes its full share once the others have been quiet for a moment.
     const share = Math.max(1, Math.floor(this.limits.maxActive / sharing));
     if (calls.active >= share) return false;
-    // The headroom is for callers without a burst; among bursts alone, equal shares are fair enough.
-    const lightCallersActive = now - this.#lastLightAt <= SHARING_WINDOW_MS;
-    return !lightCallersActive || this.#utilization() < this.limits.busyUtilization;
+    if (now - this.#lastLightAt > SHARING_WINDOW_MS) return true;
+    if (now - this.#lastTrickleAt < this.limits.burstTrickleMs) return false;
+    this.#lastTrickleAt = now;
+    return true;
   }
 
-  /** Event-loop utilization over the last sampling period (0 to 1), sampled every 100 ms while calls wait. */
-  #utilization(): number {
-    this.#sampler ??= this.#startSampling();
-    return this.#elu;
-  }
-
-  #startSampling(): NodeJS.Timeout {
-    let previous = performance.eventLoopUtilization();
-    const timer = setInterval(() => {
-      const now = performance.eventLoopUtilization();
-      this.#elu = performance.eventLoopUtilization(now, previous).utilization;
-      previous = now;
-      if (this.#turns.size > 0) this.#dispatch(); // room may have come back for waiting calls
-    }, 100);
-    timer.unref();
-    return timer;
-  }
-
-  /** Remembers that `caller` started a call now (moved to the end: the map stays oldest first). */
+  /** Remembers that `caller` started a call now (the map stays oldest first). */
   #noteActivity(caller: string, calls: CallerCalls): void {
     const now = performance.now();
     this.#recent.delete(caller);
@@ -251,6 +238,13 @@ export class CallAdmission {
    * get the next slot in their turn: the single call never waits behind the thousand.
    */
   #dispatch(): void {
+    if (this.#turns.size > 0 && !this.#ticker) {
+      this.#ticker = setInterval(() => {
+        if (this.#turns.size > 0) this.#dispatch();
+        else this.close();
+      }, this.limits.burstTrickleMs);
+      this.#ticker.unref();
+    }
     let skipped = 0;
     while (this.#active < this.limits.maxActive && this.#turns.size > 0 && skipped < this.#turns.size) {
       const caller = this.#turns.values().next().value as string;

@@ -73,7 +73,13 @@ export const limitOptions: Record<string, OptionSpec> = {
     default: '30m',
     description: "Connections are closed gracefully after about this long so clients rebalance over replicas (calls in flight get 5m); '0s': never",
   },
-  'max-concurrent-streams': { type: 'string', placeholder: 'N', env: 'TASK_BROKER_MAX_CONCURRENT_STREAMS', default: '128', description: 'Concurrent calls per connection (HTTP/2 streams)' },
+  'max-concurrent-streams': {
+    type: 'string',
+    placeholder: 'N',
+    env: 'TASK_BROKER_MAX_CONCURRENT_STREAMS',
+    default: '48',
+    description: "Concurrent calls per connection (HTTP/2 streams): a caller's in-flight limit and some room to be told RESOURCE_EXHAUSTED; a client queues more itself",
+  },
   'max-calls-per-caller': {
     type: 'string',
     placeholder: 'N',

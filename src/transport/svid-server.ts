@@ -40,7 +40,7 @@ export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
   idleTimeoutMs: 5 * 60_000,
   maxConnectionAgeMs: 30 * 60_000,
   maxConnectionAgeGraceMs: 5 * 60_000,
-  maxConcurrentStreams: 128,
+  maxConcurrentStreams: 48,
 };
 
 export type ConnectionRefusal = 'max-connections' | 'max-handshakes' | 'no-h2' | 'draining' | 'not-an-svid';
