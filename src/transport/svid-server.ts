@@ -12,7 +12,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from '../observability/logger.js';
 import { LogThrottle } from '../observability/log-throttle.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
-import { ConnectionAuthenticator, type Admission } from './connection-authenticator.js';
+import { ConnectionAuthenticator } from './connection-authenticator.js';
 import type { ServerIdentitySource, TlsIdentity } from './server-identity.js';
 
 /** Bounds on what peers can hold: connections, handshakes in progress, idle and old connections. */
@@ -67,11 +67,13 @@ export interface SvidServerOptions {
   outerInterceptors?: grpc.ServerInterceptor[];
   /** Interceptors that run after authentication (admission, decoding). */
   interceptors?: grpc.ServerInterceptor[];
-  onCallAuthenticated?: (admission: Admission, method: string) => void;
 }
 
+/** Largest request message (bytes). No valid request comes near it: params are at most 16 KiB. */
+export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
+
 const DEFAULT_GRPC_OPTIONS: grpc.ServerOptions = {
-  'grpc.max_receive_message_length': 1024 * 1024,
+  'grpc.max_receive_message_length': DEFAULT_MAX_MESSAGE_BYTES,
   'grpc.keepalive_time_ms': 60_000,
   'grpc.keepalive_timeout_ms': 20_000,
 };
@@ -118,7 +120,6 @@ export class SvidServer {
       logger: options.logger,
       clock: options.clock,
       refusedConnectionLingerMs: options.refusedConnectionLingerMs,
-      onCallAuthenticated: options.onCallAuthenticated,
     });
     this.grpc = new grpc.Server({
       ...DEFAULT_GRPC_OPTIONS,
@@ -246,8 +247,10 @@ export class SvidServer {
     clearTimeout(deadlineTimer);
     const sockets = [...this.#sockets, ...this.#raw];
     for (const socket of sockets) socket.destroy();
-    // Resolved only once every connection is gone ('close' comes a tick after destroy()).
-    await Promise.all(sockets.map((socket) => new Promise<void>((resolve) => (socket.closed ? resolve() : socket.once('close', () => resolve())))));
+    // Resolved only once every connection is gone: 'close' comes a tick after destroy() (and after
+    // `socket.closed` turns true), and that event is what takes a socket out of the two sets.
+    const tracked = (socket: Socket) => this.#sockets.has(socket as TLSSocket) || this.#raw.has(socket);
+    await Promise.all(sockets.map((socket) => new Promise<void>((resolve) => (tracked(socket) ? socket.once('close', () => resolve()) : resolve()))));
     await closed;
   }
 
