@@ -31,5 +31,14 @@ export class BrokerError extends Error {
  */
 export function quoted(value: string, max = 64): string {
   if (value.length <= max) return JSON.stringify(value);
-  return `${JSON.stringify(value.slice(0, max))}… (${value.length - max} more characters)`;
+  return `${JSON.stringify(value.slice(0, max))}${leftOut(value, max)}`;
+}
+
+/** The same bound, unquoted: for a caller's value recorded as data (an audit event's details). */
+export function clipped(value: string, max: number): string {
+  return value.length <= max ? value : `${value.slice(0, max)}${leftOut(value, max)}`;
+}
+
+function leftOut(value: string, max: number): string {
+  return `… (${value.length - max} more characters)`;
 }

@@ -33,7 +33,7 @@ import { JWKS_PATH, jwksRoute } from './tokens/jwks.js';
 import type { KeyEncryptionKey } from './tokens/kek.js';
 import { SigningKeyRing, type TokenAlg } from './tokens/keyring.js';
 import type { ServerIdentitySource, TlsIdentity } from './transport/server-identity.js';
-import { SvidServer, type ConnectionLimits } from './transport/svid-server.js';
+import { DEFAULT_MAX_MESSAGE_BYTES, SvidServer, type ConnectionLimits } from './transport/svid-server.js';
 
 export interface BrokerDeps {
   logger: Logger;
@@ -61,9 +61,6 @@ export interface BrokerDeps {
   /** Bounds on connections and handshakes (defaults: DEFAULT_CONNECTION_LIMITS). */
   connectionLimits?: Partial<ConnectionLimits>;
 }
-
-/** Largest request message (bytes). No valid request comes near it: params are at most 16 KiB. */
-export const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
 
 export interface RunningBroker {
   readonly port: number;
@@ -102,7 +99,7 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
   });
   const proto = brokerProto();
   server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBroker.service), taskBrokerHandlers({ logger: deps.logger, lifecycle: deps.lifecycle, metrics }));
-  if (deps.admin) server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBrokerAdmin.service), adminHandlers({ logger: deps.logger, admin: deps.admin, metrics }));
+  if (deps.admin) server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBrokerAdmin.service), adminHandlers({ logger: deps.logger, admin: deps.admin }));
   const served = SERVICE_NAMES.filter((name) => name !== 'taskbroker.v1.TaskBrokerAdmin' || deps.admin);
   const healthServices = ['', ...served];
 

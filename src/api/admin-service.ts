@@ -5,7 +5,6 @@
 import type { AuditEvent as AuditEventMessage } from '../gen/taskbroker/v1/AuditEvent.js';
 import type { TaskBrokerAdminHandlers } from '../gen/taskbroker/v1/TaskBrokerAdmin.js';
 import type { Logger } from '../observability/logger.js';
-import type { BrokerMetrics } from '../observability/metrics.js';
 import type { AuditEvent } from '../audit/audit.js';
 import { jsonToStruct } from '../protocol/struct.js';
 import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
@@ -17,11 +16,8 @@ import { actorOf, taskMessage } from './task-broker-service.js';
 export interface AdminServiceDeps {
   logger: Logger;
   admin: TaskAdmin;
-  /** Counts calls; absent: nothing is counted. */
-  metrics?: BrokerMetrics;
 }
 
-export const TASK_BROKER_ADMIN_SERVICE = 'taskbroker.v1.TaskBrokerAdmin';
 
 
 export function auditEventMessage(e: AuditEvent): AuditEventMessage {
@@ -38,8 +34,8 @@ export function auditEventMessage(e: AuditEvent): AuditEventMessage {
   };
 }
 
-export function adminHandlers({ logger, admin, metrics }: AdminServiceDeps): TaskBrokerAdminHandlers {
-  const rpc: RpcContext = { service: TASK_BROKER_ADMIN_SERVICE, logger, metrics };
+export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAdminHandlers {
+  const rpc: RpcContext = { logger };
   return {
     RevokeTask: unary('RevokeTask', rpc, async (call) => {
       const res = await admin.revokeTask(actorOf(call), call.request.taskId, call.request.reason);

@@ -210,7 +210,7 @@ export class CallAdmission {
     if (sharing === 1) return true; // alone: every slot (the global limit still holds)
     // A caller without a burst behind it goes on into any free slot (in its turn): one whose
     // calls merely got slower under load must not be held back for it.
-    if (calls.inFlight <= BURST_FACTOR * this.limits.maxActive) return true;
+    if (!this.#isBurst(calls)) return true;
     // A burst (more calls in flight than the replica runs at once, several times over) runs
     // within an equal share, and while callers without a burst are active, only as a trickle:
     // its calls run back to back, and even one of them started in a gap between the others'
@@ -229,7 +229,12 @@ export class CallAdmission {
     const now = performance.now();
     this.#recent.delete(caller);
     this.#recent.set(caller, now);
-    if (calls.inFlight <= BURST_FACTOR * this.limits.maxActive) this.#lastLightAt = now;
+    if (!this.#isBurst(calls)) this.#lastLightAt = now;
+  }
+
+  /** More calls in flight than the replica runs at once, several times over. */
+  #isBurst(calls: CallerCalls): boolean {
+    return calls.inFlight > BURST_FACTOR * this.limits.maxActive;
   }
 
   /**
@@ -299,8 +304,10 @@ export class CallAdmission {
               let caller: string;
               try {
                 caller = callerOf({ metadata }).spiffeId.toString();
-              } catch {
-                nextMetadata(metadata); // not authenticated: the authenticator has answered already
+              } catch (err) {
+                // Unreachable behind the authenticator, which answers such calls itself; if it were
+                // not in front, no call without a verified caller gets past here.
+                call.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: (err as Error).message });
                 return;
               }
               const admitted = this.admit(caller);

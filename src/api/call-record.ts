@@ -47,6 +47,12 @@ export function splitMethodPath(path: string): { service: string; method: string
   return match ? { service: match[1] ?? '', method: match[2] ?? '' } : { service: 'unknown', method: 'unknown' };
 }
 
+/** The host part of a peer address (host:port, [v6]:port), so one host's reconnections share a budget. */
+function peerHost(peer: string): string {
+  const colon = peer.lastIndexOf(':');
+  return colon > 0 ? peer.slice(0, colon) : peer;
+}
+
 /** Status codes that point at the broker rather than the caller: logged as warnings. */
 const SERVER_SIDE = new Set<grpc.status>([grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.DATA_LOSS, grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
 
@@ -109,10 +115,11 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
           durationMs: Math.round(seconds * 1e6) / 1e3,
           ...(code !== grpc.status.OK && details ? { details } : {}),
         };
-        if (code === grpc.status.RESOURCE_EXHAUSTED) {
-          // A caller over its quota can make thousands of these a second: its lines are
-          // throttled per caller (the metric counts every one; the next line says how many were left out).
-          refusals.log('info', `${caller ?? 'unknown'}`, line, 'rpc');
+        if (code === grpc.status.RESOURCE_EXHAUSTED || code === grpc.status.UNAUTHENTICATED) {
+          // A caller over its quota, or a peer whose certificate is refused, can make thousands of
+          // these a second: their lines are throttled per caller, or per peer host when there is
+          // no verified caller (the metric counts every one; the next line says how many were left out).
+          refusals.log('info', caller ?? `peer:${peerHost(line.peer)}`, line, 'rpc');
         } else if (SERVER_SIDE.has(code)) logger.warn(line, 'rpc');
         else logger.info(line, 'rpc');
       } catch (err) {

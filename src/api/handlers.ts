@@ -7,12 +7,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { BrokerError, type ErrorKind } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import type { BrokerMetrics } from '../observability/metrics.js';
 import { brokerErrorFor } from '../store/failures.js';
 import { UnauthenticatedError } from '../transport/caller.js';
 import { requestIdOf } from './call-record.js';
-
-export { REQUEST_ID_HEADER, requestIdOf, statusName } from './call-record.js';
 
 const STATUS_OF: Record<ErrorKind, grpc.status> = {
   'invalid-argument': grpc.status.INVALID_ARGUMENT,
@@ -38,12 +35,9 @@ export function toServiceError(err: unknown, logger: Logger, method: string, req
   return { code: grpc.status.INTERNAL, details: 'internal error' };
 }
 
-/** What every handler of a service shares: where errors are logged and what counts domain outcomes. */
+/** What every handler of a service shares: where unexpected errors are logged. */
 export interface RpcContext {
-  /** Full gRPC service name, e.g. taskbroker.v1.TaskBroker. */
-  readonly service: string;
   readonly logger: Logger;
-  readonly metrics?: BrokerMetrics;
 }
 
 /** A unary handler from an async function; never throws into grpc-js. */

@@ -5,6 +5,7 @@
  * INTERNAL "Error deserializing request".
  */
 import * as grpc from '@grpc/grpc-js';
+import { MAX_PARAMS_DEPTH } from '../protocol/struct.js';
 
 type Decode = (bytes: Buffer) => unknown;
 
@@ -39,7 +40,7 @@ export class RequestDecoders {
                 decoded = decoder.decode(message);
               } catch (err) {
                 const reason = err instanceof Error ? err.message : String(err);
-                const hint = /nesting depth/i.test(reason) ? ' (google.protobuf.Struct params may nest at most 32 levels)' : '';
+                const hint = /nesting depth/i.test(reason) ? ` (google.protobuf.Struct params may nest at most ${MAX_PARAMS_DEPTH} levels)` : '';
                 call.sendStatus({ code: grpc.status.INVALID_ARGUMENT, details: `request could not be decoded as ${decoder.type}: ${reason}${hint}` });
                 return;
               }

@@ -15,7 +15,8 @@ import type { Actor, Task, TaskLifecycle, VerifyReason } from '../tasks/lifecycl
 import { certificateThumbprint } from '../spiffe/certificate.js';
 import { callerOf } from '../transport/caller.js';
 import { BrokerError } from '../errors.js';
-import { REQUEST_ID_HEADER, requestIdOf, unary, type RpcContext } from './handlers.js';
+import { REQUEST_ID_HEADER, requestIdOf } from './call-record.js';
+import { unary, type RpcContext } from './handlers.js';
 
 export interface TaskBrokerServiceDeps {
   logger: Logger;
@@ -25,7 +26,6 @@ export interface TaskBrokerServiceDeps {
   metrics?: BrokerMetrics;
 }
 
-export const TASK_BROKER_SERVICE = 'taskbroker.v1.TaskBroker';
 
 
 /** The verified caller of a call plus its request id (echoed to the client in the response headers). */
@@ -88,7 +88,7 @@ function text(value: string, field: string): string {
 }
 
 export function taskBrokerHandlers({ logger, lifecycle, metrics }: TaskBrokerServiceDeps): TaskBrokerHandlers {
-  const rpc: RpcContext = { service: TASK_BROKER_SERVICE, logger, metrics };
+  const rpc: RpcContext = { logger };
   const tasks = (): TaskLifecycle => {
     if (!lifecycle) throw new BrokerError('unavailable', 'tasks are not served by this broker');
     return lifecycle;

@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { AdmissionLimits } from '../api/admission.js';
+import { openFilesLimit } from '../observability/capacity-checks.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import type { ConnectionLimits } from '../transport/svid-server.js';
 import { startTaskBroker, type RunningTaskBroker } from '../server.js';
@@ -239,15 +240,14 @@ function maxConnectionsOption(values: ParsedCommand['values']): number {
 
 function softFileLimit(): number {
   try {
-    const match = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
-    return match ? Number(match[1]) : Infinity;
+    return openFilesLimit(readFileSync('/proc/self/limits', 'utf8')) ?? Infinity;
   } catch {
     return Infinity;
   }
 }
 
-const seconds = (values: ParsedCommand['values'], name: string, fallback: string) => {
-  const ms = parseDuration(stringOption(values, name) ?? fallback, `--${name}`);
+const seconds = (values: ParsedCommand['values'], name: string) => {
+  const ms = parseDuration(optionText(values, name), `--${name}`);
   if (ms < 1000 || ms % 1000 !== 0) throw new UsageError(`--${name}: whole seconds, at least 1s`);
   return ms / 1000;
 };
@@ -279,7 +279,7 @@ function identityConfig(values: ParsedCommand['values']): Pick<ServeConfig, 'svi
         throw new UsageError(`--workload-api-spiffe-id: ${(err as Error).message}`);
       }
     }
-    const timeoutMs = parseDuration(stringOption(values, 'workload-api-timeout') ?? '60s', '--workload-api-timeout');
+    const timeoutMs = parseDuration(optionText(values, 'workload-api-timeout'), '--workload-api-timeout');
     if (timeoutMs <= 0) throw new UsageError('--workload-api-timeout must be longer than 0s');
     return { workloadApi: { address: workloadApi, timeoutMs, ...(spiffeId !== undefined ? { spiffeId } : {}) } };
   }
@@ -316,10 +316,10 @@ export function serveConfig(parsed: ParsedCommand): ServeConfig {
   if (alg !== 'ES256' && alg !== 'EdDSA') throw new UsageError(`--token-alg: ES256 or EdDSA, not "${alg}"`);
   const httpListen = stringOption(values, 'http-listen') ?? '0.0.0.0:8080';
   const limits = {
-    defaultTaskTtlSeconds: seconds(values, 'default-task-ttl', '15m'),
-    maxTaskTtlSeconds: seconds(values, 'max-task-ttl', '24h'),
-    defaultTokenTtlSeconds: seconds(values, 'default-token-ttl', '5m'),
-    maxTokenTtlSeconds: seconds(values, 'max-token-ttl', '15m'),
+    defaultTaskTtlSeconds: seconds(values, 'default-task-ttl'),
+    maxTaskTtlSeconds: seconds(values, 'max-task-ttl'),
+    defaultTokenTtlSeconds: seconds(values, 'default-token-ttl'),
+    maxTokenTtlSeconds: seconds(values, 'max-token-ttl'),
   };
   if (limits.defaultTaskTtlSeconds > limits.maxTaskTtlSeconds) throw new UsageError('--default-task-ttl is longer than --max-task-ttl');
   if (limits.defaultTokenTtlSeconds > limits.maxTokenTtlSeconds) throw new UsageError('--default-token-ttl is longer than --max-token-ttl');
@@ -335,10 +335,10 @@ export function serveConfig(parsed: ParsedCommand): ServeConfig {
     tokenAlg: alg,
     issuer: stringOption(values, 'issuer'),
     limits,
-    sweepIntervalMs: parseDuration(stringOption(values, 'sweep-interval') ?? '30s', '--sweep-interval'),
-    tokenRetentionSeconds: seconds(values, 'token-retention', '168h'),
-    filePollIntervalMs: parseDuration(stringOption(values, 'file-poll-interval') ?? '5s', '--file-poll-interval'),
-    shutdownGraceMs: parseDuration(stringOption(values, 'shutdown-grace') ?? '20s', '--shutdown-grace'),
+    sweepIntervalMs: durationOption(values, 'sweep-interval', { allowZero: true }),
+    tokenRetentionSeconds: seconds(values, 'token-retention'),
+    filePollIntervalMs: durationOption(values, 'file-poll-interval', { allowZero: true }),
+    shutdownGraceMs: durationOption(values, 'shutdown-grace', { allowZero: true }),
     logLevel: stringOption(values, 'log-level') ?? 'info',
     databaseWaitMs: durationOption(values, 'database-wait', { allowZero: true }),
     database: {

@@ -47,12 +47,17 @@ export function writesCheck(store: WriteProbe, options: { threshold?: number; ti
 export async function fileDescriptorUse(): Promise<{ open: number; limit: number } | undefined> {
   try {
     const [entries, limits] = await Promise.all([readdir('/proc/self/fd'), readFile('/proc/self/limits', 'utf8')]);
-    const match = /^Max open files\s+(\d+|unlimited)\s+/m.exec(limits);
-    if (!match || match[1] === 'unlimited') return undefined;
-    return { open: entries.length, limit: Number(match[1]) };
+    const limit = openFilesLimit(limits);
+    return limit === undefined ? undefined : { open: entries.length, limit };
   } catch {
     return undefined;
   }
+}
+
+/** The soft limit on open files from the text of /proc/PID/limits; undefined when unlimited or absent. */
+export function openFilesLimit(limits: string): number | undefined {
+  const match = /^Max open files\s+(\d+|unlimited)\s+/m.exec(limits);
+  return !match || match[1] === 'unlimited' ? undefined : Number(match[1]);
 }
 
 /**

@@ -7,10 +7,11 @@ import type { Value, Value__Output } from '../gen/google/protobuf/Value.js';
 import { BrokerError } from '../errors.js';
 import type { JsonObject, JsonValue } from '../tasks/spec.js';
 
-const MAX_DEPTH = 32;
+/** How deep params may nest (documented in the proto). */
+export const MAX_PARAMS_DEPTH = 32;
 
 function valueToJson(v: Value__Output, path: string, depth: number): JsonValue {
-  if (depth > MAX_DEPTH) throw new BrokerError('invalid-argument', `${path}: nested deeper than ${MAX_DEPTH} levels`);
+  if (depth > MAX_PARAMS_DEPTH) throw new BrokerError('invalid-argument', `${path}: nested deeper than ${MAX_PARAMS_DEPTH} levels`);
   switch (v.kind) {
     case 'nullValue':
     case undefined:

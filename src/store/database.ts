@@ -27,7 +27,7 @@ export interface Store {
   /** How recent write transactions ended: readiness turns on a run of failures. */
   readonly writes: WriteHealth;
   /** Connections in use and idle (PostgreSQL pool; PGlite has one). */
-  poolStats(): { total: number; idle: number; waiting: number; max: number };
+  poolStats(): { total: number; idle: number; waiting: number };
   /** One round trip on a connection of its own, so a saturated pool does not look like a dead database. */
   ping(): Promise<void>;
   /**
@@ -154,7 +154,7 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
     db,
     description: redactUrl(url),
     writes,
-    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: pool.options.max }),
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
     ping: async () => {
       await sql`select 1`.execute(healthDb);
     },
@@ -195,7 +195,7 @@ async function openPglite(dataDir: string | undefined): Promise<Store> {
     db,
     description: dataDir ? `embedded PGlite in ${dataDir}` : 'embedded PGlite in memory',
     writes,
-    poolStats: () => ({ total: 1, idle: busy ? 0 : 1, waiting: 0, max: 1 }),
+    poolStats: () => ({ total: 1, idle: busy ? 0 : 1, waiting: 0 }),
     ping: async () => {
       busy = true;
       try {

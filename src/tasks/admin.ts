@@ -7,7 +7,7 @@
 import { sql } from 'kysely';
 import { createHash } from 'node:crypto';
 import { verifyTaskTrail, type AuditEvent, type ChainCheck } from '../audit/audit.js';
-import { BrokerError, quoted } from '../errors.js';
+import { BrokerError, clipped, quoted } from '../errors.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, patternToPostgresRegex, SpiffeIdPatternError } from '../spiffe/pattern.js';
@@ -95,9 +95,7 @@ function selectorRegex(field: string, selector: string): string {
 }
 
 /** A caller's value recorded in a refusal's audit event: at most 256 characters of it. */
-function bounded(value: string): string {
-  return value.length > 256 ? `${value.slice(0, 256)}… (${value.length - 256} more characters)` : value;
-}
+const bounded = (value: string) => clipped(value, 256);
 
 function text(value: string, field: string): string {
   if (value.length > MAX_TEXT) throw new BrokerError('invalid-argument', `${field}: at most ${MAX_TEXT} characters`);

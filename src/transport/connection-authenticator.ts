@@ -28,6 +28,8 @@ interface ConnectionEntry {
   /** Bundle generation the admission was computed against. */
   generation: number;
   closeTimer?: NodeJS.Timeout;
+  /** Refused calls on this connection so far (only the first few are logged here). */
+  refusedCalls: number;
 }
 
 export interface ConnectionAuthenticatorOptions {
@@ -36,9 +38,10 @@ export interface ConnectionAuthenticatorOptions {
   clock?: () => Date;
   /** How long a refused connection stays open so its calls can be answered with UNAUTHENTICATED. */
   refusedConnectionLingerMs?: number;
-  /** Observes every call's authentication outcome with the call's method path (metrics). */
-  onCallAuthenticated?: (admission: Admission, method: string) => void;
 }
+
+/** Refused calls logged per connection (the reason is the same for all of them; the call recorder counts every one). */
+const LOGGED_REFUSALS_PER_CONNECTION = 5;
 
 interface ConnectionAddress {
   localAddress?: string | undefined;
@@ -82,14 +85,12 @@ export class ConnectionAuthenticator {
   readonly #logger: Logger;
   readonly #clock: () => Date;
   readonly #lingerMs: number;
-  readonly #onCall: (admission: Admission, method: string) => void;
 
   constructor(options: ConnectionAuthenticatorOptions) {
     this.#bundles = options.bundles;
     this.#logger = options.logger;
     this.#clock = options.clock ?? (() => new Date());
     this.#lingerMs = options.refusedConnectionLingerMs ?? 5_000;
-    this.#onCall = options.onCallAuthenticated ?? (() => undefined);
   }
 
   /** Open connections, verified or not. */
@@ -111,7 +112,7 @@ export class ConnectionAuthenticator {
     } else {
       admission = this.#verify(presented);
     }
-    const entry: ConnectionEntry = { socket, presented, peer, admission, generation: this.#bundles.generation };
+    const entry: ConnectionEntry = { socket, presented, peer, admission, generation: this.#bundles.generation, refusedCalls: 0 };
     if (key && !this.#connections.has(key)) {
       this.#connections.set(key, entry);
       socket.once('close', () => {
@@ -152,14 +153,17 @@ export class ConnectionAuthenticator {
         start: (next) => {
           next({
             onReceiveMetadata: (metadata, nextMetadata) => {
-              const admission = this.authenticate(call.getConnectionInfo());
-              this.#onCall(admission, methodDescriptor.path);
+              const address = call.getConnectionInfo();
+              const admission = this.authenticate(address);
               if (admission.ok) {
                 attachCaller(metadata, admission.caller);
                 nextMetadata(metadata);
                 return;
               }
-              this.#logger.warn({ peer: call.getPeer(), method: methodDescriptor.path, failure: admission.failure, reason: admission.reason }, 'call refused: peer is not a valid X509-SVID');
+              const entry = this.#connections.get(connectionKey(address) ?? '');
+              if (!entry || ++entry.refusedCalls <= LOGGED_REFUSALS_PER_CONNECTION) {
+                this.#logger.warn({ peer: call.getPeer(), method: methodDescriptor.path, failure: admission.failure, reason: admission.reason }, 'call refused: peer is not a valid X509-SVID');
+              }
               call.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: `peer is not a valid X509-SVID: ${admission.reason}` });
             },
           });

@@ -16,8 +16,8 @@ import * as grpc from '@grpc/grpc-js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import { queryRows } from '../helpers/db.js';
 import { processAlive, startPgCluster, type PgCluster } from '../helpers/pg-cluster.js';
 import type { RunningCli } from '../helpers/cli.js';
 import { createServePki, randomKek, startServe, type ServePki, type ServeProcess } from '../helpers/serve-process.js';
@@ -51,16 +51,6 @@ afterAll(async () => {
   await cluster?.destroy();
   await rm(dir, { recursive: true, force: true });
 });
-
-async function query<T extends pg.QueryResultRow>(text: string, values: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    return (await client.query<T>(text, values)).rows;
-  } finally {
-    await client.end();
-  }
-}
 
 describe('database restart and outage under load', () => {
   it('three replicas survive a restart and a 10 s stop: retryable codes only, back within 2 s, nothing acknowledged lost', { timeout: 240_000 }, async () => {
@@ -118,17 +108,18 @@ describe('database restart and outage under load', () => {
     // Every acknowledged effect is in the database, with its audit event.
     const ok = (method: CallOutcome['method']) => load.outcomes.filter((o) => o.method === method && o.code === grpc.status.OK);
     const created = ok('CreateTask').map((o) => o.taskId!);
-    const tasks = new Set((await query<{ task_id: string }>('select task_id from tasks where task_id = any($1)', [created])).map((r) => r.task_id));
+    const tasks = new Set((await queryRows<{ task_id: string }>(databaseUrl, 'select task_id from tasks where task_id = any($1)', [created])).map((r) => r.task_id));
     expect(created.filter((id) => !tasks.has(id))).toEqual([]);
-    const createdEvents = new Set((await query<{ task_id: string }>("select task_id from audit_events where event_type = 'task.created' and task_id = any($1)", [created])).map((r) => r.task_id));
+    const createdEvents = new Set((await queryRows<{ task_id: string }>(databaseUrl, "select task_id from audit_events where event_type = 'task.created' and task_id = any($1)", [created])).map((r) => r.task_id));
     expect(created.filter((id) => !createdEvents.has(id))).toEqual([]);
     const tokenIds = ok('IssueToken').map((o) => o.tokenId!);
-    const tokens = new Set((await query<{ jti: string }>('select jti from tokens where jti = any($1)', [tokenIds])).map((r) => r.jti));
+    const tokens = new Set((await queryRows<{ jti: string }>(databaseUrl, 'select jti from tokens where jti = any($1)', [tokenIds])).map((r) => r.jti));
     expect(tokenIds.filter((id) => !tokens.has(id))).toEqual([]);
-    const issuedEvents = new Set((await query<{ token_id: string }>("select details->>'token_id' as token_id from audit_events where event_type = 'token.issued' and details->>'token_id' = any($1)", [tokenIds])).map((r) => r.token_id));
+    const issuedEvents = new Set((await queryRows<{ token_id: string }>(databaseUrl, "select details->>'token_id' as token_id from audit_events where event_type = 'token.issued' and details->>'token_id' = any($1)", [tokenIds])).map((r) => r.token_id));
     expect(tokenIds.filter((id) => !issuedEvents.has(id))).toEqual([]);
     const completed = ok('CompleteTask').map((o) => o.taskId!);
-    const completedRows = await query<{ task_id: string; state: string; events: string }>(
+    const completedRows = await queryRows<{ task_id: string; state: string; events: string }>(
+      databaseUrl,
       "select t.task_id, t.state, (select count(*) from audit_events e where e.task_id = t.task_id and e.event_type = 'task.completed') as events from tasks t where t.task_id = any($1)",
       [completed],
     );

@@ -11,9 +11,9 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
+import { queryRows } from '../helpers/db.js';
 import { processAlive, startPgCluster, type PgCluster } from '../helpers/pg-cluster.js';
 import { createServePki, randomKek, startServe, type ServeProcess } from '../helpers/serve-process.js';
 import { AUDIENCE, POLICY, TD, WORKER } from './fixtures.js';
@@ -45,16 +45,6 @@ async function processesMentioning(text: string): Promise<number[]> {
     }
   }
   return pids;
-}
-
-async function query<T extends pg.QueryResultRow>(url: string, text: string, values: unknown[] = []): Promise<T[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query<T>(text, values)).rows;
-  } finally {
-    await client.end();
-  }
 }
 
 let dir: string;
@@ -134,7 +124,7 @@ describe('fault-injection infrastructure', () => {
       expect(pidAfter).toBeDefined();
       expect(pidAfter).not.toBe(pidBefore);
       expect(await cluster.isRunning()).toBe(true);
-      const rows = await query<{ state: string }>(databaseUrl, 'SELECT state FROM tasks WHERE task_id = $1', [taskId]);
+      const rows = await queryRows<{ state: string }>(databaseUrl, 'SELECT state FROM tasks WHERE task_id = $1', [taskId]);
       expect(rows).toEqual([{ state: 'COMPLETED' }]);
       mark('pg_ctl restart -m fast');
 

@@ -11,11 +11,10 @@
 import * as grpc from '@grpc/grpc-js';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import pg from 'pg';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
-import { adminQuery, pgUrl, uniqueName } from '../helpers/db.js';
+import { adminQuery, pgUrl, queryRows, uniqueName } from '../helpers/db.js';
 import { createServePki, randomKek, startServe, type ServePki } from '../helpers/serve-process.js';
 import { sample } from '../ops/helpers.js';
 import { AUDIENCE, POLICY, taskSpec, TD, until, WORKER } from './fixtures.js';
@@ -82,13 +81,7 @@ describe('writes refused by the database', () => {
         expect(sample(await replica.metrics(), 'task_broker_db_consecutive_write_failures')).toBeGreaterThanOrEqual(5);
 
         // Nothing was written by the refused calls: the tasks table holds the first task only.
-        const counted = new pg.Client({ connectionString: pgUrl(database) });
-        await counted.connect();
-        try {
-          expect((await counted.query<{ n: string }>('select count(*) as n from tasks')).rows[0]?.n).toBe('1');
-        } finally {
-          await counted.end();
-        }
+        expect((await queryRows<{ n: string }>(pgUrl(database), 'select count(*) as n from tasks'))[0]?.n).toBe('1');
         await adminQuery(`GRANT INSERT ON audit_events TO ${role}`, database);
         await until(async () => (await replica.readyz()).status === 200, 30_000, 'ready again once the privilege is back');
         expect((await worker.createTask({ spec: taskSpec(AUDIENCE) })).task?.state).toBe('TASK_STATE_ACTIVE');

@@ -38,6 +38,17 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
+/** The rows of one query on a connection of its own to `url`. */
+export async function queryRows<T extends pg.QueryResultRow>(url: string, text: string, values: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query<T>(text, values)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
 /** Runs `text` (one or more statements) as the admin, on `database` (default: the admin URL's). */
 export async function adminQuery(text: string, database?: string): Promise<void> {
   const client = new pg.Client({ connectionString: database === undefined ? ADMIN_URL : pgUrl(database) });
