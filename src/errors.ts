@@ -19,6 +19,8 @@ export class BrokerError extends Error {
   constructor(
     readonly kind: ErrorKind,
     message: string,
+    /** For retryable refusals: when to try again, sent as the grpc-retry-pushback-ms trailer. */
+    readonly retryAfterMs?: number,
   ) {
     super(message);
   }

@@ -261,6 +261,7 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       clock: options.clock,
       policy,
       transact: (work) => store.transaction(work),
+      store,
       observer: {
         taskEnded: (state, revokedTokens) => {
           metrics.tasksEnded.inc({ state });
@@ -338,7 +339,7 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       metrics,
       readiness,
       admission: options.admission,
-      databaseQueue: () => store.poolStats().waiting,
+      databaseQueue: () => store.poolStats().waiting + lifecycle.writeQueue,
       maxMessageBytes: options.maxMessageBytes,
       connectionLimits: options.connectionLimits,
     });

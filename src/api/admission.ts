@@ -43,12 +43,12 @@ export interface AdmissionLimits {
 
 export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = {
   maxInFlightPerCaller: 32,
-  maxActive: 4,
+  maxActive: 64,
   burstTrickleMs: 100,
   callerRatePerSecond: 0,
   callerBurst: 0,
   maxInFlight: 512,
-  maxDatabaseQueue: 64,
+  maxDatabaseQueue: 256,
   refusalDelayMs: 250,
 };
 

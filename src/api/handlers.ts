@@ -9,6 +9,7 @@ import { BrokerError, type ErrorKind } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { brokerErrorFor } from '../store/failures.js';
 import { UnauthenticatedError } from '../transport/caller.js';
+import { RETRY_PUSHBACK_HEADER } from './admission.js';
 import { requestIdOf } from './call-record.js';
 
 const STATUS_OF: Record<ErrorKind, grpc.status> = {
@@ -24,7 +25,12 @@ const STATUS_OF: Record<ErrorKind, grpc.status> = {
 };
 
 export function toServiceError(err: unknown, logger: Logger, method: string, requestId?: string): Partial<grpc.StatusObject> {
-  if (err instanceof BrokerError) return { code: STATUS_OF[err.kind], details: err.message };
+  if (err instanceof BrokerError) {
+    if (err.retryAfterMs === undefined) return { code: STATUS_OF[err.kind], details: err.message };
+    const metadata = new grpc.Metadata();
+    metadata.set(RETRY_PUSHBACK_HEADER, String(err.retryAfterMs));
+    return { code: STATUS_OF[err.kind], details: err.message, metadata };
+  }
   if (err instanceof UnauthenticatedError) return { code: grpc.status.UNAUTHENTICATED, details: err.message };
   const database = brokerErrorFor(err);
   if (database) {

@@ -4,14 +4,20 @@
  * existing task (a probe of an unknown task ID, a malformed token) go to the chain of the actor
  * who caused them ("actor:<spiffe id>"), so no single chain becomes a global lock.
  *
- * Each event's hash is base64url SHA-256 over the RFC 8785 canonical JSON of the event
- * (chain, sequence number, previous hash and every recorded field), so changing, removing or
- * reordering any stored event, or dropping the newest one, breaks the check.
+ * Each event's hash is base64url SHA-256 over a document that holds the chain, the sequence
+ * number, the previous hash and every recorded field, so changing, removing or reordering any
+ * stored event, or dropping the newest one, breaks the check. Two formats exist (column
+ * hash_version): 1, the RFC 8785 canonical JSON of the event, computed by the broker (events
+ * written before migration 0003); 2, the jsonb text of a JSON array of the same fields, computed
+ * by the database in the statement that appends the event (tb_event_document in
+ * migrations/0003), so an append needs no round trip to read the chain head first.
  */
 import canonicalize from 'canonicalize';
 import { createHash } from 'node:crypto';
+import { sql } from 'kysely';
 import type { DbOrTx, Tx } from '../store/database.js';
 import { eventIdOf, type AuditEventRow } from '../store/schema.js';
+import { storableJson } from '../store/write-batcher.js';
 
 export type AuditEventType =
   | 'task.created'
@@ -69,6 +75,10 @@ export interface HashedFields {
 export interface AuditEvent extends HashedFields {
   eventId: number;
   hash: string;
+  /** 1: RFC 8785 document computed by the broker; 2: document computed by the database. */
+  hashVersion: 1 | 2;
+  /** Format 2: the document the hash covers, as the database renders it from the stored fields. */
+  document?: string;
 }
 
 export function eventHash(e: HashedFields): string {
@@ -89,15 +99,16 @@ export function eventHash(e: HashedFields): string {
 }
 
 /**
- * Appends one event to its chain inside `tx`. Locks the chain head, so appends to one chain are
- * serialized; callers that also lock a task row must lock it first (they always do: the
- * lifecycle locks the task, then writes its events).
+ * Appends one event to its chain inside `tx`, in one round trip (tb_append_event: locks the chain
+ * head, computes the hash, stores the event, moves the head). Appends to one chain are
+ * serialized; callers that also lock a task row must lock it first (they always do).
  */
-export async function appendAuditEvent(tx: Tx, input: AuditEventInput, options: AppendOptions = {}): Promise<AuditEvent> {
+export async function appendAuditEvent(tx: Tx, input: AuditEventInput, options: AppendOptions = {}): Promise<number> {
   const started = options.onTimed ? performance.now() : 0;
-  const event = await append(tx, input);
+  const details = JSON.stringify(input.details);
+  const { rows } = await sql<{ event_id: string | number }>`select tb_append_event(${input.taskId}, ${input.type}, ${input.actor.spiffeId}, ${input.actor.certThumbprint}, ${input.actor.requestId}, ${input.occurredAt}, ${storableJson(details)}::jsonb) as event_id`.execute(tx);
   options.onTimed?.((performance.now() - started) / 1000);
-  return event;
+  return eventIdOf(rows[0]!);
 }
 
 export interface AppendOptions {
@@ -105,64 +116,10 @@ export interface AppendOptions {
   onTimed?: (seconds: number) => void;
 }
 
-async function append(tx: Tx, input: AuditEventInput): Promise<AuditEvent> {
-  const chainId = chainIdFor(input);
-  // One round trip creates the chain head if needed, locks it and reads it: ON CONFLICT DO
-  // UPDATE takes the row lock like SELECT … FOR UPDATE and returns the current values.
-  const head = await tx
-    .insertInto('audit_chains')
-    .values({ chain_id: chainId, last_seq: 0, last_hash: GENESIS_HASH })
-    .onConflict((oc) => oc.column('chain_id').doUpdateSet({ chain_id: (eb) => eb.ref('excluded.chain_id') }))
-    .returning(['last_seq', 'last_hash'])
-    .executeTakeFirstOrThrow();
-  // Round-trip the details through JSON so what is hashed is exactly what jsonb gives back; NUL
-  // (which jsonb cannot hold, and which a caller may smuggle in, e.g. in a token header) becomes U+FFFD.
-  const details = JSON.parse(JSON.stringify(input.details), (_key, value: unknown) => (typeof value === 'string' ? value.replaceAll('\u0000', '\ufffd') : value)) as Record<string, unknown>;
-  const occurredAt = new Date(input.occurredAt.getTime());
-  const fields: HashedFields = {
-    chainId,
-    seq: head.last_seq + 1,
-    taskId: input.taskId,
-    type: input.type,
-    actorSpiffeId: input.actor.spiffeId,
-    actorCertThumbprint: input.actor.certThumbprint,
-    requestId: input.actor.requestId,
-    occurredAt,
-    details,
-    prevHash: head.last_hash,
-  };
-  const hash = eventHash(fields);
-  // A second round trip stores the event and moves the head, in one statement.
-  const row = await tx
-    .with('event', (db) =>
-      db
-        .insertInto('audit_events')
-        .values({
-          chain_id: chainId,
-          seq: fields.seq,
-          task_id: fields.taskId,
-          event_type: fields.type,
-          actor_spiffe_id: fields.actorSpiffeId,
-          actor_cert_thumbprint: fields.actorCertThumbprint,
-          request_id: fields.requestId,
-          occurred_at: occurredAt,
-          details: JSON.stringify(details),
-          prev_hash: fields.prevHash,
-          hash,
-        })
-        .returning('event_id'),
-    )
-    .updateTable('audit_chains')
-    .set({ last_seq: fields.seq, last_hash: hash })
-    .where('chain_id', '=', chainId)
-    .returning((eb) => eb.selectFrom('event').select('event_id').as('event_id'))
-    .executeTakeFirstOrThrow();
-  if (row.event_id === null) throw new Error('audit: event was not stored');
-  return { ...fields, eventId: eventIdOf({ event_id: row.event_id }), hash };
-}
-
-function fromRow(r: AuditEventRow): AuditEvent {
+function fromRow(r: AuditEventRow & { document: string | null }): AuditEvent {
   return {
+    hashVersion: r.hash_version === 2 ? 2 : 1,
+    ...(r.document !== null ? { document: r.document } : {}),
     eventId: eventIdOf(r),
     chainId: r.chain_id,
     seq: r.seq,
@@ -187,6 +144,12 @@ export interface ChainCheck {
   problem?: string;
 }
 
+/** An event's hash recomputed from its stored fields (undefined: format 2 without its document). */
+function hashOf(e: AuditEvent): string | undefined {
+  if (e.hashVersion === 1) return eventHash(e);
+  return e.document === undefined ? undefined : createHash('sha256').update(e.document, 'utf8').digest('base64url');
+}
+
 /** Recomputes every hash and link of a chain and compares its end with the chain head. */
 export function checkChain(chainId: string, events: readonly AuditEvent[], head: { last_seq: number; last_hash: string } | undefined): ChainCheck {
   let prev = GENESIS_HASH;
@@ -195,7 +158,7 @@ export function checkChain(chainId: string, events: readonly AuditEvent[], head:
     const bad = (problem: string): ChainCheck => ({ ok: false, chainId, events: events.length, brokenAt: e.seq, problem });
     if (e.seq !== i + 1) return bad(`event ${i + 1} is missing (found sequence number ${e.seq})`);
     if (e.prevHash !== prev) return bad(`event ${e.seq} does not link to the event before it`);
-    if (eventHash(e) !== e.hash) return bad(`event ${e.seq} was altered: its content does not match its hash`);
+    if (hashOf(e) !== e.hash) return bad(`event ${e.seq} was altered: its content does not match its hash`);
     prev = e.hash;
   }
   const lastSeq = events.length;
@@ -215,6 +178,9 @@ export async function verifyChain(db: DbOrTx, chainId: string): Promise<ChainChe
   const rows = await db
     .selectFrom('audit_events')
     .selectAll()
+    .select(
+      sql<string | null>`case when hash_version = 2 then tb_event_document(chain_id, seq, task_id, event_type, actor_spiffe_id, actor_cert_thumbprint, request_id, occurred_at, details, prev_hash) end`.as('document'),
+    )
     .where('chain_id', '=', chainId)
     .where('seq', '<=', head?.last_seq ?? 0)
     .orderBy('seq')

@@ -4,13 +4,14 @@
  * same migrations; callers only see a Kysely<Schema>.
  */
 import { PGlite } from '@electric-sql/pglite';
-import { Kysely, PostgresDialect, sql, type Transaction } from 'kysely';
+import { CompiledQuery, Kysely, PostgresDialect, sql, type Transaction } from 'kysely';
 import { PGliteDialect } from 'kysely-pglite-dialect';
 import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import pg from 'pg';
 import type { DatabaseFailure } from './failures.js';
 import type { Schema } from './schema.js';
+import { CommitOutcomeUnknownError, databaseFailure } from './failures.js';
 import { runTransaction, type TransactionObserver } from './transaction.js';
 
 export type Db = Kysely<Schema>;
@@ -37,6 +38,15 @@ export interface Store {
   probeWrites(): Promise<void>;
   /** Runs `work` in a transaction (see runTransaction); its outcome feeds `writes`. */
   transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T>;
+  /**
+   * Runs one batch of the write path (tb_apply, a prepared statement) and returns one result per
+   * operation. A connection lost after the statement was sent raises CommitOutcomeUnknownError.
+   */
+  applyBatch(opsJson: string): Promise<unknown[]>;
+  /** One prepared read outside any transaction. */
+  read<R>(name: string, text: string, values: unknown[]): Promise<R[]>;
+  /** Statements sent to the database since the store opened, readiness probes aside: one per round trip. */
+  readonly statementsSent: number;
   close(): Promise<void>;
 }
 
@@ -116,6 +126,15 @@ async function probeWrites(db: Db): Promise<void> {
   }
 }
 
+/** The write path's one statement (see migrations/0003_one_round_trip.sql). */
+const APPLY_SQL = 'select tb_apply($1::jsonb) as r';
+
+/** Whether the server reported the error (so the statement is known to have failed there). */
+function hasSqlState(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code);
+}
+
 // Not unref'd: while it waits for its database, this timer is what keeps the process alive.
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -146,6 +165,15 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
     // The query in flight fails with the error; the client is not queryable and is dropped on release.
     p.on('connect', (client) => client.on('error', () => undefined));
   }
+  let statementsSent = 0;
+  pool.on('connect', (client) => {
+    // Counts every statement this connection sends (kysely's included): one per round trip.
+    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+      statementsSent += 1;
+      return query(...args);
+    };
+  });
   const db = new Kysely<Schema>({ dialect: new PostgresDialect({ pool }) });
   const healthDb = new Kysely<Schema>({ dialect: new PostgresDialect({ pool: health }) });
   const writes = new WriteHealth();
@@ -160,6 +188,29 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
     },
     probeWrites: () => probeWrites(healthDb),
     transaction: (work) => runTransaction(db, work, { observer: writes }),
+    applyBatch: async (opsJson) => {
+      const client = await pool.connect();
+      let released = false;
+      try {
+        const result = await client.query<{ r: unknown[] }>({ name: 'tb_apply', text: APPLY_SQL, values: [opsJson] });
+        return result.rows[0]!.r;
+      } catch (err) {
+        const failure = databaseFailure(err);
+        // The statement was sent: if the connection died, it may have committed before it did.
+        if (failure?.kind === 'connection' || (failure?.kind === 'statement-timeout' && !hasSqlState(err))) {
+          client.release(err as Error);
+          released = true;
+          throw new CommitOutcomeUnknownError(failure);
+        }
+        throw err;
+      } finally {
+        if (!released) client.release();
+      }
+    },
+    read: async <R>(name: string, text: string, values: unknown[]) => (await pool.query({ name, text, values })).rows as R[],
+    get statementsSent() {
+      return statementsSent;
+    },
     close: async () => {
       await Promise.all([db.destroy(), healthDb.destroy()]);
     },
@@ -187,6 +238,12 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
 async function openPglite(dataDir: string | undefined): Promise<Store> {
   if (dataDir) await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const pglite = await PGlite.create(dataDir ? { dataDir } : {});
+  let statementsSent = 0;
+  const query = pglite.query.bind(pglite);
+  pglite.query = ((...args: Parameters<typeof query>) => {
+    statementsSent += 1;
+    return query(...args);
+  }) as typeof pglite.query;
   const db = new Kysely<Schema>({ dialect: new PGliteDialect(pglite) });
   const writes = new WriteHealth();
   let busy = false;
@@ -206,6 +263,13 @@ async function openPglite(dataDir: string | undefined): Promise<Store> {
     },
     probeWrites: () => probeWrites(db),
     transaction: (work) => runTransaction(db, work, { observer: writes }),
+    // Through kysely, whose driver serializes use of PGlite's one connection (a statement sent
+    // straight to PGlite while a kysely transaction is open would run inside that transaction).
+    applyBatch: async (opsJson) => (await sql<{ r: unknown[] }>`select tb_apply(${opsJson}::jsonb) as r`.execute(db)).rows[0]!.r,
+    read: async <R>(_name: string, text: string, values: unknown[]) => (await db.executeQuery<R>(CompiledQuery.raw(text, values))).rows,
+    get statementsSent() {
+      return statementsSent;
+    },
     // Destroying the Kysely instance closes PGlite, which a process needs to exit.
     close: () => db.destroy(),
   };

@@ -23,16 +23,25 @@ export interface Migration {
 /** An arbitrary constant shared by every replica: "task-broker migrations". */
 const MIGRATION_LOCK_KEY = 7_305_118_244_101n;
 
-/** Splits a migration file into statements: each ends with ';' at the end of a line. */
+/**
+ * Splits a migration file into statements: each ends with ';' at the end of a line, outside a
+ * dollar-quoted body ($$ … $$, for functions). Lines that start with '--' are comments.
+ */
 export function splitStatements(text: string): string[] {
-  const withoutComments = text
-    .split('\n')
-    .filter((line) => !line.trimStart().startsWith('--'))
-    .join('\n');
-  return withoutComments
-    .split(/;\s*$/m)
-    .map((s) => s.trim())
-    .filter((s) => s.length > 0);
+  const statements: string[] = [];
+  let current: string[] = [];
+  let inBody = false;
+  for (const line of text.split('\n')) {
+    if (!inBody && line.trimStart().startsWith('--')) continue;
+    current.push(line);
+    if ((line.split('$$').length - 1) % 2 === 1) inBody = !inBody;
+    if (!inBody && /;\s*$/.test(line)) {
+      statements.push(current.join('\n').replace(/;\s*$/, '').trim());
+      current = [];
+    }
+  }
+  statements.push(current.join('\n').trim());
+  return statements.filter((s) => s.length > 0);
 }
 
 export async function loadMigrations(dir = migrationsDir): Promise<Migration[]> {

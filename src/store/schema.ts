@@ -84,6 +84,8 @@ export interface AuditEventsTable {
   details: Json<Record<string, unknown>>;
   prev_hash: string;
   hash: string;
+  /** 1: RFC 8785 document hashed by the broker; 2: document rendered and hashed by the database. */
+  hash_version: ColumnType<number, number | undefined, never>;
 }
 
 export interface SchemaMigrationsTable {

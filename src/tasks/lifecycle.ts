@@ -5,16 +5,27 @@
  * applies the change, revokes tokens when the task leaves ACTIVE, and appends its audit events.
  * Refusals that must be on record (a stranger's poll, a token refused) commit their audit event
  * and then fail: if the event cannot be stored, the request fails too (fail closed).
+ *
+ * The six RPCs of workloads and resource servers (create, get, issue, verify, complete, cancel)
+ * reach the database once each: the broker decides what it can from the task's immutable facts
+ * (owner, spec, hash, expiry: cached once read) and the policy, signs the token, and hands one
+ * operation to the write batcher, whose statement (tb_apply, migrations/0003) locks, checks the
+ * state, writes and appends the audit event, for many concurrent calls in one commit. The admin
+ * plane and the sweeper use transactions of their own (endTask and audit below), writing the
+ * same rows and events through the same database functions.
  */
 
+import { CompiledQuery, sql } from 'kysely';
 import { DenialThrottle } from '../audit/denial-throttle.js';
 import { appendAuditEvent, type AuditActor, type AuditEventInput } from '../audit/audit.js';
 import { BrokerError } from '../errors.js';
 import type { PolicyDecision } from '../policy/policy.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
-import type { Db, Tx } from '../store/database.js';
+import type { Db, Store, Tx } from '../store/database.js';
+import { WriteBatcher, type WriteBatcherLimits } from '../store/write-batcher.js';
 import { runTransaction } from '../store/transaction.js';
+import { storableJson } from '../store/write-batcher.js';
 import { LIVE_STATES, type TaskRow, type TaskState } from '../store/schema.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import { checkTaskToken, signTaskToken, type TaskTokenClaims } from '../tokens/task-token.js';
@@ -100,6 +111,61 @@ export interface LifecycleDeps {
   denials?: DenialThrottle;
   /** Runs a unit of work in a transaction (Store.transaction, which also feeds write health); default: runTransaction on `db`. */
   transact?: <T>(work: (tx: Tx) => Promise<T>) => Promise<T>;
+  /**
+   * The write path's statement and reads, as prepared statements (Store.applyBatch, Store.read),
+   * and the write health its outcomes feed; default: the same statements through `db`.
+   */
+  store?: Pick<Store, 'applyBatch' | 'read' | 'writes'>;
+  /** Bounds of the write batcher (group commit). */
+  batcher?: Partial<WriteBatcherLimits>;
+}
+
+/** What never changes about a task once created: enough to decide policy and sign a token before the one round trip. */
+export interface TaskFacts {
+  ownerSpiffeId: string;
+  action: string;
+  audience: string;
+  scopes: string[];
+  ttlSeconds: number;
+  taskHash: string;
+  expiresAt: Date;
+}
+
+/** Task facts kept per replica; the oldest are forgotten first (a miss costs one read). */
+const MAX_CACHED_FACTS = 20_000;
+
+/** A refusal decided by the broker before the round trip, recorded by the database after it locked the task. */
+interface Denial {
+  kind: 'permission-denied' | 'failed-precondition';
+  message: string;
+  details: Record<string, unknown>;
+}
+
+/** The result of one operation of tb_apply (migrations/0003). */
+interface OpResult {
+  refused?: 'not-found' | 'already-exists' | 'permission-denied' | 'failed-precondition';
+  message?: string;
+  exists?: boolean;
+  task?: Record<string, unknown>;
+  replayed?: boolean;
+  revoked?: number;
+  ended?: Array<{ state: FinalState; revoked: number }>;
+  reason?: VerifyReason;
+  detail?: string;
+}
+
+const FACTS_SQL = 'select owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at from tasks where task_id = $1';
+
+/** A task row as tb_apply returns it (to_jsonb: timestamps as text). */
+function taskRowFromJson(j: Record<string, unknown>): TaskRow {
+  const date = (v: unknown) => (v === null || v === undefined ? null : new Date(v as string));
+  return {
+    ...(j as unknown as TaskRow),
+    created_at: new Date(j.created_at as string),
+    expires_at: new Date(j.expires_at as string),
+    ended_at: date(j.ended_at),
+    approved_at: date(j.approved_at),
+  };
 }
 
 export type FinalState = Exclude<TaskState, 'PENDING_APPROVAL' | 'ACTIVE'>;
@@ -143,10 +209,6 @@ export class Refusal {
   constructor(readonly error: BrokerError) {}
 }
 
-function isUniqueViolation(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === '23505';
-}
-
 function truncate(text: string, max: number): string {
   return text.length > max ? text.slice(0, max) : text;
 }
@@ -157,11 +219,99 @@ export class TaskLifecycle {
   private readonly denials: DenialThrottle;
   /** Task endings of transactions not yet committed (reported to the observer after commit). */
   private readonly endedIn = new WeakMap<Tx, Array<{ state: FinalState; revokedTokens: number }>>();
+  private readonly batcher: WriteBatcher;
+  private readonly facts = new Map<string, TaskFacts>();
+  private readonly read: <R>(name: string, text: string, values: unknown[]) => Promise<R[]>;
 
   constructor(private readonly deps: LifecycleDeps) {
     this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
     this.clock = deps.clock ?? (() => new Date());
     this.denials = deps.denials ?? new DenialThrottle({ now: () => this.clock().getTime() });
+    const db = deps.db;
+    this.batcher = new WriteBatcher({
+      apply: deps.store ? (json) => deps.store!.applyBatch(json) : async (json) => (await sql<{ r: unknown[] }>`select tb_apply(${json}::jsonb) as r`.execute(db)).rows[0]!.r,
+      limits: deps.batcher,
+      observer: deps.store?.writes,
+      onBatch: (operations, seconds) => {
+        const observer = this.deps.observer;
+        if (observer?.auditWritten) for (let i = 0; i < operations; i++) observer.auditWritten(seconds);
+      },
+    });
+    this.read = deps.store ? (name, text, values) => deps.store!.read(name, text, values) : async <R>(_name: string, text: string, values: unknown[]) => (await db.executeQuery<R>(CompiledQuery.raw(text, values))).rows;
+  }
+
+  /** Write operations waiting for a batch now (admission sheds load before this grows without bound). */
+  get writeQueue(): number {
+    return this.batcher.queued;
+  }
+
+  /** Sends one operation through the write batcher; resolves once its batch committed. */
+  private async apply(key: string, op: Record<string, unknown>): Promise<OpResult> {
+    const result = (await this.batcher.submit(key, op)) as OpResult;
+    if (result.ended) for (const e of result.ended) this.deps.observer?.taskEnded?.(e.state, e.revoked);
+    return result;
+  }
+
+  /** Who acts and when, as every operation carries it. */
+  private who(actor: Actor, now: Date) {
+    return { actor: actor.spiffeId, thumb: actor.certThumbprint, req: actor.requestId, at: now.toISOString(), issuer: this.deps.issuer };
+  }
+
+  /** The immutable facts of a task: cached, or read once (undefined: no such task). */
+  private async factsOf(taskId: string): Promise<TaskFacts | undefined> {
+    const cached = this.facts.get(taskId);
+    if (cached) return cached;
+    const [row] = await this.read<{ owner_spiffe_id: string; action: string; audience: string; scopes: string[]; ttl_seconds: number; task_hash: string; expires_at: Date }>('tb_task_facts', FACTS_SQL, [taskId]);
+    if (!row) return undefined;
+    const facts: TaskFacts = { ownerSpiffeId: row.owner_spiffe_id, action: row.action, audience: row.audience, scopes: row.scopes, ttlSeconds: row.ttl_seconds, taskHash: row.task_hash, expiresAt: new Date(row.expires_at) };
+    this.remember(taskId, facts);
+    return facts;
+  }
+
+  private remember(taskId: string, facts: TaskFacts): void {
+    if (this.facts.size >= MAX_CACHED_FACTS) this.facts.delete(this.facts.keys().next().value as string);
+    this.facts.set(taskId, facts);
+  }
+
+  /**
+   * A task that does not exist and a task owned by someone else look the same from outside
+   * (NOT_FOUND); both are audited, a stranger's repeated probes of one task counted, not each written.
+   */
+  private async notFound(actor: Actor, taskId: string, operation: string, exists: boolean): Promise<never> {
+    const admitted = this.denials.admit(actor.spiffeId, taskId);
+    if (admitted.record) {
+      await this.apply(exists ? taskId : `actor:${actor.spiffeId}`, {
+        op: 'event',
+        task_id: exists ? taskId : null,
+        type: 'access.denied',
+        ...this.who(actor, this.clock()),
+        details: {
+          operation,
+          reason: exists ? 'caller is not the task owner' : 'no such task',
+          requested_task_id: taskId,
+          ...(admitted.suppressed > 0 ? { suppressed_denials: admitted.suppressed } : {}),
+        },
+      });
+    }
+    throw notFound();
+  }
+
+  /** The owner's facts of a well-formed task ID, or the not-found path. */
+  private async ownedFacts(actor: Actor, taskId: string, operation: string): Promise<TaskFacts> {
+    if (!isWellFormedTaskId(taskId)) throw new BrokerError('invalid-argument', 'task_id is not a task ID');
+    const facts = await this.factsOf(taskId);
+    if (!facts || facts.ownerSpiffeId !== actor.spiffeId) return this.notFound(actor, taskId, operation, facts !== undefined);
+    return facts;
+  }
+
+  /** A refusal from tb_apply as the error the caller gets (recording it was the database's part). */
+  private async refused(actor: Actor, taskId: string, operation: string, result: OpResult): Promise<never> {
+    if (result.refused === 'not-found') return this.notFound(actor, taskId, operation, result.exists === true);
+    throw new BrokerError(result.refused!, result.message ?? 'refused');
+  }
+
+  private static policyDenial(operation: string, decision: PolicyDecision & { allowed: false }, details: Record<string, unknown> = {}): Denial {
+    return { kind: 'permission-denied', message: `denied by policy: ${decision.reason}`, details: { operation, reason: `policy: ${decision.reason}`, policy_digest: decision.policyDigest, ...details } };
   }
 
   get issuer(): string {
@@ -207,21 +357,14 @@ export class TaskLifecycle {
     return policy.decide({ caller: SpiffeId.parse(actor.spiffeId), ...request });
   }
 
-  /** Records a policy denial in `tx` and returns the refusal to raise after commit. */
-  private async denyByPolicy(tx: Tx, actor: Actor, taskId: string | null, operation: string, decision: PolicyDecision & { allowed: false }, details: Record<string, unknown> = {}): Promise<Refusal> {
-    await this.audit(tx, actor, {
-      taskId,
-      type: 'access.denied',
-      details: { operation, reason: `policy: ${decision.reason}`, policy_digest: decision.policyDigest, ...details },
-    });
-    return new Refusal(new BrokerError('permission-denied', `denied by policy: ${decision.reason}`));
-  }
-
   async createTask(actor: Actor, input: TaskSpecInput, idempotencyKey?: string): Promise<{ task: Task; canonicalSpec: string; replayed: boolean }> {
     const spec = validateTaskSpec(input, this.limits);
     const decision = this.decide(actor, { action: spec.action, audience: spec.audience, scopes: spec.scopes, taskTtlSeconds: spec.ttlSeconds });
+    const now = this.clock();
     if (!decision.allowed) {
-      return this.run<never>((tx) => this.denyByPolicy(tx, actor, null, 'CreateTask', decision, { action: spec.action, audience: spec.audience, scopes: spec.scopes }));
+      const denial = TaskLifecycle.policyDenial('CreateTask', decision, { action: spec.action, audience: spec.audience, scopes: spec.scopes });
+      await this.apply(`actor:${actor.spiffeId}`, { op: 'event', task_id: null, type: 'access.denied', ...this.who(actor, now), details: denial.details });
+      throw new BrokerError(denial.kind, denial.message);
     }
     // eslint-disable-next-line no-control-regex
     if (idempotencyKey !== undefined && (idempotencyKey.length === 0 || idempotencyKey.length > 128 || /[\x00-\x1f\x7f]/.test(idempotencyKey))) {
@@ -229,109 +372,70 @@ export class TaskLifecycle {
     }
     const canonicalSpec = canonicalSpecJson(spec);
     const hash = taskHashOf(canonicalSpec);
-    // A concurrent create with the same key loses the insert race; the retry then replays.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await this.run(async (tx) => {
-          if (idempotencyKey !== undefined) {
-            const existing = await tx
-              .selectFrom('tasks')
-              .selectAll()
-              .where('owner_spiffe_id', '=', actor.spiffeId)
-              .where('idempotency_key', '=', idempotencyKey)
-              .forUpdate()
-              .executeTakeFirst();
-            if (existing) {
-              if (existing.task_hash !== hash) {
-                await this.audit(tx, actor, {
-                  taskId: existing.task_id,
-                  type: 'access.denied',
-                  details: { operation: 'CreateTask', reason: 'idempotency key reused with a different spec', task_hash: hash },
-                });
-                return new Refusal(new BrokerError('already-exists', 'idempotency_key was already used for a task with a different spec'));
-              }
-              await this.audit(tx, actor, { taskId: existing.task_id, type: 'task.create_replayed', details: { idempotency_key: idempotencyKey } });
-              return { task: toTask(existing), canonicalSpec, replayed: true };
-            }
-          }
-          const now = this.clock();
-          const row = await tx
-            .insertInto('tasks')
-            .values({
-              task_id: newTaskId(),
-              owner_spiffe_id: actor.spiffeId,
-              owner_trust_domain: actor.trustDomain,
-              spec: JSON.stringify({ action: spec.action, resources: spec.resources, audience: spec.audience, scopes: spec.scopes, params: spec.params }),
-              task_hash: hash,
-              action: spec.action,
-              audience: spec.audience,
-              scopes: JSON.stringify(spec.scopes),
-              ttl_seconds: spec.ttlSeconds,
-              state: decision.requireApproval ? 'PENDING_APPROVAL' : 'ACTIVE',
-              policy_rule: decision.rule,
-              idempotency_key: idempotencyKey ?? null,
-              owner_cert_thumbprint: actor.certThumbprint,
-              created_at: now,
-              expires_at: new Date(now.getTime() + spec.ttlSeconds * 1000),
-            })
-            .returningAll()
-            .executeTakeFirstOrThrow();
-          await this.audit(tx, actor, {
-            taskId: row.task_id,
-            type: 'task.created',
-            occurredAt: now,
-            details: {
-              task_hash: hash,
-              action: spec.action,
-              audience: spec.audience,
-              resources: spec.resources,
-              scopes: spec.scopes,
-              ttl_seconds: spec.ttlSeconds,
-              expires_at: row.expires_at.toISOString(),
-              state: row.state,
-              policy_rule: decision.rule,
-              policy_digest: decision.policyDigest,
-              ...(idempotencyKey !== undefined ? { idempotency_key: idempotencyKey } : {}),
-            },
-          });
-          return { task: toTask(row), canonicalSpec, replayed: false };
-        });
-      } catch (err) {
-        if (attempt === 0 && idempotencyKey !== undefined && isUniqueViolation(err)) continue;
-        throw err;
-      }
-    }
-  }
-
-  /**
-   * Locks the task for a follow-up by `actor`. A task that does not exist and a task owned by
-   * someone else look the same from outside (NOT_FOUND); both are audited.
-   */
-  private async lockOwnedTask(tx: Tx, actor: Actor, taskId: string, operation: string): Promise<TaskRow | Refusal> {
-    if (!isWellFormedTaskId(taskId)) {
-      throw new BrokerError('invalid-argument', 'task_id is not a task ID');
-    }
-    // Only the owner's request locks the row: a stranger's probes do not queue behind (or ahead
-    // of) the owner's work on the task. The owner of a task never changes.
-    const row = await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).where('owner_spiffe_id', '=', actor.spiffeId).forUpdate().executeTakeFirst();
-    if (!row) {
-      // Bounded evidence: a stranger's repeated probes of one task are counted, not each written.
-      const admitted = this.denials.admit(actor.spiffeId, taskId);
-      if (!admitted.record) return new Refusal(notFound());
-      const exists = await tx.selectFrom('tasks').select('task_id').where('task_id', '=', taskId).executeTakeFirst();
-      await this.audit(tx, actor, {
-        taskId: exists ? exists.task_id : null,
-        type: 'access.denied',
-        details: {
-          operation,
-          reason: exists ? 'caller is not the task owner' : 'no such task',
-          requested_task_id: taskId,
-          ...(admitted.suppressed > 0 ? { suppressed_denials: admitted.suppressed } : {}),
-        },
-      });
-      return new Refusal(notFound());
-    }
-    return this.expireIfDue(tx, row, actor.requestId);
+    const taskId = newTaskId();
+    const expiresAt = new Date(now.getTime() + spec.ttlSeconds * 1000);
+    const state: TaskState = decision.requireApproval ? 'PENDING_APPROVAL' : 'ACTIVE';
+    const storedSpec = { action: spec.action, resources: spec.resources, audience: spec.audience, scopes: spec.scopes, params: spec.params };
+    // A create with a key the owner used before replays (same spec) or is refused (another spec),
+    // decided in the statement, so concurrent creates with one key cannot both insert.
+    const result = await this.apply(taskId, {
+      op: 'create',
+      ...this.who(actor, now),
+      idem: idempotencyKey ?? null,
+      task: {
+        task_id: taskId,
+        owner_trust_domain: actor.trustDomain,
+        spec: storedSpec,
+        task_hash: hash,
+        action: spec.action,
+        audience: spec.audience,
+        scopes: spec.scopes,
+        ttl_seconds: spec.ttlSeconds,
+        state,
+        policy_rule: decision.rule,
+        expires_at: expiresAt.toISOString(),
+      },
+      details: {
+        task_hash: hash,
+        action: spec.action,
+        audience: spec.audience,
+        resources: spec.resources,
+        scopes: spec.scopes,
+        ttl_seconds: spec.ttlSeconds,
+        expires_at: expiresAt.toISOString(),
+        state,
+        policy_rule: decision.rule,
+        policy_digest: decision.policyDigest,
+        ...(idempotencyKey !== undefined ? { idempotency_key: idempotencyKey } : {}),
+      },
+    });
+    if (result.refused) throw new BrokerError(result.refused, result.message ?? 'refused');
+    if (result.replayed && result.task) return { task: toTask(taskRowFromJson(result.task)), canonicalSpec, replayed: true };
+    this.remember(taskId, { ownerSpiffeId: actor.spiffeId, action: spec.action, audience: spec.audience, scopes: spec.scopes, ttlSeconds: spec.ttlSeconds, taskHash: hash, expiresAt });
+    const row: TaskRow = {
+      task_id: taskId,
+      owner_spiffe_id: actor.spiffeId,
+      owner_trust_domain: actor.trustDomain,
+      spec: storedSpec,
+      task_hash: hash,
+      action: spec.action,
+      audience: spec.audience,
+      scopes: spec.scopes,
+      ttl_seconds: spec.ttlSeconds,
+      state,
+      idempotency_key: idempotencyKey ?? null,
+      owner_cert_thumbprint: actor.certThumbprint,
+      created_at: now,
+      expires_at: expiresAt,
+      ended_at: null,
+      ended_by: null,
+      end_reason: null,
+      approved_by: null,
+      approved_at: null,
+      approval_comment: null,
+      policy_rule: decision.rule,
+    };
+    return { task: toTask(row), canonicalSpec, replayed: false };
   }
 
   /** A live task past its expiry becomes EXPIRED now, whoever touches it first (or the sweeper). */
@@ -341,49 +445,37 @@ export class TaskLifecycle {
     return this.endTask(tx, row, { state: 'EXPIRED', by: this.deps.issuer, reason: 'task ttl elapsed', eventType: 'task.expired', actor: { spiffeId: this.deps.issuer, certThumbprint: null, requestId }, now });
   }
 
-  /** Moves a live task to a terminal state and revokes its tokens, in `tx`. */
+  /** Moves a live task to a terminal state, revokes its tokens and records the event, in `tx` (tb_end_task). */
   async endTask(
     tx: Tx,
     row: TaskRow,
     change: { state: FinalState; by: string; reason: string; eventType: AuditEventInput['type']; actor: Actor | AuditActor; now?: Date; details?: Record<string, unknown> },
   ): Promise<TaskRow & { revokedTokens?: number }> {
     const now = change.now ?? this.clock();
-    const updated = await tx
-      .updateTable('tasks')
-      .set({ state: change.state, ended_at: now, ended_by: change.by, end_reason: change.reason })
-      .where('task_id', '=', row.task_id)
-      .returningAll()
-      .executeTakeFirstOrThrow();
-    const revoked = await tx
-      .updateTable('tokens')
-      .set({ revoked_at: now, revoke_reason: `task ${change.state.toLowerCase()}` })
-      .where('task_id', '=', row.task_id)
-      .where('revoked_at', 'is', null)
-      .executeTakeFirst();
-    const revokedTokens = Number(revoked.numUpdatedRows);
+    const a = 'trustDomain' in change.actor ? auditActor(change.actor) : change.actor;
+    const details = change.details ? storableJson(JSON.stringify(change.details)) : null;
+    const { rows } = await sql<{ r: { task: Record<string, unknown>; revoked: number } }>`select tb_end_task(t, ${change.state}, ${change.by}, ${change.reason}, ${change.eventType}, ${a.spiffeId}, ${a.certThumbprint}, ${a.requestId}, ${now}, ${details}::jsonb) as r from tasks t where t.task_id = ${row.task_id}`.execute(tx);
+    const ended = rows[0]!.r;
+    const revokedTokens = ended.revoked;
     if (this.deps.observer?.taskEnded) {
-      const ended = this.endedIn.get(tx) ?? [];
-      ended.push({ state: change.state, revokedTokens });
-      this.endedIn.set(tx, ended);
+      const list = this.endedIn.get(tx) ?? [];
+      list.push({ state: change.state, revokedTokens });
+      this.endedIn.set(tx, list);
     }
-    await this.audit(tx, change.actor, {
-      taskId: row.task_id,
-      type: change.eventType,
-      occurredAt: now,
-      details: { from_state: row.state, to_state: change.state, reason: change.reason, revoked_tokens: revokedTokens, ...change.details },
-    });
-    return { ...updated, revokedTokens };
+    return { ...taskRowFromJson(ended.task), revokedTokens };
   }
 
   async getTask(actor: Actor, taskId: string): Promise<Task> {
-    return this.run(async (tx) => {
-      const row = await this.lockOwnedTask(tx, actor, taskId, 'GetTask');
-      if (row instanceof Refusal) return row;
-      const decision = this.decide(actor, { action: row.action, audience: row.audience, scopes: row.scopes });
-      if (!decision.allowed) return this.denyByPolicy(tx, actor, taskId, 'GetTask', decision);
-      await this.audit(tx, actor, { taskId, type: 'task.polled', details: { state: row.state, policy_rule: decision.rule } });
-      return toTask(row);
+    const facts = await this.ownedFacts(actor, taskId, 'GetTask');
+    const decision = this.decide(actor, { action: facts.action, audience: facts.audience, scopes: facts.scopes });
+    const result = await this.apply(taskId, {
+      op: 'get',
+      task_id: taskId,
+      ...this.who(actor, this.clock()),
+      ...(decision.allowed ? { rule: decision.rule } : { deny: TaskLifecycle.policyDenial('GetTask', decision) }),
     });
+    if (result.refused || !result.task) return this.refused(actor, taskId, 'GetTask', result);
+    return toTask(taskRowFromJson(result.task));
   }
 
   async issueToken(actor: Actor, taskId: string, request: { scopes?: string[]; ttlSeconds?: number } = {}): Promise<IssuedToken> {
@@ -392,105 +484,74 @@ export class TaskLifecycle {
     if (request.ttlSeconds !== undefined && (!Number.isInteger(request.ttlSeconds) || request.ttlSeconds <= 0)) {
       throw new BrokerError('invalid-argument', 'ttl must be a positive whole number of seconds');
     }
-    // Fetched before the transaction: a key refresh reads the database, and embedded PGlite has
-    // one connection, which the transaction holds.
+    const facts = await this.ownedFacts(actor, taskId, 'IssueToken');
     const key = await this.deps.keys.activeKey();
-    return this.run(async (tx) => {
-      const row = await this.lockOwnedTask(tx, actor, taskId, 'IssueToken');
-      if (row instanceof Refusal) return row;
-      const refuse = async (kind: 'failed-precondition' | 'permission-denied', message: string, details: Record<string, unknown> = {}) => {
-        await this.audit(tx, actor, { taskId, type: 'access.denied', details: { operation: 'IssueToken', reason: message, ...details } });
-        return new Refusal(new BrokerError(kind, message));
-      };
-      if (row.state !== 'ACTIVE') return refuse('failed-precondition', `task is ${row.state}, not ACTIVE: no token can be issued`, { state: row.state });
+    const refuse = (kind: Denial['kind'], message: string, details: Record<string, unknown> = {}): Denial => ({ kind, message, details: { operation: 'IssueToken', reason: message, ...details } });
 
-      const taskScopes = row.scopes;
-      const extra = requestedScopes.filter((s) => !taskScopes.includes(s));
-      if (extra.length > 0) return refuse('permission-denied', `scopes not granted to the task: ${extra.join(' ')}`, { requested_scopes: requestedScopes });
-      const scopes = requestedScopes.length > 0 ? requestedScopes : taskScopes;
+    // What the broker can decide before the round trip, from the task's immutable facts and the
+    // policy at request time; the statement checks the state and records whichever refusal applies.
+    let deny: Denial | undefined;
+    const extra = requestedScopes.filter((s) => !facts.scopes.includes(s));
+    if (extra.length > 0) deny = refuse('permission-denied', `scopes not granted to the task: ${extra.join(' ')}`, { requested_scopes: requestedScopes });
+    const scopes = requestedScopes.length > 0 ? requestedScopes : facts.scopes;
+    const decision = this.decide(actor, { action: facts.action, audience: facts.audience, scopes, taskTtlSeconds: facts.ttlSeconds });
+    if (!deny && !decision.allowed) deny = TaskLifecycle.policyDenial('IssueToken', decision, { scopes });
 
-      // Policy at request time: a task the policy no longer allows gets no more tokens.
-      const decision = this.decide(actor, { action: row.action, audience: row.audience, scopes, taskTtlSeconds: row.ttl_seconds });
-      if (!decision.allowed) return this.denyByPolicy(tx, actor, taskId, 'IssueToken', decision, { scopes });
-      if (decision.requireApproval && row.approved_by === null) {
-        // The rule now asks for approval, and this task never had one.
-        return this.denyByPolicy(tx, actor, taskId, 'IssueToken', { allowed: false, reason: `rule "${decision.rule}" now requires approval and the task was not approved`, policyDigest: decision.policyDigest });
+    const now = this.clock();
+    const nowSec = Math.floor(now.getTime() / 1000);
+    const wanted = Math.min(request.ttlSeconds ?? this.limits.defaultTokenTtlSeconds, this.limits.maxTokenTtlSeconds, (decision.allowed && decision.maxTokenTtlSeconds) || Infinity);
+    const exp = Math.min(nowSec + wanted, Math.floor(facts.expiresAt.getTime() / 1000));
+    if (!deny && exp <= nowSec) deny = refuse('failed-precondition', 'task expires in less than a second: no token can be issued');
+
+    const op: Record<string, unknown> = { op: 'issue', task_id: taskId, ...this.who(actor, now) };
+    let issued: IssuedToken | undefined;
+    if (deny) {
+      op.deny = deny;
+    } else if (decision.allowed) {
+      // The rule may now ask for an approval this task never had (checked on the locked row).
+      if (decision.requireApproval) {
+        op.approval = true;
+        op.approval_denial = { reason: `rule "${decision.rule}" now requires approval and the task was not approved`, digest: decision.policyDigest };
       }
-
-      const now = this.clock();
-      const nowSec = Math.floor(now.getTime() / 1000);
-      const wanted = Math.min(request.ttlSeconds ?? this.limits.defaultTokenTtlSeconds, this.limits.maxTokenTtlSeconds, decision.maxTokenTtlSeconds ?? Infinity);
-      const exp = Math.min(nowSec + wanted, Math.floor(row.expires_at.getTime() / 1000));
-      if (exp <= nowSec) return refuse('failed-precondition', 'task expires in less than a second: no token can be issued');
-
       const jti = newTokenId();
       const claims: TaskTokenClaims = {
         iss: this.deps.issuer,
-        sub: row.owner_spiffe_id,
-        aud: row.audience,
+        sub: facts.ownerSpiffeId,
+        aud: facts.audience,
         iat: nowSec,
         nbf: nowSec,
         exp,
         jti,
-        task_id: row.task_id,
-        task_hash: row.task_hash,
+        task_id: taskId,
+        task_hash: facts.taskHash,
         scope: scopes.join(' '),
         cnf: { 'x5t#S256': actor.certThumbprint },
       };
-      const token = await signTaskToken(key, claims);
       const expiresAt = new Date(exp * 1000);
-      await tx
-        .insertInto('tokens')
-        .values({
-          jti,
-          task_id: row.task_id,
-          kid: key.kid,
-          subject: claims.sub,
-          audience: claims.aud,
-          scopes: JSON.stringify(scopes),
-          cnf_thumbprint: actor.certThumbprint,
-          issued_at: new Date(nowSec * 1000),
-          expires_at: expiresAt,
-        })
-        .execute();
-      await this.audit(tx, actor, {
-        taskId,
-        type: 'token.issued',
-        occurredAt: now,
-        details: {
-          token_id: jti,
-          kid: key.kid,
-          scopes,
-          audience: claims.aud,
-          expires_at: expiresAt.toISOString(),
-          cnf_x5t_s256: actor.certThumbprint,
-          policy_rule: decision.rule,
-          policy_digest: decision.policyDigest,
-        },
-      });
-      return { token, tokenId: jti, expiresAt, scopes };
-    });
+      issued = { token: await signTaskToken(key, claims), tokenId: jti, expiresAt, scopes };
+      op.token = { jti, kid: key.kid, scopes, issued_at: new Date(nowSec * 1000).toISOString(), expires_at: expiresAt.toISOString() };
+      op.details = {
+        token_id: jti,
+        kid: key.kid,
+        scopes,
+        audience: claims.aud,
+        expires_at: expiresAt.toISOString(),
+        cnf_x5t_s256: actor.certThumbprint,
+        policy_rule: decision.rule,
+        policy_digest: decision.policyDigest,
+      };
+    }
+    const result = await this.apply(taskId, op);
+    if (result.refused || !issued) return this.refused(actor, taskId, 'IssueToken', result);
+    return issued;
   }
 
   private async finish(actor: Actor, taskId: string, op: 'CompleteTask' | 'CancelTask', reasonText: string): Promise<{ task: Task; revokedTokens: number }> {
     const reason = truncate(reasonText, 1024);
-    return this.run(async (tx) => {
-      const row = await this.lockOwnedTask(tx, actor, taskId, op);
-      if (row instanceof Refusal) return row;
-      const allowed: readonly TaskState[] = op === 'CompleteTask' ? ['ACTIVE'] : LIVE_STATES;
-      if (!allowed.includes(row.state)) {
-        await this.audit(tx, actor, { taskId, type: 'access.denied', details: { operation: op, reason: `task is ${row.state}`, state: row.state } });
-        return new Refusal(new BrokerError('failed-precondition', `task is ${row.state}; only a ${allowed.join(' or ')} task can be ${op === 'CompleteTask' ? 'completed' : 'cancelled'}`));
-      }
-      const ended = await this.endTask(tx, row, {
-        state: op === 'CompleteTask' ? 'COMPLETED' : 'CANCELLED',
-        by: actor.spiffeId,
-        reason,
-        eventType: op === 'CompleteTask' ? 'task.completed' : 'task.cancelled',
-        actor,
-      });
-      return { task: toTask(ended), revokedTokens: ended.revokedTokens ?? 0 };
-    });
+    await this.ownedFacts(actor, taskId, op);
+    const result = await this.apply(taskId, { op: 'finish', task_id: taskId, cancel: op === 'CancelTask', reason, ...this.who(actor, this.clock()) });
+    if (result.refused || !result.task) return this.refused(actor, taskId, op, result);
+    return { task: toTask(taskRowFromJson(result.task)), revokedTokens: result.revoked ?? 0 };
   }
 
   completeTask(actor: Actor, taskId: string, outcome: string): Promise<{ task: Task; revokedTokens: number }> {
@@ -504,6 +565,9 @@ export class TaskLifecycle {
   /**
    * Verifies a token for a resource server. The caller must be the token's audience. Outcomes
    * are answers, not errors; each is audited (on the task's chain when the token is authentic).
+   * The signature is checked here; revocation, the task's state and the binding in the statement
+   * (tb_op_verify), after it locked the task's audit chain, so a verification never sees a task
+   * between the steps of the transaction that ends it.
    */
   async verifyToken(actor: Actor, token: string, options: { presenterThumbprint?: string; expectedTaskHash?: string; skipBindingCheck?: boolean } = {}): Promise<VerifyResult> {
     const now = this.clock();
@@ -512,61 +576,37 @@ export class TaskLifecycle {
     // Tokens are certificate-bound (RFC 8705): without the presenter's certificate the answer
     // cannot be "valid", unless the resource server opted out on the record.
     const bearerOnly = !bindingChecked && options.skipBindingCheck === true;
-    const record = (tx: Tx, taskId: string | null, result: VerifyResult, claims?: Partial<TaskTokenClaims>) =>
-      this.audit(tx, actor, {
-        taskId,
-        type: 'token.verified',
-        occurredAt: now,
-        details: {
-          result: result.reason,
-          detail: result.detail,
-          token_id: claims?.jti ?? null,
-          binding_checked: result.bindingChecked,
-          ...(bearerOnly ? { binding_check_skipped: true } : {}),
-        },
-      });
 
     if (!check.ok && check.reason !== 'expired') {
       // Not authentic: nothing in it can be trusted, not even which task it names.
       const result: VerifyResult = { valid: false, reason: check.reason, detail: check.detail, bindingChecked };
-      await this.transact((tx) => record(tx, null, result));
+      await this.apply(`actor:${actor.spiffeId}`, {
+        op: 'event',
+        task_id: null,
+        type: 'token.verified',
+        ...this.who(actor, now),
+        details: { result: result.reason, detail: result.detail, token_id: null, binding_checked: bindingChecked, ...(bearerOnly ? { binding_check_skipped: true } : {}) },
+      });
       return result;
     }
-    const claims = check.ok ? check.claims : check.claims;
+    const claims: Partial<TaskTokenClaims> | undefined = check.claims;
     const taskId = typeof claims?.task_id === 'string' ? claims.task_id : null;
-
-    return this.transact(async (tx) => {
-      // The task row is read under a share lock, so a verification never interleaves with the
-      // transaction that ends the task: it sees the task either before or after, never between.
-      const task = taskId ? await tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forShare().executeTakeFirst() : undefined;
-      const chain = task ? task.task_id : null;
-      const answer = async (reason: VerifyReason, detail: string): Promise<VerifyResult> => {
-        const result: VerifyResult = { valid: reason === 'valid', reason, detail, bindingChecked, ...(reason === 'valid' && check.ok ? { claims: check.claims } : {}) };
-        await record(tx, chain, result, claims);
-        return result;
-      };
-      if (!check.ok) return answer('expired', check.detail);
-      const c = check.claims;
-      if (c.aud !== actor.spiffeId) return answer('audience-mismatch', `the token is for ${c.aud}, not for the caller ${actor.spiffeId}`);
-      if (!task) return answer('revoked', 'the token names a task that is not on record');
-      const row = await tx.selectFrom('tokens').select(['revoked_at', 'revoke_reason', 'task_id']).where('jti', '=', c.jti).executeTakeFirst();
-      if (!row || row.task_id !== task.task_id) return answer('revoked', 'the token is not on record');
-      if (row.revoked_at) return answer('revoked', `the token was revoked (${row.revoke_reason ?? 'no reason recorded'})`);
-      if (task.state !== 'ACTIVE' || task.expires_at.getTime() <= now.getTime()) {
-        return answer('task-not-active', `the task is ${task.state === 'ACTIVE' ? 'past its expiry' : task.state}`);
-      }
-      if (c.task_hash !== task.task_hash || c.sub !== task.owner_spiffe_id) return answer('task-hash-mismatch', 'the token does not match its task on record');
-      if (options.expectedTaskHash !== undefined && options.expectedTaskHash !== c.task_hash) {
-        return answer('task-hash-mismatch', 'the task hash differs from the expected one');
-      }
-      if (options.presenterThumbprint !== undefined && options.presenterThumbprint !== c.cnf['x5t#S256']) {
-        return answer('binding-mismatch', "the presenter's certificate is not the one the token is bound to (cnf x5t#S256)");
-      }
-      if (!bindingChecked && !bearerOnly) {
-        return answer('presenter-required', "no presenter certificate was given: the token is bound to a certificate (cnf x5t#S256); pass the presenter's certificate, or set skip_binding_check to verify it as a bearer token");
-      }
-      return answer('valid', bindingChecked ? 'valid and bound to the presenter' : 'valid as a bearer token (binding check skipped at the caller\'s request)');
+    const result = await this.apply(taskId ?? `actor:${actor.spiffeId}`, {
+      op: 'verify',
+      task_id: taskId,
+      jti: claims?.jti ?? null,
+      expired: check.ok ? null : check.detail,
+      aud: claims?.aud ?? null,
+      sub: claims?.sub ?? null,
+      task_hash: claims?.task_hash ?? null,
+      cnf: claims?.cnf?.['x5t#S256'] ?? null,
+      expected_hash: options.expectedTaskHash,
+      presenter: options.presenterThumbprint,
+      bearer: bearerOnly,
+      ...this.who(actor, now),
     });
+    const reason = result.reason ?? 'revoked';
+    return { valid: reason === 'valid', reason, detail: result.detail ?? '', bindingChecked, ...(reason === 'valid' && check.ok ? { claims: check.claims } : {}) };
   }
 
   /** Expires due tasks in batches; safe to run in several replicas at once (SKIP LOCKED). */

@@ -71,11 +71,14 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
   it('detects an event rewritten with a recomputed hash, because the next event links to the old one', async () => {
     const id = await taskWithTrail();
     const { trail } = await verifyTaskTrail(db(), id);
-    const { eventHash } = await import('../../src/audit/audit.js');
-    const victim = trail[1]!;
-    const forged = { ...victim, details: { state: 'forged' } };
-    await db().updateTable('audit_events').set({ details: JSON.stringify(forged.details), hash: eventHash(forged) }).where('chain_id', '=', id).where('seq', '=', 2).execute();
-    expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 3, problem: expect.stringMatching(/does not link/) });
+    expect(trail[1]!.hashVersion).toBe(2);
+    // The forger recomputes the hash of the rewritten event the way the database does (format 2).
+    await db().updateTable('audit_events').set({ details: JSON.stringify({ state: 'forged' }) }).where('chain_id', '=', id).where('seq', '=', 2).execute();
+    await sql`update audit_events set hash = tb_b64url(sha256(convert_to(tb_event_document(chain_id, seq, task_id, event_type, actor_spiffe_id, actor_cert_thumbprint, request_id, occurred_at, details, prev_hash), 'UTF8')))
+      where chain_id = ${id} and seq = 2`.execute(db());
+    const forged = await verifyTaskTrail(db(), id);
+    expect(forged.trail[1]!.details).toEqual({ state: 'forged' });
+    expect(forged).toMatchObject({ ok: false, brokenAt: 3, problem: expect.stringMatching(/does not link/) });
   });
 
   it('detects a task whose whole trail was deleted, head included', async () => {
