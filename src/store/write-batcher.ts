@@ -6,8 +6,8 @@
  *
  * Each call still gets its own answer, and one call's failure never fails or commits another's
  * effect: expected refusals are per-operation results, and an unexpected error fails the whole
- * statement (nothing of the batch is committed), after which the batch is run again one operation
- * at a time, so only the culprit fails. A conflict (deadlock, serialization failure) is retried
+ * statement (nothing of the batch is committed), after which the batch is run again in halves,
+ * down to single operations, so only the culprit fails. A conflict (deadlock, serialization failure) is retried
  * alone a bounded number of times. A batch whose connection died after it was sent may or may not
  * have committed: every call in it is told that its outcome is unknown.
  *
@@ -135,8 +135,11 @@ export class WriteBatcher {
       const failure = err instanceof CommitOutcomeUnknownError ? err.failure : databaseFailure(err);
       const rolledBack = !(err instanceof CommitOutcomeUnknownError) && failure?.kind !== 'connection';
       if (rolledBack && sorted.length > 1 && (failure === undefined || failure.kind === 'conflict' || failure.kind === 'other')) {
-        // Nothing of the batch was committed: run each operation alone, so only the culprit fails.
-        for (const one of sorted) await this.#run([one]);
+        // Nothing of the batch was committed: run each half again (and so on down to single
+        // operations), so only the culprit fails, at a cost of a few statements per culprit.
+        const half = Math.ceil(sorted.length / 2);
+        await this.#run(sorted.slice(0, half));
+        await this.#run(sorted.slice(half));
         return;
       }
       if (failure?.kind === 'conflict' && attempt < this.limits.conflictRetries) return this.#run(sorted, attempt + 1);
