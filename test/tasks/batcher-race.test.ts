@@ -31,9 +31,9 @@ const CLIENTS = 16;
 const CALL = { deadlineMs: 120_000 };
 const spec = (action: string) => ({ spec: { action, audience: API, scopes: ['s', 't'], resources: [], ttl: { seconds: 600 } } });
 
-type Outcome = { kind: string; taskId?: string; code: number; tokenId?: string; createdId?: string };
+type Outcome = { kind: string; taskId?: string; code: grpc.status; tokenId?: string; createdId?: string };
 
-const codeOf = (err: unknown) => (err as grpc.ServiceError).code ?? grpc.status.UNKNOWN;
+const codeOf = (err: unknown): grpc.status => (err as grpc.ServiceError).code ?? grpc.status.UNKNOWN;
 
 describe.each(STORES)('group commit race on %s', (kind) => {
   let t: TestBroker;
@@ -125,7 +125,7 @@ describe.each(STORES)('group commit race on %s', (kind) => {
     console.log(`batcher race on ${kind}: ${outcomes.filter((o) => o.code === grpc.status.UNAVAILABLE).length} calls UNAVAILABLE after ${killed} connection kills`);
     expect(outcomes).toHaveLength(calls.length);
 
-    const count = (k: string, code: number) => outcomes.filter((o) => o.kind === k && o.code === code).length;
+    const count = (k: string, code: grpc.status) => outcomes.filter((o) => o.kind === k && o.code === code).length;
     const codes = (k: string) => [...new Set(outcomes.filter((o) => o.kind === k).map((o) => grpc.status[o.code] ?? String(o.code)))].sort();
     // Each kind ends only the ways it may; UNAVAILABLE only where connections were killed.
     const unavailable = kind === 'postgres' ? ['UNAVAILABLE'] : [];
