@@ -268,6 +268,10 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
           if (revokedTokens > 0) metrics.tokensRevoked.inc(revokedTokens);
         },
         auditWritten: (seconds) => metrics.auditWriteDuration.observe(seconds),
+        batchCommitted: (operations, seconds) => {
+          metrics.writeBatchOperations.observe(operations);
+          metrics.writeBatchDuration.observe(seconds);
+        },
       },
     });
     const admin = new TaskAdmin({ db: store.db, lifecycle, keys, policy, clock: options.clock });

@@ -92,7 +92,7 @@ export const limitOptions: Record<string, OptionSpec> = {
     type: 'string',
     placeholder: 'N',
     env: 'TASK_BROKER_MAX_ACTIVE_CALLS',
-    default: '4',
+    default: '64',
     description:
       'Calls that run at once in the replica; more wait their turn, callers served in turn, each caller at most an equal share among those active in the last second (alone, all of them), so a flood from one caller does not slow the others',
   },

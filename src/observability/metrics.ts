@@ -91,6 +91,8 @@ export class BrokerMetrics {
   readonly tokensRevoked: Counter;
   readonly tasksEnded: Counter<'state'>;
   readonly auditWriteDuration: Histogram;
+  readonly writeBatchOperations: Histogram;
+  readonly writeBatchDuration: Histogram;
   readonly callsShed: Counter<'reason'>;
   readonly connectionsAccepted: Counter;
   readonly connectionsRefused: Counter<'reason'>;
@@ -147,6 +149,19 @@ export class BrokerMetrics {
     this.auditWriteDuration = new Histogram({
       name: `${p}audit_write_duration_seconds`,
       help: 'Time to append one audit event to its hash chain (inside the transaction of the change)',
+      buckets: AUDIT_BUCKETS,
+      registers,
+    });
+
+    this.writeBatchOperations = new Histogram({
+      name: `${p}db_write_batch_operations`,
+      help: 'Operations (calls) committed together in one write statement (group commit)',
+      buckets: [1, 2, 4, 8, 16, 32, 64, 100],
+      registers,
+    });
+    this.writeBatchDuration = new Histogram({
+      name: `${p}db_write_batch_duration_seconds`,
+      help: 'Time from sending a write batch to its commit',
       buckets: AUDIT_BUCKETS,
       registers,
     });

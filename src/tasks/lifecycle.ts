@@ -176,6 +176,8 @@ export interface LifecycleObserver {
   taskEnded?(state: FinalState, revokedTokens: number): void;
   /** One audit event was appended, taking `seconds`. */
   auditWritten?(seconds: number): void;
+  /** A write batch of `operations` calls committed, `seconds` after it was sent. */
+  batchCommitted?(operations: number, seconds: number): void;
 }
 
 const notFound = () => new BrokerError('not-found', 'task not found');
@@ -234,6 +236,8 @@ export class TaskLifecycle {
       observer: deps.store?.writes,
       onBatch: (operations, seconds) => {
         const observer = this.deps.observer;
+        observer?.batchCommitted?.(operations, seconds);
+        // Every operation appends at least one event, committed when its batch is.
         if (observer?.auditWritten) for (let i = 0; i < operations; i++) observer.auditWritten(seconds);
       },
     });
