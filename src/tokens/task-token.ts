@@ -4,8 +4,16 @@
  *
  * checkTaskToken answers "is this an authentic, well-formed, currently valid token from us?".
  * Revocation, audience and binding checks need the database and belong to the caller.
+ *
+ * Signing and verification run on node:crypto directly: jose (which we used before) signed at
+ * a fraction of node:crypto's rate. checkTaskToken makes the checks jose's jwtVerify made, in
+ * the same order and with the same outcomes, except that it refuses every `crit` header (jose
+ * let `crit: ["b64"]` with `b64: true` through). jose remains an independent verifier of what
+ * we sign (see the tests) and serves the JWKS side.
  */
-import { errors, jwtVerify, SignJWT, type JWTPayload } from 'jose';
+import { isUtf8 } from 'node:buffer';
+import { KeyObject, sign, verify } from 'node:crypto';
+import type { CryptoKey } from 'jose';
 import type { SigningKey, TokenAlg, VerificationKeySource } from './keyring.js';
 import { isTokenAlg } from './keyring.js';
 
@@ -45,41 +53,89 @@ export interface CheckTaskTokenOptions {
 const MAX_TOKEN_LENGTH = 16 * 1024;
 const STRING_CLAIMS = ['iss', 'sub', 'aud', 'jti', 'task_id', 'task_hash', 'scope'] as const;
 const DATE_CLAIMS = ['iat', 'nbf', 'exp'] as const;
-const REQUIRED_CLAIMS = [...STRING_CLAIMS, ...DATE_CLAIMS, 'cnf'];
+/** Every claim a token must carry, in the order their absence is reported (jose's order, kept so details do not change). */
+const PRESENCE_ORDER = ['iss', 'cnf', 'exp', 'nbf', 'iat', 'scope', 'task_hash', 'task_id', 'jti', 'aud', 'sub'] as const;
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
+/** ES256 signatures are r || s, 32 bytes each (RFC 7518 3.4), never DER; Ed25519 signatures are 64 bytes (RFC 8032). */
+const SIGNATURE_BYTES: Record<TokenAlg, number> = { ES256: 64, EdDSA: 64 };
+const BAD_SIGNATURE = { ok: false, reason: 'bad-signature', detail: 'signature verification failed' } as const;
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
-export async function signTaskToken(key: SigningKey, claims: TaskTokenClaims): Promise<string> {
+/**
+ * Signs with node:crypto. The work is synchronous; the promise keeps the contract callers
+ * rely on (a refusal is a rejection, and `await` on the result stays meaningful).
+ */
+export function signTaskToken(key: SigningKey, claims: TaskTokenClaims): Promise<string> {
+  // An exception thrown in the executor rejects the promise.
+  return new Promise((resolve) => resolve(signCompact(key, claims)));
+}
+
+function signCompact(key: SigningKey, claims: TaskTokenClaims): string {
   const problem = claimsProblem(claims as unknown as Record<string, unknown>);
   if (problem) throw new Error(`refusing to sign task token: ${problem}`);
-  return new SignJWT({ ...claims, cnf: { ...claims.cnf } }).setProtectedHeader({ alg: key.alg, kid: key.kid, typ: TASK_TOKEN_TYPE }).sign(key.privateKey);
+  const privateKey = nodeKey(key.privateKey, key.alg, 'private');
+  const signingInput = `${encodedHeader(key.alg, key.kid)}.${Buffer.from(JSON.stringify(claims), 'utf8').toString('base64url')}`;
+  const data = Buffer.from(signingInput, 'latin1');
+  const signature = key.alg === 'ES256' ? sign('sha256', data, { key: privateKey, dsaEncoding: 'ieee-p1363' }) : sign(null, data, privateKey);
+  return `${signingInput}.${signature.toString('base64url')}`;
 }
 
 /** Verifies signature, header, claim shapes, issuer and time. Never throws for a bad token. */
 export async function checkTaskToken(token: string, keys: VerificationKeySource, options: CheckTaskTokenOptions): Promise<SignatureCheck> {
+  const { now, tolerance } = timeOptions(options);
   const header = readHeader(token);
   if (typeof header === 'string') return { ok: false, reason: 'malformed', detail: header };
-  const { kid, alg } = header;
+  const { kid, alg, parts } = header;
 
   const key = await keys.verificationKey(kid);
   if (!key) return { ok: false, reason: 'bad-signature', detail: `unknown signing key ${quote(kid)}` };
   if (key.alg !== alg) return { ok: false, reason: 'bad-signature', detail: `header alg ${alg} does not match signing key ${quote(kid)} (${key.alg})` };
+  // Reported only now, as before: an unknown kid or a wrong alg is bad-signature whatever else is wrong.
+  if (header.problem) return { ok: false, reason: 'malformed', detail: header.problem };
 
-  let payload: JWTPayload;
-  try {
-    ({ payload } = await jwtVerify(token, key.publicKey, {
-      algorithms: [key.alg],
-      typ: TASK_TOKEN_TYPE,
-      issuer: options.issuer,
-      currentDate: options.now,
-      clockTolerance: options.clockToleranceSeconds ?? 0,
-      requiredClaims: REQUIRED_CLAIMS,
-    }));
-  } catch (err) {
-    return joseFailure(err);
+  // A key that does not fit its algorithm is our bug, not the token's: this throws.
+  const publicKey = nodeKey(key.publicKey, alg, 'public');
+  const [encodedHeader, encodedPayload, encodedSignature] = parts;
+  const signature = Buffer.from(encodedSignature, 'base64url');
+  const data = Buffer.from(token.slice(0, encodedHeader.length + 1 + encodedPayload.length), 'latin1');
+  if (!signatureValid(alg, publicKey, data, signature)) return BAD_SIGNATURE;
+
+  // Authentic from here on: claims of a token that fails below are reported as partial claims.
+  const payload = readPayload(encodedPayload);
+  if (typeof payload === 'string') return { ok: false, reason: 'malformed', detail: payload };
+  const malformed = (detail: string): SignatureCheck => ({ ok: false, reason: 'malformed', detail, claims: partialClaims(payload) });
+  for (const name of PRESENCE_ORDER) {
+    if (!Object.hasOwn(payload, name)) return malformed(`missing required "${name}" claim`);
   }
+  if (payload.iss !== options.issuer) return malformed('unexpected "iss" claim value');
+  const { iat, nbf, exp } = payload;
+  if (typeof iat !== 'number') return malformed('"iat" claim must be a number');
+  if (typeof nbf !== 'number') return malformed('"nbf" claim must be a number');
+  if (nbf > now + tolerance) return { ok: false, reason: 'expired', detail: `not yet valid: nbf is ${isoOf(nbf)}`, claims: partialClaims(payload) };
+  if (typeof exp !== 'number') return malformed('"exp" claim must be a number');
+  if (exp <= now - tolerance) return { ok: false, reason: 'expired', detail: `expired at ${isoOf(exp)}`, claims: partialClaims(payload) };
   const problem = claimsProblem(payload);
-  if (problem) return { ok: false, reason: 'malformed', detail: problem, claims: partialClaims(payload) };
+  if (problem) return malformed(problem);
   return { ok: true, claims: payload as unknown as TaskTokenClaims, kid };
+}
+
+/** The check's clock in whole seconds and its tolerance; a caller passing nonsense gets an exception. */
+function timeOptions(options: CheckTaskTokenOptions): { now: number; tolerance: number } {
+  const now = Math.floor(options.now.getTime() / 1000);
+  if (!Number.isFinite(now)) throw new TypeError('checkTaskToken: options.now is not a valid date');
+  const tolerance = options.clockToleranceSeconds ?? 0;
+  if (typeof tolerance !== 'number' || !Number.isFinite(tolerance) || tolerance < 0) {
+    throw new TypeError(`checkTaskToken: clockToleranceSeconds must be a non-negative number, got ${String(tolerance)}`);
+  }
+  return { now, tolerance };
+}
+
+interface Header {
+  kid: string;
+  alg: TokenAlg;
+  parts: [string, string, string];
+  /** A problem to report after the key lookup (where jose reported it), so the outcomes stay as they were. */
+  problem?: string;
 }
 
 /**
@@ -87,16 +143,17 @@ export async function checkTaskToken(token: string, keys: VerificationKeySource,
  * compact form, `typ`, `kid`, and an algorithm we issue (never `none`, never HMAC).
  * Returns the problem as a string.
  */
-function readHeader(token: unknown): { kid: string; alg: TokenAlg } | string {
+function readHeader(token: unknown): Header | string {
   if (typeof token !== 'string' || token.length === 0) return 'not a compact JWS: empty';
   if (token.length > MAX_TOKEN_LENGTH) return `not a task token: longer than ${MAX_TOKEN_LENGTH} characters`;
   const parts = token.split('.');
   if (parts.length !== 3) return `not a compact JWS: ${parts.length} parts instead of 3`;
   const [encodedHeader, encodedPayload, signature] = parts as [string, string, string];
   if (!BASE64URL.test(encodedHeader) || !BASE64URL.test(encodedPayload)) return 'not a compact JWS: header or payload is not base64url';
+  const headerBytes = Buffer.from(encodedHeader, 'base64url');
   let header: unknown;
   try {
-    header = JSON.parse(Buffer.from(encodedHeader, 'base64url').toString('utf8'));
+    header = JSON.parse(headerBytes.toString('utf8'));
   } catch {
     return 'not a compact JWS: header is not JSON';
   }
@@ -106,7 +163,41 @@ function readHeader(token: unknown): { kid: string; alg: TokenAlg } | string {
   if (!isTokenAlg(alg)) return `header alg ${describe(alg)} is not accepted (ES256, EdDSA)`;
   if (typeof kid !== 'string' || kid.length === 0) return 'header has no kid';
   if (signature.length === 0 || !BASE64URL.test(signature)) return 'not a compact JWS: signature is missing or not base64url';
-  return { kid, alg };
+  const result: Header = { kid, alg, parts: [encodedHeader, encodedPayload, signature] };
+  // Buffer decodes leniently; the header must be exact base64url (no dangling character) of UTF-8.
+  if (!isExactBase64url(encodedHeader) || !isUtf8(headerBytes)) result.problem = 'not a compact JWS: header is not base64url-encoded UTF-8';
+  // RFC 7515 4.1.11: we understand no extension, so a token that names one as critical is refused.
+  else if (Object.hasOwn(header, 'crit')) result.problem = 'header has crit: no JWS extension is understood here (RFC 7515 4.1.11)';
+  else if (!isExactBase64url(signature)) result.problem = 'not a compact JWS: signature is not base64url';
+  return result;
+}
+
+/** The claims set of an authentic token: a JSON object, in UTF-8, base64url-encoded. */
+function readPayload(encodedPayload: string): Record<string, unknown> | string {
+  if (!isExactBase64url(encodedPayload)) return 'not a compact JWS: payload is not base64url';
+  let payload: unknown;
+  try {
+    payload = JSON.parse(strictUtf8.decode(Buffer.from(encodedPayload, 'base64url')));
+  } catch {
+    return 'payload is not a JSON object';
+  }
+  if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) return 'payload is not a JSON object';
+  return payload as Record<string, unknown>;
+}
+
+/** Base64url (already matched by BASE64URL) with no leftover character: 4n+1 characters encode no whole byte. */
+function isExactBase64url(text: string): boolean {
+  return text.length % 4 !== 1;
+}
+
+function signatureValid(alg: TokenAlg, key: KeyObject, data: Buffer, signature: Buffer): boolean {
+  // node:crypto would accept a DER-encoded ECDSA signature only with dsaEncoding 'der'; the length check makes the refusal explicit.
+  if (signature.length !== SIGNATURE_BYTES[alg]) return false;
+  try {
+    return alg === 'ES256' ? verify('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, signature) : verify(null, data, key, signature);
+  } catch {
+    return false;
+  }
 }
 
 /** Media type comparison per RFC 7515 4.1.9: case-insensitive, `application/` optional. */
@@ -115,33 +206,45 @@ function normalizeTyp(typ: string): string {
   return lower.startsWith('application/') ? lower.slice('application/'.length) : lower;
 }
 
-function joseFailure(err: unknown): SignatureCheck {
-  if (err instanceof errors.JWSSignatureVerificationFailed) {
-    return { ok: false, reason: 'bad-signature', detail: 'signature verification failed' };
+/** Encoded protected headers by alg and kid: the same few keys sign every token. */
+const encodedHeaders = new Map<string, string>();
+const MAX_ENCODED_HEADERS = 64;
+
+/** base64url of `{"alg":…,"kid":…,"typ":"task+jwt"}`, members in that order (as jose wrote them). */
+function encodedHeader(alg: TokenAlg, kid: string): string {
+  const cacheKey = `${alg} ${kid}`;
+  let encoded = encodedHeaders.get(cacheKey);
+  if (encoded === undefined) {
+    if (encodedHeaders.size >= MAX_ENCODED_HEADERS) encodedHeaders.clear();
+    encoded = Buffer.from(JSON.stringify({ alg, kid, typ: TASK_TOKEN_TYPE }), 'utf8').toString('base64url');
+    encodedHeaders.set(cacheKey, encoded);
   }
-  if (err instanceof errors.JOSEAlgNotAllowed) {
-    return { ok: false, reason: 'bad-signature', detail: `algorithm not allowed for this key: ${err.message}` };
-  }
-  // Claim errors are raised only after the signature verified, so their payload is authentic.
-  if (err instanceof errors.JWTExpired) {
-    return { ok: false, reason: 'expired', detail: timeDetail(err.claim, err.payload), claims: partialClaims(err.payload) };
-  }
-  if (err instanceof errors.JWTClaimValidationFailed) {
-    if (err.claim === 'nbf' && err.reason === 'check_failed') {
-      return { ok: false, reason: 'expired', detail: timeDetail('nbf', err.payload), claims: partialClaims(err.payload) };
-    }
-    return { ok: false, reason: 'malformed', detail: err.message, claims: partialClaims(err.payload) };
-  }
-  if (err instanceof errors.JWSInvalid || err instanceof errors.JWTInvalid || err instanceof errors.JOSENotSupported) {
-    return { ok: false, reason: 'malformed', detail: err.message };
-  }
-  // Anything else (a key object jose cannot use, a bug) is ours, not the token's.
-  throw err;
+  return encoded;
 }
 
-function timeDetail(claim: string, payload: JWTPayload): string {
-  if (claim === 'nbf') return `not yet valid: nbf is ${isoOf(payload.nbf)}`;
-  return `expired at ${isoOf(payload.exp)}`;
+interface PreparedKey {
+  alg: TokenAlg;
+  type: 'private' | 'public';
+  keyObject: KeyObject;
+}
+
+/** Keys (WebCrypto CryptoKeys converted once) already checked to fit their algorithm, by the key given. */
+const preparedKeys = new WeakMap<CryptoKey | KeyObject, PreparedKey>();
+
+/** The KeyObject for `key`, which must be a `type` key for `alg`; throws otherwise (a bug of ours, not of a token). */
+function nodeKey(key: CryptoKey | KeyObject, alg: TokenAlg, type: 'private' | 'public'): KeyObject {
+  const prepared = preparedKeys.get(key);
+  if (prepared && prepared.alg === alg && prepared.type === type) return prepared.keyObject;
+  const keyObject = key instanceof KeyObject ? key : KeyObject.from(key);
+  const fits =
+    keyObject.type === type &&
+    (alg === 'ES256' ? keyObject.asymmetricKeyType === 'ec' && keyObject.asymmetricKeyDetails?.namedCurve === 'prime256v1' : keyObject.asymmetricKeyType === 'ed25519');
+  if (!fits) {
+    const actual = keyObject.type === 'secret' ? 'secret' : `${keyObject.type} ${keyObject.asymmetricKeyType}${keyObject.asymmetricKeyDetails?.namedCurve ? ` ${keyObject.asymmetricKeyDetails.namedCurve}` : ''}`;
+    throw new TypeError(`task token ${type === 'private' ? 'signing' : 'verification'} key for ${alg} must be a ${type} ${alg === 'ES256' ? 'P-256' : 'Ed25519'} key, got a ${actual} key`);
+  }
+  preparedKeys.set(key, { alg, type, keyObject });
+  return keyObject;
 }
 
 function isoOf(seconds: unknown): string {
@@ -169,7 +272,7 @@ function claimsProblem(claims: Record<string, unknown>): string | undefined {
 }
 
 /** The claims that have the right type, for audit records of tokens that failed a check. */
-function partialClaims(payload: JWTPayload): Partial<TaskTokenClaims> {
+function partialClaims(payload: Record<string, unknown>): Partial<TaskTokenClaims> {
   const out: Partial<TaskTokenClaims> = {};
   for (const name of STRING_CLAIMS) {
     const value = payload[name];
