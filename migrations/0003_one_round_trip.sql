@@ -42,7 +42,16 @@ DECLARE
 BEGIN
   SELECT last_seq, last_hash INTO v_seq, v_prev FROM audit_chains WHERE chain_id = v_chain FOR UPDATE;
   IF NOT FOUND THEN
-    INSERT INTO audit_chains (chain_id, last_seq, last_hash) VALUES (v_chain, 0, '') ON CONFLICT (chain_id) DO NOTHING;
+    -- A new chain (a new task, an actor's first event): its head is written with its first event.
+    v_hash := tb_b64url(sha256(convert_to(tb_event_document(v_chain, 1, p_task, p_type, p_actor, p_thumb, p_request, p_at, p_details, ''), 'UTF8')));
+    INSERT INTO audit_chains (chain_id, last_seq, last_hash) VALUES (v_chain, 1, v_hash) ON CONFLICT (chain_id) DO NOTHING;
+    IF FOUND THEN
+      INSERT INTO audit_events (chain_id, seq, task_id, event_type, actor_spiffe_id, actor_cert_thumbprint, request_id, occurred_at, details, prev_hash, hash, hash_version)
+        VALUES (v_chain, 1, p_task, p_type, p_actor, p_thumb, p_request, p_at, p_details, '', v_hash, 2)
+        RETURNING event_id INTO v_id;
+      RETURN v_id;
+    END IF;
+    -- Created concurrently by another transaction (now committed): append after its events.
     SELECT last_seq, last_hash INTO v_seq, v_prev FROM audit_chains WHERE chain_id = v_chain FOR UPDATE;
   END IF;
   v_seq := v_seq + 1;
