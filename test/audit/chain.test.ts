@@ -103,6 +103,62 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
     }
   });
 
+  it('a chain begun in format 1 (hashed by the broker, before migration 0003) continues in format 2 and verifies; tampering with either is detected', async () => {
+    const { eventHash, GENESIS_HASH, appendAuditEvent, verifyChain } = await import('../../src/audit/audit.js');
+    const chainId = `actor:spiffe://a.test/legacy-${Date.now()}`;
+    // Two events as an older broker wrote them: RFC 8785 over the fields, computed in JS.
+    let prev = GENESIS_HASH;
+    for (const seq of [1, 2]) {
+      const fields = {
+        chainId,
+        seq,
+        taskId: null,
+        type: 'access.denied',
+        actorSpiffeId: chainId.slice('actor:'.length),
+        actorCertThumbprint: 'thumb',
+        requestId: `legacy-${seq}`,
+        occurredAt: new Date(Date.UTC(2026, 0, seq, 12, 0, 0, 123)),
+        details: { operation: 'GetTask', reason: 'no such task', n: seq, 'ünï': ['😀', 1.5] },
+        prevHash: prev,
+      };
+      const hash = eventHash(fields);
+      await db()
+        .insertInto('audit_events')
+        .values({
+          chain_id: chainId,
+          seq,
+          task_id: null,
+          event_type: fields.type,
+          actor_spiffe_id: fields.actorSpiffeId,
+          actor_cert_thumbprint: fields.actorCertThumbprint,
+          request_id: fields.requestId,
+          occurred_at: fields.occurredAt,
+          details: JSON.stringify(fields.details),
+          prev_hash: prev,
+          hash,
+        })
+        .execute();
+      prev = hash;
+    }
+    await db().insertInto('audit_chains').values({ chain_id: chainId, last_seq: 2, last_hash: prev }).execute();
+    // The current broker appends in format 2 after them.
+    await t.broker.store.transaction((tx) =>
+      appendAuditEvent(tx, { taskId: null, type: 'access.denied', actor: { spiffeId: chainId.slice('actor:'.length), certThumbprint: null, requestId: 'now' }, occurredAt: new Date(), details: { reason: 'x' } }),
+    );
+    const check = await verifyChain(db(), chainId);
+    expect(check).toMatchObject({ ok: true, events: 3 });
+    expect(check.trail.map((e) => e.hashVersion)).toEqual([1, 1, 2]);
+    expect(check.trail[2]!.prevHash).toBe(prev);
+
+    const original = check.trail[0]!.details;
+    await db().updateTable('audit_events').set({ details: JSON.stringify({ ...original, reason: 'forged' }) }).where('chain_id', '=', chainId).where('seq', '=', 1).execute();
+    expect(await verifyChain(db(), chainId)).toMatchObject({ ok: false, brokenAt: 1 });
+    await db().updateTable('audit_events').set({ details: JSON.stringify(original) }).where('chain_id', '=', chainId).where('seq', '=', 1).execute();
+    expect(await verifyChain(db(), chainId)).toMatchObject({ ok: true, events: 3 });
+    await db().updateTable('audit_events').set({ request_id: 'forged' }).where('chain_id', '=', chainId).where('seq', '=', 3).execute();
+    expect(await verifyChain(db(), chainId)).toMatchObject({ ok: false, brokenAt: 3 });
+  });
+
   it('detects two events swapped', async () => {
     const id = await taskWithTrail();
     await db().transaction().execute(async (tx) => {
