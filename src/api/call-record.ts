@@ -90,14 +90,15 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
     const started = process.hrtime.bigint();
     let metadata: grpc.Metadata | undefined;
     let recorded = false;
-    metrics?.rpcInFlight.inc({ service, method });
+    const inFlight = metrics?.inFlightOf(service, method);
+    inFlight?.inc();
 
     const record = (code: grpc.status, details: string | undefined) => {
       if (recorded) return;
       recorded = true;
       try {
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-        metrics?.rpcInFlight.dec({ service, method });
+        inFlight?.dec();
         metrics?.observeRpc(service, method, statusName(code), seconds);
         let caller: string | undefined;
         try {

@@ -81,6 +81,9 @@ function sampledGauge(registers: Registry[], name: string, help: string, value: 
   });
 }
 
+/** Label sets (service, method, code) whose metric children are kept for reuse. */
+const MAX_RPC_LABEL_SETS = 1_000;
+
 export class BrokerMetrics {
   readonly registry = new Registry();
   readonly rpcRequests: Counter<RpcLabels>;
@@ -100,6 +103,8 @@ export class BrokerMetrics {
   readonly ready: Gauge;
   readonly readinessCheck: Gauge<'check'>;
   readonly #clock: () => Date;
+  readonly #inFlightChildren = new Map<string, { inc(): void; dec(): void }>();
+  readonly #rpcChildren = new Map<string, { requests: { inc(): void }; duration: { observe(value: number): void } }>();
   #svid: () => SvidInfo | undefined = () => undefined;
   #pool: (() => PoolStats) | undefined;
   #readiness: (() => ReadinessSnapshot) | undefined;
@@ -317,9 +322,27 @@ export class BrokerMetrics {
   }
 
   /** One finished gRPC call. */
+  /** The in-flight gauge of one method (its labelled child, looked up once). */
+  inFlightOf(service: string, method: string): { inc(): void; dec(): void } {
+    const key = `${service}/${method}`;
+    let child = this.#inFlightChildren.get(key);
+    if (!child) {
+      child = this.rpcInFlight.labels({ service, method });
+      if (this.#inFlightChildren.size < MAX_RPC_LABEL_SETS) this.#inFlightChildren.set(key, child);
+    }
+    return child;
+  }
+
   observeRpc(service: string, method: string, code: string, seconds: number): void {
-    this.rpcRequests.inc({ service, method, code });
-    this.rpcDuration.observe({ service, method, code }, seconds);
+    const key = `${service}/${method}/${code}`;
+    let children = this.#rpcChildren.get(key);
+    if (!children) {
+      // prom-client hashes the label set on every call; the labelled children are looked up once.
+      children = { requests: this.rpcRequests.labels({ service, method, code }), duration: this.rpcDuration.labels({ service, method, code }) };
+      if (this.#rpcChildren.size < MAX_RPC_LABEL_SETS) this.#rpcChildren.set(key, children);
+    }
+    children.requests.inc();
+    children.duration.observe(seconds);
   }
 
   /** Reports the SVID `current()` returns at each scrape. */

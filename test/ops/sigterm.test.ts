@@ -76,6 +76,8 @@ describe('task-broker serve under SIGTERM', () => {
       TASK_BROKER_SHUTDOWN_GRACE: '30s',
       // The burst is 50 calls per workload at once: over the default admission limits by design.
       TASK_BROKER_MAX_CALLS_PER_CALLER: '100',
+      // Few calls at a time, so the burst is still running (most of it waiting its turn) when the SIGTERM lands.
+      TASK_BROKER_MAX_ACTIVE_CALLS: '2',
       TASK_BROKER_LOG_LEVEL: 'info',
     });
     const clients: BrokerClient[] = [];
