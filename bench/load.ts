@@ -11,7 +11,8 @@
  * - open loop: a fixed arrival schedule (`ratePerSec`, offset so that generators interleave);
  *   every call scheduled inside the window counts, its latency is from its *scheduled* time to
  *   its answer, so a stall of the server (or of this generator) is not hidden by sending less
- *   (no coordinated omission). Nothing caps the calls in flight.
+ *   (no coordinated omission). The generator sleeps on timers, so it sends up to a millisecond
+ *   early (such a call is timed from its actual send). Nothing caps the calls in flight.
  *
  * gRPC for the echo server and the broker (grpc-js, one channel and TCP connection per
  * connection: local subchannel pools); HTTPS/1.1 for oidc-provider (undici Pool per identity,
@@ -495,11 +496,15 @@ async function openLoop(plan: RunPlan, call: (c: Conn) => Promise<void>): Promis
   for (let i = 0; ; i++) {
     const at = start + BigInt(Math.round(i * intervalNs));
     if (at >= until) break;
+    // Timers only, no spinning (a spinning generator takes a core from the server): wake when
+    // less than a millisecond is left, and send then. A call sent early is timed from its send,
+    // a call sent late from its scheduled time: neither shortens what is measured.
     let t = now();
-    if (at > t) {
-      await sleepUntil(at);
+    if (at - t >= 1_000_000n) {
+      await new Promise((r) => setTimeout(r, Number((at - t) / 1_000_000n)));
       t = now();
     }
+    const origin = t < at ? t : at;
     if (t - at > maxLagNs && at >= from) maxLagNs = t - at;
     const counted = at >= from;
     if (counted) scheduled++;
@@ -509,7 +514,7 @@ async function openLoop(plan: RunPlan, call: (c: Conn) => Promise<void>): Promis
     if (inflight > maxInflight) maxInflight = inflight;
     const p: Promise<void> = call(c).then(
       () => {
-        if (counted) rec.success(Number((now() - at) / 1000n));
+        if (counted) rec.success(Number((now() - origin) / 1000n));
       },
       (err: unknown) => {
         if (counted) rec.failure(err);

@@ -195,7 +195,9 @@ function parseOptions(argv: string[]): Options | undefined {
   }
   const report = text('report');
   if (report !== undefined) {
-    printReport(JSON.parse(readFileSync(report, 'utf8')) as Report);
+    // `npm run bench -- --json > FILE` puts npm's own banner before the JSON (`npm run -s` does not).
+    const saved = readFileSync(report, 'utf8');
+    printReport(JSON.parse(saved.slice(Math.max(0, saved.indexOf('\n{') + 1))) as Report);
     return undefined;
   }
   let scenarios = SCENARIOS;
