@@ -55,6 +55,11 @@ export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = {
 export const RETRY_PUSHBACK_HEADER = 'grpc-retry-pushback-ms';
 /** A caller with more calls in flight than this many times maxActive is a burst (and waits its share). */
 const BURST_FACTOR = 2;
+/**
+ * While callers without a burst are active, a burst runs this many calls at once, and more only
+ * as a trickle: each of its calls is event-loop and database work the others' calls queue behind.
+ */
+const BURST_ACTIVE_WHILE_SHARED = 2;
 /** A caller counts among those sharing the broker for this long after it last started a call. */
 const SHARING_WINDOW_MS = 1_000;
 /** Token buckets kept for callers at most; the idlest are forgotten first (a full bucket is no loss). */
@@ -219,6 +224,7 @@ export class CallAdmission {
     const share = Math.max(1, Math.floor(this.limits.maxActive / sharing));
     if (calls.active >= share) return false;
     if (now - this.#lastLightAt > SHARING_WINDOW_MS) return true;
+    if (calls.active < BURST_ACTIVE_WHILE_SHARED) return true;
     if (now - this.#lastTrickleAt < this.limits.burstTrickleMs) return false;
     this.#lastTrickleAt = now;
     return true;
@@ -232,9 +238,12 @@ export class CallAdmission {
     if (!this.#isBurst(calls)) this.#lastLightAt = now;
   }
 
-  /** More calls in flight than the replica runs at once, several times over. */
+  /**
+   * More calls in flight than the replica runs at once, several times over, or more than half of
+   * what one caller may have in flight: a client that keeps its calls coming as fast as they end.
+   */
   #isBurst(calls: CallerCalls): boolean {
-    return calls.inFlight > BURST_FACTOR * this.limits.maxActive;
+    return calls.inFlight > Math.min(BURST_FACTOR * this.limits.maxActive, this.limits.maxInFlightPerCaller / 2);
   }
 
   /**

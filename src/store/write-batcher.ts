@@ -14,6 +14,10 @@
  * Operations in a batch run sorted by their lock key (the task ID, or the chain they append to),
  * so two batches in flight at once take their row locks in the same order and cannot deadlock.
  *
+ * One caller's burst cannot fill the batches: a batch takes at most `maxPerCaller` operations of
+ * any one caller (the rest wait, in order, for the next batches), so the calls of others that
+ * arrive meanwhile share a short statement rather than wait behind a long one.
+ *
  * Bounds: at most `maxBatch` operations per statement, `maxInFlight` statements at once (each
  * holds one connection), `maxQueued` operations waiting; beyond that a call is refused with
  * RESOURCE_EXHAUSTED and a retry hint. A call waits at most for the batches in flight before its
@@ -29,6 +33,8 @@ export type ApplyBatch = (opsJson: string) => Promise<unknown[]>;
 export interface WriteBatcherLimits {
   /** Operations per statement. */
   maxBatch: number;
+  /** Operations of one caller per statement. */
+  maxPerCaller: number;
   /** Statements in flight at once (connections used by the write path). */
   maxInFlight: number;
   /** Operations waiting for a batch before calls are refused with RESOURCE_EXHAUSTED. */
@@ -37,7 +43,7 @@ export interface WriteBatcherLimits {
   conflictRetries: number;
 }
 
-export const DEFAULT_BATCHER_LIMITS: WriteBatcherLimits = { maxBatch: 100, maxInFlight: 2, maxQueued: 2048, conflictRetries: 2 };
+export const DEFAULT_BATCHER_LIMITS: WriteBatcherLimits = { maxBatch: 100, maxPerCaller: 8, maxInFlight: 2, maxQueued: 2048, conflictRetries: 2 };
 
 export interface WriteBatcherOptions {
   apply: ApplyBatch;
@@ -50,6 +56,7 @@ export interface WriteBatcherOptions {
 
 interface Pending {
   key: string;
+  caller: string;
   op: object;
   resolve: (result: unknown) => void;
   reject: (err: unknown) => void;
@@ -86,16 +93,17 @@ export class WriteBatcher {
 
   /**
    * Queues one operation; resolves with its result once its batch committed. `key` orders lock
-   * acquisition within a batch (the task ID, or the audit chain the operation appends to).
+   * acquisition within a batch (the task ID, or the audit chain the operation appends to);
+   * `caller` (the SPIFFE ID it is done for) bounds one caller's share of a batch.
    */
-  submit(key: string, op: object): Promise<unknown> {
+  submit(key: string, op: object, caller = ''): Promise<unknown> {
     if (this.#queue.length >= this.limits.maxQueued) {
       return Promise.reject(
         new BrokerError('resource-exhausted', `the broker's write queue is full (${this.limits.maxQueued} calls waiting); retry in ${QUEUE_FULL_RETRY_MS} ms`, QUEUE_FULL_RETRY_MS),
       );
     }
     return new Promise((resolve, reject) => {
-      this.#queue.push({ key, op, resolve, reject });
+      this.#queue.push({ key, caller, op, resolve, reject });
       this.#schedule();
     });
   }
@@ -115,13 +123,33 @@ export class WriteBatcher {
 
   #pump(): void {
     while (this.#inFlight < this.limits.maxInFlight && this.#queue.length > 0) {
-      const batch = this.#queue.splice(0, this.limits.maxBatch);
+      const batch = this.#take();
       this.#inFlight += 1;
       void this.#run(batch).finally(() => {
         this.#inFlight -= 1;
         if (this.#queue.length > 0) this.#schedule();
       });
     }
+  }
+
+  /** The next batch: queue order, at most maxBatch operations and maxPerCaller of any one caller. */
+  #take(): Pending[] {
+    const { maxBatch, maxPerCaller } = this.limits;
+    if (this.#queue.length <= maxPerCaller) return this.#queue.splice(0, this.#queue.length);
+    const batch: Pending[] = [];
+    const rest: Pending[] = [];
+    const perCaller = new Map<string, number>();
+    for (const p of this.#queue) {
+      const n = perCaller.get(p.caller) ?? 0;
+      if (batch.length < maxBatch && n < maxPerCaller) {
+        batch.push(p);
+        perCaller.set(p.caller, n + 1);
+      } else {
+        rest.push(p);
+      }
+    }
+    this.#queue = rest;
+    return batch;
   }
 
   async #run(batch: Pending[], attempt = 0): Promise<void> {

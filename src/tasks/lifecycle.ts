@@ -251,7 +251,7 @@ export class TaskLifecycle {
 
   /** Sends one operation through the write batcher; resolves once its batch committed. */
   private async apply(key: string, op: Record<string, unknown>): Promise<OpResult> {
-    const result = (await this.batcher.submit(key, op)) as OpResult;
+    const result = (await this.batcher.submit(key, op, op.actor as string)) as OpResult;
     if (result.ended) for (const e of result.ended) this.deps.observer?.taskEnded?.(e.state, e.revoked);
     return result;
   }

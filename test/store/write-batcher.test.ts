@@ -49,7 +49,7 @@ describe('WriteBatcher', () => {
   it('keeps at most maxBatch operations per statement and maxInFlight statements at once', async () => {
     const s = scripted();
     const b = new WriteBatcher({ apply: s.apply, limits: { maxBatch: 10, maxInFlight: 2 } });
-    const results = await Promise.all(Array.from({ length: 95 }, (_, id) => b.submit(`k${id}`, { id })));
+    const results = await Promise.all(Array.from({ length: 95 }, (_, id) => b.submit(`k${id}`, { id }, `caller-${id % 10}`)));
     expect(results).toHaveLength(95);
     expect(Math.max(...s.calls.map((c) => c.length))).toBe(10);
     expect(s.calls.flat()).toHaveLength(95);
@@ -61,7 +61,7 @@ describe('WriteBatcher', () => {
     const b = new WriteBatcher({ apply: s.apply });
     const outcomes = await Promise.all(
       Array.from({ length: 64 }, (_, id) =>
-        b.submit(`k${String(id).padStart(2, '0')}`, { id, bad: id === 37 }).then(
+        b.submit(`k${String(id).padStart(2, '0')}`, { id, bad: id === 37 }, `caller-${id % 8}`).then(
           (r) => r,
           (err: Error) => err.message,
         ),
@@ -74,6 +74,19 @@ describe('WriteBatcher', () => {
     // Nothing is answered twice, and every operation but the culprit committed exactly once.
     const committed = s.calls.filter((c) => !c.some((op) => op.bad)).flat();
     expect(committed.map((op) => op.id).sort((x, y) => x - y)).toEqual(Array.from({ length: 64 }, (_, id) => id).filter((id) => id !== 37));
+  });
+
+  it("takes at most maxPerCaller operations of one caller per statement, so others' calls go in the next one", async () => {
+    const s = scripted();
+    const b = new WriteBatcher({ apply: s.apply, limits: { maxPerCaller: 4, maxInFlight: 1 } });
+    const flood = Array.from({ length: 12 }, (_, id) => b.submit(`f${String(id).padStart(2, '0')}`, { id }, 'flood'));
+    const other = b.submit('o', { id: 100 }, 'other');
+    await Promise.all([...flood, other]);
+    expect(s.calls.map((c) => c.map((op) => op.id))).toEqual([
+      [0, 1, 2, 3, 100],
+      [4, 5, 6, 7],
+      [8, 9, 10, 11],
+    ]);
   });
 
   it('retries a conflict (deadlock) a bounded number of times', async () => {
