@@ -83,28 +83,22 @@ BEGIN
 END
 $$;
 
--- The owner's task, locked; all fields NULL when the task does not exist or belongs to someone
--- else (the two look the same from outside). p: task_id, actor.
-CREATE FUNCTION tb_lock_owned(p jsonb) RETURNS tasks LANGUAGE plpgsql AS $$
-DECLARE
-  v_row tasks;
-BEGIN
-  SELECT * INTO v_row FROM tasks WHERE task_id = p->>'task_id' AND owner_spiffe_id = p->>'actor' FOR UPDATE;
-  RETURN v_row;
-END
-$$;
-
--- A live task past its expiry becomes EXPIRED now, whoever touches it first (or the sweeper).
--- Returns the endings caused here ('[]' or one), for the broker's metrics. p: req, at, issuer.
-CREATE FUNCTION tb_expire_if_due(p jsonb, p_row tasks) RETURNS jsonb LANGUAGE plpgsql AS $$
+-- The owner's task, locked: p_row has all fields NULL when the task does not exist or belongs to
+-- someone else (the two look the same from outside). A live task past its expiry becomes EXPIRED
+-- first, whoever touches it (or the sweeper); p_ended lists the endings caused here ('[]' or one),
+-- for the broker's metrics. p: task_id, actor, req, at, issuer.
+CREATE FUNCTION tb_lock_owned(p jsonb, OUT p_row tasks, OUT p_ended jsonb) LANGUAGE plpgsql AS $$
 DECLARE
   v_end jsonb;
 BEGIN
-  IF p_row.state NOT IN ('PENDING_APPROVAL', 'ACTIVE') OR p_row.expires_at > (p->>'at')::timestamptz THEN
-    RETURN '[]';
+  p_ended := '[]';
+  SELECT * INTO p_row FROM tasks WHERE task_id = p->>'task_id' AND owner_spiffe_id = p->>'actor' FOR UPDATE;
+  IF p_row.task_id IS NULL OR p_row.state NOT IN ('PENDING_APPROVAL', 'ACTIVE') OR p_row.expires_at > (p->>'at')::timestamptz THEN
+    RETURN;
   END IF;
   v_end := tb_end_task(p_row, 'EXPIRED', p->>'issuer', 'task ttl elapsed', 'task.expired', p->>'issuer', NULL, p->>'req', (p->>'at')::timestamptz, NULL);
-  RETURN jsonb_build_array(jsonb_build_object('state', 'EXPIRED', 'revoked', v_end->'revoked'));
+  p_ended := jsonb_build_array(jsonb_build_object('state', 'EXPIRED', 'revoked', v_end->'revoked'));
+  SELECT * INTO p_row FROM tasks WHERE task_id = p_row.task_id;
 END
 $$;
 
@@ -145,16 +139,15 @@ $$;
 -- GetTask. p: task_id, deny (a policy refusal decided by the broker: kind, message, details) or rule.
 CREATE FUNCTION tb_op_get(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
-  v_ended jsonb := '[]';
+  v_owned record;
+  v_ended jsonb;
   v_row tasks;
 BEGIN
-  v_row := tb_lock_owned(p);
+  SELECT * INTO v_owned FROM tb_lock_owned(p);
+  v_row := v_owned.p_row;
+  v_ended := v_owned.p_ended;
   IF v_row.task_id IS NULL THEN
     RETURN jsonb_build_object('refused', 'not-found', 'ended', v_ended);
-  END IF;
-  v_ended := tb_expire_if_due(p, v_row);
-  IF v_ended <> '[]' THEN
-    SELECT * INTO v_row FROM tasks WHERE task_id = v_row.task_id;
   END IF;
   IF p ? 'deny' THEN
     RETURN tb_refuse(p, v_row.task_id, p->'deny'->>'kind', p->'deny'->>'message', p->'deny'->'details', v_ended);
@@ -169,17 +162,16 @@ $$;
 -- approval (the rule requires an approval on record), token (the row's values), details.
 CREATE FUNCTION tb_op_issue(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
-  v_ended jsonb := '[]';
+  v_owned record;
+  v_ended jsonb;
   v_row tasks;
   k jsonb := p->'token';
 BEGIN
-  v_row := tb_lock_owned(p);
+  SELECT * INTO v_owned FROM tb_lock_owned(p);
+  v_row := v_owned.p_row;
+  v_ended := v_owned.p_ended;
   IF v_row.task_id IS NULL THEN
     RETURN jsonb_build_object('refused', 'not-found', 'ended', v_ended);
-  END IF;
-  v_ended := tb_expire_if_due(p, v_row);
-  IF v_ended <> '[]' THEN
-    SELECT * INTO v_row FROM tasks WHERE task_id = v_row.task_id;
   END IF;
   IF v_row.state <> 'ACTIVE' THEN
     RETURN tb_refuse(p, v_row.task_id, 'failed-precondition', 'task is ' || v_row.state || ', not ACTIVE: no token can be issued',
@@ -202,20 +194,19 @@ $$;
 -- CompleteTask and CancelTask. p: task_id, cancel (boolean), reason.
 CREATE FUNCTION tb_op_finish(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
-  v_ended jsonb := '[]';
+  v_owned record;
+  v_ended jsonb;
   v_row tasks;
   v_cancel boolean := (p->>'cancel')::boolean;
   v_op text := CASE WHEN v_cancel THEN 'CancelTask' ELSE 'CompleteTask' END;
   v_state text := CASE WHEN v_cancel THEN 'CANCELLED' ELSE 'COMPLETED' END;
   v_end jsonb;
 BEGIN
-  v_row := tb_lock_owned(p);
+  SELECT * INTO v_owned FROM tb_lock_owned(p);
+  v_row := v_owned.p_row;
+  v_ended := v_owned.p_ended;
   IF v_row.task_id IS NULL THEN
     RETURN jsonb_build_object('refused', 'not-found', 'ended', v_ended);
-  END IF;
-  v_ended := tb_expire_if_due(p, v_row);
-  IF v_ended <> '[]' THEN
-    SELECT * INTO v_row FROM tasks WHERE task_id = v_row.task_id;
   END IF;
   IF NOT (v_row.state = 'ACTIVE' OR (v_cancel AND v_row.state = 'PENDING_APPROVAL')) THEN
     RETURN tb_refuse(p, v_row.task_id, 'failed-precondition',

@@ -9,9 +9,8 @@ import { PGliteDialect } from 'kysely-pglite-dialect';
 import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import pg from 'pg';
-import type { DatabaseFailure } from './failures.js';
+import { CommitOutcomeUnknownError, databaseFailure, type DatabaseFailure } from './failures.js';
 import type { Schema } from './schema.js';
-import { CommitOutcomeUnknownError, databaseFailure } from './failures.js';
 import { runTransaction, type TransactionObserver } from './transaction.js';
 
 export type Db = Kysely<Schema>;
@@ -129,12 +128,6 @@ async function probeWrites(db: Db): Promise<void> {
 /** The write path's one statement (see migrations/0003_one_round_trip.sql). */
 const APPLY_SQL = 'select tb_apply($1::jsonb) as r';
 
-/** Whether the server reported the error (so the statement is known to have failed there). */
-function hasSqlState(err: unknown): boolean {
-  const code = (err as { code?: unknown }).code;
-  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code);
-}
-
 // Not unref'd: while it waits for its database, this timer is what keeps the process alive.
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
@@ -196,8 +189,9 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
         return result.rows[0]!.r;
       } catch (err) {
         const failure = databaseFailure(err);
-        // The statement was sent: if the connection died, it may have committed before it did.
-        if (failure?.kind === 'connection' || (failure?.kind === 'statement-timeout' && !hasSqlState(err))) {
+        // The statement was sent: if the connection died (or the client gave up reading), it may
+        // have committed first. A statement the server cancelled (timeout) was rolled back.
+        if (failure?.kind === 'connection') {
           client.release(err as Error);
           released = true;
           throw new CommitOutcomeUnknownError(failure);

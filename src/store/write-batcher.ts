@@ -135,7 +135,7 @@ export class WriteBatcher {
   /** The next batch: queue order, at most maxBatch operations and maxPerCaller of any one caller. */
   #take(): Pending[] {
     const { maxBatch, maxPerCaller } = this.limits;
-    if (this.#queue.length <= maxPerCaller) return this.#queue.splice(0, this.#queue.length);
+    if (this.#queue.length <= Math.min(maxPerCaller, maxBatch)) return this.#queue.splice(0, this.#queue.length);
     const batch: Pending[] = [];
     const rest: Pending[] = [];
     const perCaller = new Map<string, number>();

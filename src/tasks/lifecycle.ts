@@ -154,6 +154,9 @@ interface OpResult {
   detail?: string;
 }
 
+/** The columns TaskFacts come from (FACTS_SQL reads them; a created row has them). */
+type FactsRow = Pick<TaskRow, 'owner_spiffe_id' | 'action' | 'audience' | 'scopes' | 'ttl_seconds' | 'task_hash' | 'expires_at'>;
+
 const FACTS_SQL = 'select owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at from tasks where task_id = $1';
 
 /** A task row as tb_apply returns it (to_jsonb: timestamps as text). */
@@ -265,16 +268,16 @@ export class TaskLifecycle {
   private async factsOf(taskId: string): Promise<TaskFacts | undefined> {
     const cached = this.facts.get(taskId);
     if (cached) return cached;
-    const [row] = await this.read<{ owner_spiffe_id: string; action: string; audience: string; scopes: string[]; ttl_seconds: number; task_hash: string; expires_at: Date }>('tb_task_facts', FACTS_SQL, [taskId]);
+    const [row] = await this.read<FactsRow>('tb_task_facts', FACTS_SQL, [taskId]);
     if (!row) return undefined;
-    const facts: TaskFacts = { ownerSpiffeId: row.owner_spiffe_id, action: row.action, audience: row.audience, scopes: row.scopes, ttlSeconds: row.ttl_seconds, taskHash: row.task_hash, expiresAt: new Date(row.expires_at) };
-    this.remember(taskId, facts);
-    return facts;
+    return this.remember(taskId, row);
   }
 
-  private remember(taskId: string, facts: TaskFacts): void {
+  private remember(taskId: string, row: FactsRow): TaskFacts {
+    const facts: TaskFacts = { ownerSpiffeId: row.owner_spiffe_id, action: row.action, audience: row.audience, scopes: row.scopes, ttlSeconds: row.ttl_seconds, taskHash: row.task_hash, expiresAt: new Date(row.expires_at) };
     if (this.facts.size >= MAX_CACHED_FACTS) this.facts.delete(this.facts.keys().next().value as string);
     this.facts.set(taskId, facts);
+    return facts;
   }
 
   /**
@@ -379,48 +382,11 @@ export class TaskLifecycle {
     const taskId = newTaskId();
     const expiresAt = new Date(now.getTime() + spec.ttlSeconds * 1000);
     const state: TaskState = decision.requireApproval ? 'PENDING_APPROVAL' : 'ACTIVE';
-    const storedSpec = { action: spec.action, resources: spec.resources, audience: spec.audience, scopes: spec.scopes, params: spec.params };
-    // A create with a key the owner used before replays (same spec) or is refused (another spec),
-    // decided in the statement, so concurrent creates with one key cannot both insert.
-    const result = await this.apply(taskId, {
-      op: 'create',
-      ...this.who(actor, now),
-      idem: idempotencyKey ?? null,
-      task: {
-        task_id: taskId,
-        owner_trust_domain: actor.trustDomain,
-        spec: storedSpec,
-        task_hash: hash,
-        action: spec.action,
-        audience: spec.audience,
-        scopes: spec.scopes,
-        ttl_seconds: spec.ttlSeconds,
-        state,
-        policy_rule: decision.rule,
-        expires_at: expiresAt.toISOString(),
-      },
-      details: {
-        task_hash: hash,
-        action: spec.action,
-        audience: spec.audience,
-        resources: spec.resources,
-        scopes: spec.scopes,
-        ttl_seconds: spec.ttlSeconds,
-        expires_at: expiresAt.toISOString(),
-        state,
-        policy_rule: decision.rule,
-        policy_digest: decision.policyDigest,
-        ...(idempotencyKey !== undefined ? { idempotency_key: idempotencyKey } : {}),
-      },
-    });
-    if (result.refused) throw new BrokerError(result.refused, result.message ?? 'refused');
-    if (result.replayed && result.task) return { task: toTask(taskRowFromJson(result.task)), canonicalSpec, replayed: true };
-    this.remember(taskId, { ownerSpiffeId: actor.spiffeId, action: spec.action, audience: spec.audience, scopes: spec.scopes, ttlSeconds: spec.ttlSeconds, taskHash: hash, expiresAt });
     const row: TaskRow = {
       task_id: taskId,
       owner_spiffe_id: actor.spiffeId,
       owner_trust_domain: actor.trustDomain,
-      spec: storedSpec,
+      spec: { action: spec.action, resources: spec.resources, audience: spec.audience, scopes: spec.scopes, params: spec.params },
       task_hash: hash,
       action: spec.action,
       audience: spec.audience,
@@ -439,6 +405,31 @@ export class TaskLifecycle {
       approval_comment: null,
       policy_rule: decision.rule,
     };
+    // A create with a key the owner used before replays (same spec) or is refused (another spec),
+    // decided in the statement, so concurrent creates with one key cannot both insert. The row
+    // goes as JSON (dates as ISO text); tb_op_create takes owner, thumbprint and time from the op.
+    const result = await this.apply(taskId, {
+      op: 'create',
+      ...this.who(actor, now),
+      idem: row.idempotency_key,
+      task: row,
+      details: {
+        task_hash: hash,
+        action: spec.action,
+        audience: spec.audience,
+        resources: spec.resources,
+        scopes: spec.scopes,
+        ttl_seconds: spec.ttlSeconds,
+        expires_at: expiresAt.toISOString(),
+        state,
+        policy_rule: decision.rule,
+        policy_digest: decision.policyDigest,
+        ...(idempotencyKey !== undefined ? { idempotency_key: idempotencyKey } : {}),
+      },
+    });
+    if (result.refused) throw new BrokerError(result.refused, result.message ?? 'refused');
+    if (result.replayed && result.task) return { task: toTask(taskRowFromJson(result.task)), canonicalSpec, replayed: true };
+    this.remember(taskId, row);
     return { task: toTask(row), canonicalSpec, replayed: false };
   }
 
