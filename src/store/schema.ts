@@ -3,11 +3,7 @@
  * the database fills in.
  */
 import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
-
-export type TaskState = 'PENDING_APPROVAL' | 'ACTIVE' | 'COMPLETED' | 'CANCELLED' | 'REVOKED' | 'EXPIRED';
-export const TASK_STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE', 'COMPLETED', 'CANCELLED', 'REVOKED', 'EXPIRED'];
-/** A task in these states can still change; the others are final. */
-export const LIVE_STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE'];
+import type { TaskState } from '../model/task.js';
 
 /** jsonb: written as a JSON string, read back parsed. */
 export type Json<T> = ColumnType<T, string, string>;

@@ -1,0 +1,66 @@
+/**
+ * The task domain's vocabulary: who acts, what a task is, the states it moves through and the
+ * answers a verification can give. Everything above the store speaks these types; the store's
+ * schema uses the same state names, so a row and a Task never disagree on them.
+ */
+
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+export type JsonObject = { [key: string]: JsonValue };
+
+export type TaskState = 'PENDING_APPROVAL' | 'ACTIVE' | 'COMPLETED' | 'CANCELLED' | 'REVOKED' | 'EXPIRED';
+export const TASK_STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE', 'COMPLETED', 'CANCELLED', 'REVOKED', 'EXPIRED'];
+/** A task in these states can still change; the others are final. */
+export const LIVE_STATES: readonly TaskState[] = ['PENDING_APPROVAL', 'ACTIVE'];
+export type FinalState = Exclude<TaskState, 'PENDING_APPROVAL' | 'ACTIVE'>;
+
+export function isLive(state: TaskState): boolean {
+  return LIVE_STATES.includes(state);
+}
+
+/** The verified caller of a request. */
+export interface Actor {
+  spiffeId: string;
+  trustDomain: string;
+  certThumbprint: string;
+  requestId: string;
+}
+
+export interface TaskSpec {
+  action: string;
+  resources: string[];
+  audience: string;
+  scopes: string[];
+  params: JsonObject;
+  ttlSeconds: number;
+}
+
+export interface Task {
+  taskId: string;
+  ownerSpiffeId: string;
+  spec: TaskSpec;
+  taskHash: string;
+  state: TaskState;
+  createdAt: Date;
+  expiresAt: Date;
+  endedAt: Date | null;
+  endedBy: string | null;
+  endReason: string | null;
+  approvedBy: string | null;
+  approvedAt: Date | null;
+  approvalComment: string | null;
+  policyRule: string | null;
+}
+
+export const VERIFY_REASONS = [
+  'valid',
+  'malformed',
+  'bad-signature',
+  'expired',
+  'revoked',
+  'task-not-active',
+  'audience-mismatch',
+  'binding-mismatch',
+  'task-hash-mismatch',
+  'presenter-required',
+] as const;
+export type VerifyReason = (typeof VERIFY_REASONS)[number];

@@ -1,0 +1,30 @@
+/**
+ * The one place where domain names become proto enum names and back: TaskState ACTIVE is
+ * TASK_STATE_ACTIVE on the wire, VerifyReason task-not-active is VERIFY_TOKEN_REASON_TASK_NOT_ACTIVE.
+ */
+import { TASK_STATES, type TaskState, type VerifyReason } from '../model/task.js';
+
+const TASK_STATE_PREFIX = 'TASK_STATE_';
+const VERIFY_REASON_PREFIX = 'VERIFY_TOKEN_REASON_';
+
+export type TaskStateName = `TASK_STATE_${TaskState}`;
+
+export function taskStateName(state: TaskState): TaskStateName {
+  return `${TASK_STATE_PREFIX}${state}`;
+}
+
+/**
+ * A task state from its proto name or its short name, in any case, with '-' for '_'
+ * (TASK_STATE_PENDING_APPROVAL, PENDING_APPROVAL, pending-approval). Empty and
+ * TASK_STATE_UNSPECIFIED: undefined (no state). Anything else: null (not a state).
+ */
+export function parseTaskState(value: string): TaskState | undefined | null {
+  const name = value.trim().toUpperCase().replace(/-/g, '_');
+  if (name === '' || name === `${TASK_STATE_PREFIX}UNSPECIFIED` || name === 'UNSPECIFIED') return undefined;
+  const short = name.startsWith(TASK_STATE_PREFIX) ? name.slice(TASK_STATE_PREFIX.length) : name;
+  return (TASK_STATES as readonly string[]).includes(short) ? (short as TaskState) : null;
+}
+
+export function verifyReasonName(reason: VerifyReason): string {
+  return `${VERIFY_REASON_PREFIX}${reason.toUpperCase().replace(/-/g, '_')}`;
+}
