@@ -98,7 +98,7 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
     interceptors: [admission.interceptor(), decoders.interceptor()],
   });
   const proto = brokerProto();
-  server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBroker.service), taskBrokerHandlers({ logger: deps.logger, lifecycle: deps.lifecycle, metrics }));
+  server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBroker.service), taskBrokerHandlers({ logger: deps.logger, lifecycle: deps.lifecycle as TaskLifecycle, metrics }));
   if (deps.admin) server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBrokerAdmin.service), adminHandlers({ logger: deps.logger, admin: deps.admin }));
   const served = SERVICE_NAMES.filter((name) => name !== 'taskbroker.v1.TaskBrokerAdmin' || deps.admin);
   const healthServices = ['', ...served];
@@ -274,7 +274,7 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
         },
       },
     });
-    const admin = new TaskAdmin({ db: store.db, lifecycle, keys, policy, clock: options.clock });
+    const admin = new TaskAdmin({ db: store.db, units: lifecycle.units, rows: lifecycle.rows, keys, policy });
 
     // Readiness: evaluated now, every few seconds, on demand (/readyz) and when the policy or SVID changes.
     const readiness = new Readiness({ logger, intervalMs: options.readinessIntervalMs, clock });

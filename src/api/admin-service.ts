@@ -9,7 +9,7 @@ import type { AuditEvent } from '../audit/audit.js';
 import { jsonToStruct } from '../protocol/struct.js';
 import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
 import type { TaskAdmin } from '../tasks/admin.js';
-import type { JsonObject } from '../tasks/spec.js';
+import type { JsonObject } from '../model/task.js';
 import { unary, type RpcContext } from './handlers.js';
 import { actorOf, taskMessage } from './task-broker-service.js';
 

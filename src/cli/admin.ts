@@ -32,7 +32,7 @@ import { TaskState, type TaskState__Output } from '../gen/taskbroker/v1/TaskStat
 import { structToJson } from '../protocol/struct.js';
 import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
 import { SpiffeId } from '../spiffe/id.js';
-import type { JsonObject, JsonValue } from '../tasks/spec.js';
+import type { JsonObject, JsonValue } from '../model/task.js';
 import { ExitCode, parseDuration, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from './options.js';
 import { formatFields, formatTable } from './table.js';
 

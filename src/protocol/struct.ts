@@ -5,7 +5,7 @@ import type { Duration, Duration__Output } from '../gen/google/protobuf/Duration
 import type { Struct, Struct__Output } from '../gen/google/protobuf/Struct.js';
 import type { Value, Value__Output } from '../gen/google/protobuf/Value.js';
 import { BrokerError } from '../errors.js';
-import type { JsonObject, JsonValue } from '../tasks/spec.js';
+import type { JsonObject, JsonValue } from '../model/task.js';
 
 /** How deep params may nest (documented in the proto). */
 export const MAX_PARAMS_DEPTH = 32;

@@ -62,6 +62,11 @@ export function databaseFailure(err: unknown): DatabaseFailure | undefined {
   return undefined;
 }
 
+/** SQLSTATE 23505: a row with this key exists already. */
+export function isUniqueViolation(err: unknown): boolean {
+  return fieldOf(err, 'code') === '23505';
+}
+
 function sqlStateFailure(code: string): DatabaseFailure {
   switch (code) {
     case '40001':

@@ -13,6 +13,7 @@ import { calculateJwkThumbprint, exportJWK, generateKeyPair, type CryptoKey, typ
 import type { Logger } from '../observability/logger.js';
 import type { Db, Tx } from '../store/database.js';
 import type { SigningKeyRow, SigningKeyState } from '../store/schema.js';
+import { isUniqueViolation } from '../store/failures.js';
 import type { KeyEncryptionKey } from './kek.js';
 
 export type TokenAlg = 'ES256' | 'EdDSA';
@@ -70,7 +71,6 @@ interface Snapshot {
   keys: Map<string, CachedKey>;
 }
 
-const UNIQUE_VIOLATION = '23505';
 const ROTATE_ATTEMPTS = 3;
 
 export class SigningKeyRing implements VerificationKeySource {
@@ -343,8 +343,4 @@ function publicMembers(jwk: JWK, kid: string, alg: TokenAlg): JWK {
   const out: JWK = { kty: jwk.kty, crv: jwk.crv, x: jwk.x };
   if (jwk.y !== undefined) out.y = jwk.y;
   return { ...out, kid, alg, use: 'sig' };
-}
-
-function isUniqueViolation(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && (err as { code?: unknown }).code === UNIQUE_VIOLATION;
 }

@@ -50,7 +50,7 @@ export interface CheckTaskTokenOptions {
 }
 
 /** Far above any token we issue; bounds the work spent on junk input. */
-const MAX_TOKEN_LENGTH = 16 * 1024;
+export const MAX_TOKEN_LENGTH = 16 * 1024;
 const STRING_CLAIMS = ['iss', 'sub', 'aud', 'jti', 'task_id', 'task_hash', 'scope'] as const;
 const DATE_CLAIMS = ['iat', 'nbf', 'exp'] as const;
 /** Every claim a token must carry, in the order their absence is reported (jose's order, kept so details do not change). */

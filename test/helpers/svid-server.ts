@@ -4,7 +4,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { createSecureContext } from 'node:tls';
-import { taskBrokerHandlers } from '../../src/api/task-broker-service.js';
+import { whoAmIHandler } from '../../src/api/task-broker-service.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelOptions } from '../../src/client/credentials.js';
 import { brokerProto } from '../../src/protocol/proto.js';
@@ -26,7 +26,7 @@ export async function startTestSvidServer(options: { identity: TlsIdentity; bund
   const identity = new StaticServerIdentity(options.identity);
   const server = new SvidServer({ bundles: options.bundles, identity, logger: options.logger, clock: options.clock, refusedConnectionLingerMs: 2_000 });
   let calls = 0;
-  const real = taskBrokerHandlers({ logger: options.logger });
+  const real = { WhoAmI: whoAmIHandler({ logger: options.logger }) };
   server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, {
     WhoAmI: (call: Parameters<typeof real.WhoAmI>[0], cb: Parameters<typeof real.WhoAmI>[1]) => {
       calls += 1;

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
-import { taskBrokerHandlers } from '../../src/api/task-broker-service.js';
+import { whoAmIHandler } from '../../src/api/task-broker-service.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
@@ -31,7 +31,7 @@ interface SlowServer {
 async function slowServer(a: TrustDomainPki, delayMs: number): Promise<SlowServer> {
   const { logger } = capturedLogger();
   const server = new SvidServer({ bundles: bundleSet(a), identity: new StaticServerIdentity(await brokerIdentity(a)), logger });
-  const real = taskBrokerHandlers({ logger });
+  const real = { WhoAmI: whoAmIHandler({ logger }) };
   let received = 0;
   server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, {
     WhoAmI: (call: Parameters<typeof real.WhoAmI>[0], cb: Parameters<typeof real.WhoAmI>[1]) => {

@@ -1,0 +1,187 @@
+/**
+ * What the six workload RPCs share: the one round trip (an operation handed to the write batcher,
+ * whose statement tb_apply, migrations/0003, locks, checks the state, writes and appends the audit
+ * event for many concurrent calls in one commit), the task's immutable facts (cached once read,
+ * so policy is decided and tokens are signed before that round trip), the policy decision at
+ * request time, and the not-found path that strangers and missing tasks share.
+ */
+import { CompiledQuery, sql } from 'kysely';
+import { DenialThrottle } from '../audit/denial-throttle.js';
+import { BrokerError } from '../errors.js';
+import type { Actor, FinalState, VerifyReason } from '../model/task.js';
+import type { PolicyDecision } from '../policy/policy.js';
+import type { PolicySource } from '../policy/policy-source.js';
+import { SpiffeId } from '../spiffe/id.js';
+import type { Db, Store } from '../store/database.js';
+import type { TaskRow } from '../store/schema.js';
+import { WriteBatcher, type WriteBatcherLimits } from '../store/write-batcher.js';
+import { taskIdArgument } from './validation.js';
+import type { TaskObserver } from './unit-of-work.js';
+
+/** What never changes about a task once created: enough to decide policy and sign a token before the one round trip. */
+export interface TaskFacts {
+  ownerSpiffeId: string;
+  action: string;
+  audience: string;
+  scopes: string[];
+  ttlSeconds: number;
+  taskHash: string;
+  expiresAt: Date;
+}
+
+/** The columns TaskFacts come from (FACTS_SQL reads them; a created row has them). */
+export type FactsRow = Pick<TaskRow, 'owner_spiffe_id' | 'action' | 'audience' | 'scopes' | 'ttl_seconds' | 'task_hash' | 'expires_at'>;
+
+const FACTS_SQL = 'select owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at from tasks where task_id = $1';
+
+/** Task facts kept per replica; the oldest are forgotten first (a miss costs one read). */
+const MAX_CACHED_FACTS = 20_000;
+
+/** A refusal decided by the broker before the round trip, recorded by the database after it locked the task. */
+export interface Denial {
+  kind: 'permission-denied' | 'failed-precondition';
+  message: string;
+  details: Record<string, unknown>;
+}
+
+/** The result of one operation of tb_apply (migrations/0003). */
+export interface OpResult {
+  refused?: 'not-found' | 'already-exists' | 'permission-denied' | 'failed-precondition';
+  message?: string;
+  exists?: boolean;
+  task?: Record<string, unknown>;
+  replayed?: boolean;
+  revoked?: number;
+  ended?: Array<{ state: FinalState; revoked: number }>;
+  reason?: VerifyReason;
+  detail?: string;
+}
+
+export interface TaskAccessDeps {
+  db: Db;
+  issuer: string;
+  /** Consulted on every request; no policy (current() undefined) denies everything. */
+  policy: PolicySource;
+  clock: () => Date;
+  observer?: TaskObserver;
+  /** How many of a stranger's denied probes per task are written (default: DenialThrottle's). */
+  denials?: DenialThrottle;
+  /** The write path's statement and reads as prepared statements, and the write health they feed; default: the same statements through `db`. */
+  store?: Pick<Store, 'applyBatch' | 'read' | 'writes'>;
+  batcher?: Partial<WriteBatcherLimits>;
+}
+
+export class TaskAccess {
+  readonly #deps: TaskAccessDeps;
+  readonly #denials: DenialThrottle;
+  readonly #batcher: WriteBatcher;
+  readonly #facts = new Map<string, TaskFacts>();
+  readonly #read: <R>(name: string, text: string, values: unknown[]) => Promise<R[]>;
+
+  constructor(deps: TaskAccessDeps) {
+    this.#deps = deps;
+    this.#denials = deps.denials ?? new DenialThrottle({ now: () => deps.clock().getTime() });
+    const { db, store, observer } = deps;
+    this.#batcher = new WriteBatcher({
+      apply: store ? (json) => store.applyBatch(json) : async (json) => (await sql<{ r: unknown[] }>`select tb_apply(${json}::jsonb) as r`.execute(db)).rows[0]!.r,
+      limits: deps.batcher,
+      observer: store?.writes,
+      onBatch: (operations, seconds) => {
+        observer?.batchCommitted?.(operations, seconds);
+        // Every operation appends at least one event, committed when its batch is.
+        if (observer?.auditWritten) for (let i = 0; i < operations; i++) observer.auditWritten(seconds);
+      },
+    });
+    this.#read = store ? (name, text, values) => store.read(name, text, values) : async <R>(_name: string, text: string, values: unknown[]) => (await db.executeQuery<R>(CompiledQuery.raw(text, values))).rows;
+  }
+
+  get issuer(): string {
+    return this.#deps.issuer;
+  }
+
+  now(): Date {
+    return this.#deps.clock();
+  }
+
+  /** Write operations waiting for a batch now (admission sheds load before this grows without bound). */
+  get writeQueue(): number {
+    return this.#batcher.queued;
+  }
+
+  /** Sends one operation through the write batcher; resolves once its batch committed. */
+  async apply(key: string, op: Record<string, unknown>): Promise<OpResult> {
+    const result = (await this.#batcher.submit(key, op, op.actor as string)) as OpResult;
+    if (result.ended) for (const e of result.ended) this.#deps.observer?.taskEnded?.(e.state, e.revoked);
+    return result;
+  }
+
+  /** Records one event that concerns no task on the actor's own chain. */
+  recordOnActorChain(actor: Actor, type: string, details: Record<string, unknown>, now = this.now()): Promise<OpResult> {
+    return this.apply(`actor:${actor.spiffeId}`, { op: 'event', task_id: null, type, ...this.who(actor, now), details });
+  }
+
+  /** Who acts and when, as every operation carries it. */
+  who(actor: Actor, now: Date) {
+    return { actor: actor.spiffeId, thumb: actor.certThumbprint, req: actor.requestId, at: now.toISOString(), issuer: this.#deps.issuer };
+  }
+
+  /** The policy's decision for `actor`; with no policy loaded, a denial that says so. */
+  decide(actor: Actor, request: { action: string; audience: string; scopes: readonly string[]; taskTtlSeconds?: number }): PolicyDecision {
+    const policy = this.#deps.policy.current();
+    if (!policy) return { allowed: false, reason: 'no policy is loaded: every request is denied', policyDigest: '' };
+    return policy.decide({ caller: SpiffeId.parse(actor.spiffeId), ...request });
+  }
+
+  static policyDenial(operation: string, decision: PolicyDecision & { allowed: false }, details: Record<string, unknown> = {}): Denial {
+    return { kind: 'permission-denied', message: `denied by policy: ${decision.reason}`, details: { operation, reason: `policy: ${decision.reason}`, policy_digest: decision.policyDigest, ...details } };
+  }
+
+  /** Keeps the facts of a task this replica created or read. */
+  remember(taskId: string, row: FactsRow): TaskFacts {
+    const facts: TaskFacts = { ownerSpiffeId: row.owner_spiffe_id, action: row.action, audience: row.audience, scopes: row.scopes, ttlSeconds: row.ttl_seconds, taskHash: row.task_hash, expiresAt: new Date(row.expires_at) };
+    if (this.#facts.size >= MAX_CACHED_FACTS) this.#facts.delete(this.#facts.keys().next().value as string);
+    this.#facts.set(taskId, facts);
+    return facts;
+  }
+
+  /** The owner's facts of a well-formed task ID, or the not-found path. */
+  async ownedFacts(actor: Actor, taskId: string, operation: string): Promise<TaskFacts> {
+    taskIdArgument(taskId);
+    const facts = await this.#factsOf(taskId);
+    if (!facts || facts.ownerSpiffeId !== actor.spiffeId) return this.notFound(actor, taskId, operation, facts !== undefined);
+    return facts;
+  }
+
+  /** A refusal from tb_apply as the error the caller gets (recording it was the database's part). */
+  async refused(actor: Actor, taskId: string, operation: string, result: OpResult): Promise<never> {
+    if (result.refused === 'not-found') return this.notFound(actor, taskId, operation, result.exists === true);
+    throw new BrokerError(result.refused!, result.message ?? 'refused');
+  }
+
+  /**
+   * A task that does not exist and a task owned by someone else look the same from outside
+   * (NOT_FOUND); both are audited, a stranger's repeated probes of one task counted, not each written.
+   */
+  async notFound(actor: Actor, taskId: string, operation: string, exists: boolean): Promise<never> {
+    const admitted = this.#denials.admit(actor.spiffeId, taskId);
+    if (admitted.record) {
+      const details = {
+        operation,
+        reason: exists ? 'caller is not the task owner' : 'no such task',
+        requested_task_id: taskId,
+        ...(admitted.suppressed > 0 ? { suppressed_denials: admitted.suppressed } : {}),
+      };
+      if (exists) await this.apply(taskId, { op: 'event', task_id: taskId, type: 'access.denied', ...this.who(actor, this.now()), details });
+      else await this.recordOnActorChain(actor, 'access.denied', details);
+    }
+    throw new BrokerError('not-found', 'task not found');
+  }
+
+  /** The immutable facts of a task: cached, or read once (undefined: no such task). */
+  async #factsOf(taskId: string): Promise<TaskFacts | undefined> {
+    const cached = this.#facts.get(taskId);
+    if (cached) return cached;
+    const [row] = await this.#read<FactsRow>('tb_task_facts', FACTS_SQL, [taskId]);
+    return row && this.remember(taskId, row);
+  }
+}
