@@ -2,7 +2,7 @@
  * The `task-broker` command: dispatches to subcommands and turns failures into exit codes
  * (0 ok, 1 failure, 2 usage).
  */
-import { adminCommands } from './admin.js';
+import { adminCommands } from './admin/commands.js';
 import { runDev, devSpec } from './dev.js';
 import { devCaInitSpec, devCaMintSpec, runDevCaInit, runDevCaMint } from './dev-ca.js';
 import { ExitCode, helpText, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './options.js';

@@ -10,7 +10,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { reportAuditTrail } from '../../src/cli/admin.js';
+import { reportAuditTrail } from '../../src/cli/admin/commands.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import type { SvidCredentialsOptions } from '../../src/client/credentials.js';
 import type { GetAuditTrailResponse__Output } from '../../src/gen/taskbroker/v1/GetAuditTrailResponse.js';

@@ -1,0 +1,263 @@
+/**
+ * `task-broker admin <command>`: the TaskBrokerAdmin API from a terminal or a script, one
+ * subcommand per RPC, over mTLS with the admin's own X509-SVID. Each command is one entry of
+ * the table below (flags, call, text output); run.ts does the rest the same way for all.
+ *
+ * The broker is authenticated by SPIFFE ID (`--broker-id`), never by host name: its certificate
+ * must verify against `--bundle` and carry exactly that ID. The ID is required although the
+ * client library can do without one (it then accepts any SVID of the bundle's trust domain):
+ * on the admin plane that would let any workload of the trust domain pose as the broker and
+ * quietly swallow a revocation.
+ *
+ * Output: readable tables and `key: value` blocks by default; with `--json`, exactly one JSON
+ * document on stdout (the response, in the proto3 JSON mapping) and nothing else. Errors go to
+ * stderr as `task-broker admin <cmd>: <STATUS>: <details>`; the exit code follows the gRPC status
+ * (see ADMIN_EXIT_NOTES), so scripts can tell "denied" from "not found" from "wrong state".
+ */
+import type { ApproveTaskResponse__Output } from '../../gen/taskbroker/v1/ApproveTaskResponse.js';
+import type { GetAuditTrailResponse__Output } from '../../gen/taskbroker/v1/GetAuditTrailResponse.js';
+import type { ListTasksRequest } from '../../gen/taskbroker/v1/ListTasksRequest.js';
+import type { ListTasksResponse__Output } from '../../gen/taskbroker/v1/ListTasksResponse.js';
+import type { RevokeTaskResponse__Output } from '../../gen/taskbroker/v1/RevokeTaskResponse.js';
+import type { RevokeWorkloadResponse__Output } from '../../gen/taskbroker/v1/RevokeWorkloadResponse.js';
+import type { RotateSigningKeyResponse__Output } from '../../gen/taskbroker/v1/RotateSigningKeyResponse.js';
+import type { Task__Output } from '../../gen/taskbroker/v1/Task.js';
+import { TASK_STATES } from '../../model/task.js';
+import { parseTaskState, taskStateName, type TaskStateName } from '../../protocol/enums.js';
+import { toTimestamp } from '../../protocol/timestamps.js';
+import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../../tasks/limits.js';
+import { ExitCode, stringOption, UsageError, type CommandSpec } from '../options.js';
+import { formatFields } from '../table.js';
+import { plural, printAuditTrail, printTaskFields, printTaskTable, shortState, type CheckedTrail } from './render.js';
+import { ADMIN_EXIT_NOTES, adminCommand, adminConnectionOptions, optionalText, report, requiredText, type AdminCommand, type AdminCommandDef, type Err, type Out } from './run.js';
+
+const selectorHelp = 'an exact SPIFFE ID or a pattern (`*` one path segment, a trailing `**` one or more)';
+
+// ---------------------------------------------------------------------------------------------
+// list-tasks
+
+const listTasksSpec: CommandSpec = {
+  name: 'admin list-tasks',
+  summary: 'List tasks, newest first, one page at a time (or every page with --all).',
+  options: {
+    owner: { type: 'string', placeholder: 'SELECTOR', description: `Only tasks owned by ${selectorHelp}, e.g. spiffe://example.org/ns/billing/**` },
+    state: { type: 'string', placeholder: 'STATE', description: `Only tasks in this state: ${TASK_STATES.join(', ')}` },
+    audience: { type: 'string', placeholder: 'SELECTOR', description: `Only tasks whose audience is ${selectorHelp}` },
+    'created-after': { type: 'string', placeholder: 'ISO-8601', description: 'Only tasks created at or after this time, e.g. 2025-06-01T00:00:00Z' },
+    'created-before': { type: 'string', placeholder: 'ISO-8601', description: 'Only tasks created strictly before this time' },
+    'page-size': { type: 'string', placeholder: 'N', description: `Tasks per page, 1 to ${MAX_PAGE_SIZE} (default: the broker's, ${DEFAULT_PAGE_SIZE})` },
+    'page-token': { type: 'string', placeholder: 'TOKEN', description: 'Continue a listing where the previous page ended (same filters)' },
+    all: { type: 'boolean', description: 'Follow the pages to the end and print every task' },
+    ...adminConnectionOptions,
+  },
+  notes: `Without --all one page is printed and, when there are more, the --page-token to continue with.\n${ADMIN_EXIT_NOTES}`,
+};
+
+function parseState(value: string | undefined): TaskStateName | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  const state = parseTaskState(value);
+  if (!state) throw new UsageError(`--state must be one of ${TASK_STATES.join(', ')}, got "${value}"`);
+  return taskStateName(state);
+}
+
+function parseTime(value: string | undefined, name: string): Date | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  const text = value.trim();
+  const ms = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$/i.test(text) ? Date.parse(text) : NaN;
+  if (Number.isNaN(ms)) throw new UsageError(`--${name} must be an ISO-8601 time such as 2025-06-01T12:00:00Z, got "${value}"`);
+  return new Date(ms);
+}
+
+function parsePageSize(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = /^\d+$/.test(value.trim()) ? Number(value.trim()) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > MAX_PAGE_SIZE) throw new UsageError(`--page-size must be a whole number from 1 to ${MAX_PAGE_SIZE}, got "${value}"`);
+  return n;
+}
+
+const listTasks: AdminCommandDef<{ request: ListTasksRequest; all: boolean }, ListTasksResponse__Output> = {
+  spec: listTasksSpec,
+  rpc: 'ListTasks',
+  request(parsed) {
+    const state = parseState(stringOption(parsed.values, 'state'));
+    const createdAfter = parseTime(stringOption(parsed.values, 'created-after'), 'created-after');
+    const createdBefore = parseTime(stringOption(parsed.values, 'created-before'), 'created-before');
+    const pageSize = parsePageSize(stringOption(parsed.values, 'page-size'));
+    const request: ListTasksRequest = {
+      owner: optionalText(parsed, 'owner') ?? '',
+      state: state ?? 'TASK_STATE_UNSPECIFIED',
+      audience: optionalText(parsed, 'audience') ?? '',
+      createdAfter: createdAfter ? toTimestamp(createdAfter) : null,
+      createdBefore: createdBefore ? toTimestamp(createdBefore) : null,
+      pageSize: pageSize ?? 0,
+      pageToken: optionalText(parsed, 'page-token') ?? '',
+    };
+    return { request, all: parsed.values.all === true };
+  },
+  /** With --all: every page, as one response without a next page. */
+  async call(client, { request, all }, options) {
+    const tasks: Task__Output[] = [];
+    let page = await client.listTasks(request, options);
+    tasks.push(...page.tasks);
+    const seen = new Set<string>();
+    while (all && page.nextPageToken) {
+      if (seen.has(page.nextPageToken)) throw new Error('the broker returned the same page token twice; stopping');
+      seen.add(page.nextPageToken);
+      page = await client.listTasks({ ...request, pageToken: page.nextPageToken }, options);
+      tasks.push(...page.tasks);
+    }
+    return { tasks, nextPageToken: all ? '' : page.nextPageToken };
+  },
+  render({ tasks, nextPageToken }, { request, all }, out) {
+    if (tasks.length === 0) {
+      out(request.pageToken ? 'no more tasks' : 'no tasks match');
+      return;
+    }
+    printTaskTable(tasks, out);
+    out('');
+    out(`${plural(tasks.length, 'task', 'tasks')}${all ? '' : ' on this page'}`);
+    if (nextPageToken) out(`more tasks: continue with --page-token ${nextPageToken} (same filters), or list them all with --all`);
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// audit-trail
+
+const auditTrailSpec: CommandSpec = {
+  name: 'admin audit-trail',
+  summary: "Print a task's audit events in order and check their hash chain.",
+  options: {
+    task: { type: 'string', placeholder: 'TASK_ID', required: true, description: 'The task, e.g. tsk_…' },
+    ...adminConnectionOptions,
+  },
+  notes: `A broken hash chain (an event changed, removed or reordered) is reported on stderr and exits 1, also with --json.\n${ADMIN_EXIT_NOTES}`,
+};
+
+function checked(res: GetAuditTrailResponse__Output): CheckedTrail {
+  return { ...res, chain: res.chain ?? { ok: false, events: 0, brokenAt: 0, problem: 'the broker returned no chain check' } };
+}
+
+const auditTrail: AdminCommandDef<string, CheckedTrail> = {
+  spec: auditTrailSpec,
+  rpc: 'GetAuditTrail',
+  request: (parsed) => requiredText(auditTrailSpec, parsed, 'task'),
+  call: async (client, taskId, options) => checked(await client.getWholeAuditTrail(taskId, options)),
+  render: (res, _taskId, out) => printAuditTrail(res, out),
+  /** A broken chain is shouted on stderr and exits 1, whatever the output format. */
+  verdict({ taskId, chain }, err, prefix) {
+    if (chain.ok) return ExitCode.ok;
+    err(
+      `${prefix}: HASH CHAIN BROKEN: the audit trail of ${taskId} has been tampered with or damaged at event #${chain.brokenAt}` +
+        ` (${chain.problem || 'no detail given'}); ${chain.events} events checked. Do not trust this trail.\n`,
+    );
+    return ExitCode.failure;
+  },
+};
+
+/** Prints a trail (text or JSON) as audit-trail does; a broken chain is shouted on stderr and exits 1. */
+export function reportAuditTrail(res: GetAuditTrailResponse__Output, json: boolean, out: Out, err: Err, prefix = 'task-broker admin audit-trail'): number {
+  return report(auditTrail, checked(res), res.taskId, json, out, err, prefix);
+}
+
+// ---------------------------------------------------------------------------------------------
+// approve-task, revoke-task, revoke-workload, rotate-signing-key
+
+const approveTaskSpec: CommandSpec = {
+  name: 'admin approve-task',
+  summary: 'Approve a PENDING_APPROVAL task: it becomes ACTIVE and its owner can get tokens. Nobody approves their own task.',
+  options: {
+    task: { type: 'string', placeholder: 'TASK_ID', required: true, description: 'The task to approve' },
+    comment: { type: 'string', placeholder: 'TEXT', description: 'Why it is approved; recorded in the task and its audit trail' },
+    ...adminConnectionOptions,
+  },
+  notes: ADMIN_EXIT_NOTES,
+};
+
+const approveTask: AdminCommandDef<{ taskId: string; comment: string }, ApproveTaskResponse__Output> = {
+  spec: approveTaskSpec,
+  rpc: 'ApproveTask',
+  request: (parsed) => ({ taskId: requiredText(approveTaskSpec, parsed, 'task'), comment: stringOption(parsed.values, 'comment') ?? '' }),
+  call: (client, { taskId, comment }, options) => client.approveTask(taskId, comment, options),
+  render(res, { taskId }, out) {
+    out(`approved ${taskId}: it is now ${res.task ? shortState(res.task.state) : 'ACTIVE'}`);
+    printTaskFields(res.task, out);
+  },
+};
+
+const revokeTaskSpec: CommandSpec = {
+  name: 'admin revoke-task',
+  summary: 'Revoke a live task (ACTIVE or PENDING_APPROVAL) and every token it produced.',
+  options: {
+    task: { type: 'string', placeholder: 'TASK_ID', required: true, description: 'The task to revoke' },
+    reason: { type: 'string', placeholder: 'TEXT', description: 'Why; recorded in the task and its audit trail' },
+    ...adminConnectionOptions,
+  },
+  notes: ADMIN_EXIT_NOTES,
+};
+
+const revokeTask: AdminCommandDef<{ taskId: string; reason: string }, RevokeTaskResponse__Output> = {
+  spec: revokeTaskSpec,
+  rpc: 'RevokeTask',
+  request: (parsed) => ({ taskId: requiredText(revokeTaskSpec, parsed, 'task'), reason: stringOption(parsed.values, 'reason') ?? '' }),
+  call: (client, { taskId, reason }, options) => client.revokeTask(taskId, reason, options),
+  render(res, { taskId }, out) {
+    out(`revoked ${taskId}; tokens revoked with it: ${res.revokedTokens}`);
+    printTaskFields(res.task, out);
+  },
+};
+
+const revokeWorkloadSpec: CommandSpec = {
+  name: 'admin revoke-workload',
+  summary: 'Kill switch: revoke every live task, and so every token, of the workloads a selector matches, in one transaction.',
+  options: {
+    selector: { type: 'string', placeholder: 'SPIFFE_ID_OR_PATTERN', required: true, description: `The workloads: ${selectorHelp}, e.g. spiffe://example.org/ns/billing/**` },
+    reason: { type: 'string', placeholder: 'TEXT', description: 'Why; recorded in every revoked task and the audit trail' },
+    ...adminConnectionOptions,
+  },
+  notes: ADMIN_EXIT_NOTES,
+};
+
+const revokeWorkload: AdminCommandDef<{ selector: string; reason: string }, RevokeWorkloadResponse__Output> = {
+  spec: revokeWorkloadSpec,
+  rpc: 'RevokeWorkload',
+  request: (parsed) => ({ selector: requiredText(revokeWorkloadSpec, parsed, 'selector'), reason: stringOption(parsed.values, 'reason') ?? '' }),
+  call: (client, { selector, reason }, options) => client.revokeWorkload(selector, reason, options),
+  render(res, { selector }, out) {
+    if (res.revokedTasks === 0) {
+      out(`no live tasks matched ${selector}: nothing revoked`);
+      return;
+    }
+    out(`revoked ${plural(res.revokedTasks, 'task', 'tasks')} and ${plural(res.revokedTokens, 'token', 'tokens')} of workloads matching ${selector}:`);
+    for (const id of res.taskIds) out(`  ${id}`);
+  },
+};
+
+const rotateSigningKey: AdminCommandDef<null, RotateSigningKeyResponse__Output> = {
+  spec: {
+    name: 'admin rotate-signing-key',
+    summary: 'Make a new token signing key active; the old one stays in the JWKS until every token it signed has expired.',
+    options: { ...adminConnectionOptions },
+    notes: ADMIN_EXIT_NOTES,
+  },
+  rpc: 'RotateSigningKey',
+  request: () => null,
+  call: (client, _request, options) => client.rotateSigningKey(options),
+  render(res, _request, out) {
+    const lines = formatFields([
+      ['new signing key', res.kid],
+      ['retired key', res.retiredKid ? `${res.retiredKid} (stays in the JWKS until every token it signed has expired)` : '- (there was no active key)'],
+    ]);
+    for (const line of lines) out(line);
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// Registration
+
+/** Every admin command, keyed by its full name, for main.ts. */
+export const adminCommands: Record<string, AdminCommand> = Object.fromEntries(
+  [adminCommand(listTasks), adminCommand(auditTrail), adminCommand(approveTask), adminCommand(revokeTask), adminCommand(revokeWorkload), adminCommand(rotateSigningKey)].map((c) => [
+    c.spec.name,
+    c,
+  ]),
+);
