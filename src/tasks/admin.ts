@@ -11,11 +11,12 @@ import { isLive, type Actor, type Task, type TaskState } from '../model/task.js'
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { Db } from '../store/database.js';
+import type { TaskRow } from '../store/schema.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_RECORDED_INPUT, MAX_TRAIL_PAGE } from './limits.js';
 import { decodeCursor, encodeCursor, filterDigest, type ListTasksFilter } from './list-cursor.js';
 import { toTask, type TaskRows } from './task-rows.js';
-import type { UnitOfWork } from './unit-of-work.js';
+import type { UnitOfWork, Work } from './unit-of-work.js';
 import { freeText, pageSizeArgument, selectorArgument, stateFilterArgument, taskIdArgument } from './validation.js';
 
 export interface TaskAdminDeps {
@@ -45,14 +46,9 @@ export class TaskAdmin {
   }
 
   async revokeTask(actor: Actor, taskId: string, reason: string): Promise<{ task: Task; revokedTokens: number }> {
-    const entry = await this.#authorize(actor, 'RevokeTask', { task_id: bounded(taskId) });
-    taskIdArgument(taskId);
-    freeText(reason, 'reason');
-    const { units, rows } = this.#deps;
-    return units.run(async (work) => {
-      const row = (await rows.lock(work, taskId, actor.requestId)) ?? work.refuse(notFound());
+    return this.#onLockedTask(actor, 'RevokeTask', taskId, { reason }, async (work, row, entry) => {
       if (!isLive(row.state)) work.refuse(new BrokerError('failed-precondition', `task is already ${row.state}`));
-      const ended = await rows.end(work, row, { state: 'REVOKED', by: actor.spiffeId, reason: reason || 'revoked by an admin', eventType: 'task.revoked', actor, details: { admin_entry: entry } });
+      const ended = await this.#deps.rows.end(work, row, { state: 'REVOKED', by: actor.spiffeId, reason: reason || 'revoked by an admin', eventType: 'task.revoked', actor, details: { admin_entry: entry } });
       return { task: toTask(ended), revokedTokens: ended.revokedTokens };
     });
   }
@@ -126,19 +122,14 @@ export class TaskAdmin {
   }
 
   async approveTask(actor: Actor, taskId: string, comment: string): Promise<Task> {
-    const entry = await this.#authorize(actor, 'ApproveTask', { task_id: bounded(taskId) });
-    taskIdArgument(taskId);
-    freeText(comment, 'comment');
-    const { units, rows } = this.#deps;
-    return units.run(async (work) => {
-      const row = (await rows.lock(work, taskId, actor.requestId)) ?? work.refuse(notFound());
+    return this.#onLockedTask(actor, 'ApproveTask', taskId, { comment }, async (work, row, entry) => {
       if (row.owner_spiffe_id === actor.spiffeId) {
         await work.audit(actor, { taskId, type: 'access.denied', details: { operation: 'ApproveTask', reason: 'an approver cannot approve their own task' } });
         work.refuse(new BrokerError('permission-denied', 'an approver cannot approve their own task'));
       }
       // A due task was expired by lock(), so a PENDING_APPROVAL row here is still within its ttl.
       if (row.state !== 'PENDING_APPROVAL') work.refuse(new BrokerError('failed-precondition', `task is ${row.state}, not PENDING_APPROVAL`));
-      const updated = await rows.approve(work, taskId, actor.spiffeId, comment);
+      const updated = await this.#deps.rows.approve(work, taskId, actor.spiffeId, comment);
       await work.audit(actor, {
         taskId,
         type: 'task.approved',
@@ -153,6 +144,21 @@ export class TaskAdmin {
     const { units, keys } = this.#deps;
     return keys.rotate(async (tx, rotation) => {
       await units.append(tx, actor, { taskId: null, type: 'admin.key_rotated', details: { kid: rotation.kid, retired_kid: rotation.retiredKid ?? null, admin_entry: entry } });
+    });
+  }
+
+  /**
+   * An admin action on one task: the caller must be an admin (checked first, on the record), then
+   * the task ID and the free text are checked, then `fn` runs on the locked task (expired first
+   * if it is due) in one unit of work; a missing task is NOT_FOUND.
+   */
+  async #onLockedTask<T>(actor: Actor, operation: string, taskId: string, text: Record<string, string>, fn: (work: Work, row: TaskRow, entry: string) => Promise<T>): Promise<T> {
+    const entry = await this.#authorize(actor, operation, { task_id: bounded(taskId) });
+    taskIdArgument(taskId);
+    for (const [field, value] of Object.entries(text)) freeText(value, field);
+    return this.#deps.units.run(async (work) => {
+      const row = (await this.#deps.rows.lock(work, taskId, actor.requestId)) ?? work.refuse(notFound());
+      return fn(work, row, entry);
     });
   }
 
