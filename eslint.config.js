@@ -2,6 +2,7 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 import globals from 'globals';
+import { layerRules } from './layers.config.js';
 
 export default tseslint.config(
   { ignores: ['dist/', 'src/gen/', 'node_modules/', 'coverage/'] },
@@ -20,6 +21,7 @@ export default tseslint.config(
       eqeqeq: ['error', 'always'],
     },
   },
+  ...layerRules(),
   {
     // vitest's asymmetric matchers (expect.stringMatching, expect.any…) are typed `any`.
     files: ['test/**/*.ts'],

@@ -1,7 +1,7 @@
 /**
- * A small HTTP server for the broker's endpoints that are not gRPC (JWKS; health, readiness and
- * metrics later), on its own port so it can be exposed without exposing the gRPC listener.
- * Exact-path routes, GET and HEAD only, no request bodies.
+ * A small HTTP server for the broker's endpoints that are not gRPC (JWKS, health, readiness and
+ * metrics: ops-routes.ts), on its own port so it can be exposed without exposing the gRPC
+ * listener. Exact-path routes, GET and HEAD only, no request bodies.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';

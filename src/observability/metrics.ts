@@ -7,10 +7,8 @@
  * verification reasons, task states, trust domain names. Never a token, key or task ID.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { Route } from '../http/ops-server.js';
 
 export const METRIC_PREFIX = 'task_broker_';
-export const METRICS_PATH = '/metrics';
 
 const RPC_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const AUDIT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
@@ -403,14 +401,6 @@ export class BrokerMetrics {
   async expose(): Promise<{ contentType: string; body: string }> {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
-}
-
-/** GET /metrics: the Prometheus text format. */
-export function metricsRoute(metrics: BrokerMetrics): Route {
-  return async () => {
-    const { contentType, body } = await metrics.expose();
-    return { status: 200, headers: { 'Content-Type': contentType, 'Cache-Control': 'no-store' }, body };
-  };
 }
 
 /** Whether a value looks like a bundle set the metrics can follow. */

@@ -7,7 +7,6 @@
  * Liveness (/healthz) is deliberately not here: it answers from the event loop alone, so a
  * database outage makes the broker unready, never restarted.
  */
-import type { Route } from '../http/ops-server.js';
 import type { Logger } from './logger.js';
 
 export type CheckResult = { readonly ok: true; readonly detail?: Record<string, unknown> } | { readonly ok: false; readonly reason: string; readonly detail?: Record<string, unknown> };
@@ -189,32 +188,4 @@ export class Readiness {
       }
     }
   }
-}
-
-/** GET /readyz: 200 when ready, 503 otherwise, with every check and why it failed. */
-export function readyzRoute(readiness: Readiness, options: { maxAgeMs?: number } = {}): Route {
-  return async () => {
-    const report = await readiness.fresh(options.maxAgeMs ?? 1_000);
-    const body = {
-      status: report.ready ? 'ready' : 'not ready',
-      ...(report.shuttingDown ? { shuttingDown: true } : {}),
-      ...(report.checkedAt ? { checkedAt: report.checkedAt } : {}),
-      checks: report.checks,
-    };
-    return { status: report.ready ? 200 : 503, headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' }, body: `${JSON.stringify(body)}\n` };
-  };
-}
-
-/**
- * GET /healthz: liveness. Answering at all proves the process and its event loop are alive; it
- * touches nothing else (no database), and stays 200 while shutting down so a draining broker is
- * not killed early.
- */
-export function healthzRoute(startedAt = Date.now()): Route {
-  return () =>
-    Promise.resolve({
-      status: 200,
-      headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' },
-      body: `${JSON.stringify({ status: 'alive', uptimeSeconds: Math.round((Date.now() - startedAt) / 1000) })}\n`,
-    });
 }

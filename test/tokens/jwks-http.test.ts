@@ -1,8 +1,8 @@
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { JWKS_PATH, jwksRoute } from '../../src/http/ops-routes.js';
 import { OpsHttpServer } from '../../src/http/ops-server.js';
 import { silentLogger } from '../../src/observability/logger.js';
-import { JWKS_PATH, jwksRoute } from '../../src/tokens/jwks.js';
 import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
 import { SigningKeyRing } from '../../src/tokens/keyring.js';
 import { signTaskToken, TASK_TOKEN_TYPE, type TaskTokenClaims } from '../../src/tokens/task-token.js';
