@@ -32,12 +32,12 @@ import { migrate, migrationStatus } from './store/migrate.js';
 import { TaskLifecycle, type LifecycleLimits } from './tasks/lifecycle.js';
 import type { KeyEncryptionKey } from './tokens/kek.js';
 import { SigningKeyRing, type TokenAlg } from './tokens/keyring.js';
-import type { ServerIdentitySource, TlsIdentity } from './transport/server-identity.js';
+import type { TlsIdentity, X509SvidSource } from './spiffe/x509-source.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, SvidServer, type ConnectionLimits } from './transport/svid-server.js';
 
 export interface BrokerDeps {
   logger: Logger;
-  identity: ServerIdentitySource;
+  identity: X509SvidSource;
   bundles: X509BundleSource;
   host: string;
   port: number;
@@ -137,7 +137,7 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
 
 export interface TaskBrokerOptions {
   logger: Logger;
-  identity: ServerIdentitySource;
+  identity: X509SvidSource;
   bundles: X509BundleSource;
   /** The broker takes ownership: close() closes it. */
   store: Store;

@@ -8,16 +8,17 @@ import { openFilesLimit } from '../observability/capacity-checks.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import type { ConnectionLimits } from '../transport/svid-server.js';
 import { startTaskBroker, type RunningTaskBroker } from '../server.js';
-import { TrustBundleSet } from '../spiffe/bundle.js';
-import { parseBundleFileArg, watchBundleFiles } from '../spiffe/bundle-files.js';
+import type { TrustBundleSet } from '../spiffe/bundle.js';
+import { parseBundleFileArg } from '../spiffe/bundle-files.js';
+import { FileX509Source } from '../spiffe/file-x509-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { parseWorkloadApiAddress, SPIFFE_ENDPOINT_SOCKET } from '../spiffe/workload-api.js';
 import { WorkloadApiSource } from '../spiffe/workload-api-source.js';
+import type { X509SvidSource } from '../spiffe/x509-source.js';
 import { openStore } from '../store/database.js';
 import { loadKek } from '../tokens/kek.js';
 import type { TokenAlg } from '../tokens/keyring.js';
 import { FilePolicySource } from '../policy/policy-source.js';
-import { FileServerIdentity, type ServerIdentitySource } from '../transport/server-identity.js';
 import { listOption, parseDuration, parseListenAddress, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from './options.js';
 
 /** Where the data lives: shared by serve and migrate. */
@@ -370,7 +371,7 @@ export interface ServedBroker extends RunningTaskBroker {
 }
 
 interface IdentitySetup {
-  identity: ServerIdentitySource;
+  identity: X509SvidSource;
   bundles: TrustBundleSet;
   workloadApi?: WorkloadApiSource;
   close(): void;
@@ -394,32 +395,14 @@ async function setUpIdentity(config: ServeConfig, logger: Logger): Promise<Ident
     return { identity: source, bundles: source.bundles, workloadApi: source, close: () => source.close() };
   }
   if (!config.svidCertPath || !config.svidKeyPath) throw new Error("the broker's own SVID is required: svidCertPath and svidKeyPath, or workloadApi");
-  const identity = await FileServerIdentity.load(config.svidCertPath, config.svidKeyPath, { logger, pollIntervalMs: config.filePollIntervalMs });
-  const bundles = new TrustBundleSet();
-  try {
-    const watch = await watchBundleFiles(bundles, config.bundles ?? [], { logger, pollIntervalMs: config.filePollIntervalMs });
-    // Without its own trust domain's bundle the broker would start, report ready, and refuse
-    // every workload of its own trust domain. (The Workload API source refuses this state too.)
-    const own = identity.current()?.spiffeId.trustDomain;
-    if (own !== undefined && !bundles.getX509Bundle(own)) {
-      watch.close();
-      throw new Error(
-        `no trust bundle covers the broker's own trust domain "${own}" (its SVID is ${identity.current()?.spiffeId.toString() ?? ''}); ` +
-          `bundles were given for: ${bundles.trustDomains().join(', ') || 'none'}. Add --bundle ${own}=FILE`,
-      );
-    }
-    return {
-      identity,
-      bundles,
-      close: () => {
-        identity.close();
-        watch.close();
-      },
-    };
-  } catch (err) {
-    identity.close();
-    throw err;
-  }
+  const source = await FileX509Source.load({
+    certPath: config.svidCertPath,
+    keyPath: config.svidKeyPath,
+    bundles: config.bundles ?? [],
+    logger,
+    pollIntervalMs: config.filePollIntervalMs,
+  });
+  return { identity: source, bundles: source.bundles, close: () => source.close() };
 }
 
 /**

@@ -5,7 +5,7 @@
 import type { PolicySource } from '../policy/policy-source.js';
 import type { Store } from '../store/database.js';
 import { loadMigrations, migrationStatus, type Migration } from '../store/migrate.js';
-import type { ServerIdentitySource } from '../transport/server-identity.js';
+import type { X509SvidSource } from '../spiffe/x509-source.js';
 import type { CheckResult, ReadinessCheck } from './readiness.js';
 
 /** `Store.ping` within `timeoutMs`. */
@@ -83,7 +83,7 @@ function statusOf(source: object): Record<string, unknown> {
 }
 
 /** The broker's own SVID is present and unexpired, and its source (if it can tell) is ready. */
-export function svidCheck(identity: ServerIdentitySource, clock: () => Date = () => new Date()): ReadinessCheck {
+export function svidCheck(identity: X509SvidSource, clock: () => Date = () => new Date()): ReadinessCheck {
   return {
     name: 'svid',
     run: (): CheckResult => {

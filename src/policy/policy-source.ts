@@ -3,7 +3,7 @@
  * followed as it changes. A broken new file leaves the last good policy in force and says why.
  */
 import { readFile } from 'node:fs/promises';
-import { WatchedFiles } from '../files/watched-files.js';
+import { WatchedValue } from '../files/watched-value.js';
 import type { Logger } from '../observability/logger.js';
 import { parsePolicy, PolicyError, type Policy } from './policy.js';
 
@@ -51,63 +51,50 @@ export interface FilePolicySourceOptions {
 
 /** A policy file, re-read when it changes on disk (also through rename-over and `..data` symlink swaps). */
 export class FilePolicySource implements PolicySource {
-  #policy: Policy;
-  readonly #listeners = new Set<(p: Policy) => void>();
-  #watcher: WatchedFiles | undefined;
+  readonly #policy: WatchedValue<Policy>;
+  readonly #log: Logger;
   #status: PolicySourceStatus = { reloadFailures: 0 };
 
   private constructor(
     readonly path: string,
-    policy: Policy,
+    options: FilePolicySourceOptions,
   ) {
-    this.#policy = policy;
+    const log = options.logger.child({ path });
+    this.#log = log;
+    this.#policy = new WatchedValue([path], ([text = '']) => parsePolicy(text, path), {
+      pollIntervalMs: options.pollIntervalMs,
+      onError: (err, during) => {
+        if (during === 'listener') {
+          log.error({ err: err.message }, 'policy change listener failed');
+          return;
+        }
+        const reason = err instanceof PolicyError ? err.message : `${path}: ${err.message}`;
+        this.#status = { reloadFailures: this.#status.reloadFailures + 1, lastReloadError: reason, lastReloadFailedAt: new Date() };
+        log.error({ err: err.message, keptDigest: this.current().digest }, `policy reload failed; keeping the last good policy: ${reason}`);
+      },
+    });
+    // Subscribed first, so the line is written before any listener hears of the new policy.
+    this.#policy.onChange((policy, previous) => {
+      log.info({ digest: policy.digest, previousDigest: previous.digest, rules: policy.rules.length, admins: policy.admins.length }, 'policy reloaded');
+    });
   }
 
   /** Loads `path` (throwing PolicyError when it cannot be read or parsed) and follows its changes. */
   static async load(path: string, options: FilePolicySourceOptions): Promise<FilePolicySource> {
-    const log = options.logger.child({ path });
-    let source: FilePolicySource | undefined;
-    const watcher = new WatchedFiles(
-      [path],
-      ([content]) => {
-        const policy = parsePolicy((content ?? Buffer.alloc(0)).toString('utf8'), path);
-        if (source === undefined) {
-          source = new FilePolicySource(path, policy);
-          log.info({ digest: policy.digest, rules: policy.rules.length, admins: policy.admins.length }, 'policy loaded');
-          return;
-        }
-        const previous = source.#policy.digest;
-        source.#policy = policy;
-        log.info({ digest: policy.digest, previousDigest: previous, rules: policy.rules.length, admins: policy.admins.length }, 'policy reloaded');
-        source.#notify(policy, log);
-      },
-      {
-        pollIntervalMs: options.pollIntervalMs,
-        onError: (err) => {
-          const reason = err instanceof PolicyError ? err.message : `${path}: ${err.message}`;
-          if (source) source.#status = { reloadFailures: source.#status.reloadFailures + 1, lastReloadError: reason, lastReloadFailedAt: new Date() };
-          log.error({ err: err.message, keptDigest: source?.current().digest }, `policy reload failed; keeping the last good policy: ${reason}`);
-        },
-      },
-    );
+    const source = new FilePolicySource(path, options);
+    let policy: Policy;
     try {
-      await watcher.start();
+      policy = await source.#policy.ready();
     } catch (err) {
-      watcher.close();
       if (err instanceof PolicyError) throw err;
       throw new PolicyError(path, '', `cannot read the policy file: ${(err as Error).message}`);
     }
-    if (source === undefined) {
-      // start() resolves only after the first contents were delivered; this is a guard, not a path.
-      watcher.close();
-      throw new PolicyError(path, '', 'the policy file was not loaded');
-    }
-    source.#watcher = watcher;
+    source.#log.info({ digest: policy.digest, rules: policy.rules.length, admins: policy.admins.length }, 'policy loaded');
     return source;
   }
 
   current(): Policy {
-    return this.#policy;
+    return this.#policy.current();
   }
 
   status(): PolicySourceStatus {
@@ -115,30 +102,16 @@ export class FilePolicySource implements PolicySource {
   }
 
   onChange(listener: (p: Policy) => void): () => void {
-    this.#listeners.add(listener);
-    return () => {
-      this.#listeners.delete(listener);
-    };
+    return this.#policy.onChange(listener);
   }
 
   /** Checks the file now; resolves once any change found is in force (or refused). */
   reload(): Promise<void> {
-    return this.#watcher?.reload() ?? Promise.resolve();
+    return this.#policy.reload();
   }
 
   close(): void {
-    this.#watcher?.close();
-    this.#listeners.clear();
-  }
-
-  #notify(policy: Policy, log: Logger): void {
-    for (const listener of this.#listeners) {
-      try {
-        listener(policy);
-      } catch (err) {
-        log.error({ err: (err as Error).message }, 'policy change listener failed');
-      }
-    }
+    this.#policy.close();
   }
 }
 

@@ -3,8 +3,8 @@
  * A file that stops parsing leaves the last good bundle in force and says why in the log.
  */
 import type { Logger } from '../observability/logger.js';
-import { WatchedFiles } from '../files/watched-files.js';
-import { parseX509Bundle, type TrustBundleSet } from './bundle.js';
+import { WatchedValue } from '../files/watched-value.js';
+import { parseX509Bundle, type TrustBundleSet, type X509Bundle } from './bundle.js';
 import { parseTrustDomain } from './id.js';
 
 export interface BundleFile {
@@ -32,32 +32,30 @@ export async function watchBundleFiles(set: TrustBundleSet, files: readonly Bund
   if (duplicate) {
     throw new Error(`trust domain ${duplicate.trustDomain} is given more than one bundle file`);
   }
-  const watchers: WatchedFiles[] = [];
+  const watched: WatchedValue<X509Bundle>[] = [];
+  const close = () => watched.forEach((w) => w.close());
   try {
     for (const file of files) {
       const log = options.logger.child({ trustDomain: file.trustDomain, path: file.path });
-      let loaded = false;
-      const watcher = new WatchedFiles(
-        [file.path],
-        ([content]) => {
-          const bundle = parseX509Bundle(file.trustDomain, (content ?? Buffer.alloc(0)).toString('utf8'));
-          set.set(bundle);
-          log.info({ authorities: bundle.authorities.length, sequence: bundle.sequence }, loaded ? 'trust bundle reloaded' : 'trust bundle loaded');
-          loaded = true;
-        },
-        {
-          pollIntervalMs: options.pollIntervalMs,
-          onError: (err) => log.error({ err: err.message }, 'trust bundle reload failed; keeping the last good bundle'),
-        },
-      );
-      watchers.push(watcher);
-      await watcher.start().catch((err: Error) => {
+      const watchedBundle = new WatchedValue([file.path], ([text = '']) => parseX509Bundle(file.trustDomain, text), {
+        pollIntervalMs: options.pollIntervalMs,
+        onError: (err, during) =>
+          log.error({ err: err.message }, during === 'reload' ? 'trust bundle reload failed; keeping the last good bundle' : 'trust bundle change listener failed'),
+      });
+      watched.push(watchedBundle);
+      watchedBundle.onChange((next) => {
+        set.set(next);
+        log.info({ authorities: next.authorities.length, sequence: next.sequence }, 'trust bundle reloaded');
+      });
+      const first = await watchedBundle.ready().catch((err: Error) => {
         throw new Error(`cannot load trust bundle for ${file.trustDomain} from ${file.path}: ${err.message}`);
       });
+      set.set(first);
+      log.info({ authorities: first.authorities.length, sequence: first.sequence }, 'trust bundle loaded');
     }
   } catch (err) {
-    for (const w of watchers) w.close();
+    close();
     throw err;
   }
-  return { close: () => watchers.forEach((w) => w.close()) };
+  return { close };
 }

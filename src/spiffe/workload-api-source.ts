@@ -1,9 +1,9 @@
 /**
  * The broker's SVID and trust bundles from the SPIFFE Workload API (a SPIRE agent).
  *
- * `WorkloadApiSource` is a `ServerIdentitySource` (the TLS server swaps its certificate on each
- * new SVID; open connections carry on) and fills a `TrustBundleSet` (connections are verified
- * again whenever it changes).
+ * `WorkloadApiSource` is an `X509Source`: its SVID is what the TLS server serves with (swapped on
+ * each new SVID; open connections carry on), and it fills a `TrustBundleSet` (connections are
+ * verified again whenever it changes).
  *
  * - Identity: the first X509-SVID of each FetchX509SVID message (the default identity), or the
  *   one whose SPIFFE ID is `spiffeId`. DER is turned into PEM and checked like a file SVID
@@ -21,7 +21,6 @@
 import { createPrivateKey } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../observability/logger.js';
-import { tlsIdentityFrom, type ServerIdentitySource, type TlsIdentity } from '../transport/server-identity.js';
 import { TrustBundleSet, type X509Bundle } from './bundle.js';
 import { parseDerCertificates, type ParsedCertificate } from './certificate.js';
 import { parseTrustDomain, SpiffeId } from './id.js';
@@ -35,6 +34,7 @@ import {
   type X509SvidMessage,
   type X509SvidResponse,
 } from './workload-api.js';
+import { tlsIdentityFrom, type TlsIdentity, type X509Source, type X509SourceStatus } from './x509-source.js';
 
 export interface WorkloadApiSourceOptions {
   /** The endpoint: `unix:///path/to/agent.sock` (or `unix:/path`, `tcp://IP:PORT`), e.g. `SPIFFE_ENDPOINT_SOCKET`. */
@@ -56,7 +56,7 @@ export interface WorkloadApiSourceOptions {
 }
 
 /** A snapshot for readiness probes and metrics. */
-export interface WorkloadApiStatus {
+export interface WorkloadApiStatus extends X509SourceStatus {
   /** The endpoint as configured. */
   readonly address: string;
   /** An SVID has arrived and has not expired: the broker can serve. */
@@ -144,7 +144,7 @@ function sameAuthorities(a: X509Bundle | undefined, b: X509Bundle): boolean {
   return a.authorities.every((cert, i) => cert.der.equals(b.authorities[i]?.der ?? Buffer.alloc(0)));
 }
 
-export class WorkloadApiSource implements ServerIdentitySource {
+export class WorkloadApiSource implements X509Source {
   /** The trust bundles from the Workload API; pass this as the broker's bundle source. */
   readonly bundles: TrustBundleSet;
   readonly address: WorkloadApiAddress;

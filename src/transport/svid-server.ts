@@ -12,8 +12,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from '../observability/logger.js';
 import { LogThrottle } from '../observability/log-throttle.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
+import type { TlsIdentity, X509SvidSource } from '../spiffe/x509-source.js';
 import { ConnectionAuthenticator } from './connection-authenticator.js';
-import type { ServerIdentitySource, TlsIdentity } from './server-identity.js';
 
 /** Bounds on what peers can hold: connections, handshakes in progress, idle and old connections. */
 export interface ConnectionLimits {
@@ -55,7 +55,7 @@ export interface TransportObserver {
 
 export interface SvidServerOptions {
   bundles: X509BundleSource;
-  identity: ServerIdentitySource;
+  identity: X509SvidSource;
   logger: Logger;
   clock?: () => Date;
   limits?: Partial<ConnectionLimits>;

@@ -17,7 +17,7 @@ import type { TrustBundleSet } from '../../src/spiffe/bundle.js';
 import type { StoreKind } from '../../src/store/database.js';
 import { migrate } from '../../src/store/migrate.js';
 import { KeyEncryptionKey, generateKekBase64 } from '../../src/tokens/kek.js';
-import { StaticServerIdentity, tlsIdentityFrom } from '../../src/transport/server-identity.js';
+import { StaticX509SvidSource, tlsIdentityFrom } from '../../src/spiffe/x509-source.js';
 import { createTestDatabase, type TestDatabase } from './db.js';
 import { permissivePolicySource } from './policy.js';
 import { bundleSet, pemOf, trustDomainPki, type PemSvid, type TrustDomainPki } from './pki.js';
@@ -67,7 +67,7 @@ export interface TestBrokerOptions
 export async function startTestBroker(kind: StoreKind, options: TestBrokerOptions = {}): Promise<TestBroker> {
   const [a, b] = await Promise.all([trustDomainPki('a.test'), trustDomainPki('b.test')]);
   const serverSvid = await pemOf(await mintX509Svid(a.root, BROKER_ID));
-  const identity = new StaticServerIdentity(tlsIdentityFrom(serverSvid.certChainPem, serverSvid.keyPem));
+  const identity = new StaticX509SvidSource(tlsIdentityFrom(serverSvid.certChainPem, serverSvid.keyPem));
   const bundles = bundleSet(a, b);
   const dataDir = kind === 'pglite' ? await mkdtemp(join(tmpdir(), 'tb-pglite-')) : undefined;
   const database = await createTestDatabase(kind, dataDir);

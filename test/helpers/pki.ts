@@ -5,7 +5,7 @@
 import { chainPem, createIntermediateCa, createRootCa, issueCertificate, KeyUsage, mintX509Svid, privateKeyPem, type CertificateTemplate, type IssuedCertificate } from '../../src/devca/certificates.js';
 import { parsePemCertificates } from '../../src/spiffe/certificate.js';
 import { TrustBundleSet, type X509Bundle } from '../../src/spiffe/bundle.js';
-import { tlsIdentityFrom, type TlsIdentity } from '../../src/transport/server-identity.js';
+import { tlsIdentityFrom, type TlsIdentity } from '../../src/spiffe/x509-source.js';
 
 export interface TrustDomainPki {
   readonly name: string;

@@ -9,21 +9,21 @@ import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelOptions } from '../../src/client/credentials.js';
 import { brokerProto } from '../../src/protocol/proto.js';
 import type { X509BundleSource } from '../../src/spiffe/bundle.js';
-import { StaticServerIdentity, type TlsIdentity } from '../../src/transport/server-identity.js';
+import { StaticX509SvidSource, type TlsIdentity } from '../../src/spiffe/x509-source.js';
 import { SvidServer } from '../../src/transport/svid-server.js';
 import type { Logger } from '../../src/observability/logger.js';
 import type { PemSvid } from './pki.js';
 
 export interface TestSvidServer {
   server: SvidServer;
-  identity: StaticServerIdentity;
+  identity: StaticX509SvidSource;
   port: number;
   handlerCalls: () => number;
   close(): Promise<void>;
 }
 
 export async function startTestSvidServer(options: { identity: TlsIdentity; bundles: X509BundleSource; logger: Logger; clock?: () => Date }): Promise<TestSvidServer> {
-  const identity = new StaticServerIdentity(options.identity);
+  const identity = new StaticX509SvidSource(options.identity);
   const server = new SvidServer({ bundles: options.bundles, identity, logger: options.logger, clock: options.clock, refusedConnectionLingerMs: 2_000 });
   let calls = 0;
   const real = { WhoAmI: whoAmIHandler({ logger: options.logger }) };

@@ -8,7 +8,7 @@ import { healthzRoute, readyzRoute } from '../../src/http/ops-routes.js';
 import { silentLogger } from '../../src/observability/logger.js';
 import { Readiness, type CheckResult, type ReadinessReport } from '../../src/observability/readiness.js';
 import { svidCheck } from '../../src/observability/readiness-checks.js';
-import { StaticServerIdentity, tlsIdentityFrom, type ServerIdentitySource, type TlsIdentity } from '../../src/transport/server-identity.js';
+import { StaticX509SvidSource, tlsIdentityFrom, type X509SvidSource, type TlsIdentity } from '../../src/spiffe/x509-source.js';
 import { pemOf, trustDomainPki } from '../helpers/pki.js';
 import type { IncomingMessage } from 'node:http';
 
@@ -155,18 +155,18 @@ describe('svidCheck', () => {
 
   it('passes for a present, unexpired SVID and fails once it expired or when there is none', async () => {
     await setup();
-    const source = new StaticServerIdentity(identity);
+    const source = new StaticX509SvidSource(identity);
     expect(await svidCheck(source).run()).toMatchObject({ ok: true, detail: { spiffeId: 'spiffe://a.test/task-broker', notAfter: identity.notAfter.toISOString() } });
     const later = () => new Date(identity.notAfter.getTime() + 1);
     expect(await svidCheck(source, later).run()).toMatchObject({ ok: false, reason: expect.stringMatching(/expired at/) });
-    const none: ServerIdentitySource = { current: () => undefined, onChange: () => () => undefined };
+    const none: X509SvidSource = { current: () => undefined, onChange: () => () => undefined };
     expect(await svidCheck(none).run()).toMatchObject({ ok: false, reason: 'the broker has no SVID yet' });
   });
 
   it("takes a source's own ready() and status() into account (a Workload API source)", async () => {
     await setup();
     let streaming = false;
-    const source = Object.assign(new StaticServerIdentity(identity), {
+    const source = Object.assign(new StaticX509SvidSource(identity), {
       ready: () => streaming,
       status: () => ({ svidUpdatedAt: '2026-01-01T00:00:00.000Z', bundlesUpdatedAt: { 'a.test': '2026-01-01T00:00:00.000Z' } }),
     });

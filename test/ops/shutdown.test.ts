@@ -13,7 +13,7 @@ import { svidChannelCredentials, svidChannelOptions } from '../../src/client/cre
 import { mintX509Svid } from '../../src/devca/certificates.js';
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
 import { brokerProto } from '../../src/protocol/proto.js';
-import { StaticServerIdentity } from '../../src/transport/server-identity.js';
+import { StaticX509SvidSource } from '../../src/spiffe/x509-source.js';
 import { SvidServer } from '../../src/transport/svid-server.js';
 import { API, startTestBroker, WORKER } from '../helpers/broker.js';
 import { capturedLogger } from '../helpers/logs.js';
@@ -30,7 +30,7 @@ interface SlowServer {
 /** A real SvidServer whose WhoAmI takes `delayMs`. */
 async function slowServer(a: TrustDomainPki, delayMs: number): Promise<SlowServer> {
   const { logger } = capturedLogger();
-  const server = new SvidServer({ bundles: bundleSet(a), identity: new StaticServerIdentity(await brokerIdentity(a)), logger });
+  const server = new SvidServer({ bundles: bundleSet(a), identity: new StaticX509SvidSource(await brokerIdentity(a)), logger });
   const real = { WhoAmI: whoAmIHandler({ logger }) };
   let received = 0;
   server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, {

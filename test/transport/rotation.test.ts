@@ -11,7 +11,7 @@ import { createRootCa, mintX509Svid, privateKeyPem } from '../../src/devca/certi
 import { certificateThumbprint } from '../../src/spiffe/certificate.js';
 import { TrustBundleSet } from '../../src/spiffe/bundle.js';
 import { watchBundleFiles } from '../../src/spiffe/bundle-files.js';
-import { FileServerIdentity } from '../../src/transport/server-identity.js';
+import { FileX509SvidSource } from '../../src/spiffe/file-x509-source.js';
 import { SvidServer } from '../../src/transport/svid-server.js';
 import { brokerProto } from '../../src/protocol/proto.js';
 import { whoAmIHandler } from '../../src/api/task-broker-service.js';
@@ -169,7 +169,7 @@ describe("the broker's own SVID reloads from files", () => {
     await writeFile(certPath, first.pem);
     await writeFile(keyPath, await privateKeyPem(first.keys));
 
-    const identity = await FileServerIdentity.load(certPath, keyPath, { logger, pollIntervalMs: 200 });
+    const identity = await FileX509SvidSource.load(certPath, keyPath, { logger, pollIntervalMs: 200 });
     cleanups.push(() => identity.close());
     const server = new SvidServer({ bundles: bundleSet(a), identity, logger });
     server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, { WhoAmI: whoAmIHandler({ logger }) });
@@ -216,7 +216,7 @@ describe("the broker's own SVID reloads from files", () => {
     const other = await mintX509Svid(a.root, 'spiffe://a.test/task-broker');
     await writeFile(join(dir, 'c.pem'), one.pem);
     await writeFile(join(dir, 'k.pem'), await privateKeyPem(other.keys));
-    await expect(FileServerIdentity.load(join(dir, 'c.pem'), join(dir, 'k.pem'), { logger })).rejects.toThrow(/do not form a usable pair/);
+    await expect(FileX509SvidSource.load(join(dir, 'c.pem'), join(dir, 'k.pem'), { logger })).rejects.toThrow(/do not form a usable pair/);
   });
 });
 

@@ -1,0 +1,112 @@
+/**
+ * The broker's SVID and trust bundles from files (`--svid-cert`, `--svid-key`, `--bundle`), each
+ * followed as it changes (also through rename-over and `..data` symlink swaps). A new version
+ * that does not parse leaves the last good one in force and says why in the log.
+ */
+import { WatchedValue } from '../files/watched-value.js';
+import type { Logger } from '../observability/logger.js';
+import { TrustBundleSet } from './bundle.js';
+import { watchBundleFiles, type BundleFile } from './bundle-files.js';
+import { tlsIdentityFrom, type TlsIdentity, type X509Source, type X509SvidSource } from './x509-source.js';
+
+export interface FileSourceOptions {
+  logger: Logger;
+  /** Backup poll interval for the files (default 5 s); 0 disables polling. */
+  pollIntervalMs?: number;
+}
+
+/** The broker's SVID from a certificate chain file and a key file, reloaded when either changes. */
+export class FileX509SvidSource implements X509SvidSource {
+  readonly #svid: WatchedValue<TlsIdentity>;
+
+  private constructor(certPath: string, keyPath: string, options: FileSourceOptions) {
+    const log = options.logger.child({ certPath, keyPath });
+    this.#svid = new WatchedValue([certPath, keyPath], ([cert = '', key = '']) => tlsIdentityFrom(cert, key), {
+      pollIntervalMs: options.pollIntervalMs,
+      onError: (err, during) =>
+        log.error({ err: err.message }, during === 'reload' ? 'server SVID reload failed; keeping the last good SVID' : 'server SVID change listener failed'),
+    });
+    this.#svid.onChange((identity) => {
+      log.info({ spiffeId: identity.spiffeId.toString(), notAfter: identity.notAfter.toISOString() }, 'server SVID reloaded');
+    });
+  }
+
+  /** Loads the pair (throwing saying why it is unusable) and follows both files. */
+  static async load(certPath: string, keyPath: string, options: FileSourceOptions): Promise<FileX509SvidSource> {
+    const source = new FileX509SvidSource(certPath, keyPath, options);
+    try {
+      await source.#svid.ready();
+    } catch (err) {
+      throw new Error(`cannot load the broker's SVID from ${certPath} and ${keyPath}: ${(err as Error).message}`);
+    }
+    return source;
+  }
+
+  current(): TlsIdentity {
+    return this.#svid.current();
+  }
+
+  onChange(listener: (identity: TlsIdentity) => void): () => void {
+    return this.#svid.onChange(listener);
+  }
+
+  close(): void {
+    this.#svid.close();
+  }
+}
+
+export interface FileX509SourceOptions extends FileSourceOptions {
+  certPath: string;
+  keyPath: string;
+  /** One file per trust domain; the broker's own must be among them. */
+  bundles: readonly BundleFile[];
+}
+
+/** An X509Source from files: the SVID pair and one bundle file per trusted trust domain. */
+export class FileX509Source implements X509Source {
+  readonly bundles: TrustBundleSet;
+  readonly #svid: FileX509SvidSource;
+  readonly #bundleFiles: { close(): void };
+
+  private constructor(svid: FileX509SvidSource, bundles: TrustBundleSet, bundleFiles: { close(): void }) {
+    this.#svid = svid;
+    this.bundles = bundles;
+    this.#bundleFiles = bundleFiles;
+  }
+
+  /** Loads the SVID, then every bundle; throws if any first load fails or no bundle covers the SVID's trust domain. */
+  static async load(options: FileX509SourceOptions): Promise<FileX509Source> {
+    const svid = await FileX509SvidSource.load(options.certPath, options.keyPath, options);
+    const bundles = new TrustBundleSet();
+    try {
+      const bundleFiles = await watchBundleFiles(bundles, options.bundles, options);
+      // Without its own trust domain's bundle the broker would start, report ready, and refuse
+      // every workload of its own trust domain. (The Workload API source refuses this state too.)
+      const own = svid.current().spiffeId;
+      if (!bundles.getX509Bundle(own.trustDomain)) {
+        bundleFiles.close();
+        throw new Error(
+          `no trust bundle covers the broker's own trust domain "${own.trustDomain}" (its SVID is ${own.toString()}); ` +
+            `bundles were given for: ${bundles.trustDomains().join(', ') || 'none'}. Add --bundle ${own.trustDomain}=FILE`,
+        );
+      }
+      return new FileX509Source(svid, bundles, bundleFiles);
+    } catch (err) {
+      svid.close();
+      throw err;
+    }
+  }
+
+  current(): TlsIdentity {
+    return this.#svid.current();
+  }
+
+  onChange(listener: (identity: TlsIdentity) => void): () => void {
+    return this.#svid.onChange(listener);
+  }
+
+  close(): void {
+    this.#svid.close();
+    this.#bundleFiles.close();
+  }
+}
