@@ -19,6 +19,14 @@ export default tseslint.config(
       '@typescript-eslint/no-floating-promises': 'error',
       '@typescript-eslint/switch-exhaustiveness-check': ['error', { considerDefaultExhaustiveForUnions: true }],
       eqeqeq: ['error', 'always'],
+      // One private-member style: ECMAScript #private (enforced at run time, not only by tsc).
+      // A private constructor stays `private constructor` (a factory-only class has no other way).
+      'no-restricted-syntax': [
+        'error',
+        { selector: 'TSParameterProperty[accessibility]', message: 'Declare a #private field and assign it in the constructor instead of a parameter property.' },
+        { selector: ':matches(PropertyDefinition, TSAbstractPropertyDefinition)[accessibility="private"]', message: 'Use a #private field, not `private`.' },
+        { selector: 'MethodDefinition[accessibility="private"][kind!="constructor"]', message: 'Use a #private method, not `private`.' },
+      ],
     },
   },
   ...layerRules(),

@@ -91,20 +91,24 @@ export class PgCpuSampler {
   #polling: Promise<void> = Promise.resolve();
   #started = false;
 
-  constructor(
-    private readonly admin: pg.Client,
-    private readonly database: string,
-    private readonly intervalMs = 250,
-  ) {}
+  readonly #admin: pg.Client;
+  readonly #database: string;
+  readonly #intervalMs: number;
+
+  constructor(admin: pg.Client, database: string, intervalMs = 250) {
+    this.#admin = admin;
+    this.#database = database;
+    this.#intervalMs = intervalMs;
+  }
 
   async #poll(): Promise<void> {
-    const { rows } = await this.admin.query<{ pid: number; backend_type: string; datname: string | null; application_name: string; state: string | null }>(
+    const { rows } = await this.#admin.query<{ pid: number; backend_type: string; datname: string | null; application_name: string; state: string | null }>(
       'SELECT pid, backend_type, datname, application_name, state FROM pg_stat_activity WHERE pid <> pg_backend_pid()',
     );
     for (const row of rows) {
       let role: PgProcess['role'] | undefined;
-      if (row.backend_type === 'client backend' && row.datname === this.database && row.application_name === 'task-broker') role = 'backend';
-      else if (BACKGROUND_TYPES.has(row.backend_type) || (row.backend_type === 'autovacuum worker' && row.datname === this.database)) role = 'background';
+      if (row.backend_type === 'client backend' && row.datname === this.#database && row.application_name === 'task-broker') role = 'backend';
+      else if (BACKGROUND_TYPES.has(row.backend_type) || (row.backend_type === 'autovacuum worker' && row.datname === this.#database)) role = 'background';
       else if (row.backend_type === 'client backend' && row.state === 'active') this.#otherActive.add(row.pid);
       if (!role) continue;
       const cpu = processCpuMs(row.pid);
@@ -124,7 +128,7 @@ export class PgCpuSampler {
     this.#started = true;
     this.#timer = setInterval(() => {
       this.#polling = this.#polling.then(() => this.#poll()).catch(() => undefined);
-    }, this.intervalMs);
+    }, this.#intervalMs);
   }
 
   async stop(): Promise<PgCpu> {

@@ -26,10 +26,14 @@ export interface PolicySource {
 
 /** A policy that never changes; `undefined` means no policy, so everything is denied. */
 export class StaticPolicySource implements PolicySource {
-  constructor(private readonly policy: Policy | undefined) {}
+  readonly #policy: Policy | undefined;
+
+  constructor(policy: Policy | undefined) {
+    this.#policy = policy;
+  }
 
   current(): Policy | undefined {
-    return this.policy;
+    return this.#policy;
   }
 
   status(): PolicySourceStatus {

@@ -32,28 +32,32 @@ export interface SpiffeIdMatcher {
 type Segment = { kind: 'literal'; value: string } | { kind: 'one' } | { kind: 'rest' };
 
 class PatternMatcher implements SpiffeIdMatcher {
-  constructor(
-    readonly trustDomain: string,
-    private readonly segments: readonly Segment[],
-    private readonly source: string,
-  ) {}
+  readonly trustDomain: string;
+  readonly #segments: readonly Segment[];
+  readonly #source: string;
+
+  constructor(trustDomain: string, segments: readonly Segment[], source: string) {
+    this.trustDomain = trustDomain;
+    this.#segments = segments;
+    this.#source = source;
+  }
 
   matches(id: SpiffeId): boolean {
     if (id.trustDomain !== this.trustDomain) return false;
     const actual = id.segments;
-    const last = this.segments[this.segments.length - 1];
+    const last = this.#segments[this.#segments.length - 1];
     const hasRest = last?.kind === 'rest';
-    const fixed = hasRest ? this.segments.length - 1 : this.segments.length;
+    const fixed = hasRest ? this.#segments.length - 1 : this.#segments.length;
     if (hasRest ? actual.length <= fixed : actual.length !== fixed) return false;
     for (let i = 0; i < fixed; i++) {
-      const want = this.segments[i]!;
+      const want = this.#segments[i]!;
       if (want.kind === 'literal' && want.value !== actual[i]) return false;
     }
     return true;
   }
 
   toString(): string {
-    return this.source;
+    return this.#source;
   }
 }
 

@@ -125,7 +125,10 @@ export class Backoff {
   readonly maxMs: number;
   #attempt = 0;
 
-  constructor(options: BackoffOptions = {}, private readonly random: () => number = Math.random) {
+  readonly #random: () => number;
+
+  constructor(options: BackoffOptions = {}, random: () => number = Math.random) {
+    this.#random = random;
     this.initialMs = Math.max(1, options.initialMs ?? 100);
     this.maxMs = Math.max(this.initialMs, options.maxMs ?? 30_000);
   }
@@ -134,7 +137,7 @@ export class Backoff {
   next(): number {
     const ceiling = Math.min(this.maxMs, this.initialMs * 2 ** Math.min(this.#attempt, 40));
     this.#attempt += 1;
-    return Math.round(ceiling / 2 + this.random() * (ceiling / 2));
+    return Math.round(ceiling / 2 + this.#random() * (ceiling / 2));
   }
 
   /** Back to the first delay (after a success). */
@@ -191,13 +194,16 @@ class ReconnectingStream<T> implements StreamWatch {
   #lastError: string | undefined;
   readonly #backoff: Backoff;
 
-  constructor(
-    private readonly name: string,
-    private readonly open: (metadata: grpc.Metadata) => grpc.ClientReadableStream<T>,
-    private readonly handlers: StreamHandlers<T>,
-    private readonly logger: Logger,
-    backoff: BackoffOptions | undefined,
-  ) {
+  readonly #name: string;
+  readonly #open: (metadata: grpc.Metadata) => grpc.ClientReadableStream<T>;
+  readonly #handlers: StreamHandlers<T>;
+  readonly #logger: Logger;
+
+  constructor(name: string, open: (metadata: grpc.Metadata) => grpc.ClientReadableStream<T>, handlers: StreamHandlers<T>, logger: Logger, backoff: BackoffOptions | undefined) {
+    this.#name = name;
+    this.#open = open;
+    this.#handlers = handlers;
+    this.#logger = logger;
     this.#backoff = new Backoff(backoff);
     this.#start();
   }
@@ -224,7 +230,7 @@ class ReconnectingStream<T> implements StreamWatch {
     if (this.#closed) return;
     let call: grpc.ClientReadableStream<T>;
     try {
-      call = this.open(workloadApiMetadata());
+      call = this.#open(workloadApiMetadata());
     } catch (err) {
       this.#ended(`cannot start the call: ${(err as Error).message}`, undefined);
       return;
@@ -236,16 +242,16 @@ class ReconnectingStream<T> implements StreamWatch {
         this.#connected = true;
         this.#backoff.reset();
         if (this.#failures > 0) {
-          this.logger.info({ stream: this.name, failedAttempts: this.#failures, lastError: this.#lastError }, 'Workload API stream reconnected');
+          this.#logger.info({ stream: this.#name, failedAttempts: this.#failures, lastError: this.#lastError }, 'Workload API stream reconnected');
         } else {
-          this.logger.debug({ stream: this.name }, 'Workload API stream open');
+          this.#logger.debug({ stream: this.#name }, 'Workload API stream open');
         }
         this.#failures = 0;
       }
       try {
-        this.handlers.onMessage(message);
+        this.#handlers.onMessage(message);
       } catch (err) {
-        this.logger.error({ stream: this.name, err: (err as Error).message }, 'Workload API message handler failed');
+        this.#logger.error({ stream: this.#name, err: (err as Error).message }, 'Workload API message handler failed');
       }
     });
     // The status event carries the same information; without a listener 'error' would throw.
@@ -265,16 +271,16 @@ class ReconnectingStream<T> implements StreamWatch {
     this.#failures += 1;
     const permanent = code !== undefined && PERMANENT_CODES.has(code);
     const delay = permanent ? this.#backoff.maxMs : this.#backoff.next();
-    const fields = { stream: this.name, reason, attempt: this.#failures, retryInMs: delay };
+    const fields = { stream: this.#name, reason, attempt: this.#failures, retryInMs: delay };
     if (permanent) {
-      this.logger.error(fields, 'Workload API refused the stream; this is not expected to heal by itself, retrying slowly');
+      this.#logger.error(fields, 'Workload API refused the stream; this is not expected to heal by itself, retrying slowly');
     } else {
-      this.logger.warn(fields, wasConnected ? 'Workload API stream disconnected; reconnecting' : 'Workload API stream could not be opened; retrying');
+      this.#logger.warn(fields, wasConnected ? 'Workload API stream disconnected; reconnecting' : 'Workload API stream could not be opened; retrying');
     }
     try {
-      this.handlers.onDisconnect?.(reason);
+      this.#handlers.onDisconnect?.(reason);
     } catch (err) {
-      this.logger.error({ stream: this.name, err: (err as Error).message }, 'Workload API disconnect handler failed');
+      this.#logger.error({ stream: this.#name, err: (err as Error).message }, 'Workload API disconnect handler failed');
     }
     this.#timer = setTimeout(() => {
       this.#timer = undefined;

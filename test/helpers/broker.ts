@@ -29,10 +29,10 @@ export const STRANGER = 'spiffe://a.test/ns/demo/sa/stranger';
 export const PARTNER = 'spiffe://b.test/ns/jobs/sa/reporter';
 
 export class MutableClock {
-  private offsetMs = 0;
-  now = (): Date => new Date(Date.now() + this.offsetMs);
+  #offsetMs = 0;
+  now = (): Date => new Date(Date.now() + this.#offsetMs);
   advance(ms: number): void {
-    this.offsetMs += ms;
+    this.#offsetMs += ms;
   }
 }
 
