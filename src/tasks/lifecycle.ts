@@ -16,19 +16,18 @@ import type { PolicySource } from '../policy/policy-source.js';
 import type { Db, Store, Tx } from '../store/database.js';
 import type { TaskRow } from '../store/schema.js';
 import type { WriteBatcherLimits } from '../store/write-batcher.js';
-import type { SigningKeyRing } from '../tokens/keyring.js';
 import { newTaskId } from './ids.js';
 import { DEFAULT_LIMITS, type LifecycleLimits } from './limits.js';
 import { canonicalSpecJson, taskHashOf } from './spec.js';
 import { TaskAccess } from './task-access.js';
 import { TaskRows, taskRowFromJson, toTask } from './task-rows.js';
-import { TokenOperations, type IssuedToken, type VerifyOptions, type VerifyResult } from './token-operations.js';
+import { TokenOperations, type IssuedToken, type TokenKeys, type VerifyOptions, type VerifyResult } from './token-operations.js';
 import { UnitOfWork, type TaskObserver } from './unit-of-work.js';
 import { freeText, idempotencyKeyArgument, validateTaskSpec, type TaskSpecInput } from './validation.js';
 
 export interface LifecycleDeps {
   db: Db;
-  keys: SigningKeyRing;
+  keys: TokenKeys;
   /** The token issuer (`iss`) and the actor recorded for the broker's own actions (expiry). */
   issuer: string;
   /** Consulted on every request; no policy (current() undefined) denies everything. */

@@ -35,12 +35,13 @@ export function encodeCursor(last: { createdAt: Date; taskId: string }, digest: 
 
 export function decodeCursor(token: string, digest: string): { createdAt: Date; taskId: string } {
   const bad = () => invalid('page_token is not a page token of this listing (filters must stay the same between pages)');
-  let c: Partial<Cursor>;
+  let c: Partial<Cursor> | null;
   try {
-    c = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as Partial<Cursor>;
+    c = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as Partial<Cursor> | null;
   } catch {
     throw bad();
   }
+  if (typeof c !== 'object' || c === null) throw bad();
   if (c.v !== 1 || typeof c.c !== 'string' || typeof c.t !== 'string' || c.f !== digest || Number.isNaN(Date.parse(c.c))) throw bad();
   return { createdAt: new Date(c.c), taskId: c.t };
 }

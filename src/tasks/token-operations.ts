@@ -35,12 +35,15 @@ export interface VerifyOptions {
   skipBindingCheck?: boolean;
 }
 
+/** What issuing and verifying need of the key ring: the key to sign with and the keys to verify by kid. */
+export type TokenKeys = Pick<SigningKeyRing, 'activeKey' | 'verificationKey'>;
+
 export class TokenOperations {
   readonly #access: TaskAccess;
-  readonly #keys: SigningKeyRing;
+  readonly #keys: TokenKeys;
   readonly #limits: LifecycleLimits;
 
-  constructor(access: TaskAccess, keys: SigningKeyRing, limits: LifecycleLimits) {
+  constructor(access: TaskAccess, keys: TokenKeys, limits: LifecycleLimits) {
     this.#access = access;
     this.#keys = keys;
     this.#limits = limits;

@@ -13,7 +13,8 @@ import { StaticPolicySource } from '../../src/policy/policy-source.js';
 import { WriteHealth, type Db, type Store } from '../../src/store/database.js';
 import type { Schema } from '../../src/store/schema.js';
 import type { FactsRow } from '../../src/tasks/task-access.js';
-import type { SigningKey, SigningKeyRing, VerificationKey } from '../../src/tokens/keyring.js';
+import type { TokenKeys } from '../../src/tasks/token-operations.js';
+import type { SigningKey, VerificationKey } from '../../src/tokens/keyring.js';
 
 export const ISSUER = 'spiffe://broker.test/task-broker';
 export const WORKER = 'spiffe://example.org/ns/billing/sa/worker';
@@ -53,7 +54,7 @@ export interface TestKey {
   key: SigningKey;
   verification: VerificationKey;
   /** The minimal key ring TokenOperations uses: the active key and its public half. */
-  ring: SigningKeyRing;
+  ring: TokenKeys;
 }
 
 export async function testKey(): Promise<TestKey> {
@@ -65,9 +66,8 @@ export async function testKey(): Promise<TestKey> {
   const ring = {
     activeKey: () => Promise.resolve(key),
     verificationKey: (k: string) => Promise.resolve(k === kid ? verification : undefined),
-  } satisfies Pick<SigningKeyRing, 'activeKey' | 'verificationKey'>;
-  // SigningKeyRing's private fields make the class nominal; TokenOperations calls only these two.
-  return { key, verification, ring: ring as unknown as SigningKeyRing };
+  } satisfies TokenKeys;
+  return { key, verification, ring };
 }
 
 export type Op = Record<string, unknown> & { op: string };
