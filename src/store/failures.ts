@@ -62,45 +62,35 @@ export function databaseFailure(err: unknown): DatabaseFailure | undefined {
   return undefined;
 }
 
-/** SQLSTATE 23505: a row with this key exists already. */
+/** SQLSTATE codes the broker treats specially; the first two characters name the class. */
+const UNIQUE_VIOLATION = '23505';
+
+const BY_CODE: Readonly<Record<string, DatabaseFailure>> = {
+  '40001': { kind: 'conflict', reason: 'the transaction conflicted with a concurrent one (serialization failure)' },
+  '40P01': { kind: 'conflict', reason: 'the transaction was chosen as a deadlock victim' },
+  '55P03': { kind: 'conflict', reason: 'a row the request needs is locked' },
+  '57014': { kind: 'statement-timeout', reason: 'a database statement took longer than the statement timeout' },
+  '25P03': { kind: 'statement-timeout', reason: 'the transaction was idle longer than the database allows' },
+  '57P01': { kind: 'connection', reason: 'the database server is shutting down' },
+  '57P02': { kind: 'connection', reason: 'the database server is shutting down' },
+  '57P03': { kind: 'connection', reason: 'the database server is starting up or in recovery' },
+  '42501': { kind: 'privilege', reason: "the database refused the broker's role a privilege it needs" },
+  '25006': { kind: 'privilege', reason: 'the database is read-only (connected to a standby?)' },
+};
+
+const BY_CLASS: Readonly<Record<string, DatabaseFailure>> = {
+  '08': { kind: 'connection', reason: 'the connection to the database failed' },
+  '53': { kind: 'server-resources', reason: 'the database server is out of resources (connections, memory or disk)' },
+  '58': { kind: 'server-resources', reason: 'the database server hit a system error' },
+};
+
+/** A row with this key exists already. */
 export function isUniqueViolation(err: unknown): boolean {
-  return fieldOf(err, 'code') === '23505';
+  return fieldOf(err, 'code') === UNIQUE_VIOLATION;
 }
 
 function sqlStateFailure(code: string): DatabaseFailure {
-  switch (code) {
-    case '40001':
-      return { kind: 'conflict', reason: 'the transaction conflicted with a concurrent one (serialization failure)' };
-    case '40P01':
-      return { kind: 'conflict', reason: 'the transaction was chosen as a deadlock victim' };
-    case '55P03':
-      return { kind: 'conflict', reason: 'a row the request needs is locked' };
-    case '57014':
-      return { kind: 'statement-timeout', reason: 'a database statement took longer than the statement timeout' };
-    case '25P03':
-      return { kind: 'statement-timeout', reason: 'the transaction was idle longer than the database allows' };
-    case '57P01':
-    case '57P02':
-      return { kind: 'connection', reason: 'the database server is shutting down' };
-    case '57P03':
-      return { kind: 'connection', reason: 'the database server is starting up or in recovery' };
-    case '42501':
-      return { kind: 'privilege', reason: "the database refused the broker's role a privilege it needs" };
-    case '25006':
-      return { kind: 'privilege', reason: 'the database is read-only (connected to a standby?)' };
-    default:
-      break;
-  }
-  switch (code.slice(0, 2)) {
-    case '08':
-      return { kind: 'connection', reason: 'the connection to the database failed' };
-    case '53':
-      return { kind: 'server-resources', reason: 'the database server is out of resources (connections, memory or disk)' };
-    case '58':
-      return { kind: 'server-resources', reason: 'the database server hit a system error' };
-    default:
-      return { kind: 'other', reason: `database error ${code}` };
-  }
+  return BY_CODE[code] ?? BY_CLASS[code.slice(0, 2)] ?? { kind: 'other', reason: `database error ${code}` };
 }
 
 /** Whether a failure means the database could not do the work, as opposed to a bug. */
