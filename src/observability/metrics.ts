@@ -412,9 +412,3 @@ export function metricsRoute(metrics: BrokerMetrics): Route {
     return { status: 200, headers: { 'Content-Type': contentType, 'Cache-Control': 'no-store' }, body };
   };
 }
-
-/** Whether a value looks like a bundle set the metrics can follow. */
-export function isObservableBundles(value: unknown): value is ObservableBundles {
-  const v = value as Partial<ObservableBundles> | null;
-  return typeof v === 'object' && v !== null && typeof v.trustDomains === 'function' && typeof v.onChange === 'function';
-}

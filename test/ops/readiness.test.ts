@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { mintX509Svid } from '../../src/devca/certificates.js';
 import { silentLogger } from '../../src/observability/logger.js';
 import { healthzRoute, Readiness, readyzRoute, type CheckResult, type ReadinessReport } from '../../src/observability/readiness.js';
-import { svidCheck } from '../../src/observability/readiness-checks.js';
+import { svidCheck } from '../../src/app/readiness-checks.js';
 import { StaticServerIdentity, tlsIdentityFrom, type ServerIdentitySource, type TlsIdentity } from '../../src/transport/server-identity.js';
 import { pemOf, trustDomainPki } from '../helpers/pki.js';
 import type { IncomingMessage } from 'node:http';

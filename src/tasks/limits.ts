@@ -1,0 +1,1 @@
+export { DEFAULT_LIMITS, type LifecycleLimits } from './lifecycle.js';
