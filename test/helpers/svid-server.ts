@@ -1,13 +1,17 @@
 /**
- * A real SvidServer with the real TaskBroker service, whose handlers count their invocations so
- * tests can show a refused call never reached one.
+ * A real SvidServer serving WhoAmI, whose handler counts its invocations so tests can show a
+ * refused call never reached one. Transport tests need no tasks, hence no database: WhoAmI
+ * answers from the verified caller alone.
  */
 import * as grpc from '@grpc/grpc-js';
 import { createSecureContext } from 'node:tls';
-import { taskBrokerHandlers } from '../../src/api/task-broker-service.js';
+import { unary } from '../../src/api/handlers.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelOptions } from '../../src/client/credentials.js';
+import type { TaskBrokerHandlers } from '../../src/gen/taskbroker/v1/TaskBroker.js';
 import { brokerProto } from '../../src/protocol/proto.js';
+import { toTimestamp } from '../../src/protocol/timestamps.js';
+import { callerOf } from '../../src/transport/caller.js';
 import type { X509BundleSource } from '../../src/spiffe/bundle.js';
 import { StaticServerIdentity, type TlsIdentity } from '../../src/transport/server-identity.js';
 import { SvidServer } from '../../src/transport/svid-server.js';
@@ -22,15 +26,23 @@ export interface TestSvidServer {
   close(): Promise<void>;
 }
 
+/** WhoAmI as the broker answers it: the caller the authentication interceptor verified. */
+export function whoAmIHandler(logger: Logger): TaskBrokerHandlers['WhoAmI'] {
+  return unary('WhoAmI', { logger }, (call) => {
+    const caller = callerOf(call);
+    return { spiffeId: caller.spiffeId.toString(), trustDomain: caller.trustDomain, certThumbprint: caller.certThumbprint, validUntil: toTimestamp(caller.validUntil) };
+  });
+}
+
 export async function startTestSvidServer(options: { identity: TlsIdentity; bundles: X509BundleSource; logger: Logger; clock?: () => Date }): Promise<TestSvidServer> {
   const identity = new StaticServerIdentity(options.identity);
   const server = new SvidServer({ bundles: options.bundles, identity, logger: options.logger, clock: options.clock, refusedConnectionLingerMs: 2_000 });
   let calls = 0;
-  const real = taskBrokerHandlers({ logger: options.logger });
+  const whoAmI = whoAmIHandler(options.logger);
   server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, {
-    WhoAmI: (call: Parameters<typeof real.WhoAmI>[0], cb: Parameters<typeof real.WhoAmI>[1]) => {
+    WhoAmI: (call: Parameters<typeof whoAmI>[0], cb: Parameters<typeof whoAmI>[1]) => {
       calls += 1;
-      real.WhoAmI(call, cb);
+      whoAmI(call, cb);
     },
   });
   const port = await server.listen('127.0.0.1', 0);

@@ -7,7 +7,6 @@ import * as grpc from '@grpc/grpc-js';
 import { connect } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
-import { taskBrokerHandlers } from '../../src/api/task-broker-service.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
@@ -17,6 +16,7 @@ import { StaticServerIdentity } from '../../src/transport/server-identity.js';
 import { SvidServer } from '../../src/transport/svid-server.js';
 import { API, startTestBroker, WORKER } from '../helpers/broker.js';
 import { capturedLogger } from '../helpers/logs.js';
+import { whoAmIHandler } from '../helpers/svid-server.js';
 import { brokerIdentity, bundleSet, pemOf, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
 
 const BROKER = 'spiffe://a.test/task-broker';
@@ -31,12 +31,12 @@ interface SlowServer {
 async function slowServer(a: TrustDomainPki, delayMs: number): Promise<SlowServer> {
   const { logger } = capturedLogger();
   const server = new SvidServer({ bundles: bundleSet(a), identity: new StaticServerIdentity(await brokerIdentity(a)), logger });
-  const real = taskBrokerHandlers({ logger });
+  const whoAmI = whoAmIHandler(logger);
   let received = 0;
   server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, {
-    WhoAmI: (call: Parameters<typeof real.WhoAmI>[0], cb: Parameters<typeof real.WhoAmI>[1]) => {
+    WhoAmI: (call: Parameters<typeof whoAmI>[0], cb: Parameters<typeof whoAmI>[1]) => {
       received += 1;
-      setTimeout(() => real.WhoAmI(call, cb), delayMs);
+      setTimeout(() => whoAmI(call, cb), delayMs);
     },
   });
   const port = await server.listen('127.0.0.1', 0);

@@ -14,10 +14,9 @@ import { watchBundleFiles } from '../../src/spiffe/bundle-files.js';
 import { FileServerIdentity } from '../../src/transport/server-identity.js';
 import { SvidServer } from '../../src/transport/svid-server.js';
 import { brokerProto } from '../../src/protocol/proto.js';
-import { taskBrokerHandlers } from '../../src/api/task-broker-service.js';
 import { capturedLogger } from '../helpers/logs.js';
 import { brokerIdentity, bundleSet, pemOf, trustDomainPki } from '../helpers/pki.js';
-import { clientFor, rawCredentials, startTestSvidServer } from '../helpers/svid-server.js';
+import { clientFor, rawCredentials, startTestSvidServer, whoAmIHandler } from '../helpers/svid-server.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -172,7 +171,7 @@ describe("the broker's own SVID reloads from files", () => {
     const identity = await FileServerIdentity.load(certPath, keyPath, { logger, pollIntervalMs: 200 });
     cleanups.push(() => identity.close());
     const server = new SvidServer({ bundles: bundleSet(a), identity, logger });
-    server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, taskBrokerHandlers({ logger }));
+    server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, { WhoAmI: whoAmIHandler(logger) });
     const port = await server.listen('127.0.0.1', 0);
     cleanups.push(() => server.shutdown(1_000));
 
