@@ -81,7 +81,7 @@ export interface BrokerConfig {
   admission: AdmissionLimits;
 }
 
-/** Connections the broker keeps room for beside its gRPC ones: database, files, HTTP. */
+/** File descriptors kept free beside the gRPC connections: database, watched files, HTTP. */
 export const RESERVED_FILE_DESCRIPTORS = 256;
 
 function softFileLimit(): number {
