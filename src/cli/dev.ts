@@ -8,6 +8,8 @@ import * as grpc from '@grpc/grpc-js';
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { brokerConfig } from '../app/config.js';
+import { startFromConfig } from '../app/start.js';
 import { AdminClient } from '../client/admin-client.js';
 import { BrokerClient } from '../client/broker-client.js';
 import { structToJson } from '../protocol/struct.js';
@@ -16,7 +18,6 @@ import { chainPem, mintX509Svid, privateKeyPem } from '../devca/certificates.js'
 import { createLogger } from '../observability/logger.js';
 import { generateKekBase64 } from '../tokens/kek.js';
 import { parseListenAddress, stringOption, type CommandSpec, type ParsedCommand } from './options.js';
-import { startFromConfig } from './serve.js';
 
 export const devSpec: CommandSpec = {
   name: 'dev',
@@ -65,6 +66,11 @@ rules:
 `;
 }
 
+/** A flag's value, or its default from the dev spec. */
+function optionText(parsed: ParsedCommand, name: string): string {
+  return stringOption(parsed.values, name) ?? devSpec.options[name]?.default ?? '';
+}
+
 function decodeJwtPart(token: string, index: number): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split('.')[index] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
 }
@@ -101,32 +107,27 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
   say(`policy (default deny; one rule for the demo workloads, one admin): ${policyPath}`);
 
   step('Starting the broker: mTLS with both trust bundles, embedded PGlite, JWKS over HTTP');
-  const logLevel = (stringOption(parsed.values, 'log-level') ?? 'warn') as 'warn';
+  const logLevel = optionText(parsed, 'log-level') as 'warn';
   const logger = createLogger({ level: logLevel, destination: process.stderr });
-  const broker = await startFromConfig(
-    {
-      ...parseListenAddress(stringOption(parsed.values, 'listen') ?? '127.0.0.1:0'),
-      http: parseListenAddress(stringOption(parsed.values, 'http-listen') ?? '127.0.0.1:0'),
+  const config = brokerConfig({
+    listen: parseListenAddress(optionText(parsed, 'listen')),
+    http: parseListenAddress(optionText(parsed, 'http-listen')),
+    identity: {
+      kind: 'files',
       svidCertPath: brokerFiles.certPath,
       svidKeyPath: brokerFiles.keyPath,
       bundles: [
         { trustDomain: TRUST_DOMAIN, path: home.certPath },
         { trustDomain: FEDERATED, path: partner.certPath },
       ],
-      policyPath,
-      dataDir: join(dir, 'data'),
-      migrate: true,
-      kek: { file: kekPath },
-      tokenAlg: 'ES256',
-      limits: { defaultTaskTtlSeconds: 900, maxTaskTtlSeconds: 86_400, defaultTokenTtlSeconds: 300, maxTokenTtlSeconds: 900 },
-      sweepIntervalMs: 30_000,
-      tokenRetentionSeconds: 7 * 86_400,
-      filePollIntervalMs: 5_000,
-      shutdownGraceMs: 5_000,
-      logLevel,
     },
-    logger,
-  );
+    policyPath,
+    database: { dataDir: join(dir, 'data') },
+    migrate: true,
+    kek: { file: kekPath },
+    logLevel,
+  });
+  const broker = await startFromConfig(config, logger);
   const address = `127.0.0.1:${broker.port}`;
   say(`gRPC on ${address} as ${brokerId}; database: ${broker.store.description}`);
   say(`JWKS: http://127.0.0.1:${broker.httpPort ?? '?'}/.well-known/jwks.json`);

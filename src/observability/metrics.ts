@@ -402,9 +402,3 @@ export class BrokerMetrics {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 }
-
-/** Whether a value looks like a bundle set the metrics can follow. */
-export function isObservableBundles(value: unknown): value is ObservableBundles {
-  const v = value as Partial<ObservableBundles> | null;
-  return typeof v === 'object' && v !== null && typeof v.trustDomains === 'function' && typeof v.onChange === 'function';
-}

@@ -12,7 +12,7 @@ import { svidChannelCredentials, svidChannelOptions } from '../../src/client/cre
 import { mintX509Svid } from '../../src/devca/certificates.js';
 import type { Logger } from '../../src/observability/logger.js';
 import { silentLogger } from '../../src/observability/logger.js';
-import { startTaskBroker, type RunningTaskBroker, type TaskBrokerOptions } from '../../src/server.js';
+import { startTaskBroker, type RunningTaskBroker, type TaskBrokerOptions } from '../../src/app/broker.js';
 import type { TrustBundleSet } from '../../src/spiffe/bundle.js';
 import type { StoreKind } from '../../src/store/database.js';
 import { migrate } from '../../src/store/migrate.js';

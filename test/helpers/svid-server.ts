@@ -1,6 +1,7 @@
 /**
- * A real SvidServer with the real TaskBroker service, whose handlers count their invocations so
- * tests can show a refused call never reached one.
+ * A real SvidServer serving WhoAmI, whose handler counts its invocations so tests can show a
+ * refused call never reached one. Transport tests need no tasks, hence no database: WhoAmI
+ * answers from the verified caller alone.
  */
 import * as grpc from '@grpc/grpc-js';
 import { createSecureContext } from 'node:tls';
@@ -26,11 +27,11 @@ export async function startTestSvidServer(options: { identity: TlsIdentity; bund
   const identity = new StaticX509SvidSource(options.identity);
   const server = new SvidServer({ bundles: options.bundles, identity, logger: options.logger, clock: options.clock, refusedConnectionLingerMs: 2_000 });
   let calls = 0;
-  const real = { WhoAmI: whoAmIHandler({ logger: options.logger }) };
+  const whoAmI = whoAmIHandler({ logger: options.logger });
   server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, {
-    WhoAmI: (call: Parameters<typeof real.WhoAmI>[0], cb: Parameters<typeof real.WhoAmI>[1]) => {
+    WhoAmI: (call: Parameters<typeof whoAmI>[0], cb: Parameters<typeof whoAmI>[1]) => {
       calls += 1;
-      real.WhoAmI(call, cb);
+      whoAmI(call, cb);
     },
   });
   const port = await server.listen('127.0.0.1', 0);

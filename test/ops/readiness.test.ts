@@ -7,7 +7,7 @@ import { mintX509Svid } from '../../src/devca/certificates.js';
 import { healthzRoute, readyzRoute } from '../../src/http/ops-routes.js';
 import { silentLogger } from '../../src/observability/logger.js';
 import { Readiness, type CheckResult, type ReadinessReport } from '../../src/observability/readiness.js';
-import { svidCheck } from '../../src/observability/readiness-checks.js';
+import { svidCheck } from '../../src/app/readiness-checks.js';
 import { StaticX509SvidSource, tlsIdentityFrom, type X509SvidSource, type TlsIdentity } from '../../src/spiffe/x509-source.js';
 import { pemOf, trustDomainPki } from '../helpers/pki.js';
 import type { IncomingMessage } from 'node:http';

@@ -31,12 +31,12 @@ interface SlowServer {
 async function slowServer(a: TrustDomainPki, delayMs: number): Promise<SlowServer> {
   const { logger } = capturedLogger();
   const server = new SvidServer({ bundles: bundleSet(a), identity: new StaticX509SvidSource(await brokerIdentity(a)), logger });
-  const real = { WhoAmI: whoAmIHandler({ logger }) };
+  const whoAmI = whoAmIHandler({ logger });
   let received = 0;
   server.grpc.addService(brokerProto().taskbroker.v1.TaskBroker.service, {
-    WhoAmI: (call: Parameters<typeof real.WhoAmI>[0], cb: Parameters<typeof real.WhoAmI>[1]) => {
+    WhoAmI: (call: Parameters<typeof whoAmI>[0], cb: Parameters<typeof whoAmI>[1]) => {
       received += 1;
-      setTimeout(() => real.WhoAmI(call, cb), delayMs);
+      setTimeout(() => whoAmI(call, cb), delayMs);
     },
   });
   const port = await server.listen('127.0.0.1', 0);

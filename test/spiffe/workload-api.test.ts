@@ -13,12 +13,15 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelOptions } from '../../src/client/credentials.js';
 import { createRootCa, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
-import { startBroker, type RunningBroker } from '../../src/server.js';
+import { startTaskBroker, type RunningTaskBroker } from '../../src/app/broker.js';
 import { certificateThumbprint, parseDerCertificates, parsePemCertificates } from '../../src/spiffe/certificate.js';
 import { Backoff, parseWorkloadApiAddress, WorkloadApiClient, workloadApiProto, WORKLOAD_API_HEADER } from '../../src/spiffe/workload-api.js';
 import { WorkloadApiSource, type WorkloadApiSourceOptions } from '../../src/spiffe/workload-api-source.js';
+import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
 import { runCli, startCli } from '../helpers/cli.js';
+import { createTestDatabase } from '../helpers/db.js';
 import { capturedLogger } from '../helpers/logs.js';
+import { permissivePolicySource } from '../helpers/policy.js';
 import { pemOf, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
 import { derOf, startFakeWorkloadApi, x509SvidMessage, type FakeWorkloadApi } from '../helpers/workload-api.js';
 
@@ -48,8 +51,24 @@ async function connectSource(options: WorkloadApiSourceOptions): Promise<Workloa
   return source;
 }
 
-async function brokerOn(source: WorkloadApiSource, logger: WorkloadApiSourceOptions['logger']): Promise<RunningBroker> {
-  const broker = await startBroker({ logger, identity: source, bundles: source.bundles, host: '127.0.0.1', port: 0, refusedConnectionLingerMs: 2_000 });
+/** A whole broker (on a fresh PostgreSQL database) whose SVID and bundles come from `source`; it may start before the first SVID. */
+async function brokerOn(source: WorkloadApiSource, logger: WorkloadApiSourceOptions['logger']): Promise<RunningTaskBroker> {
+  const database = await createTestDatabase('postgres');
+  cleanups.push(() => database.drop());
+  const broker = await startTaskBroker({
+    logger,
+    identity: source,
+    bundles: source.bundles,
+    store: await database.open(),
+    kek: KeyEncryptionKey.fromBase64(generateKekBase64()),
+    policy: permissivePolicySource(),
+    issuer: BROKER_ID,
+    migrate: true,
+    sweepIntervalMs: 0,
+    host: '127.0.0.1',
+    port: 0,
+    refusedConnectionLingerMs: 2_000,
+  });
   cleanups.push(() => broker.close(1_000));
   return broker;
 }
