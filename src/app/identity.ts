@@ -41,7 +41,7 @@ async function fromWorkloadApi(config: Extract<IdentityConfig, { kind: 'workload
 
 async function fromFiles(config: Extract<IdentityConfig, { kind: 'files' }>, logger: Logger, pollIntervalMs: number): Promise<BrokerIdentity> {
   // FileX509Source refuses bundles that leave out the broker's own trust domain (the Workload API source does too).
-  const source = await FileX509Source.load({ certPath: config.svidCertPath, keyPath: config.svidKeyPath, bundles: config.bundles, logger, pollIntervalMs });
+  const source = await FileX509Source.open({ certPath: config.svidCertPath, keyPath: config.svidKeyPath, bundles: config.bundles, logger, pollIntervalMs });
   return { svid: source, bundles: source.bundles, close: () => source.close() };
 }
 

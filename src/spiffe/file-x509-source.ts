@@ -19,7 +19,7 @@ export interface FileSourceOptions {
 export class FileX509SvidSource implements X509SvidSource {
   readonly #svid: WatchedValue<TlsIdentity>;
 
-  private constructor(certPath: string, keyPath: string, options: FileSourceOptions) {
+  protected constructor(certPath: string, keyPath: string, options: FileSourceOptions) {
     const log = options.logger.child({ certPath, keyPath });
     this.#svid = new WatchedValue([certPath, keyPath], ([cert = '', key = '']) => tlsIdentityFrom(cert, key), {
       pollIntervalMs: options.pollIntervalMs,
@@ -34,12 +34,18 @@ export class FileX509SvidSource implements X509SvidSource {
   /** Loads the pair (throwing saying why it is unusable) and follows both files. */
   static async load(certPath: string, keyPath: string, options: FileSourceOptions): Promise<FileX509SvidSource> {
     const source = new FileX509SvidSource(certPath, keyPath, options);
+    await source.loaded(certPath, keyPath);
+    return source;
+  }
+
+  /** Resolves once the first pair loaded; rejects (and stops following the files) saying why it is unusable. */
+  protected async loaded(certPath: string, keyPath: string): Promise<void> {
     try {
-      await source.#svid.ready();
+      await this.#svid.ready();
     } catch (err) {
+      this.#svid.close();
       throw new Error(`cannot load the broker's SVID from ${certPath} and ${keyPath}: ${(err as Error).message}`);
     }
-    return source;
   }
 
   current(): TlsIdentity {
@@ -63,50 +69,34 @@ export interface FileX509SourceOptions extends FileSourceOptions {
 }
 
 /** An X509Source from files: the SVID pair and one bundle file per trusted trust domain. */
-export class FileX509Source implements X509Source {
-  readonly bundles: TrustBundleSet;
-  readonly #svid: FileX509SvidSource;
-  readonly #bundleFiles: { close(): void };
-
-  private constructor(svid: FileX509SvidSource, bundles: TrustBundleSet, bundleFiles: { close(): void }) {
-    this.#svid = svid;
-    this.bundles = bundles;
-    this.#bundleFiles = bundleFiles;
-  }
+export class FileX509Source extends FileX509SvidSource implements X509Source {
+  readonly bundles = new TrustBundleSet();
+  #bundleFiles: { close(): void } | undefined;
 
   /** Loads the SVID, then every bundle; throws if any first load fails or no bundle covers the SVID's trust domain. */
-  static async load(options: FileX509SourceOptions): Promise<FileX509Source> {
-    const svid = await FileX509SvidSource.load(options.certPath, options.keyPath, options);
-    const bundles = new TrustBundleSet();
+  static async open(options: FileX509SourceOptions): Promise<FileX509Source> {
+    const source = new FileX509Source(options.certPath, options.keyPath, options);
+    await source.loaded(options.certPath, options.keyPath);
     try {
-      const bundleFiles = await watchBundleFiles(bundles, options.bundles, options);
+      source.#bundleFiles = await watchBundleFiles(source.bundles, options.bundles, options);
       // Without its own trust domain's bundle the broker would start, report ready, and refuse
       // every workload of its own trust domain. (The Workload API source refuses this state too.)
-      const own = svid.current().spiffeId;
-      if (!bundles.getX509Bundle(own.trustDomain)) {
-        bundleFiles.close();
+      const own = source.current().spiffeId;
+      if (!source.bundles.getX509Bundle(own.trustDomain)) {
         throw new Error(
           `no trust bundle covers the broker's own trust domain "${own.trustDomain}" (its SVID is ${own.toString()}); ` +
-            `bundles were given for: ${bundles.trustDomains().join(', ') || 'none'}. Add --bundle ${own.trustDomain}=FILE`,
+            `bundles were given for: ${source.bundles.trustDomains().join(', ') || 'none'}. Add --bundle ${own.trustDomain}=FILE`,
         );
       }
-      return new FileX509Source(svid, bundles, bundleFiles);
+      return source;
     } catch (err) {
-      svid.close();
+      source.close();
       throw err;
     }
   }
 
-  current(): TlsIdentity {
-    return this.#svid.current();
-  }
-
-  onChange(listener: (identity: TlsIdentity) => void): () => void {
-    return this.#svid.onChange(listener);
-  }
-
-  close(): void {
-    this.#svid.close();
-    this.#bundleFiles.close();
+  override close(): void {
+    super.close();
+    this.#bundleFiles?.close();
   }
 }
