@@ -10,7 +10,9 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { BrokerMetrics } from '../observability/metrics.js';
-import { callerOf } from '../transport/caller.js';
+import { admissionInterceptor } from './admission-interceptor.js';
+import { CallerRateLimiter } from './caller-rate.js';
+import { FairShare } from './fair-share.js';
 
 export interface AdmissionLimits {
   /** Calls one SPIFFE ID may have in flight at once (running or waiting its turn); beyond that RESOURCE_EXHAUSTED. */
@@ -52,19 +54,6 @@ export const DEFAULT_ADMISSION_LIMITS: AdmissionLimits = {
   refusalDelayMs: 250,
 };
 
-export const RETRY_PUSHBACK_HEADER = 'grpc-retry-pushback-ms';
-/** A caller with more calls in flight than this many times maxActive is a burst (and waits its share). */
-const BURST_FACTOR = 2;
-/**
- * While callers without a burst are active, a burst runs this many calls at once, and more only
- * as a trickle: each of its calls is event-loop and database work the others' calls queue behind.
- */
-const BURST_ACTIVE_WHILE_SHARED = 2;
-/** A caller counts among those sharing the broker for this long after it last started a call. */
-const SHARING_WINDOW_MS = 1_000;
-/** Token buckets kept for callers at most; the idlest are forgotten first (a full bucket is no loss). */
-const MAX_BUCKETS = 10_000;
-
 export interface AdmissionOptions {
   limits?: Partial<AdmissionLimits>;
   metrics?: BrokerMetrics;
@@ -72,11 +61,6 @@ export interface AdmissionOptions {
   databaseQueue?: () => number;
   /** Only calls to these services are admitted or refused here (health and reflection never are). */
   services: readonly string[];
-}
-
-interface Bucket {
-  tokens: number;
-  at: number;
 }
 
 /** One caller's calls: how many are admitted, how many run, and who waits for a turn. */
@@ -92,7 +76,12 @@ export interface AdmissionSlot {
   release(): void;
 }
 
-export type Refusal = { code: grpc.status; details: string; retryAfterMs: number; reason: 'caller-in-flight' | 'caller-rate' | 'broker-in-flight' | 'database-queue' };
+export type Refusal = {
+  code: grpc.status;
+  details: string;
+  retryAfterMs: number;
+  reason: 'caller-in-flight' | 'caller-rate' | 'broker-in-flight' | 'database-queue';
+};
 
 export class CallAdmission {
   readonly limits: AdmissionLimits;
@@ -100,15 +89,10 @@ export class CallAdmission {
   /** Callers with calls waiting for a turn, in the order their turn comes (a Set keeps insertion order). */
   readonly #turns = new Set<string>();
   #active = 0;
-  /** When a caller without a burst last started a call (-Infinity: never). */
-  #lastLightAt = -Infinity;
-  /** When a burst last started a call in the background (the trickle). */
-  #lastTrickleAt = -Infinity;
+  readonly #share: FairShare;
   /** Dispatches waiting calls every burstTrickleMs while any wait (the trickle needs a clock). */
   #ticker: NodeJS.Timeout | undefined;
-  /** Callers that started a call within the sharing window, and when they last did (oldest first). */
-  readonly #recent = new Map<string, number>();
-  readonly #buckets = new Map<string, Bucket>();
+  readonly #rates: CallerRateLimiter;
   readonly #metrics: BrokerMetrics | undefined;
   readonly #databaseQueue: () => number;
   readonly #prefixes: readonly string[];
@@ -117,6 +101,8 @@ export class CallAdmission {
   constructor(options: AdmissionOptions) {
     this.limits = { ...DEFAULT_ADMISSION_LIMITS, ...options.limits };
     if (this.limits.callerRatePerSecond > 0 && this.limits.callerBurst < 1) this.limits.callerBurst = Math.max(1, Math.ceil(this.limits.callerRatePerSecond));
+    this.#rates = new CallerRateLimiter(this.limits);
+    this.#share = new FairShare(this.limits);
     this.#metrics = options.metrics;
     this.#databaseQueue = options.databaseQueue ?? (() => 0);
     this.#prefixes = options.services.map((s) => `/${s}/`);
@@ -142,17 +128,37 @@ export class CallAdmission {
   admit(caller: string): AdmissionSlot | Refusal {
     const calls = this.#callers.get(caller) ?? { inFlight: 0, active: 0, waiting: [] };
     if (calls.inFlight >= this.limits.maxInFlightPerCaller) {
-      return { code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-in-flight', retryAfterMs: this.limits.refusalDelayMs > 0 ? this.limits.refusalDelayMs : 100, details: `too many calls in flight for ${caller}: at most ${this.limits.maxInFlightPerCaller} at once` };
+      return {
+        code: grpc.status.RESOURCE_EXHAUSTED,
+        reason: 'caller-in-flight',
+        retryAfterMs: this.limits.refusalDelayMs > 0 ? this.limits.refusalDelayMs : 100,
+        details: `too many calls in flight for ${caller}: at most ${this.limits.maxInFlightPerCaller} at once`,
+      };
     }
     if (this.#total >= this.limits.maxInFlight) {
-      return { code: grpc.status.UNAVAILABLE, reason: 'broker-in-flight', retryAfterMs: 200, details: `the broker is overloaded (${this.#total} calls in flight)` };
+      return {
+        code: grpc.status.UNAVAILABLE,
+        reason: 'broker-in-flight',
+        retryAfterMs: 200,
+        details: `the broker is overloaded (${this.#total} calls in flight)`,
+      };
     }
     if (this.#databaseQueue() >= this.limits.maxDatabaseQueue) {
-      return { code: grpc.status.UNAVAILABLE, reason: 'database-queue', retryAfterMs: 200, details: 'the broker is overloaded (its database connections are all busy)' };
+      return {
+        code: grpc.status.UNAVAILABLE,
+        reason: 'database-queue',
+        retryAfterMs: 200,
+        details: 'the broker is overloaded (its database connections are all busy)',
+      };
     }
-    const wait = this.#takeToken(caller);
+    const wait = this.#rates.take(caller);
     if (wait > 0) {
-      return { code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-rate', retryAfterMs: wait, details: `${caller} is over its rate of ${this.limits.callerRatePerSecond} calls per second` };
+      return {
+        code: grpc.status.RESOURCE_EXHAUSTED,
+        reason: 'caller-rate',
+        retryAfterMs: wait,
+        details: `${caller} is over its rate of ${this.limits.callerRatePerSecond} calls per second`,
+      };
     }
     calls.inFlight += 1;
     this.#callers.set(caller, calls);
@@ -166,11 +172,11 @@ export class CallAdmission {
           state = 'active';
           calls.active += 1;
           this.#active += 1;
-          this.#noteActivity(caller, calls);
+          this.#share.noteActivity(caller, calls);
           run();
         };
         // Straight in when there is room and nobody waits; otherwise in line, served in turns.
-        if (this.#turns.size === 0 && this.#active < this.limits.maxActive && this.#mayRunAnother(caller, calls)) {
+        if (this.#turns.size === 0 && this.#active < this.limits.maxActive && this.#share.mayRunAnother(caller, calls)) {
           turn();
           return;
         }
@@ -200,53 +206,6 @@ export class CallAdmission {
   }
 
   /**
-   * A caller runs at most its share of the active slots: an equal part among the callers that
-   * started a call in the last second (itself included), at least one. The window matters: a
-   * closed-loop client pauses between its calls, and a burst that took every slot in that pause
-   * would make the client's next call wait behind all of it.
-   */
-  #mayRunAnother(caller: string, calls: CallerCalls): boolean {
-    const now = performance.now();
-    for (const [c, at] of this.#recent) {
-      if (now - at <= SHARING_WINDOW_MS) break; // oldest first: the rest are recent too
-      this.#recent.delete(c);
-    }
-    const sharing = this.#recent.size + (this.#recent.has(caller) ? 0 : 1);
-    if (sharing === 1) return true; // alone: every slot (the global limit still holds)
-    // A caller without a burst behind it goes on into any free slot (in its turn): one whose
-    // calls merely got slower under load must not be held back for it.
-    if (!this.#isBurst(calls)) return true;
-    // A burst (more calls in flight than the replica runs at once, several times over) runs
-    // within an equal share, and while callers without a burst are active, only as a trickle:
-    // its calls run back to back, and even one of them started in a gap between the others'
-    // calls is one their next call shares the event loop with. The trickle keeps it from
-    // starving; it takes its full share once the others have been quiet for a moment.
-    const share = Math.max(1, Math.floor(this.limits.maxActive / sharing));
-    if (calls.active >= share) return false;
-    if (now - this.#lastLightAt > SHARING_WINDOW_MS) return true;
-    if (calls.active < BURST_ACTIVE_WHILE_SHARED) return true;
-    if (now - this.#lastTrickleAt < this.limits.burstTrickleMs) return false;
-    this.#lastTrickleAt = now;
-    return true;
-  }
-
-  /** Remembers that `caller` started a call now (the map stays oldest first). */
-  #noteActivity(caller: string, calls: CallerCalls): void {
-    const now = performance.now();
-    this.#recent.delete(caller);
-    this.#recent.set(caller, now);
-    if (!this.#isBurst(calls)) this.#lastLightAt = now;
-  }
-
-  /**
-   * More calls in flight than the replica runs at once, several times over, or more than half of
-   * what one caller may have in flight: a client that keeps its calls coming as fast as they end.
-   */
-  #isBurst(calls: CallerCalls): boolean {
-    return calls.inFlight > Math.min(BURST_FACTOR * this.limits.maxActive, this.limits.maxInFlightPerCaller / 2);
-  }
-
-  /**
    * Gives free active slots to waiting calls, one caller at a time in turn (round robin over the
    * callers that wait), so a caller with a thousand queued calls and one with a single call each
    * get the next slot in their turn: the single call never waits behind the thousand.
@@ -265,7 +224,7 @@ export class CallAdmission {
       this.#turns.delete(caller);
       const calls = this.#callers.get(caller);
       if (!calls || calls.waiting.length === 0) continue;
-      if (!this.#mayRunAnother(caller, calls)) {
+      if (!this.#share.mayRunAnother(caller, calls)) {
         this.#turns.add(caller); // at its own limit: back of the line, try the next caller
         skipped += 1;
         continue;
@@ -277,83 +236,8 @@ export class CallAdmission {
     }
   }
 
-  /** 0 when the caller may go now, else milliseconds until its bucket holds a token. */
-  #takeToken(caller: string): number {
-    const rate = this.limits.callerRatePerSecond;
-    if (rate <= 0) return 0;
-    const now = performance.now();
-    let bucket = this.#buckets.get(caller);
-    if (bucket) {
-      this.#buckets.delete(caller); // re-inserted below: the map's order is least recently used first
-      bucket.tokens = Math.min(this.limits.callerBurst, bucket.tokens + ((now - bucket.at) / 1000) * rate);
-      bucket.at = now;
-    } else {
-      bucket = { tokens: this.limits.callerBurst, at: now };
-      if (this.#buckets.size >= MAX_BUCKETS) this.#buckets.delete(this.#buckets.keys().next().value as string);
-    }
-    this.#buckets.set(caller, bucket);
-    if (bucket.tokens >= 1) {
-      bucket.tokens -= 1;
-      return 0;
-    }
-    return Math.ceil(((1 - bucket.tokens) / rate) * 1000);
-  }
-
   /** The interceptor: after authentication (it needs the caller), before decoding. */
   interceptor(): grpc.ServerInterceptor {
-    return (descriptor, call) => {
-      if (!this.#prefixes.some((p) => descriptor.path.startsWith(p))) return new grpc.ServerInterceptingCall(call);
-      let slot: AdmissionSlot | undefined;
-      let paused: NodeJS.Timeout | undefined;
-      const release = () => slot?.release();
-      return new grpc.ServerInterceptingCall(call, {
-        start: (next) => {
-          next({
-            onReceiveMetadata: (metadata, nextMetadata) => {
-              let caller: string;
-              try {
-                caller = callerOf({ metadata }).spiffeId.toString();
-              } catch (err) {
-                // Unreachable behind the authenticator, which answers such calls itself; if it were
-                // not in front, no call without a verified caller gets past here.
-                call.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: (err as Error).message });
-                return;
-              }
-              const admitted = this.admit(caller);
-              if ('release' in admitted) {
-                slot = admitted;
-                // Its turn may come later: grpc-js holds the request until the metadata is passed on.
-                admitted.whenActive(() => nextMetadata(metadata));
-                return;
-              }
-              this.#metrics?.callsShed.inc({ reason: admitted.reason });
-              const trailers = new grpc.Metadata();
-              trailers.set(RETRY_PUSHBACK_HEADER, String(admitted.retryAfterMs));
-              const refuse = () => call.sendStatus({ code: admitted.code, details: `${admitted.details}; retry after ${admitted.retryAfterMs} ms`, metadata: trailers });
-              // A caller over its own quota is answered after a short pause, not at once: a client
-              // that fires thousands of calls then sends them at the pace of its own stream limit
-              // instead of spinning both sides' CPU on refusals, which is what would slow everyone
-              // else. The pause holds only the caller's own stream (bounded per connection).
-              const pause = admitted.code === grpc.status.RESOURCE_EXHAUSTED ? Math.min(this.limits.refusalDelayMs, admitted.retryAfterMs) : 0;
-              if (pause <= 0) {
-                refuse();
-                return;
-              }
-              // Jittered (half to the whole pause), so a burst's refusals do not all land in one
-              // tick, and its next burst does not arrive in one piece either.
-              paused = setTimeout(refuse, pause * (0.5 + Math.random() / 2));
-            },
-            onCancel: () => {
-              clearTimeout(paused);
-              release();
-            },
-          });
-        },
-        sendStatus: (status, next) => {
-          release();
-          next(status);
-        },
-      });
-    };
+    return admissionInterceptor(this, this.#prefixes, this.#metrics);
   }
 }

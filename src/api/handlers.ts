@@ -9,7 +9,7 @@ import { BrokerError, type ErrorKind } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { brokerErrorFor } from '../store/failures.js';
 import { UnauthenticatedError } from '../transport/caller.js';
-import { RETRY_PUSHBACK_HEADER } from './admission.js';
+import { RETRY_PUSHBACK_HEADER } from './admission-interceptor.js';
 import { requestIdOf } from './call-record.js';
 
 const STATUS_OF: Record<ErrorKind, grpc.status> = {

@@ -2,7 +2,8 @@
  * `task-broker policy check`: what a policy file decides for one request (or one admin), offline.
  * Exit codes: 0 allowed, 3 denied, 2 usage, 1 the policy file cannot be read or parsed.
  */
-import { parseDurationSeconds, type AdminDecision, type PolicyDecision } from '../policy/policy.js';
+import type { AdminDecision, PolicyDecision } from '../policy/policy.js';
+import { parseDurationSeconds } from '../policy/policy-document.js';
 import { readPolicyFile } from '../policy/policy-source.js';
 import { SpiffeId, SpiffeIdError } from '../spiffe/id.js';
 import { ExitCode, listOption, stringOption, UsageError, type CommandSpec, type ParsedCommand } from './options.js';
@@ -12,11 +13,20 @@ export const policyCheckSpec: CommandSpec = {
   summary: 'Evaluate a policy file offline: would the broker allow this caller this request (or admin access)?',
   options: {
     policy: { type: 'string', placeholder: 'FILE', required: true, env: 'TASK_BROKER_POLICY', description: 'Policy file (YAML) to evaluate' },
-    caller: { type: 'string', placeholder: 'SPIFFE_ID', required: true, description: 'SPIFFE ID of the calling workload, e.g. spiffe://example.org/ns/billing/sa/worker' },
+    caller: {
+      type: 'string',
+      placeholder: 'SPIFFE_ID',
+      required: true,
+      description: 'SPIFFE ID of the calling workload, e.g. spiffe://example.org/ns/billing/sa/worker',
+    },
     action: { type: 'string', placeholder: 'ACTION', description: 'Action the task would perform, e.g. invoice.export (required unless --admin)' },
     audience: { type: 'string', placeholder: 'SPIFFE_ID', description: "SPIFFE ID of the resource server the task's tokens are for (required unless --admin)" },
     scope: { type: 'string', multiple: true, placeholder: 'SCOPE', description: 'A scope the task asks for; give once per scope (none: no scopes)' },
-    ttl: { type: 'string', placeholder: 'DURATION', description: "Task lifetime to check against the rule's max_task_ttl, e.g. 90s, 5m, 1h, 7d (default: not checked)" },
+    ttl: {
+      type: 'string',
+      placeholder: 'DURATION',
+      description: "Task lifetime to check against the rule's max_task_ttl, e.g. 90s, 5m, 1h, 7d (default: not checked)",
+    },
     admin: { type: 'boolean', description: 'Check whether --caller may use the admin API instead (--action and --audience are then not needed)' },
     json: { type: 'boolean', description: 'Print the decision as one JSON object instead of text' },
   },

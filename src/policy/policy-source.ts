@@ -5,7 +5,8 @@
 import { readFile } from 'node:fs/promises';
 import { WatchedValue } from '../files/watched-value.js';
 import type { Logger } from '../observability/logger.js';
-import { parsePolicy, PolicyError, type Policy } from './policy.js';
+import { PolicyError, type Policy } from './policy.js';
+import { parsePolicy } from './policy-document.js';
 
 /** How following the policy's source has gone (metrics, readiness detail). */
 export interface PolicySourceStatus {

@@ -9,6 +9,7 @@
 import 'reflect-metadata';
 import { X509Certificate, createHash } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
+import { parseNameConstraints, type NameConstraints } from './name-constraints.js';
 
 export class CertificateParseError extends Error {
   override readonly name = 'CertificateParseError';
@@ -48,46 +49,6 @@ export interface ParsedCertificate {
 }
 
 export const KeyUsageFlag = x509.KeyUsageFlags;
-
-/** The GeneralName CHOICE alternatives of RFC 5280 4.2.1.6, by their ASN.1 names. */
-export type GeneralNameType =
-  | 'otherName'
-  | 'rfc822Name'
-  | 'dNSName'
-  | 'x400Address'
-  | 'directoryName'
-  | 'ediPartyName'
-  | 'uniformResourceIdentifier'
-  | 'iPAddress'
-  | 'registeredID';
-
-const GENERAL_NAME_TYPES: readonly GeneralNameType[] = [
-  'otherName',
-  'rfc822Name',
-  'dNSName',
-  'x400Address',
-  'directoryName',
-  'ediPartyName',
-  'uniformResourceIdentifier',
-  'iPAddress',
-  'registeredID',
-];
-
-/** One GeneralSubtree of a nameConstraints extension. */
-export interface GeneralSubtree {
-  readonly type: GeneralNameType;
-  /** The name as text for dNSName and uniformResourceIdentifier; `undefined` for the other types. */
-  readonly value: string | undefined;
-  /** BaseDistance minimum (RFC 5280: MUST be 0) and maximum (MUST be absent). */
-  readonly minimum: number;
-  readonly maximum: number | undefined;
-}
-
-export interface NameConstraints {
-  readonly critical: boolean;
-  readonly permitted: readonly GeneralSubtree[];
-  readonly excluded: readonly GeneralSubtree[];
-}
 
 const OID_NAME_CONSTRAINTS = '2.5.29.30';
 
@@ -132,109 +93,25 @@ export function parseCertificate(der: Uint8Array): ParsedCertificate {
     dnsSans: sanNames.filter((n) => n.type === 'dns').map((n) => n.value),
     subjectAltNameCritical: san?.critical ?? false,
     subjectEmpty: cert.subjectName.toJSON().length === 0,
-    nameConstraints: constraints ? parseNameConstraints(new Uint8Array(constraints.value), constraints.critical) : undefined,
+    nameConstraints: constraints ? nameConstraintsOf(new Uint8Array(constraints.value), constraints.critical) : undefined,
     criticalExtensionOids: cert.extensions.filter((e) => e.critical).map((e) => e.type),
     signatureAlgorithm: sig.hash ? `${sig.name}/${sig.hash.name}` : sig.name,
     thumbprint: certificateThumbprint(bytes),
   };
 }
 
-/** node:crypto reports an empty name as undefined, though it is typed as a string. */
-function nameText(name: string | undefined): string {
-  return name ?? '';
-}
-
-/** One DER TLV: its tag byte and where its contents start and end. */
-interface Tlv {
-  readonly tag: number;
-  readonly start: number;
-  readonly end: number;
-}
-
-/** Reads the DER TLV at `offset`, which must end by `limit`. Low tag numbers and definite lengths only. */
-function readTlv(bytes: Uint8Array, offset: number, limit: number): Tlv {
-  const tag = bytes[offset];
-  const first = bytes[offset + 1];
-  if (tag === undefined || first === undefined || offset + 2 > limit) throw new Error('truncated');
-  if ((tag & 0x1f) === 0x1f) throw new Error('high tag numbers are not supported');
-  let length = first;
-  let start = offset + 2;
-  if (first & 0x80) {
-    const n = first & 0x7f;
-    if (n === 0 || n > 3 || start + n > limit) throw new Error('invalid length');
-    length = 0;
-    for (let i = 0; i < n; i++) length = length * 256 + (bytes[start + i] ?? 0);
-    start += n;
-  }
-  if (start + length > limit) throw new Error('truncated');
-  return { tag, start, end: start + length };
-}
-
-/** A small non-negative DER INTEGER (BaseDistance). */
-function readSmallInteger(bytes: Uint8Array, tlv: Tlv): number {
-  const length = tlv.end - tlv.start;
-  if (length < 1 || length > 4 || ((bytes[tlv.start] ?? 0) & 0x80) !== 0) throw new Error('invalid BaseDistance');
-  let value = 0;
-  for (let i = tlv.start; i < tlv.end; i++) value = value * 256 + (bytes[i] ?? 0);
-  return value;
-}
-
-function readGeneralSubtrees(bytes: Uint8Array, list: Tlv): GeneralSubtree[] {
-  const subtrees: GeneralSubtree[] = [];
-  for (let offset = list.start; offset < list.end; ) {
-    const subtree = readTlv(bytes, offset, list.end);
-    if (subtree.tag !== 0x30) throw new Error('GeneralSubtree is not a SEQUENCE');
-    offset = subtree.end;
-    const base = readTlv(bytes, subtree.start, subtree.end);
-    const type = (base.tag & 0xc0) === 0x80 ? GENERAL_NAME_TYPES[base.tag & 0x1f] : undefined;
-    if (!type) throw new Error(`GeneralName has an unknown tag 0x${base.tag.toString(16)}`);
-    let value: string | undefined;
-    if (type === 'dNSName' || type === 'uniformResourceIdentifier') {
-      const text = bytes.subarray(base.start, base.end);
-      if (text.some((b) => b > 0x7e || b < 0x20)) throw new Error(`${type} constraint is not printable IA5String`);
-      value = Buffer.from(text).toString('latin1');
-    }
-    let minimum = 0;
-    let maximum: number | undefined;
-    let next = base.end;
-    if (next < subtree.end) {
-      let field = readTlv(bytes, next, subtree.end);
-      if (field.tag === 0x80) {
-        minimum = readSmallInteger(bytes, field);
-        next = field.end;
-        field = next < subtree.end ? readTlv(bytes, next, subtree.end) : field;
-      }
-      if (next < subtree.end) {
-        if (field.tag !== 0x81) throw new Error('unexpected field in GeneralSubtree');
-        maximum = readSmallInteger(bytes, field);
-        next = field.end;
-      }
-    }
-    if (next !== subtree.end) throw new Error('trailing data in GeneralSubtree');
-    subtrees.push({ type, value, minimum, maximum });
-  }
-  return subtrees;
-}
-
-/** Parses the DER value of a nameConstraints extension (RFC 5280 4.2.1.10). */
-function parseNameConstraints(der: Uint8Array, critical: boolean): NameConstraints {
+/** The nameConstraints extension read, or a CertificateParseError saying why it cannot be. */
+function nameConstraintsOf(der: Uint8Array, critical: boolean): NameConstraints {
   try {
-    const outer = readTlv(der, 0, der.length);
-    if (outer.tag !== 0x30 || outer.end !== der.length) throw new Error('not a single SEQUENCE');
-    let permitted: GeneralSubtree[] | undefined;
-    let excluded: GeneralSubtree[] | undefined;
-    for (let offset = outer.start; offset < outer.end; ) {
-      const field = readTlv(der, offset, outer.end);
-      offset = field.end;
-      if (field.tag === 0xa0 && !permitted && !excluded) permitted = readGeneralSubtrees(der, field);
-      else if (field.tag === 0xa1 && !excluded) excluded = readGeneralSubtrees(der, field);
-      else throw new Error('unexpected field');
-    }
-    if (!permitted?.length && !excluded?.length) throw new Error('no permitted or excluded subtrees');
-    return { critical, permitted: permitted ?? [], excluded: excluded ?? [] };
+    return parseNameConstraints(der, critical);
   } catch (err) {
     throw new CertificateParseError(`nameConstraints extension could not be parsed: ${(err as Error).message}`);
   }
+}
+
+/** node:crypto reports an empty name as undefined, though it is typed as a string. */
+function nameText(name: string | undefined): string {
+  return name ?? '';
 }
 
 /** base64url(SHA-256(DER)), the `x5t#S256` confirmation value of RFC 8705. */

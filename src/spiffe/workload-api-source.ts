@@ -12,29 +12,23 @@
  * - Bundles: every FetchX509Bundles message replaces the whole set, so a trust domain that
  *   disappears from it is no longer trusted. Until the first such message arrives (or when the
  *   agent does not implement FetchX509Bundles), the bundles in the FetchX509SVID messages (the
- *   SVID's own trust domain plus `federated_bundles`) are used the same way.
+ *   SVID's own trust domain plus `federated_bundles`) are used the same way
+ *   (workload-api-bundles.ts).
  * - Agent gone: the last SVID keeps being served until it expires. A warning is logged when the
  *   stream has been down for `staleWarningMs`, another when the SVID is within
- *   `expiryWarningFraction` of its lifetime of expiring, an error once it has expired; from
- *   then on `ready()` is false.
+ *   `expiryWarningFraction` of its lifetime of expiring, an error once it has expired
+ *   (workload-api-watchdog.ts); from then on `ready()` is false.
  */
-import { createPrivateKey } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../observability/logger.js';
-import { TrustBundleSet, type X509Bundle } from './bundle.js';
-import { parseDerCertificates, type ParsedCertificate } from './certificate.js';
-import { parseTrustDomain, SpiffeId } from './id.js';
-import {
-  WorkloadApiClient,
-  parseWorkloadApiAddress,
-  type BackoffOptions,
-  type StreamWatch,
-  type WorkloadApiAddress,
-  type X509BundlesResponse,
-  type X509SvidMessage,
-  type X509SvidResponse,
-} from './workload-api.js';
-import { tlsIdentityFrom, type TlsIdentity, type X509Source, type X509SourceStatus } from './x509-source.js';
+import { TrustBundleSet } from './bundle.js';
+import { SpiffeId } from './id.js';
+import { WorkloadApiClient, parseWorkloadApiAddress, type WorkloadApiAddress, type X509SvidResponse } from './workload-api.js';
+import { WorkloadApiBundles } from './workload-api-bundles.js';
+import { servingIdentityOf } from './workload-api-messages.js';
+import type { BackoffOptions, StreamWatch } from './workload-api-stream.js';
+import { WorkloadApiWatchdog, type ServedSvid } from './workload-api-watchdog.js';
+import type { TlsIdentity, X509Source, X509SourceStatus } from './x509-source.js';
 
 export interface WorkloadApiSourceOptions {
   /** The endpoint: `unix:///path/to/agent.sock` (or `unix:/path`, `tcp://IP:PORT`), e.g. `SPIFFE_ENDPOINT_SOCKET`. */
@@ -81,69 +75,6 @@ export interface WorkloadApiStatus extends X509SourceStatus {
   readonly rejectedUpdates: number;
 }
 
-interface Current {
-  identity: TlsIdentity;
-  notBefore: Date;
-}
-
-/**
- * Turns one X509SVID message into a serving identity: the chain (concatenated DER, leaf first)
- * and the PKCS#8 DER key become PEM, and the pair is checked like any SVID the broker serves
- * with. Throws saying what is wrong; the message's key material never appears in the error.
- */
-export function tlsIdentityFromX509SvidMessage(svid: X509SvidMessage, now = new Date()): TlsIdentity & { notBefore: Date } {
-  if (!svid.spiffeId) throw new Error('the X509-SVID has no spiffe_id');
-  if (svid.x509Svid.length === 0) throw new Error(`X509-SVID ${svid.spiffeId}: x509_svid is empty`);
-  if (svid.x509SvidKey.length === 0) throw new Error(`X509-SVID ${svid.spiffeId}: x509_svid_key is empty`);
-  let chain: ParsedCertificate[];
-  try {
-    chain = parseDerCertificates(svid.x509Svid);
-  } catch (err) {
-    throw new Error(`X509-SVID ${svid.spiffeId}: x509_svid: ${(err as Error).message}`);
-  }
-  let keyPem: string;
-  try {
-    keyPem = createPrivateKey({ key: svid.x509SvidKey, format: 'der', type: 'pkcs8' }).export({ format: 'pem', type: 'pkcs8' }).toString();
-  } catch {
-    throw new Error(`X509-SVID ${svid.spiffeId}: x509_svid_key is not an unencrypted PKCS#8 DER private key`);
-  }
-  const identity = tlsIdentityFrom(chain.map((c) => derToPem(c.der)).join(''), keyPem, now);
-  if (identity.spiffeId.toString() !== svid.spiffeId) {
-    throw new Error(`X509-SVID ${svid.spiffeId}: the certificate is for ${identity.spiffeId.toString()}`);
-  }
-  const leaf = chain[0] as ParsedCertificate;
-  return { ...identity, notBefore: leaf.notBefore };
-}
-
-/** Reads a Workload API bundle map (trust domain SPIFFE ID → concatenated DER CAs). Throws on anything unusable. */
-export function bundlesFromWorkloadApiMap(map: Readonly<Record<string, Uint8Array>>): X509Bundle[] {
-  const bundles = new Map<string, X509Bundle>();
-  for (const [key, der] of Object.entries(map)) {
-    let trustDomain: string;
-    try {
-      trustDomain = parseTrustDomain(key);
-    } catch (err) {
-      throw new Error(`bundle key "${key}" is not a trust domain: ${(err as Error).message}`);
-    }
-    try {
-      bundles.set(trustDomain, { trustDomain, authorities: parseDerCertificates(der) });
-    } catch (err) {
-      throw new Error(`bundle for ${trustDomain}: ${(err as Error).message}`);
-    }
-  }
-  return [...bundles.values()];
-}
-
-function derToPem(der: Buffer): string {
-  const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
-  return `-----BEGIN CERTIFICATE-----\n${lines.join('\n')}\n-----END CERTIFICATE-----\n`;
-}
-
-function sameAuthorities(a: X509Bundle | undefined, b: X509Bundle): boolean {
-  if (!a || a.authorities.length !== b.authorities.length) return false;
-  return a.authorities.every((cert, i) => cert.der.equals(b.authorities[i]?.der ?? Buffer.alloc(0)));
-}
-
 export class WorkloadApiSource implements X509Source {
   /** The trust bundles from the Workload API; pass this as the broker's bundle source. */
   readonly bundles: TrustBundleSet;
@@ -156,27 +87,26 @@ export class WorkloadApiSource implements X509Source {
   readonly #bundleWatch: StreamWatch;
   readonly #monitor: NodeJS.Timeout;
   readonly #wantedId: string | undefined;
-  readonly #staleWarningMs: number;
-  readonly #expiryWarningFraction: number;
-  #current: Current | undefined;
+  readonly #bundles: WorkloadApiBundles;
+  readonly #watchdog: WorkloadApiWatchdog;
+  #current: ServedSvid | undefined;
   #lastSvidUpdate: Date | undefined;
-  #lastBundleUpdate: Date | undefined;
-  #bundleTimes = new Map<string, Date>();
-  #bundlesStreamDelivered = false;
   #disconnectedSince: Date | undefined;
   #lastRejection: string | undefined;
   #rejected = 0;
   #closed = false;
-  #warned = { stale: false, expiringFor: undefined as Current | undefined, expiredFor: undefined as Current | undefined };
 
   private constructor(options: WorkloadApiSourceOptions) {
     this.address = parseWorkloadApiAddress(options.address);
     this.#wantedId = options.spiffeId === undefined ? undefined : SpiffeId.parse(options.spiffeId).toString();
     this.#logger = options.logger.child({ workloadApi: this.address.uri });
     this.#clock = options.clock ?? (() => new Date());
-    this.#staleWarningMs = options.staleWarningMs ?? 60_000;
-    this.#expiryWarningFraction = options.expiryWarningFraction ?? 0.2;
+    this.#watchdog = new WorkloadApiWatchdog(this.#logger, {
+      staleWarningMs: options.staleWarningMs ?? 60_000,
+      expiryWarningFraction: options.expiryWarningFraction ?? 0.2,
+    });
     this.bundles = options.bundles ?? new TrustBundleSet();
+    this.#bundles = new WorkloadApiBundles(this.bundles, this.#logger, (what, reason) => this.#refuse(what, reason));
     this.#client = new WorkloadApiClient({ address: this.address, logger: options.logger, backoff: options.backoff });
     const down = () => {
       this.#disconnectedSince ??= this.#clock();
@@ -186,13 +116,18 @@ export class WorkloadApiSource implements X509Source {
     this.#svidWatch = this.#client.watchX509Svids({
       onMessage: (message) => {
         this.#disconnectedSince = undefined;
-        this.#warned.stale = false;
+        this.#watchdog.delivered();
         this.#onX509SvidResponse(message);
       },
       onDisconnect: down,
     });
-    this.#bundleWatch = this.#client.watchX509Bundles({ onMessage: (message) => this.#onX509BundlesResponse(message) });
-    this.#monitor = setInterval(() => this.#check(), options.monitorIntervalMs ?? 5_000);
+    this.#bundleWatch = this.#client.watchX509Bundles({
+      onMessage: (message) => this.#bundles.fromX509BundlesResponse(message, this.#current?.identity.spiffeId.trustDomain, this.#clock()),
+    });
+    this.#monitor = setInterval(
+      () => this.#watchdog.check(this.#clock().getTime(), this.#disconnectedSince, this.#current, this.#svidWatch),
+      options.monitorIntervalMs ?? 5_000,
+    );
     this.#monitor.unref();
   }
 
@@ -224,10 +159,6 @@ export class WorkloadApiSource implements X509Source {
   }
 
   status(): WorkloadApiStatus {
-    const bundles: Record<string, { updatedAt: Date; authorities: number }> = {};
-    for (const td of this.bundles.trustDomains()) {
-      bundles[td] = { updatedAt: this.#bundleTimes.get(td) ?? new Date(0), authorities: this.bundles.getX509Bundle(td)?.authorities.length ?? 0 };
-    }
     return {
       address: this.address.uri,
       ready: this.ready(),
@@ -237,8 +168,8 @@ export class WorkloadApiSource implements X509Source {
       spiffeId: this.#current?.identity.spiffeId.toString(),
       lastSvidUpdate: this.#lastSvidUpdate,
       svidNotAfter: this.#current?.identity.notAfter,
-      lastBundleUpdate: this.#lastBundleUpdate,
-      bundles,
+      lastBundleUpdate: this.#bundles.lastUpdate,
+      bundles: this.#bundles.status(),
       rejectedUpdates: this.#rejected,
     };
   }
@@ -268,7 +199,10 @@ export class WorkloadApiSource implements X509Source {
       this.#events.on('closed', onClosed);
       const timer = setTimeout(() => {
         done();
-        const last = [this.#svidWatch.lastError && `last stream error: ${this.#svidWatch.lastError}`, this.#lastRejection && `last refused update: ${this.#lastRejection}`]
+        const last = [
+          this.#svidWatch.lastError && `last stream error: ${this.#svidWatch.lastError}`,
+          this.#lastRejection && `last refused update: ${this.#lastRejection}`,
+        ]
           .filter(Boolean)
           .join('; ');
         reject(new Error(`no usable X509-SVID from the Workload API at ${this.address.uri} within ${timeoutMs} ms${last ? ` (${last})` : ''}`));
@@ -293,13 +227,9 @@ export class WorkloadApiSource implements X509Source {
 
   #onX509SvidResponse(message: X509SvidResponse): void {
     const now = this.#clock();
-    let chosen: X509SvidMessage | undefined;
     let next: (TlsIdentity & { notBefore: Date }) | undefined;
     try {
-      if (message.svids.length === 0) throw new Error('the response holds no X509-SVID');
-      chosen = this.#wantedId === undefined ? message.svids[0] : message.svids.find((s) => s.spiffeId === this.#wantedId);
-      if (!chosen) throw new Error(`no X509-SVID for ${this.#wantedId ?? ''} among ${message.svids.map((s) => s.spiffeId).join(', ')}`);
-      next = tlsIdentityFromX509SvidMessage(chosen, now);
+      next = servingIdentityOf(message, this.#wantedId, now);
     } catch (err) {
       this.#refuse('X509-SVID update', (err as Error).message);
     }
@@ -317,95 +247,6 @@ export class WorkloadApiSource implements X509Source {
       }
     }
     // Bundles ride along with the SVIDs; they are used until FetchX509Bundles speaks for itself.
-    if (this.#bundlesStreamDelivered) return;
-    let bundles: X509Bundle[];
-    try {
-      const own: Record<string, Uint8Array> = {};
-      for (const svid of message.svids) {
-        if (svid.bundle.length > 0 && svid.spiffeId) own[SpiffeId.parse(svid.spiffeId).trustDomain] = svid.bundle;
-      }
-      bundles = bundlesFromWorkloadApiMap({ ...message.federatedBundles, ...own });
-    } catch (err) {
-      this.#refuse('bundle update (with the X509-SVID)', (err as Error).message);
-      return;
-    }
-    this.#applyBundles(bundles, 'FetchX509SVID', now);
-  }
-
-  #onX509BundlesResponse(message: X509BundlesResponse): void {
-    const now = this.#clock();
-    let bundles: X509Bundle[];
-    try {
-      bundles = bundlesFromWorkloadApiMap(message.bundles);
-    } catch (err) {
-      this.#refuse('bundle update', (err as Error).message);
-      return;
-    }
-    if (this.#applyBundles(bundles, 'FetchX509Bundles', now)) this.#bundlesStreamDelivered = true;
-  }
-
-  /** Replaces the whole set when anything differs; returns false when the update was refused. */
-  #applyBundles(bundles: X509Bundle[], from: string, now: Date): boolean {
-    if (bundles.length === 0) {
-      this.#refuse('bundle update', `${from} sent no trust bundle at all`);
-      return false;
-    }
-    const own = this.#current?.identity.spiffeId.trustDomain;
-    if (own && !bundles.some((b) => b.trustDomain === own)) {
-      this.#refuse('bundle update', `${from} sent no bundle for the broker's own trust domain ${own}`);
-      return false;
-    }
-    this.#lastBundleUpdate = now;
-    const before = new Set(this.bundles.trustDomains());
-    const added: string[] = [];
-    const changed: string[] = [];
-    for (const bundle of bundles) {
-      if (!before.has(bundle.trustDomain)) added.push(bundle.trustDomain);
-      else if (!sameAuthorities(this.bundles.getX509Bundle(bundle.trustDomain), bundle)) changed.push(bundle.trustDomain);
-    }
-    const removed = [...before].filter((td) => !bundles.some((b) => b.trustDomain === td));
-    if (added.length + changed.length + removed.length === 0) return true;
-    this.bundles.replaceAll(bundles);
-    for (const td of [...added, ...changed]) this.#bundleTimes.set(td, now);
-    for (const td of removed) this.#bundleTimes.delete(td);
-    this.#logger.info(
-      { from, trustDomains: this.bundles.trustDomains(), added: added.sort(), changed: changed.sort(), removed: removed.sort() },
-      'trust bundles updated from the Workload API',
-    );
-    return true;
-  }
-
-  #check(): void {
-    const now = this.#clock().getTime();
-    const current = this.#current;
-    if (this.#disconnectedSince && !this.#warned.stale && now - this.#disconnectedSince.getTime() >= this.#staleWarningMs) {
-      this.#warned.stale = true;
-      this.#logger.warn(
-        {
-          since: this.#disconnectedSince.toISOString(),
-          lastError: this.#svidWatch.lastError,
-          svidNotAfter: current?.identity.notAfter.toISOString(),
-        },
-        current ? 'no updates from the Workload API for a while; serving with the last SVID until it expires' : 'still no SVID from the Workload API',
-      );
-    }
-    if (!current) return;
-    const notAfter = current.identity.notAfter.getTime();
-    const lifetime = notAfter - current.notBefore.getTime();
-    if (now >= notAfter) {
-      if (this.#warned.expiredFor !== current) {
-        this.#warned.expiredFor = current;
-        this.#logger.error(
-          { spiffeId: current.identity.spiffeId.toString(), notAfter: current.identity.notAfter.toISOString(), lastError: this.#svidWatch.lastError },
-          'the SVID has expired and the Workload API sent no new one; not ready',
-        );
-      }
-    } else if (notAfter - now <= lifetime * this.#expiryWarningFraction && this.#warned.expiringFor !== current) {
-      this.#warned.expiringFor = current;
-      this.#logger.warn(
-        { spiffeId: current.identity.spiffeId.toString(), notAfter: current.identity.notAfter.toISOString(), remainingMs: notAfter - now, connected: this.#svidWatch.connected },
-        'the SVID expires soon and the Workload API has not rotated it',
-      );
-    }
+    this.#bundles.fromX509SvidResponse(message, this.#current?.identity.spiffeId.trustDomain, now);
   }
 }

@@ -9,19 +9,20 @@
  * The streams (FetchX509SVID, FetchX509Bundles, FetchJWTBundles) are kept open for as long as
  * the client lives: a stream that ends or fails is opened again after an exponential backoff
  * with jitter (100 ms doubling up to 30 s by default, back to the start after a message
- * arrives). Each disconnect and reconnect is logged with its reason; messages are never logged,
- * since they carry private keys.
+ * arrives); see workload-api-stream.ts. Each disconnect and reconnect is logged with its reason;
+ * messages are never logged, since they carry private keys.
  */
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { isIPv4, isIPv6 } from 'node:net';
-import { protoDir } from '../files/project-paths.js';
 import type { Logger } from '../observability/logger.js';
+import { LOADER_OPTIONS } from '../protocol/proto.js';
 import type { JWTBundlesResponse__Output } from '../gen/JWTBundlesResponse.js';
 import type { SpiffeWorkloadAPIClient } from '../gen/SpiffeWorkloadAPI.js';
 import type { ProtoGrpcType as WorkloadProtoType } from '../gen/workload.js';
 import type { X509BundlesResponse__Output } from '../gen/X509BundlesResponse.js';
 import type { X509SVIDResponse__Output } from '../gen/X509SVIDResponse.js';
+import { Backoff, ReconnectingStream, type BackoffOptions, type StreamHandlers, type StreamWatch } from './workload-api-stream.js';
 
 export type { JWTBundlesResponse__Output as JwtBundlesResponse } from '../gen/JWTBundlesResponse.js';
 export type { X509BundlesResponse__Output as X509BundlesResponse } from '../gen/X509BundlesResponse.js';
@@ -37,11 +38,9 @@ export const WORKLOAD_PROTO_FILE = 'spiffe/workload/workload.proto';
 
 let cachedProto: WorkloadProtoType | undefined;
 
-/** The Workload API definitions, loaded with the same flags as `npm run gen` (see src/protocol/proto.ts). */
+/** The Workload API definitions, loaded with the broker's LOADER_OPTIONS (the flags of `npm run gen`). */
 export function workloadApiProto(): WorkloadProtoType {
-  cachedProto ??= grpc.loadPackageDefinition(
-    loadSync(WORKLOAD_PROTO_FILE, { keepCase: false, longs: String, enums: String, defaults: true, oneofs: true, includeDirs: [protoDir] }),
-  ) as unknown as WorkloadProtoType;
+  cachedProto ??= grpc.loadPackageDefinition(loadSync(WORKLOAD_PROTO_FILE, LOADER_OPTIONS)) as unknown as WorkloadProtoType;
   return cachedProto;
 }
 
@@ -109,60 +108,6 @@ export function parseWorkloadApiAddress(value: string): WorkloadApiAddress {
   throw bad(scheme ? `unsupported scheme "${scheme}:"` : 'no scheme');
 }
 
-export interface BackoffOptions {
-  /** First delay (default 100 ms). */
-  initialMs?: number;
-  /** Longest delay (default 30 s). */
-  maxMs?: number;
-}
-
-/**
- * Exponential backoff with "equal jitter": the n-th delay is between half and all of
- * min(max, initial * 2^n), so retries spread out but never collapse to zero.
- */
-export class Backoff {
-  readonly initialMs: number;
-  readonly maxMs: number;
-  #attempt = 0;
-
-  readonly #random: () => number;
-
-  constructor(options: BackoffOptions = {}, random: () => number = Math.random) {
-    this.#random = random;
-    this.initialMs = Math.max(1, options.initialMs ?? 100);
-    this.maxMs = Math.max(this.initialMs, options.maxMs ?? 30_000);
-  }
-
-  /** The delay before the next attempt; each call doubles the next one, up to the maximum. */
-  next(): number {
-    const ceiling = Math.min(this.maxMs, this.initialMs * 2 ** Math.min(this.#attempt, 40));
-    this.#attempt += 1;
-    return Math.round(ceiling / 2 + this.#random() * (ceiling / 2));
-  }
-
-  /** Back to the first delay (after a success). */
-  reset(): void {
-    this.#attempt = 0;
-  }
-}
-
-/** One Workload API stream, kept open by the client. */
-export interface StreamWatch {
-  /** True while the stream is open and has delivered a message on its current call. */
-  readonly connected: boolean;
-  /** Why the stream last ended or failed; undefined until it has. */
-  readonly lastError: string | undefined;
-  /** Stops the stream for good. */
-  close(): void;
-}
-
-export interface StreamHandlers<T> {
-  /** Each message, complete (never a delta). An exception thrown here is logged; the stream carries on. */
-  onMessage(message: T): void;
-  /** The stream ended or failed and will be opened again after a backoff. */
-  onDisconnect?(reason: string): void;
-}
-
 export interface WorkloadApiClientOptions {
   /** `unix:///path/to/agent.sock`, `unix:/path`, `tcp://IP:PORT`, or an already parsed address. */
   address: string | WorkloadApiAddress;
@@ -175,119 +120,6 @@ export function workloadApiMetadata(): grpc.Metadata {
   const metadata = new grpc.Metadata();
   metadata.set(WORKLOAD_API_HEADER, 'true');
   return metadata;
-}
-
-/** Codes the spec says not to retry (a client bug or a missing RPC): retried only at the longest backoff. */
-const PERMANENT_CODES = new Set<grpc.status>([grpc.status.INVALID_ARGUMENT, grpc.status.UNIMPLEMENTED]);
-
-function describeStatus(status: grpc.StatusObject): string {
-  if (status.code === grpc.status.OK) return 'the server ended the stream';
-  return `${grpc.status[status.code] ?? status.code}: ${status.details}`;
-}
-
-class ReconnectingStream<T> implements StreamWatch {
-  #call: grpc.ClientReadableStream<T> | undefined;
-  #timer: NodeJS.Timeout | undefined;
-  #closed = false;
-  #connected = false;
-  #failures = 0;
-  #lastError: string | undefined;
-  readonly #backoff: Backoff;
-
-  readonly #name: string;
-  readonly #open: (metadata: grpc.Metadata) => grpc.ClientReadableStream<T>;
-  readonly #handlers: StreamHandlers<T>;
-  readonly #logger: Logger;
-
-  constructor(name: string, open: (metadata: grpc.Metadata) => grpc.ClientReadableStream<T>, handlers: StreamHandlers<T>, logger: Logger, backoff: BackoffOptions | undefined) {
-    this.#name = name;
-    this.#open = open;
-    this.#handlers = handlers;
-    this.#logger = logger;
-    this.#backoff = new Backoff(backoff);
-    this.#start();
-  }
-
-  get connected(): boolean {
-    return this.#connected;
-  }
-
-  get lastError(): string | undefined {
-    return this.#lastError;
-  }
-
-  close(): void {
-    this.#closed = true;
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-    const call = this.#call;
-    this.#call = undefined;
-    this.#connected = false;
-    call?.cancel();
-  }
-
-  #start(): void {
-    if (this.#closed) return;
-    let call: grpc.ClientReadableStream<T>;
-    try {
-      call = this.#open(workloadApiMetadata());
-    } catch (err) {
-      this.#ended(`cannot start the call: ${(err as Error).message}`, undefined);
-      return;
-    }
-    this.#call = call;
-    call.on('data', (message: T) => {
-      if (call !== this.#call) return;
-      if (!this.#connected) {
-        this.#connected = true;
-        this.#backoff.reset();
-        if (this.#failures > 0) {
-          this.#logger.info({ stream: this.#name, failedAttempts: this.#failures, lastError: this.#lastError }, 'Workload API stream reconnected');
-        } else {
-          this.#logger.debug({ stream: this.#name }, 'Workload API stream open');
-        }
-        this.#failures = 0;
-      }
-      try {
-        this.#handlers.onMessage(message);
-      } catch (err) {
-        this.#logger.error({ stream: this.#name, err: (err as Error).message }, 'Workload API message handler failed');
-      }
-    });
-    // The status event carries the same information; without a listener 'error' would throw.
-    call.on('error', () => undefined);
-    call.on('status', (status: grpc.StatusObject) => {
-      if (call !== this.#call) return;
-      this.#ended(describeStatus(status), status.code);
-    });
-  }
-
-  #ended(reason: string, code: grpc.status | undefined): void {
-    const wasConnected = this.#connected;
-    this.#call = undefined;
-    this.#connected = false;
-    if (this.#closed) return;
-    this.#lastError = reason;
-    this.#failures += 1;
-    const permanent = code !== undefined && PERMANENT_CODES.has(code);
-    const delay = permanent ? this.#backoff.maxMs : this.#backoff.next();
-    const fields = { stream: this.#name, reason, attempt: this.#failures, retryInMs: delay };
-    if (permanent) {
-      this.#logger.error(fields, 'Workload API refused the stream; this is not expected to heal by itself, retrying slowly');
-    } else {
-      this.#logger.warn(fields, wasConnected ? 'Workload API stream disconnected; reconnecting' : 'Workload API stream could not be opened; retrying');
-    }
-    try {
-      this.#handlers.onDisconnect?.(reason);
-    } catch (err) {
-      this.#logger.error({ stream: this.#name, err: (err as Error).message }, 'Workload API disconnect handler failed');
-    }
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
-      this.#start();
-    }, delay);
-    this.#timer.unref();
-  }
 }
 
 /**
@@ -340,7 +172,7 @@ export class WorkloadApiClient {
   }
 
   #watch<T>(name: string, open: (metadata: grpc.Metadata) => grpc.ClientReadableStream<T>, handlers: StreamHandlers<T>): StreamWatch {
-    const stream = new ReconnectingStream(name, open, handlers, this.#logger, this.#backoff);
+    const stream = new ReconnectingStream(name, () => open(workloadApiMetadata()), handlers, this.#logger, this.#backoff);
     const watch: StreamWatch = {
       get connected() {
         return stream.connected;

@@ -3,18 +3,19 @@
  * verifies every other replica's tokens. Exactly one key is ACTIVE (a unique partial index
  * enforces it); a rotated-out key stays RETIRED and published until every token it can have
  * signed has expired. Private keys are stored as PKCS#8 DER encrypted under the KEK, with the
- * kid as associated data so a ciphertext cannot be moved to another row.
+ * kid as associated data so a ciphertext cannot be moved to another row (signing-key-material.ts).
  *
  * Replicas do not talk to each other: each re-reads the table when its cache is older than
  * `refreshIntervalMs`, and at once when it meets a kid it does not know.
  */
-import { KeyObject, createPrivateKey, createPublicKey, type JsonWebKey } from 'node:crypto';
-import { calculateJwkThumbprint, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
+import type { KeyObject } from 'node:crypto';
+import type { CryptoKey, JWK } from 'jose';
 import type { Logger } from '../observability/logger.js';
 import type { Db, Tx } from '../store/database.js';
 import type { SigningKeyRow, SigningKeyState } from '../store/schema.js';
 import { isUniqueViolation } from '../store/failures.js';
 import type { KeyEncryptionKey } from './kek.js';
+import { generateSigningKey, privateKeyOf, publicKeyOf } from './signing-key-material.js';
 
 export type TokenAlg = 'ES256' | 'EdDSA';
 export const TOKEN_ALGS: readonly TokenAlg[] = ['ES256', 'EdDSA'];
@@ -110,10 +111,13 @@ export class SigningKeyRing implements VerificationKeySource {
     const existing = await this.#db.selectFrom('signing_keys').select(['kid', 'alg']).where('state', '=', 'ACTIVE').executeTakeFirst();
     if (existing) {
       if (existing.alg !== this.#alg) {
-        this.#log.warn({ kid: existing.kid, activeAlg: existing.alg, configuredAlg: this.#alg }, 'active signing key uses another algorithm than configured; rotate keys to switch');
+        this.#log.warn(
+          { kid: existing.kid, activeAlg: existing.alg, configuredAlg: this.#alg },
+          'active signing key uses another algorithm than configured; rotate keys to switch',
+        );
       }
     } else {
-      const fresh = await this.#generate();
+      const fresh = await generateSigningKey(this.#alg, this.#kek);
       // Another replica may insert its own ACTIVE key at the same moment: the unique partial
       // index lets exactly one in, and everyone then reads that one.
       const inserted = await this.#db
@@ -169,8 +173,10 @@ export class SigningKeyRing implements VerificationKeySource {
    * with it). `inTransaction` runs inside the rotation's transaction (the caller's audit event),
    * so the rotation and its record commit together.
    */
-  async rotate(inTransaction?: (tx: Tx, rotation: { kid: string; retiredKid: string | undefined }) => Promise<void>): Promise<{ kid: string; retiredKid: string | undefined }> {
-    const fresh = await this.#generate();
+  async rotate(
+    inTransaction?: (tx: Tx, rotation: { kid: string; retiredKid: string | undefined }) => Promise<void>,
+  ): Promise<{ kid: string; retiredKid: string | undefined }> {
+    const fresh = await generateSigningKey(this.#alg, this.#kek);
     let retiredKid: string | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
@@ -206,25 +212,6 @@ export class SigningKeyRing implements VerificationKeySource {
 
   #isPublished(key: CachedKey, now: Date): boolean {
     return key.state === 'ACTIVE' || (key.publishUntil !== undefined && key.publishUntil.getTime() > now.getTime());
-  }
-
-  async #generate(): Promise<{ kid: string; alg: TokenAlg; public_jwk: string; private_key_ciphertext: Buffer; kek_id: string }> {
-    const pair = await generateKeyPair(this.#alg, { extractable: true });
-    const jwk = await exportJWK(pair.publicKey);
-    const kid = await calculateJwkThumbprint(jwk, 'sha256');
-    const publicJwk = publicMembers(jwk, kid, this.#alg);
-    const der = KeyObject.from(pair.privateKey).export({ format: 'der', type: 'pkcs8' });
-    try {
-      return {
-        kid,
-        alg: this.#alg,
-        public_jwk: JSON.stringify(publicJwk),
-        private_key_ciphertext: this.#kek.encrypt(der, kid),
-        kek_id: this.#kek.id,
-      };
-    } finally {
-      der.fill(0);
-    }
   }
 
   /** The cached snapshot, re-read when older than the refresh interval (or the clock went back). */
@@ -277,7 +264,7 @@ export class SigningKeyRing implements VerificationKeySource {
       const known = previous?.keys.get(row.kid);
       const key = known && known.alg === row.alg ? { ...known, state: row.state, publishUntil: row.publish_until ?? undefined } : await parsePublic(row);
       if (row.state === 'ACTIVE') {
-        active = previous?.active?.kid === row.kid ? previous.active : this.#openPrivate(row, key);
+        active = previous?.active?.kid === row.kid ? previous.active : privateKeyOf(row, key.alg, key.publicJwk, this.#kek);
       }
       keys.set(row.kid, key);
     }
@@ -288,59 +275,10 @@ export class SigningKeyRing implements VerificationKeySource {
     this.#snapshot = snapshot;
     return snapshot;
   }
-
-  #openPrivate(row: SigningKeyRow, cached: CachedKey): SigningKey {
-    if (row.kek_id !== this.#kek.id) {
-      throw new Error(
-        `signing key ${row.kid} was encrypted with key-encryption key ${row.kek_id}, but the configured key-encryption key is ${this.#kek.id}`,
-      );
-    }
-    const der = this.#kek.decrypt(row.private_key_ciphertext, row.kid);
-    let privateKey: KeyObject;
-    try {
-      privateKey = createPrivateKey({ key: der, format: 'der', type: 'pkcs8' });
-    } catch (err) {
-      throw new Error(`signing key ${row.kid}: decrypted private key is not valid PKCS#8: ${(err as Error).message}`);
-    } finally {
-      der.fill(0);
-    }
-    // Signing with a private key that does not match the published public key would mint
-    // tokens nobody can verify; refuse the row instead.
-    const derived = createPublicKey(privateKey).export({ format: 'jwk' });
-    if (derived.x !== cached.publicJwk.x || derived.y !== cached.publicJwk.y) {
-      throw new Error(`signing key ${row.kid}: private key does not match its public key`);
-    }
-    return { kid: row.kid, alg: cached.alg, privateKey, publicJwk: { ...cached.publicJwk } };
-  }
 }
 
 async function parsePublic(row: SigningKeyRow): Promise<CachedKey> {
   if (!isTokenAlg(row.alg)) throw new Error(`signing key ${row.kid} has unsupported alg ${row.alg}`);
-  const stored: unknown = row.public_jwk;
-  if (typeof stored !== 'object' || stored === null) throw new Error(`signing key ${row.kid}: public_jwk is not a JSON object`);
-  let publicKey: KeyObject;
-  try {
-    publicKey = createPublicKey({ key: stored as JsonWebKey, format: 'jwk' });
-  } catch (err) {
-    throw new Error(`signing key ${row.kid}: public_jwk is not a valid public key: ${(err as Error).message}`);
-  }
-  // Rebuilt from the key itself, so nothing but public members is ever published.
-  const jwk = publicKey.export({ format: 'jwk' }) as JWK;
-  if ((await calculateJwkThumbprint(jwk, 'sha256')) !== row.kid) {
-    throw new Error(`signing key ${row.kid}: kid does not match the thumbprint of its public key`);
-  }
-  return {
-    kid: row.kid,
-    alg: row.alg,
-    state: row.state,
-    publishUntil: row.publish_until ?? undefined,
-    publicJwk: publicMembers(jwk, row.kid, row.alg),
-    publicKey,
-  };
-}
-
-function publicMembers(jwk: JWK, kid: string, alg: TokenAlg): JWK {
-  const out: JWK = { kty: jwk.kty, crv: jwk.crv, x: jwk.x };
-  if (jwk.y !== undefined) out.y = jwk.y;
-  return { ...out, kid, alg, use: 'sig' };
+  const { publicJwk, publicKey } = await publicKeyOf(row, row.alg);
+  return { kid: row.kid, alg: row.alg, state: row.state, publishUntil: row.publish_until ?? undefined, publicJwk, publicKey };
 }

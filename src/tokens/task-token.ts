@@ -9,13 +9,13 @@
  * a fraction of node:crypto's rate. checkTaskToken makes the checks jose's jwtVerify made, in
  * the same order and with the same outcomes, except that it refuses every `crit` header (jose
  * let `crit: ["b64"]` with `b64: true` through). jose remains an independent verifier of what
- * we sign (see the tests) and serves the JWKS side.
+ * we sign (see the tests) and serves the JWKS side. The node:crypto calls themselves, and the
+ * check that a key fits its algorithm, are in token-crypto.ts.
  */
 import { isUtf8 } from 'node:buffer';
-import { KeyObject, sign, verify } from 'node:crypto';
-import type { CryptoKey } from 'jose';
 import type { SigningKey, TokenAlg, VerificationKeySource } from './keyring.js';
 import { isTokenAlg } from './keyring.js';
+import { nodeKey, signatureOf, signatureValid } from './token-crypto.js';
 
 export { certificateThumbprint as x5tS256 } from '../spiffe/certificate.js';
 
@@ -56,8 +56,6 @@ const DATE_CLAIMS = ['iat', 'nbf', 'exp'] as const;
 /** Every claim a token must carry, in the order their absence is reported (jose's order, kept so details do not change). */
 const PRESENCE_ORDER = ['iss', 'cnf', 'exp', 'nbf', 'iat', 'scope', 'task_hash', 'task_id', 'jti', 'aud', 'sub'] as const;
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
-/** ES256 signatures are r || s, 32 bytes each (RFC 7518 3.4), never DER; Ed25519 signatures are 64 bytes (RFC 8032). */
-const SIGNATURE_BYTES: Record<TokenAlg, number> = { ES256: 64, EdDSA: 64 };
 const BAD_SIGNATURE = { ok: false, reason: 'bad-signature', detail: 'signature verification failed' } as const;
 const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -76,7 +74,7 @@ function signCompact(key: SigningKey, claims: TaskTokenClaims): string {
   const privateKey = nodeKey(key.privateKey, key.alg, 'private');
   const signingInput = `${encodedHeader(key.alg, key.kid)}.${Buffer.from(JSON.stringify(claims), 'utf8').toString('base64url')}`;
   const data = Buffer.from(signingInput, 'latin1');
-  const signature = key.alg === 'ES256' ? sign('sha256', data, { key: privateKey, dsaEncoding: 'ieee-p1363' }) : sign(null, data, privateKey);
+  const signature = signatureOf(key.alg, privateKey, data);
   return `${signingInput}.${signature.toString('base64url')}`;
 }
 
@@ -190,16 +188,6 @@ function isExactBase64url(text: string): boolean {
   return text.length % 4 !== 1;
 }
 
-function signatureValid(alg: TokenAlg, key: KeyObject, data: Buffer, signature: Buffer): boolean {
-  // node:crypto would accept a DER-encoded ECDSA signature only with dsaEncoding 'der'; the length check makes the refusal explicit.
-  if (signature.length !== SIGNATURE_BYTES[alg]) return false;
-  try {
-    return alg === 'ES256' ? verify('sha256', data, { key, dsaEncoding: 'ieee-p1363' }, signature) : verify(null, data, key, signature);
-  } catch {
-    return false;
-  }
-}
-
 /** Media type comparison per RFC 7515 4.1.9: case-insensitive, `application/` optional. */
 function normalizeTyp(typ: string): string {
   const lower = typ.toLowerCase();
@@ -220,31 +208,6 @@ function encodedHeader(alg: TokenAlg, kid: string): string {
     encodedHeaders.set(cacheKey, encoded);
   }
   return encoded;
-}
-
-interface PreparedKey {
-  alg: TokenAlg;
-  type: 'private' | 'public';
-  keyObject: KeyObject;
-}
-
-/** Keys (WebCrypto CryptoKeys converted once) already checked to fit their algorithm, by the key given. */
-const preparedKeys = new WeakMap<CryptoKey | KeyObject, PreparedKey>();
-
-/** The KeyObject for `key`, which must be a `type` key for `alg`; throws otherwise (a bug of ours, not of a token). */
-function nodeKey(key: CryptoKey | KeyObject, alg: TokenAlg, type: 'private' | 'public'): KeyObject {
-  const prepared = preparedKeys.get(key);
-  if (prepared && prepared.alg === alg && prepared.type === type) return prepared.keyObject;
-  const keyObject = key instanceof KeyObject ? key : KeyObject.from(key);
-  const fits =
-    keyObject.type === type &&
-    (alg === 'ES256' ? keyObject.asymmetricKeyType === 'ec' && keyObject.asymmetricKeyDetails?.namedCurve === 'prime256v1' : keyObject.asymmetricKeyType === 'ed25519');
-  if (!fits) {
-    const actual = keyObject.type === 'secret' ? 'secret' : `${keyObject.type} ${keyObject.asymmetricKeyType}${keyObject.asymmetricKeyDetails?.namedCurve ? ` ${keyObject.asymmetricKeyDetails.namedCurve}` : ''}`;
-    throw new TypeError(`task token ${type === 'private' ? 'signing' : 'verification'} key for ${alg} must be a ${type} ${alg === 'ES256' ? 'P-256' : 'Ed25519'} key, got a ${actual} key`);
-  }
-  preparedKeys.set(key, { alg, type, keyObject });
-  return keyObject;
 }
 
 function isoOf(seconds: unknown): string {

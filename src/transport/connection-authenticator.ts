@@ -15,10 +15,12 @@ import * as grpc from '@grpc/grpc-js';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../observability/logger.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
-import { verifyX509Svid, X509SvidError, type X509SvidFailure } from '../spiffe/x509svid.js';
+import { verifyX509Svid } from '../spiffe/x509svid.js';
+import { X509SvidError, type X509SvidFailure } from '../spiffe/x509svid-error.js';
 import { attachCaller, type Caller } from './caller.js';
 
-export type Admission = { readonly ok: true; readonly caller: Caller } | { readonly ok: false; readonly failure: X509SvidFailure | 'unknown-connection'; readonly reason: string };
+export type Admission =
+  { readonly ok: true; readonly caller: Caller } | { readonly ok: false; readonly failure: X509SvidFailure | 'unknown-connection'; readonly reason: string };
 
 interface ConnectionEntry {
   readonly socket: TLSSocket;
@@ -162,7 +164,10 @@ export class ConnectionAuthenticator {
               }
               const entry = this.#connections.get(connectionKey(address) ?? '');
               if (!entry || ++entry.refusedCalls <= LOGGED_REFUSALS_PER_CONNECTION) {
-                this.#logger.warn({ peer: call.getPeer(), method: methodDescriptor.path, failure: admission.failure, reason: admission.reason }, 'call refused: peer is not a valid X509-SVID');
+                this.#logger.warn(
+                  { peer: call.getPeer(), method: methodDescriptor.path, failure: admission.failure, reason: admission.reason },
+                  'call refused: peer is not a valid X509-SVID',
+                );
               }
               call.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: `peer is not a valid X509-SVID: ${admission.reason}` });
             },

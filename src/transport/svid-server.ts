@@ -4,16 +4,18 @@
  * A node:tls server (client certificate required, ALPN h2) terminates TLS, the
  * ConnectionAuthenticator verifies each peer's full chain against its own trust domain's
  * bundle, and the socket is then injected into grpc-js. Rotating the broker's SVID swaps the
- * secure context in place; open connections are untouched.
+ * secure context in place; open connections are untouched. What happens to each connection
+ * (limits, ALPN, authentication, injection) is in connection-gate.ts; this module owns the
+ * servers' lifecycle: listen, rotate, drain.
  */
 import * as grpc from '@grpc/grpc-js';
-import { createServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer, type Server as TlsServer } from 'node:tls';
+import type { AddressInfo } from 'node:net';
 import type { Logger } from '../observability/logger.js';
-import { LogThrottle } from '../observability/log-throttle.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
 import type { TlsIdentity, X509SvidSource } from '../spiffe/x509-source.js';
 import { ConnectionAuthenticator } from './connection-authenticator.js';
+import { ConnectionGate, type TransportObserver } from './connection-gate.js';
 
 /** Bounds on what peers can hold: connections, handshakes in progress, idle and old connections. */
 export interface ConnectionLimits {
@@ -43,16 +45,6 @@ export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
   maxConcurrentStreams: 48,
 };
 
-export type ConnectionRefusal = 'max-connections' | 'max-handshakes' | 'no-h2' | 'draining' | 'not-an-svid';
-export type HandshakeFailure = 'timeout' | 'tls-error';
-
-/** Told about connection events (metrics). */
-export interface TransportObserver {
-  connectionAccepted?(): void;
-  connectionRefused?(reason: ConnectionRefusal): void;
-  handshakeFailed?(reason: HandshakeFailure): void;
-}
-
 export interface SvidServerOptions {
   bundles: X509BundleSource;
   identity: X509SvidSource;
@@ -81,7 +73,9 @@ const DEFAULT_GRPC_OPTIONS: grpc.ServerOptions = {
 function grpcConnectionOptions(limits: ConnectionLimits): grpc.ServerOptions {
   return {
     ...(limits.idleTimeoutMs > 0 ? { 'grpc.max_connection_idle_ms': limits.idleTimeoutMs } : {}),
-    ...(limits.maxConnectionAgeMs > 0 ? { 'grpc.max_connection_age_ms': limits.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': limits.maxConnectionAgeGraceMs } : {}),
+    ...(limits.maxConnectionAgeMs > 0
+      ? { 'grpc.max_connection_age_ms': limits.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': limits.maxConnectionAgeGraceMs }
+      : {}),
     'grpc.max_concurrent_streams': limits.maxConcurrentStreams,
   };
 }
@@ -95,16 +89,11 @@ export class SvidServer {
   readonly grpc: grpc.Server;
   readonly authenticator: ConnectionAuthenticator;
   readonly #tls: TlsServer;
+  readonly #gate: ConnectionGate;
   readonly #logger: Logger;
-  readonly #sockets = new Set<TLSSocket>();
-  /** Every accepted TCP connection until it closes, handshaking or not. */
-  readonly #raw = new Set<Socket>();
   readonly #limits: ConnectionLimits;
-  readonly #observer: TransportObserver;
-  readonly #throttle: LogThrottle;
   readonly #unsubscribe: () => void;
   #injector: ReturnType<grpc.Server['createConnectionInjector']> | undefined;
-  #accepted = 0;
   /** Calls started and not yet ended. */
   #activeCalls = 0;
   #onIdle: (() => void) | undefined;
@@ -113,8 +102,6 @@ export class SvidServer {
   constructor(options: SvidServerOptions) {
     this.#logger = options.logger;
     this.#limits = { ...DEFAULT_CONNECTION_LIMITS, ...options.limits };
-    this.#observer = options.observer ?? {};
-    this.#throttle = new LogThrottle(options.logger);
     this.authenticator = new ConnectionAuthenticator({
       bundles: options.bundles,
       logger: options.logger,
@@ -136,20 +123,11 @@ export class SvidServer {
       ALPNProtocols: ['h2'],
       handshakeTimeout: this.#limits.handshakeTimeoutMs,
     });
-    this.#tls.maxConnections = this.#limits.maxConnections;
-    this.#tls.on('drop', (data?: { remoteAddress?: string; remotePort?: number }) => {
-      this.#observer.connectionRefused?.('max-connections');
-      this.#throttle.log('warn', 'max-connections', { peer: `${data?.remoteAddress ?? 'unknown'}:${data?.remotePort ?? 0}`, maxConnections: this.#limits.maxConnections }, 'connection refused: the connection limit is reached');
-    });
-    this.#tls.on('connection', (raw: Socket) => this.#onConnection(raw));
-    this.#tls.on('secureConnection', (socket: TLSSocket) => this.#onSecureConnection(socket));
-    this.#tls.on('tlsClientError', (err: Error & { code?: string }, socket) => {
-      // With a listener attached Node leaves the socket open: a peer that never finishes its
-      // handshake would hold it (and a file descriptor) forever.
-      socket.destroy();
-      const reason: HandshakeFailure = err.code === 'ERR_TLS_HANDSHAKE_TIMEOUT' ? 'timeout' : 'tls-error';
-      this.#observer.handshakeFailed?.(reason);
-      this.#throttle.log('info', `handshake-${reason}`, { peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}`, err: err.message.slice(0, 200) }, 'TLS handshake failed; connection closed');
+    this.#gate = new ConnectionGate(this.#tls, {
+      limits: this.#limits,
+      observer: options.observer ?? {},
+      logger: options.logger,
+      authenticator: this.authenticator,
     });
     this.#unsubscribe = options.identity.onChange((next) => {
       this.#tls.setSecureContext(secureContextOptions(next));
@@ -160,6 +138,7 @@ export class SvidServer {
   /** Starts listening on `host:port` (port 0 picks a free one) and resolves with the bound port. */
   async listen(host: string, port: number): Promise<number> {
     this.#injector ??= this.grpc.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    this.#gate.injectInto(this.#injector);
     await new Promise<void>((resolve, reject) => {
       this.#tls.once('error', reject);
       this.#tls.listen(port, host, () => {
@@ -172,17 +151,17 @@ export class SvidServer {
 
   /** Connections open now that finished their TLS handshake. */
   get connectionCount(): number {
-    return this.#sockets.size;
+    return this.#gate.authenticated;
   }
 
   /** TCP connections open now, in their handshake or past it. */
   get openConnections(): number {
-    return this.#raw.size;
+    return this.#gate.open;
   }
 
   /** Connections still in their TLS handshake (not authenticated yet). */
   get handshakesInProgress(): number {
-    return Math.max(0, this.#raw.size - this.#sockets.size);
+    return this.#gate.handshaking;
   }
 
   get limits(): ConnectionLimits {
@@ -191,7 +170,7 @@ export class SvidServer {
 
   /** Connections accepted since start (TLS handshake completed). */
   get connectionsAccepted(): number {
-    return this.#accepted;
+    return this.#gate.accepted;
   }
 
   /** True once shutdown() was called. */
@@ -211,14 +190,17 @@ export class SvidServer {
    * (another replica). At the deadline whatever is left is cancelled.
    */
   shutdown(graceMs = 10_000): Promise<void> {
-    this.#shutdown ??= this.#drain(graceMs);
+    if (!this.#shutdown) {
+      this.#gate.drain();
+      this.#shutdown = this.#drain(graceMs);
+    }
     return this.#shutdown;
   }
 
   async #drain(graceMs: number): Promise<void> {
     this.#unsubscribe();
     const closed = new Promise<void>((resolve) => this.#tls.close(() => resolve()));
-    const openAtStart = this.#sockets.size;
+    const openAtStart = this.#gate.authenticated;
     const drained = new Promise<'drained'>((resolve) => this.grpc.tryShutdown(() => resolve('drained')));
     // Sessions end once their clients close them after the GOAWAY; a client that keeps an idle
     // connection open must not hold the shutdown: once no call is in flight, the rest is cut.
@@ -245,12 +227,7 @@ export class SvidServer {
       this.#logger.info({ connections: openAtStart, drainMs: Date.now() - started }, 'gRPC calls drained');
     }
     clearTimeout(deadlineTimer);
-    const sockets = [...this.#sockets, ...this.#raw];
-    for (const socket of sockets) socket.destroy();
-    // Resolved only once every connection is gone: 'close' comes a tick after destroy() (and after
-    // `socket.closed` turns true), and that event is what takes a socket out of the two sets.
-    const tracked = (socket: Socket) => this.#sockets.has(socket as TLSSocket) || this.#raw.has(socket);
-    await Promise.all(sockets.map((socket) => new Promise<void>((resolve) => (tracked(socket) ? socket.once('close', () => resolve()) : resolve()))));
+    await this.#gate.closeAll();
     await closed;
   }
 
@@ -273,48 +250,5 @@ export class SvidServer {
         },
       });
     };
-  }
-
-
-  /** A new TCP connection (its TLS handshake starts now): refused at once when too many are mid-handshake. */
-  #onConnection(raw: Socket): void {
-    if (this.#shutdown) {
-      raw.destroy();
-      this.#observer.connectionRefused?.('draining');
-      return;
-    }
-    if (this.handshakesInProgress >= this.#limits.maxHandshakes) {
-      raw.destroy();
-      this.#observer.connectionRefused?.('max-handshakes');
-      this.#throttle.log('warn', 'max-handshakes', { peer: `${raw.remoteAddress ?? 'unknown'}:${raw.remotePort ?? 0}`, maxHandshakes: this.#limits.maxHandshakes }, 'connection refused: too many TLS handshakes in progress');
-      return;
-    }
-    this.#raw.add(raw);
-    raw.once('close', () => this.#raw.delete(raw));
-  }
-
-  #onSecureConnection(socket: TLSSocket): void {
-    this.#accepted += 1;
-    this.#sockets.add(socket);
-    socket.once('close', () => this.#sockets.delete(socket));
-    if (this.#shutdown) {
-      // Accepted before the listener closed, handshaken after: the broker is draining, not serving.
-      socket.destroy();
-      this.#observer.connectionRefused?.('draining');
-      return;
-    }
-    if (socket.alpnProtocol !== 'h2') {
-      this.#throttle.log('info', 'no-h2', { peer: `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}` }, 'connection closed: client did not negotiate HTTP/2 (ALPN h2)');
-      this.#observer.connectionRefused?.('no-h2');
-      socket.destroy();
-      return;
-    }
-    this.#observer.connectionAccepted?.();
-    if (!this.authenticator.admit(socket).ok) this.#observer.connectionRefused?.('not-an-svid');
-    if (!this.#injector) {
-      socket.destroy();
-      return;
-    }
-    this.#injector.injectConnection(socket);
   }
 }

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { parseDuration, parseListenAddress } from '../../src/cli/options.js';
-import { parsePolicy } from '../../src/policy/policy.js';
+import { parsePolicy } from '../../src/policy/policy-document.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -579,7 +579,10 @@ describe.each(OVERLAYS)('deploy/overlays/$overlay', (expected) => {
     }
     expect(egress.some((rule) => ruleAllowsPort(rule, 53, 'UDP'))).toBe(true);
     expect(egress.some((rule) => ruleAllowsPort(rule, 5432, 'TCP'))).toBe(true);
-    expect(egress.every((rule) => (rule.ports?.length ?? 0) > 0), 'no egress rule opens every port').toBe(true);
+    expect(
+      egress.every((rule) => (rule.ports?.length ?? 0) > 0),
+      'no egress rule opens every port',
+    ).toBe(true);
     // With CloudNativePG, PostgreSQL egress goes to that cluster's pods only.
     const cluster = r.all<CnpgCluster>('Cluster')[0];
     const pgRules = egress.filter((rule) => ruleAllowsPort(rule, 5432, 'TCP'));
@@ -639,12 +642,18 @@ describe.each(OVERLAYS)('deploy/overlays/$overlay', (expected) => {
     expect(policy.admins.length).toBeGreaterThan(0);
     // Default deny: someone no rule names gets nothing, not even with a catch-all request.
     const stranger = SpiffeId.parse(`spiffe://${TRUST_DOMAIN}/ns/elsewhere/sa/stranger`);
-    expect(policy.decide({ caller: stranger, action: 'report.read', audience: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/reports`, scopes: ['reports:read'] }).allowed).toBe(false);
+    expect(
+      policy.decide({ caller: stranger, action: 'report.read', audience: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/reports`, scopes: ['reports:read'] }).allowed,
+    ).toBe(false);
     expect(policy.adminDecision(stranger).allowed).toBe(false);
     // And a named caller gets only what its rule says.
     const worker = SpiffeId.parse(`spiffe://${TRUST_DOMAIN}/ns/demo/sa/worker`);
-    expect(policy.decide({ caller: worker, action: 'report.delete', audience: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/reports`, scopes: ['reports:read'] }).allowed).toBe(false);
-    expect(policy.decide({ caller: worker, action: 'report.read', audience: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/reports`, scopes: ['reports:write'] }).allowed).toBe(false);
+    expect(
+      policy.decide({ caller: worker, action: 'report.delete', audience: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/reports`, scopes: ['reports:read'] }).allowed,
+    ).toBe(false);
+    expect(
+      policy.decide({ caller: worker, action: 'report.read', audience: `spiffe://${TRUST_DOMAIN}/ns/demo/sa/reports`, scopes: ['reports:write'] }).allowed,
+    ).toBe(false);
     expect(policy.adminDecision(worker).allowed).toBe(false);
   });
 
@@ -663,12 +672,18 @@ describe.each(OVERLAYS)('deploy/overlays/$overlay', (expected) => {
       kekSecret = r.deployment.spec.template.spec.volumes?.find((v) => v.name === mount?.name)?.secret?.secretName;
     }
     expect(kekSecret, 'the KEK comes from a Secret reference').toBeTruthy();
-    expect((r.broker.args ?? []).some((a) => a.startsWith('--kek')), 'no KEK on the command line').toBe(false);
+    expect(
+      (r.broker.args ?? []).some((a) => a.startsWith('--kek')),
+      'no KEK on the command line',
+    ).toBe(false);
     // The Secret is created out of band (deploy/README.md), never rendered from the repository.
     expect(r.objects.filter((o) => o.kind === 'Secret' && o.metadata.name === kekSecret)).toEqual([]);
     for (const secret of r.all<K8sObject>('Secret')) {
       const values = [...Object.values(secret.data ?? {}), ...Object.values(secret.stringData ?? {})];
-      expect(values.filter((v) => v.length > 0), `Secret/${secret.metadata.name} carries values`).toEqual([]);
+      expect(
+        values.filter((v) => v.length > 0),
+        `Secret/${secret.metadata.name} carries values`,
+      ).toEqual([]);
     }
     // No 32-byte base64 key and no PEM private key anywhere in the output.
     expect(r.text).not.toMatch(/(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{43}=(?![A-Za-z0-9+/=])/);
@@ -741,7 +756,11 @@ describe('deploy/examples', () => {
     const clients = r.one<ClusterSpiffeId>('ClusterSPIFFEID', 'task-broker-clients');
     const namespace = pod?.metadata.namespace ?? '';
     expect(spiffeIdApplies(clients, pod?.metadata.labels ?? {}, { 'kubernetes.io/metadata.name': namespace })).toBe(true);
-    const id = renderSpiffeIdTemplate(clients.spec.spiffeIDTemplate, { trustDomain: TRUST_DOMAIN, namespace, serviceAccount: spec.serviceAccountName ?? 'default' });
+    const id = renderSpiffeIdTemplate(clients.spec.spiffeIDTemplate, {
+      trustDomain: TRUST_DOMAIN,
+      namespace,
+      serviceAccount: spec.serviceAccountName ?? 'default',
+    });
     expect(parsePolicy(policyText(r), 'policy').adminDecision(SpiffeId.parse(id)).allowed).toBe(true);
     expect(spec.volumes?.find((v) => v.csi?.driver === CSI_DRIVER)?.csi?.readOnly).toBe(true);
     const admin = containerNamed(spec, 'admin');
@@ -758,7 +777,8 @@ describe('deploy/examples', () => {
 
   it('federation.yaml declares a federated trust domain for the same controller-manager class as the ClusterSPIFFEIDs', async () => {
     const objects = await load('federation.yaml');
-    const ftd = objects.find((o) => o.kind === 'ClusterFederatedTrustDomain') as (K8sObject & { spec: { className?: string; trustDomain: string } }) | undefined;
+    const ftd = objects.find((o) => o.kind === 'ClusterFederatedTrustDomain') as
+      (K8sObject & { spec: { className?: string; trustDomain: string } }) | undefined;
     expect(ftd?.apiVersion).toBe('spire.spiffe.io/v1alpha1');
     const r = await rendered('production');
     expect(ftd?.spec.className).toBe(r.one<ClusterSpiffeId>('ClusterSPIFFEID', 'task-broker').spec.className);
@@ -825,7 +845,10 @@ describe('Dockerfile', () => {
     const runtime = (await load()).at(-1) as DockerStage;
     const copies = runtime.lines.filter((l) => /^COPY /i.test(l));
     for (const needed of ['dist/', 'bin/', 'proto/', 'migrations/', 'node_modules/', 'package.json']) {
-      expect(copies.some((l) => l.includes(`--from=`) && l.includes(needed)), needed).toBe(true);
+      expect(
+        copies.some((l) => l.includes(`--from=`) && l.includes(needed)),
+        needed,
+      ).toBe(true);
     }
     const entrypoint = runtime.lines.find((l) => /^ENTRYPOINT /i.test(l)) ?? '';
     expect(entrypoint).toContain('bin/task-broker.js');
@@ -838,10 +861,16 @@ describe('Dockerfile', () => {
   it('keeps host dependencies, build output and git history out of the build context', async () => {
     const ignored = (await readFile(join(ROOT, '.dockerignore'), 'utf8')).split(/\r?\n/).map((l) => l.trim());
     for (const entry of ['node_modules/', 'dist/', '.git/', 'src/gen/']) {
-      expect(ignored.some((l) => l === entry || l === `**/${entry}` || l === entry.replace(/\/$/, '')), entry).toBe(true);
+      expect(
+        ignored.some((l) => l === entry || l === `**/${entry}` || l === entry.replace(/\/$/, '')),
+        entry,
+      ).toBe(true);
     }
     for (const needed of ['src', 'proto', 'migrations', 'bin', 'package.json', 'package-lock.json']) {
-      expect(ignored.some((l) => l === needed || l === `${needed}/`), `${needed} must stay in the context`).toBe(false);
+      expect(
+        ignored.some((l) => l === needed || l === `${needed}/`),
+        `${needed} must stay in the context`,
+      ).toBe(false);
     }
   });
 });

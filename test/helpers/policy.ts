@@ -3,7 +3,8 @@
  * with audiences in those trust domains (so non-policy tests are not about policy), and names
  * one admin.
  */
-import { parsePolicy, type Policy } from '../../src/policy/policy.js';
+import type { Policy } from '../../src/policy/policy.js';
+import { parsePolicy } from '../../src/policy/policy-document.js';
 import { StaticPolicySource } from '../../src/policy/policy-source.js';
 
 export const ADMIN = 'spiffe://a.test/ns/platform/sa/admin';

@@ -6,7 +6,8 @@ import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { parsePolicy, PolicyError, type Policy } from '../../src/policy/policy.js';
+import { PolicyError, type Policy } from '../../src/policy/policy.js';
+import { parsePolicy } from '../../src/policy/policy-document.js';
 import { FilePolicySource, StaticPolicySource } from '../../src/policy/policy-source.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
 import { capturedLogger } from '../helpers/logs.js';
@@ -25,8 +26,7 @@ rules:
 `;
 }
 
-const decide = (policy: Policy | undefined, action: string) =>
-  policy?.decide({ caller: SpiffeId.parse(WORKER), action, audience: AUDIENCE, scopes: [] });
+const decide = (policy: Policy | undefined, action: string) => policy?.decide({ caller: SpiffeId.parse(WORKER), action, audience: AUDIENCE, scopes: [] });
 
 /**
  * Polls `condition` every 10 ms until it holds. The change it waits for ends the wait; the timeout

@@ -5,7 +5,8 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { parseDurationSeconds, parsePolicy, PolicyError, type Policy, type PolicyDecision, type PolicyRequest } from '../../src/policy/policy.js';
+import { PolicyError, type Policy, type PolicyDecision, type PolicyRequest } from '../../src/policy/policy.js';
+import { parseDurationSeconds, parsePolicy } from '../../src/policy/policy-document.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
 
 const id = (s: string) => SpiffeId.parse(s);
@@ -131,7 +132,9 @@ describe('Policy.decide', () => {
     expectAllowed(pattern.decide(request({ audience: 'spiffe://example.org/ns/ops/sa/reports' })));
     expectDenied(pattern.decide(request({ audience: 'spiffe://example.org/ns/billing' })));
     expectDenied(pattern.decide(request({ audience: 'spiffe://other.org/ns/billing/sa/a' })));
-    expect(expectDenied(pattern.decide(request({ audience: 'https://billing.example.org' })))).toBe('rule "r1": audience "https://billing.example.org" is not a valid SPIFFE ID');
+    expect(expectDenied(pattern.decide(request({ audience: 'https://billing.example.org' })))).toBe(
+      'rule "r1": audience "https://billing.example.org" is not a valid SPIFFE ID',
+    );
   });
 
   it('scopes: the requested ones must be a subset, or any with "*"', () => {
@@ -252,7 +255,10 @@ rules: []
 
   it('has no admins when the list is absent', () => {
     const none = parsePolicy('version: 1\nrules: []\n', 'p');
-    expect(none.adminDecision(id('spiffe://example.org/ns/platform/sa/admin'))).toMatchObject({ allowed: false, reason: expect.stringContaining('names no admins') });
+    expect(none.adminDecision(id('spiffe://example.org/ns/platform/sa/admin'))).toMatchObject({
+      allowed: false,
+      reason: expect.stringContaining('names no admins'),
+    });
   });
 });
 
@@ -279,16 +285,48 @@ describe('validation', () => {
   it.each<[string, string, RegExp | string]>([
     ['unknown top-level key', `version: 1\nrule: []\nrules: []\n`, 'policy.yaml: rule: unknown key (expected one of: version, admins, rules)'],
     ['unknown key inside a rule', `version: 1\nrules:${VALID_RULE}    require_aproval: true\n`, /^policy\.yaml: rules\[0\]\.require_aproval: unknown key/],
-    ['unknown key inside callers', `version: 1\nrules:\n  - name: x\n    callers: { spiffe_id: ["${WORKER}"] }\n    actions: [a]\n    audiences: ["${INVOICES}"]\n    scopes: [s]\n`, /^policy\.yaml: rules\[0\]\.callers\.spiffe_id: unknown key/],
+    [
+      'unknown key inside callers',
+      `version: 1\nrules:\n  - name: x\n    callers: { spiffe_id: ["${WORKER}"] }\n    actions: [a]\n    audiences: ["${INVOICES}"]\n    scopes: [s]\n`,
+      /^policy\.yaml: rules\[0\]\.callers\.spiffe_id: unknown key/,
+    ],
     ['duplicate rule name', `version: 1\nrules:${VALID_RULE}${VALID_RULE}`, 'policy.yaml: rules[1].name: duplicate rule name "ok" (also rules[0])'],
     ['bad rule name', `version: 1\nrules:${VALID_RULE.replace('name: ok', 'name: Bad Name')}`, /^policy\.yaml: rules\[0\]\.name: "Bad Name" must be/],
-    ['bad audience pattern', `version: 1\nrules:${VALID_RULE}${VALID_RULE.replace('name: ok', 'name: two').replace(INVOICES, 'spiffe://example.org/ns/billing-*')}`, 'policy.yaml: rules[1].audiences[0]: spiffe id pattern "spiffe://example.org/ns/billing-*": "billing-*": a wildcard must be a whole segment (\'*\' or a trailing \'**\')'],
-    ['bad caller ID', `version: 1\nrules:${VALID_RULE.replace(WORKER, 'spiffe://Example.org/x')}`, /^policy\.yaml: rules\[0\]\.callers\.spiffe_ids\[0\]: spiffe id pattern "spiffe:\/\/Example\.org\/x": /],
-    ['wildcard trust domain', `version: 1\nadmins: ["spiffe://*/admin"]\nrules: []\n`, /^policy\.yaml: admins\[0\]: spiffe id pattern "spiffe:\/\/\*\/admin": the trust domain cannot contain a wildcard/],
-    ['bad trust domain', `version: 1\nrules:\n  - name: x\n    callers: { trust_domains: ["Partner.test"] }\n    actions: [a]\n    audiences: ["${INVOICES}"]\n    scopes: [s]\n`, /^policy\.yaml: rules\[0\]\.callers\.trust_domains\[0\]: trust domain "Partner\.test": /],
-    ['trust domain given as an ID', `version: 1\nrules:\n  - name: x\n    callers: { trust_domains: ["spiffe://partner.test"] }\n    actions: [a]\n    audiences: ["${INVOICES}"]\n    scopes: [s]\n`, /^policy\.yaml: rules\[0\]\.callers\.trust_domains\[0\]: .*without spiffe:\/\//],
-    ['bad duration', `version: 1\nrules:${VALID_RULE}    max_task_ttl: 1 hour\n`, 'policy.yaml: rules[0].max_task_ttl: duration must be whole seconds or look like 90s, 5m, 1h or 7d, got "1 hour"'],
-    ['fractional duration', `version: 1\nrules:${VALID_RULE}    max_token_ttl: 1.5\n`, /^policy\.yaml: rules\[0\]\.max_token_ttl: duration must be whole seconds/],
+    [
+      'bad audience pattern',
+      `version: 1\nrules:${VALID_RULE}${VALID_RULE.replace('name: ok', 'name: two').replace(INVOICES, 'spiffe://example.org/ns/billing-*')}`,
+      'policy.yaml: rules[1].audiences[0]: spiffe id pattern "spiffe://example.org/ns/billing-*": "billing-*": a wildcard must be a whole segment (\'*\' or a trailing \'**\')',
+    ],
+    [
+      'bad caller ID',
+      `version: 1\nrules:${VALID_RULE.replace(WORKER, 'spiffe://Example.org/x')}`,
+      /^policy\.yaml: rules\[0\]\.callers\.spiffe_ids\[0\]: spiffe id pattern "spiffe:\/\/Example\.org\/x": /,
+    ],
+    [
+      'wildcard trust domain',
+      `version: 1\nadmins: ["spiffe://*/admin"]\nrules: []\n`,
+      /^policy\.yaml: admins\[0\]: spiffe id pattern "spiffe:\/\/\*\/admin": the trust domain cannot contain a wildcard/,
+    ],
+    [
+      'bad trust domain',
+      `version: 1\nrules:\n  - name: x\n    callers: { trust_domains: ["Partner.test"] }\n    actions: [a]\n    audiences: ["${INVOICES}"]\n    scopes: [s]\n`,
+      /^policy\.yaml: rules\[0\]\.callers\.trust_domains\[0\]: trust domain "Partner\.test": /,
+    ],
+    [
+      'trust domain given as an ID',
+      `version: 1\nrules:\n  - name: x\n    callers: { trust_domains: ["spiffe://partner.test"] }\n    actions: [a]\n    audiences: ["${INVOICES}"]\n    scopes: [s]\n`,
+      /^policy\.yaml: rules\[0\]\.callers\.trust_domains\[0\]: .*without spiffe:\/\//,
+    ],
+    [
+      'bad duration',
+      `version: 1\nrules:${VALID_RULE}    max_task_ttl: 1 hour\n`,
+      'policy.yaml: rules[0].max_task_ttl: duration must be whole seconds or look like 90s, 5m, 1h or 7d, got "1 hour"',
+    ],
+    [
+      'fractional duration',
+      `version: 1\nrules:${VALID_RULE}    max_token_ttl: 1.5\n`,
+      /^policy\.yaml: rules\[0\]\.max_token_ttl: duration must be whole seconds/,
+    ],
     ['zero duration', `version: 1\nrules:${VALID_RULE}    max_token_ttl: 0s\n`, 'policy.yaml: rules[0].max_token_ttl: duration must be positive, got "0s"'],
     ['wrong version', `version: 2\nrules: []\n`, 'policy.yaml: version: must be 1, got number 2'],
     ['version as a string', `version: "1"\nrules: []\n`, 'policy.yaml: version: must be 1, got "1"'],
@@ -297,16 +335,44 @@ describe('validation', () => {
     ['duplicate YAML key at top level', `version: 1\nrules: []\nversion: 1\n`, /^policy\.yaml: version: duplicate key \(at line 3, column 1\)/],
     ['duplicate YAML key inside a rule', `version: 1\nrules:${VALID_RULE}    scopes: ["*"]\n`, /^policy\.yaml: rules\[0\]\.scopes: duplicate key/],
     ['empty actions', `version: 1\nrules:${VALID_RULE.replace('actions: ["a"]', 'actions: []')}`, 'policy.yaml: rules[0].actions: must not be empty'],
-    ['empty audiences', `version: 1\nrules:${VALID_RULE.replace(`audiences: ["${INVOICES}"]`, 'audiences: []')}`, 'policy.yaml: rules[0].audiences: must not be empty'],
+    [
+      'empty audiences',
+      `version: 1\nrules:${VALID_RULE.replace(`audiences: ["${INVOICES}"]`, 'audiences: []')}`,
+      'policy.yaml: rules[0].audiences: must not be empty',
+    ],
     ['empty scopes', `version: 1\nrules:${VALID_RULE.replace('scopes: ["s"]', 'scopes: []')}`, 'policy.yaml: rules[0].scopes: must not be empty'],
-    ['empty spiffe_ids', `version: 1\nrules:${VALID_RULE.replace(`spiffe_ids: ["${WORKER}"]`, 'spiffe_ids: []')}`, 'policy.yaml: rules[0].callers.spiffe_ids: must not be empty'],
-    ['no callers at all', `version: 1\nrules:${VALID_RULE.replace(`{ spiffe_ids: ["${WORKER}"] }`, '{}')}`, 'policy.yaml: rules[0].callers: needs at least one entry in spiffe_ids or trust_domains'],
+    [
+      'empty spiffe_ids',
+      `version: 1\nrules:${VALID_RULE.replace(`spiffe_ids: ["${WORKER}"]`, 'spiffe_ids: []')}`,
+      'policy.yaml: rules[0].callers.spiffe_ids: must not be empty',
+    ],
+    [
+      'no callers at all',
+      `version: 1\nrules:${VALID_RULE.replace(`{ spiffe_ids: ["${WORKER}"] }`, '{}')}`,
+      'policy.yaml: rules[0].callers: needs at least one entry in spiffe_ids or trust_domains',
+    ],
     ['missing scopes', `version: 1\nrules:${VALID_RULE.replace('    scopes: ["s"]\n', '')}`, 'policy.yaml: rules[0].scopes: is required'],
-    ['"*" mixed with actions', `version: 1\nrules:${VALID_RULE.replace('actions: ["a"]', 'actions: ["a", "*"]')}`, 'policy.yaml: rules[0].actions[1]: "*" (any) must be the only entry of the list'],
-    ['scope with a space', `version: 1\nrules:${VALID_RULE.replace('scopes: ["s"]', 'scopes: ["a b"]')}`, /^policy\.yaml: rules\[0\]\.scopes\[0\]: "a b" must be non-empty printable ASCII/],
+    [
+      '"*" mixed with actions',
+      `version: 1\nrules:${VALID_RULE.replace('actions: ["a"]', 'actions: ["a", "*"]')}`,
+      'policy.yaml: rules[0].actions[1]: "*" (any) must be the only entry of the list',
+    ],
+    [
+      'scope with a space',
+      `version: 1\nrules:${VALID_RULE.replace('scopes: ["s"]', 'scopes: ["a b"]')}`,
+      /^policy\.yaml: rules\[0\]\.scopes\[0\]: "a b" must be non-empty printable ASCII/,
+    ],
     ['actions not a list', `version: 1\nrules:${VALID_RULE.replace('actions: ["a"]', 'actions: a')}`, 'policy.yaml: rules[0].actions: must be a list, got "a"'],
-    ['action not a string', `version: 1\nrules:${VALID_RULE.replace('actions: ["a"]', 'actions: [1]')}`, 'policy.yaml: rules[0].actions[0]: must be a string, got number 1'],
-    ['require_approval not a boolean', `version: 1\nrules:${VALID_RULE}    require_approval: "yes"\n`, 'policy.yaml: rules[0].require_approval: must be true or false, got "yes"'],
+    [
+      'action not a string',
+      `version: 1\nrules:${VALID_RULE.replace('actions: ["a"]', 'actions: [1]')}`,
+      'policy.yaml: rules[0].actions[0]: must be a string, got number 1',
+    ],
+    [
+      'require_approval not a boolean',
+      `version: 1\nrules:${VALID_RULE}    require_approval: "yes"\n`,
+      'policy.yaml: rules[0].require_approval: must be true or false, got "yes"',
+    ],
     ['rule not a mapping', `version: 1\nrules:\n  - billing\n`, 'policy.yaml: rules[0]: must be a mapping, got "billing"'],
     ['rules not a list', `version: 1\nrules: {}\n`, 'policy.yaml: rules: must be a list, got a mapping'],
     ['empty document', ``, /^policy\.yaml: the document is empty/],
@@ -329,7 +395,9 @@ describe('validation', () => {
       const e = err as PolicyError;
       expect(e.source).toBe('/etc/task-broker/policy.yaml');
       expect(e.path).toBe('rules[0].audiences[0]');
-      expect(e.message).toBe(`/etc/task-broker/policy.yaml: rules[0].audiences[0]: spiffe id pattern "spiffe://example.org/a/**/b": '**' is only allowed as the last segment`);
+      expect(e.message).toBe(
+        `/etc/task-broker/policy.yaml: rules[0].audiences[0]: spiffe id pattern "spiffe://example.org/a/**/b": '**' is only allowed as the last segment`,
+      );
     }
   });
 

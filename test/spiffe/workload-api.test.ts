@@ -15,7 +15,8 @@ import { svidChannelOptions } from '../../src/client/credentials.js';
 import { createRootCa, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
 import { startTaskBroker, type RunningTaskBroker } from '../../src/app/broker.js';
 import { certificateThumbprint, parseDerCertificates, parsePemCertificates } from '../../src/spiffe/certificate.js';
-import { Backoff, parseWorkloadApiAddress, WorkloadApiClient, workloadApiProto, WORKLOAD_API_HEADER } from '../../src/spiffe/workload-api.js';
+import { parseWorkloadApiAddress, WorkloadApiClient, workloadApiProto, WORKLOAD_API_HEADER } from '../../src/spiffe/workload-api.js';
+import { Backoff } from '../../src/spiffe/workload-api-stream.js';
 import { WorkloadApiSource, type WorkloadApiSourceOptions } from '../../src/spiffe/workload-api-source.js';
 import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
 import { runCli, startCli } from '../helpers/cli.js';
@@ -119,7 +120,11 @@ function bundlesResponse(bundles: Record<string, IssuedCertificate[]>) {
 
 describe('SPIFFE_ENDPOINT_SOCKET / --workload-api addresses', () => {
   it('accepts the forms of the Workload Endpoint spec', () => {
-    expect(parseWorkloadApiAddress('unix:///run/spire/sockets/agent.sock')).toEqual({ uri: 'unix:///run/spire/sockets/agent.sock', transport: 'unix', target: 'unix:///run/spire/sockets/agent.sock' });
+    expect(parseWorkloadApiAddress('unix:///run/spire/sockets/agent.sock')).toEqual({
+      uri: 'unix:///run/spire/sockets/agent.sock',
+      transport: 'unix',
+      target: 'unix:///run/spire/sockets/agent.sock',
+    });
     expect(parseWorkloadApiAddress('unix:/tmp/agent.sock').target).toBe('unix:///tmp/agent.sock');
     expect(parseWorkloadApiAddress('unix:///tmp/with%20space.sock').target).toBe('unix:///tmp/with space.sock');
     expect(parseWorkloadApiAddress('tcp://127.0.0.1:8000')).toMatchObject({ transport: 'tcp', target: 'ipv4:127.0.0.1:8000' });
@@ -293,7 +298,9 @@ describe('the broker on the Workload API', () => {
     const meanwhile: string[] = [];
     expect((await clientWith(broker.port, [a.root], me, meanwhile).whoAmI()).spiffeId).toBe('spiffe://a.test/w');
     expect(meanwhile).toEqual([certificateThumbprint(first.der)]);
-    const disconnect = await eventually(() => lines().find((l) => l.msg === 'Workload API stream disconnected; reconnecting' && l.stream === 'FetchX509SVID') ?? false);
+    const disconnect = await eventually(
+      () => lines().find((l) => l.msg === 'Workload API stream disconnected; reconnecting' && l.stream === 'FetchX509SVID') ?? false,
+    );
     expect(disconnect.reason).toEqual(expect.any(String));
     await eventually(() => lines().filter((l) => l.msg === 'Workload API stream could not be opened; retrying').length >= 2);
     await eventually(() => lines().some((l) => l.msg === 'no updates from the Workload API for a while; serving with the last SVID until it expires'));
@@ -384,10 +391,14 @@ describe('the broker on the Workload API', () => {
 
 describe('task-broker serve --workload-api', () => {
   it('refuses to combine the Workload API with SVID or bundle files, and gives up when no SVID comes in time', async () => {
-    const both = await runCli(['serve', '--workload-api', 'unix:///tmp/none.sock', '--svid-cert', 'a.pem', '--svid-key', 'a.key', '--kek', 'x'], { env: { TASK_BROKER_BUNDLES: '' } });
+    const both = await runCli(['serve', '--workload-api', 'unix:///tmp/none.sock', '--svid-cert', 'a.pem', '--svid-key', 'a.key', '--kek', 'x'], {
+      env: { TASK_BROKER_BUNDLES: '' },
+    });
     expect(both.code).toBe(2);
     expect(both.stderr).toMatch(/--workload-api \(or SPIFFE_ENDPOINT_SOCKET\) cannot be combined with --svid-cert, --svid-key/);
-    const badAddress = await runCli(['serve', '--kek', 'x'], { env: { SPIFFE_ENDPOINT_SOCKET: 'tcp://localhost:1', TASK_BROKER_SVID_CERT: '', TASK_BROKER_SVID_KEY: '', TASK_BROKER_BUNDLES: '' } });
+    const badAddress = await runCli(['serve', '--kek', 'x'], {
+      env: { SPIFFE_ENDPOINT_SOCKET: 'tcp://localhost:1', TASK_BROKER_SVID_CERT: '', TASK_BROKER_SVID_KEY: '', TASK_BROKER_BUNDLES: '' },
+    });
     expect(badAddress.code).toBe(2);
     expect(badAddress.stderr).toMatch(/--workload-api: .*IP address, not a host name/);
 

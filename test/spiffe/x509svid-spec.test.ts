@@ -22,7 +22,8 @@ import {
 import { initDevCa, mintDevSvid } from '../../src/devca/dev-ca.js';
 import { TrustBundleSet, type X509BundleSource } from '../../src/spiffe/bundle.js';
 import { parsePemCertificates } from '../../src/spiffe/certificate.js';
-import { verifyX509Svid, X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid.js';
+import { verifyX509Svid } from '../../src/spiffe/x509svid.js';
+import { X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid-error.js';
 import { bundleSet, issueLeaf, leafTemplate, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
 
 const HOUR = 3_600_000;
@@ -75,7 +76,8 @@ function signingTemplate(overrides: Partial<CertificateTemplate> = {}): Certific
   return { subject: 'O=test signing CA', uris: ['spiffe://a.test'], ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign, ...overrides };
 }
 
-const issueIntermediate = (overrides: Partial<CertificateTemplate> = {}, parent?: IssuedCertificate) => issueCertificate(signingTemplate(overrides), parent ?? a.root);
+const issueIntermediate = (overrides: Partial<CertificateTemplate> = {}, parent?: IssuedCertificate) =>
+  issueCertificate(signingTemplate(overrides), parent ?? a.root);
 
 describe('§2 SPIFFE ID', () => {
   it('"§2 An X.509 SVID MUST contain exactly one URI SAN": a leaf with no URI SAN is refused; one URI SAN beside DNS SANs is accepted', async () => {
@@ -130,7 +132,11 @@ describe('§3 Hierarchy', () => {
       /intermediate certificate "O=ca with path" SPIFFE ID "spiffe:\/\/a\.test\/ca" must not have a path component/,
     );
     const malformed = await issueIntermediate({ subject: 'O=ca with bad id', uris: ['spiffe://A.test'] });
-    expectRefused(chainOf(await issueLeaf(malformed, 'spiffe://a.test/w'), malformed), 'signing-certificate', /intermediate certificate "O=ca with bad id" URI SAN is not a valid SPIFFE ID/);
+    expectRefused(
+      chainOf(await issueLeaf(malformed, 'spiffe://a.test/w'), malformed),
+      'signing-certificate',
+      /intermediate certificate "O=ca with bad id" URI SAN is not a valid SPIFFE ID/,
+    );
     // Without a path, or without a SPIFFE ID at all ("if present"), the intermediate is fine.
     const plain = await issueIntermediate({ subject: 'O=ca without path' });
     expectAccepted(chainOf(await issueLeaf(plain, 'spiffe://a.test/w'), plain), 'spiffe://a.test/w');
@@ -147,7 +153,11 @@ describe('§3 Hierarchy', () => {
 
   it('"§3.2 Signing certificates MUST NOT be used for authentication purposes": a CA certificate presented as the leaf is refused', async () => {
     expectRefused(chainOf(a.intermediate), 'leaf-spiffe-id', /must have a non-root path component/);
-    const ca = await issueIntermediate({ subject: 'O=ca as leaf', uris: ['spiffe://a.test/ca-as-leaf'], keyUsage: KeyUsage.keyCertSign | KeyUsage.digitalSignature });
+    const ca = await issueIntermediate({
+      subject: 'O=ca as leaf',
+      uris: ['spiffe://a.test/ca-as-leaf'],
+      keyUsage: KeyUsage.keyCertSign | KeyUsage.digitalSignature,
+    });
     expectRefused(chainOf(ca), 'leaf-ca', /leaf certificate must not have CA flag set to true/);
     expectAccepted(chainOf(await issueLeaf(a.intermediate, 'spiffe://a.test/w'), a.intermediate), 'spiffe://a.test/w');
   });
@@ -156,9 +166,17 @@ describe('§3 Hierarchy', () => {
 describe('§4.1 Basic constraints', () => {
   it('"§4.1 Signing certificates MUST set the cA field to true": an intermediate with cA false, or without basicConstraints, is refused', async () => {
     const notCa = await issueIntermediate({ subject: 'O=not a ca', ca: false });
-    expectRefused(chainOf(await issueLeaf(notCa, 'spiffe://a.test/w'), notCa), 'signing-certificate', /intermediate certificate "O=not a ca" must have CA flag set to true/);
+    expectRefused(
+      chainOf(await issueLeaf(notCa, 'spiffe://a.test/w'), notCa),
+      'signing-certificate',
+      /intermediate certificate "O=not a ca" must have CA flag set to true/,
+    );
     const noBc = await issueIntermediate({ subject: 'O=no bc', ca: undefined });
-    expectRefused(chainOf(await issueLeaf(noBc, 'spiffe://a.test/w'), noBc), 'signing-certificate', /intermediate certificate "O=no bc" must have CA flag set to true/);
+    expectRefused(
+      chainOf(await issueLeaf(noBc, 'spiffe://a.test/w'), noBc),
+      'signing-certificate',
+      /intermediate certificate "O=no bc" must have CA flag set to true/,
+    );
     // "Valid X.509 SVID signing certificates MAY set the pathLenConstraint field."
     const ca = await issueIntermediate({ subject: 'O=ca', pathLength: 0 });
     expectAccepted(chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca), 'spiffe://a.test/w');
@@ -176,7 +194,11 @@ describe('§4.2 Name constraints', () => {
   const SENTENCE = '"§4.2 all SPIFFE IDs in subsequent certificates in a certification path MUST be located" within the name constraints';
 
   it(`${SENTENCE}: a leaf outside an intermediate's permitted URI subtree is refused`, async () => {
-    const elsewhere = await issueIntermediate({ subject: 'O=other.test only', nameConstraints: { permitted: [{ type: 'url', value: 'other.test' }] }, uris: undefined });
+    const elsewhere = await issueIntermediate({
+      subject: 'O=other.test only',
+      nameConstraints: { permitted: [{ type: 'url', value: 'other.test' }] },
+      uris: undefined,
+    });
     expectRefused(
       chainOf(await issueLeaf(elsewhere, 'spiffe://a.test/w'), elsewhere),
       'name-constraints',
@@ -188,7 +210,11 @@ describe('§4.2 Name constraints', () => {
 
   it(`${SENTENCE}: a leaf inside an excluded URI subtree is refused`, async () => {
     const excluding = await issueIntermediate({ subject: 'O=not a.test', nameConstraints: { excluded: [{ type: 'url', value: 'a.test' }] }, uris: undefined });
-    expectRefused(chainOf(await issueLeaf(excluding, 'spiffe://a.test/w'), excluding), 'name-constraints', /leaf certificate URI SAN "spiffe:\/\/a\.test\/w" is within the excluded URI name constraint "a\.test"/);
+    expectRefused(
+      chainOf(await issueLeaf(excluding, 'spiffe://a.test/w'), excluding),
+      'name-constraints',
+      /leaf certificate URI SAN "spiffe:\/\/a\.test\/w" is within the excluded URI name constraint "a\.test"/,
+    );
     const excludingOther = await issueIntermediate({ subject: 'O=not b.test', nameConstraints: { excluded: [{ type: 'url', value: 'b.test' }] } });
     expectAccepted(chainOf(await issueLeaf(excludingOther, 'spiffe://a.test/w'), excludingOther), 'spiffe://a.test/w');
   });
@@ -196,7 +222,12 @@ describe('§4.2 Name constraints', () => {
   it(`${SENTENCE}: a URI constraint ".a.test" covers hosts below a.test, not a.test itself (RFC 5280 4.2.1.10)`, async () => {
     const below = await issueIntermediate({ subject: 'O=below a.test', uris: undefined, nameConstraints: { permitted: [{ type: 'url', value: '.a.test' }] } });
     const source = trusting(a.root, 'a.test', 'prod.a.test');
-    expectRefused(chainOf(await issueLeaf(below, 'spiffe://a.test/w'), below), 'name-constraints', /not within the permitted URI name constraints \(\.a\.test\)/, source);
+    expectRefused(
+      chainOf(await issueLeaf(below, 'spiffe://a.test/w'), below),
+      'name-constraints',
+      /not within the permitted URI name constraints \(\.a\.test\)/,
+      source,
+    );
     expectAccepted(chainOf(await issueLeaf(below, 'spiffe://prod.a.test/w'), below), 'spiffe://prod.a.test/w', source);
   });
 
@@ -251,50 +282,90 @@ describe('§4.2 Name constraints', () => {
     ['rfc822Name', { type: 'email', value: 'a.test' }],
   ] as const)(`${SENTENCE}: a %s constraint cannot be evaluated and fails closed`, async (type, name) => {
     const ca = await issueIntermediate({ subject: `O=${type} constrained`, nameConstraints: { excluded: [name] } });
-    expectRefused(chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca), 'name-constraints', new RegExp(`intermediate certificate "O=${type} constrained" has a ${type} name constraint, which this verifier cannot evaluate`));
+    expectRefused(
+      chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca),
+      'name-constraints',
+      new RegExp(`intermediate certificate "O=${type} constrained" has a ${type} name constraint, which this verifier cannot evaluate`),
+    );
   });
 
   it(`${SENTENCE}: a non-critical nameConstraints extension is enforced all the same`, async () => {
-    const ca = await issueIntermediate({ subject: 'O=soft constraint', uris: undefined, nameConstraints: { permitted: [{ type: 'url', value: 'other.test' }], critical: false } });
+    const ca = await issueIntermediate({
+      subject: 'O=soft constraint',
+      uris: undefined,
+      nameConstraints: { permitted: [{ type: 'url', value: 'other.test' }], critical: false },
+    });
     expectRefused(chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca), 'name-constraints', /not within the permitted URI name constraints \(other\.test\)/);
   });
 });
 
 describe('§4.3 Key usage', () => {
   it('"§4.3 The key usage extension MUST be set on all SVIDs": a leaf or an intermediate without key usage is refused', async () => {
-    expectRefused(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: undefined })), 'leaf-key-usage', /leaf certificate must have 'digitalSignature' set as key usage/);
+    expectRefused(
+      chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: undefined })),
+      'leaf-key-usage',
+      /leaf certificate must have 'digitalSignature' set as key usage/,
+    );
     const noKu = await issueIntermediate({ subject: 'O=no ku', keyUsage: undefined });
-    expectRefused(chainOf(await issueLeaf(noKu, 'spiffe://a.test/w'), noKu), 'signing-certificate', /intermediate certificate "O=no ku" must have 'keyCertSign' set as key usage/);
+    expectRefused(
+      chainOf(await issueLeaf(noKu, 'spiffe://a.test/w'), noKu),
+      'signing-certificate',
+      /intermediate certificate "O=no ku" must have 'keyCertSign' set as key usage/,
+    );
     const ok = await issueIntermediate({ subject: 'O=ku' });
     expectAccepted(chainOf(await issueLeaf(ok, 'spiffe://a.test/w'), ok), 'spiffe://a.test/w');
   });
 
   it('"§4.3 The key usage extension ... MUST be marked critical": a leaf or an intermediate with a non-critical key usage is refused', async () => {
-    expectRefused(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsageCritical: false })), 'leaf-key-usage', /leaf certificate key usage extension must be marked critical/);
+    expectRefused(
+      chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsageCritical: false })),
+      'leaf-key-usage',
+      /leaf certificate key usage extension must be marked critical/,
+    );
     const soft = await issueIntermediate({ subject: 'O=soft ku', keyUsageCritical: false });
-    expectRefused(chainOf(await issueLeaf(soft, 'spiffe://a.test/w'), soft), 'signing-certificate', /intermediate certificate "O=soft ku" key usage extension must be marked critical/);
+    expectRefused(
+      chainOf(await issueLeaf(soft, 'spiffe://a.test/w'), soft),
+      'signing-certificate',
+      /intermediate certificate "O=soft ku" key usage extension must be marked critical/,
+    );
     const hard = await issueIntermediate({ subject: 'O=critical ku', keyUsageCritical: true });
     expectAccepted(chainOf(await issueLeaf(hard, 'spiffe://a.test/w', { keyUsageCritical: true }), hard), 'spiffe://a.test/w');
   });
 
   it('"§4.3 SVID signing certificates MUST set keyCertSign": an intermediate without keyCertSign is refused', async () => {
     const noKcs = await issueIntermediate({ subject: 'O=no kcs', keyUsage: KeyUsage.cRLSign | KeyUsage.digitalSignature });
-    expectRefused(chainOf(await issueLeaf(noKcs, 'spiffe://a.test/w'), noKcs), 'signing-certificate', /intermediate certificate "O=no kcs" must have 'keyCertSign' set as key usage/);
+    expectRefused(
+      chainOf(await issueLeaf(noKcs, 'spiffe://a.test/w'), noKcs),
+      'signing-certificate',
+      /intermediate certificate "O=no kcs" must have 'keyCertSign' set as key usage/,
+    );
     // "They MAY set cRLSign."
     const kcs = await issueIntermediate({ subject: 'O=kcs only', keyUsage: KeyUsage.keyCertSign });
     expectAccepted(chainOf(await issueLeaf(kcs, 'spiffe://a.test/w'), kcs), 'spiffe://a.test/w');
   });
 
   it('"§4.3 Leaf SVIDs MUST set digitalSignature": a leaf with keyEncipherment only is refused', async () => {
-    expectRefused(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: KeyUsage.keyEncipherment })), 'leaf-key-usage', /leaf certificate must have 'digitalSignature' set as key usage/);
+    expectRefused(
+      chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: KeyUsage.keyEncipherment })),
+      'leaf-key-usage',
+      /leaf certificate must have 'digitalSignature' set as key usage/,
+    );
     // "They MAY set keyEncipherment and/or keyAgreement."
     const leaf = await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: KeyUsage.digitalSignature | KeyUsage.keyEncipherment | KeyUsage.keyAgreement });
     expectAccepted(chainOf(leaf), 'spiffe://a.test/w');
   });
 
   it('"§4.3 Leaf SVIDs MUST NOT set keyCertSign or cRLSign": a leaf with either is refused', async () => {
-    expectRefused(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: KeyUsage.digitalSignature | KeyUsage.keyCertSign })), 'leaf-key-usage', /leaf certificate must not have 'keyCertSign' set as key usage/);
-    expectRefused(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: KeyUsage.digitalSignature | KeyUsage.cRLSign })), 'leaf-key-usage', /leaf certificate must not have 'cRLSign' set as key usage/);
+    expectRefused(
+      chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: KeyUsage.digitalSignature | KeyUsage.keyCertSign })),
+      'leaf-key-usage',
+      /leaf certificate must not have 'keyCertSign' set as key usage/,
+    );
+    expectRefused(
+      chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: KeyUsage.digitalSignature | KeyUsage.cRLSign })),
+      'leaf-key-usage',
+      /leaf certificate must not have 'cRLSign' set as key usage/,
+    );
     expectAccepted(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { keyUsage: KeyUsage.digitalSignature })), 'spiffe://a.test/w');
   });
 });
@@ -353,9 +424,17 @@ describe('§5.1 Path validation', () => {
 
   it(`${SENTENCE}: an unrecognized critical extension is refused`, async () => {
     const critical = new Extension('1.3.6.1.4.1.99999.1', true, new Uint8Array([0x05, 0x00]));
-    expectRefused(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { extraExtensions: [critical] })), 'critical-extension', /leaf certificate has an unsupported critical extension \(1\.3\.6\.1\.4\.1\.99999\.1\)/);
+    expectRefused(
+      chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { extraExtensions: [critical] })),
+      'critical-extension',
+      /leaf certificate has an unsupported critical extension \(1\.3\.6\.1\.4\.1\.99999\.1\)/,
+    );
     const ca = await issueIntermediate({ subject: 'O=odd ca', extraExtensions: [critical] });
-    expectRefused(chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca), 'critical-extension', /intermediate certificate "O=odd ca" has an unsupported critical extension/);
+    expectRefused(
+      chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca),
+      'critical-extension',
+      /intermediate certificate "O=odd ca" has an unsupported critical extension/,
+    );
     const benign = new Extension('1.3.6.1.4.1.99999.1', false, new Uint8Array([0x05, 0x00]));
     expectAccepted(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { extraExtensions: [benign] })), 'spiffe://a.test/w');
   });
@@ -383,7 +462,11 @@ describe('§5.2 Leaf validation', () => {
 
   it('"§5.2 The validator MUST also ensure that the scheme of the SPIFFE ID is set to spiffe": other schemes are refused', async () => {
     for (const uri of ['https://a.test/w', 'SPIFFE://a.test/w', 'spiffe:a.test/w']) {
-      expectRefused(chainOf(await issueLeaf(a.root, uri)), 'leaf-spiffe-id', /leaf certificate URI SAN is not a valid SPIFFE ID: spiffeid: scheme is missing or invalid/);
+      expectRefused(
+        chainOf(await issueLeaf(a.root, uri)),
+        'leaf-spiffe-id',
+        /leaf certificate URI SAN is not a valid SPIFFE ID: spiffeid: scheme is missing or invalid/,
+      );
     }
     expectAccepted(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w')), 'spiffe://a.test/w');
   });

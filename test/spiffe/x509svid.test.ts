@@ -7,7 +7,8 @@ import { beforeAll, describe, expect, it, vi } from 'vitest';
 import { createIntermediateCa, createRootCa, issueCertificate, KeyUsage, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
 import { TrustBundleSet } from '../../src/spiffe/bundle.js';
 import { parsePemCertificates } from '../../src/spiffe/certificate.js';
-import { MAX_PRESENTED_CERTIFICATES, MAX_SIGNATURE_CHECKS, verifyX509Svid, X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid.js';
+import { MAX_PRESENTED_CERTIFICATES, MAX_SIGNATURE_CHECKS, verifyX509Svid } from '../../src/spiffe/x509svid.js';
+import { X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid-error.js';
 import { bundleSet, issueLeaf, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
 
 let a: TrustDomainPki;
@@ -44,7 +45,9 @@ describe('verifyX509Svid', () => {
     const verified = verifyX509Svid(chainOf(leaf, a.intermediate), bundles);
     expect(verified.spiffeId.toString()).toBe('spiffe://a.test/ns/prod/sa/api');
     expect(verified.chain.map((c) => c.der)).toEqual([leaf.der, a.intermediate.der, a.root.der]);
-    expect(verified.validUntil.getTime()).toBe(Math.min(leaf.certificate.notAfter.getTime(), a.intermediate.certificate.notAfter.getTime(), a.root.certificate.notAfter.getTime()));
+    expect(verified.validUntil.getTime()).toBe(
+      Math.min(leaf.certificate.notAfter.getTime(), a.intermediate.certificate.notAfter.getTime(), a.root.certificate.notAfter.getTime()),
+    );
   });
 
   it('an intermediate without keyCertSign is named as the reason', async () => {
@@ -59,7 +62,7 @@ describe('verifyX509Svid', () => {
     expectFailure(chainOf(leaf, inter), 'signing-certificate', /must have CA flag set to true/);
   });
 
-  it('a chain is anchored only in the bundle of the leaf\'s own trust domain', async () => {
+  it("a chain is anchored only in the bundle of the leaf's own trust domain", async () => {
     const leaf = await mintX509Svid(b.root, 'spiffe://a.test/impostor');
     expectFailure(chainOf(leaf), 'unknown-authority', /no chain to the trust bundle of "a.test"/);
     // The same certificate would verify if b.test's CA were a.test's: the anchor choice is what refuses it.
@@ -119,7 +122,8 @@ describe('verifyX509Svid', () => {
     async function tangledChain(n: number): Promise<Uint8Array[]> {
       const first = await issueCertificate({ subject: 'CN=evil', ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign });
       const cas = [first];
-      for (let i = 1; i < n; i++) cas.push(await issueCertificate({ subject: 'CN=evil', ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign, keys: first.keys }, first));
+      for (let i = 1; i < n; i++)
+        cas.push(await issueCertificate({ subject: 'CN=evil', ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign, keys: first.keys }, first));
       const leaf = await issueLeaf(first, 'spiffe://a.test/x');
       return [leaf.der, ...cas.map((c) => c.der)];
     }

@@ -8,7 +8,7 @@ import { generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 import { Kysely, PostgresDialect } from 'kysely';
 import type { Actor } from '../../src/model/task.js';
-import { parsePolicy } from '../../src/policy/policy.js';
+import { parsePolicy } from '../../src/policy/policy-document.js';
 import { StaticPolicySource } from '../../src/policy/policy-source.js';
 import { WriteHealth, type Db, type Store } from '../../src/store/database.js';
 import type { Schema } from '../../src/store/schema.js';
