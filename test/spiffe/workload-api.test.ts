@@ -6,10 +6,8 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelOptions } from '../../src/client/credentials.js';
 import { createRootCa, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
@@ -18,6 +16,7 @@ import { certificateThumbprint, parseDerCertificates, parsePemCertificates } fro
 import { Backoff, parseWorkloadApiAddress, WorkloadApiClient, workloadApiProto, WORKLOAD_API_HEADER } from '../../src/spiffe/workload-api.js';
 import { WorkloadApiSource, type WorkloadApiSourceOptions } from '../../src/spiffe/workload-api-source.js';
 import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
+import { cleanupsAfterEach } from '../helpers/cleanup.js';
 import { runCli, startCli } from '../helpers/cli.js';
 import { createTestDatabase } from '../helpers/db.js';
 import { capturedLogger } from '../helpers/logs.js';
@@ -28,16 +27,8 @@ import { derOf, startFakeWorkloadApi, x509SvidMessage, type FakeWorkloadApi } fr
 const BROKER_ID = 'spiffe://a.test/task-broker';
 const FAST_BACKOFF = { initialMs: 50, maxMs: 400 };
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'tb-wl-'));
-  cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const cleanups = cleanupsAfterEach();
+const tempDir = () => cleanups.tempDir('tb-wl-');
 
 async function fakeAgent(): Promise<FakeWorkloadApi> {
   const agent = await startFakeWorkloadApi(join(await tempDir(), 'agent.sock'));
@@ -49,6 +40,14 @@ async function connectSource(options: WorkloadApiSourceOptions): Promise<Workloa
   const source = await WorkloadApiSource.connect({ backoff: FAST_BACKOFF, ...options });
   cleanups.push(() => source.close());
   return source;
+}
+
+/** A fake agent handing out `svid` as the broker's SVID and the root of `pki` as the only bundle. */
+async function agentServing(pki: TrustDomainPki, svid: IssuedCertificate): Promise<FakeWorkloadApi> {
+  const agent = await fakeAgent();
+  agent.setX509Svid(await svidResponse(svid, [pki.root]));
+  agent.setX509Bundles(bundlesResponse({ [pki.name]: [pki.root] }));
+  return agent;
 }
 
 /** A whole broker (on a fresh PostgreSQL database) whose SVID and bundles come from `source`; it may start before the first SVID. */
@@ -119,7 +118,11 @@ function bundlesResponse(bundles: Record<string, IssuedCertificate[]>) {
 
 describe('SPIFFE_ENDPOINT_SOCKET / --workload-api addresses', () => {
   it('accepts the forms of the Workload Endpoint spec', () => {
-    expect(parseWorkloadApiAddress('unix:///run/spire/sockets/agent.sock')).toEqual({ uri: 'unix:///run/spire/sockets/agent.sock', transport: 'unix', target: 'unix:///run/spire/sockets/agent.sock' });
+    expect(parseWorkloadApiAddress('unix:///run/spire/sockets/agent.sock')).toEqual({
+      uri: 'unix:///run/spire/sockets/agent.sock',
+      transport: 'unix',
+      target: 'unix:///run/spire/sockets/agent.sock',
+    });
     expect(parseWorkloadApiAddress('unix:/tmp/agent.sock').target).toBe('unix:///tmp/agent.sock');
     expect(parseWorkloadApiAddress('unix:///tmp/with%20space.sock').target).toBe('unix:///tmp/with space.sock');
     expect(parseWorkloadApiAddress('tcp://127.0.0.1:8000')).toMatchObject({ transport: 'tcp', target: 'ipv4:127.0.0.1:8000' });
@@ -273,12 +276,10 @@ describe('the broker on the Workload API', () => {
   });
 
   it('keeps serving with the last SVID while the agent is away, reconnects with backoff and picks up later updates', async () => {
-    const agent = await fakeAgent();
     const { logger, lines } = capturedLogger();
     const a = await trustDomainPki('a.test');
     const first = await mintX509Svid(a.root, BROKER_ID);
-    agent.setX509Svid(await svidResponse(first, [a.root]));
-    agent.setX509Bundles(bundlesResponse({ 'a.test': [a.root] }));
+    const agent = await agentServing(a, first);
     const source = await connectSource({ address: agent.address, logger, staleWarningMs: 300, monitorIntervalMs: 50 });
     await source.waitUntilReady(5_000);
     const broker = await brokerOn(source, logger);
@@ -293,7 +294,9 @@ describe('the broker on the Workload API', () => {
     const meanwhile: string[] = [];
     expect((await clientWith(broker.port, [a.root], me, meanwhile).whoAmI()).spiffeId).toBe('spiffe://a.test/w');
     expect(meanwhile).toEqual([certificateThumbprint(first.der)]);
-    const disconnect = await eventually(() => lines().find((l) => l.msg === 'Workload API stream disconnected; reconnecting' && l.stream === 'FetchX509SVID') ?? false);
+    const disconnect = await eventually(
+      () => lines().find((l) => l.msg === 'Workload API stream disconnected; reconnecting' && l.stream === 'FetchX509SVID') ?? false,
+    );
     expect(disconnect.reason).toEqual(expect.any(String));
     await eventually(() => lines().filter((l) => l.msg === 'Workload API stream could not be opened; retrying').length >= 2);
     await eventually(() => lines().some((l) => l.msg === 'no updates from the Workload API for a while; serving with the last SVID until it expires'));
@@ -314,12 +317,10 @@ describe('the broker on the Workload API', () => {
   });
 
   it('refuses unusable updates and keeps the last good SVID and bundles', async () => {
-    const agent = await fakeAgent();
     const { logger, lines } = capturedLogger();
     const a = await trustDomainPki('a.test');
     const good = await mintX509Svid(a.root, BROKER_ID);
-    agent.setX509Svid(await svidResponse(good, [a.root]));
-    agent.setX509Bundles(bundlesResponse({ 'a.test': [a.root] }));
+    const agent = await agentServing(a, good);
     const source = await connectSource({ address: agent.address, logger });
     const identity = await source.waitUntilReady(5_000);
     await eventually(() => source.status().lastBundleUpdate !== undefined);
@@ -384,10 +385,14 @@ describe('the broker on the Workload API', () => {
 
 describe('task-broker serve --workload-api', () => {
   it('refuses to combine the Workload API with SVID or bundle files, and gives up when no SVID comes in time', async () => {
-    const both = await runCli(['serve', '--workload-api', 'unix:///tmp/none.sock', '--svid-cert', 'a.pem', '--svid-key', 'a.key', '--kek', 'x'], { env: { TASK_BROKER_BUNDLES: '' } });
+    const both = await runCli(['serve', '--workload-api', 'unix:///tmp/none.sock', '--svid-cert', 'a.pem', '--svid-key', 'a.key', '--kek', 'x'], {
+      env: { TASK_BROKER_BUNDLES: '' },
+    });
     expect(both.code).toBe(2);
     expect(both.stderr).toMatch(/--workload-api \(or SPIFFE_ENDPOINT_SOCKET\) cannot be combined with --svid-cert, --svid-key/);
-    const badAddress = await runCli(['serve', '--kek', 'x'], { env: { SPIFFE_ENDPOINT_SOCKET: 'tcp://localhost:1', TASK_BROKER_SVID_CERT: '', TASK_BROKER_SVID_KEY: '', TASK_BROKER_BUNDLES: '' } });
+    const badAddress = await runCli(['serve', '--kek', 'x'], {
+      env: { SPIFFE_ENDPOINT_SOCKET: 'tcp://localhost:1', TASK_BROKER_SVID_CERT: '', TASK_BROKER_SVID_KEY: '', TASK_BROKER_BUNDLES: '' },
+    });
     expect(badAddress.code).toBe(2);
     expect(badAddress.stderr).toMatch(/--workload-api: .*IP address, not a host name/);
 
@@ -400,11 +405,9 @@ describe('task-broker serve --workload-api', () => {
   });
 
   it('takes its SVID and bundles from the agent at SPIFFE_ENDPOINT_SOCKET and serves', async () => {
-    const agent = await fakeAgent();
-    const dir = await tempDir();
     const a: TrustDomainPki = await trustDomainPki('a.test');
-    agent.setX509Svid(await svidResponse(await mintX509Svid(a.root, BROKER_ID), [a.root]));
-    agent.setX509Bundles(bundlesResponse({ 'a.test': [a.root] }));
+    const agent = await agentServing(a, await mintX509Svid(a.root, BROKER_ID));
+    const dir = await tempDir();
     const broker = startCli(['serve'], {
       SPIFFE_ENDPOINT_SOCKET: agent.address,
       TASK_BROKER_SVID_CERT: '',

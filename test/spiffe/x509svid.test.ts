@@ -4,11 +4,12 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
-import { createIntermediateCa, createRootCa, issueCertificate, KeyUsage, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
+import { createIntermediateCa, createRootCa, issueCertificate, KeyUsage, mintX509Svid } from '../../src/devca/certificates.js';
 import { TrustBundleSet } from '../../src/spiffe/bundle.js';
 import { parsePemCertificates } from '../../src/spiffe/certificate.js';
-import { MAX_PRESENTED_CERTIFICATES, MAX_SIGNATURE_CHECKS, verifyX509Svid, X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid.js';
+import { MAX_PRESENTED_CERTIFICATES, MAX_SIGNATURE_CHECKS, verifyX509Svid, type X509SvidFailure } from '../../src/spiffe/x509svid.js';
 import { bundleSet, issueLeaf, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
+import { chainOf, expectSvidRefused, svidFailureOf } from '../helpers/x509svid.js';
 
 let a: TrustDomainPki;
 let b: TrustDomainPki;
@@ -19,23 +20,8 @@ beforeAll(async () => {
   bundles = bundleSet(a, b);
 });
 
-const chainOf = (...certs: IssuedCertificate[]) => certs.map((c) => c.der);
-
-function failureOf(fn: () => unknown): X509SvidError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof X509SvidError) return err;
-    throw err;
-  }
-  throw new Error('expected verification to fail');
-}
-
 function expectFailure(chain: Uint8Array[], failure: X509SvidFailure, message: RegExp, now?: Date) {
-  const err = failureOf(() => verifyX509Svid(chain, bundles, { now }));
-  expect(err.failure).toBe(failure);
-  expect(err.message).toMatch(/^x509svid: /);
-  expect(err.message).toMatch(message);
+  expectSvidRefused(chain, bundles, failure, message, { now });
 }
 
 describe('verifyX509Svid', () => {
@@ -44,7 +30,9 @@ describe('verifyX509Svid', () => {
     const verified = verifyX509Svid(chainOf(leaf, a.intermediate), bundles);
     expect(verified.spiffeId.toString()).toBe('spiffe://a.test/ns/prod/sa/api');
     expect(verified.chain.map((c) => c.der)).toEqual([leaf.der, a.intermediate.der, a.root.der]);
-    expect(verified.validUntil.getTime()).toBe(Math.min(leaf.certificate.notAfter.getTime(), a.intermediate.certificate.notAfter.getTime(), a.root.certificate.notAfter.getTime()));
+    expect(verified.validUntil.getTime()).toBe(
+      Math.min(leaf.certificate.notAfter.getTime(), a.intermediate.certificate.notAfter.getTime(), a.root.certificate.notAfter.getTime()),
+    );
   });
 
   it('an intermediate without keyCertSign is named as the reason', async () => {
@@ -59,7 +47,7 @@ describe('verifyX509Svid', () => {
     expectFailure(chainOf(leaf, inter), 'signing-certificate', /must have CA flag set to true/);
   });
 
-  it('a chain is anchored only in the bundle of the leaf\'s own trust domain', async () => {
+  it("a chain is anchored only in the bundle of the leaf's own trust domain", async () => {
     const leaf = await mintX509Svid(b.root, 'spiffe://a.test/impostor');
     expectFailure(chainOf(leaf), 'unknown-authority', /no chain to the trust bundle of "a.test"/);
     // The same certificate would verify if b.test's CA were a.test's: the anchor choice is what refuses it.
@@ -87,7 +75,7 @@ describe('verifyX509Svid', () => {
     const leaf = await mintX509Svid(shortRoot, 'spiffe://a.test/w', { ttlMs: 3_600_000 });
     const set = new TrustBundleSet([{ trustDomain: 'a.test', authorities: parsePemCertificates(shortRoot.pem) }]);
     const afterRootExpiry = new Date(shortRoot.certificate.notAfter.getTime() + 1_000);
-    const err = failureOf(() => verifyX509Svid(chainOf(leaf), set, { now: afterRootExpiry }));
+    const err = svidFailureOf(() => verifyX509Svid(chainOf(leaf), set, { now: afterRootExpiry }));
     expect(err.failure).toBe('expired');
     expect(err.message).toMatch(/trust bundle authority has expired/);
   });
@@ -119,7 +107,8 @@ describe('verifyX509Svid', () => {
     async function tangledChain(n: number): Promise<Uint8Array[]> {
       const first = await issueCertificate({ subject: 'CN=evil', ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign });
       const cas = [first];
-      for (let i = 1; i < n; i++) cas.push(await issueCertificate({ subject: 'CN=evil', ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign, keys: first.keys }, first));
+      for (let i = 1; i < n; i++)
+        cas.push(await issueCertificate({ subject: 'CN=evil', ca: true, keyUsage: KeyUsage.keyCertSign | KeyUsage.cRLSign, keys: first.keys }, first));
       const leaf = await issueLeaf(first, 'spiffe://a.test/x');
       return [leaf.der, ...cas.map((c) => c.der)];
     }
