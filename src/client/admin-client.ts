@@ -10,19 +10,11 @@ import type { RevokeWorkloadResponse__Output } from '../gen/taskbroker/v1/Revoke
 import type { RotateSigningKeyResponse__Output } from '../gen/taskbroker/v1/RotateSigningKeyResponse.js';
 import type { TaskBrokerAdminClient } from '../gen/taskbroker/v1/TaskBrokerAdmin.js';
 import { brokerProto } from '../protocol/proto.js';
-import { unaryCall, type CallOptions, type ConnectOptions } from './broker-client.js';
-import { svidChannelCredentials, svidChannelOptions, type SvidCredentialsOptions } from './credentials.js';
+import { ServiceClient, unaryCall, type CallOptions, type ConnectOptions } from './broker-client.js';
 
-export class AdminClient {
-  readonly raw: TaskBrokerAdminClient;
-
+export class AdminClient extends ServiceClient<TaskBrokerAdminClient> {
   constructor(options: ConnectOptions) {
-    const { TaskBrokerAdmin } = brokerProto().taskbroker.v1;
-    this.raw = new TaskBrokerAdmin(options.address, options.credentials, { ...svidChannelOptions(), ...options.channelOptions });
-  }
-
-  static withSvid(address: string, svid: SvidCredentialsOptions): AdminClient {
-    return new AdminClient({ address, credentials: svidChannelCredentials(svid) });
+    super(brokerProto().taskbroker.v1.TaskBrokerAdmin, options);
   }
 
   revokeTask(taskId: string, reason: string, options?: CallOptions): Promise<RevokeTaskResponse__Output> {
@@ -62,9 +54,5 @@ export class AdminClient {
 
   rotateSigningKey(options?: CallOptions): Promise<RotateSigningKeyResponse__Output> {
     return unaryCall((md, opts, cb) => this.raw.RotateSigningKey({}, md, opts, cb), options);
-  }
-
-  close(): void {
-    this.raw.close();
   }
 }

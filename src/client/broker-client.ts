@@ -40,18 +40,31 @@ export interface ConnectOptions {
   channelOptions?: grpc.ChannelOptions;
 }
 
-/** The workload- and resource-server-facing API of the broker. */
-export class BrokerClient {
-  readonly raw: TaskBrokerClient;
+/** A generated client class (proto-loader's), as brokerProto() hands them out. */
+export type GeneratedClientClass<Raw extends grpc.Client> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => Raw;
 
-  constructor(options: ConnectOptions) {
-    const { TaskBroker } = brokerProto().taskbroker.v1;
-    this.raw = new TaskBroker(options.address, options.credentials, { ...svidChannelOptions(), ...options.channelOptions });
+/** What BrokerClient and AdminClient share: the generated client, on a channel with the SVID channel options under the caller's. */
+export abstract class ServiceClient<Raw extends grpc.Client> {
+  readonly raw: Raw;
+
+  constructor(Generated: GeneratedClientClass<Raw>, options: ConnectOptions) {
+    this.raw = new Generated(options.address, options.credentials, { ...svidChannelOptions(), ...options.channelOptions });
   }
 
   /** Connects with an X509-SVID given as PEM strings. */
-  static withSvid(address: string, svid: SvidCredentialsOptions): BrokerClient {
-    return new BrokerClient({ address, credentials: svidChannelCredentials(svid) });
+  static withSvid<C>(this: new (options: ConnectOptions) => C, address: string, svid: SvidCredentialsOptions): C {
+    return new this({ address, credentials: svidChannelCredentials(svid) });
+  }
+
+  close(): void {
+    this.raw.close();
+  }
+}
+
+/** The workload- and resource-server-facing API of the broker. */
+export class BrokerClient extends ServiceClient<TaskBrokerClient> {
+  constructor(options: ConnectOptions) {
+    super(brokerProto().taskbroker.v1.TaskBroker, options);
   }
 
   whoAmI(options?: CallOptions): Promise<WhoAmIResponse__Output> {
@@ -81,9 +94,5 @@ export class BrokerClient {
   /** For resource servers: the caller must be the token's audience. */
   verifyToken(request: VerifyTokenRequest, options?: CallOptions): Promise<VerifyTokenResponse__Output> {
     return unaryCall((md, opts, cb) => this.raw.VerifyToken(request, md, opts, cb), options);
-  }
-
-  close(): void {
-    this.raw.close();
   }
 }

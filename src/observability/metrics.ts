@@ -65,19 +65,47 @@ export interface SvidSourceStatus {
   lastUpdate: Date | undefined;
 }
 
-/** A gauge read at scrape time; absent while `value` says undefined. */
-function sampledGauge(registers: Registry[], name: string, help: string, value: () => number | undefined): Gauge {
-  return new Gauge({
-    name: `${METRIC_PREFIX}${name}`,
-    help,
-    registers,
-    collect() {
-      this.reset();
-      const v = value();
-      if (v !== undefined) this.set(v);
-    },
-  });
+/**
+ * The metrics of one registry, named with METRIC_PREFIX. Gauges are sampled: their `collect()`
+ * reads the broker's state at scrape time (it runs with the gauge as `this`).
+ */
+function metricsIn(registry: Registry) {
+  const registers = [registry];
+  const name = (suffix: string) => `${METRIC_PREFIX}${suffix}`;
+  return {
+    counter: <L extends string = string>(suffix: string, help: string, labelNames: readonly L[] = []) =>
+      new Counter<L>({ name: name(suffix), help, labelNames, registers }),
+    histogram: <L extends string = string>(suffix: string, help: string, buckets: number[], labelNames: readonly L[] = []) =>
+      new Histogram<L>({ name: name(suffix), help, labelNames, buckets, registers }),
+    /** Absent while `value` says undefined; `labels` are the same at every scrape. */
+    gauge: (suffix: string, help: string, value: () => number | undefined, labels: Record<string, string> = {}) =>
+      new Gauge({
+        name: name(suffix),
+        help,
+        labelNames: Object.keys(labels),
+        registers,
+        collect() {
+          this.reset();
+          const v = value();
+          if (v !== undefined) this.set(labels, v);
+        },
+      }),
+    /** One child per value of `label`, as `values` lists them at each scrape. */
+    gaugePerLabel: <L extends string>(suffix: string, help: string, label: L, values: () => Iterable<readonly [string, number]>) =>
+      new Gauge<L>({
+        name: name(suffix),
+        help,
+        labelNames: [label],
+        registers,
+        collect() {
+          this.reset();
+          for (const [labelValue, v] of values()) this.set({ [label]: labelValue } as Partial<Record<L, string>>, v);
+        },
+      }),
+  };
 }
+
+const unixSeconds = (at: Date | undefined) => (at ? at.getTime() / 1000 : undefined);
 
 /** Label sets (service, method, code) whose metric children are kept for reuse. */
 const MAX_RPC_LABEL_SETS = 1_000;
@@ -114,212 +142,143 @@ export class BrokerMetrics {
 
   constructor(options: BrokerMetricsOptions = {}) {
     this.#clock = options.clock ?? (() => new Date());
-    const registers = [this.registry];
-    const p = METRIC_PREFIX;
-    this.rpcRequests = new Counter({
-      name: `${p}grpc_requests_total`,
-      help: 'gRPC calls handled, by service, method and status code (calls refused as UNAUTHENTICATED before any handler included)',
-      labelNames: ['service', 'method', 'code'],
-      registers,
-    });
-    this.rpcDuration = new Histogram({
-      name: `${p}grpc_request_duration_seconds`,
-      help: 'Time from the start of a gRPC call to its status, by service, method and status code',
-      labelNames: ['service', 'method', 'code'],
-      buckets: RPC_BUCKETS,
-      registers,
-    });
+    const { counter, histogram, gauge, gaugePerLabel } = metricsIn(this.registry);
+    const rpcLabels: RpcLabels[] = ['service', 'method', 'code'];
+    this.rpcRequests = counter(
+      'grpc_requests_total',
+      'gRPC calls handled, by service, method and status code (calls refused as UNAUTHENTICATED before any handler included)',
+      rpcLabels,
+    );
+    this.rpcDuration = histogram(
+      'grpc_request_duration_seconds',
+      'Time from the start of a gRPC call to its status, by service, method and status code',
+      RPC_BUCKETS,
+      rpcLabels,
+    );
     this.rpcInFlight = new Gauge({
-      name: `${p}grpc_requests_in_flight`,
+      name: `${METRIC_PREFIX}grpc_requests_in_flight`,
       help: 'gRPC calls being handled now',
       labelNames: ['service', 'method'],
-      registers,
+      registers: [this.registry],
     });
-    this.tokensIssued = new Counter({ name: `${p}tokens_issued_total`, help: 'Task tokens issued', registers });
-    this.tokenVerifications = new Counter({
-      name: `${p}token_verifications_total`,
-      help: 'VerifyToken answers, by reason (valid, expired, revoked, binding-mismatch, ...)',
-      labelNames: ['reason'],
-      registers,
-    });
-    this.tokensRevoked = new Counter({ name: `${p}tokens_revoked_total`, help: 'Tokens revoked because their task ended', registers });
-    this.tasksEnded = new Counter({
-      name: `${p}tasks_ended_total`,
-      help: 'Tasks that reached a final state (COMPLETED, CANCELLED, REVOKED, EXPIRED), counted once their transaction committed',
-      labelNames: ['state'],
-      registers,
-    });
-    this.auditWriteDuration = new Histogram({
-      name: `${p}audit_write_duration_seconds`,
-      help: 'Time to append one audit event to its hash chain (inside the transaction of the change)',
-      buckets: AUDIT_BUCKETS,
-      registers,
-    });
+    this.tokensIssued = counter('tokens_issued_total', 'Task tokens issued');
+    this.tokenVerifications = counter('token_verifications_total', 'VerifyToken answers, by reason (valid, expired, revoked, binding-mismatch, ...)', [
+      'reason',
+    ]);
+    this.tokensRevoked = counter('tokens_revoked_total', 'Tokens revoked because their task ended');
+    this.tasksEnded = counter(
+      'tasks_ended_total',
+      'Tasks that reached a final state (COMPLETED, CANCELLED, REVOKED, EXPIRED), counted once their transaction committed',
+      ['state'],
+    );
+    this.auditWriteDuration = histogram(
+      'audit_write_duration_seconds',
+      'Time to append one audit event to its hash chain (inside the transaction of the change)',
+      AUDIT_BUCKETS,
+    );
 
-    this.writeBatchOperations = new Histogram({
-      name: `${p}db_write_batch_operations`,
-      help: 'Operations (calls) committed together in one write statement (group commit)',
-      buckets: [1, 2, 4, 8, 16, 32, 64, 100],
-      registers,
-    });
-    this.writeBatchDuration = new Histogram({
-      name: `${p}db_write_batch_duration_seconds`,
-      help: 'Time from sending a write batch to its commit',
-      buckets: AUDIT_BUCKETS,
-      registers,
-    });
+    this.writeBatchOperations = histogram(
+      'db_write_batch_operations',
+      'Operations (calls) committed together in one write statement (group commit)',
+      [1, 2, 4, 8, 16, 32, 64, 100],
+    );
+    this.writeBatchDuration = histogram('db_write_batch_duration_seconds', 'Time from sending a write batch to its commit', AUDIT_BUCKETS);
 
-    this.callsShed = new Counter({
-      name: `${p}calls_shed_total`,
-      help: 'Calls refused before any work by admission control, by reason (caller-in-flight, caller-rate: RESOURCE_EXHAUSTED; broker-in-flight, database-queue: UNAVAILABLE)',
-      labelNames: ['reason'],
-      registers,
-    });
+    this.callsShed = counter(
+      'calls_shed_total',
+      'Calls refused before any work by admission control, by reason (caller-in-flight, caller-rate: RESOURCE_EXHAUSTED; broker-in-flight, database-queue: UNAVAILABLE)',
+      ['reason'],
+    );
 
-    this.connectionsAccepted = new Counter({
-      name: `${p}connections_accepted_total`,
-      help: 'gRPC connections that completed their TLS handshake with ALPN h2 (before the SVID check)',
-      registers,
-    });
-    this.connectionsRefused = new Counter({
-      name: `${p}connections_refused_total`,
-      help: 'gRPC connections closed by the broker on accept or after the handshake, by reason (max-connections, max-handshakes, no-h2, draining, not-an-svid)',
-      labelNames: ['reason'],
-      registers,
-    });
-    this.handshakeFailures = new Counter({
-      name: `${p}tls_handshake_failures_total`,
-      help: 'TLS handshakes that failed or did not finish in time (the connection is closed), by reason (timeout, tls-error)',
-      labelNames: ['reason'],
-      registers,
-    });
+    this.connectionsAccepted = counter(
+      'connections_accepted_total',
+      'gRPC connections that completed their TLS handshake with ALPN h2 (before the SVID check)',
+    );
+    this.connectionsRefused = counter(
+      'connections_refused_total',
+      'gRPC connections closed by the broker on accept or after the handshake, by reason (max-connections, max-handshakes, no-h2, draining, not-an-svid)',
+      ['reason'],
+    );
+    this.handshakeFailures = counter(
+      'tls_handshake_failures_total',
+      'TLS handshakes that failed or did not finish in time (the connection is closed), by reason (timeout, tls-error)',
+      ['reason'],
+    );
     const connectionsNow = () => this.#connections?.();
-    sampledGauge(registers, 'connections_open', 'TCP connections open on the gRPC port (in their TLS handshake or past it)', () => connectionsNow()?.openConnections);
-    sampledGauge(registers, 'connections_handshaking', 'Connections still in their TLS handshake (not authenticated yet)', () => connectionsNow()?.handshakesInProgress);
-    sampledGauge(registers, 'connections_established', 'Connections past their TLS handshake', () => connectionsNow()?.connectionCount);
+    gauge('connections_open', 'TCP connections open on the gRPC port (in their TLS handshake or past it)', () => connectionsNow()?.openConnections);
+    gauge('connections_handshaking', 'Connections still in their TLS handshake (not authenticated yet)', () => connectionsNow()?.handshakesInProgress);
+    gauge('connections_established', 'Connections past their TLS handshake', () => connectionsNow()?.connectionCount);
     const policyNow = () => this.#policy?.();
     new Counter({
-      name: `${p}policy_reload_failures_total`,
+      name: `${METRIC_PREFIX}policy_reload_failures_total`,
       help: 'Policy file changes refused because the new version was broken or unreadable (the last good policy stayed in force)',
-      registers,
+      registers: [this.registry],
       collect() {
         this.reset();
         this.inc(policyNow()?.reloadFailures ?? 0);
       },
     });
-    new Gauge({
-      name: `${p}policy_last_reload_failure_timestamp_seconds`,
-      help: 'When a policy reload last failed (Unix time); absent when none has',
-      registers,
-      collect() {
-        this.reset();
-        const at = policyNow()?.lastReloadFailedAt;
-        if (at) this.set(at.getTime() / 1000);
-      },
-    });
-    sampledGauge(
-      registers,
+    gauge('policy_last_reload_failure_timestamp_seconds', 'When a policy reload last failed (Unix time); absent when none has', () =>
+      unixSeconds(policyNow()?.lastReloadFailedAt),
+    );
+    gauge(
       'db_consecutive_write_failures',
       'Write transactions that failed in a row for a database reason (unreachable, timeout, privilege); 0 after any success',
       () => this.#writeFailures?.(),
     );
 
-    // collect() runs with the gauge as `this`; these read the broker's state at scrape time.
     const svidNow = () => this.#svid();
     const nowMs = () => this.#clock().getTime();
-    const bundleTimes = () => this.#bundleUpdated;
+    const secondsSince = (at: Date | undefined) => (at ? (nowMs() - at.getTime()) / 1000 : undefined);
     const poolNow = () => this.#pool?.();
     const readinessNow = () => this.#readiness?.();
-    this.ready = new Gauge({
-      name: `${p}ready`,
-      help: '1 when the broker is ready to serve (every readiness check passed at the last evaluation, not shutting down), else 0',
-      registers,
-      collect() {
-        this.set(readinessNow()?.ready ? 1 : 0);
-      },
+    this.ready = gauge('ready', '1 when the broker is ready to serve (every readiness check passed at the last evaluation, not shutting down), else 0', () =>
+      readinessNow()?.ready ? 1 : 0,
+    );
+    this.readinessCheck = gaugePerLabel('readiness_check', '1 when the readiness check passed at its last evaluation, else 0', 'check', () =>
+      Object.entries(readinessNow()?.checks ?? {}).map(([check, r]) => [check, r.ok ? 1 : 0] as const),
+    );
+    gauge('svid_expiry_timestamp_seconds', "When the broker's own X509-SVID expires (Unix time)", () => unixSeconds(svidNow()?.notAfter));
+    gauge('svid_age_seconds', "Seconds since the broker's current X509-SVID became valid (notBefore); grows until rotation", () =>
+      secondsSince(svidNow()?.notBefore),
+    );
+    gauge('svid_remaining_seconds', "Seconds until the broker's own X509-SVID expires (negative once expired)", () => {
+      const current = svidNow();
+      return current ? (current.notAfter.getTime() - nowMs()) / 1000 : undefined;
     });
-    this.readinessCheck = new Gauge({
-      name: `${p}readiness_check`,
-      help: '1 when the readiness check passed at its last evaluation, else 0',
-      labelNames: ['check'],
-      registers,
-      collect() {
-        this.reset();
-        for (const [check, r] of Object.entries(readinessNow()?.checks ?? {})) this.set({ check }, r.ok ? 1 : 0);
-      },
-    });
-    new Gauge({
-      name: `${p}svid_expiry_timestamp_seconds`,
-      help: "When the broker's own X509-SVID expires (Unix time)",
-      registers,
-      collect() {
-        this.reset();
-        const current = svidNow();
-        if (current) this.set(current.notAfter.getTime() / 1000);
-      },
-    });
-    new Gauge({
-      name: `${p}svid_age_seconds`,
-      help: "Seconds since the broker's current X509-SVID became valid (notBefore); grows until rotation",
-      registers,
-      collect() {
-        this.reset();
-        const current = svidNow();
-        if (current?.notBefore) this.set((nowMs() - current.notBefore.getTime()) / 1000);
-      },
-    });
-    new Gauge({
-      name: `${p}svid_remaining_seconds`,
-      help: "Seconds until the broker's own X509-SVID expires (negative once expired)",
-      registers,
-      collect() {
-        this.reset();
-        const current = svidNow();
-        if (current) this.set((current.notAfter.getTime() - nowMs()) / 1000);
-      },
-    });
-    new Gauge({
-      name: `${p}trust_bundle_age_seconds`,
-      help: 'Seconds since the trust bundle of each trust domain last changed (or since the broker started, for bundles it started with)',
-      labelNames: ['trust_domain'],
-      registers,
-      collect() {
-        this.reset();
+    gaugePerLabel(
+      'trust_bundle_age_seconds',
+      'Seconds since the trust bundle of each trust domain last changed (or since the broker started, for bundles it started with)',
+      'trust_domain',
+      () => {
         const now = nowMs();
-        for (const [trustDomain, at] of bundleTimes()) this.set({ trust_domain: trustDomain }, (now - at.getTime()) / 1000);
+        return [...this.#bundleUpdated].map(([trustDomain, at]) => [trustDomain, (now - at.getTime()) / 1000] as const);
       },
-    });
+    );
     const sourceNow = () => this.#source?.();
-    new Gauge({
-      name: `${p}svid_source_connected`,
-      help: 'Whether the stream that delivers the SVID (the Workload API) is connected: 1 or 0; absent for file-based SVIDs',
-      labelNames: ['source'],
-      registers,
-      collect() {
-        this.reset();
+    const workloadApi = { source: 'workload_api' };
+    gauge(
+      'svid_source_connected',
+      'Whether the stream that delivers the SVID (the Workload API) is connected: 1 or 0; absent for file-based SVIDs',
+      () => {
         const status = sourceNow();
-        if (status) this.set({ source: 'workload_api' }, status.connected ? 1 : 0);
+        return status ? (status.connected ? 1 : 0) : undefined;
       },
-    });
-    new Gauge({
-      name: `${p}svid_source_last_update_age_seconds`,
-      help: 'Seconds since the SVID source last delivered an update; grows while the SPIRE agent is away',
-      labelNames: ['source'],
-      registers,
-      collect() {
-        this.reset();
-        const at = sourceNow()?.lastUpdate;
-        if (at) this.set({ source: 'workload_api' }, (nowMs() - at.getTime()) / 1000);
-      },
-    });
-    sampledGauge(registers, 'db_pool_connections', 'Database connections open (in use and idle)', () => poolNow()?.total);
-    sampledGauge(registers, 'db_pool_idle_connections', 'Database connections open and idle', () => poolNow()?.idle);
-    sampledGauge(registers, 'db_pool_waiting_requests', 'Queries waiting for a database connection', () => poolNow()?.waiting);
+      workloadApi,
+    );
+    gauge(
+      'svid_source_last_update_age_seconds',
+      'Seconds since the SVID source last delivered an update; grows while the SPIRE agent is away',
+      () => secondsSince(sourceNow()?.lastUpdate),
+      workloadApi,
+    );
+    gauge('db_pool_connections', 'Database connections open (in use and idle)', () => poolNow()?.total);
+    gauge('db_pool_idle_connections', 'Database connections open and idle', () => poolNow()?.idle);
+    gauge('db_pool_waiting_requests', 'Queries waiting for a database connection', () => poolNow()?.waiting);
 
-    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: p });
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
   }
 
-  /** One finished gRPC call. */
   /** The in-flight gauge of one method (its labelled child, looked up once). */
   inFlightOf(service: string, method: string): { inc(): void; dec(): void } {
     const key = `${service}/${method}`;
@@ -331,6 +290,7 @@ export class BrokerMetrics {
     return child;
   }
 
+  /** One finished gRPC call. */
   observeRpc(service: string, method: string, code: string, seconds: number): void {
     const key = `${service}/${method}/${code}`;
     let children = this.#rpcChildren.get(key);

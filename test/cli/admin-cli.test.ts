@@ -5,18 +5,17 @@
  * exit codes scripts rely on (0 ok, 1 failure, 2 usage, 3 denied, 4 not found, 5 conflict).
  */
 import * as grpc from '@grpc/grpc-js';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reportAuditTrail } from '../../src/cli/admin/commands.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
-import type { SvidCredentialsOptions } from '../../src/client/credentials.js';
 import type { GetAuditTrailResponse__Output } from '../../src/gen/taskbroker/v1/GetAuditTrailResponse.js';
 import type { TaskSpec } from '../../src/gen/taskbroker/v1/TaskSpec.js';
 import { fromTimestamp } from '../../src/protocol/timestamps.js';
 import { cliTimeout, runCli, startCli, type CliResult, type RunningCli } from '../helpers/cli.js';
+import { devCaServeEnv, devCaSvid } from '../helpers/dev-ca-files.js';
 
 const BROKER_ID = 'spiffe://example.org/task-broker';
 const ADMIN_ID = 'spiffe://example.org/ns/platform/sa/admin';
@@ -106,17 +105,8 @@ function jsonOf<T>(result: CliResult): T {
   return JSON.parse(result.stdout) as T;
 }
 
-async function svid(name: string): Promise<SvidCredentialsOptions> {
-  return {
-    certChainPem: await readFile(join(pki, `${name}.pem`), 'utf8'),
-    keyPem: await readFile(join(pki, `${name}.key`), 'utf8'),
-    bundle: await readFile(join(pki, 'ca.pem'), 'utf8'),
-    serverId: BROKER_ID,
-  };
-}
-
 async function client(name: string): Promise<BrokerClient> {
-  const c = BrokerClient.withSvid(address, await svid(name));
+  const c = BrokerClient.withSvid(address, await devCaSvid(pki, name, BROKER_ID));
   clients.push(c);
   return c;
 }
@@ -155,23 +145,23 @@ beforeAll(async () => {
   for (const r of mints) expect(r.code, r.stderr).toBe(0);
   await writeFile(join(dir, 'policy.yaml'), POLICY);
 
-  broker = startCli(['serve'], {
-    TASK_BROKER_LISTEN: '127.0.0.1:0',
-    TASK_BROKER_HTTP_LISTEN: '127.0.0.1:0',
-    TASK_BROKER_SVID_CERT: join(pki, 'broker.pem'),
-    TASK_BROKER_SVID_KEY: join(pki, 'broker.key'),
-    TASK_BROKER_BUNDLES: `example.org=${join(pki, 'ca.pem')}`,
-    TASK_BROKER_DATA_DIR: join(dir, 'data'),
-    TASK_BROKER_KEK: randomBytes(32).toString('base64'),
-    TASK_BROKER_MIGRATE: 'true',
-    TASK_BROKER_POLICY: join(dir, 'policy.yaml'),
-  });
+  broker = startCli(
+    ['serve'],
+    devCaServeEnv(pki, 'example.org', { TASK_BROKER_DATA_DIR: join(dir, 'data'), TASK_BROKER_MIGRATE: 'true', TASK_BROKER_POLICY: join(dir, 'policy.yaml') }),
+  );
   const listening = await broker.waitForLog((l) => l.msg === 'task-broker listening');
   const http = await broker.waitForLog((l) => l.msg === 'HTTP listening');
   address = `127.0.0.1:${String(listening.port)}`;
   httpPort = Number(http.port);
 
-  [worker, api, requester, adminWorkload, jobA, jobB] = await Promise.all([client('worker'), client('api'), client('requester'), client('admin'), client('job-a'), client('job-b')]);
+  [worker, api, requester, adminWorkload, jobA, jobB] = await Promise.all([
+    client('worker'),
+    client('api'),
+    client('requester'),
+    client('admin'),
+    client('job-a'),
+    client('job-b'),
+  ]);
 }, cliTimeout(4));
 
 afterAll(async () => {
@@ -194,7 +184,14 @@ describe('task-broker admin', () => {
       for (const text of ['--broker HOST:PORT', 'env: TASK_BROKER_ADDRESS', 'default: 127.0.0.1:8443', '--broker-id SPIFFE_ID', 'env: TASK_BROKER_ID']) {
         expect(r.stdout, name).toContain(text);
       }
-      for (const text of ['env: TASK_BROKER_ADMIN_SVID_CERT', 'env: TASK_BROKER_ADMIN_SVID_KEY', 'env: TASK_BROKER_ADMIN_BUNDLE', '--json', '--timeout DURATION', 'Exit status']) {
+      for (const text of [
+        'env: TASK_BROKER_ADMIN_SVID_CERT',
+        'env: TASK_BROKER_ADMIN_SVID_KEY',
+        'env: TASK_BROKER_ADMIN_BUNDLE',
+        '--json',
+        '--timeout DURATION',
+        'Exit status',
+      ]) {
         expect(r.stdout, name).toContain(text);
       }
     });
@@ -221,58 +218,68 @@ describe('task-broker admin', () => {
     }
   });
 
-  it('list-tasks prints a table or JSON, filters by owner, state and time, and pages with --page-size, --page-token and --all', { timeout: cliTimeout(2) }, async () => {
-    const ids: string[] = [];
-    const created: string[] = [];
-    for (let i = 0; i < 5; i++) {
-      const { task } = await worker.createTask({ spec: spec({ params: { fields: { n: { numberValue: i, kind: 'numberValue' } } } }) });
-      ids.push(task?.taskId ?? '');
-      created.push(fromTimestamp(task?.createdAt)?.toISOString() ?? '');
-    }
-    const newestFirst = [...ids].reverse();
-    const completed = ids[1] ?? '';
-    await worker.completeTask(completed, 'done');
+  it(
+    'list-tasks prints a table or JSON, filters by owner, state and time, and pages with --page-size, --page-token and --all',
+    { timeout: cliTimeout(2) },
+    async () => {
+      const ids: string[] = [];
+      const created: string[] = [];
+      for (let i = 0; i < 5; i++) {
+        const { task } = await worker.createTask({ spec: spec({ params: { fields: { n: { numberValue: i, kind: 'numberValue' } } } }) });
+        ids.push(task?.taskId ?? '');
+        created.push(fromTimestamp(task?.createdAt)?.toISOString() ?? '');
+      }
+      const newestFirst = [...ids].reverse();
+      const completed = ids[1] ?? '';
+      await worker.completeTask(completed, 'done');
 
-    const [table, activeSince, completedByPattern, firstPage, all] = await Promise.all([
-      admin(['list-tasks', '--owner', WORKER_ID]),
-      // created_after is inclusive: the third task and the two after it, less the completed one (the second).
-      admin(['list-tasks', '--owner', WORKER_ID, '--state', 'ACTIVE', '--created-after', created[2] ?? '', '--json']),
-      admin(['list-tasks', '--owner', 'spiffe://example.org/ns/demo/**', '--state', 'completed', '--json']),
-      admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2']),
-      admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2', '--all', '--json']),
-    ]);
+      const [table, activeSince, completedByPattern, firstPage, all] = await Promise.all([
+        admin(['list-tasks', '--owner', WORKER_ID]),
+        // created_after is inclusive: the third task and the two after it, less the completed one (the second).
+        admin(['list-tasks', '--owner', WORKER_ID, '--state', 'ACTIVE', '--created-after', created[2] ?? '', '--json']),
+        admin(['list-tasks', '--owner', 'spiffe://example.org/ns/demo/**', '--state', 'completed', '--json']),
+        admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2']),
+        admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2', '--all', '--json']),
+      ]);
 
-    expect(table.code, table.stderr).toBe(0);
-    const lines = table.stdout.split('\n');
-    expect(lines[0]).toMatch(/^TASK ID +STATE +OWNER +AUDIENCE +ACTION +CREATED +EXPIRES$/);
-    for (const [i, id] of newestFirst.entries()) {
-      expect(lines[i + 1]).toMatch(new RegExp(`^${id} +${id === completed ? 'COMPLETED' : 'ACTIVE'} +${WORKER_ID} +${API_ID} +report\\.read +\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z +\\d{4}-`));
-    }
-    expect(table.stdout).toContain('5 tasks on this page');
-    expect(table.stdout).not.toContain('--page-token');
+      expect(table.code, table.stderr).toBe(0);
+      const lines = table.stdout.split('\n');
+      expect(lines[0]).toMatch(/^TASK ID +STATE +OWNER +AUDIENCE +ACTION +CREATED +EXPIRES$/);
+      for (const [i, id] of newestFirst.entries()) {
+        expect(lines[i + 1]).toMatch(
+          new RegExp(
+            `^${id} +${id === completed ? 'COMPLETED' : 'ACTIVE'} +${WORKER_ID} +${API_ID} +report\\.read +\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z +\\d{4}-`,
+          ),
+        );
+      }
+      expect(table.stdout).toContain('5 tasks on this page');
+      expect(table.stdout).not.toContain('--page-token');
 
-    const activeTasks = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(activeSince);
-    expect(activeTasks.tasks.map((t) => t.taskId)).toEqual(newestFirst.slice(0, 3));
-    expect(activeTasks.tasks.every((t) => t.state === 'TASK_STATE_ACTIVE' && t.ownerSpiffeId === WORKER_ID)).toBe(true);
-    expect(activeTasks.tasks[0]?.createdAt).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
-    expect(activeTasks.tasks[0]?.spec).toMatchObject({ action: 'report.read', audience: API_ID, params: { n: 4 }, ttl: '600s' });
-    expect(activeTasks.nextPageToken).toBe('');
+      const activeTasks = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(activeSince);
+      expect(activeTasks.tasks.map((t) => t.taskId)).toEqual(newestFirst.slice(0, 3));
+      expect(activeTasks.tasks.every((t) => t.state === 'TASK_STATE_ACTIVE' && t.ownerSpiffeId === WORKER_ID)).toBe(true);
+      expect(activeTasks.tasks[0]?.createdAt).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+      expect(activeTasks.tasks[0]?.spec).toMatchObject({ action: 'report.read', audience: API_ID, params: { n: 4 }, ttl: '600s' });
+      expect(activeTasks.nextPageToken).toBe('');
 
-    expect(jsonOf<{ tasks: JsonTask[] }>(completedByPattern).tasks.map((t) => t.taskId)).toEqual([completed]);
+      expect(jsonOf<{ tasks: JsonTask[] }>(completedByPattern).tasks.map((t) => t.taskId)).toEqual([completed]);
 
-    expect(firstPage.code, firstPage.stderr).toBe(0);
-    const firstRows = firstPage.stdout.split('\n').filter((l) => l.startsWith('tsk_'));
-    expect(firstRows.map((l) => l.split(' ')[0])).toEqual(newestFirst.slice(0, 2));
-    const token = /more tasks: continue with --page-token (\S+)/.exec(firstPage.stdout)?.[1];
-    expect(token).toBeTruthy();
-    const second = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(await admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2', '--page-token', token ?? '', '--json']));
-    expect(second.tasks.map((t) => t.taskId)).toEqual(newestFirst.slice(2, 4));
-    expect(second.nextPageToken).not.toBe('');
+      expect(firstPage.code, firstPage.stderr).toBe(0);
+      const firstRows = firstPage.stdout.split('\n').filter((l) => l.startsWith('tsk_'));
+      expect(firstRows.map((l) => l.split(' ')[0])).toEqual(newestFirst.slice(0, 2));
+      const token = /more tasks: continue with --page-token (\S+)/.exec(firstPage.stdout)?.[1];
+      expect(token).toBeTruthy();
+      const second = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(
+        await admin(['list-tasks', '--owner', WORKER_ID, '--page-size', '2', '--page-token', token ?? '', '--json']),
+      );
+      expect(second.tasks.map((t) => t.taskId)).toEqual(newestFirst.slice(2, 4));
+      expect(second.nextPageToken).not.toBe('');
 
-    const everything = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(all);
-    expect(everything.tasks.map((t) => t.taskId)).toEqual(newestFirst);
-    expect(everything.nextPageToken).toBe('');
-  });
+      const everything = jsonOf<{ tasks: JsonTask[]; nextPageToken: string }>(all);
+      expect(everything.tasks.map((t) => t.taskId)).toEqual(newestFirst);
+      expect(everything.nextPageToken).toBe('');
+    },
+  );
 
   it('approve-task moves a PENDING_APPROVAL task to ACTIVE, after which its owner can get a token', { timeout: cliTimeout(2) }, async () => {
     const taskId = await newTask(requester, { action: 'needs.approval' });
@@ -312,7 +319,11 @@ describe('task-broker admin', () => {
     expect(text.stdout).toMatch(/^#3 +\S+ +task\.completed .*report sent/m);
     expect(text.stdout).toMatch(/hash chain verified: 3 events/);
 
-    const trail = jsonOf<{ taskId: string; events: Array<{ seq: number; eventType: string; occurredAt: string; prevHash: string; hash: string }>; chain: { ok: boolean; events: number } }>(json);
+    const trail = jsonOf<{
+      taskId: string;
+      events: Array<{ seq: number; eventType: string; occurredAt: string; prevHash: string; hash: string }>;
+      chain: { ok: boolean; events: number };
+    }>(json);
     expect(trail.taskId).toBe(taskId);
     expect(trail.events.map((e) => [e.seq, e.eventType])).toEqual([
       [1, 'task.created'],
@@ -325,19 +336,33 @@ describe('task-broker admin', () => {
   });
 
   it('a broken hash chain is reported loudly on stderr and exits 1, in text and in JSON', () => {
+    // Event `seq` of the trail, hashed `h<seq>` and chained to `prevHash`.
+    const event = (seq: number, eventType: string, prevHash: string) => ({
+      seq,
+      eventType,
+      actorSpiffeId: WORKER_ID,
+      actorCertThumbprint: 'x',
+      requestId: `r${seq}`,
+      occurredAt: { seconds: String(1_789_999_999 + seq), nanos: 0 },
+      details: { fields: {} },
+      prevHash,
+      hash: `h${seq}`,
+    });
     const res: GetAuditTrailResponse__Output = {
       taskId: UNKNOWN_TASK,
       nextAfterSeq: 0,
-      events: [
-        { seq: 1, eventType: 'task.created', actorSpiffeId: WORKER_ID, actorCertThumbprint: 'x', requestId: 'r1', occurredAt: { seconds: '1790000000', nanos: 0 }, details: { fields: {} }, prevHash: '', hash: 'h1' },
-        { seq: 2, eventType: 'task.completed', actorSpiffeId: WORKER_ID, actorCertThumbprint: 'x', requestId: 'r2', occurredAt: { seconds: '1790000001', nanos: 0 }, details: { fields: {} }, prevHash: 'h1', hash: 'h2' },
-      ],
+      events: [event(1, 'task.created', ''), event(2, 'task.completed', 'h1')],
       chain: { ok: false, events: 2, brokenAt: 2, problem: 'event hash does not match its content' },
     };
     for (const json of [false, true]) {
       const out: string[] = [];
       let err = '';
-      const code = reportAuditTrail(res, json, (l) => out.push(l), (t) => (err += t));
+      const code = reportAuditTrail(
+        res,
+        json,
+        (l) => out.push(l),
+        (t) => (err += t),
+      );
       expect(code).toBe(1);
       expect(err).toMatch(/^task-broker admin audit-trail: HASH CHAIN BROKEN: .* at event #2 \(event hash does not match its content\)/);
       expect(err).toContain('Do not trust this trail');
@@ -346,28 +371,32 @@ describe('task-broker admin', () => {
     }
   });
 
-  it('revoke-task ends a live task and its tokens: the token then verifies as REVOKED; revoking it again is a conflict', { timeout: cliTimeout(2) }, async () => {
-    const taskId = await newTask(requester);
-    const { token } = await requester.issueToken({ taskId });
-    const presenterCertThumbprint = (await requester.whoAmI()).certThumbprint;
-    expect((await api.verifyToken({ token, presenterCertThumbprint })).valid).toBe(true);
+  it(
+    'revoke-task ends a live task and its tokens: the token then verifies as REVOKED; revoking it again is a conflict',
+    { timeout: cliTimeout(2) },
+    async () => {
+      const taskId = await newTask(requester);
+      const { token } = await requester.issueToken({ taskId });
+      const presenterCertThumbprint = (await requester.whoAmI()).certThumbprint;
+      expect((await api.verifyToken({ token, presenterCertThumbprint })).valid).toBe(true);
 
-    const revoked = await admin(['revoke-task', '--task', taskId, '--reason', 'compromised host']);
-    expect(revoked.code, revoked.stderr).toBe(0);
-    expect(revoked.stdout).toContain(`revoked ${taskId}; tokens revoked with it: 1`);
-    expect(revoked.stdout).toMatch(/^state: +REVOKED$/m);
-    expect(revoked.stdout).toMatch(new RegExp(`^ended by: +${ADMIN_ID}$`, 'm'));
-    expect(revoked.stdout).toMatch(/^end reason: +compromised host$/m);
+      const revoked = await admin(['revoke-task', '--task', taskId, '--reason', 'compromised host']);
+      expect(revoked.code, revoked.stderr).toBe(0);
+      expect(revoked.stdout).toContain(`revoked ${taskId}; tokens revoked with it: 1`);
+      expect(revoked.stdout).toMatch(/^state: +REVOKED$/m);
+      expect(revoked.stdout).toMatch(new RegExp(`^ended by: +${ADMIN_ID}$`, 'm'));
+      expect(revoked.stdout).toMatch(/^end reason: +compromised host$/m);
 
-    const verified = await api.verifyToken({ token, presenterCertThumbprint });
-    expect(verified).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_REVOKED' });
-    expect((await requester.getTask(taskId)).task?.state).toBe('TASK_STATE_REVOKED');
+      const verified = await api.verifyToken({ token, presenterCertThumbprint });
+      expect(verified).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_REVOKED' });
+      expect((await requester.getTask(taskId)).task?.state).toBe('TASK_STATE_REVOKED');
 
-    const again = await admin(['revoke-task', '--task', taskId, '--json']);
-    expect(again.code).toBe(5);
-    expect(again.stderr).toBe('task-broker admin revoke-task: FAILED_PRECONDITION: task is already REVOKED\n');
-    expect(again.stdout).toBe('');
-  });
+      const again = await admin(['revoke-task', '--task', taskId, '--json']);
+      expect(again.code).toBe(5);
+      expect(again.stderr).toBe('task-broker admin revoke-task: FAILED_PRECONDITION: task is already REVOKED\n');
+      expect(again.stdout).toBe('');
+    },
+  );
 
   it('revoke-workload revokes every live task of the workloads a pattern selects, and nothing else', { timeout: cliTimeout(2) }, async () => {
     const a1 = await newTask(jobA);
@@ -382,10 +411,19 @@ describe('task-broker admin', () => {
     const result = await admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--reason', 'incident 7']);
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout.split('\n')[0]).toBe('revoked 4 tasks and 1 token of workloads matching spiffe://example.org/ns/batch/**:');
-    const listed = result.stdout.split('\n').slice(1).map((l) => l.trim()).filter(Boolean);
+    const listed = result.stdout
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim())
+      .filter(Boolean);
     expect(listed.sort()).toEqual([a1, a2, b1, bPending].sort());
 
-    for (const [owner, id] of [[jobA, a1], [jobA, a2], [jobB, b1], [jobB, bPending]] as const) {
+    for (const [owner, id] of [
+      [jobA, a1],
+      [jobA, a2],
+      [jobB, b1],
+      [jobB, bPending],
+    ] as const) {
       expect((await owner.getTask(id)).task).toMatchObject({ state: 'TASK_STATE_REVOKED', endReason: 'incident 7', endedBy: ADMIN_ID });
     }
     expect((await jobB.getTask(bDone)).task?.state).toBe('TASK_STATE_COMPLETED');
@@ -393,7 +431,11 @@ describe('task-broker admin', () => {
     expect(await api.verifyToken({ token })).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_REVOKED' });
 
     // Nothing live is left to revoke.
-    expect(jsonOf(await admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--json']))).toEqual({ revokedTasks: 0, revokedTokens: 0, taskIds: [] });
+    expect(jsonOf(await admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--json']))).toEqual({
+      revokedTasks: 0,
+      revokedTokens: 0,
+      taskIds: [],
+    });
   });
 
   it('rotate-signing-key makes a new key active and publishes it in the JWKS next to the retired one', { timeout: cliTimeout(2) }, async () => {

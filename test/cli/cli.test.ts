@@ -4,23 +4,18 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
-import { randomBytes, X509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { X509Certificate } from 'node:crypto';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
 import { CLI_TIMEOUT_MS, cliTimeout, runCli, startCli } from '../helpers/cli.js';
+import { devCaServeEnv, devCaSvid } from '../helpers/dev-ca-files.js';
+import { tempDirForFile } from '../helpers/cleanup.js';
 
-let dir: string;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'tb-cli-'));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const dir = tempDirForFile('tb-cli-');
 
 describe('task-broker CLI', () => {
   it('prints its commands with --help and exits 0; an unknown command exits 2', { timeout: cliTimeout(2) }, async () => {
@@ -41,7 +36,7 @@ describe('task-broker CLI', () => {
   });
 
   it('dev-ca init and mint write a CA and an EC P-256 SVID with private keys readable by the owner only', { timeout: cliTimeout(5) }, async () => {
-    const ca = join(dir, 'pki');
+    const ca = join(dir(), 'pki');
     const init = await runCli(['dev-ca', 'init', '--dir', ca, '--trust-domain', 'example.org']);
     expect(init.code, init.stderr).toBe(0);
     const again = await runCli(['dev-ca', 'init', '--dir', ca, '--trust-domain', 'example.org']);
@@ -72,7 +67,9 @@ describe('task-broker CLI', () => {
     const noBundle = await runCli(['serve', '--svid-cert', 'a', '--svid-key', 'b'], { env: { TASK_BROKER_BUNDLES: '' } });
     expect(noBundle.code).toBe(2);
     expect(noBundle.stderr).toMatch(/at least one --bundle/);
-    const noKek = await runCli(['serve', '--svid-cert', 'a', '--svid-key', 'b', '--bundle', 'example.org=/x.pem'], { env: { TASK_BROKER_KEK: '', TASK_BROKER_KEK_FILE: '' } });
+    const noKek = await runCli(['serve', '--svid-cert', 'a', '--svid-key', 'b', '--bundle', 'example.org=/x.pem'], {
+      env: { TASK_BROKER_KEK: '', TASK_BROKER_KEK_FILE: '' },
+    });
     expect(noKek.code).toBe(2);
     expect(noKek.stderr).toMatch(/exactly one key-encryption key is required/);
     const badAlg = await runCli(['serve', '--svid-cert', 'a', '--svid-key', 'b', '--bundle', 'example.org=/x.pem', '--kek', 'x', '--token-alg', 'HS256']);
@@ -85,7 +82,7 @@ describe('task-broker CLI', () => {
 
   // Steps: three dev-ca runs, two log lines, the exit after SIGTERM.
   it('serve answers WhoAmI, health and reflection over mTLS, and exits 0 on SIGTERM', { timeout: cliTimeout(6) }, async () => {
-    const ca = join(dir, 'serve-pki');
+    const ca = join(dir(), 'serve-pki');
     for (const args of [
       ['dev-ca', 'init', '--dir', ca, '--trust-domain', 'example.org'],
       ['dev-ca', 'mint', '--dir', ca, '--spiffe-id', 'spiffe://example.org/task-broker', '--name', 'broker'],
@@ -95,20 +92,13 @@ describe('task-broker CLI', () => {
       expect(result.code, result.stderr).toBe(0);
     }
 
-    const policyPath = join(dir, 'serve-policy.yaml');
+    const policyPath = join(dir(), 'serve-policy.yaml');
     await writeFile(policyPath, 'version: 1\nadmins: []\nrules: []\n');
     // Configuration through environment variables, as in a Deployment.
-    const broker = startCli(['serve'], {
-      TASK_BROKER_POLICY: policyPath,
-      TASK_BROKER_LISTEN: '127.0.0.1:0',
-      TASK_BROKER_SVID_CERT: join(ca, 'broker.pem'),
-      TASK_BROKER_SVID_KEY: join(ca, 'broker.key'),
-      TASK_BROKER_BUNDLES: `example.org=${join(ca, 'ca.pem')}`,
-      TASK_BROKER_DATA_DIR: join(dir, 'data'),
-      TASK_BROKER_KEK: randomBytes(32).toString('base64'),
-      TASK_BROKER_MIGRATE: 'true',
-      TASK_BROKER_HTTP_LISTEN: '127.0.0.1:0',
-    });
+    const broker = startCli(
+      ['serve'],
+      devCaServeEnv(ca, 'example.org', { TASK_BROKER_POLICY: policyPath, TASK_BROKER_DATA_DIR: join(dir(), 'data'), TASK_BROKER_MIGRATE: 'true' }),
+    );
     try {
       const listening = await broker.waitForLog((l) => l.msg === 'task-broker listening');
       const http = await broker.waitForLog((l) => l.msg === 'HTTP listening');
@@ -117,12 +107,12 @@ describe('task-broker CLI', () => {
       expect(jwks.keys[0]?.alg).toBe('ES256');
       expect(listening.spiffeId).toBe('spiffe://example.org/task-broker');
       const address = `127.0.0.1:${String(listening.port)}`;
-      const svid = { certChainPem: await readFile(join(ca, 'w.pem'), 'utf8'), keyPem: await readFile(join(ca, 'w.key'), 'utf8'), bundle: await readFile(join(ca, 'ca.pem'), 'utf8') };
-      const client = BrokerClient.withSvid(address, { ...svid, serverId: 'spiffe://example.org/task-broker' });
+      const svid = await devCaSvid(ca, 'w', 'spiffe://example.org/task-broker');
+      const client = BrokerClient.withSvid(address, svid);
       expect((await client.whoAmI()).spiffeId).toBe('spiffe://example.org/w');
       client.close();
 
-      const credentials = svidChannelCredentials({ ...svid, serverId: 'spiffe://example.org/task-broker' });
+      const credentials = svidChannelCredentials(svid);
       expect(await healthOf(address, credentials, '')).toBe('SERVING');
       expect(await healthOf(address, credentials, 'taskbroker.v1.TaskBroker')).toBe('SERVING');
       expect(await reflectedServices(address, credentials)).toEqual(expect.arrayContaining(['taskbroker.v1.TaskBroker', 'grpc.health.v1.Health']));
@@ -142,7 +132,7 @@ describe('task-broker CLI', () => {
   });
 
   it('migrate applies the migrations to an embedded database once, and --status lists them', { timeout: cliTimeout(4) }, async () => {
-    const dataDir = join(dir, 'migrate-data');
+    const dataDir = join(dir(), 'migrate-data');
     const first = await runCli(['migrate', '--data-dir', dataDir]);
     expect(first.code, first.stderr).toBe(0);
     expect(first.stdout).toMatch(/applied {2}0001_tasks_tokens_keys_audit/);
@@ -158,7 +148,7 @@ describe('task-broker CLI', () => {
 
   // One process doing the work of several: a broker, its database, a dozen calls.
   it('dev runs the main job end to end', { timeout: cliTimeout(2) }, async () => {
-    const result = await runCli(['dev', '--dir', join(dir, 'dev')], { timeoutMs: 2 * CLI_TIMEOUT_MS });
+    const result = await runCli(['dev', '--dir', join(dir(), 'dev')], { timeoutMs: 2 * CLI_TIMEOUT_MS });
     expect(result.code, result.stderr).toBe(0);
     const out = result.stdout;
     expect(out).toMatch(/verified: spiffe:\/\/example.org\/ns\/demo\/sa\/worker/);
@@ -183,7 +173,9 @@ const require = createRequire(import.meta.url);
 function healthOf(address: string, credentials: grpc.ChannelCredentials, service: string): Promise<string> {
   const protoPath = join(dirname(require.resolve('grpc-health-check/package.json')), 'proto/health/v1/health.proto');
   const def = grpc.loadPackageDefinition(loadSync(protoPath, { enums: String })) as unknown as {
-    grpc: { health: { v1: { Health: new (a: string, c: grpc.ChannelCredentials, o: grpc.ChannelOptions) => grpc.Client & { check: grpc.requestCallback<unknown> } } } };
+    grpc: {
+      health: { v1: { Health: new (a: string, c: grpc.ChannelCredentials, o: grpc.ChannelOptions) => grpc.Client & { check: grpc.requestCallback<unknown> } } };
+    };
   };
   const client = new def.grpc.health.v1.Health(address, credentials, svidChannelOptions()) as unknown as {
     check(req: object, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void): void;

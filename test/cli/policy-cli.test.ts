@@ -2,11 +2,11 @@
  * `task-broker policy check` through the real binary: allow, deny with the reason, JSON output,
  * admin checks, and the exit codes scripts rely on (0 allow, 3 deny, 2 usage, 1 broken file).
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
+import { tempDirForFile } from '../helpers/cleanup.js';
 import { cliTimeout, runCli } from '../helpers/cli.js';
 
 const EXAMPLE = fileURLToPath(new URL('../../examples/policy.yaml', import.meta.url));
@@ -16,25 +16,30 @@ const INVOICES = 'spiffe://example.org/ns/billing/sa/invoices';
 const env = { TASK_BROKER_POLICY: '' };
 
 const check = (...args: string[]) => runCli(['policy', 'check', ...args], { env });
+/** The billing worker asking to export invoices, with `more` flags. */
+const workerExport = (...more: string[]) => check('--policy', EXAMPLE, '--caller', WORKER, '--action', 'invoice.export', '--audience', INVOICES, ...more);
 
-let dir: string;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'tb-policy-cli-'));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const dir = tempDirForFile('tb-policy-cli-');
 
 describe('task-broker policy check', () => {
   it('allows a request a rule allows: exit 0, names the rule, the approval, the token ttl cap and the digest', async () => {
-    const result = await check('--policy', EXAMPLE, '--caller', WORKER, '--action', 'invoice.export', '--audience', INVOICES, '--scope', 'invoices:read', '--scope', 'invoices:list', '--ttl', '30m');
+    const result = await workerExport('--scope', 'invoices:read', '--scope', 'invoices:list', '--ttl', '30m');
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toContain('ALLOW by rule "billing-export" (approval required: no; token ttl capped at 300s)');
     expect(result.stdout).toMatch(/digest [A-Za-z0-9_-]{43}/);
   });
 
   it('reports required approval', async () => {
-    const result = await check('--policy', EXAMPLE, '--caller', 'spiffe://partner.test/reporter', '--action', 'report.read', '--audience', 'spiffe://example.org/ns/reports/sa/api');
+    const result = await check(
+      '--policy',
+      EXAMPLE,
+      '--caller',
+      'spiffe://partner.test/reporter',
+      '--action',
+      'report.read',
+      '--audience',
+      'spiffe://example.org/ns/reports/sa/api',
+    );
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toContain('ALLOW by rule "partner-reports" (approval required: yes; token ttl capped at 60s)');
   });
@@ -44,7 +49,7 @@ describe('task-broker policy check', () => {
     expect(action.code, action.stderr).toBe(3);
     expect(action.stdout).toContain('DENY: rule "billing-export": action "invoice.delete" is not allowed');
 
-    const ttl = await check('--policy', EXAMPLE, '--caller', WORKER, '--action', 'invoice.export', '--audience', INVOICES, '--ttl', '2h');
+    const ttl = await workerExport('--ttl', '2h');
     expect(ttl.code).toBe(3);
     expect(ttl.stdout).toContain('DENY: rule "billing-export": task ttl 7200s exceeds max_task_ttl 3600s');
 
@@ -54,20 +59,32 @@ describe('task-broker policy check', () => {
   });
 
   it('prints the decision as one JSON object with --json', { timeout: cliTimeout(2) }, async () => {
-    const allow = await check('--policy', EXAMPLE, '--caller', WORKER, '--action', 'invoice.export', '--audience', INVOICES, '--json');
+    const allow = await workerExport('--json');
     expect(allow.code, allow.stderr).toBe(0);
     const allowed = JSON.parse(allow.stdout) as Record<string, unknown>;
-    expect(allowed).toEqual({ allowed: true, rule: 'billing-export', requireApproval: false, maxTokenTtlSeconds: 300, policyDigest: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/) });
+    expect(allowed).toEqual({
+      allowed: true,
+      rule: 'billing-export',
+      requireApproval: false,
+      maxTokenTtlSeconds: 300,
+      policyDigest: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/),
+    });
 
-    const deny = await check('--policy', EXAMPLE, '--caller', WORKER, '--action', 'invoice.export', '--audience', INVOICES, '--scope', 'invoices:write', '--json');
+    const deny = await workerExport('--scope', 'invoices:write', '--json');
     expect(deny.code).toBe(3);
-    expect(JSON.parse(deny.stdout)).toEqual({ allowed: false, reason: 'rule "billing-export": scope "invoices:write" is not allowed', policyDigest: allowed.policyDigest });
+    expect(JSON.parse(deny.stdout)).toEqual({
+      allowed: false,
+      reason: 'rule "billing-export": scope "invoices:write" is not allowed',
+      policyDigest: allowed.policyDigest,
+    });
   });
 
   it('checks admins with --admin (no --action or --audience needed)', { timeout: cliTimeout(2) }, async () => {
     const admin = await check('--policy', EXAMPLE, '--caller', 'spiffe://example.org/ns/platform/sa/oncall/alice', '--admin');
     expect(admin.code, admin.stderr).toBe(0);
-    expect(admin.stdout).toContain('ALLOW: spiffe://example.org/ns/platform/sa/oncall/alice is an admin (admins entry "spiffe://example.org/ns/platform/sa/oncall/**")');
+    expect(admin.stdout).toContain(
+      'ALLOW: spiffe://example.org/ns/platform/sa/oncall/alice is an admin (admins entry "spiffe://example.org/ns/platform/sa/oncall/**")',
+    );
 
     const notAdmin = await check('--policy', EXAMPLE, '--caller', WORKER, '--admin', '--json');
     expect(notAdmin.code).toBe(3);
@@ -75,14 +92,17 @@ describe('task-broker policy check', () => {
   });
 
   it('exits 1 with the PolicyError on stderr for a broken or missing policy file', { timeout: cliTimeout(2) }, async () => {
-    const broken = join(dir, 'broken.yaml');
-    await writeFile(broken, 'version: 1\nrules:\n  - name: x\n    callers: { spiffe_ids: ["spiffe://example.org/a"] }\n    actions: ["*"]\n    audiences: ["spiffe://example.org/ns/*-x"]\n    scopes: ["*"]\n');
+    const broken = join(dir(), 'broken.yaml');
+    await writeFile(
+      broken,
+      'version: 1\nrules:\n  - name: x\n    callers: { spiffe_ids: ["spiffe://example.org/a"] }\n    actions: ["*"]\n    audiences: ["spiffe://example.org/ns/*-x"]\n    scopes: ["*"]\n',
+    );
     const result = await check('--policy', broken, '--caller', WORKER, '--action', 'a', '--audience', INVOICES);
     expect(result.code).toBe(1);
     expect(result.stderr).toContain(`${broken}: rules[0].audiences[0]: spiffe id pattern "spiffe://example.org/ns/*-x"`);
     expect(result.stdout).not.toMatch(/ALLOW|DENY/);
 
-    const missing = await check('--policy', join(dir, 'nope.yaml'), '--caller', WORKER, '--admin');
+    const missing = await check('--policy', join(dir(), 'nope.yaml'), '--caller', WORKER, '--admin');
     expect(missing.code).toBe(1);
     expect(missing.stderr).toMatch(/cannot read the policy file: ENOENT/);
   });
@@ -109,7 +129,16 @@ describe('task-broker policy check', () => {
     const result = await runCli(['policy', 'check', '--help']);
     expect(result.code).toBe(0);
     expect(result.stdout).toMatch(/^Usage: task-broker policy check/);
-    for (const flag of ['--policy FILE', '--caller SPIFFE_ID', '--action ACTION', '--audience SPIFFE_ID', '--scope SCOPE', '--ttl DURATION', '--admin', '--json']) {
+    for (const flag of [
+      '--policy FILE',
+      '--caller SPIFFE_ID',
+      '--action ACTION',
+      '--audience SPIFFE_ID',
+      '--scope SCOPE',
+      '--ttl DURATION',
+      '--admin',
+      '--json',
+    ]) {
       expect(result.stdout).toContain(flag);
     }
     expect(result.stdout).toContain('Exit status: 0 allowed, 3 denied');

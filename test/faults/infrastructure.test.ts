@@ -8,15 +8,13 @@
  * What the brokers do across a database restart is not asserted here (issue 8's own tests).
  */
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
-import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
+import { describe, expect, it, onTestFailed } from 'vitest';
 import { queryRows } from '../helpers/db.js';
 import { processAlive, startPgCluster, type PgCluster } from '../helpers/pg-cluster.js';
 import { createServePki, randomKek, startServe, type ServeProcess } from '../helpers/serve-process.js';
-import { AUDIENCE, POLICY, TD, WORKER } from './fixtures.js';
+import { tempDirForFile } from '../helpers/cleanup.js';
+import { AUDIENCE, POLICY, taskSpec, TD, WORKER } from './fixtures.js';
 
 /** Pids of live processes whose parent is `ppid`. */
 async function childrenOf(ppid: number): Promise<number[]> {
@@ -47,13 +45,7 @@ async function processesMentioning(text: string): Promise<number[]> {
   return pids;
 }
 
-let dir: string;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'tb-faults-infra-'));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const dir = tempDirForFile('tb-faults-infra-');
 
 describe('fault-injection infrastructure', () => {
   it('runs a task across two serve replicas on a private cluster, restarts the cluster, and cleans up', { timeout: 100_000 }, async () => {
@@ -75,7 +67,7 @@ describe('fault-injection infrastructure', () => {
     try {
       // The cluster and the PKI (four runs of the real CLI) are made at the same time.
       const makePki = async () => {
-        const made = await createServePki(join(dir, 'pki'), TD);
+        const made = await createServePki(join(dir(), 'pki'), TD);
         await Promise.all([made.svid(WORKER), made.svid(AUDIENCE)]);
         return made;
       };
@@ -102,7 +94,7 @@ describe('fault-injection infrastructure', () => {
 
       // Create on A, issue on B, verify on A (the audience, with the presenter's certificate),
       // complete on B, verify on A again: revoked.
-      const spec: CreateTaskRequest['spec'] = { action: 'invoice.export', resources: ['invoices/2026-11'], audience: AUDIENCE, scopes: ['invoices:read'], ttl: { seconds: 600 } };
+      const spec = taskSpec(AUDIENCE);
       const created = await (await a.client(WORKER)).createTask({ spec });
       const taskId = created.task!.taskId;
       const issued = await (await b.client(WORKER)).issueToken({ taskId });

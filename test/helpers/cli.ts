@@ -7,6 +7,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { runProcess, type ProcessResult } from './process.js';
 
 export const BIN = fileURLToPath(new URL('../../bin/task-broker.js', import.meta.url));
 
@@ -25,32 +26,14 @@ export function cliTimeout(steps: number): number {
   return steps * CLI_TIMEOUT_MS + 30_000;
 }
 
-export interface CliResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+export type CliResult = ProcessResult;
 
 export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const timeoutMs = options.timeoutMs ?? CLI_TIMEOUT_MS;
-    const child = spawn(process.execPath, [BIN, ...args], { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`task-broker ${args.join(' ')} did not exit within ${timeoutMs} ms (killed)\nstdout: ${stdout}\nstderr: ${stderr}`));
-    }, timeoutMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
+  const timeoutMs = options.timeoutMs ?? CLI_TIMEOUT_MS;
+  return runProcess([process.execPath, BIN, ...args], {
+    env: options.env,
+    limitMs: timeoutMs,
+    hung: ({ stdout, stderr }) => new Error(`task-broker ${args.join(' ')} did not exit within ${timeoutMs} ms (killed)\nstdout: ${stdout}\nstderr: ${stderr}`),
   });
 }
 
@@ -114,7 +97,11 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): RunningCl
           const found = jsonLines(stdout, complete).find(match);
           if (found) settle(() => resolve(found));
         };
-        const timer = setTimeout(() => settle(() => reject(new Error(`log line not seen within ${timeoutMs} ms (the process is still running)\nstdout: ${stdout}\nstderr: ${stderr}`))), timeoutMs);
+        const timer = setTimeout(
+          () =>
+            settle(() => reject(new Error(`log line not seen within ${timeoutMs} ms (the process is still running)\nstdout: ${stdout}\nstderr: ${stderr}`))),
+          timeoutMs,
+        );
         const onOutput = () => check();
         waiters.add(onOutput);
         void exited.then((code) => {

@@ -23,6 +23,7 @@ import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { runProcess, type ProcessResult } from './process.js';
 
 export const PG_BINDIR = process.env.TASK_BROKER_TEST_PG_BINDIR ?? '/usr/lib/postgresql/15/bin';
 
@@ -58,12 +59,6 @@ export interface PgCluster {
   logTail(lines?: number): Promise<string>;
 }
 
-interface CommandResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 const asRoot = () => process.getuid?.() === 0;
 
 /** argv for a PostgreSQL server tool, run as the postgres OS user when we are root. */
@@ -72,27 +67,11 @@ function pgCommand(tool: string, args: string[]): string[] {
   return asRoot() ? ['runuser', '-u', 'postgres', '--', bin, ...args] : [bin, ...args];
 }
 
-function run(argv: string[], cwd: string, limitMs = COMMAND_LIMIT_MS): Promise<CommandResult> {
-  return new Promise((resolve, reject) => {
-    const [command, ...args] = argv as [string, ...string[]];
-    const child = spawn(command, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), limitMs);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function run(argv: string[], cwd: string, limitMs = COMMAND_LIMIT_MS): Promise<ProcessResult> {
+  return runProcess(argv as [string, ...string[]], { cwd, limitMs });
 }
 
-function describeResult(argv: string[], r: CommandResult): string {
+function describeResult(argv: string[], r: ProcessResult): string {
   return `${argv.join(' ')} exited ${String(r.code)}\nstdout: ${r.stdout.trim()}\nstderr: ${r.stderr.trim()}`;
 }
 
@@ -207,19 +186,25 @@ export async function startPgCluster(options: { port?: number } = {}): Promise<P
   const entry = { dir, dataDir };
   live.add(entry);
   // If this process dies without its exit hooks, the reaper stops the postmaster and removes the dir.
-  const reaper = armReaper(`${pgCommand('pg_ctl', ['stop', '-D', '"$TB_PG_DATA"', '-m', 'immediate', '-w', '-t', '30']).join(' ')} >/dev/null 2>&1\nrm -rf -- "$TB_PG_DIR"`, {
-    TB_PG_DATA: dataDir,
-    TB_PG_DIR: dir,
-  });
+  const reaper = armReaper(
+    `${pgCommand('pg_ctl', ['stop', '-D', '"$TB_PG_DATA"', '-m', 'immediate', '-w', '-t', '30']).join(' ')} >/dev/null 2>&1\nrm -rf -- "$TB_PG_DIR"`,
+    {
+      TB_PG_DATA: dataDir,
+      TB_PG_DIR: dir,
+    },
+  );
 
   const logTail = async (lines = 60): Promise<string> => {
     try {
-      return (await readFile(logFile, 'utf8')).split('\n').slice(-lines - 1).join('\n');
+      return (await readFile(logFile, 'utf8'))
+        .split('\n')
+        .slice(-lines - 1)
+        .join('\n');
     } catch {
       return '(no server log)';
     }
   };
-  const pgCtl = async (args: string[]): Promise<CommandResult> => run(pgCommand('pg_ctl', args), dir);
+  const pgCtl = async (args: string[]): Promise<ProcessResult> => run(pgCommand('pg_ctl', args), dir);
 
   let port = options.port ?? (await freePort());
   const initArgv = pgCommand('initdb', ['-D', dataDir, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8', '--locale=C', '--no-instructions']);
@@ -296,7 +281,7 @@ export async function startPgCluster(options: { port?: number } = {}): Promise<P
   };
   const isRunning = async (): Promise<boolean> => (await pgCtl(['status', '-D', dataDir])).code === 0;
 
-  const startOnce = async (): Promise<CommandResult> => pgCtl(['start', '-D', dataDir, '-l', logFile, '-w', '-t', String(READY_LIMIT_MS / 1000)]);
+  const startOnce = async (): Promise<ProcessResult> => pgCtl(['start', '-D', dataDir, '-l', logFile, '-w', '-t', String(READY_LIMIT_MS / 1000)]);
   const start = async (): Promise<void> => {
     if (!(await isRunning())) {
       let r = await startOnce();
@@ -319,7 +304,8 @@ export async function startPgCluster(options: { port?: number } = {}): Promise<P
     if (!(await isRunning())) return;
     const pid = await postmasterPid();
     const r = await pgCtl(['stop', '-D', dataDir, '-m', mode, '-w', '-t', String(READY_LIMIT_MS / 1000)]);
-    if (r.code !== 0 && (await isRunning())) throw new Error(`pg_ctl stop -m ${mode} failed: ${describeResult(['pg_ctl', 'stop'], r)}\n--- server log ---\n${await logTail()}`);
+    if (r.code !== 0 && (await isRunning()))
+      throw new Error(`pg_ctl stop -m ${mode} failed: ${describeResult(['pg_ctl', 'stop'], r)}\n--- server log ---\n${await logTail()}`);
     // pg_ctl returns once postmaster.pid is gone; the postmaster unlinks it just before it exits.
     if (pid) await waitGone(pid, `the postmaster (pid ${pid}) of ${dataDir}`);
   };
@@ -350,7 +336,8 @@ export async function startPgCluster(options: { port?: number } = {}): Promise<P
       serialize(async () => {
         if (!(await isRunning())) return start();
         const r = await pgCtl(['restart', '-D', dataDir, '-m', mode, '-l', logFile, '-w', '-t', String(READY_LIMIT_MS / 1000)]);
-        if (r.code !== 0) throw new Error(`pg_ctl restart -m ${mode} failed: ${describeResult(['pg_ctl', 'restart'], r)}\n--- server log ---\n${await logTail()}`);
+        if (r.code !== 0)
+          throw new Error(`pg_ctl restart -m ${mode} failed: ${describeResult(['pg_ctl', 'restart'], r)}\n--- server log ---\n${await logTail()}`);
         await waitReady();
       }),
     destroy() {

@@ -45,6 +45,17 @@ export interface ServePki {
   svid(spiffeId: string): Promise<MintedSvid>;
 }
 
+/** What `make` promised for `key` before, or a new promise; a rejected one is forgotten, so the next call tries again. */
+function cachedPromise<T>(cache: Map<string, Promise<T>>, key: string, make: () => Promise<T>): Promise<T> {
+  let value = cache.get(key);
+  if (!value) {
+    value = make();
+    cache.set(key, value);
+    value.catch(() => cache.delete(key));
+  }
+  return value;
+}
+
 async function cli(args: string[]): Promise<void> {
   const r = await runCli(args);
   if (r.code !== 0) throw new Error(`task-broker ${args.join(' ')} exited ${String(r.code)}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
@@ -74,15 +85,7 @@ export async function createServePki(dir: string, trustDomain = 'example.org'): 
     bundlePath,
     bundlePem,
     mint,
-    svid(spiffeId) {
-      let svid = svids.get(spiffeId);
-      if (!svid) {
-        svid = mint(spiffeId);
-        svids.set(spiffeId, svid);
-        svid.catch(() => svids.delete(spiffeId));
-      }
-      return svid;
-    },
+    svid: (spiffeId) => cachedPromise(svids, spiffeId, () => mint(spiffeId)),
   };
 }
 
@@ -183,7 +186,9 @@ export async function startServe(options: {
   liveChildren.set(running, workDir);
   options.onSpawn?.(running);
   const pid = running.child.pid;
-  const reaper = pid ? armReaper('kill -KILL "$TB_SERVE_PID" 2>/dev/null\nrm -rf -- "$TB_SERVE_DIR"', { TB_SERVE_PID: String(pid), TB_SERVE_DIR: workDir }) : undefined;
+  const reaper = pid
+    ? armReaper('kill -KILL "$TB_SERVE_PID" 2>/dev/null\nrm -rf -- "$TB_SERVE_DIR"', { TB_SERVE_PID: String(pid), TB_SERVE_DIR: workDir })
+    : undefined;
   void running.exited.then(() => {
     liveChildren.delete(running);
     reaper?.disarm();
@@ -238,13 +243,7 @@ export async function startServe(options: {
     kek,
     client(spiffeId, clientOptions = {}) {
       if (clientOptions.channelOptions) return makeClient(spiffeId, clientOptions.channelOptions);
-      let client = cached.get(spiffeId);
-      if (!client) {
-        client = makeClient(spiffeId);
-        cached.set(spiffeId, client);
-        client.catch(() => cached.delete(spiffeId));
-      }
-      return client;
+      return cachedPromise(cached, spiffeId, () => makeClient(spiffeId));
     },
     async readyz() {
       const res = await fetch(ops('/readyz'), { signal: AbortSignal.timeout(10_000) });

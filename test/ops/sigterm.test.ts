@@ -4,16 +4,16 @@
  * call the broker received completes successfully, /readyz turns 503 during the drain, and the
  * process exits 0 with its 'stopped' line. (Runs dist/: build first.)
  */
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { BrokerClient } from '../../src/client/broker-client.js';
-import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
+import { tempDirForFile } from '../helpers/cleanup.js';
 import { runCli, startCli } from '../helpers/cli.js';
+import { devCaServeEnv, devCaSvid } from '../helpers/dev-ca-files.js';
+import { taskSpec } from '../faults/fixtures.js';
 import { createTestDatabase } from '../helpers/db.js';
 import { createServePki, startServe, type ServeProcess } from '../helpers/serve-process.js';
 
@@ -35,13 +35,7 @@ rules:
     scopes: ["invoices:read"]
 `;
 
-let dir: string;
-beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'tb-sigterm-'));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
-});
+const dir = tempDirForFile('tb-sigterm-');
 
 /** Sum of every sample of `name` whose labels include `labels`. */
 function total(text: string, name: string, labels: Record<string, string> = {}): number {
@@ -55,31 +49,28 @@ function total(text: string, name: string, labels: Record<string, string> = {}):
 
 describe('task-broker serve under SIGTERM', () => {
   it(`drains a burst of ${BURST} concurrent calls, then exits 0`, { timeout: 120_000 }, async () => {
-    const ca = join(dir, 'pki');
+    const ca = join(dir(), 'pki');
     expect((await runCli(['dev-ca', 'init', '--dir', ca, '--trust-domain', TD])).code).toBe(0);
     expect((await runCli(['dev-ca', 'mint', '--dir', ca, '--spiffe-id', BROKER_ID, '--name', 'broker'])).code).toBe(0);
     const workerIds = [1, 2, 3, 4].map((i) => `spiffe://${TD}/ns/burst/sa/worker-${i}`);
     for (const [i, id] of workerIds.entries()) expect((await runCli(['dev-ca', 'mint', '--dir', ca, '--spiffe-id', id, '--name', `w${i}`])).code).toBe(0);
-    const policyPath = join(dir, 'policy.yaml');
+    const policyPath = join(dir(), 'policy.yaml');
     await writeFile(policyPath, POLICY);
 
-    const broker = startCli(['serve'], {
-      TASK_BROKER_LISTEN: '127.0.0.1:0',
-      TASK_BROKER_HTTP_LISTEN: '127.0.0.1:0',
-      TASK_BROKER_SVID_CERT: join(ca, 'broker.pem'),
-      TASK_BROKER_SVID_KEY: join(ca, 'broker.key'),
-      TASK_BROKER_BUNDLES: `${TD}=${join(ca, 'ca.pem')}`,
-      TASK_BROKER_POLICY: policyPath,
-      TASK_BROKER_DATA_DIR: join(dir, 'data'),
-      TASK_BROKER_KEK: randomBytes(32).toString('base64'),
-      TASK_BROKER_MIGRATE: 'true',
-      TASK_BROKER_SHUTDOWN_GRACE: '30s',
-      // The burst is 50 calls per workload at once: over the default admission limits by design.
-      TASK_BROKER_MAX_CALLS_PER_CALLER: '100',
-      // Few calls at a time, so the burst is still running (most of it waiting its turn) when the SIGTERM lands.
-      TASK_BROKER_MAX_ACTIVE_CALLS: '2',
-      TASK_BROKER_LOG_LEVEL: 'info',
-    });
+    const broker = startCli(
+      ['serve'],
+      devCaServeEnv(ca, TD, {
+        TASK_BROKER_POLICY: policyPath,
+        TASK_BROKER_DATA_DIR: join(dir(), 'data'),
+        TASK_BROKER_MIGRATE: 'true',
+        TASK_BROKER_SHUTDOWN_GRACE: '30s',
+        // The burst is 50 calls per workload at once: over the default admission limits by design.
+        TASK_BROKER_MAX_CALLS_PER_CALLER: '100',
+        // Few calls at a time, so the burst is still running (most of it waiting its turn) when the SIGTERM lands.
+        TASK_BROKER_MAX_ACTIVE_CALLS: '2',
+        TASK_BROKER_LOG_LEVEL: 'info',
+      }),
+    );
     const clients: BrokerClient[] = [];
     try {
       const listening = await broker.waitForLog((l) => l.msg === 'task-broker listening');
@@ -88,12 +79,8 @@ describe('task-broker serve under SIGTERM', () => {
       const address = `127.0.0.1:${String(listening.port)}`;
       expect((await fetch(`${ops}/readyz`)).status).toBe(200);
 
-      const bundle = await readFile(join(ca, 'ca.pem'), 'utf8');
-      for (const i of workerIds.keys()) {
-        const svid = { certChainPem: await readFile(join(ca, `w${i}.pem`), 'utf8'), keyPem: await readFile(join(ca, `w${i}.key`), 'utf8') };
-        clients.push(BrokerClient.withSvid(address, { ...svid, bundle, serverId: BROKER_ID }));
-      }
-      const spec: CreateTaskRequest['spec'] = { action: 'invoice.export', resources: ['invoices/2026-11'], audience: AUDIENCE, scopes: ['invoices:read'], ttl: { seconds: 600 } };
+      for (const i of workerIds.keys()) clients.push(BrokerClient.withSvid(address, await devCaSvid(ca, `w${i}`, BROKER_ID)));
+      const spec = taskSpec(AUDIENCE);
       // Connections open, and one task per worker to issue tokens for.
       const tasks = await Promise.all(clients.map(async (c) => ({ c, taskId: (await c.createTask({ spec })).task!.taskId })));
       const metricsText = async () => (await fetch(`${ops}/metrics`)).text();
@@ -110,7 +97,10 @@ describe('task-broker serve under SIGTERM', () => {
       // Every call has reached the broker (handled or being handled): now SIGTERM.
       for (;;) {
         const text = await metricsText();
-        const received = total(text, 'task_broker_grpc_requests_in_flight') + total(text, 'task_broker_grpc_requests_total', { service: 'taskbroker.v1.TaskBroker' }) - handledBefore;
+        const received =
+          total(text, 'task_broker_grpc_requests_in_flight') +
+          total(text, 'task_broker_grpc_requests_total', { service: 'taskbroker.v1.TaskBroker' }) -
+          handledBefore;
         if (received >= BURST) break;
         await new Promise((r) => setTimeout(r, 5));
       }
@@ -165,11 +155,11 @@ async function sigtermExit(replica: ServeProcess): Promise<{ code: number | null
 describe('task-broker serve under SIGTERM with idle connections', () => {
   it('closes idle client connections at once (GOAWAY) and exits in under a second', { timeout: 180_000 }, async () => {
     const database = await createTestDatabase('postgres');
-    const pki = await createServePki(join(dir, 'idle-pki'), TD);
+    const pki = await createServePki(join(dir(), 'idle-pki'), TD);
     const replica = await startServe({ pki, databaseUrl: database.url, policyYaml: POLICY, env: { TASK_BROKER_SHUTDOWN_GRACE: '30s' } });
     try {
       const ids = [1, 2, 3].map((i) => `spiffe://${TD}/ns/burst/sa/idle-${i}`);
-      const spec: CreateTaskRequest['spec'] = { action: 'invoice.export', resources: ['invoices/2026-11'], audience: AUDIENCE, scopes: ['invoices:read'], ttl: { seconds: 600 } };
+      const spec = taskSpec(AUDIENCE);
       // Three channels, each with a finished call behind it: open and idle.
       for (const id of ids) expect((await (await replica.client(id)).createTask({ spec })).task?.state).toBe('TASK_STATE_ACTIVE');
       const { code, tookMs } = await sigtermExit(replica);
@@ -189,11 +179,19 @@ describe('task-broker serve under SIGTERM with idle connections', () => {
 describe('task-broker serve under SIGTERM with a client that ignores GOAWAY', () => {
   it('does not wait for an idle connection whose client never closes it', { timeout: 180_000 }, async () => {
     const database = await createTestDatabase('postgres');
-    const pki = await createServePki(join(dir, 'raw-pki'), TD);
+    const pki = await createServePki(join(dir(), 'raw-pki'), TD);
     const replica = await startServe({ pki, databaseUrl: database.url, policyYaml: POLICY, env: { TASK_BROKER_SHUTDOWN_GRACE: '30s' } });
     const svid = await pki.svid(`spiffe://${TD}/ns/burst/sa/raw`);
     // A bare HTTP/2 client: the connection preface and an empty SETTINGS frame, then silence.
-    const socket = tlsConnect({ host: '127.0.0.1', port: replica.port, cert: svid.certChainPem, key: svid.keyPem, ca: pki.bundlePem, ALPNProtocols: ['h2'], rejectUnauthorized: false });
+    const socket = tlsConnect({
+      host: '127.0.0.1',
+      port: replica.port,
+      cert: svid.certChainPem,
+      key: svid.keyPem,
+      ca: pki.bundlePem,
+      ALPNProtocols: ['h2'],
+      rejectUnauthorized: false,
+    });
     socket.on('error', () => undefined);
     try {
       await new Promise<void>((resolve) => socket.once('secureConnect', resolve));

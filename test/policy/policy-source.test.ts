@@ -56,6 +56,14 @@ async function load(path: string, logger = capturedLogger().logger): Promise<Fil
   return source;
 }
 
+/** policy.yaml in the test's dir with one rule, followed, with what the source logs. */
+async function followedPolicyFile(ruleName: string, action: string) {
+  const path = join(dir, 'policy.yaml');
+  await writeFile(path, policyText(ruleName, action));
+  const { logger, lines } = capturedLogger();
+  return { path, source: await load(path, logger), lines };
+}
+
 describe('StaticPolicySource', () => {
   it('returns its policy, or undefined for none, and never changes', () => {
     expect(new StaticPolicySource(undefined).status()).toEqual({ reloadFailures: 0 });
@@ -74,10 +82,7 @@ describe('StaticPolicySource', () => {
 
 describe('FilePolicySource', () => {
   it('loads the file and logs the digest and rule count', async () => {
-    const path = join(dir, 'policy.yaml');
-    await writeFile(path, policyText('first', 'a'));
-    const { logger, lines } = capturedLogger();
-    const source = await load(path, logger);
+    const { path, source, lines } = await followedPolicyFile('first', 'a');
     expect(source.current().rules.map((r) => r.name)).toEqual(['first']);
     expect(source.current().source).toBe(path);
     expect(decide(source.current(), 'a')?.allowed).toBe(true);
@@ -95,10 +100,7 @@ describe('FilePolicySource', () => {
   });
 
   it('picks up an in-place write, tells listeners, and logs the new digest', async () => {
-    const path = join(dir, 'policy.yaml');
-    await writeFile(path, policyText('first', 'a'));
-    const { logger, lines } = capturedLogger();
-    const source = await load(path, logger);
+    const { path, source, lines } = await followedPolicyFile('first', 'a');
     const seen: Policy[] = [];
     source.onChange((p) => seen.push(p));
     const firstDigest = source.current().digest;
@@ -115,9 +117,7 @@ describe('FilePolicySource', () => {
   });
 
   it('picks up a file written elsewhere and renamed over it', async () => {
-    const path = join(dir, 'policy.yaml');
-    await writeFile(path, policyText('first', 'a'));
-    const source = await load(path);
+    const { path, source } = await followedPolicyFile('first', 'a');
     const temp = join(dir, '.policy.yaml.tmp');
     await writeFile(temp, policyText('renamed', 'c'));
     await rename(temp, path);
@@ -144,10 +144,7 @@ describe('FilePolicySource', () => {
   });
 
   it('keeps the last good policy when the new file is broken, logs why, and takes the fixed file', async () => {
-    const path = join(dir, 'policy.yaml');
-    await writeFile(path, policyText('good', 'a'));
-    const { logger, lines } = capturedLogger();
-    const source = await load(path, logger);
+    const { path, source, lines } = await followedPolicyFile('good', 'a');
     const good = source.current();
     const seen: string[] = [];
     source.onChange((p) => seen.push(p.rules[0]?.name ?? ''));
@@ -182,10 +179,7 @@ describe('FilePolicySource', () => {
   });
 
   it('keeps the last good policy when the file disappears', async () => {
-    const path = join(dir, 'policy.yaml');
-    await writeFile(path, policyText('good', 'a'));
-    const { logger, lines } = capturedLogger();
-    const source = await load(path, logger);
+    const { path, source, lines } = await followedPolicyFile('good', 'a');
     const good = source.current();
     await rm(path);
     await waitFor(() => lines().some((l) => l.level === 'error'), 'the error log line');
@@ -194,9 +188,7 @@ describe('FilePolicySource', () => {
   });
 
   it('stops following the file after close, and an unsubscribed listener hears nothing', async () => {
-    const path = join(dir, 'policy.yaml');
-    await writeFile(path, policyText('first', 'a'));
-    const source = await load(path);
+    const { path, source } = await followedPolicyFile('first', 'a');
     let calls = 0;
     const unsubscribe = source.onChange(() => calls++);
     unsubscribe();

@@ -6,10 +6,8 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelOptions } from '../../src/client/credentials.js';
 import { createRootCa, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
@@ -19,6 +17,7 @@ import { parseWorkloadApiAddress, WorkloadApiClient, workloadApiProto, WORKLOAD_
 import { Backoff } from '../../src/spiffe/workload-api-stream.js';
 import { WorkloadApiSource, type WorkloadApiSourceOptions } from '../../src/spiffe/workload-api-source.js';
 import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
+import { cleanupsAfterEach } from '../helpers/cleanup.js';
 import { runCli, startCli } from '../helpers/cli.js';
 import { createTestDatabase } from '../helpers/db.js';
 import { capturedLogger } from '../helpers/logs.js';
@@ -29,16 +28,8 @@ import { derOf, startFakeWorkloadApi, x509SvidMessage, type FakeWorkloadApi } fr
 const BROKER_ID = 'spiffe://a.test/task-broker';
 const FAST_BACKOFF = { initialMs: 50, maxMs: 400 };
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'tb-wl-'));
-  cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const cleanups = cleanupsAfterEach();
+const tempDir = () => cleanups.tempDir('tb-wl-');
 
 async function fakeAgent(): Promise<FakeWorkloadApi> {
   const agent = await startFakeWorkloadApi(join(await tempDir(), 'agent.sock'));
@@ -50,6 +41,14 @@ async function connectSource(options: WorkloadApiSourceOptions): Promise<Workloa
   const source = await WorkloadApiSource.connect({ backoff: FAST_BACKOFF, ...options });
   cleanups.push(() => source.close());
   return source;
+}
+
+/** A fake agent handing out `svid` as the broker's SVID and the root of `pki` as the only bundle. */
+async function agentServing(pki: TrustDomainPki, svid: IssuedCertificate): Promise<FakeWorkloadApi> {
+  const agent = await fakeAgent();
+  agent.setX509Svid(await svidResponse(svid, [pki.root]));
+  agent.setX509Bundles(bundlesResponse({ [pki.name]: [pki.root] }));
+  return agent;
 }
 
 /** A whole broker (on a fresh PostgreSQL database) whose SVID and bundles come from `source`; it may start before the first SVID. */
@@ -278,12 +277,10 @@ describe('the broker on the Workload API', () => {
   });
 
   it('keeps serving with the last SVID while the agent is away, reconnects with backoff and picks up later updates', async () => {
-    const agent = await fakeAgent();
     const { logger, lines } = capturedLogger();
     const a = await trustDomainPki('a.test');
     const first = await mintX509Svid(a.root, BROKER_ID);
-    agent.setX509Svid(await svidResponse(first, [a.root]));
-    agent.setX509Bundles(bundlesResponse({ 'a.test': [a.root] }));
+    const agent = await agentServing(a, first);
     const source = await connectSource({ address: agent.address, logger, staleWarningMs: 300, monitorIntervalMs: 50 });
     await source.waitUntilReady(5_000);
     const broker = await brokerOn(source, logger);
@@ -321,12 +318,10 @@ describe('the broker on the Workload API', () => {
   });
 
   it('refuses unusable updates and keeps the last good SVID and bundles', async () => {
-    const agent = await fakeAgent();
     const { logger, lines } = capturedLogger();
     const a = await trustDomainPki('a.test');
     const good = await mintX509Svid(a.root, BROKER_ID);
-    agent.setX509Svid(await svidResponse(good, [a.root]));
-    agent.setX509Bundles(bundlesResponse({ 'a.test': [a.root] }));
+    const agent = await agentServing(a, good);
     const source = await connectSource({ address: agent.address, logger });
     const identity = await source.waitUntilReady(5_000);
     await eventually(() => source.status().lastBundleUpdate !== undefined);
@@ -411,11 +406,9 @@ describe('task-broker serve --workload-api', () => {
   });
 
   it('takes its SVID and bundles from the agent at SPIFFE_ENDPOINT_SOCKET and serves', async () => {
-    const agent = await fakeAgent();
-    const dir = await tempDir();
     const a: TrustDomainPki = await trustDomainPki('a.test');
-    agent.setX509Svid(await svidResponse(await mintX509Svid(a.root, BROKER_ID), [a.root]));
-    agent.setX509Bundles(bundlesResponse({ 'a.test': [a.root] }));
+    const agent = await agentServing(a, await mintX509Svid(a.root, BROKER_ID));
+    const dir = await tempDir();
     const broker = startCli(['serve'], {
       SPIFFE_ENDPOINT_SOCKET: agent.address,
       TASK_BROKER_SVID_CERT: '',

@@ -23,8 +23,9 @@ import { initDevCa, mintDevSvid } from '../../src/devca/dev-ca.js';
 import { TrustBundleSet, type X509BundleSource } from '../../src/spiffe/bundle.js';
 import { parsePemCertificates } from '../../src/spiffe/certificate.js';
 import { verifyX509Svid } from '../../src/spiffe/x509svid.js';
-import { X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid-error.js';
+import type { X509SvidFailure } from '../../src/spiffe/x509svid-error.js';
 import { bundleSet, issueLeaf, leafTemplate, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
+import { chainOf, expectSvidRefused } from '../helpers/x509svid.js';
 
 const HOUR = 3_600_000;
 const ANY_EKU = '2.5.29.37.0';
@@ -43,33 +44,21 @@ afterAll(async () => {
   await Promise.all(tempDirs.map((dir) => rm(dir, { recursive: true, force: true })));
 });
 
-const chainOf = (...certs: IssuedCertificate[]) => certs.map((c) => c.der);
-
 /** A bundle set whose trust domains all trust `root` (besides nothing else). */
 function trusting(root: IssuedCertificate, ...trustDomains: string[]): TrustBundleSet {
   return new TrustBundleSet(trustDomains.map((trustDomain) => ({ trustDomain, authorities: parsePemCertificates(root.pem) })));
 }
 
-function failureOf(fn: () => unknown): X509SvidError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof X509SvidError) return err;
-    throw err;
-  }
-  throw new Error('expected verification to fail');
-}
-
 function expectRefused(chain: Uint8Array[], failure: X509SvidFailure, message: RegExp, source: X509BundleSource = bundles): void {
-  const err = failureOf(() => verifyX509Svid(chain, source));
-  expect(err.message).toMatch(/^x509svid: /);
-  expect(err.message).toMatch(message);
-  expect(err.failure).toBe(failure);
+  expectSvidRefused(chain, source, failure, message);
 }
 
 function expectAccepted(chain: Uint8Array[], spiffeId: string, source: X509BundleSource = bundles): void {
   expect(verifyX509Svid(chain, source).spiffeId.toString()).toBe(spiffeId);
 }
+
+/** The chain of the workload spiffe://a.test/w: its leaf, issued by `ca`, then `ca`. */
+const workloadChain = async (ca: IssuedCertificate) => chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca);
 
 /** A signing certificate shaped like SPIRE's intermediate CA; tests override one field to break one rule. */
 function signingTemplate(overrides: Partial<CertificateTemplate> = {}): CertificateTemplate {
@@ -127,21 +116,17 @@ describe('§3 Hierarchy', () => {
   it('"§3.2 If present, the SPIFFE ID of a signing certificate MUST NOT have a path component": an intermediate for spiffe://a.test/ca is refused', async () => {
     const withPath = await issueIntermediate({ subject: 'O=ca with path', uris: ['spiffe://a.test/ca'] });
     expectRefused(
-      chainOf(await issueLeaf(withPath, 'spiffe://a.test/w'), withPath),
+      await workloadChain(withPath),
       'signing-certificate',
       /intermediate certificate "O=ca with path" SPIFFE ID "spiffe:\/\/a\.test\/ca" must not have a path component/,
     );
     const malformed = await issueIntermediate({ subject: 'O=ca with bad id', uris: ['spiffe://A.test'] });
-    expectRefused(
-      chainOf(await issueLeaf(malformed, 'spiffe://a.test/w'), malformed),
-      'signing-certificate',
-      /intermediate certificate "O=ca with bad id" URI SAN is not a valid SPIFFE ID/,
-    );
+    expectRefused(await workloadChain(malformed), 'signing-certificate', /intermediate certificate "O=ca with bad id" URI SAN is not a valid SPIFFE ID/);
     // Without a path, or without a SPIFFE ID at all ("if present"), the intermediate is fine.
     const plain = await issueIntermediate({ subject: 'O=ca without path' });
-    expectAccepted(chainOf(await issueLeaf(plain, 'spiffe://a.test/w'), plain), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(plain), 'spiffe://a.test/w');
     const anonymous = await issueIntermediate({ subject: 'O=ca without id', uris: undefined });
-    expectAccepted(chainOf(await issueLeaf(anonymous, 'spiffe://a.test/w'), anonymous), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(anonymous), 'spiffe://a.test/w');
   });
 
   it('"§3.2 the SPIFFE ID of a signing certificate MUST NOT have a path component" is not applied to trust bundle authorities (RFC 5280 trust anchors)', async () => {
@@ -159,27 +144,19 @@ describe('§3 Hierarchy', () => {
       keyUsage: KeyUsage.keyCertSign | KeyUsage.digitalSignature,
     });
     expectRefused(chainOf(ca), 'leaf-ca', /leaf certificate must not have CA flag set to true/);
-    expectAccepted(chainOf(await issueLeaf(a.intermediate, 'spiffe://a.test/w'), a.intermediate), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(a.intermediate), 'spiffe://a.test/w');
   });
 });
 
 describe('§4.1 Basic constraints', () => {
   it('"§4.1 Signing certificates MUST set the cA field to true": an intermediate with cA false, or without basicConstraints, is refused', async () => {
     const notCa = await issueIntermediate({ subject: 'O=not a ca', ca: false });
-    expectRefused(
-      chainOf(await issueLeaf(notCa, 'spiffe://a.test/w'), notCa),
-      'signing-certificate',
-      /intermediate certificate "O=not a ca" must have CA flag set to true/,
-    );
+    expectRefused(await workloadChain(notCa), 'signing-certificate', /intermediate certificate "O=not a ca" must have CA flag set to true/);
     const noBc = await issueIntermediate({ subject: 'O=no bc', ca: undefined });
-    expectRefused(
-      chainOf(await issueLeaf(noBc, 'spiffe://a.test/w'), noBc),
-      'signing-certificate',
-      /intermediate certificate "O=no bc" must have CA flag set to true/,
-    );
+    expectRefused(await workloadChain(noBc), 'signing-certificate', /intermediate certificate "O=no bc" must have CA flag set to true/);
     // "Valid X.509 SVID signing certificates MAY set the pathLenConstraint field."
     const ca = await issueIntermediate({ subject: 'O=ca', pathLength: 0 });
-    expectAccepted(chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(ca), 'spiffe://a.test/w');
   });
 
   it('"§4.1 leaf certificates MUST set the cA field to false": a leaf with cA true is refused', async () => {
@@ -200,34 +177,29 @@ describe('§4.2 Name constraints', () => {
       uris: undefined,
     });
     expectRefused(
-      chainOf(await issueLeaf(elsewhere, 'spiffe://a.test/w'), elsewhere),
+      await workloadChain(elsewhere),
       'name-constraints',
       /leaf certificate URI SAN "spiffe:\/\/a\.test\/w" is not within the permitted URI name constraints \(other\.test\) of intermediate certificate "O=other\.test only"/,
     );
     const own = await issueIntermediate({ subject: 'O=a.test only', nameConstraints: { permitted: [{ type: 'url', value: 'a.test' }] } });
-    expectAccepted(chainOf(await issueLeaf(own, 'spiffe://a.test/w'), own), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(own), 'spiffe://a.test/w');
   });
 
   it(`${SENTENCE}: a leaf inside an excluded URI subtree is refused`, async () => {
     const excluding = await issueIntermediate({ subject: 'O=not a.test', nameConstraints: { excluded: [{ type: 'url', value: 'a.test' }] }, uris: undefined });
     expectRefused(
-      chainOf(await issueLeaf(excluding, 'spiffe://a.test/w'), excluding),
+      await workloadChain(excluding),
       'name-constraints',
       /leaf certificate URI SAN "spiffe:\/\/a\.test\/w" is within the excluded URI name constraint "a\.test"/,
     );
     const excludingOther = await issueIntermediate({ subject: 'O=not b.test', nameConstraints: { excluded: [{ type: 'url', value: 'b.test' }] } });
-    expectAccepted(chainOf(await issueLeaf(excludingOther, 'spiffe://a.test/w'), excludingOther), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(excludingOther), 'spiffe://a.test/w');
   });
 
   it(`${SENTENCE}: a URI constraint ".a.test" covers hosts below a.test, not a.test itself (RFC 5280 4.2.1.10)`, async () => {
     const below = await issueIntermediate({ subject: 'O=below a.test', uris: undefined, nameConstraints: { permitted: [{ type: 'url', value: '.a.test' }] } });
     const source = trusting(a.root, 'a.test', 'prod.a.test');
-    expectRefused(
-      chainOf(await issueLeaf(below, 'spiffe://a.test/w'), below),
-      'name-constraints',
-      /not within the permitted URI name constraints \(\.a\.test\)/,
-      source,
-    );
+    expectRefused(await workloadChain(below), 'name-constraints', /not within the permitted URI name constraints \(\.a\.test\)/, source);
     expectAccepted(chainOf(await issueLeaf(below, 'spiffe://prod.a.test/w'), below), 'spiffe://prod.a.test/w', source);
   });
 
@@ -247,13 +219,13 @@ describe('§4.2 Name constraints', () => {
     const root = await issueCertificate(signingTemplate({ subject: 'O=a.test root', nameConstraints: { permitted: [{ type: 'url', value: 'a.test' }] } }));
     const foreign = await issueIntermediate({ subject: 'O=b.test intermediate', uris: ['spiffe://b.test'] }, root);
     expectRefused(
-      chainOf(await issueLeaf(foreign, 'spiffe://a.test/w'), foreign),
+      await workloadChain(foreign),
       'name-constraints',
       /intermediate certificate "O=b\.test intermediate" URI SAN "spiffe:\/\/b\.test" is not within the permitted URI name constraints \(a\.test\) of trust bundle authority "O=a\.test root"/,
       trusting(root, 'a.test'),
     );
     const own = await issueIntermediate({ subject: 'O=a.test intermediate' }, root);
-    expectAccepted(chainOf(await issueLeaf(own, 'spiffe://a.test/w'), own), 'spiffe://a.test/w', trusting(root, 'a.test'));
+    expectAccepted(await workloadChain(own), 'spiffe://a.test/w', trusting(root, 'a.test'));
   });
 
   it(`${SENTENCE}: DNS subtrees constrain the leaf's DNS SANs`, async () => {
@@ -273,7 +245,7 @@ describe('§4.2 Name constraints', () => {
     );
     expectAccepted(chainOf(await issueLeaf(dns, 'spiffe://a.test/w', { dnsNames: ['a.test', 'w.a.test'] }), dns), 'spiffe://a.test/w');
     // DNS subtrees say nothing about URIs: the SPIFFE ID is not a DNS name.
-    expectAccepted(chainOf(await issueLeaf(dns, 'spiffe://a.test/w'), dns), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(dns), 'spiffe://a.test/w');
   });
 
   it.each([
@@ -283,7 +255,7 @@ describe('§4.2 Name constraints', () => {
   ] as const)(`${SENTENCE}: a %s constraint cannot be evaluated and fails closed`, async (type, name) => {
     const ca = await issueIntermediate({ subject: `O=${type} constrained`, nameConstraints: { excluded: [name] } });
     expectRefused(
-      chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca),
+      await workloadChain(ca),
       'name-constraints',
       new RegExp(`intermediate certificate "O=${type} constrained" has a ${type} name constraint, which this verifier cannot evaluate`),
     );
@@ -295,7 +267,7 @@ describe('§4.2 Name constraints', () => {
       uris: undefined,
       nameConstraints: { permitted: [{ type: 'url', value: 'other.test' }], critical: false },
     });
-    expectRefused(chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca), 'name-constraints', /not within the permitted URI name constraints \(other\.test\)/);
+    expectRefused(await workloadChain(ca), 'name-constraints', /not within the permitted URI name constraints \(other\.test\)/);
   });
 });
 
@@ -307,13 +279,9 @@ describe('§4.3 Key usage', () => {
       /leaf certificate must have 'digitalSignature' set as key usage/,
     );
     const noKu = await issueIntermediate({ subject: 'O=no ku', keyUsage: undefined });
-    expectRefused(
-      chainOf(await issueLeaf(noKu, 'spiffe://a.test/w'), noKu),
-      'signing-certificate',
-      /intermediate certificate "O=no ku" must have 'keyCertSign' set as key usage/,
-    );
+    expectRefused(await workloadChain(noKu), 'signing-certificate', /intermediate certificate "O=no ku" must have 'keyCertSign' set as key usage/);
     const ok = await issueIntermediate({ subject: 'O=ku' });
-    expectAccepted(chainOf(await issueLeaf(ok, 'spiffe://a.test/w'), ok), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(ok), 'spiffe://a.test/w');
   });
 
   it('"§4.3 The key usage extension ... MUST be marked critical": a leaf or an intermediate with a non-critical key usage is refused', async () => {
@@ -323,25 +291,17 @@ describe('§4.3 Key usage', () => {
       /leaf certificate key usage extension must be marked critical/,
     );
     const soft = await issueIntermediate({ subject: 'O=soft ku', keyUsageCritical: false });
-    expectRefused(
-      chainOf(await issueLeaf(soft, 'spiffe://a.test/w'), soft),
-      'signing-certificate',
-      /intermediate certificate "O=soft ku" key usage extension must be marked critical/,
-    );
+    expectRefused(await workloadChain(soft), 'signing-certificate', /intermediate certificate "O=soft ku" key usage extension must be marked critical/);
     const hard = await issueIntermediate({ subject: 'O=critical ku', keyUsageCritical: true });
     expectAccepted(chainOf(await issueLeaf(hard, 'spiffe://a.test/w', { keyUsageCritical: true }), hard), 'spiffe://a.test/w');
   });
 
   it('"§4.3 SVID signing certificates MUST set keyCertSign": an intermediate without keyCertSign is refused', async () => {
     const noKcs = await issueIntermediate({ subject: 'O=no kcs', keyUsage: KeyUsage.cRLSign | KeyUsage.digitalSignature });
-    expectRefused(
-      chainOf(await issueLeaf(noKcs, 'spiffe://a.test/w'), noKcs),
-      'signing-certificate',
-      /intermediate certificate "O=no kcs" must have 'keyCertSign' set as key usage/,
-    );
+    expectRefused(await workloadChain(noKcs), 'signing-certificate', /intermediate certificate "O=no kcs" must have 'keyCertSign' set as key usage/);
     // "They MAY set cRLSign."
     const kcs = await issueIntermediate({ subject: 'O=kcs only', keyUsage: KeyUsage.keyCertSign });
-    expectAccepted(chainOf(await issueLeaf(kcs, 'spiffe://a.test/w'), kcs), 'spiffe://a.test/w');
+    expectAccepted(await workloadChain(kcs), 'spiffe://a.test/w');
   });
 
   it('"§4.3 Leaf SVIDs MUST set digitalSignature": a leaf with keyEncipherment only is refused', async () => {
@@ -430,11 +390,7 @@ describe('§5.1 Path validation', () => {
       /leaf certificate has an unsupported critical extension \(1\.3\.6\.1\.4\.1\.99999\.1\)/,
     );
     const ca = await issueIntermediate({ subject: 'O=odd ca', extraExtensions: [critical] });
-    expectRefused(
-      chainOf(await issueLeaf(ca, 'spiffe://a.test/w'), ca),
-      'critical-extension',
-      /intermediate certificate "O=odd ca" has an unsupported critical extension/,
-    );
+    expectRefused(await workloadChain(ca), 'critical-extension', /intermediate certificate "O=odd ca" has an unsupported critical extension/);
     const benign = new Extension('1.3.6.1.4.1.99999.1', false, new Uint8Array([0x05, 0x00]));
     expectAccepted(chainOf(await issueLeaf(a.root, 'spiffe://a.test/w', { extraExtensions: [benign] })), 'spiffe://a.test/w');
   });

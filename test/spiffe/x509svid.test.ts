@@ -4,12 +4,13 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
-import { createIntermediateCa, createRootCa, issueCertificate, KeyUsage, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
+import { createIntermediateCa, createRootCa, issueCertificate, KeyUsage, mintX509Svid } from '../../src/devca/certificates.js';
 import { TrustBundleSet } from '../../src/spiffe/bundle.js';
 import { parsePemCertificates } from '../../src/spiffe/certificate.js';
 import { MAX_PRESENTED_CERTIFICATES, MAX_SIGNATURE_CHECKS, verifyX509Svid } from '../../src/spiffe/x509svid.js';
-import { X509SvidError, type X509SvidFailure } from '../../src/spiffe/x509svid-error.js';
+import type { X509SvidFailure } from '../../src/spiffe/x509svid-error.js';
 import { bundleSet, issueLeaf, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
+import { chainOf, expectSvidRefused, svidFailureOf } from '../helpers/x509svid.js';
 
 let a: TrustDomainPki;
 let b: TrustDomainPki;
@@ -20,23 +21,8 @@ beforeAll(async () => {
   bundles = bundleSet(a, b);
 });
 
-const chainOf = (...certs: IssuedCertificate[]) => certs.map((c) => c.der);
-
-function failureOf(fn: () => unknown): X509SvidError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof X509SvidError) return err;
-    throw err;
-  }
-  throw new Error('expected verification to fail');
-}
-
 function expectFailure(chain: Uint8Array[], failure: X509SvidFailure, message: RegExp, now?: Date) {
-  const err = failureOf(() => verifyX509Svid(chain, bundles, { now }));
-  expect(err.failure).toBe(failure);
-  expect(err.message).toMatch(/^x509svid: /);
-  expect(err.message).toMatch(message);
+  expectSvidRefused(chain, bundles, failure, message, { now });
 }
 
 describe('verifyX509Svid', () => {
@@ -90,7 +76,7 @@ describe('verifyX509Svid', () => {
     const leaf = await mintX509Svid(shortRoot, 'spiffe://a.test/w', { ttlMs: 3_600_000 });
     const set = new TrustBundleSet([{ trustDomain: 'a.test', authorities: parsePemCertificates(shortRoot.pem) }]);
     const afterRootExpiry = new Date(shortRoot.certificate.notAfter.getTime() + 1_000);
-    const err = failureOf(() => verifyX509Svid(chainOf(leaf), set, { now: afterRootExpiry }));
+    const err = svidFailureOf(() => verifyX509Svid(chainOf(leaf), set, { now: afterRootExpiry }));
     expect(err.failure).toBe('expired');
     expect(err.message).toMatch(/trust bundle authority has expired/);
   });

@@ -6,18 +6,18 @@
  * Runs the real binary (dist/: build first).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AdminClient } from '../../src/client/admin-client.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
-import type { SvidCredentialsOptions } from '../../src/client/credentials.js';
 import { openStore } from '../../src/store/database.js';
 import { loadMigrations } from '../../src/store/migrate.js';
 import { cliTimeout, runCli, startCli, type RunningCli } from '../helpers/cli.js';
 import { adminQuery, pgUrl, uniqueName } from '../helpers/db.js';
+import { devCaServeEnv, devCaSvid } from '../helpers/dev-ca-files.js';
 
 const TD = 'example.org';
 const BROKER_ID = `spiffe://${TD}/task-broker`;
@@ -58,10 +58,7 @@ const AS_OWNER_BEFORE_MIGRATING = [
 ];
 
 /** Once, as the owner, after the first `task-broker migrate`: the migration record is read-only and the audit trail append-only for the broker. */
-const AS_OWNER_AFTER_FIRST_MIGRATE = [
-  `REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM ${app}`,
-  `REVOKE UPDATE, DELETE ON audit_events FROM ${app}`,
-];
+const AS_OWNER_AFTER_FIRST_MIGRATE = [`REVOKE INSERT, UPDATE, DELETE ON schema_migrations FROM ${app}`, `REVOKE UPDATE, DELETE ON audit_events FROM ${app}`];
 
 /** What the app role may do, table by table, after the statements above. */
 const APP_PRIVILEGES: Record<string, string[]> = {
@@ -102,31 +99,17 @@ let created = false;
 let broker: RunningCli | undefined;
 const clients: Array<{ close(): void }> = [];
 
-async function svid(name: string): Promise<SvidCredentialsOptions> {
-  return {
-    certChainPem: await readFile(join(pki, `${name}.pem`), 'utf8'),
-    keyPem: await readFile(join(pki, `${name}.key`), 'utf8'),
-    bundle: await readFile(join(pki, 'ca.pem'), 'utf8'),
-    serverId: BROKER_ID,
-  };
-}
-
 /** `task-broker serve` on PostgreSQL as `role`, configured as a Deployment would be (environment variables). */
 function serveEnv(role: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  return {
+  return devCaServeEnv(pki, TD, {
     TASK_BROKER_DATABASE_URL: pgUrl(database, role),
     TASK_BROKER_DATA_DIR: join(dir, 'unused-pglite'),
     TASK_BROKER_MIGRATE: '',
-    TASK_BROKER_LISTEN: '127.0.0.1:0',
-    TASK_BROKER_HTTP_LISTEN: '127.0.0.1:0',
-    TASK_BROKER_SVID_CERT: join(pki, 'broker.pem'),
-    TASK_BROKER_SVID_KEY: join(pki, 'broker.key'),
-    TASK_BROKER_BUNDLES: `${TD}=${join(pki, 'ca.pem')}`,
     TASK_BROKER_POLICY: join(dir, 'policy.yaml'),
     TASK_BROKER_KEK: kek,
     TASK_BROKER_LOG_LEVEL: 'info',
     ...extra,
-  };
+  });
 }
 
 // Steps: the dev-ca init, the mints (in parallel).
@@ -138,7 +121,9 @@ beforeAll(async () => {
   const init = await runCli(['dev-ca', 'init', '--dir', pki, '--trust-domain', TD]);
   expect(init.code, init.stderr).toBe(0);
   const mints = await Promise.all(
-    Object.entries({ broker: BROKER_ID, worker: WORKER_ID, api: API_ID, admin: ADMIN_ID }).map(([name, id]) => runCli(['dev-ca', 'mint', '--dir', pki, '--spiffe-id', id, '--name', name])),
+    Object.entries({ broker: BROKER_ID, worker: WORKER_ID, api: API_ID, admin: ADMIN_ID }).map(([name, id]) =>
+      runCli(['dev-ca', 'mint', '--dir', pki, '--spiffe-id', id, '--name', name]),
+    ),
   );
   for (const m of mints) expect(m.code, m.stderr).toBe(0);
 
@@ -209,7 +194,10 @@ describe('serve as a role that may only read and write rows', () => {
     for (const [statement, error] of refused) await expect(runAs(app, [statement]), statement).rejects.toThrow(error);
 
     // Identity columns need no sequence privilege (the app role has none, and inserts audit events).
-    const [sequence] = await queryAs<{ usage: boolean }>(app, `SELECT has_sequence_privilege(pg_get_serial_sequence('audit_events', 'event_id'), 'USAGE') AS usage`);
+    const [sequence] = await queryAs<{ usage: boolean }>(
+      app,
+      `SELECT has_sequence_privilege(pg_get_serial_sequence('audit_events', 'event_id'), 'USAGE') AS usage`,
+    );
     expect(sequence).toEqual({ usage: false });
 
     // The write probe readiness runs after failed writes touches what serve writes; it works with these grants.
@@ -236,9 +224,9 @@ describe('serve as a role that may only read and write rows', () => {
     expect(JSON.parse(readiness)).toMatchObject({ status: 'ready' });
     expect(readiness).toContain('migrations');
 
-    const worker = BrokerClient.withSvid(address, await svid('worker'));
-    const api = BrokerClient.withSvid(address, await svid('api'));
-    const admin = AdminClient.withSvid(address, await svid('admin'));
+    const worker = BrokerClient.withSvid(address, await devCaSvid(pki, 'worker', BROKER_ID));
+    const api = BrokerClient.withSvid(address, await devCaSvid(pki, 'api', BROKER_ID));
+    const admin = AdminClient.withSvid(address, await devCaSvid(pki, 'admin', BROKER_ID));
     clients.push(worker, api, admin);
     const spec = { action: 'report.read', resources: ['reports/2026'], audience: API_ID, scopes: ['reports:read'], ttl: { seconds: 600 } };
 
@@ -289,7 +277,11 @@ describe('serve as a role that may only read and write rows', () => {
 
   it('a table a later migration creates (as the owner) is covered by the default privileges: nothing to grant after migrating', async () => {
     await runAs(owner, ['CREATE TABLE lp_later_migration (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, note text)']);
-    await runAs(app, ["INSERT INTO lp_later_migration (note) VALUES ('written by the app role')", "UPDATE lp_later_migration SET note = 'updated'", 'DELETE FROM lp_later_migration']);
+    await runAs(app, [
+      "INSERT INTO lp_later_migration (note) VALUES ('written by the app role')",
+      "UPDATE lp_later_migration SET note = 'updated'",
+      'DELETE FROM lp_later_migration',
+    ]);
     const [privileges] = await queryAs<{ s: boolean; i: boolean; u: boolean; d: boolean; truncate: boolean }>(
       app,
       `SELECT has_table_privilege('lp_later_migration', 'SELECT') AS s, has_table_privilege('lp_later_migration', 'INSERT') AS i,

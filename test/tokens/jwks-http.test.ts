@@ -7,25 +7,10 @@ import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
 import { SigningKeyRing } from '../../src/tokens/keyring.js';
 import { signTaskToken, TASK_TOKEN_TYPE, type TaskTokenClaims } from '../../src/tokens/task-token.js';
 import { migratedStore, STORES } from '../helpers/db.js';
-
-const ISSUER = 'spiffe://broker.test/task-broker';
+import { taskTokenClaims, TOKEN_ISSUER } from '../helpers/task-token.js';
 
 function claims(overrides: Partial<TaskTokenClaims> = {}): TaskTokenClaims {
-  const now = Math.floor(Date.now() / 1000);
-  return {
-    iss: ISSUER,
-    sub: 'spiffe://a.test/workload',
-    aud: 'spiffe://a.test/target',
-    iat: now,
-    nbf: now,
-    exp: now + 300,
-    jti: 'tok-http',
-    task_id: 'task-http',
-    task_hash: 'Ll0x9m3sPqLQ8pEhGx3vV7o1sKXc5qYkQvFfJbqJgkA',
-    scope: 'read',
-    cnf: { 'x5t#S256': '47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU' },
-    ...overrides,
-  };
+  return taskTokenClaims(new Date(), { jti: 'tok-http', task_id: 'task-http', ...overrides });
 }
 
 describe.each(STORES)('JWKS over HTTP on %s', (kind) => {
@@ -36,7 +21,13 @@ describe.each(STORES)('JWKS over HTTP on %s', (kind) => {
 
   beforeAll(async () => {
     env = await migratedStore(kind);
-    ring = new SigningKeyRing({ db: env.store.db, kek: KeyEncryptionKey.fromBase64(generateKekBase64()), alg: 'ES256', maxTokenTtlSeconds: 600, logger: silentLogger() });
+    ring = new SigningKeyRing({
+      db: env.store.db,
+      kek: KeyEncryptionKey.fromBase64(generateKekBase64()),
+      alg: 'ES256',
+      maxTokenTtlSeconds: 600,
+      logger: silentLogger(),
+    });
     await ring.init();
     server = new OpsHttpServer({ logger: silentLogger() });
     server.route(JWKS_PATH, jwksRoute(ring));
@@ -71,7 +62,7 @@ describe.each(STORES)('JWKS over HTTP on %s', (kind) => {
 
   it('a resource server verifies tokens with createRemoteJWKSet, before and after a rotation', async () => {
     const JWKS = createRemoteJWKSet(jwksUrl, { cooldownDuration: 0 });
-    const options = { issuer: ISSUER, audience: 'spiffe://a.test/target', typ: TASK_TOKEN_TYPE, algorithms: ['ES256', 'EdDSA'] };
+    const options = { issuer: TOKEN_ISSUER, audience: 'spiffe://a.test/target', typ: TASK_TOKEN_TYPE, algorithms: ['ES256', 'EdDSA'] };
     const before = await signTaskToken(await ring.activeKey(), claims());
     const verified = await jwtVerify(before, JWKS, options);
     expect(verified.payload).toMatchObject({ task_id: 'task-http', cnf: { 'x5t#S256': '47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU' } });

@@ -5,31 +5,13 @@ import type { Db } from '../../src/store/database.js';
 import { silentLogger, type Logger } from '../../src/observability/logger.js';
 import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
 import { SigningKeyRing, type TokenAlg } from '../../src/tokens/keyring.js';
-import { checkTaskToken, signTaskToken, type TaskTokenClaims } from '../../src/tokens/task-token.js';
+import { checkTaskToken, signTaskToken } from '../../src/tokens/task-token.js';
 import { migratedStore, STORES } from '../helpers/db.js';
 import { capturedLogger } from '../helpers/logs.js';
+import { taskTokenClaims, TOKEN_ISSUER } from '../helpers/task-token.js';
 
-const ISSUER = 'spiffe://broker.test/task-broker';
 const MAX_TTL_SECONDS = 600;
 const REFRESH_MS = 30_000;
-
-function claimsAt(now: Date, overrides: Partial<TaskTokenClaims> = {}): TaskTokenClaims {
-  const sec = Math.floor(now.getTime() / 1000);
-  return {
-    iss: ISSUER,
-    sub: 'spiffe://a.test/workload',
-    aud: 'spiffe://a.test/target',
-    iat: sec,
-    nbf: sec,
-    exp: sec + 300,
-    jti: `tok-${Math.random().toString(36).slice(2)}`,
-    task_id: 'task-1',
-    task_hash: 'Ll0x9m3sPqLQ8pEhGx3vV7o1sKXc5qYkQvFfJbqJgkA',
-    scope: 'read',
-    cnf: { 'x5t#S256': '47DEQpj8HBSa-_TImW-5JCeuQeRkm5NMpJWZG3hSuFU' },
-    ...overrides,
-  };
-}
 
 /** A clock the test moves by hand. */
 function manualClock(start = new Date('2030-01-01T00:00:00Z')) {
@@ -69,6 +51,15 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     });
   const resetKeys = () => env.store.db.deleteFrom('signing_keys').execute();
   const keyRows = () => env.store.db.selectFrom('signing_keys').selectAll().orderBy('created_at').execute();
+  /** From no keys: replica `a` creates the first key, `b` runs on another connection; both on a clock the test moves. */
+  const twoReplicas = async () => {
+    await resetKeys();
+    const time = manualClock();
+    const a = ring({ clock: time.clock });
+    const b = ring({ db: replicaDb, clock: time.clock });
+    await a.init();
+    return { time, a, b };
+  };
 
   beforeAll(async () => {
     env = await migratedStore(kind);
@@ -131,7 +122,9 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     await resetKeys();
     await ring().init();
     const other = KeyEncryptionKey.fromBase64(generateKekBase64());
-    await expect(ring({ kek: other }).init()).rejects.toThrow(/was encrypted with key-encryption key [0-9a-f]{16}, but the configured key-encryption key is [0-9a-f]{16}/);
+    await expect(ring({ kek: other }).init()).rejects.toThrow(
+      /was encrypted with key-encryption key [0-9a-f]{16}, but the configured key-encryption key is [0-9a-f]{16}/,
+    );
 
     const [row] = await keyRows();
     const tampered = Buffer.from(row!.private_key_ciphertext);
@@ -165,8 +158,8 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     const b = ring({ db: replicaDb });
     await a.init();
     const now = new Date();
-    const token = await signTaskToken(await a.activeKey(), claimsAt(now));
-    const result = await checkTaskToken(token, b, { issuer: ISSUER, now });
+    const token = await signTaskToken(await a.activeKey(), taskTokenClaims(now));
+    const result = await checkTaskToken(token, b, { issuer: TOKEN_ISSUER, now });
     expect(result).toMatchObject({ ok: true, kid: (await a.activeKey()).kid, claims: { task_id: 'task-1' } });
   });
 
@@ -179,9 +172,13 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
       const stranger = ring({ db: foreign.store.db, kek: KeyEncryptionKey.fromBase64(generateKekBase64()) });
       await stranger.init();
       const now = new Date();
-      const token = await signTaskToken(await stranger.activeKey(), claimsAt(now));
-      expect(await checkTaskToken(token, stranger, { issuer: ISSUER, now })).toMatchObject({ ok: true });
-      expect(await checkTaskToken(token, local, { issuer: ISSUER, now })).toMatchObject({ ok: false, reason: 'bad-signature', detail: /unknown signing key/ });
+      const token = await signTaskToken(await stranger.activeKey(), taskTokenClaims(now));
+      expect(await checkTaskToken(token, stranger, { issuer: TOKEN_ISSUER, now })).toMatchObject({ ok: true });
+      expect(await checkTaskToken(token, local, { issuer: TOKEN_ISSUER, now })).toMatchObject({
+        ok: false,
+        reason: 'bad-signature',
+        detail: /unknown signing key/,
+      });
     } finally {
       await foreign.cleanup();
     }
@@ -195,21 +192,17 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     expect(active.alg).toBe('EdDSA');
     expect(active.publicJwk).toMatchObject({ kty: 'OKP', crv: 'Ed25519', alg: 'EdDSA', use: 'sig', kid: active.kid });
     const now = new Date();
-    const token = await signTaskToken(active, claimsAt(now));
+    const token = await signTaskToken(active, taskTokenClaims(now));
     expect(decodeProtectedHeader(token)).toEqual({ alg: 'EdDSA', kid: active.kid, typ: 'task+jwt' });
-    expect(await checkTaskToken(token, ring({ db: replicaDb, alg: 'ES256' }), { issuer: ISSUER, now })).toMatchObject({ ok: true, kid: active.kid });
+    expect(await checkTaskToken(token, ring({ db: replicaDb, alg: 'ES256' }), { issuer: TOKEN_ISSUER, now })).toMatchObject({ ok: true, kid: active.kid });
     expect(await a.jwks()).toEqual({ keys: [active.publicJwk] });
   });
 
   it('rotate(): new key active, old one verifies and stays published until publish_until, then drops out', async () => {
-    await resetKeys();
-    const time = manualClock();
-    const a = ring({ clock: time.clock });
-    const b = ring({ db: replicaDb, clock: time.clock });
-    await a.init();
+    const { time, a, b } = await twoReplicas();
     const old = await a.activeKey();
     expect((await b.activeKey()).kid).toBe(old.kid);
-    const oldToken = await signTaskToken(old, claimsAt(time.clock(), { exp: Math.floor(time.clock().getTime() / 1000) + MAX_TTL_SECONDS }));
+    const oldToken = await signTaskToken(old, taskTokenClaims(time.clock(), { exp: Math.floor(time.clock().getTime() / 1000) + MAX_TTL_SECONDS }));
 
     const rotatedAt = time.clock();
     const { kid, retiredKid } = await a.rotate();
@@ -229,9 +222,9 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     // B has not re-read yet: it keeps signing with the old key, but already verifies the new
     // one (an unknown kid makes it re-read at once).
     expect((await b.activeKey()).kid).toBe(old.kid);
-    const newToken = await signTaskToken(await a.activeKey(), claimsAt(time.clock()));
-    expect(await checkTaskToken(newToken, b, { issuer: ISSUER, now: time.clock() })).toMatchObject({ ok: true, kid });
-    expect(await checkTaskToken(oldToken, b, { issuer: ISSUER, now: time.clock() })).toMatchObject({ ok: true, kid: old.kid });
+    const newToken = await signTaskToken(await a.activeKey(), taskTokenClaims(time.clock()));
+    expect(await checkTaskToken(newToken, b, { issuer: TOKEN_ISSUER, now: time.clock() })).toMatchObject({ ok: true, kid });
+    expect(await checkTaskToken(oldToken, b, { issuer: TOKEN_ISSUER, now: time.clock() })).toMatchObject({ ok: true, kid: old.kid });
     expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([kid, old.kid]);
     expect((await b.jwks()).keys.map((k) => k.kid)).toEqual([kid, old.kid]);
 
@@ -248,15 +241,11 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     expect(await b.verificationKey(old.kid)).toBeUndefined();
     expect(await ring({ clock: time.clock }).verificationKey(old.kid)).toBeUndefined();
     expect(await a.verificationKey(kid)).toMatchObject({ alg: 'ES256' });
-    expect(await checkTaskToken(oldToken, a, { issuer: ISSUER, now: rotatedAt })).toMatchObject({ ok: false, reason: 'bad-signature' });
+    expect(await checkTaskToken(oldToken, a, { issuer: TOKEN_ISSUER, now: rotatedAt })).toMatchObject({ ok: false, reason: 'bad-signature' });
   });
 
   it('concurrent rotations from two replicas both succeed and leave one ACTIVE key', async () => {
-    await resetKeys();
-    const time = manualClock();
-    const a = ring({ clock: time.clock });
-    const b = ring({ db: replicaDb, clock: time.clock });
-    await a.init();
+    const { time, a, b } = await twoReplicas();
     const original = (await a.activeKey()).kid;
     const results = await Promise.all([a.rotate(), b.rotate()]);
     const rows = await keyRows();

@@ -1,30 +1,27 @@
 import { createHash, KeyObject, sign } from 'node:crypto';
-import { calculateJwkThumbprint, CompactSign, createLocalJWKSet, decodeProtectedHeader, exportJWK, generateKeyPair, jwtVerify, SignJWT, type JWTPayload } from 'jose';
+import {
+  calculateJwkThumbprint,
+  CompactSign,
+  createLocalJWKSet,
+  decodeProtectedHeader,
+  exportJWK,
+  generateKeyPair,
+  jwtVerify,
+  SignJWT,
+  type JWTPayload,
+} from 'jose';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { certificateThumbprint, parsePemCertificates } from '../../src/spiffe/certificate.js';
 import type { SigningKey, TokenAlg, VerificationKey, VerificationKeySource } from '../../src/tokens/keyring.js';
 import { checkTaskToken, signTaskToken, TASK_TOKEN_TYPE, x5tS256, type SignatureCheck, type TaskTokenClaims } from '../../src/tokens/task-token.js';
 import { trustDomainPki } from '../helpers/pki.js';
+import { taskTokenClaims, TOKEN_ISSUER } from '../helpers/task-token.js';
 
-const ISSUER = 'spiffe://broker.test/task-broker';
 const NOW = new Date('2030-01-01T00:00:00Z');
 const NOW_SEC = NOW.getTime() / 1000;
 
 function claims(overrides: Partial<TaskTokenClaims> = {}): TaskTokenClaims {
-  return {
-    iss: ISSUER,
-    sub: 'spiffe://a.test/workload',
-    aud: 'spiffe://a.test/target',
-    iat: NOW_SEC,
-    nbf: NOW_SEC,
-    exp: NOW_SEC + 300,
-    jti: 'tok-1',
-    task_id: 'task-1',
-    task_hash: 'Ll0x9m3sPqLQ8pEhGx3vV7o1sKXc5qYkQvFfJbqJgkA',
-    scope: 'read write',
-    cnf: { 'x5t#S256': x5tS256(Buffer.from('certificate')) },
-    ...overrides,
-  };
+  return taskTokenClaims(NOW, { jti: 'tok-1', scope: 'read write', cnf: { 'x5t#S256': x5tS256(Buffer.from('certificate')) }, ...overrides });
 }
 
 async function makeKey(alg: TokenAlg): Promise<{ key: SigningKey; verification: VerificationKey }> {
@@ -75,7 +72,7 @@ const BAD_SIGNATURE = { ok: false, reason: 'bad-signature', detail: 'signature v
 describe.each<TokenAlg>(['ES256', 'EdDSA'])('task tokens with %s', (alg) => {
   let key: SigningKey;
   let keys: MemoryKeys;
-  const check = (token: string, now = NOW, clockToleranceSeconds?: number) => checkTaskToken(token, keys, { issuer: ISSUER, now, clockToleranceSeconds });
+  const check = (token: string, now = NOW, clockToleranceSeconds?: number) => checkTaskToken(token, keys, { issuer: TOKEN_ISSUER, now, clockToleranceSeconds });
 
   beforeAll(async () => {
     const made = await makeKey(alg);
@@ -104,7 +101,7 @@ describe.each<TokenAlg>(['ES256', 'EdDSA'])('task tokens with %s', (alg) => {
       const verified = await jwtVerify(token, jwks, {
         algorithms: [alg],
         typ: TASK_TOKEN_TYPE,
-        issuer: ISSUER,
+        issuer: TOKEN_ISSUER,
         audience: 'spiffe://a.test/target',
         currentDate: NOW,
         requiredClaims: ['iss', 'sub', 'aud', 'iat', 'nbf', 'exp', 'jti', 'task_id', 'task_hash', 'scope', 'cnf'],
@@ -134,7 +131,7 @@ describe.each<TokenAlg>(['ES256', 'EdDSA'])('task tokens with %s', (alg) => {
       const asKeyObjects = new MemoryKeys();
       asKeyObjects.keys.set(key.kid, { alg, publicKey: keyObject((await keys.verificationKey(key.kid))!.publicKey) });
       const token = await signTaskToken({ ...key, privateKey: keyObject(key.privateKey) }, claims());
-      expect(await checkTaskToken(token, asKeyObjects, { issuer: ISSUER, now: NOW })).toEqual({ ok: true, claims: claims(), kid: key.kid });
+      expect(await checkTaskToken(token, asKeyObjects, { issuer: TOKEN_ISSUER, now: NOW })).toEqual({ ok: true, claims: claims(), kid: key.kid });
       expect(await check(token)).toEqual({ ok: true, claims: claims(), kid: key.kid });
     });
   });
@@ -225,7 +222,10 @@ describe.each<TokenAlg>(['ES256', 'EdDSA'])('task tokens with %s', (alg) => {
     it('segments that are not exact base64url (a dangling character) or a header that is not UTF-8', async () => {
       const [header, payload, signature] = segments(await signTaskToken(key, claims()));
       // 86 characters carry 64 bytes; 89 leave one character that encodes no whole byte.
-      expect(failure(await check(`${header}.${payload}.${signature}AAA`))).toMatchObject({ reason: 'malformed', detail: 'not a compact JWS: signature is not base64url' });
+      expect(failure(await check(`${header}.${payload}.${signature}AAA`))).toMatchObject({
+        reason: 'malformed',
+        detail: 'not a compact JWS: signature is not base64url',
+      });
       const headerBytes = Buffer.concat([Buffer.from(`{"alg":"${alg}","kid":"${key.kid}","typ":"task+jwt","x":"`), Buffer.from([0xff]), Buffer.from('"}')]);
       expect(failure(await check(`${headerBytes.toString('base64url')}.${payload}.${signature}`))).toMatchObject({
         reason: 'malformed',
@@ -266,14 +266,20 @@ describe.each<TokenAlg>(['ES256', 'EdDSA'])('task tokens with %s', (alg) => {
       const other = await makeKey(otherAlg);
       // Signed correctly with an otherAlg key, but labelled with the kid of our alg's key.
       const token = await signTaskToken({ ...other.key, kid: key.kid }, claims());
-      expect(failure(await check(token))).toMatchObject({ reason: 'bad-signature', detail: `header alg ${otherAlg} does not match signing key "${key.kid}" (${alg})` });
+      expect(failure(await check(token))).toMatchObject({
+        reason: 'bad-signature',
+        detail: `header alg ${otherAlg} does not match signing key "${key.kid}" (${alg})`,
+      });
     });
 
     it('a header that names the other alg over a signature by the right key', async () => {
       const otherAlg: TokenAlg = alg === 'ES256' ? 'EdDSA' : 'ES256';
       const [, payload, signature] = segments(await signTaskToken(key, claims()));
       const relabelled = `${b64({ alg: otherAlg, kid: key.kid, typ: TASK_TOKEN_TYPE })}.${payload}.${signature}`;
-      expect(failure(await check(relabelled))).toMatchObject({ reason: 'bad-signature', detail: `header alg ${otherAlg} does not match signing key "${key.kid}" (${alg})` });
+      expect(failure(await check(relabelled))).toMatchObject({
+        reason: 'bad-signature',
+        detail: `header alg ${otherAlg} does not match signing key "${key.kid}" (${alg})`,
+      });
     });
 
     it('a truncated or extended signature', async () => {
@@ -285,14 +291,15 @@ describe.each<TokenAlg>(['ES256', 'EdDSA'])('task tokens with %s', (alg) => {
     });
 
     // ES256 only: Ed25519 has a single signature encoding.
-    if (alg === 'ES256') it('an ES256 signature in DER rather than r || s, even though it is genuine', async () => {
-      const [header, payload] = segments(await signTaskToken(key, claims()));
-      const input = Buffer.from(`${header}.${payload}`);
-      const der = sign('sha256', input, { key: keyObject(key.privateKey), dsaEncoding: 'der' });
-      expect(failure(await check(`${header}.${payload}.${der.toString('base64url')}`))).toEqual(BAD_SIGNATURE);
-      const p1363 = sign('sha256', input, { key: keyObject(key.privateKey), dsaEncoding: 'ieee-p1363' });
-      expect((await check(`${header}.${payload}.${p1363.toString('base64url')}`)).ok).toBe(true);
-    });
+    if (alg === 'ES256')
+      it('an ES256 signature in DER rather than r || s, even though it is genuine', async () => {
+        const [header, payload] = segments(await signTaskToken(key, claims()));
+        const input = Buffer.from(`${header}.${payload}`);
+        const der = sign('sha256', input, { key: keyObject(key.privateKey), dsaEncoding: 'der' });
+        expect(failure(await check(`${header}.${payload}.${der.toString('base64url')}`))).toEqual(BAD_SIGNATURE);
+        const p1363 = sign('sha256', input, { key: keyObject(key.privateKey), dsaEncoding: 'ieee-p1363' });
+        expect((await check(`${header}.${payload}.${p1363.toString('base64url')}`)).ok).toBe(true);
+      });
   });
 
   describe('expired', () => {
@@ -355,17 +362,23 @@ describe('checkTaskToken internal failures', () => {
     const { key } = await makeKey('ES256');
     const token = await signTaskToken(key, claims());
     const broken: VerificationKeySource = { verificationKey: () => Promise.reject(new Error('database is down')) };
-    await expect(checkTaskToken(token, broken, { issuer: ISSUER, now: NOW })).rejects.toThrow('database is down');
+    await expect(checkTaskToken(token, broken, { issuer: TOKEN_ISSUER, now: NOW })).rejects.toThrow('database is down');
   });
 
   it('throws for a key that does not fit its algorithm, for signing and for verification', async () => {
     const es = await makeKey('ES256');
     const ed = await makeKey('EdDSA');
-    await expect(signTaskToken({ ...es.key, privateKey: ed.key.privateKey }, claims())).rejects.toThrow('task token signing key for ES256 must be a private P-256 key, got a private ed25519 key');
-    await expect(signTaskToken({ ...es.key, privateKey: es.verification.publicKey }, claims())).rejects.toThrow(/must be a private P-256 key, got a public ec prime256v1 key/);
+    await expect(signTaskToken({ ...es.key, privateKey: ed.key.privateKey }, claims())).rejects.toThrow(
+      'task token signing key for ES256 must be a private P-256 key, got a private ed25519 key',
+    );
+    await expect(signTaskToken({ ...es.key, privateKey: es.verification.publicKey }, claims())).rejects.toThrow(
+      /must be a private P-256 key, got a public ec prime256v1 key/,
+    );
     const token = await signTaskToken(es.key, claims());
     const misfiled: VerificationKeySource = { verificationKey: () => Promise.resolve({ alg: 'ES256', publicKey: ed.verification.publicKey }) };
-    await expect(checkTaskToken(token, misfiled, { issuer: ISSUER, now: NOW })).rejects.toThrow('task token verification key for ES256 must be a public P-256 key, got a public ed25519 key');
+    await expect(checkTaskToken(token, misfiled, { issuer: TOKEN_ISSUER, now: NOW })).rejects.toThrow(
+      'task token verification key for ES256 must be a public P-256 key, got a public ed25519 key',
+    );
   });
 
   it('throws for options that make no sense, whatever the token', async () => {
@@ -373,8 +386,8 @@ describe('checkTaskToken internal failures', () => {
     const keys = new MemoryKeys();
     keys.keys.set(key.kid, verification);
     const token = await signTaskToken(key, claims());
-    await expect(checkTaskToken(token, keys, { issuer: ISSUER, now: new Date(Number.NaN) })).rejects.toThrow(/options.now/);
-    await expect(checkTaskToken('garbage', keys, { issuer: ISSUER, now: NOW, clockToleranceSeconds: -1 })).rejects.toThrow(/clockToleranceSeconds/);
+    await expect(checkTaskToken(token, keys, { issuer: TOKEN_ISSUER, now: new Date(Number.NaN) })).rejects.toThrow(/options.now/);
+    await expect(checkTaskToken('garbage', keys, { issuer: TOKEN_ISSUER, now: NOW, clockToleranceSeconds: -1 })).rejects.toThrow(/clockToleranceSeconds/);
   });
 
   it('never throws for a corrupted token, and accepts one only if it decodes to the same bytes', async () => {
@@ -388,8 +401,12 @@ describe('checkTaskToken internal failures', () => {
         for (const replacement of ['A', 'g', '_', '.', '']) {
           const mutated = token.slice(0, i) + replacement + token.slice(i + 1);
           if (mutated === token) continue;
-          const result = await checkTaskToken(mutated, keys, { issuer: ISSUER, now: NOW });
-          if (result.ok) expect(segments(mutated).map((part) => Buffer.from(part, 'base64url').toString('hex')), `${alg} ${i} ${replacement}`).toEqual(decoded);
+          const result = await checkTaskToken(mutated, keys, { issuer: TOKEN_ISSUER, now: NOW });
+          if (result.ok)
+            expect(
+              segments(mutated).map((part) => Buffer.from(part, 'base64url').toString('hex')),
+              `${alg} ${i} ${replacement}`,
+            ).toEqual(decoded);
         }
       }
     }

@@ -3,32 +3,25 @@
  * disk while the server runs; new connections see the change, open connections are kept.
  */
 import * as grpc from '@grpc/grpc-js';
-import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createRootCa, mintX509Svid, privateKeyPem } from '../../src/devca/certificates.js';
 import { certificateThumbprint } from '../../src/spiffe/certificate.js';
-import { TrustBundleSet } from '../../src/spiffe/bundle.js';
+import { TrustBundleSet, type X509BundleSource } from '../../src/spiffe/bundle.js';
 import { watchBundleFiles } from '../../src/spiffe/bundle-files.js';
 import { FileX509SvidSource } from '../../src/spiffe/file-x509-source.js';
 import { SvidServer } from '../../src/transport/svid-server.js';
 import { brokerProto } from '../../src/protocol/proto.js';
 import { whoAmIHandler } from '../../src/api/task-broker-service.js';
+import type { Logger } from '../../src/observability/logger.js';
+import { cleanupsAfterEach } from '../helpers/cleanup.js';
 import { capturedLogger } from '../helpers/logs.js';
-import { brokerIdentity, bundleSet, pemOf, trustDomainPki } from '../helpers/pki.js';
-import { clientFor, rawCredentials, startTestSvidServer } from '../helpers/svid-server.js';
+import { brokerIdentity, bundleSet, pemOf, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
+import { clientFor, rawCredentials, startTestSvidServer, type TestSvidServer } from '../helpers/svid-server.js';
 
-const cleanups: Array<() => Promise<void> | void> = [];
-afterEach(async () => {
-  for (const c of cleanups.splice(0).reverse()) await c();
-});
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'tb-rotation-'));
-  cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+const cleanups = cleanupsAfterEach();
+const tempDir = () => cleanups.tempDir('tb-rotation-');
 
 /** Replaces a file the way deploy tools do: write aside, rename over. */
 async function replaceFile(path: string, content: string): Promise<void> {
@@ -48,6 +41,23 @@ async function eventually<T>(fn: () => Promise<T>, timeoutMs = 10_000): Promise<
   }
 }
 
+/** A bundle file for a.test holding `pem`, followed into a new bundle set until the test ends. */
+async function watchedBundleFile(pem: string, logger: Logger, pollIntervalMs: number): Promise<{ path: string; bundles: TrustBundleSet }> {
+  const path = join(await tempDir(), 'a.pem');
+  await writeFile(path, pem);
+  const bundles = new TrustBundleSet();
+  const watch = await watchBundleFiles(bundles, [{ trustDomain: 'a.test', path }], { logger, pollIntervalMs });
+  cleanups.push(() => watch.close());
+  return { path, bundles };
+}
+
+/** A WhoAmI server with the broker's SVID from `pki`, trusting what `bundles` holds, closed when the test ends. */
+async function serverTrusting(pki: TrustDomainPki, bundles: X509BundleSource, logger: Logger, clock?: () => Date): Promise<TestSvidServer> {
+  const server = await startTestSvidServer({ identity: await brokerIdentity(pki), bundles, logger, clock });
+  cleanups.push(() => server.close());
+  return server;
+}
+
 /** The error a call failed with; throws if it succeeded. */
 async function refusalOf(call: Promise<unknown>): Promise<grpc.ServiceError> {
   const outcome = await call.then(
@@ -60,18 +70,11 @@ async function refusalOf(call: Promise<unknown>): Promise<grpc.ServiceError> {
 
 describe('trust bundle files reload without a restart', () => {
   it('a bundle file replaced on disk takes effect for new connections, and open connections are kept', async () => {
-    const dir = await tempDir();
     const { logger, lines } = capturedLogger();
     const a = await trustDomainPki('a.test');
     const newCa = await createRootCa('a.test');
-    const bundlePath = join(dir, 'a.test.pem');
-    await writeFile(bundlePath, a.root.pem);
-
-    const bundles = new TrustBundleSet();
-    const watch = await watchBundleFiles(bundles, [{ trustDomain: 'a.test', path: bundlePath }], { logger, pollIntervalMs: 200 });
-    cleanups.push(() => watch.close());
-    const server = await startTestSvidServer({ identity: await brokerIdentity(a), bundles, logger });
-    cleanups.push(() => server.close());
+    const { path: bundlePath, bundles } = await watchedBundleFile(a.root.pem, logger, 200);
+    const server = await serverTrusting(a, bundles, logger);
 
     const oldClient = clientFor(server.port, rawCredentials(a.root.pem, await pemOf(await mintX509Svid(a.root, 'spiffe://a.test/old'))));
     cleanups.push(() => oldClient.close());
@@ -104,16 +107,10 @@ describe('trust bundle files reload without a restart', () => {
   });
 
   it('when a CA leaves the bundle, calls on open connections it vouched for are refused', async () => {
-    const dir = await tempDir();
     const { logger } = capturedLogger();
     const a = await trustDomainPki('a.test');
-    const bundlePath = join(dir, 'a.pem');
-    await writeFile(bundlePath, a.root.pem);
-    const bundles = new TrustBundleSet();
-    const watch = await watchBundleFiles(bundles, [{ trustDomain: 'a.test', path: bundlePath }], { logger, pollIntervalMs: 200 });
-    cleanups.push(() => watch.close());
-    const server = await startTestSvidServer({ identity: await brokerIdentity(a), bundles, logger });
-    cleanups.push(() => server.close());
+    const { path: bundlePath, bundles } = await watchedBundleFile(a.root.pem, logger, 200);
+    const server = await serverTrusting(a, bundles, logger);
 
     const client = clientFor(server.port, rawCredentials(a.root.pem, await pemOf(await mintX509Svid(a.root, 'spiffe://a.test/w'))));
     cleanups.push(() => client.close());
@@ -129,14 +126,9 @@ describe('trust bundle files reload without a restart', () => {
   });
 
   it('a broken new bundle file keeps the last good bundle and logs why', async () => {
-    const dir = await tempDir();
     const { logger, lines } = capturedLogger();
     const a = await trustDomainPki('a.test');
-    const bundlePath = join(dir, 'a.pem');
-    await writeFile(bundlePath, a.root.pem);
-    const bundles = new TrustBundleSet();
-    const watch = await watchBundleFiles(bundles, [{ trustDomain: 'a.test', path: bundlePath }], { logger, pollIntervalMs: 100 });
-    cleanups.push(() => watch.close());
+    const { path: bundlePath, bundles } = await watchedBundleFile(a.root.pem, logger, 100);
     const good = bundles.getX509Bundle('a.test');
 
     await replaceFile(bundlePath, '-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n');
@@ -225,8 +217,7 @@ describe('identity is re-checked on every call', () => {
     const { logger } = capturedLogger();
     const a = await trustDomainPki('a.test');
     let now = Date.now();
-    const server = await startTestSvidServer({ identity: await brokerIdentity(a), bundles: bundleSet(a), logger, clock: () => new Date(now) });
-    cleanups.push(() => server.close());
+    const server = await serverTrusting(a, bundleSet(a), logger, () => new Date(now));
     const leaf = await mintX509Svid(a.root, 'spiffe://a.test/short-lived', { ttlMs: 60_000 });
     const client = clientFor(server.port, rawCredentials(a.root.pem, await pemOf(leaf)));
     cleanups.push(() => client.close());

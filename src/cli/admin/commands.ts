@@ -14,6 +14,8 @@
  * stderr as `task-broker admin <cmd>: <STATUS>: <details>`; the exit code follows the gRPC status
  * (see ADMIN_EXIT_NOTES), so scripts can tell "denied" from "not found" from "wrong state".
  */
+import type { AdminClient } from '../../client/admin-client.js';
+import type { CallOptions } from '../../client/broker-client.js';
 import type { ApproveTaskResponse__Output } from '../../gen/taskbroker/v1/ApproveTaskResponse.js';
 import type { GetAuditTrailResponse__Output } from '../../gen/taskbroker/v1/GetAuditTrailResponse.js';
 import type { ListTasksRequest } from '../../gen/taskbroker/v1/ListTasksRequest.js';
@@ -29,7 +31,19 @@ import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../../tasks/limits.js';
 import { ExitCode, stringOption, UsageError, type CommandSpec } from '../options.js';
 import { formatFields } from '../table.js';
 import { plural, printAuditTrail, printTaskFields, printTaskTable, shortState, type CheckedTrail } from './render.js';
-import { ADMIN_EXIT_NOTES, adminCommand, adminConnectionOptions, optionalText, report, requiredText, type AdminCommand, type AdminCommandDef, type Err, type Out } from './run.js';
+import {
+  ADMIN_EXIT_NOTES,
+  adminCommand,
+  adminConnectionOptions,
+  optionalText,
+  report,
+  requiredText,
+  type AdminCommand,
+  type AdminCommandDef,
+  type AdminRpc,
+  type Err,
+  type Out,
+} from './run.js';
 
 const selectorHelp = 'an exact SPIFFE ID or a pattern (`*` one path segment, a trailing `**` one or more)';
 
@@ -162,55 +176,67 @@ export function reportAuditTrail(res: GetAuditTrailResponse__Output, json: boole
 // ---------------------------------------------------------------------------------------------
 // approve-task, revoke-task, revoke-workload, rotate-signing-key
 
-const approveTaskSpec: CommandSpec = {
-  name: 'admin approve-task',
+/**
+ * `<verb>-task` (approve-task, revoke-task): one task changed by its RPC, with a free-text note
+ * recorded in the task and its audit trail (`--comment`, `--reason`); the output is a headline and
+ * the task as it now is.
+ */
+function taskChangeCommand<Res extends { task: Task__Output | null }>(
+  verb: string,
+  rpc: AdminRpc,
+  command: {
+    summary: string;
+    note: { flag: string; description: string };
+    call(client: AdminClient, taskId: string, note: string, options: CallOptions): Promise<Res>;
+    headline(response: Res, taskId: string): string;
+  },
+): AdminCommandDef<{ taskId: string; note: string }, Res> {
+  const spec: CommandSpec = {
+    name: `admin ${verb}-task`,
+    summary: command.summary,
+    options: {
+      task: { type: 'string', placeholder: 'TASK_ID', required: true, description: `The task to ${verb}` },
+      [command.note.flag]: { type: 'string', placeholder: 'TEXT', description: command.note.description },
+      ...adminConnectionOptions,
+    },
+    notes: ADMIN_EXIT_NOTES,
+  };
+  return {
+    spec,
+    rpc,
+    request: (parsed) => ({ taskId: requiredText(spec, parsed, 'task'), note: stringOption(parsed.values, command.note.flag) ?? '' }),
+    call: (client, { taskId, note }, options) => command.call(client, taskId, note, options),
+    render(res, { taskId }, out) {
+      out(command.headline(res, taskId));
+      printTaskFields(res.task, out);
+    },
+  };
+}
+
+const approveTask = taskChangeCommand<ApproveTaskResponse__Output>('approve', 'ApproveTask', {
   summary: 'Approve a PENDING_APPROVAL task: it becomes ACTIVE and its owner can get tokens. Nobody approves their own task.',
-  options: {
-    task: { type: 'string', placeholder: 'TASK_ID', required: true, description: 'The task to approve' },
-    comment: { type: 'string', placeholder: 'TEXT', description: 'Why it is approved; recorded in the task and its audit trail' },
-    ...adminConnectionOptions,
-  },
-  notes: ADMIN_EXIT_NOTES,
-};
+  note: { flag: 'comment', description: 'Why it is approved; recorded in the task and its audit trail' },
+  call: (client, taskId, comment, options) => client.approveTask(taskId, comment, options),
+  headline: (res, taskId) => `approved ${taskId}: it is now ${res.task ? shortState(res.task.state) : 'ACTIVE'}`,
+});
 
-const approveTask: AdminCommandDef<{ taskId: string; comment: string }, ApproveTaskResponse__Output> = {
-  spec: approveTaskSpec,
-  rpc: 'ApproveTask',
-  request: (parsed) => ({ taskId: requiredText(approveTaskSpec, parsed, 'task'), comment: stringOption(parsed.values, 'comment') ?? '' }),
-  call: (client, { taskId, comment }, options) => client.approveTask(taskId, comment, options),
-  render(res, { taskId }, out) {
-    out(`approved ${taskId}: it is now ${res.task ? shortState(res.task.state) : 'ACTIVE'}`);
-    printTaskFields(res.task, out);
-  },
-};
-
-const revokeTaskSpec: CommandSpec = {
-  name: 'admin revoke-task',
+const revokeTask = taskChangeCommand<RevokeTaskResponse__Output>('revoke', 'RevokeTask', {
   summary: 'Revoke a live task (ACTIVE or PENDING_APPROVAL) and every token it produced.',
-  options: {
-    task: { type: 'string', placeholder: 'TASK_ID', required: true, description: 'The task to revoke' },
-    reason: { type: 'string', placeholder: 'TEXT', description: 'Why; recorded in the task and its audit trail' },
-    ...adminConnectionOptions,
-  },
-  notes: ADMIN_EXIT_NOTES,
-};
-
-const revokeTask: AdminCommandDef<{ taskId: string; reason: string }, RevokeTaskResponse__Output> = {
-  spec: revokeTaskSpec,
-  rpc: 'RevokeTask',
-  request: (parsed) => ({ taskId: requiredText(revokeTaskSpec, parsed, 'task'), reason: stringOption(parsed.values, 'reason') ?? '' }),
-  call: (client, { taskId, reason }, options) => client.revokeTask(taskId, reason, options),
-  render(res, { taskId }, out) {
-    out(`revoked ${taskId}; tokens revoked with it: ${res.revokedTokens}`);
-    printTaskFields(res.task, out);
-  },
-};
+  note: { flag: 'reason', description: 'Why; recorded in the task and its audit trail' },
+  call: (client, taskId, reason, options) => client.revokeTask(taskId, reason, options),
+  headline: (res, taskId) => `revoked ${taskId}; tokens revoked with it: ${res.revokedTokens}`,
+});
 
 const revokeWorkloadSpec: CommandSpec = {
   name: 'admin revoke-workload',
   summary: 'Kill switch: revoke every live task, and so every token, of the workloads a selector matches, in one transaction.',
   options: {
-    selector: { type: 'string', placeholder: 'SPIFFE_ID_OR_PATTERN', required: true, description: `The workloads: ${selectorHelp}, e.g. spiffe://example.org/ns/billing/**` },
+    selector: {
+      type: 'string',
+      placeholder: 'SPIFFE_ID_OR_PATTERN',
+      required: true,
+      description: `The workloads: ${selectorHelp}, e.g. spiffe://example.org/ns/billing/**`,
+    },
     reason: { type: 'string', placeholder: 'TEXT', description: 'Why; recorded in every revoked task and the audit trail' },
     ...adminConnectionOptions,
   },
@@ -256,8 +282,12 @@ const rotateSigningKey: AdminCommandDef<null, RotateSigningKeyResponse__Output> 
 
 /** Every admin command, keyed by its full name, for main.ts. */
 export const adminCommands: Record<string, AdminCommand> = Object.fromEntries(
-  [adminCommand(listTasks), adminCommand(auditTrail), adminCommand(approveTask), adminCommand(revokeTask), adminCommand(revokeWorkload), adminCommand(rotateSigningKey)].map((c) => [
-    c.spec.name,
-    c,
-  ]),
+  [
+    adminCommand(listTasks),
+    adminCommand(auditTrail),
+    adminCommand(approveTask),
+    adminCommand(revokeTask),
+    adminCommand(revokeWorkload),
+    adminCommand(rotateSigningKey),
+  ].map((c) => [c.spec.name, c]),
 );
