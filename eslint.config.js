@@ -23,7 +23,10 @@ export default tseslint.config(
       // A private constructor stays `private constructor` (a factory-only class has no other way).
       'no-restricted-syntax': [
         'error',
-        { selector: 'TSParameterProperty[accessibility]', message: 'Declare a #private field and assign it in the constructor instead of a parameter property.' },
+        {
+          selector: 'TSParameterProperty[accessibility]',
+          message: 'Declare a #private field and assign it in the constructor instead of a parameter property.',
+        },
         { selector: ':matches(PropertyDefinition, TSAbstractPropertyDefinition)[accessibility="private"]', message: 'Use a #private field, not `private`.' },
         { selector: 'MethodDefinition[accessibility="private"][kind!="constructor"]', message: 'Use a #private method, not `private`.' },
       ],

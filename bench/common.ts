@@ -108,10 +108,7 @@ export interface LoadResult {
 }
 
 export type FromLoad =
-  | { type: 'connected' }
-  | { type: 'prepared'; detail?: string }
-  | { type: 'result'; result: LoadResult }
-  | { type: 'failed'; message: string };
+  { type: 'connected' } | { type: 'prepared'; detail?: string } | { type: 'result'; result: LoadResult } | { type: 'failed'; message: string };
 
 /** Messages of the forked servers (echo, oidc-provider). */
 export type ServerConfig =

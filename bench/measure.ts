@@ -80,29 +80,24 @@ function snapshot(server: Server, gens: Generator[]): Snapshot {
 
 function mergeResults(results: LoadResult[]) {
   const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
-  let ok = 0;
-  let maxUs = 0;
-  let scheduled = 0;
-  let maxInflight = 0;
-  let maxSendLagMs = 0;
-  let flowCalls = 0;
+  const sum = (pick: (r: LoadResult) => number) => results.reduce((total, r) => total + pick(r), 0);
+  const most = (pick: (r: LoadResult) => number) => results.reduce((top, r) => Math.max(top, pick(r)), 0);
+  const ok = sum((r) => r.ok);
+  const maxUs = most((r) => r.maxUs);
   const perSecond: number[] = [];
-  let firstError: string | undefined;
   const errors: Record<string, number> = {};
   for (const r of results) {
     const h = hdr.decodeFromCompressedBase64(r.histogram);
     histogram.add(h);
     h.destroy();
-    ok += r.ok;
-    maxUs = Math.max(maxUs, r.maxUs);
-    scheduled += r.scheduled;
-    maxInflight += r.maxInflight;
-    maxSendLagMs = Math.max(maxSendLagMs, r.maxSendLagMs);
-    flowCalls += r.flowCalls;
     r.perSecond.forEach((n, i) => (perSecond[i] = (perSecond[i] ?? 0) + n));
-    firstError ??= r.firstError;
     for (const [k, n] of Object.entries(r.errors)) errors[k] = (errors[k] ?? 0) + n;
   }
+  const firstError = results.find((r) => r.firstError !== undefined)?.firstError;
+  const scheduled = sum((r) => r.scheduled);
+  const maxInflight = sum((r) => r.maxInflight);
+  const maxSendLagMs = most((r) => r.maxSendLagMs);
+  const flowCalls = sum((r) => r.flowCalls);
   // HDR percentiles are bucket bounds (3 significant digits): never report one above the exact max.
   const ms = (us: number) => Math.min(us, maxUs) / 1000;
   const latencyMs =

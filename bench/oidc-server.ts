@@ -30,7 +30,19 @@ import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { exportJWK, generateKeyPair } from 'jose';
 import Provider, { errors, type ClientMetadata, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
-import { apiId, errorMessage, oidcApiClient, oidcOpaqueClient, oidcWorkerClient, SCOPES, send, TOKEN_TTL_SECONDS, TRUST_DOMAIN, workerId, type ServerConfig } from './common.js';
+import {
+  apiId,
+  errorMessage,
+  oidcApiClient,
+  oidcOpaqueClient,
+  oidcWorkerClient,
+  SCOPES,
+  send,
+  TOKEN_TTL_SECONDS,
+  TRUST_DOMAIN,
+  workerId,
+  type ServerConfig,
+} from './common.js';
 
 export const OIDC_ISSUER = `https://oidc.${TRUST_DOMAIN}`;
 

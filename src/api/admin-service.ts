@@ -18,8 +18,6 @@ export interface AdminServiceDeps {
   admin: TaskAdmin;
 }
 
-
-
 export function auditEventMessage(e: AuditEvent): AuditEventMessage {
   return {
     seq: e.seq,

@@ -54,7 +54,13 @@ function peerHost(peer: string): string {
 }
 
 /** Status codes that point at the broker rather than the caller: logged as warnings. */
-const SERVER_SIDE = new Set<grpc.status>([grpc.status.INTERNAL, grpc.status.UNKNOWN, grpc.status.DATA_LOSS, grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED]);
+const SERVER_SIDE = new Set<grpc.status>([
+  grpc.status.INTERNAL,
+  grpc.status.UNKNOWN,
+  grpc.status.DATA_LOSS,
+  grpc.status.UNAVAILABLE,
+  grpc.status.DEADLINE_EXCEEDED,
+]);
 
 function boundedDetails(details: string | undefined): string | undefined {
   if (details === undefined || details.length <= MAX_STATUS_DETAILS) return details;

@@ -47,7 +47,11 @@ export interface RpcContext {
 }
 
 /** A unary handler from an async function; never throws into grpc-js. */
-export function unary<Req, Res>(method: string, ctx: RpcContext, fn: (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res): grpc.handleUnaryCall<Req, Res> {
+export function unary<Req, Res>(
+  method: string,
+  ctx: RpcContext,
+  fn: (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res> | Res,
+): grpc.handleUnaryCall<Req, Res> {
   const { logger } = ctx;
   return (call, callback) => {
     Promise.resolve()

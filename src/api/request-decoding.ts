@@ -19,7 +19,9 @@ export class RequestDecoders {
    */
   undecoded(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
     const copy: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
-    for (const [name, method] of Object.entries(definition) as Array<[string, grpc.MethodDefinition<unknown, unknown> & { requestType?: { type?: { name?: string } } }]>) {
+    for (const [name, method] of Object.entries(definition) as Array<
+      [string, grpc.MethodDefinition<unknown, unknown> & { requestType?: { type?: { name?: string } } }]
+    >) {
       this.#decoders.set(method.path, { decode: method.requestDeserialize, type: method.requestType?.type?.name ?? 'request' });
       copy[name] = { ...method, requestDeserialize: (bytes: Buffer) => bytes };
     }

@@ -26,8 +26,6 @@ export interface TaskBrokerServiceDeps {
   metrics?: BrokerMetrics;
 }
 
-
-
 /** The verified caller of a call plus its request id (echoed to the client in the response headers). */
 export function actorOf(call: grpc.ServerUnaryCall<unknown, unknown>): Actor {
   const caller = callerOf(call);

@@ -124,7 +124,14 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
     await prepareSchema(store, options.migrate ?? DEFAULTS.migrate, logger);
     const issuer = options.issuer ?? identity.current()?.spiffeId.toString();
     if (!issuer) throw new Error('no token issuer: the broker has no SVID yet and --issuer is not set');
-    const keys = new SigningKeyRing({ db: store.db, kek: options.kek, alg: tokenAlg, clock: options.clock, maxTokenTtlSeconds: limits.maxTokenTtlSeconds, logger });
+    const keys = new SigningKeyRing({
+      db: store.db,
+      kek: options.kek,
+      alg: tokenAlg,
+      clock: options.clock,
+      maxTokenTtlSeconds: limits.maxTokenTtlSeconds,
+      logger,
+    });
     await keys.init();
     const policy = options.policy ?? new StaticPolicySource(undefined);
     observeDomain(metrics, { store, policy });

@@ -106,7 +106,11 @@ export function eventHash(e: HashedFields): string {
 export async function appendAuditEvent(tx: Tx, input: AuditEventInput, options: AppendOptions = {}): Promise<number> {
   const started = options.onTimed ? performance.now() : 0;
   const details = JSON.stringify(input.details);
-  const { rows } = await sql<{ event_id: string | number }>`select tb_append_event(${input.taskId}, ${input.type}, ${input.actor.spiffeId}, ${input.actor.certThumbprint}, ${input.actor.requestId}, ${input.occurredAt}, ${storableJson(details)}::jsonb) as event_id`.execute(tx);
+  const { rows } = await sql<{
+    event_id: string | number;
+  }>`select tb_append_event(${input.taskId}, ${input.type}, ${input.actor.spiffeId}, ${input.actor.certThumbprint}, ${input.actor.requestId}, ${input.occurredAt}, ${storableJson(details)}::jsonb) as event_id`.execute(
+    tx,
+  );
   options.onTimed?.((performance.now() - started) / 1000);
   return eventIdOf(rows[0]!);
 }
@@ -166,7 +170,13 @@ export function checkChain(chainId: string, events: readonly AuditEvent[], head:
     return lastSeq === 0 ? { ok: true, chainId, events: 0 } : { ok: false, chainId, events: lastSeq, brokenAt: 1, problem: 'the chain head is missing' };
   }
   if (head.last_seq !== lastSeq || head.last_hash !== prev) {
-    return { ok: false, chainId, events: lastSeq, brokenAt: lastSeq + 1, problem: `the chain head records ${head.last_seq} events but ${lastSeq} are stored: events were removed` };
+    return {
+      ok: false,
+      chainId,
+      events: lastSeq,
+      brokenAt: lastSeq + 1,
+      problem: `the chain head records ${head.last_seq} events but ${lastSeq} are stored: events were removed`,
+    };
   }
   return { ok: true, chainId, events: lastSeq };
 }
@@ -179,7 +189,11 @@ export async function verifyChain(db: DbOrTx, chainId: string): Promise<ChainChe
     .selectFrom('audit_events')
     .selectAll()
     .select(
-      sql<string | null>`case when hash_version = 2 then tb_event_document(chain_id, seq, task_id, event_type, actor_spiffe_id, actor_cert_thumbprint, request_id, occurred_at, details, prev_hash) end`.as('document'),
+      sql<
+        string | null
+      >`case when hash_version = 2 then tb_event_document(chain_id, seq, task_id, event_type, actor_spiffe_id, actor_cert_thumbprint, request_id, occurred_at, details, prev_hash) end`.as(
+        'document',
+      ),
     )
     .where('chain_id', '=', chainId)
     .where('seq', '<=', head?.last_seq ?? 0)

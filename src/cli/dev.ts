@@ -202,7 +202,11 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
       say(`#${e.seq} ${at} ${e.eventType.padEnd(20)} ${e.actorSpiffeId} ${JSON.stringify(structToJson(e.details))}`);
     }
     const chain = trail.chain;
-    say(chain?.ok ? `hash chain verified: ${chain.events} events, head ${trail.events.at(-1)?.hash ?? ''}` : `HASH CHAIN BROKEN at event ${chain?.brokenAt}: ${chain?.problem}`);
+    say(
+      chain?.ok
+        ? `hash chain verified: ${chain.events} events, head ${trail.events.at(-1)?.hash ?? ''}`
+        : `HASH CHAIN BROKEN at event ${chain?.brokenAt}: ${chain?.problem}`,
+    );
   } finally {
     for (const c of Object.values(clients)) c.close();
     admin.close();

@@ -16,7 +16,10 @@ export const migrateSpec: CommandSpec = {
 };
 
 export async function runMigrate(parsed: ParsedCommand, out: (line: string) => void): Promise<number> {
-  const store = await openStore({ databaseUrl: stringOption(parsed.values, 'database-url'), dataDir: stringOption(parsed.values, 'data-dir') ?? './task-broker-data' });
+  const store = await openStore({
+    databaseUrl: stringOption(parsed.values, 'database-url'),
+    dataDir: stringOption(parsed.values, 'data-dir') ?? './task-broker-data',
+  });
   try {
     if (parsed.values.status === true) {
       const status = await migrationStatus(store.db);

@@ -68,7 +68,13 @@ export function parseCommand(spec: CommandSpec, argv: string[], env: NodeJS.Proc
     const fromEnv = opt.env ? env[opt.env] : undefined;
     if (value === undefined && fromEnv !== undefined && fromEnv !== '') {
       if (opt.type === 'boolean') value = ['1', 'true', 'yes'].includes(fromEnv.toLowerCase());
-      else value = opt.multiple ? fromEnv.split(',').map((s) => s.trim()).filter(Boolean) : fromEnv;
+      else
+        value = opt.multiple
+          ? fromEnv
+              .split(',')
+              .map((s) => s.trim())
+              .filter(Boolean)
+          : fromEnv;
     }
     if (value === undefined && opt.default !== undefined) value = opt.multiple ? [opt.default] : opt.default;
     if (value === undefined && opt.required) {

@@ -25,8 +25,19 @@ const listenText = ({ host, port }: ListenAddress) => `${host}:${port}`;
 
 /** Where the data lives: shared by serve and migrate. */
 export const storageOptions: Record<string, OptionSpec> = {
-  'database-url': { type: 'string', placeholder: 'URL', env: 'TASK_BROKER_DATABASE_URL', description: 'PostgreSQL connection URL (postgres://…); when absent, embedded PGlite in --data-dir' },
-  'data-dir': { type: 'string', placeholder: 'DIR', env: 'TASK_BROKER_DATA_DIR', default: DEFAULTS.database.dataDir, description: 'Directory of the embedded PGlite database' },
+  'database-url': {
+    type: 'string',
+    placeholder: 'URL',
+    env: 'TASK_BROKER_DATABASE_URL',
+    description: 'PostgreSQL connection URL (postgres://…); when absent, embedded PGlite in --data-dir',
+  },
+  'data-dir': {
+    type: 'string',
+    placeholder: 'DIR',
+    env: 'TASK_BROKER_DATA_DIR',
+    default: DEFAULTS.database.dataDir,
+    description: 'Directory of the embedded PGlite database',
+  },
   'database-wait': {
     type: 'string',
     placeholder: 'DURATION',
@@ -39,7 +50,13 @@ export const storageOptions: Record<string, OptionSpec> = {
 
 /** Limits on what callers and peers can hold: every one has a default and a flag. */
 export const limitOptions: Record<string, OptionSpec> = {
-  'database-pool-size': { type: 'string', placeholder: 'N', env: 'TASK_BROKER_DATABASE_POOL_SIZE', default: String(DEFAULTS.database.poolSize), description: 'PostgreSQL connections per replica' },
+  'database-pool-size': {
+    type: 'string',
+    placeholder: 'N',
+    env: 'TASK_BROKER_DATABASE_POOL_SIZE',
+    default: String(DEFAULTS.database.poolSize),
+    description: 'PostgreSQL connections per replica',
+  },
   'database-pool-timeout': {
     type: 'string',
     placeholder: 'DURATION',
@@ -47,7 +64,13 @@ export const limitOptions: Record<string, OptionSpec> = {
     default: durationText(DEFAULTS.database.poolTimeoutMs),
     description: 'How long a call may wait for a database connection before it fails with UNAVAILABLE',
   },
-  'statement-timeout': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_STATEMENT_TIMEOUT', default: durationText(DEFAULTS.database.statementTimeoutMs), description: 'Longest a database statement may run' },
+  'statement-timeout': {
+    type: 'string',
+    placeholder: 'DURATION',
+    env: 'TASK_BROKER_STATEMENT_TIMEOUT',
+    default: durationText(DEFAULTS.database.statementTimeoutMs),
+    description: 'Longest a database statement may run',
+  },
   'handshake-timeout': {
     type: 'string',
     placeholder: 'DURATION',
@@ -62,7 +85,13 @@ export const limitOptions: Record<string, OptionSpec> = {
     default: 'auto',
     description: `Open gRPC connections at most; 'auto': ${DEFAULTS.connectionLimits.maxConnections}, or the file descriptor limit less ${RESERVED_FILE_DESCRIPTORS} when that is lower`,
   },
-  'max-handshakes': { type: 'string', placeholder: 'N', env: 'TASK_BROKER_MAX_HANDSHAKES', default: String(DEFAULTS.connectionLimits.maxHandshakes), description: 'Connections in their TLS handshake at once at most; further ones are closed on accept' },
+  'max-handshakes': {
+    type: 'string',
+    placeholder: 'N',
+    env: 'TASK_BROKER_MAX_HANDSHAKES',
+    default: String(DEFAULTS.connectionLimits.maxHandshakes),
+    description: 'Connections in their TLS handshake at once at most; further ones are closed on accept',
+  },
   'max-connection-idle': {
     type: 'string',
     placeholder: 'DURATION',
@@ -82,7 +111,8 @@ export const limitOptions: Record<string, OptionSpec> = {
     placeholder: 'N',
     env: 'TASK_BROKER_MAX_CONCURRENT_STREAMS',
     default: String(DEFAULTS.connectionLimits.maxConcurrentStreams),
-    description: "Concurrent calls per connection (HTTP/2 streams): a caller's in-flight limit and some room to be told RESOURCE_EXHAUSTED; a client queues more itself",
+    description:
+      "Concurrent calls per connection (HTTP/2 streams): a caller's in-flight limit and some room to be told RESOURCE_EXHAUSTED; a client queues more itself",
   },
   'max-calls-per-caller': {
     type: 'string',
@@ -119,8 +149,20 @@ export const serveSpec: CommandSpec = {
   name: 'serve',
   summary: 'Run the broker: gRPC over mTLS with X509-SVIDs.',
   options: {
-    listen: { type: 'string', placeholder: 'HOST:PORT', env: 'TASK_BROKER_LISTEN', default: listenText(DEFAULTS.listen), description: 'Address of the gRPC (mTLS) listener' },
-    'http-listen': { type: 'string', placeholder: 'HOST:PORT', env: 'TASK_BROKER_HTTP_LISTEN', default: listenText(DEFAULTS.http), description: "Address of the HTTP listener serving /.well-known/jwks.json ('off' to disable)" },
+    listen: {
+      type: 'string',
+      placeholder: 'HOST:PORT',
+      env: 'TASK_BROKER_LISTEN',
+      default: listenText(DEFAULTS.listen),
+      description: 'Address of the gRPC (mTLS) listener',
+    },
+    'http-listen': {
+      type: 'string',
+      placeholder: 'HOST:PORT',
+      env: 'TASK_BROKER_HTTP_LISTEN',
+      default: listenText(DEFAULTS.http),
+      description: "Address of the HTTP listener serving /.well-known/jwks.json ('off' to disable)",
+    },
     'workload-api': {
       type: 'string',
       placeholder: 'ADDRESS',
@@ -141,8 +183,18 @@ export const serveSpec: CommandSpec = {
       env: 'TASK_BROKER_WORKLOAD_API_SPIFFE_ID',
       description: "Serve with the Workload API's SVID for this SPIFFE ID (default: the first, the agent's default identity)",
     },
-    'svid-cert': { type: 'string', placeholder: 'FILE', env: 'TASK_BROKER_SVID_CERT', description: "The broker's own X509-SVID certificate chain (PEM, leaf first); reloaded on change" },
-    'svid-key': { type: 'string', placeholder: 'FILE', env: 'TASK_BROKER_SVID_KEY', description: "The private key of the broker's SVID (PEM); reloaded on change" },
+    'svid-cert': {
+      type: 'string',
+      placeholder: 'FILE',
+      env: 'TASK_BROKER_SVID_CERT',
+      description: "The broker's own X509-SVID certificate chain (PEM, leaf first); reloaded on change",
+    },
+    'svid-key': {
+      type: 'string',
+      placeholder: 'FILE',
+      env: 'TASK_BROKER_SVID_KEY',
+      description: "The private key of the broker's SVID (PEM); reloaded on change",
+    },
     bundle: {
       type: 'string',
       multiple: true,
@@ -150,22 +202,102 @@ export const serveSpec: CommandSpec = {
       env: 'TASK_BROKER_BUNDLES',
       description: 'Trust bundle of a trust domain whose workloads may call (PEM or SPIFFE bundle JSON); reloaded on change',
     },
-    policy: { type: 'string', placeholder: 'FILE', env: 'TASK_BROKER_POLICY', description: 'Policy document (YAML); reloaded on change, a broken new version keeps the last good one. Without it every task and admin request is denied' },
+    policy: {
+      type: 'string',
+      placeholder: 'FILE',
+      env: 'TASK_BROKER_POLICY',
+      description:
+        'Policy document (YAML); reloaded on change, a broken new version keeps the last good one. Without it every task and admin request is denied',
+    },
     ...storageOptions,
-    migrate: { type: 'boolean', env: 'TASK_BROKER_MIGRATE', description: 'Apply pending database migrations at start (otherwise the broker refuses to start while any is pending)' },
-    'kek-file': { type: 'string', placeholder: 'FILE', env: 'TASK_BROKER_KEK_FILE', description: 'Key-encryption key for the signing keys at rest: 32 random bytes, base64 (mode 0600)' },
-    kek: { type: 'string', placeholder: 'BASE64', env: 'TASK_BROKER_KEK', description: 'The key-encryption key itself, base64 (prefer --kek-file or the env var to a flag)' },
-    'token-alg': { type: 'string', placeholder: 'ALG', env: 'TASK_BROKER_TOKEN_ALG', default: DEFAULTS.tokenAlg, description: `Token signature algorithm: ${TOKEN_ALGS.join(' or ')}` },
+    migrate: {
+      type: 'boolean',
+      env: 'TASK_BROKER_MIGRATE',
+      description: 'Apply pending database migrations at start (otherwise the broker refuses to start while any is pending)',
+    },
+    'kek-file': {
+      type: 'string',
+      placeholder: 'FILE',
+      env: 'TASK_BROKER_KEK_FILE',
+      description: 'Key-encryption key for the signing keys at rest: 32 random bytes, base64 (mode 0600)',
+    },
+    kek: {
+      type: 'string',
+      placeholder: 'BASE64',
+      env: 'TASK_BROKER_KEK',
+      description: 'The key-encryption key itself, base64 (prefer --kek-file or the env var to a flag)',
+    },
+    'token-alg': {
+      type: 'string',
+      placeholder: 'ALG',
+      env: 'TASK_BROKER_TOKEN_ALG',
+      default: DEFAULTS.tokenAlg,
+      description: `Token signature algorithm: ${TOKEN_ALGS.join(' or ')}`,
+    },
     issuer: { type: 'string', placeholder: 'ISS', env: 'TASK_BROKER_ISSUER', description: "Token issuer (iss); default: the broker's SPIFFE ID" },
-    'default-task-ttl': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_DEFAULT_TASK_TTL', default: secondsText(DEFAULTS.limits.defaultTaskTtlSeconds), description: 'Task lifetime when CreateTask gives none' },
-    'max-task-ttl': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_MAX_TASK_TTL', default: secondsText(DEFAULTS.limits.maxTaskTtlSeconds), description: 'Longest task lifetime a caller may ask for' },
-    'default-token-ttl': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_DEFAULT_TOKEN_TTL', default: secondsText(DEFAULTS.limits.defaultTokenTtlSeconds), description: 'Token lifetime when IssueToken gives none' },
-    'max-token-ttl': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_MAX_TOKEN_TTL', default: secondsText(DEFAULTS.limits.maxTokenTtlSeconds), description: 'Longest token lifetime (never past the task expiry)' },
-    'sweep-interval': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_SWEEP_INTERVAL', default: durationText(DEFAULTS.sweepIntervalMs), description: 'How often expired tasks are swept (safe in every replica)' },
-    'token-retention': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_TOKEN_RETENTION', default: secondsText(DEFAULTS.tokenRetentionSeconds), description: 'How long token rows are kept after they expire (audit events are kept)' },
-    'file-poll-interval': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_FILE_POLL_INTERVAL', default: durationText(DEFAULTS.filePollIntervalMs), description: 'Backup poll interval for watched files (SVID, bundles)' },
+    'default-task-ttl': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_DEFAULT_TASK_TTL',
+      default: secondsText(DEFAULTS.limits.defaultTaskTtlSeconds),
+      description: 'Task lifetime when CreateTask gives none',
+    },
+    'max-task-ttl': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_MAX_TASK_TTL',
+      default: secondsText(DEFAULTS.limits.maxTaskTtlSeconds),
+      description: 'Longest task lifetime a caller may ask for',
+    },
+    'default-token-ttl': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_DEFAULT_TOKEN_TTL',
+      default: secondsText(DEFAULTS.limits.defaultTokenTtlSeconds),
+      description: 'Token lifetime when IssueToken gives none',
+    },
+    'max-token-ttl': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_MAX_TOKEN_TTL',
+      default: secondsText(DEFAULTS.limits.maxTokenTtlSeconds),
+      description: 'Longest token lifetime (never past the task expiry)',
+    },
+    'sweep-interval': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_SWEEP_INTERVAL',
+      default: durationText(DEFAULTS.sweepIntervalMs),
+      description: 'How often expired tasks are swept (safe in every replica)',
+    },
+    'token-retention': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_TOKEN_RETENTION',
+      default: secondsText(DEFAULTS.tokenRetentionSeconds),
+      description: 'How long token rows are kept after they expire (audit events are kept)',
+    },
+    'file-poll-interval': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_FILE_POLL_INTERVAL',
+      default: durationText(DEFAULTS.filePollIntervalMs),
+      description: 'Backup poll interval for watched files (SVID, bundles)',
+    },
     ...limitOptions,
-    'shutdown-grace': { type: 'string', placeholder: 'DURATION', env: 'TASK_BROKER_SHUTDOWN_GRACE', default: durationText(DEFAULTS.shutdownGraceMs), description: 'How long in-flight calls may take to finish on SIGTERM' },
-    'log-level': { type: 'string', placeholder: 'LEVEL', env: 'TASK_BROKER_LOG_LEVEL', default: DEFAULTS.logLevel, description: 'trace, debug, info, warn, error or silent' },
+    'shutdown-grace': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_SHUTDOWN_GRACE',
+      default: durationText(DEFAULTS.shutdownGraceMs),
+      description: 'How long in-flight calls may take to finish on SIGTERM',
+    },
+    'log-level': {
+      type: 'string',
+      placeholder: 'LEVEL',
+      env: 'TASK_BROKER_LOG_LEVEL',
+      default: DEFAULTS.logLevel,
+      description: 'trace, debug, info, warn, error or silent',
+    },
   },
 };

@@ -100,7 +100,9 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
   const kekFile = stringOption(values, 'kek-file');
   const kekValue = stringOption(values, 'kek');
   if (!kekFile === !kekValue) {
-    throw new UsageError('exactly one key-encryption key is required: --kek-file FILE or TASK_BROKER_KEK (generate one with: head -c 32 /dev/urandom | base64)');
+    throw new UsageError(
+      'exactly one key-encryption key is required: --kek-file FILE or TASK_BROKER_KEK (generate one with: head -c 32 /dev/urandom | base64)',
+    );
   }
   const alg = optionText(values, 'token-alg');
   if (!isTokenAlg(alg)) throw new UsageError(`--token-alg: ${TOKEN_ALGS.join(' or ')}, not "${alg}"`);

@@ -74,7 +74,11 @@ export function fileDescriptorsCheck(options: { maxShare?: number; use?: () => P
       if (!now) return { ok: true, detail: { supported: false } };
       const detail = { open: now.open, limit: now.limit };
       if (now.open > now.limit * maxShare) {
-        return { ok: false, reason: `${now.open} of ${now.limit} file descriptors in use (over ${Math.round(maxShare * 100)}%): new connections and file reloads would fail`, detail };
+        return {
+          ok: false,
+          reason: `${now.open} of ${now.limit} file descriptors in use (over ${Math.round(maxShare * 100)}%): new connections and file reloads would fail`,
+          detail,
+        };
       }
       return { ok: true, detail };
     },

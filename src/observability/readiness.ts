@@ -9,7 +9,8 @@
  */
 import type { Logger } from './logger.js';
 
-export type CheckResult = { readonly ok: true; readonly detail?: Record<string, unknown> } | { readonly ok: false; readonly reason: string; readonly detail?: Record<string, unknown> };
+export type CheckResult =
+  { readonly ok: true; readonly detail?: Record<string, unknown> } | { readonly ok: false; readonly reason: string; readonly detail?: Record<string, unknown> };
 
 export interface ReadinessCheck {
   /** Short, stable name: a key of the /readyz body and a metric label. */
@@ -164,7 +165,9 @@ export class Readiness {
     const result = await Promise.race([running, timeout]);
     clearTimeout(timer);
     const durationMs = Math.round((performance.now() - started) * 1000) / 1000;
-    return result.ok ? { ok: true, durationMs, ...(result.detail ? { detail: result.detail } : {}) } : { ok: false, reason: result.reason, durationMs, ...(result.detail ? { detail: result.detail } : {}) };
+    return result.ok
+      ? { ok: true, durationMs, ...(result.detail ? { detail: result.detail } : {}) }
+      : { ok: false, reason: result.reason, durationMs, ...(result.detail ? { detail: result.detail } : {}) };
   }
 
   #publish(report: ReadinessReport): void {

@@ -166,7 +166,14 @@ function fraction(nanos: number, min: 0 | 3): string {
 function timestampJson(message: Message): string {
   const seconds = Number(message.seconds ?? 0);
   const nanos = Number(message.nanos ?? 0);
-  if (!Number.isInteger(seconds) || seconds < MIN_TIMESTAMP_SECONDS || seconds > MAX_TIMESTAMP_SECONDS || !Number.isInteger(nanos) || nanos < 0 || nanos > 999_999_999) {
+  if (
+    !Number.isInteger(seconds) ||
+    seconds < MIN_TIMESTAMP_SECONDS ||
+    seconds > MAX_TIMESTAMP_SECONDS ||
+    !Number.isInteger(nanos) ||
+    nanos < 0 ||
+    nanos > 999_999_999
+  ) {
     throw new Error(`Timestamp ${String(message.seconds)}s ${String(message.nanos)}ns is outside what RFC 3339 can write`);
   }
   return `${new Date(seconds * 1000).toISOString().slice(0, 19)}${fraction(nanos, 3)}Z`;

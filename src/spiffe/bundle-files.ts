@@ -40,7 +40,10 @@ export async function watchBundleFiles(set: TrustBundleSet, files: readonly Bund
       const watchedBundle = new WatchedValue([file.path], ([text = '']) => parseX509Bundle(file.trustDomain, text), {
         pollIntervalMs: options.pollIntervalMs,
         onError: (err, during) =>
-          log.error({ err: err.message }, during === 'reload' ? 'trust bundle reload failed; keeping the last good bundle' : 'trust bundle change listener failed'),
+          log.error(
+            { err: err.message },
+            during === 'reload' ? 'trust bundle reload failed; keeping the last good bundle' : 'trust bundle change listener failed',
+          ),
       });
       watched.push(watchedBundle);
       watchedBundle.onChange((next) => {

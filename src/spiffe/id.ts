@@ -39,8 +39,7 @@ export class SpiffeIdError extends Error {
   }
 }
 
-const isTrustDomainChar = (c: number) =>
-  (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2e || c === 0x2d || c === 0x5f;
+const isTrustDomainChar = (c: number) => (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2e || c === 0x2d || c === 0x5f;
 const isPathChar = (c: number) => isTrustDomainChar(c) || (c >= 0x41 && c <= 0x5a);
 
 function validateTrustDomain(td: string, input: string): void {
@@ -50,11 +49,7 @@ function validateTrustDomain(td: string, input: string): void {
   if (td.includes('%')) throw new SpiffeIdError('trust-domain-chars', 'percent-encoding is not allowed in the trust domain', input);
   for (let i = 0; i < td.length; i++) {
     if (!isTrustDomainChar(td.charCodeAt(i))) {
-      throw new SpiffeIdError(
-        'trust-domain-chars',
-        'trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores',
-        input,
-      );
+      throw new SpiffeIdError('trust-domain-chars', 'trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores', input);
     }
   }
   if (td.length > MAX_TRUST_DOMAIN_CHARS) {

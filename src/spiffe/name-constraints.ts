@@ -165,40 +165,36 @@ export function checkNameConstraints(path: readonly ParsedCertificate[], role: s
     const cert = path[i] as ParsedCertificate;
     if (i > 0 && !cert.subjectEmpty && cert.subject === cert.issuer) continue;
     const whose = i === 0 ? 'leaf certificate' : `intermediate certificate "${describeCertificate(cert)}"`;
+    const check = (
+      kind: 'URI' | 'DNS',
+      san: string,
+      name: string,
+      permitted: string[],
+      excluded: string[],
+      matches: (name: string, constraint: string) => boolean,
+    ) => {
+      const hit = excluded.find((c) => matches(name, c));
+      if (hit !== undefined)
+        throw new X509SvidError('name-constraints', `${whose} ${kind} SAN "${san}" is within the excluded ${kind} name constraint "${hit}" of ${role}`, id);
+      if (permitted.length && !permitted.some((c) => matches(name, c))) {
+        throw new X509SvidError(
+          'name-constraints',
+          `${whose} ${kind} SAN "${san}" is not within the permitted ${kind} name constraints (${permitted.join(', ')}) of ${role}`,
+          id,
+        );
+      }
+    };
     if (uriPermitted.length || uriExcluded.length) {
       for (const uri of cert.uriSans) {
         const host = uriHost(uri);
         if (host === undefined) {
           throw new X509SvidError('name-constraints', `${whose} URI SAN "${uri}" has no host to check against the URI name constraints of ${role}`, id);
         }
-        const excluded = uriExcluded.find((c) => uriHostMatches(host, c));
-        if (excluded !== undefined) {
-          throw new X509SvidError('name-constraints', `${whose} URI SAN "${uri}" is within the excluded URI name constraint "${excluded}" of ${role}`, id);
-        }
-        if (uriPermitted.length && !uriPermitted.some((c) => uriHostMatches(host, c))) {
-          throw new X509SvidError(
-            'name-constraints',
-            `${whose} URI SAN "${uri}" is not within the permitted URI name constraints (${uriPermitted.join(', ')}) of ${role}`,
-            id,
-          );
-        }
+        check('URI', uri, host, uriPermitted, uriExcluded, uriHostMatches);
       }
     }
     if (dnsPermitted.length || dnsExcluded.length) {
-      for (const dns of cert.dnsSans) {
-        const name = dns.toLowerCase();
-        const excluded = dnsExcluded.find((c) => dnsNameMatches(name, c));
-        if (excluded !== undefined) {
-          throw new X509SvidError('name-constraints', `${whose} DNS SAN "${dns}" is within the excluded DNS name constraint "${excluded}" of ${role}`, id);
-        }
-        if (dnsPermitted.length && !dnsPermitted.some((c) => dnsNameMatches(name, c))) {
-          throw new X509SvidError(
-            'name-constraints',
-            `${whose} DNS SAN "${dns}" is not within the permitted DNS name constraints (${dnsPermitted.join(', ')}) of ${role}`,
-            id,
-          );
-        }
-      }
+      for (const dns of cert.dnsSans) check('DNS', dns, dns.toLowerCase(), dnsPermitted, dnsExcluded, dnsNameMatches);
     }
   }
 }

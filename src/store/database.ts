@@ -121,7 +121,10 @@ async function probeWrites(db: Db): Promise<void> {
     await sql`update tasks set state = state where false`.execute(tx);
     await sql`update tokens set revoked_at = revoked_at where false`.execute(tx);
   } finally {
-    await tx.rollback().execute().catch(() => undefined);
+    await tx
+      .rollback()
+      .execute()
+      .catch(() => undefined);
   }
 }
 
@@ -220,7 +223,9 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
       const left = waitMs - (Date.now() - started);
       if (left <= 0) {
         await store.close();
-        throw new Error(`cannot reach PostgreSQL at ${redactUrl(url)}${attempt > 1 ? ` after ${attempt} attempts in ${Math.round((Date.now() - started) / 1000)} s` : ''}: ${message}`);
+        throw new Error(
+          `cannot reach PostgreSQL at ${redactUrl(url)}${attempt > 1 ? ` after ${attempt} attempts in ${Math.round((Date.now() - started) / 1000)} s` : ''}: ${message}`,
+        );
       }
       const retryInMs = Math.min(Math.round(backoff * (0.5 + Math.random() / 2)), left);
       report({ phase: 'start', message, attempt, retryInMs });

@@ -32,10 +32,27 @@ export interface DatabaseFailure {
   readonly reason: string;
 }
 
-const SOCKET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNABORTED', 'EADDRNOTAVAIL']);
+const SOCKET_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ECONNABORTED',
+  'EADDRNOTAVAIL',
+]);
 
 /** pg's own messages for a connection that died or never came (it sets no code on these). */
-const CONNECTION_MESSAGES = [/^Connection terminated/i, /connection error and is not queryable/i, /Client was closed and is not queryable/i, /^Query read timeout/i, /Connection ended/i];
+const CONNECTION_MESSAGES = [
+  /^Connection terminated/i,
+  /connection error and is not queryable/i,
+  /Client was closed and is not queryable/i,
+  /^Query read timeout/i,
+  /Connection ended/i,
+];
 const POOL_TIMEOUT_MESSAGES = [/timeout exceeded when trying to connect/i, /^Cannot use a pool after calling end/i];
 
 function fieldOf(err: unknown, name: string): unknown {

@@ -108,7 +108,9 @@ export async function migrationStatus(db: Db, migrations?: Migration[]): Promise
   for (const m of all) {
     const checksum = applied.get(m.version);
     if (checksum !== undefined && checksum !== m.checksum) {
-      throw new Error(`migration ${m.version} was changed after it was applied (checksum ${checksum.slice(0, 12)}… in the database, ${m.checksum.slice(0, 12)}… on disk)`);
+      throw new Error(
+        `migration ${m.version} was changed after it was applied (checksum ${checksum.slice(0, 12)}… in the database, ${m.checksum.slice(0, 12)}… on disk)`,
+      );
     }
   }
   const known = new Set(all.map((m) => m.version));
@@ -116,7 +118,10 @@ export async function migrationStatus(db: Db, migrations?: Migration[]): Promise
   if (unknown.length > 0) {
     throw new Error(`the database has migrations this build does not know (${unknown.join(', ')}): it was migrated by a newer task-broker`);
   }
-  return { applied: all.filter((m) => applied.has(m.version)).map((m) => m.version), pending: all.filter((m) => !applied.has(m.version)).map((m) => m.version) };
+  return {
+    applied: all.filter((m) => applied.has(m.version)).map((m) => m.version),
+    pending: all.filter((m) => !applied.has(m.version)).map((m) => m.version),
+  };
 }
 
 /** Applies pending migrations; returns the versions applied by this call. */

@@ -44,13 +44,19 @@ async function runOnce<T>(db: Db, work: (tx: Tx) => Promise<T>): Promise<T> {
     result = await work(tx);
   } catch (err) {
     // The server has rolled back already when the connection died; the rollback releases the connection either way.
-    await tx.rollback().execute().catch(() => undefined);
+    await tx
+      .rollback()
+      .execute()
+      .catch(() => undefined);
     throw err;
   }
   try {
     await tx.commit().execute();
   } catch (err) {
-    await tx.rollback().execute().catch(() => undefined);
+    await tx
+      .rollback()
+      .execute()
+      .catch(() => undefined);
     const failure = databaseFailure(err);
     // A connection that failed during COMMIT may have committed first: say so rather than guess.
     if (failure && (failure.kind === 'connection' || failure.kind === 'statement-timeout')) throw new CommitOutcomeUnknownError(failure);

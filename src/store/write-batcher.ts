@@ -99,7 +99,11 @@ export class WriteBatcher {
   submit(key: string, op: object, caller = ''): Promise<unknown> {
     if (this.#queue.length >= this.limits.maxQueued) {
       return Promise.reject(
-        new BrokerError('resource-exhausted', `the broker's write queue is full (${this.limits.maxQueued} calls waiting); retry in ${QUEUE_FULL_RETRY_MS} ms`, QUEUE_FULL_RETRY_MS),
+        new BrokerError(
+          'resource-exhausted',
+          `the broker's write queue is full (${this.limits.maxQueued} calls waiting); retry in ${QUEUE_FULL_RETRY_MS} ms`,
+          QUEUE_FULL_RETRY_MS,
+        ),
       );
     }
     return new Promise((resolve, reject) => {

@@ -48,7 +48,14 @@ export class TaskAdmin {
   async revokeTask(actor: Actor, taskId: string, reason: string): Promise<{ task: Task; revokedTokens: number }> {
     return this.#onLockedTask(actor, 'RevokeTask', taskId, { reason }, async (work, row, entry) => {
       if (!isLive(row.state)) work.refuse(new BrokerError('failed-precondition', `task is already ${row.state}`));
-      const ended = await this.#deps.rows.end(work, row, { state: 'REVOKED', by: actor.spiffeId, reason: reason || 'revoked by an admin', eventType: 'task.revoked', actor, details: { admin_entry: entry } });
+      const ended = await this.#deps.rows.end(work, row, {
+        state: 'REVOKED',
+        by: actor.spiffeId,
+        reason: reason || 'revoked by an admin',
+        eventType: 'task.revoked',
+        actor,
+        details: { admin_entry: entry },
+      });
       return { task: toTask(ended), revokedTokens: ended.revokedTokens };
     });
   }
@@ -95,7 +102,10 @@ export class TaskAdmin {
     const audienceRegex = filter.audience ? selectorArgument('audience', filter.audience).regex : undefined;
     const digest = filterDigest(filter);
     const below = page.pageToken ? decodeCursor(page.pageToken, digest) : undefined;
-    const found = await this.#deps.rows.list({ ownerRegex, audienceRegex, state, createdAfter: filter.createdAfter, createdBefore: filter.createdBefore, below }, pageSize + 1);
+    const found = await this.#deps.rows.list(
+      { ownerRegex, audienceRegex, state, createdAfter: filter.createdAfter, createdBefore: filter.createdBefore, below },
+      pageSize + 1,
+    );
     const more = found.length > pageSize;
     const pageRows = more ? found.slice(0, pageSize) : found;
     const last = pageRows.at(-1);
@@ -106,7 +116,11 @@ export class TaskAdmin {
     };
   }
 
-  async auditTrail(actor: Actor, taskId: string, page: { afterSeq?: number; pageSize?: number } = {}): Promise<{ events: AuditEvent[]; check: ChainCheck; nextAfterSeq: number }> {
+  async auditTrail(
+    actor: Actor,
+    taskId: string,
+    page: { afterSeq?: number; pageSize?: number } = {},
+  ): Promise<{ events: AuditEvent[]; check: ChainCheck; nextAfterSeq: number }> {
     await this.#authorize(actor, 'GetAuditTrail', { task_id: bounded(taskId) });
     taskIdArgument(taskId);
     const pageSize = pageSizeArgument(page.pageSize, MAX_TRAIL_PAGE, MAX_TRAIL_PAGE);
@@ -143,7 +157,11 @@ export class TaskAdmin {
     const entry = await this.#authorize(actor, 'RotateSigningKey');
     const { units, keys } = this.#deps;
     return keys.rotate(async (tx, rotation) => {
-      await units.append(tx, actor, { taskId: null, type: 'admin.key_rotated', details: { kid: rotation.kid, retired_kid: rotation.retiredKid ?? null, admin_entry: entry } });
+      await units.append(tx, actor, {
+        taskId: null,
+        type: 'admin.key_rotated',
+        details: { kid: rotation.kid, retired_kid: rotation.retiredKid ?? null, admin_entry: entry },
+      });
     });
   }
 
@@ -152,7 +170,13 @@ export class TaskAdmin {
    * the task ID and the free text are checked, then `fn` runs on the locked task (expired first
    * if it is due) in one unit of work; a missing task is NOT_FOUND.
    */
-  async #onLockedTask<T>(actor: Actor, operation: string, taskId: string, text: Record<string, string>, fn: (work: Work, row: TaskRow, entry: string) => Promise<T>): Promise<T> {
+  async #onLockedTask<T>(
+    actor: Actor,
+    operation: string,
+    taskId: string,
+    text: Record<string, string>,
+    fn: (work: Work, row: TaskRow, entry: string) => Promise<T>,
+  ): Promise<T> {
     const entry = await this.#authorize(actor, operation, { task_id: bounded(taskId) });
     taskIdArgument(taskId);
     for (const [field, value] of Object.entries(text)) freeText(value, field);
@@ -165,11 +189,17 @@ export class TaskAdmin {
   /** Admins only: anyone else is refused with PERMISSION_DENIED, on the record. */
   async #authorize(actor: Actor, operation: string, details: Record<string, unknown> = {}): Promise<string> {
     const policy = this.#deps.policy.current();
-    const decision = policy ? policy.adminDecision(SpiffeId.parse(actor.spiffeId)) : { allowed: false as const, reason: 'no policy is loaded', policyDigest: '' };
+    const decision = policy
+      ? policy.adminDecision(SpiffeId.parse(actor.spiffeId))
+      : { allowed: false as const, reason: 'no policy is loaded', policyDigest: '' };
     if (decision.allowed) return decision.entry;
     return this.#deps.units.refuse(
       actor,
-      { taskId: null, type: 'access.denied', details: { operation, reason: `not an admin: ${decision.reason}`, policy_digest: decision.policyDigest, ...details } },
+      {
+        taskId: null,
+        type: 'access.denied',
+        details: { operation, reason: `not an admin: ${decision.reason}`, policy_digest: decision.policyDigest, ...details },
+      },
       new BrokerError('permission-denied', `${operation} is for admins only`),
     );
   }

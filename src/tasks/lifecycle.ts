@@ -190,7 +190,13 @@ export class TaskLifecycle {
   async #finish(actor: Actor, taskId: string, operation: 'CompleteTask' | 'CancelTask', reason: string): Promise<Ended> {
     const access = this.#access;
     await access.ownedFacts(actor, taskId, operation);
-    const result = await access.apply(taskId, { op: 'finish', task_id: taskId, cancel: operation === 'CancelTask', reason, ...access.who(actor, access.now()) });
+    const result = await access.apply(taskId, {
+      op: 'finish',
+      task_id: taskId,
+      cancel: operation === 'CancelTask',
+      reason,
+      ...access.who(actor, access.now()),
+    });
     if (result.refused || !result.task) return access.refused(actor, taskId, operation, result);
     return { task: toTask(taskRowFromJson(result.task)), revokedTokens: result.revoked ?? 0 };
   }

@@ -24,7 +24,13 @@ interface Cursor {
 }
 
 export function filterDigest(filter: ListTasksFilter): string {
-  const canonical = JSON.stringify([filter.owner ?? '', filter.state ?? '', filter.audience ?? '', filter.createdAfter?.toISOString() ?? '', filter.createdBefore?.toISOString() ?? '']);
+  const canonical = JSON.stringify([
+    filter.owner ?? '',
+    filter.state ?? '',
+    filter.audience ?? '',
+    filter.createdAfter?.toISOString() ?? '',
+    filter.createdBefore?.toISOString() ?? '',
+  ]);
   return createHash('sha256').update(canonical).digest('base64url').slice(0, 16);
 }
 

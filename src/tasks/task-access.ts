@@ -83,7 +83,9 @@ export class TaskAccess {
     this.#denials = deps.denials ?? new DenialThrottle({ now: () => deps.clock().getTime() });
     const { db, store, observer } = deps;
     this.#batcher = new WriteBatcher({
-      apply: store ? (json) => store.applyBatch(json) : async (json) => (await sql<{ r: unknown[] }>`select tb_apply(${json}::jsonb) as r`.execute(db)).rows[0]!.r,
+      apply: store
+        ? (json) => store.applyBatch(json)
+        : async (json) => (await sql<{ r: unknown[] }>`select tb_apply(${json}::jsonb) as r`.execute(db)).rows[0]!.r,
       limits: deps.batcher,
       observer: store?.writes,
       onBatch: (operations, seconds) => {
@@ -92,7 +94,9 @@ export class TaskAccess {
         if (observer?.auditWritten) for (let i = 0; i < operations; i++) observer.auditWritten(seconds);
       },
     });
-    this.#read = store ? (name, text, values) => store.read(name, text, values) : async <R>(_name: string, text: string, values: unknown[]) => (await db.executeQuery<R>(CompiledQuery.raw(text, values))).rows;
+    this.#read = store
+      ? (name, text, values) => store.read(name, text, values)
+      : async <R>(_name: string, text: string, values: unknown[]) => (await db.executeQuery<R>(CompiledQuery.raw(text, values))).rows;
   }
 
   get issuer(): string {
@@ -133,12 +137,24 @@ export class TaskAccess {
   }
 
   static policyDenial(operation: string, decision: PolicyDecision & { allowed: false }, details: Record<string, unknown> = {}): Denial {
-    return { kind: 'permission-denied', message: `denied by policy: ${decision.reason}`, details: { operation, reason: `policy: ${decision.reason}`, policy_digest: decision.policyDigest, ...details } };
+    return {
+      kind: 'permission-denied',
+      message: `denied by policy: ${decision.reason}`,
+      details: { operation, reason: `policy: ${decision.reason}`, policy_digest: decision.policyDigest, ...details },
+    };
   }
 
   /** Keeps the facts of a task this replica created or read. */
   remember(taskId: string, row: FactsRow): TaskFacts {
-    const facts: TaskFacts = { ownerSpiffeId: row.owner_spiffe_id, action: row.action, audience: row.audience, scopes: row.scopes, ttlSeconds: row.ttl_seconds, taskHash: row.task_hash, expiresAt: new Date(row.expires_at) };
+    const facts: TaskFacts = {
+      ownerSpiffeId: row.owner_spiffe_id,
+      action: row.action,
+      audience: row.audience,
+      scopes: row.scopes,
+      ttlSeconds: row.ttl_seconds,
+      taskHash: row.task_hash,
+      expiresAt: new Date(row.expires_at),
+    };
     if (this.#facts.size >= MAX_CACHED_FACTS) this.#facts.delete(this.#facts.keys().next().value as string);
     this.#facts.set(taskId, facts);
     return facts;

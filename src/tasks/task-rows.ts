@@ -107,7 +107,11 @@ export class TaskRows {
   async end(work: Work, row: TaskRow, change: TaskEnding): Promise<TaskRow & { revokedTokens: number }> {
     const a = auditActor(change.actor);
     const details = change.details ? storableJson(JSON.stringify(change.details)) : null;
-    const { rows } = await sql<{ r: { task: Record<string, unknown>; revoked: number } }>`select tb_end_task(t, ${change.state}, ${change.by}, ${change.reason}, ${change.eventType}, ${a.spiffeId}, ${a.certThumbprint}, ${a.requestId}, ${work.now}, ${details}::jsonb) as r from tasks t where t.task_id = ${row.task_id}`.execute(work.tx);
+    const { rows } = await sql<{
+      r: { task: Record<string, unknown>; revoked: number };
+    }>`select tb_end_task(t, ${change.state}, ${change.by}, ${change.reason}, ${change.eventType}, ${a.spiffeId}, ${a.certThumbprint}, ${a.requestId}, ${work.now}, ${details}::jsonb) as r from tasks t where t.task_id = ${row.task_id}`.execute(
+      work.tx,
+    );
     const ended = rows[0]!.r;
     const observer = this.#deps.observer;
     if (observer?.taskEnded) work.afterCommit(() => observer.taskEnded!(change.state, ended.revoked));
@@ -133,7 +137,8 @@ export class TaskRows {
     if (filter.createdAfter) q = q.where('created_at', '>=', filter.createdAfter);
     if (filter.createdBefore) q = q.where('created_at', '<', filter.createdBefore);
     const below = filter.below;
-    if (below) q = q.where((eb) => eb.or([eb('created_at', '<', below.createdAt), eb.and([eb('created_at', '=', below.createdAt), eb('task_id', '<', below.taskId)])]));
+    if (below)
+      q = q.where((eb) => eb.or([eb('created_at', '<', below.createdAt), eb.and([eb('created_at', '=', below.createdAt), eb('task_id', '<', below.taskId)])]));
     return q.orderBy('created_at', 'desc').orderBy('task_id', 'desc').limit(limit).execute();
   }
 
@@ -179,6 +184,12 @@ export class TaskRows {
 
   #expiry(requestId: string): TaskEnding {
     const issuer = this.#deps.issuer;
-    return { state: 'EXPIRED', by: issuer, reason: 'task ttl elapsed', eventType: 'task.expired', actor: { spiffeId: issuer, certThumbprint: null, requestId } };
+    return {
+      state: 'EXPIRED',
+      by: issuer,
+      reason: 'task ttl elapsed',
+      eventType: 'task.expired',
+      actor: { spiffeId: issuer, certThumbprint: null, requestId },
+    };
   }
 }

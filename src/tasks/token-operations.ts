@@ -56,7 +56,11 @@ export class TokenOperations {
     const access = this.#access;
     const facts = await access.ownedFacts(actor, taskId, 'IssueToken');
     const key = await this.#keys.activeKey();
-    const refuse = (kind: Denial['kind'], message: string, details: Record<string, unknown> = {}): Denial => ({ kind, message, details: { operation: 'IssueToken', reason: message, ...details } });
+    const refuse = (kind: Denial['kind'], message: string, details: Record<string, unknown> = {}): Denial => ({
+      kind,
+      message,
+      details: { operation: 'IssueToken', reason: message, ...details },
+    });
 
     // What the broker can decide before the round trip; the statement checks the state and records whichever refusal applies.
     let deny: Denial | undefined;
@@ -68,7 +72,11 @@ export class TokenOperations {
 
     const now = access.now();
     const nowSec = Math.floor(now.getTime() / 1000);
-    const wanted = Math.min(request.ttlSeconds ?? this.#limits.defaultTokenTtlSeconds, this.#limits.maxTokenTtlSeconds, (decision.allowed && decision.maxTokenTtlSeconds) || Infinity);
+    const wanted = Math.min(
+      request.ttlSeconds ?? this.#limits.defaultTokenTtlSeconds,
+      this.#limits.maxTokenTtlSeconds,
+      (decision.allowed && decision.maxTokenTtlSeconds) || Infinity,
+    );
     const exp = Math.min(nowSec + wanted, Math.floor(facts.expiresAt.getTime() / 1000));
     if (!deny && exp <= nowSec) deny = refuse('failed-precondition', 'task expires in less than a second: no token can be issued');
 
@@ -156,6 +164,12 @@ export class TokenOperations {
       ...access.who(actor, now),
     });
     const reason = result.reason ?? 'revoked';
-    return { valid: reason === 'valid', reason, detail: result.detail ?? '', bindingChecked, ...(reason === 'valid' && check.ok ? { claims: check.claims } : {}) };
+    return {
+      valid: reason === 'valid',
+      reason,
+      detail: result.detail ?? '',
+      bindingChecked,
+      ...(reason === 'valid' && check.ok ? { claims: check.claims } : {}),
+    };
   }
 }

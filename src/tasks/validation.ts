@@ -93,7 +93,8 @@ function noDuplicates(field: string, values: string[]): void {
 export function validateScopes(field: string, scopes: string[]): void {
   if (scopes.length > MAX_SCOPES) throw invalid(`${field}: at most ${MAX_SCOPES} scopes`);
   for (const s of scopes) {
-    if (!SCOPE_TOKEN.test(s)) throw invalid(`${field}: "${s.slice(0, 64)}" is not a valid scope token (RFC 6749: printable ASCII without space, '"' or '\\', at most 128 characters)`);
+    if (!SCOPE_TOKEN.test(s))
+      throw invalid(`${field}: "${s.slice(0, 64)}" is not a valid scope token (RFC 6749: printable ASCII without space, '"' or '\\', at most 128 characters)`);
   }
   noDuplicates(field, scopes);
 }

@@ -91,9 +91,7 @@ export class KeyEncryptionKey {
     try {
       return Buffer.concat([decipher.update(body), decipher.final()]);
     } catch {
-      throw new Error(
-        `cannot decrypt with key-encryption key ${this.id}: authentication failed (wrong key-encryption key, or the stored data was altered)`,
-      );
+      throw new Error(`cannot decrypt with key-encryption key ${this.id}: authentication failed (wrong key-encryption key, or the stored data was altered)`);
     }
   }
 

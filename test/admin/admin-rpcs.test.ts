@@ -14,7 +14,14 @@ import { STORES } from '../helpers/db.js';
 import { API, BROKER_ID, startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
 import { ADMIN } from '../helpers/policy.js';
 
-const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({ action: 'job.run', resources: [], audience: API, scopes: ['s'], ttl: { seconds: 600 }, ...overrides });
+const spec = (overrides: Partial<TaskSpec> = {}): TaskSpec => ({
+  action: 'job.run',
+  resources: [],
+  audience: API,
+  scopes: ['s'],
+  ttl: { seconds: 600 },
+  ...overrides,
+});
 
 describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
   let t: TestBroker;
@@ -68,7 +75,10 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     const { task } = await worker.createTask({ spec: spec({ ttl: { seconds: 30 } }) });
     t.clock.advance(31_000);
     try {
-      await expect(admin.revokeTask(task!.taskId, 'late')).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/EXPIRED/) });
+      await expect(admin.revokeTask(task!.taskId, 'late')).rejects.toMatchObject({
+        code: grpc.status.FAILED_PRECONDITION,
+        details: expect.stringMatching(/EXPIRED/),
+      });
     } finally {
       t.clock.advance(-31_000);
     }
@@ -77,7 +87,13 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
   });
 
   it('RevokeWorkload by prefix revokes every live task and token of the matching workloads, and only theirs', async () => {
-    const ids = ['spiffe://a.test/ns/billing/sa/a', 'spiffe://a.test/ns/billing/sa/b', 'spiffe://a.test/ns/billing/sa/b/extra', 'spiffe://a.test/ns/billingx/sa/a', 'spiffe://a.test/ns/other/sa/a'];
+    const ids = [
+      'spiffe://a.test/ns/billing/sa/a',
+      'spiffe://a.test/ns/billing/sa/b',
+      'spiffe://a.test/ns/billing/sa/b/extra',
+      'spiffe://a.test/ns/billingx/sa/a',
+      'spiffe://a.test/ns/other/sa/a',
+    ];
     const issued = new Map<string, { taskId: string; token: string; presenter: string }>();
     for (const id of ids) {
       const c = await t.client(id);
@@ -100,7 +116,10 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     await expect(admin.revokeWorkload('spiffe://*.test/**', 'x')).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
     await expect(admin.revokeWorkload('', 'x')).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
     const { trail } = await verifyTaskTrail(t.broker.store.db, `actor:${ADMIN}`);
-    expect(trail.filter((e) => e.type === 'admin.workload_revoked').map((e) => e.details.selector)).toEqual(['spiffe://a.test/ns/billing/**', 'spiffe://a.test/ns/other/sa/a']);
+    expect(trail.filter((e) => e.type === 'admin.workload_revoked').map((e) => e.details.selector)).toEqual([
+      'spiffe://a.test/ns/billing/**',
+      'spiffe://a.test/ns/other/sa/a',
+    ]);
   });
 
   it('ListTasks filters by owner pattern, state, audience and time range', async () => {
@@ -119,7 +138,10 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     expect((await admin.listTasks({ owner, createdBefore: ts(from) })).tasks).toHaveLength(0);
     await expect(admin.listTasks({ owner: 'spiffe://a.test/ns/li*' })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
     await expect(admin.listTasks({ pageSize: 501 })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
-    await expect(admin.listTasks({ createdAfter: { seconds: '99999999999999', nanos: 0 } })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/created_after is out of range/) });
+    await expect(admin.listTasks({ createdAfter: { seconds: '99999999999999', nanos: 0 } })).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+      details: expect.stringMatching(/created_after is out of range/),
+    });
   });
 
   it('pagination has no gaps or repeats while tasks are being created', async () => {
@@ -159,7 +181,9 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     expect(pages).toBeGreaterThanOrEqual(7);
     // A page token only works with the filters it was made for.
     const first = await admin.listTasks({ owner, pageSize: 5 });
-    await expect(admin.listTasks({ owner: 'spiffe://a.test/**', pageSize: 5, pageToken: first.nextPageToken })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
+    await expect(admin.listTasks({ owner: 'spiffe://a.test/**', pageSize: 5, pageToken: first.nextPageToken })).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+    });
     await expect(admin.listTasks({ owner, pageToken: 'garbage' })).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT });
   });
 
@@ -174,7 +198,12 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     expect(res.events[0]?.details?.fields?.action?.stringValue).toBe('job.run');
     expect(res.chain).toMatchObject({ ok: true, events: 3, brokenAt: 0, problem: '' });
 
-    await t.broker.store.db.updateTable('audit_events').set({ actor_spiffe_id: 'spiffe://a.test/someone' }).where('chain_id', '=', task!.taskId).where('seq', '=', 2).execute();
+    await t.broker.store.db
+      .updateTable('audit_events')
+      .set({ actor_spiffe_id: 'spiffe://a.test/someone' })
+      .where('chain_id', '=', task!.taskId)
+      .where('seq', '=', 2)
+      .execute();
     expect((await admin.getAuditTrail(task!.taskId)).chain).toMatchObject({ ok: false, brokenAt: 2, problem: expect.stringMatching(/altered/) });
     await expect(admin.getAuditTrail('tsk_AAAAAAAAAAAAAAAAAAAAAAAA')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND });
     // Reading the trail is itself on the record (the admin's chain, not the task's).
@@ -228,7 +257,9 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
       const later = (await (await fetch(t.jwksUrl)).json()) as JSONWebKeySet;
       expect(later.keys.map((k) => k.kid)).toEqual([rotated.kid]);
       expect((await api.verifyToken({ token: old.token, presenterCertThumbprint })).valid).toBe(false);
-      await expect(jwtVerify(old.token, createLocalJWKSet(later), { currentDate: new Date(Number(decodeProtectedHeader(old.token).iat ?? 0)) })).rejects.toThrow();
+      await expect(
+        jwtVerify(old.token, createLocalJWKSet(later), { currentDate: new Date(Number(decodeProtectedHeader(old.token).iat ?? 0)) }),
+      ).rejects.toThrow();
     } finally {
       t.clock.advance(-400_000);
     }

@@ -102,7 +102,11 @@ describe.each(STORES)('request-time policy on %s', (kind) => {
 
   it.each([
     ['an action the rule does not list', spec({ action: 'invoice.delete' }), /action "invoice.delete" is not allowed/],
-    ['an audience outside the rule', spec({ audience: 'spiffe://a.test/ns/payroll/sa/api' }), /audience spiffe:\/\/a.test\/ns\/payroll\/sa\/api is not allowed/],
+    [
+      'an audience outside the rule',
+      spec({ audience: 'spiffe://a.test/ns/payroll/sa/api' }),
+      /audience spiffe:\/\/a.test\/ns\/payroll\/sa\/api is not allowed/,
+    ],
     ['a scope outside the rule', spec({ scopes: ['invoices:read', 'invoices:write'] }), /invoices:write/],
     ['a task ttl over max_task_ttl', spec({ ttl: { seconds: 3600 } }), /ttl/],
   ])('denies %s with PERMISSION_DENIED and audits it', async (_label, request, reason) => {
@@ -113,23 +117,33 @@ describe.each(STORES)('request-time policy on %s', (kind) => {
 
   it('denies a caller no rule matches (default deny), by exact ID, pattern and trust domain', async () => {
     const nobody = await t.client('spiffe://a.test/ns/demo/sa/nobody');
-    await expect(nobody.createTask({ spec: spec() })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/no rule matches caller/) });
+    await expect(nobody.createTask({ spec: spec() })).rejects.toMatchObject({
+      code: grpc.status.PERMISSION_DENIED,
+      details: expect.stringMatching(/no rule matches caller/),
+    });
     // Matched by pattern (ns/*/sa/worker) in another namespace:
     const otherWorker = await t.client('spiffe://a.test/ns/other/sa/worker');
     expect((await otherWorker.createTask({ spec: spec() })).task?.policyRule).toBe('billing-export');
     // Matched by exact ID, with actions ["*"] and scopes ["*"]:
     const ci = await t.client(CI);
-    expect((await ci.createTask({ spec: spec({ action: 'deploy.anything', audience: 'spiffe://a.test/ns/staging/sa/web', scopes: ['x', 'y'] }) })).task?.policyRule).toBe('ci-anything');
+    expect(
+      (await ci.createTask({ spec: spec({ action: 'deploy.anything', audience: 'spiffe://a.test/ns/staging/sa/web', scopes: ['x', 'y'] }) })).task?.policyRule,
+    ).toBe('ci-anything');
     // Matched by trust domain:
     const partner = await t.client(PARTNER);
-    expect((await partner.createTask({ spec: spec({ action: 'report.read', audience: REPORTS, scopes: ['reports:read'] }) })).task?.policyRule).toBe('partner-reports');
+    expect((await partner.createTask({ spec: spec({ action: 'report.read', audience: REPORTS, scopes: ['reports:read'] }) })).task?.policyRule).toBe(
+      'partner-reports',
+    );
   });
 
   it('no policy at all denies everything', async () => {
     const bare = await startTestBroker(kind, { policy: new StaticPolicySource(undefined) });
     try {
       const w = await bare.client(WORKER);
-      await expect(w.createTask({ spec: spec() })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/no policy is loaded/) });
+      await expect(w.createTask({ spec: spec() })).rejects.toMatchObject({
+        code: grpc.status.PERMISSION_DENIED,
+        details: expect.stringMatching(/no policy is loaded/),
+      });
       const admin = await bare.adminClient(ADMIN);
       await expect(admin.listTasks({})).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
     } finally {
@@ -142,7 +156,10 @@ describe.each(STORES)('request-time policy on %s', (kind) => {
     await worker.issueToken({ taskId: task!.taskId });
     await reloadPolicy(POLICY.replace('actions: [invoice.export]', 'actions: [invoice.view]'));
     try {
-      await expect(worker.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/invoice.export/) });
+      await expect(worker.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({
+        code: grpc.status.PERMISSION_DENIED,
+        details: expect.stringMatching(/invoice.export/),
+      });
       await expect(worker.getTask(task!.taskId)).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
       // Ending the task is always allowed: it only takes capability away.
       const trail = await verifyTaskTrail(t.broker.store.db, task!.taskId);
@@ -161,7 +178,10 @@ describe.each(STORES)('request-time policy on %s', (kind) => {
     await worker.issueToken({ taskId: task!.taskId });
     await reloadPolicy(POLICY.replace('    max_token_ttl: 60s\n', '    max_token_ttl: 60s\n    require_approval: true\n'));
     try {
-      await expect(worker.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/now requires approval/) });
+      await expect(worker.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({
+        code: grpc.status.PERMISSION_DENIED,
+        details: expect.stringMatching(/now requires approval/),
+      });
     } finally {
       await reloadPolicy(POLICY);
     }
@@ -181,7 +201,10 @@ describe.each(STORES)('request-time policy on %s', (kind) => {
       const partner = await t.client(PARTNER);
       const { task } = await partner.createTask({ spec: spec({ action: 'report.read', audience: REPORTS, scopes: ['reports:read'] }) });
       expect(task?.state).toBe('TASK_STATE_PENDING_APPROVAL');
-      await expect(partner.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/PENDING_APPROVAL/) });
+      await expect(partner.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({
+        code: grpc.status.FAILED_PRECONDITION,
+        details: expect.stringMatching(/PENDING_APPROVAL/),
+      });
 
       const admin = await t.adminClient(ADMIN);
       const approved = await admin.approveTask(task!.taskId, 'ticket OPS-42');
@@ -205,7 +228,10 @@ describe.each(STORES)('request-time policy on %s', (kind) => {
       const { task } = await mine.createTask({ spec: spec({ action: 'break.glass', scopes: ['all'] }) });
       expect(task?.state).toBe('TASK_STATE_PENDING_APPROVAL');
       const self = await t.adminClient(ADMIN);
-      await expect(self.approveTask(task!.taskId, 'me')).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/own task/) });
+      await expect(self.approveTask(task!.taskId, 'me')).rejects.toMatchObject({
+        code: grpc.status.PERMISSION_DENIED,
+        details: expect.stringMatching(/own task/),
+      });
       const notAdmin = await t.adminClient(WORKER);
       await expect(notAdmin.approveTask(task!.taskId, 'me too')).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED });
       const other = await t.adminClient(SECOND_ADMIN);

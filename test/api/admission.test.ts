@@ -26,7 +26,12 @@ describe('admission', () => {
     const a = slot(admission.admit('spiffe://t/a'));
     slot(admission.admit('spiffe://t/a'));
     const refused = admission.admit('spiffe://t/a');
-    expect(refused).toMatchObject({ code: grpc.status.RESOURCE_EXHAUSTED, reason: 'caller-in-flight', retryAfterMs: 250, details: expect.stringMatching(/at most 2 at once/) });
+    expect(refused).toMatchObject({
+      code: grpc.status.RESOURCE_EXHAUSTED,
+      reason: 'caller-in-flight',
+      retryAfterMs: 250,
+      details: expect.stringMatching(/at most 2 at once/),
+    });
     // Another caller is not affected.
     expect('release' in admission.admit('spiffe://t/b')).toBe(true);
     a.release();

@@ -40,7 +40,12 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
 
   it('detects a changed detail', async () => {
     const id = await taskWithTrail();
-    await db().updateTable('audit_events').set({ details: JSON.stringify({ outcome: 'forged' }) }).where('chain_id', '=', id).where('seq', '=', 5).execute();
+    await db()
+      .updateTable('audit_events')
+      .set({ details: JSON.stringify({ outcome: 'forged' }) })
+      .where('chain_id', '=', id)
+      .where('seq', '=', 5)
+      .execute();
     expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 5, problem: expect.stringMatching(/altered/) });
   });
 
@@ -52,7 +57,12 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
 
   it('detects a changed time', async () => {
     const id = await taskWithTrail();
-    await db().updateTable('audit_events').set({ occurred_at: new Date('2020-01-01T00:00:00Z') }).where('chain_id', '=', id).where('seq', '=', 3).execute();
+    await db()
+      .updateTable('audit_events')
+      .set({ occurred_at: new Date('2020-01-01T00:00:00Z') })
+      .where('chain_id', '=', id)
+      .where('seq', '=', 3)
+      .execute();
     expect(await verifyTaskTrail(db(), id)).toMatchObject({ ok: false, brokenAt: 3 });
   });
 
@@ -73,7 +83,12 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
     const { trail } = await verifyTaskTrail(db(), id);
     expect(trail[1]!.hashVersion).toBe(2);
     // The forger recomputes the hash of the rewritten event the way the database does (format 2).
-    await db().updateTable('audit_events').set({ details: JSON.stringify({ state: 'forged' }) }).where('chain_id', '=', id).where('seq', '=', 2).execute();
+    await db()
+      .updateTable('audit_events')
+      .set({ details: JSON.stringify({ state: 'forged' }) })
+      .where('chain_id', '=', id)
+      .where('seq', '=', 2)
+      .execute();
     await sql`update audit_events set hash = tb_b64url(sha256(convert_to(tb_event_document(chain_id, seq, task_id, event_type, actor_spiffe_id, actor_cert_thumbprint, request_id, occurred_at, details, prev_hash), 'UTF8')))
       where chain_id = ${id} and seq = 2`.execute(db());
     const forged = await verifyTaskTrail(db(), id);
@@ -118,7 +133,7 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
         actorCertThumbprint: 'thumb',
         requestId: `legacy-${seq}`,
         occurredAt: new Date(Date.UTC(2026, 0, seq, 12, 0, 0, 123)),
-        details: { operation: 'GetTask', reason: 'no such task', n: seq, 'ünï': ['😀', 1.5] },
+        details: { operation: 'GetTask', reason: 'no such task', n: seq, ünï: ['😀', 1.5] },
         prevHash: prev,
       };
       const hash = eventHash(fields);
@@ -143,7 +158,13 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
     await db().insertInto('audit_chains').values({ chain_id: chainId, last_seq: 2, last_hash: prev }).execute();
     // The current broker appends in format 2 after them.
     await t.broker.store.transaction((tx) =>
-      appendAuditEvent(tx, { taskId: null, type: 'access.denied', actor: { spiffeId: chainId.slice('actor:'.length), certThumbprint: null, requestId: 'now' }, occurredAt: new Date(), details: { reason: 'x' } }),
+      appendAuditEvent(tx, {
+        taskId: null,
+        type: 'access.denied',
+        actor: { spiffeId: chainId.slice('actor:'.length), certThumbprint: null, requestId: 'now' },
+        occurredAt: new Date(),
+        details: { reason: 'x' },
+      }),
     );
     const check = await verifyChain(db(), chainId);
     expect(check).toMatchObject({ ok: true, events: 3 });
@@ -151,9 +172,19 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
     expect(check.trail[2]!.prevHash).toBe(prev);
 
     const original = check.trail[0]!.details;
-    await db().updateTable('audit_events').set({ details: JSON.stringify({ ...original, reason: 'forged' }) }).where('chain_id', '=', chainId).where('seq', '=', 1).execute();
+    await db()
+      .updateTable('audit_events')
+      .set({ details: JSON.stringify({ ...original, reason: 'forged' }) })
+      .where('chain_id', '=', chainId)
+      .where('seq', '=', 1)
+      .execute();
     expect(await verifyChain(db(), chainId)).toMatchObject({ ok: false, brokenAt: 1 });
-    await db().updateTable('audit_events').set({ details: JSON.stringify(original) }).where('chain_id', '=', chainId).where('seq', '=', 1).execute();
+    await db()
+      .updateTable('audit_events')
+      .set({ details: JSON.stringify(original) })
+      .where('chain_id', '=', chainId)
+      .where('seq', '=', 1)
+      .execute();
     expect(await verifyChain(db(), chainId)).toMatchObject({ ok: true, events: 3 });
     await db().updateTable('audit_events').set({ request_id: 'forged' }).where('chain_id', '=', chainId).where('seq', '=', 3).execute();
     expect(await verifyChain(db(), chainId)).toMatchObject({ ok: false, brokenAt: 3 });
@@ -161,21 +192,29 @@ describe.each(STORES)('audit hash chain on %s', (kind) => {
 
   it('detects two events swapped', async () => {
     const id = await taskWithTrail();
-    await db().transaction().execute(async (tx) => {
-      await tx.updateTable('audit_events').set({ seq: 100 }).where('chain_id', '=', id).where('seq', '=', 2).execute();
-      await tx.updateTable('audit_events').set({ seq: 2 }).where('chain_id', '=', id).where('seq', '=', 4).execute();
-      await tx.updateTable('audit_events').set({ seq: 4 }).where('chain_id', '=', id).where('seq', '=', 100).execute();
-    });
+    await db()
+      .transaction()
+      .execute(async (tx) => {
+        await tx.updateTable('audit_events').set({ seq: 100 }).where('chain_id', '=', id).where('seq', '=', 2).execute();
+        await tx.updateTable('audit_events').set({ seq: 2 }).where('chain_id', '=', id).where('seq', '=', 4).execute();
+        await tx.updateTable('audit_events').set({ seq: 4 }).where('chain_id', '=', id).where('seq', '=', 100).execute();
+      });
     expect((await verifyTaskTrail(db(), id)).ok).toBe(false);
   });
 
   it('fails closed: when the audit event cannot be stored, the change is not made and the call fails', async () => {
-    const before = await db().selectFrom('tasks').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow();
+    const before = await db()
+      .selectFrom('tasks')
+      .select((eb) => eb.fn.countAll<string>().as('n'))
+      .executeTakeFirstOrThrow();
     await sql`alter table audit_events add constraint audit_unwritable check (false) not valid`.execute(db());
     try {
       const create = worker.createTask({ spec: { action: 'audit.test', audience: API, scopes: ['s'], resources: [] } });
       await expect(create).rejects.toMatchObject({ code: grpc.status.INTERNAL });
-      const after = await db().selectFrom('tasks').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow();
+      const after = await db()
+        .selectFrom('tasks')
+        .select((eb) => eb.fn.countAll<string>().as('n'))
+        .executeTakeFirstOrThrow();
       expect(Number(after.n)).toBe(Number(before.n));
     } finally {
       await sql`alter table audit_events drop constraint audit_unwritable`.execute(db());

@@ -55,7 +55,8 @@ afterAll(async () => {
 describe('database restart and outage under load', () => {
   it('three replicas survive a restart and a 10 s stop: retryable codes only, back within 2 s, nothing acknowledged lost', { timeout: 240_000 }, async () => {
     onTestFailed(async () => {
-      for (const [i, r] of replicas.entries()) console.error(`--- replica ${i} stdout (tail) ---\n${r.cli.stdout().slice(-6000)}\n--- stderr ---\n${r.cli.stderr().slice(-3000)}`);
+      for (const [i, r] of replicas.entries())
+        console.error(`--- replica ${i} stdout (tail) ---\n${r.cli.stdout().slice(-6000)}\n--- stderr ---\n${r.cli.stderr().slice(-3000)}`);
       console.error(`--- PostgreSQL log ---\n${await cluster.logTail(60)}`);
     });
     replicas.push(...(await Promise.all([0, 1, 2].map(() => startServe({ pki, databaseUrl, policyYaml: POLICY, kek })))));
@@ -68,7 +69,11 @@ describe('database restart and outage under load', () => {
       const restartAt = Date.now() - load.startedAt;
       await cluster.restart('fast');
       const backAfterRestart = Date.now() - load.startedAt;
-      figures.restartBackWithinMs = await until(() => load.outcomes.some((o) => o.code === grpc.status.OK && o.at >= backAfterRestart), 30_000, 'service after the restart');
+      figures.restartBackWithinMs = await until(
+        () => load.outcomes.some((o) => o.code === grpc.status.OK && o.at >= backAfterRestart),
+        30_000,
+        'service after the restart',
+      );
 
       // Stopped for 10 s: every call fails with a retryable code, at once; /readyz says 503.
       await cluster.stop('fast');
@@ -85,7 +90,13 @@ describe('database restart and outage under load', () => {
       await cluster.start();
       const upAt = Date.now();
       const perReplica = await Promise.all(
-        replicas.map((_, i) => until(() => load.outcomes.some((o) => o.replica === i && o.code === grpc.status.OK && o.at + load.startedAt >= upAt), 10_000, `replica ${i} serving again`)),
+        replicas.map((_, i) =>
+          until(
+            () => load.outcomes.some((o) => o.replica === i && o.code === grpc.status.OK && o.at + load.startedAt >= upAt),
+            10_000,
+            `replica ${i} serving again`,
+          ),
+        ),
       );
       figures.resumeAfterDatabaseUpMs = perReplica;
       for (const ms of perReplica) expect(ms).toBeLessThan(2_000);
@@ -108,14 +119,28 @@ describe('database restart and outage under load', () => {
     // Every acknowledged effect is in the database, with its audit event.
     const ok = (method: CallOutcome['method']) => load.outcomes.filter((o) => o.method === method && o.code === grpc.status.OK);
     const created = ok('CreateTask').map((o) => o.taskId!);
-    const tasks = new Set((await queryRows<{ task_id: string }>(databaseUrl, 'select task_id from tasks where task_id = any($1)', [created])).map((r) => r.task_id));
+    const tasks = new Set(
+      (await queryRows<{ task_id: string }>(databaseUrl, 'select task_id from tasks where task_id = any($1)', [created])).map((r) => r.task_id),
+    );
     expect(created.filter((id) => !tasks.has(id))).toEqual([]);
-    const createdEvents = new Set((await queryRows<{ task_id: string }>(databaseUrl, "select task_id from audit_events where event_type = 'task.created' and task_id = any($1)", [created])).map((r) => r.task_id));
+    const createdEvents = new Set(
+      (
+        await queryRows<{ task_id: string }>(databaseUrl, "select task_id from audit_events where event_type = 'task.created' and task_id = any($1)", [created])
+      ).map((r) => r.task_id),
+    );
     expect(created.filter((id) => !createdEvents.has(id))).toEqual([]);
     const tokenIds = ok('IssueToken').map((o) => o.tokenId!);
     const tokens = new Set((await queryRows<{ jti: string }>(databaseUrl, 'select jti from tokens where jti = any($1)', [tokenIds])).map((r) => r.jti));
     expect(tokenIds.filter((id) => !tokens.has(id))).toEqual([]);
-    const issuedEvents = new Set((await queryRows<{ token_id: string }>(databaseUrl, "select details->>'token_id' as token_id from audit_events where event_type = 'token.issued' and details->>'token_id' = any($1)", [tokenIds])).map((r) => r.token_id));
+    const issuedEvents = new Set(
+      (
+        await queryRows<{ token_id: string }>(
+          databaseUrl,
+          "select details->>'token_id' as token_id from audit_events where event_type = 'token.issued' and details->>'token_id' = any($1)",
+          [tokenIds],
+        )
+      ).map((r) => r.token_id),
+    );
     expect(tokenIds.filter((id) => !issuedEvents.has(id))).toEqual([]);
     const completed = ok('CompleteTask').map((o) => o.taskId!);
     const completedRows = await queryRows<{ task_id: string; state: string; events: string }>(
@@ -136,7 +161,15 @@ describe('database restart and outage under load', () => {
   it('a replica started while the database is down waits for it with backoff and serves once it is up', { timeout: 120_000 }, async () => {
     await cluster.stop('fast');
     let spawned: RunningCli | undefined;
-    const starting = startServe({ pki, databaseUrl, policyYaml: POLICY, kek, env: { TASK_BROKER_DATABASE_WAIT: '90s' }, startTimeoutMs: 100_000, onSpawn: (c) => (spawned = c) });
+    const starting = startServe({
+      pki,
+      databaseUrl,
+      policyYaml: POLICY,
+      kek,
+      env: { TASK_BROKER_DATABASE_WAIT: '90s' },
+      startTimeoutMs: 100_000,
+      onSpawn: (c) => (spawned = c),
+    });
     starting.catch(() => undefined);
     // Event-driven: the second failed attempt is logged with its backoff, and the process is still there.
     await until(() => spawned !== undefined, 10_000, 'spawned');
@@ -155,7 +188,9 @@ describe('database restart and outage under load', () => {
   it('with --database-wait 0s a replica whose database is down exits 1 at once, saying why', { timeout: 60_000 }, async () => {
     await cluster.stop('fast');
     try {
-      const failed = await startServe({ pki, databaseUrl, policyYaml: POLICY, kek, env: { TASK_BROKER_DATABASE_WAIT: '0s' } }).catch((err: unknown) => err as Error);
+      const failed = await startServe({ pki, databaseUrl, policyYaml: POLICY, kek, env: { TASK_BROKER_DATABASE_WAIT: '0s' } }).catch(
+        (err: unknown) => err as Error,
+      );
       expect(failed).toBeInstanceOf(Error);
       expect((failed as Error).message).toMatch(/cannot reach PostgreSQL/);
     } finally {

@@ -34,7 +34,12 @@ rules:
 export async function until(fn: () => boolean | Promise<boolean>, limitMs: number, what: string): Promise<number> {
   const t0 = Date.now();
   for (;;) {
-    if (await Promise.resolve().then(fn).catch(() => false)) return Date.now() - t0;
+    if (
+      await Promise.resolve()
+        .then(fn)
+        .catch(() => false)
+    )
+      return Date.now() - t0;
     if (Date.now() - t0 > limitMs) throw new Error(`${what}: not within ${limitMs} ms`);
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -68,12 +73,21 @@ export function taskSpec(audience: string): CreateTaskRequest['spec'] {
  * iteration; the next one starts with a new task. Each call has `deadlineMs`, so a hang shows as
  * DEADLINE_EXCEEDED rather than a stuck test.
  */
-export function startTaskLoad(clients: BrokerClient[], audience: string, options: { loopsPerClient?: number; deadlineMs?: number; pauseMs?: number } = {}): TaskLoad {
+export function startTaskLoad(
+  clients: BrokerClient[],
+  audience: string,
+  options: { loopsPerClient?: number; deadlineMs?: number; pauseMs?: number } = {},
+): TaskLoad {
   const outcomes: CallOutcome[] = [];
   const startedAt = Date.now();
   let running = true;
   const deadlineMs = options.deadlineMs ?? 10_000;
-  const record = async <T>(method: CallOutcome['method'], replica: number, run: () => Promise<T>, ack: (res: T) => Partial<CallOutcome>): Promise<T | undefined> => {
+  const record = async <T>(
+    method: CallOutcome['method'],
+    replica: number,
+    run: () => Promise<T>,
+    ack: (res: T) => Partial<CallOutcome>,
+  ): Promise<T | undefined> => {
     const t0 = Date.now();
     try {
       const res = await run();
@@ -81,17 +95,40 @@ export function startTaskLoad(clients: BrokerClient[], audience: string, options
       return res;
     } catch (err) {
       const e = err as grpc.ServiceError;
-      outcomes.push({ method, replica, at: t0 - startedAt, durationMs: Date.now() - t0, code: e.code ?? grpc.status.UNKNOWN, details: e.details ?? String(err) });
+      outcomes.push({
+        method,
+        replica,
+        at: t0 - startedAt,
+        durationMs: Date.now() - t0,
+        code: e.code ?? grpc.status.UNKNOWN,
+        details: e.details ?? String(err),
+      });
       return undefined;
     }
   };
   const loop = async (client: BrokerClient, replica: number) => {
     while (running) {
-      const created = await record('CreateTask', replica, () => client.createTask({ spec: taskSpec(audience) }, { deadlineMs }), (r) => ({ taskId: r.task?.taskId }));
+      const created = await record(
+        'CreateTask',
+        replica,
+        () => client.createTask({ spec: taskSpec(audience) }, { deadlineMs }),
+        (r) => ({ taskId: r.task?.taskId }),
+      );
       const taskId = created?.task?.taskId;
       if (taskId) {
-        const issued = await record('IssueToken', replica, () => client.issueToken({ taskId }, { deadlineMs }), (r) => ({ taskId, tokenId: r.tokenId }));
-        if (issued) await record('CompleteTask', replica, () => client.completeTask(taskId, 'done', { deadlineMs }), (r) => ({ taskId: r.task?.taskId }));
+        const issued = await record(
+          'IssueToken',
+          replica,
+          () => client.issueToken({ taskId }, { deadlineMs }),
+          (r) => ({ taskId, tokenId: r.tokenId }),
+        );
+        if (issued)
+          await record(
+            'CompleteTask',
+            replica,
+            () => client.completeTask(taskId, 'done', { deadlineMs }),
+            (r) => ({ taskId: r.task?.taskId }),
+          );
       }
       // A failing broker answers at once; pause a little so the loop does not spin.
       if (!created || !taskId) await new Promise((r) => setTimeout(r, options.pauseMs ?? 20));

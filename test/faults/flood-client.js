@@ -31,5 +31,7 @@ await Promise.all(
     ),
   ),
 );
-process.stdout.write(`${JSON.stringify({ counts, withPushback, elapsedMs: Math.round(performance.now() - started), cpuMs: Math.round(process.cpuUsage().user / 1000 + process.cpuUsage().system / 1000) })}\n`);
+process.stdout.write(
+  `${JSON.stringify({ counts, withPushback, elapsedMs: Math.round(performance.now() - started), cpuMs: Math.round(process.cpuUsage().user / 1000 + process.cpuUsage().system / 1000) })}\n`,
+);
 client.close();

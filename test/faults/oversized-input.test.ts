@@ -110,7 +110,10 @@ describe('oversized and malformed input', () => {
     ['CreateTask spec.resources', () => worker.createTask({ spec: { ...taskSpec(AUDIENCE), resources: [MEGABYTE] } })],
     ['CreateTask spec.scopes', () => worker.createTask({ spec: { ...taskSpec(AUDIENCE), scopes: [MEGABYTE] } })],
     ['CreateTask idempotency_key', () => worker.createTask({ spec: taskSpec(AUDIENCE), idempotencyKey: MEGABYTE })],
-    ['CreateTask params', () => worker.createTask({ spec: { ...taskSpec(AUDIENCE), params: { fields: { big: { stringValue: MEGABYTE, kind: 'stringValue' } } } } })],
+    [
+      'CreateTask params',
+      () => worker.createTask({ spec: { ...taskSpec(AUDIENCE), params: { fields: { big: { stringValue: MEGABYTE, kind: 'stringValue' } } } } }),
+    ],
     ['GetTask task_id', () => worker.getTask(MEGABYTE)],
     ['IssueToken scopes', () => worker.issueToken({ taskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', scopes: [MEGABYTE] })],
     ['CompleteTask outcome', () => worker.completeTask('tsk_AAAAAAAAAAAAAAAAAAAAAAAA', MEGABYTE)],
@@ -135,7 +138,11 @@ describe('oversized and malformed input', () => {
       [stranger, grpc.status.PERMISSION_DENIED, 2_000],
       [admin, grpc.status.INVALID_ARGUMENT, 100],
     ] as const) {
-      for (const call of [() => who.listTasks({ owner: MEGABYTE }), () => who.listTasks({ audience: `spiffe://${TD}/${MEGABYTE}` }), () => who.revokeWorkload(MEGABYTE, 'r')]) {
+      for (const call of [
+        () => who.listTasks({ owner: MEGABYTE }),
+        () => who.listTasks({ audience: `spiffe://${TD}/${MEGABYTE}` }),
+        () => who.revokeWorkload(MEGABYTE, 'r'),
+      ]) {
         const r = await refusal(call);
         expect(r.code).toBe(expected);
         expect(Buffer.byteLength(r.details)).toBeLessThan(1024);
@@ -150,15 +157,29 @@ describe('oversized and malformed input', () => {
     await worker.whoAmI();
     const line = await replica.cli.waitForLog((l) => l.msg === 'rpc' && l.method === 'CreateTask' && l.code === 'RESOURCE_EXHAUSTED');
     expect(line).toMatchObject({ caller: WORKER, details: expect.stringMatching(/limit is 1048576 bytes/) });
-    expect(sample(await replica.metrics(), 'task_broker_grpc_requests_total', { service: 'taskbroker.v1.TaskBroker', method: 'CreateTask', code: 'RESOURCE_EXHAUSTED' })).toBeGreaterThanOrEqual(1);
+    expect(
+      sample(await replica.metrics(), 'task_broker_grpc_requests_total', {
+        service: 'taskbroker.v1.TaskBroker',
+        method: 'CreateTask',
+        code: 'RESOURCE_EXHAUSTED',
+      }),
+    ).toBeGreaterThanOrEqual(1);
   });
 
   it('params nested past the decoder depth are INVALID_ARGUMENT saying so (not INTERNAL), logged and counted', async () => {
     const r = await refusal(() => rawCall(worker, 'CreateTask', nestedParams(80)));
     expect(r).toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/could not be decoded.*nesting depth.*32 levels/) });
-    const line = await replica.cli.waitForLog((l) => l.msg === 'rpc' && l.method === 'CreateTask' && l.code === 'INVALID_ARGUMENT' && String(l.details).includes('nesting'));
+    const line = await replica.cli.waitForLog(
+      (l) => l.msg === 'rpc' && l.method === 'CreateTask' && l.code === 'INVALID_ARGUMENT' && String(l.details).includes('nesting'),
+    );
     expect(line).toMatchObject({ caller: WORKER });
-    expect(sample(await replica.metrics(), 'task_broker_grpc_requests_total', { service: 'taskbroker.v1.TaskBroker', method: 'CreateTask', code: 'INVALID_ARGUMENT' })).toBeGreaterThanOrEqual(1);
+    expect(
+      sample(await replica.metrics(), 'task_broker_grpc_requests_total', {
+        service: 'taskbroker.v1.TaskBroker',
+        method: 'CreateTask',
+        code: 'INVALID_ARGUMENT',
+      }),
+    ).toBeGreaterThanOrEqual(1);
     // Within the decoder's reach but past the documented params depth (32): refused by validation.
     const deep = await refusal(() => rawCall(worker, 'CreateTask', nestedParams(40)));
     expect(deep).toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/nested deeper than 32 levels/) });

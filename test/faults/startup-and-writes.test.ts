@@ -33,7 +33,7 @@ afterAll(async () => {
 });
 
 describe('closed defaults at start', () => {
-  it("serve refuses to start when no bundle covers its own trust domain, naming it", async () => {
+  it('serve refuses to start when no bundle covers its own trust domain, naming it', async () => {
     const other = await createServePki(join(dir, 'other-pki'), 'example.com');
     const res = await runCli(['serve', '--migrate', '--http-listen', 'off', '--listen', '127.0.0.1:0'], {
       env: {
@@ -54,44 +54,56 @@ describe('closed defaults at start', () => {
 });
 
 describe('writes refused by the database', () => {
-  it('INSERT on the audit table revoked: UNAVAILABLE with the reason, not ready after a run of failures, ready again once it is granted back', { timeout: 180_000 }, async () => {
-    const database = uniqueName('tb_writes');
-    const role = uniqueName('tb_app');
-    await adminQuery(`CREATE DATABASE ${database}`);
-    await adminQuery(`CREATE ROLE ${role} LOGIN`);
-    try {
-      // Migrated by the owner (the admin); served by a role with data privileges only.
-      const migrated = await runCli(['migrate', '--database-url', pgUrl(database)]);
-      expect(migrated.code, migrated.stderr).toBe(0);
-      await adminQuery(`GRANT USAGE ON SCHEMA public TO ${role}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ${role};`, database);
-      const replica = await startServe({ pki, databaseUrl: pgUrl(database, role), policyYaml: POLICY, migrate: false });
+  it(
+    'INSERT on the audit table revoked: UNAVAILABLE with the reason, not ready after a run of failures, ready again once it is granted back',
+    { timeout: 180_000 },
+    async () => {
+      const database = uniqueName('tb_writes');
+      const role = uniqueName('tb_app');
+      await adminQuery(`CREATE DATABASE ${database}`);
+      await adminQuery(`CREATE ROLE ${role} LOGIN`);
       try {
-        const worker = await replica.client(WORKER);
-        expect((await worker.createTask({ spec: taskSpec(AUDIENCE) })).task?.state).toBe('TASK_STATE_ACTIVE');
-        expect((await replica.readyz()).status).toBe(200);
+        // Migrated by the owner (the admin); served by a role with data privileges only.
+        const migrated = await runCli(['migrate', '--database-url', pgUrl(database)]);
+        expect(migrated.code, migrated.stderr).toBe(0);
+        await adminQuery(`GRANT USAGE ON SCHEMA public TO ${role}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ${role};`, database);
+        const replica = await startServe({ pki, databaseUrl: pgUrl(database, role), policyYaml: POLICY, migrate: false });
+        try {
+          const worker = await replica.client(WORKER);
+          expect((await worker.createTask({ spec: taskSpec(AUDIENCE) })).task?.state).toBe('TASK_STATE_ACTIVE');
+          expect((await replica.readyz()).status).toBe(200);
 
-        await adminQuery(`REVOKE INSERT ON audit_events FROM ${role}`, database);
-        for (let i = 0; i < 6; i++) {
-          const err = await worker.createTask({ spec: taskSpec(AUDIENCE) }).catch((e: grpc.ServiceError) => e);
-          expect(err).toMatchObject({ code: grpc.status.UNAVAILABLE, details: expect.stringMatching(/database unavailable: the database refused the broker's role a privilege it needs.*nothing was changed/) });
+          await adminQuery(`REVOKE INSERT ON audit_events FROM ${role}`, database);
+          for (let i = 0; i < 6; i++) {
+            const err = await worker.createTask({ spec: taskSpec(AUDIENCE) }).catch((e: grpc.ServiceError) => e);
+            expect(err).toMatchObject({
+              code: grpc.status.UNAVAILABLE,
+              details: expect.stringMatching(/database unavailable: the database refused the broker's role a privilege it needs.*nothing was changed/),
+            });
+          }
+          await until(async () => (await replica.readyz()).status === 503, 15_000, 'not ready after the failed writes');
+          const report = await replica.readyz();
+          expect(report.body).toMatchObject({
+            checks: {
+              writes: { ok: false, reason: expect.stringMatching(/write transactions failed in a row.*privilege.*write probe fails too/) },
+              database: { ok: true },
+            },
+          });
+          expect(sample(await replica.metrics(), 'task_broker_db_consecutive_write_failures')).toBeGreaterThanOrEqual(5);
+
+          // Nothing was written by the refused calls: the tasks table holds the first task only.
+          expect((await queryRows<{ n: string }>(pgUrl(database), 'select count(*) as n from tasks'))[0]?.n).toBe('1');
+          await adminQuery(`GRANT INSERT ON audit_events TO ${role}`, database);
+          await until(async () => (await replica.readyz()).status === 200, 30_000, 'ready again once the privilege is back');
+          expect((await worker.createTask({ spec: taskSpec(AUDIENCE) })).task?.state).toBe('TASK_STATE_ACTIVE');
+          expect(sample(await replica.metrics(), 'task_broker_db_consecutive_write_failures')).toBe(0);
+        } finally {
+          expect(await replica.stop()).toBe(0);
         }
-        await until(async () => (await replica.readyz()).status === 503, 15_000, 'not ready after the failed writes');
-        const report = await replica.readyz();
-        expect(report.body).toMatchObject({ checks: { writes: { ok: false, reason: expect.stringMatching(/write transactions failed in a row.*privilege.*write probe fails too/) }, database: { ok: true } } });
-        expect(sample(await replica.metrics(), 'task_broker_db_consecutive_write_failures')).toBeGreaterThanOrEqual(5);
-
-        // Nothing was written by the refused calls: the tasks table holds the first task only.
-        expect((await queryRows<{ n: string }>(pgUrl(database), 'select count(*) as n from tasks'))[0]?.n).toBe('1');
-        await adminQuery(`GRANT INSERT ON audit_events TO ${role}`, database);
-        await until(async () => (await replica.readyz()).status === 200, 30_000, 'ready again once the privilege is back');
-        expect((await worker.createTask({ spec: taskSpec(AUDIENCE) })).task?.state).toBe('TASK_STATE_ACTIVE');
-        expect(sample(await replica.metrics(), 'task_broker_db_consecutive_write_failures')).toBe(0);
       } finally {
-        expect(await replica.stop()).toBe(0);
+        await adminQuery(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+        await adminQuery(`DROP ROLE IF EXISTS ${role}`);
       }
-    } finally {
-      await adminQuery(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-      await adminQuery(`DROP ROLE IF EXISTS ${role}`);
-    }
-  });
+    },
+  );
 });

@@ -59,8 +59,12 @@ export interface TestBroker {
   close(): Promise<void>;
 }
 
-export interface TestBrokerOptions
-  extends Partial<Pick<TaskBrokerOptions, 'limits' | 'tokenAlg' | 'sweepIntervalMs' | 'policy' | 'readinessIntervalMs' | 'readinessChecks' | 'databasePingTimeoutMs' | 'admission'>> {
+export interface TestBrokerOptions extends Partial<
+  Pick<
+    TaskBrokerOptions,
+    'limits' | 'tokenAlg' | 'sweepIntervalMs' | 'policy' | 'readinessIntervalMs' | 'readinessChecks' | 'databasePingTimeoutMs' | 'admission'
+  >
+> {
   logger?: Logger;
 }
 

@@ -2,7 +2,17 @@
  * Trust domains minted at test time: a.test (root and intermediate), b.test (federated) and
  * c.test (known to nobody). Real keys, real signatures.
  */
-import { chainPem, createIntermediateCa, createRootCa, issueCertificate, KeyUsage, mintX509Svid, privateKeyPem, type CertificateTemplate, type IssuedCertificate } from '../../src/devca/certificates.js';
+import {
+  chainPem,
+  createIntermediateCa,
+  createRootCa,
+  issueCertificate,
+  KeyUsage,
+  mintX509Svid,
+  privateKeyPem,
+  type CertificateTemplate,
+  type IssuedCertificate,
+} from '../../src/devca/certificates.js';
 import { parsePemCertificates } from '../../src/spiffe/certificate.js';
 import { TrustBundleSet, type X509Bundle } from '../../src/spiffe/bundle.js';
 import { tlsIdentityFrom, type TlsIdentity } from '../../src/spiffe/x509-source.js';

@@ -23,7 +23,12 @@ export interface TestSvidServer {
   close(): Promise<void>;
 }
 
-export async function startTestSvidServer(options: { identity: TlsIdentity; bundles: X509BundleSource; logger: Logger; clock?: () => Date }): Promise<TestSvidServer> {
+export async function startTestSvidServer(options: {
+  identity: TlsIdentity;
+  bundles: X509BundleSource;
+  logger: Logger;
+  clock?: () => Date;
+}): Promise<TestSvidServer> {
   const identity = new StaticX509SvidSource(options.identity);
   const server = new SvidServer({ bundles: options.bundles, identity, logger: options.logger, clock: options.clock, refusedConnectionLingerMs: 2_000 });
   let calls = 0;
@@ -49,7 +54,9 @@ export function rawCredentials(serverRootPem: string, svid?: PemSvid, weakCrypto
     return grpc.credentials.createFromSecureContext(context, { checkServerIdentity: () => undefined });
   }
   if (!svid) return grpc.credentials.createSsl(Buffer.from(serverRootPem), null, null, { checkServerIdentity: () => undefined });
-  return grpc.credentials.createSsl(Buffer.from(serverRootPem), Buffer.from(svid.keyPem), Buffer.from(svid.certChainPem), { checkServerIdentity: () => undefined });
+  return grpc.credentials.createSsl(Buffer.from(serverRootPem), Buffer.from(svid.keyPem), Buffer.from(svid.certChainPem), {
+    checkServerIdentity: () => undefined,
+  });
 }
 
 export function clientFor(port: number, credentials: grpc.ChannelCredentials): BrokerClient {

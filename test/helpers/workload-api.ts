@@ -21,7 +21,10 @@ export function derOf(...certs: IssuedCertificate[]): Buffer {
 }
 
 /** The X509SVID message for `svid`: chain (leaf first) and PKCS#8 DER key, with its trust domain's CAs. */
-export async function x509SvidMessage(svid: IssuedCertificate, bundle: IssuedCertificate[]): Promise<Required<Omit<X509SVID, 'hint'>> & { x509SvidKey: Buffer; x509Svid: Buffer }> {
+export async function x509SvidMessage(
+  svid: IssuedCertificate,
+  bundle: IssuedCertificate[],
+): Promise<Required<Omit<X509SVID, 'hint'>> & { x509SvidKey: Buffer; x509Svid: Buffer }> {
   return {
     spiffeId: parseCertificate(svid.der).uriSans[0] ?? '',
     x509Svid: derOf(svid, ...svid.intermediates),
@@ -57,7 +60,11 @@ export interface FakeWorkloadApi {
 
 export async function startFakeWorkloadApi(socketPath: string): Promise<FakeWorkloadApi> {
   const state: { svid?: X509SVIDResponse; bundles?: X509BundlesResponse; jwt?: JWTBundlesResponse } = {};
-  const streams = { svid: new Set<Stream<unknown, X509SVIDResponse>>(), bundles: new Set<Stream<unknown, X509BundlesResponse>>(), jwt: new Set<Stream<unknown, JWTBundlesResponse>>() };
+  const streams = {
+    svid: new Set<Stream<unknown, X509SVIDResponse>>(),
+    bundles: new Set<Stream<unknown, X509BundlesResponse>>(),
+    jwt: new Set<Stream<unknown, JWTBundlesResponse>>(),
+  };
   const headersSeen: string[] = [];
   const opened: Record<string, number> = {};
   let refused = 0;

@@ -12,7 +12,12 @@ import { pemOf } from '../helpers/pki.js';
 export const HEALTH_SERVICES = ['', 'taskbroker.v1.TaskBroker', 'taskbroker.v1.TaskBrokerAdmin'] as const;
 
 interface HealthClient extends grpc.Client {
-  check(request: { service: string }, metadata: grpc.Metadata, options: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: { status: string }) => void): void;
+  check(
+    request: { service: string },
+    metadata: grpc.Metadata,
+    options: grpc.CallOptions,
+    cb: (err: grpc.ServiceError | null, res?: { status: string }) => void,
+  ): void;
 }
 
 const HealthClientCtor = grpc.makeClientConstructor(healthService, 'Health') as unknown as new (
@@ -22,7 +27,10 @@ const HealthClientCtor = grpc.makeClientConstructor(healthService, 'Health') as 
 ) => HealthClient;
 
 /** A gRPC health client presenting a fresh a.test workload SVID. */
-export async function healthClient(t: TestBroker, spiffeId = 'spiffe://a.test/ns/ops/sa/prober'): Promise<{ check(service: string): Promise<string>; close(): void }> {
+export async function healthClient(
+  t: TestBroker,
+  spiffeId = 'spiffe://a.test/ns/ops/sa/prober',
+): Promise<{ check(service: string): Promise<string>; close(): void }> {
   const svid = await pemOf(await mintX509Svid(t.a.root, spiffeId));
   const client = new HealthClientCtor(t.address, svidChannelCredentials({ ...svid, bundle: t.a.root.pem, serverId: BROKER_ID }), svidChannelOptions());
   return {

@@ -105,7 +105,11 @@ describe.each(STORES)('ops endpoints on %s', (kind) => {
     const c = await trustDomainPki('c.test');
     const outsider = new BrokerClient({
       address: t.address,
-      credentials: svidChannelCredentials({ ...(await pemOf(await mintX509Svid(c.root, 'spiffe://c.test/intruder'))), bundle: t.a.root.pem, serverId: BROKER_ID }),
+      credentials: svidChannelCredentials({
+        ...(await pemOf(await mintX509Svid(c.root, 'spiffe://c.test/intruder'))),
+        bundle: t.a.root.pem,
+        serverId: BROKER_ID,
+      }),
       channelOptions: svidChannelOptions(),
     });
     await expect(outsider.whoAmI()).rejects.toMatchObject({ code: grpc.status.UNAUTHENTICATED });

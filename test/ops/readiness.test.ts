@@ -25,7 +25,9 @@ afterEach(async () => {
 
 describe('Readiness', () => {
   it('is not ready before the first evaluation, then ready when every check passes', async () => {
-    const r = readiness().add({ name: 'a', run: () => ({ ok: true }) }).add({ name: 'b', run: () => Promise.resolve({ ok: true, detail: { x: 1 } }) });
+    const r = readiness()
+      .add({ name: 'a', run: () => ({ ok: true }) })
+      .add({ name: 'b', run: () => Promise.resolve({ ok: true, detail: { x: 1 } }) });
     expect(r.ready).toBe(false);
     const report = await r.evaluate();
     expect(report.ready).toBe(true);
@@ -156,7 +158,10 @@ describe('svidCheck', () => {
   it('passes for a present, unexpired SVID and fails once it expired or when there is none', async () => {
     await setup();
     const source = new StaticX509SvidSource(identity);
-    expect(await svidCheck(source).run()).toMatchObject({ ok: true, detail: { spiffeId: 'spiffe://a.test/task-broker', notAfter: identity.notAfter.toISOString() } });
+    expect(await svidCheck(source).run()).toMatchObject({
+      ok: true,
+      detail: { spiffeId: 'spiffe://a.test/task-broker', notAfter: identity.notAfter.toISOString() },
+    });
     const later = () => new Date(identity.notAfter.getTime() + 1);
     expect(await svidCheck(source, later).run()).toMatchObject({ ok: false, reason: expect.stringMatching(/expired at/) });
     const none: X509SvidSource = { current: () => undefined, onChange: () => () => undefined };
@@ -170,7 +175,11 @@ describe('svidCheck', () => {
       ready: () => streaming,
       status: () => ({ svidUpdatedAt: '2026-01-01T00:00:00.000Z', bundlesUpdatedAt: { 'a.test': '2026-01-01T00:00:00.000Z' } }),
     });
-    expect(await svidCheck(source).run()).toMatchObject({ ok: false, reason: 'the SVID source is not ready', detail: { status: { svidUpdatedAt: '2026-01-01T00:00:00.000Z' } } });
+    expect(await svidCheck(source).run()).toMatchObject({
+      ok: false,
+      reason: 'the SVID source is not ready',
+      detail: { status: { svidUpdatedAt: '2026-01-01T00:00:00.000Z' } },
+    });
     streaming = true;
     expect(await svidCheck(source).run()).toMatchObject({ ok: true, detail: { status: { bundlesUpdatedAt: { 'a.test': '2026-01-01T00:00:00.000Z' } } } });
     const noSvidYet = { current: () => undefined, onChange: () => () => undefined, ready: () => false, status: () => ({ connected: false }) };

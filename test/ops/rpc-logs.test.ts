@@ -108,7 +108,10 @@ describe('RPC logs (PGlite, debug level)', () => {
 
   it('the redact list is a second line of defence: secret-named fields are censored wherever they appear', () => {
     const captured = capturedLogger();
-    captured.logger.info({ token: 'eyJ.secret.value', request: { token: 'eyJ.nested' }, identity: { keyPem: '-----BEGIN PRIVATE KEY-----' }, kek: 'c2VjcmV0' }, 'oops');
+    captured.logger.info(
+      { token: 'eyJ.secret.value', request: { token: 'eyJ.nested' }, identity: { keyPem: '-----BEGIN PRIVATE KEY-----' }, kek: 'c2VjcmV0' },
+      'oops',
+    );
     captured.logger.flush();
     const text = JSON.stringify(captured.lines());
     expect(text).not.toMatch(/eyJ\.|BEGIN PRIVATE KEY|c2VjcmV0/);

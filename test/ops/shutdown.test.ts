@@ -114,7 +114,15 @@ describe('SvidServer.shutdown', () => {
     await new Promise((r) => setTimeout(r, 50)); // accepted by the server
     const shutdown = s.server.shutdown(5_000);
     const svid = await pemOf(await mintX509Svid(a.root, 'spiffe://a.test/latecomer'));
-    const tls = tlsConnect({ socket: tcp, ca: a.root.pem, cert: svid.certChainPem, key: svid.keyPem, ALPNProtocols: ['h2'], servername: 'task-broker', checkServerIdentity: () => undefined });
+    const tls = tlsConnect({
+      socket: tcp,
+      ca: a.root.pem,
+      cert: svid.certChainPem,
+      key: svid.keyPem,
+      ALPNProtocols: ['h2'],
+      servername: 'task-broker',
+      checkServerIdentity: () => undefined,
+    });
     tls.on('error', () => undefined);
     await new Promise((resolve) => tls.once('secureConnect', resolve));
     const closedAt = await new Promise<number>((resolve) => tls.once('close', () => resolve(Date.now())));

@@ -35,7 +35,11 @@ describe('trust bundles', () => {
 
   it.each([
     ['an empty file', '', /bundle for a.test: no PEM CERTIFICATE block found/],
-    ['a private key instead of certificates', '-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n', /PEM block 1 is PRIVATE KEY, expected CERTIFICATE/],
+    [
+      'a private key instead of certificates',
+      '-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n',
+      /PEM block 1 is PRIVATE KEY, expected CERTIFICATE/,
+    ],
     ['broken JSON', '{"keys": [', /bundle for a.test: not valid JSON/],
     ['a JWKS without x509-svid keys', '{"keys": []}', /has no x509-svid authorities/],
     ['a JSON document that is not a JWKS', '{"certs": []}', /must be a JWKS with a "keys" array/],

@@ -83,7 +83,14 @@ describe('SPIFFE ID matchers', () => {
   });
 
   describe('patternToPostgresRegex (how the admin plane selects owners in SQL)', () => {
-    const patterns = ['spiffe://example.org/ns/*/sa/billing', 'spiffe://example.org/ns/prod/**', 'spiffe://example.org/**', 'spiffe://example.org/a.b/*', 'spiffe://example.org', 'spiffe://ex-ample.org/x'];
+    const patterns = [
+      'spiffe://example.org/ns/*/sa/billing',
+      'spiffe://example.org/ns/prod/**',
+      'spiffe://example.org/**',
+      'spiffe://example.org/a.b/*',
+      'spiffe://example.org',
+      'spiffe://ex-ample.org/x',
+    ];
     const ids = [
       'spiffe://example.org',
       'spiffe://example.org/ns/prod',

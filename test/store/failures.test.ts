@@ -30,7 +30,10 @@ describe('database failures', () => {
   });
 
   it('connection failures and timeouts are UNAVAILABLE saying nothing changed; conflicts ABORTED; bugs are not database failures', () => {
-    expect(brokerErrorFor(withCode('ECONNREFUSED'))).toMatchObject({ kind: 'unavailable', message: expect.stringMatching(/^database unavailable: .*nothing was changed, retry with backoff/) });
+    expect(brokerErrorFor(withCode('ECONNREFUSED'))).toMatchObject({
+      kind: 'unavailable',
+      message: expect.stringMatching(/^database unavailable: .*nothing was changed, retry with backoff/),
+    });
     expect(brokerErrorFor(withCode('40P01'))).toMatchObject({ kind: 'aborted', message: expect.stringMatching(/nothing was changed, retry the call/) });
     expect(brokerErrorFor(withCode('42601'))).toBeUndefined();
     expect(brokerErrorFor(new Error('something else'))).toBeUndefined();

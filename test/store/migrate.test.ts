@@ -54,7 +54,9 @@ describe.each(STORES)('migrations on %s', (kind) => {
         return migrationStatus(tx);
       }),
     ).toEqual({ applied: all.map((m) => m.version), pending: [] });
-    const tables = await sql<{ table_name: string }>`select table_name from information_schema.tables where table_schema = 'public' order by table_name`.execute(store.db);
+    const tables = await sql<{
+      table_name: string;
+    }>`select table_name from information_schema.tables where table_schema = 'public' order by table_name`.execute(store.db);
     expect(tables.rows.map((r) => r.table_name)).toEqual(['audit_chains', 'audit_events', 'schema_migrations', 'signing_keys', 'tasks', 'tokens']);
   });
 

@@ -105,7 +105,10 @@ describe('WriteBatcher', () => {
     const b = new WriteBatcher({ apply: s.apply, observer: { committed: () => undefined, failed: (f) => failed.push(f) } });
     const outcomes = await Promise.allSettled([b.submit('a', { id: 1 }), b.submit('b', { id: 2 })]);
     expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected']);
-    expect(outcomes.map((o) => (o as PromiseRejectedResult).reason as unknown)).toEqual([expect.any(CommitOutcomeUnknownError), expect.any(CommitOutcomeUnknownError)]);
+    expect(outcomes.map((o) => (o as PromiseRejectedResult).reason as unknown)).toEqual([
+      expect.any(CommitOutcomeUnknownError),
+      expect.any(CommitOutcomeUnknownError),
+    ]);
     expect(s.calls).toHaveLength(1);
     expect(failed).toHaveLength(1);
   });

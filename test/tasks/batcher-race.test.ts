@@ -86,17 +86,28 @@ describe.each(STORES)('group commit race on %s', (kind) => {
     tasks.forEach(({ taskId, token }, i) => {
       const w = workers[i % CLIENTS]!;
       for (let k = 0; k < 4; k++) calls.push(() => run('issue', taskId, async () => ({ tokenId: (await w.issueToken({ taskId }, CALL)).tokenId })));
-      for (let k = 0; k < 2; k++) calls.push(() => run('issue-extra-scope', taskId, async () => ({ tokenId: (await w.issueToken({ taskId, scopes: ['u'] }, CALL)).tokenId })));
+      for (let k = 0; k < 2; k++)
+        calls.push(() => run('issue-extra-scope', taskId, async () => ({ tokenId: (await w.issueToken({ taskId, scopes: ['u'] }, CALL)).tokenId })));
       for (let k = 0; k < 3; k++) calls.push(() => run('get', taskId, async () => (await w.getTask(taskId, CALL), {})));
       calls.push(() => run('stranger-get', taskId, async () => (await stranger.getTask(taskId, CALL), {})));
       for (let k = 0; k < 4; k++) {
-        calls.push(() => run('verify', taskId, async () => {
-          const res = await api.verifyToken({ token, presenterCertThumbprint: thumbprints[i % CLIENTS] }, CALL);
-          return { code: res.valid ? grpc.status.OK : grpc.status.FAILED_PRECONDITION };
-        }));
+        calls.push(() =>
+          run('verify', taskId, async () => {
+            const res = await api.verifyToken({ token, presenterCertThumbprint: thumbprints[i % CLIENTS] }, CALL);
+            return { code: res.valid ? grpc.status.OK : grpc.status.FAILED_PRECONDITION };
+          }),
+        );
       }
-      calls.push(() => run(i % 2 === 0 ? 'complete' : 'cancel', taskId, async () => (i % 2 === 0 ? await w.completeTask(taskId, 'done', CALL) : await w.cancelTask(taskId, 'stop', CALL), {})));
-      calls.push(() => run('create', undefined, async () => ({ createdId: (await w.createTask({ ...spec('race'), idempotencyKey: `key-${i % 8}` }, CALL)).task!.taskId })));
+      calls.push(() =>
+        run(
+          i % 2 === 0 ? 'complete' : 'cancel',
+          taskId,
+          async () => (i % 2 === 0 ? await w.completeTask(taskId, 'done', CALL) : await w.cancelTask(taskId, 'stop', CALL), {}),
+        ),
+      );
+      calls.push(() =>
+        run('create', undefined, async () => ({ createdId: (await w.createTask({ ...spec('race'), idempotencyKey: `key-${i % 8}` }, CALL)).task!.taskId })),
+      );
       calls.push(() => run('create-forbidden', undefined, async () => ({ createdId: (await w.createTask(spec('forbidden'), CALL)).task!.taskId })));
       calls.push(() => run('create-poison', undefined, async () => ({ createdId: (await w.createTask(spec('poison'), CALL)).task!.taskId })));
     });
@@ -122,14 +133,20 @@ describe.each(STORES)('group commit race on %s', (kind) => {
     };
     await Promise.all([killer(), ...calls.map((call) => call())]);
     if (kind === 'postgres') expect(killed).toBe(3);
-    console.log(`batcher race on ${kind}: ${outcomes.filter((o) => o.code === grpc.status.UNAVAILABLE).length} calls UNAVAILABLE after ${killed} connection kills`);
+    console.log(
+      `batcher race on ${kind}: ${outcomes.filter((o) => o.code === grpc.status.UNAVAILABLE).length} calls UNAVAILABLE after ${killed} connection kills`,
+    );
     expect(outcomes).toHaveLength(calls.length);
 
     const count = (k: string, code: grpc.status) => outcomes.filter((o) => o.kind === k && o.code === code).length;
     const codes = (k: string) => [...new Set(outcomes.filter((o) => o.kind === k).map((o) => grpc.status[o.code] ?? String(o.code)))].sort();
     // Each kind ends only the ways it may; UNAVAILABLE only where connections were killed.
     const unavailable = kind === 'postgres' ? ['UNAVAILABLE'] : [];
-    const within = (k: string, list: string[]) => expect(codes(k).every((c) => [...list, ...unavailable].includes(c)), `${k}: ${codes(k).join(', ')}`).toBe(true);
+    const within = (k: string, list: string[]) =>
+      expect(
+        codes(k).every((c) => [...list, ...unavailable].includes(c)),
+        `${k}: ${codes(k).join(', ')}`,
+      ).toBe(true);
     within('issue', ['OK', 'FAILED_PRECONDITION']);
     within('issue-extra-scope', ['PERMISSION_DENIED', 'FAILED_PRECONDITION']);
     within('get', ['OK']);
@@ -179,6 +196,14 @@ describe.each(STORES)('group commit race on %s', (kind) => {
     }
     // The stranger's and the denied creators' chains verify too.
     for (const actor of [STRANGER, WORKER]) expect(await verifyChain(db, `actor:${actor}`)).toMatchObject({ ok: true });
-    console.log(`batcher race on ${kind}:`, Object.fromEntries(['issue', 'issue-extra-scope', 'get', 'stranger-get', 'verify', 'complete', 'cancel', 'create', 'create-forbidden', 'create-poison'].map((k) => [k, codes(k).join('/')])));
+    console.log(
+      `batcher race on ${kind}:`,
+      Object.fromEntries(
+        ['issue', 'issue-extra-scope', 'get', 'stranger-get', 'verify', 'complete', 'cancel', 'create', 'create-forbidden', 'create-poison'].map((k) => [
+          k,
+          codes(k).join('/'),
+        ]),
+      ),
+    );
   });
 });

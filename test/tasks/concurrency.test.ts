@@ -49,68 +49,72 @@ describe.each(STORES)('IssueToken racing the end of the task, %s', (kind) => {
     await t?.close();
   });
 
-  it(`${TASKS} tasks: no token survives its task`, async () => {
-    const indexes = Array.from({ length: TASKS }, (_, i) => i);
-    const taskIds: string[] = [];
-    await inBatches(indexes, IN_FLIGHT, async () => {
-      const { task } = await worker.createTask({ spec: { action: 'race', audience: API, scopes: ['s'], resources: [], ttl: { seconds: 600 } } }, CALL);
-      taskIds.push(task!.taskId);
-    });
-    expect(taskIds).toHaveLength(TASKS);
+  it(
+    `${TASKS} tasks: no token survives its task`,
+    async () => {
+      const indexes = Array.from({ length: TASKS }, (_, i) => i);
+      const taskIds: string[] = [];
+      await inBatches(indexes, IN_FLIGHT, async () => {
+        const { task } = await worker.createTask({ spec: { action: 'race', audience: API, scopes: ['s'], resources: [], ttl: { seconds: 600 } } }, CALL);
+        taskIds.push(task!.taskId);
+      });
+      expect(taskIds).toHaveLength(TASKS);
 
-    const tokens: string[] = [];
-    const outcomes = { issued: 0, refused: 0, ended: 0 };
-    await inBatches(taskIds, CONCURRENCY, async (taskId) => {
-      const i = taskIds.indexOf(taskId);
-      const issue = () =>
-        worker.issueToken({ taskId }, CALL).then(
-          (r) => {
-            tokens.push(r.token);
-            outcomes.issued++;
-          },
-          (err: grpc.ServiceError) => {
-            expect(err.code, err.message).toBe(grpc.status.FAILED_PRECONDITION);
-            outcomes.refused++;
-          },
-        );
-      const end = () => (i % 2 === 0 ? worker.completeTask(taskId, 'done', CALL) : worker.cancelTask(taskId, 'stop', CALL)).then(() => void outcomes.ended++);
-      // The end of the task is sent between token requests, so both orders happen.
-      await Promise.all([issue(), issue(), end(), issue()]);
-    });
-    expect(outcomes.ended).toBe(TASKS);
-    expect(outcomes.issued + outcomes.refused).toBe(3 * TASKS);
-    // Both sides of the race occurred.
-    expect(outcomes.issued).toBeGreaterThan(0);
-    expect(outcomes.refused).toBeGreaterThan(0);
+      const tokens: string[] = [];
+      const outcomes = { issued: 0, refused: 0, ended: 0 };
+      await inBatches(taskIds, CONCURRENCY, async (taskId) => {
+        const i = taskIds.indexOf(taskId);
+        const issue = () =>
+          worker.issueToken({ taskId }, CALL).then(
+            (r) => {
+              tokens.push(r.token);
+              outcomes.issued++;
+            },
+            (err: grpc.ServiceError) => {
+              expect(err.code, err.message).toBe(grpc.status.FAILED_PRECONDITION);
+              outcomes.refused++;
+            },
+          );
+        const end = () => (i % 2 === 0 ? worker.completeTask(taskId, 'done', CALL) : worker.cancelTask(taskId, 'stop', CALL)).then(() => void outcomes.ended++);
+        // The end of the task is sent between token requests, so both orders happen.
+        await Promise.all([issue(), issue(), end(), issue()]);
+      });
+      expect(outcomes.ended).toBe(TASKS);
+      expect(outcomes.issued + outcomes.refused).toBe(3 * TASKS);
+      // Both sides of the race occurred.
+      expect(outcomes.issued).toBeGreaterThan(0);
+      expect(outcomes.refused).toBeGreaterThan(0);
 
-    const db = t.broker.store.db;
-    const live = await db
-      .selectFrom('tokens')
-      .innerJoin('tasks', 'tasks.task_id', 'tokens.task_id')
-      .select((eb) => eb.fn.countAll<string>().as('n'))
-      .where('tokens.revoked_at', 'is', null)
-      .where('tasks.state', '!=', 'ACTIVE')
-      .executeTakeFirstOrThrow();
-    expect(Number(live.n)).toBe(0);
-    const late = await db
-      .selectFrom('tokens')
-      .innerJoin('tasks', 'tasks.task_id', 'tokens.task_id')
-      .select((eb) => eb.fn.countAll<string>().as('n'))
-      .whereRef('tokens.issued_at', '>', 'tasks.ended_at')
-      .executeTakeFirstOrThrow();
-    expect(Number(late.n)).toBe(0);
+      const db = t.broker.store.db;
+      const live = await db
+        .selectFrom('tokens')
+        .innerJoin('tasks', 'tasks.task_id', 'tokens.task_id')
+        .select((eb) => eb.fn.countAll<string>().as('n'))
+        .where('tokens.revoked_at', 'is', null)
+        .where('tasks.state', '!=', 'ACTIVE')
+        .executeTakeFirstOrThrow();
+      expect(Number(live.n)).toBe(0);
+      const late = await db
+        .selectFrom('tokens')
+        .innerJoin('tasks', 'tasks.task_id', 'tokens.task_id')
+        .select((eb) => eb.fn.countAll<string>().as('n'))
+        .whereRef('tokens.issued_at', '>', 'tasks.ended_at')
+        .executeTakeFirstOrThrow();
+      expect(Number(late.n)).toBe(0);
 
-    const valid: string[] = [];
-    // Presented by the worker the tokens are bound to: only revocation may make them invalid.
-    const presenterCertThumbprint = (await worker.whoAmI(CALL)).certThumbprint;
-    await inBatches(tokens, IN_FLIGHT, async (token) => {
-      const res = await api.verifyToken({ token, presenterCertThumbprint }, CALL);
-      if (res.valid) valid.push(token);
-      else expect(res.reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
-    });
-    expect(valid).toEqual([]);
-    expect(tokens.length).toBe(outcomes.issued);
+      const valid: string[] = [];
+      // Presented by the worker the tokens are bound to: only revocation may make them invalid.
+      const presenterCertThumbprint = (await worker.whoAmI(CALL)).certThumbprint;
+      await inBatches(tokens, IN_FLIGHT, async (token) => {
+        const res = await api.verifyToken({ token, presenterCertThumbprint }, CALL);
+        if (res.valid) valid.push(token);
+        else expect(res.reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
+      });
+      expect(valid).toEqual([]);
+      expect(tokens.length).toBe(outcomes.issued);
 
-    for (const taskId of taskIds.slice(0, 25)) expect((await verifyTaskTrail(db, taskId)).ok).toBe(true);
-  }, TEST_TIMEOUT_MS);
+      for (const taskId of taskIds.slice(0, 25)) expect((await verifyTaskTrail(db, taskId)).ok).toBe(true);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });

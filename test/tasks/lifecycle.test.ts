@@ -99,13 +99,30 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
     ['a scope with a space', { spec: spec({ scopes: ['a b'] }) }, /not a valid scope token/],
     ['a fractional ttl', { spec: spec({ ttl: { seconds: 1, nanos: 5 } }) }, /whole seconds/],
     ['a ttl over the maximum', { spec: spec({ ttl: { seconds: 10 * 86_400 } }) }, /at most 86400s/],
-    ['a __proto__ key in params', { spec: spec({ params: { fields: { ['__proto__']: { stringValue: 'x', kind: 'stringValue' } } } }) }, /"__proto__" is not allowed/],
+    [
+      'a __proto__ key in params',
+      { spec: spec({ params: { fields: { ['__proto__']: { stringValue: 'x', kind: 'stringValue' } } } }) },
+      /"__proto__" is not allowed/,
+    ],
     ['a NUL character in params', { spec: spec({ params: { fields: { a: { stringValue: 'x\u0000y', kind: 'stringValue' } } } }) }, /NUL character/],
-    ['a huge params object', { spec: spec({ params: { fields: { blob: { stringValue: 'x'.repeat(20_000), kind: 'stringValue' } } } }) }, /spec.params: at most/],
+    [
+      'a huge params object',
+      { spec: spec({ params: { fields: { blob: { stringValue: 'x'.repeat(20_000), kind: 'stringValue' } } } }) },
+      /spec.params: at most/,
+    ],
   ] as const)('CreateTask with %s is INVALID_ARGUMENT and writes nothing', async (_label, request, message) => {
-    const before = await t.broker.store.db.selectFrom('tasks').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow();
-    await expect(worker.createTask(request as CreateTaskRequest)).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(message) });
-    const after = await t.broker.store.db.selectFrom('tasks').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow();
+    const before = await t.broker.store.db
+      .selectFrom('tasks')
+      .select((eb) => eb.fn.countAll<string>().as('n'))
+      .executeTakeFirstOrThrow();
+    await expect(worker.createTask(request as CreateTaskRequest)).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+      details: expect.stringMatching(message),
+    });
+    const after = await t.broker.store.db
+      .selectFrom('tasks')
+      .select((eb) => eb.fn.countAll<string>().as('n'))
+      .executeTakeFirstOrThrow();
     expect(Number(after.n)).toBe(Number(before.n));
   });
 
@@ -177,7 +194,10 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
 
   it('control characters in an outcome are INVALID_ARGUMENT, not an internal error', async () => {
     const { task } = await worker.createTask({ spec: spec() });
-    await expect(worker.completeTask(task!.taskId, 'done\u0000')).rejects.toMatchObject({ code: grpc.status.INVALID_ARGUMENT, details: expect.stringMatching(/control characters/) });
+    await expect(worker.completeTask(task!.taskId, 'done\u0000')).rejects.toMatchObject({
+      code: grpc.status.INVALID_ARGUMENT,
+      details: expect.stringMatching(/control characters/),
+    });
     expect((await worker.getTask(task!.taskId)).task?.state).toBe('TASK_STATE_ACTIVE');
   });
 
@@ -254,7 +274,15 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
     it('valid for the audience, with the presenter bound and the expected hash', async () => {
       const res = await api.verifyToken({ token, presenterCertThumbprint: workerThumbprint, expectedTaskHash: taskHash });
       expect(res).toMatchObject({ valid: true, reason: 'VERIFY_TOKEN_REASON_VALID', bindingChecked: true });
-      expect(res.claims).toMatchObject({ subject: WORKER, audience: API, taskId, taskHash, scopes: ['invoices:read', 'invoices:list'], cnfX5tS256: workerThumbprint, issuer: BROKER_ID });
+      expect(res.claims).toMatchObject({
+        subject: WORKER,
+        audience: API,
+        taskId,
+        taskHash,
+        scopes: ['invoices:read', 'invoices:list'],
+        cnfX5tS256: workerThumbprint,
+        issuer: BROKER_ID,
+      });
     });
 
     it('valid with the presenter certificate given as DER', async () => {
@@ -265,16 +293,30 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
 
     it('PRESENTER_REQUIRED without a presenter certificate: a certificate-bound token is not a bearer token by default', async () => {
       const res = await api.verifyToken({ token });
-      expect(res).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_PRESENTER_REQUIRED', bindingChecked: false, claims: null, detail: expect.stringMatching(/skip_binding_check/) });
+      expect(res).toMatchObject({
+        valid: false,
+        reason: 'VERIFY_TOKEN_REASON_PRESENTER_REQUIRED',
+        bindingChecked: false,
+        claims: null,
+        detail: expect.stringMatching(/skip_binding_check/),
+      });
       const trail = await verifyTaskTrail(t.broker.store.db, taskId);
-      expect(trail.trail.at(-1)).toMatchObject({ type: 'token.verified', actorSpiffeId: API, details: { result: 'presenter-required', binding_checked: false } });
+      expect(trail.trail.at(-1)).toMatchObject({
+        type: 'token.verified',
+        actorSpiffeId: API,
+        details: { result: 'presenter-required', binding_checked: false },
+      });
     });
 
     it('valid as a bearer token only when the resource server opts out of the binding check, and the opt-out is on the record', async () => {
       const res = await api.verifyToken({ token, skipBindingCheck: true });
       expect(res).toMatchObject({ valid: true, reason: 'VERIFY_TOKEN_REASON_VALID', bindingChecked: false, detail: expect.stringMatching(/bearer token/) });
       const trail = await verifyTaskTrail(t.broker.store.db, taskId);
-      expect(trail.trail.at(-1)).toMatchObject({ type: 'token.verified', actorSpiffeId: API, details: { result: 'valid', binding_checked: false, binding_check_skipped: true } });
+      expect(trail.trail.at(-1)).toMatchObject({
+        type: 'token.verified',
+        actorSpiffeId: API,
+        details: { result: 'valid', binding_checked: false, binding_check_skipped: true },
+      });
       // A presenter given along with the opt-out is still checked.
       const mismatched = await api.verifyToken({ token, skipBindingCheck: true, presenterCertThumbprint: (await stranger.whoAmI()).certThumbprint });
       expect(mismatched).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_BINDING_MISMATCH' });
@@ -293,7 +335,11 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
     });
 
     it('TASK_HASH_MISMATCH when the resource server expects another spec', async () => {
-      const res = await api.verifyToken({ token, presenterCertThumbprint: workerThumbprint, expectedTaskHash: createHash('sha256').update('{}').digest('base64url') });
+      const res = await api.verifyToken({
+        token,
+        presenterCertThumbprint: workerThumbprint,
+        expectedTaskHash: createHash('sha256').update('{}').digest('base64url'),
+      });
       expect(res).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_TASK_HASH_MISMATCH' });
     });
 
@@ -334,7 +380,11 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
       const { task } = await worker.createTask({ spec: spec() });
       const issued = await worker.issueToken({ taskId: task!.taskId });
       // Only a broken writer could do this; the verifier must still not say valid.
-      await t.broker.store.db.updateTable('tasks').set({ state: 'REVOKED', ended_at: new Date(), ended_by: 'test', end_reason: 'test' }).where('task_id', '=', task!.taskId).execute();
+      await t.broker.store.db
+        .updateTable('tasks')
+        .set({ state: 'REVOKED', ended_at: new Date(), ended_by: 'test', end_reason: 'test' })
+        .where('task_id', '=', task!.taskId)
+        .execute();
       const res = await api.verifyToken({ token: issued.token });
       expect(res).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_TASK_NOT_ACTIVE' });
     });
@@ -360,7 +410,10 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
       expect(res).toMatchObject({ valid: false, reason: 'VERIFY_TOKEN_REASON_REVOKED', detail: expect.stringMatching(/task completed/) });
     }
     // Terminal is final.
-    await expect(worker.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION, details: expect.stringMatching(/COMPLETED/) });
+    await expect(worker.issueToken({ taskId: task!.taskId })).rejects.toMatchObject({
+      code: grpc.status.FAILED_PRECONDITION,
+      details: expect.stringMatching(/COMPLETED/),
+    });
     await expect(worker.completeTask(task!.taskId, 'again')).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
     await expect(worker.cancelTask(task!.taskId, 'late')).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
     expect((await worker.getTask(task!.taskId)).task?.state).toBe('TASK_STATE_COMPLETED');
@@ -386,7 +439,11 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
       expect(await t.broker.sweep()).toBeGreaterThanOrEqual(2);
       expect((await worker.getTask(task!.taskId)).task).toMatchObject({ state: 'TASK_STATE_EXPIRED', endedBy: BROKER_ID });
       expect(await codeOf(worker.issueToken({ taskId: other!.taskId }))).toBe('FAILED_PRECONDITION');
-      const row = await t.broker.store.db.selectFrom('tokens').select(['revoked_at', 'revoke_reason']).where('task_id', '=', task!.taskId).executeTakeFirstOrThrow();
+      const row = await t.broker.store.db
+        .selectFrom('tokens')
+        .select(['revoked_at', 'revoke_reason'])
+        .where('task_id', '=', task!.taskId)
+        .executeTakeFirstOrThrow();
       expect(row.revoke_reason).toBe('task expired');
       expect((await api.verifyToken({ token })).valid).toBe(false);
       const trail = await verifyTaskTrail(t.broker.store.db, task!.taskId);
@@ -401,7 +458,13 @@ describe.each(STORES)('task lifecycle over mTLS on %s', (kind) => {
     const { task } = await worker.createTask({ spec: spec() });
     const { token } = await worker.issueToken({ taskId: task!.taskId });
     const jwks = createRemoteJWKSet(new URL(t.jwksUrl));
-    const { payload, protectedHeader } = await jwtVerify(token, jwks, { issuer: BROKER_ID, audience: API, typ: 'task+jwt', algorithms: ['ES256'], currentDate: t.clock.now() });
+    const { payload, protectedHeader } = await jwtVerify(token, jwks, {
+      issuer: BROKER_ID,
+      audience: API,
+      typ: 'task+jwt',
+      algorithms: ['ES256'],
+      currentDate: t.clock.now(),
+    });
     expect(protectedHeader.kid).toBeDefined();
     const cnf = payload.cnf as Record<string, string>;
     // The resource server compares cnf with the certificate of the mTLS peer that presented it.

@@ -70,7 +70,11 @@ describe('expiry sweep in three replicas against one PostgreSQL database', () =>
       expect(trail.ok).toBe(true);
       expect(trail.trail.filter((e) => e.type === 'task.expired')).toHaveLength(1);
     }
-    const expiredEvents = await db.selectFrom('audit_events').select((eb) => eb.fn.countAll<string>().as('n')).where('event_type', '=', 'task.expired').executeTakeFirstOrThrow();
+    const expiredEvents = await db
+      .selectFrom('audit_events')
+      .select((eb) => eb.fn.countAll<string>().as('n'))
+      .where('event_type', '=', 'task.expired')
+      .executeTakeFirstOrThrow();
     expect(Number(expiredEvents.n)).toBe(TASKS);
     // Nothing is left for the next run.
     expect(await replicas[2]!.sweepExpired({ requestId: 'again' })).toBe(0);
@@ -78,9 +82,17 @@ describe('expiry sweep in three replicas against one PostgreSQL database', () =>
 
   it('prunes token rows long past their expiry, keeping their audit events', async () => {
     clock.advance(8 * 24 * 3600 * 1000);
-    const before = await stores[0]!.db.selectFrom('audit_events').select((eb) => eb.fn.countAll<string>().as('n')).where('event_type', '=', 'token.issued').executeTakeFirstOrThrow();
+    const before = await stores[0]!.db
+      .selectFrom('audit_events')
+      .select((eb) => eb.fn.countAll<string>().as('n'))
+      .where('event_type', '=', 'token.issued')
+      .executeTakeFirstOrThrow();
     expect(await replicas[0]!.pruneTokens(7 * 24 * 3600)).toBe(100);
-    const after = await stores[0]!.db.selectFrom('audit_events').select((eb) => eb.fn.countAll<string>().as('n')).where('event_type', '=', 'token.issued').executeTakeFirstOrThrow();
+    const after = await stores[0]!.db
+      .selectFrom('audit_events')
+      .select((eb) => eb.fn.countAll<string>().as('n'))
+      .where('event_type', '=', 'token.issued')
+      .executeTakeFirstOrThrow();
     expect(after.n).toEqual(before.n);
   });
 });

@@ -29,7 +29,9 @@ describe('KeyEncryptionKey', () => {
   it('fails clearly, naming the KEK id, with the wrong KEK', () => {
     const other = KeyEncryptionKey.fromBase64(generateKekBase64());
     const blob = kek.encrypt(Buffer.from('secret'), 'kid-1');
-    expect(() => other.decrypt(blob, 'kid-1')).toThrow(new RegExp(`key-encryption key ${other.id}: authentication failed \\(wrong key-encryption key, or the stored data was altered\\)`));
+    expect(() => other.decrypt(blob, 'kid-1')).toThrow(
+      new RegExp(`key-encryption key ${other.id}: authentication failed \\(wrong key-encryption key, or the stored data was altered\\)`),
+    );
   });
 
   it('fails clearly on tampered ciphertext, IV, tag, or another row (AAD)', () => {
@@ -101,7 +103,11 @@ describe('KEK files and loadKek', () => {
   });
 
   it('refuses a file readable by group or others', async () => {
-    for (const [name, mode] of [['group.key', 0o640], ['other.key', 0o604], ['write.key', 0o620]] as const) {
+    for (const [name, mode] of [
+      ['group.key', 0o640],
+      ['other.key', 0o604],
+      ['write.key', 0o620],
+    ] as const) {
       const path = await kekFile(name, text, mode);
       await expect(KeyEncryptionKey.fromFile(path)).rejects.toThrow(
         `key-encryption key file ${path} is accessible by group or others (mode 0${mode.toString(8)}); restrict it with chmod 600`,

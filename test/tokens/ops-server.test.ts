@@ -5,7 +5,12 @@ import { silentLogger } from '../../src/observability/logger.js';
 import { capturedLogger } from '../helpers/logs.js';
 
 /** One request over node:http, so the test controls the method and keep-alive. */
-function call(port: number, path: string, method = 'GET', agent?: Agent): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+function call(
+  port: number,
+  path: string,
+  method = 'GET',
+  agent?: Agent,
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
   return new Promise((resolve, reject) => {
     const req = request({ host: '127.0.0.1', port, path, method, agent }, (res) => {
       const chunks: Buffer[] = [];

@@ -5,7 +5,16 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createIntermediateCa, createRootCa, ExtendedKeyUsage, Extension, issueCertificate, KeyUsage, mintX509Svid, type IssuedCertificate } from '../../src/devca/certificates.js';
+import {
+  createIntermediateCa,
+  createRootCa,
+  ExtendedKeyUsage,
+  Extension,
+  issueCertificate,
+  KeyUsage,
+  mintX509Svid,
+  type IssuedCertificate,
+} from '../../src/devca/certificates.js';
 import { certificateThumbprint, parsePemCertificates } from '../../src/spiffe/certificate.js';
 import { capturedLogger } from '../helpers/logs.js';
 import { brokerIdentity, bundleSet, issueLeaf, pemOf, trustDomainPki, type PemSvid, type TrustDomainPki } from '../helpers/pki.js';
@@ -65,7 +74,10 @@ async function expectRefused(presented: Presented, reason: RegExp) {
   expect(err?.code).toBe(grpc.status.UNAUTHENTICATED);
   expect(err?.details).toMatch(reason);
   expect(server.handlerCalls()).toBe(before);
-  const refusal = logs.lines().slice(logCount).find((l) => l.msg === 'call refused: peer is not a valid X509-SVID');
+  const refusal = logs
+    .lines()
+    .slice(logCount)
+    .find((l) => l.msg === 'call refused: peer is not a valid X509-SVID');
   expect(refusal?.reason).toMatch(reason);
 }
 
@@ -136,7 +148,13 @@ describe('valid X509-SVIDs get through with the right Caller', () => {
 
   it("an SVID under an intermediate whose URI name constraint permits the leaf's trust domain (X509-SVID 4.2)", async () => {
     const inter = await issueCertificate(
-      { subject: 'O=a.test only', uris: ['spiffe://a.test'], ca: true, keyUsage: KeyUsage.keyCertSign, nameConstraints: { permitted: [{ type: 'url', value: 'a.test' }] } },
+      {
+        subject: 'O=a.test only',
+        uris: ['spiffe://a.test'],
+        ca: true,
+        keyUsage: KeyUsage.keyCertSign,
+        nameConstraints: { permitted: [{ type: 'url', value: 'a.test' }] },
+      },
       a.root,
     );
     const leaf = await mintX509Svid(inter, 'spiffe://a.test/constrained');
@@ -230,7 +248,10 @@ describe('invalid peers are refused with UNAUTHENTICATED before any handler', ()
   });
 
   it('an intermediate without the CA flag', async () => {
-    const inter = await issueCertificate({ subject: 'O=not a ca', uris: ['spiffe://a.test'], ca: false, keyUsage: KeyUsage.keyCertSign | KeyUsage.digitalSignature }, a.root);
+    const inter = await issueCertificate(
+      { subject: 'O=not a ca', uris: ['spiffe://a.test'], ca: false, keyUsage: KeyUsage.keyCertSign | KeyUsage.digitalSignature },
+      a.root,
+    );
     const leaf = await mintX509Svid(inter, 'spiffe://a.test/under-non-ca');
     await expectRefused({ svid: await pemOf(leaf) }, /intermediate certificate .* must have CA flag set to true/);
   });
@@ -242,7 +263,10 @@ describe('invalid peers are refused with UNAUTHENTICATED before any handler', ()
   });
 
   it('an intermediate without keyCertSign', async () => {
-    const inter = await issueCertificate({ subject: 'O=no kcs', uris: ['spiffe://a.test'], ca: true, keyUsage: KeyUsage.cRLSign | KeyUsage.digitalSignature }, a.root);
+    const inter = await issueCertificate(
+      { subject: 'O=no kcs', uris: ['spiffe://a.test'], ca: true, keyUsage: KeyUsage.cRLSign | KeyUsage.digitalSignature },
+      a.root,
+    );
     const leaf = await mintX509Svid(inter, 'spiffe://a.test/under-no-kcs');
     // Node links the presented chain with OpenSSL's X509_check_issued, which drops an issuer
     // without keyCertSign before the verifier sees it; the verifier's own message for this
@@ -266,7 +290,7 @@ describe('invalid peers are refused with UNAUTHENTICATED before any handler', ()
     await expectRefused({ svid: leafOnly }, /no chain to the trust bundle of "a.test"/);
   });
 
-  it('a CA that copies the trusted root\'s name but not its key', async () => {
+  it("a CA that copies the trusted root's name but not its key", async () => {
     const forged = await createRootCa('a.test');
     const leaf = await mintX509Svid(forged, 'spiffe://a.test/forged');
     await expectRefused({ svid: await pemOf(leaf) }, /no chain to the trust bundle of "a.test"/);
@@ -323,7 +347,10 @@ describe('invalid peers are refused with UNAUTHENTICATED before any handler', ()
   });
 
   it('an intermediate whose key usage extension is not critical (X509-SVID 4.3)', async () => {
-    const inter = await issueCertificate({ subject: 'O=soft ku', uris: ['spiffe://a.test'], ca: true, keyUsage: KeyUsage.keyCertSign, keyUsageCritical: false }, a.root);
+    const inter = await issueCertificate(
+      { subject: 'O=soft ku', uris: ['spiffe://a.test'], ca: true, keyUsage: KeyUsage.keyCertSign, keyUsageCritical: false },
+      a.root,
+    );
     const leaf = await mintX509Svid(inter, 'spiffe://a.test/under-soft-ku');
     await expectRefused({ svid: await pemOf(leaf) }, /intermediate certificate .* key usage extension must be marked critical/);
   });
@@ -344,7 +371,10 @@ describe('invalid peers are refused with UNAUTHENTICATED before any handler', ()
 
   it('a leaf with an unknown critical extension', async () => {
     const ext = new Extension('1.3.6.1.4.1.99999.1', true, new Uint8Array([0x05, 0x00]));
-    const leaf = await issueLeaf(a.root, 'spiffe://a.test/critical', { extraExtensions: [ext], extKeyUsage: [ExtendedKeyUsage.serverAuth, ExtendedKeyUsage.clientAuth] });
+    const leaf = await issueLeaf(a.root, 'spiffe://a.test/critical', {
+      extraExtensions: [ext],
+      extKeyUsage: [ExtendedKeyUsage.serverAuth, ExtendedKeyUsage.clientAuth],
+    });
     await expectRefused({ svid: await pemOf(leaf) }, /unsupported critical extension \(1\.3\.6\.1\.4\.1\.99999\.1\)/);
   });
 });

@@ -73,7 +73,14 @@ export function printAuditTrail(res: CheckedTrail, out: Out): void {
   const { chain } = res;
   out(`audit trail of ${res.taskId}: ${plural(res.events.length, 'event', 'events')}`);
   out('');
-  const rows = res.events.map((e) => [`#${e.seq}`, dash(isoTime(e.occurredAt)), e.eventType, dash(e.actorSpiffeId), dash(e.requestId), JSON.stringify(structToJson(e.details))]);
+  const rows = res.events.map((e) => [
+    `#${e.seq}`,
+    dash(isoTime(e.occurredAt)),
+    e.eventType,
+    dash(e.actorSpiffeId),
+    dash(e.requestId),
+    JSON.stringify(structToJson(e.details)),
+  ]);
   for (const line of formatTable(['SEQ', 'TIME', 'EVENT', 'ACTOR', 'REQUEST ID', 'DETAILS'], rows)) out(line);
   out('');
   if (chain.ok) out(`hash chain verified: ${plural(chain.events, 'event', 'events')}, each linked to the one before`);

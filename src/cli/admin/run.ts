@@ -127,7 +127,9 @@ export function exitCodeForStatus(code: grpc.status): number {
 }
 
 function isServiceError(err: unknown): err is grpc.ServiceError {
-  return err instanceof Error && typeof (err as Partial<grpc.ServiceError>).code === 'number' && typeof (err as Partial<grpc.ServiceError>).details === 'string';
+  return (
+    err instanceof Error && typeof (err as Partial<grpc.ServiceError>).code === 'number' && typeof (err as Partial<grpc.ServiceError>).details === 'string'
+  );
 }
 
 /** A string option that must be present and non-empty. */
@@ -144,7 +146,9 @@ export function optionalText(parsed: ParsedCommand, name: string): string | unde
 
 function noPositionals(spec: CommandSpec, parsed: ParsedCommand): void {
   if (parsed.positionals.length > 0) {
-    throw new UsageError(`unexpected argument "${parsed.positionals[0] ?? ''}" (every value is given with a flag)\nRun 'task-broker ${spec.name} --help' for usage.`);
+    throw new UsageError(
+      `unexpected argument "${parsed.positionals[0] ?? ''}" (every value is given with a flag)\nRun 'task-broker ${spec.name} --help' for usage.`,
+    );
   }
 }
 
@@ -186,7 +190,15 @@ async function connection(spec: CommandSpec, parsed: ParsedCommand): Promise<Con
 }
 
 /** Prints a command's response (text or JSON) and returns its exit code. */
-export function report<Req, Res extends object>(def: AdminCommandDef<Req, Res>, response: Res, request: Req, json: boolean, out: Out, err: Err, prefix: string): number {
+export function report<Req, Res extends object>(
+  def: AdminCommandDef<Req, Res>,
+  response: Res,
+  request: Req,
+  json: boolean,
+  out: Out,
+  err: Err,
+  prefix: string,
+): number {
   if (json) out(JSON.stringify(toProto3Json(responseType(ADMIN_SERVICE, def.rpc), response), null, 2));
   else def.render(response, request, out);
   return def.verdict ? def.verdict(response, err, prefix) : ExitCode.ok;
@@ -197,7 +209,12 @@ export function report<Req, Res extends object>(def: AdminCommandDef<Req, Res>, 
  * error becomes its stderr line and exit code; any other error propagates (main prints it and
  * exits 1, or 2 for a UsageError).
  */
-export async function runAdminCommand<Req, Res extends object>(def: AdminCommandDef<Req, Res>, parsed: ParsedCommand, out: Out, err: Err = defaultErr): Promise<number> {
+export async function runAdminCommand<Req, Res extends object>(
+  def: AdminCommandDef<Req, Res>,
+  parsed: ParsedCommand,
+  out: Out,
+  err: Err = defaultErr,
+): Promise<number> {
   const { spec } = def;
   noPositionals(spec, parsed);
   const request = def.request(parsed);
