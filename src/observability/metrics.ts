@@ -6,103 +6,20 @@
  * Labels carry only bounded, non-secret values: service and method names, gRPC status names,
  * verification reasons, task states, trust domain names. Never a token, key or task ID.
  */
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-
-export const METRIC_PREFIX = 'task_broker_';
+import type { Histogram } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { METRIC_PREFIX, metricsIn } from './metric-factory.js';
+import type { ConnectionStats, ObservableBundles, PolicyReloadStatus, PoolStats, ReadinessSnapshot, SvidInfo, SvidSourceStatus } from './metric-inputs.js';
 
 const RPC_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const AUDIT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
 type RpcLabels = 'service' | 'method' | 'code';
 
-/** The broker's SVID as the metrics need it (a TlsIdentity fits). */
-export interface SvidInfo {
-  readonly notAfter: Date;
-  /** When the certificate became valid; absent: age is not reported. */
-  readonly notBefore?: Date;
-}
-
-/** A bundle set that announces changes per trust domain (TrustBundleSet fits). */
-export interface ObservableBundles {
-  trustDomains(): string[];
-  onChange(listener: (trustDomain: string | undefined) => void): () => void;
-}
-
-/** A readiness verdict (a ReadinessReport fits). */
-export interface ReadinessSnapshot {
-  readonly ready: boolean;
-  readonly checks: Readonly<Record<string, { readonly ok: boolean }>>;
-}
-
-export interface PoolStats {
-  total: number;
-  idle: number;
-  waiting: number;
-}
-
-/** What the gRPC listener reports at each scrape (SvidServer fits). */
-export interface ConnectionStats {
-  readonly openConnections: number;
-  readonly handshakesInProgress: number;
-  readonly connectionCount: number;
-}
-
-/** How following the policy file has gone (a PolicySource's status() fits). */
-export interface PolicyReloadStatus {
-  readonly reloadFailures: number;
-  readonly lastReloadFailedAt?: Date;
-}
-
 export interface BrokerMetricsOptions {
   /** Also collect prom-client's default process and Node.js metrics (prefixed too); default true. */
   defaultMetrics?: boolean;
   clock?: () => Date;
-}
-
-/** What a streaming SVID source reports: connected now, and when it last delivered. */
-export interface SvidSourceStatus {
-  connected: boolean;
-  lastUpdate: Date | undefined;
-}
-
-/**
- * The metrics of one registry, named with METRIC_PREFIX. Gauges are sampled: their `collect()`
- * reads the broker's state at scrape time (it runs with the gauge as `this`).
- */
-function metricsIn(registry: Registry) {
-  const registers = [registry];
-  const name = (suffix: string) => `${METRIC_PREFIX}${suffix}`;
-  return {
-    counter: <L extends string = string>(suffix: string, help: string, labelNames: readonly L[] = []) =>
-      new Counter<L>({ name: name(suffix), help, labelNames, registers }),
-    histogram: <L extends string = string>(suffix: string, help: string, buckets: number[], labelNames: readonly L[] = []) =>
-      new Histogram<L>({ name: name(suffix), help, labelNames, buckets, registers }),
-    /** Absent while `value` says undefined; `labels` are the same at every scrape. */
-    gauge: (suffix: string, help: string, value: () => number | undefined, labels: Record<string, string> = {}) =>
-      new Gauge({
-        name: name(suffix),
-        help,
-        labelNames: Object.keys(labels),
-        registers,
-        collect() {
-          this.reset();
-          const v = value();
-          if (v !== undefined) this.set(labels, v);
-        },
-      }),
-    /** One child per value of `label`, as `values` lists them at each scrape. */
-    gaugePerLabel: <L extends string>(suffix: string, help: string, label: L, values: () => Iterable<readonly [string, number]>) =>
-      new Gauge<L>({
-        name: name(suffix),
-        help,
-        labelNames: [label],
-        registers,
-        collect() {
-          this.reset();
-          for (const [labelValue, v] of values()) this.set({ [label]: labelValue } as Partial<Record<L, string>>, v);
-        },
-      }),
-  };
 }
 
 const unixSeconds = (at: Date | undefined) => (at ? at.getTime() / 1000 : undefined);
