@@ -137,14 +137,12 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
     observeDomain(metrics, { store, policy });
     if (!policy.current()) logger.warn('no policy loaded: every task and admin request will be denied (start with --policy FILE)');
     const lifecycle = new TaskLifecycle({
-      db: store.db,
+      store,
       keys,
       issuer,
       limits,
       clock: options.clock,
       policy,
-      transact: (work) => store.transaction(work),
-      store,
       observer: {
         taskEnded: (state, revokedTokens) => {
           metrics.tasksEnded.inc({ state });

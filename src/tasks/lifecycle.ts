@@ -13,7 +13,7 @@ import type { DenialThrottle } from '../audit/denial-throttle.js';
 import { BrokerError } from '../errors.js';
 import type { Actor, Task, TaskState } from '../model/task.js';
 import type { PolicySource } from '../policy/policy-source.js';
-import type { Db, Store, Tx } from '../store/database.js';
+import type { Store } from '../store/database.js';
 import type { TaskRow } from '../store/schema.js';
 import type { WriteBatcherLimits } from '../store/write-batcher.js';
 import { newTaskId } from './ids.js';
@@ -25,8 +25,11 @@ import { TokenOperations, type IssuedToken, type TokenKeys, type VerifyOptions, 
 import { UnitOfWork, type TaskObserver } from './unit-of-work.js';
 import { freeText, idempotencyKeyArgument, validateTaskSpec, type TaskSpecInput } from './validation.js';
 
+/** What the task domain needs of the store: the write path's statement and reads, transactions, and the write health they feed. */
+export type TaskStore = Pick<Store, 'db' | 'transaction' | 'applyBatch' | 'read' | 'writes'>;
+
 export interface LifecycleDeps {
-  db: Db;
+  store: TaskStore;
   keys: TokenKeys;
   /** The token issuer (`iss`) and the actor recorded for the broker's own actions (expiry). */
   issuer: string;
@@ -38,10 +41,6 @@ export interface LifecycleDeps {
   observer?: TaskObserver;
   /** How many of a stranger's denied probes per task are written (default: DenialThrottle's). */
   denials?: DenialThrottle;
-  /** Runs a unit of work in a transaction (Store.transaction, which also feeds write health); default: runTransaction on `db`. */
-  transact?: <T>(work: (tx: Tx) => Promise<T>) => Promise<T>;
-  /** The write path's statement and reads, as prepared statements, and the write health they feed; default: the same statements through `db`. */
-  store?: Pick<Store, 'applyBatch' | 'read' | 'writes'>;
   /** Bounds of the write batcher (group commit). */
   batcher?: Partial<WriteBatcherLimits>;
 }
@@ -60,8 +59,8 @@ export class TaskLifecycle {
   constructor(deps: LifecycleDeps) {
     this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
     const clock = deps.clock ?? (() => new Date());
-    this.units = new UnitOfWork({ db: deps.db, transact: deps.transact, clock, observer: deps.observer });
-    this.rows = new TaskRows({ db: deps.db, issuer: deps.issuer, observer: deps.observer });
+    this.units = new UnitOfWork({ store: deps.store, clock, observer: deps.observer });
+    this.rows = new TaskRows({ db: deps.store.db, issuer: deps.issuer, observer: deps.observer });
     this.#access = new TaskAccess({ ...deps, clock });
     this.#tokens = new TokenOperations(this.#access, deps.keys, this.limits);
   }

@@ -5,14 +5,13 @@
  * so policy is decided and tokens are signed before that round trip), the policy decision at
  * request time, and the not-found path that strangers and missing tasks share.
  */
-import { CompiledQuery, sql } from 'kysely';
 import { DenialThrottle } from '../audit/denial-throttle.js';
 import { BrokerError } from '../errors.js';
 import type { Actor, FinalState, VerifyReason } from '../model/task.js';
 import type { PolicyDecision } from '../policy/policy.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
-import type { Db, Store } from '../store/database.js';
+import type { Store } from '../store/database.js';
 import type { TaskRow } from '../store/schema.js';
 import { WriteBatcher, type WriteBatcherLimits } from '../store/write-batcher.js';
 import { taskIdArgument } from './validation.js';
@@ -58,7 +57,6 @@ export interface OpResult {
 }
 
 export interface TaskAccessDeps {
-  db: Db;
   issuer: string;
   /** Consulted on every request; no policy (current() undefined) denies everything. */
   policy: PolicySource;
@@ -66,8 +64,8 @@ export interface TaskAccessDeps {
   observer?: TaskObserver;
   /** How many of a stranger's denied probes per task are written (default: DenialThrottle's). */
   denials?: DenialThrottle;
-  /** The write path's statement and reads as prepared statements, and the write health they feed; default: the same statements through `db`. */
-  store?: Pick<Store, 'applyBatch' | 'read' | 'writes'>;
+  /** The write path's statement and reads (prepared statements), and the write health they feed. */
+  store: Pick<Store, 'applyBatch' | 'read' | 'writes'>;
   batcher?: Partial<WriteBatcherLimits>;
 }
 
@@ -76,27 +74,21 @@ export class TaskAccess {
   readonly #denials: DenialThrottle;
   readonly #batcher: WriteBatcher;
   readonly #facts = new Map<string, TaskFacts>();
-  readonly #read: <R>(name: string, text: string, values: unknown[]) => Promise<R[]>;
 
   constructor(deps: TaskAccessDeps) {
     this.#deps = deps;
     this.#denials = deps.denials ?? new DenialThrottle({ now: () => deps.clock().getTime() });
-    const { db, store, observer } = deps;
+    const { store, observer } = deps;
     this.#batcher = new WriteBatcher({
-      apply: store
-        ? (json) => store.applyBatch(json)
-        : async (json) => (await sql<{ r: unknown[] }>`select tb_apply(${json}::jsonb) as r`.execute(db)).rows[0]!.r,
+      apply: (json) => store.applyBatch(json),
       limits: deps.batcher,
-      observer: store?.writes,
+      observer: store.writes,
       onBatch: (operations, seconds) => {
         observer?.batchCommitted?.(operations, seconds);
         // Every operation appends at least one event, committed when its batch is.
         if (observer?.auditWritten) for (let i = 0; i < operations; i++) observer.auditWritten(seconds);
       },
     });
-    this.#read = store
-      ? (name, text, values) => store.read(name, text, values)
-      : async <R>(_name: string, text: string, values: unknown[]) => (await db.executeQuery<R>(CompiledQuery.raw(text, values))).rows;
   }
 
   get issuer(): string {
@@ -197,7 +189,7 @@ export class TaskAccess {
   async #factsOf(taskId: string): Promise<TaskFacts | undefined> {
     const cached = this.#facts.get(taskId);
     if (cached) return cached;
-    const [row] = await this.#read<FactsRow>('tb_task_facts', FACTS_SQL, [taskId]);
+    const [row] = await this.#deps.store.read<FactsRow>('tb_task_facts', FACTS_SQL, [taskId]);
     return row && this.remember(taskId, row);
   }
 }

@@ -11,8 +11,7 @@
 import { appendAuditEvent, type AuditActor, type AuditEventInput } from '../audit/audit.js';
 import type { BrokerError } from '../errors.js';
 import type { Actor, FinalState } from '../model/task.js';
-import type { Db, Tx } from '../store/database.js';
-import { runTransaction } from '../store/transaction.js';
+import type { Store, Tx } from '../store/database.js';
 
 /** Hooks for metrics. They must not throw; they never change an outcome. */
 export interface TaskObserver {
@@ -40,9 +39,8 @@ export interface Work {
 }
 
 export interface UnitOfWorkDeps {
-  db: Db;
-  /** Runs a transaction (Store.transaction, which also feeds write health); default: runTransaction on `db`. */
-  transact?: <T>(work: (tx: Tx) => Promise<T>) => Promise<T>;
+  /** Runs a transaction (Store.transaction: a conflict is retried whole, the outcome feeds write health). */
+  store: Pick<Store, 'transaction'>;
   clock: () => Date;
   observer?: TaskObserver;
 }
@@ -65,18 +63,10 @@ export class UnitOfWork {
     this.#deps = deps;
   }
 
-  get observer(): TaskObserver | undefined {
-    return this.#deps.observer;
-  }
-
-  now(): Date {
-    return this.#deps.clock();
-  }
-
   /** Runs `fn` in one transaction (retried whole on a conflict); after-commit hooks run once it committed. */
   async run<T>(fn: (work: Work) => Promise<T>): Promise<T> {
     let hooks: Array<() => void> = [];
-    const outcome = await this.#transact(async (tx): Promise<{ value: T } | Refusal> => {
+    const outcome = await this.#deps.store.transaction(async (tx): Promise<{ value: T } | Refusal> => {
       hooks = []; // a retried attempt starts afresh
       const work: Work = {
         tx,
@@ -115,10 +105,6 @@ export class UnitOfWork {
   /** Appends one event in a transaction someone else runs (the key ring's rotation). */
   append(tx: Tx, actor: Actor | AuditActor, event: AuditInput): Promise<void> {
     return this.#append(tx, actor, event, this.#deps.clock());
-  }
-
-  #transact<R>(fn: (tx: Tx) => Promise<R>): Promise<R> {
-    return this.#deps.transact ? this.#deps.transact(fn) : runTransaction(this.#deps.db, fn);
   }
 
   async #append(tx: Tx, actor: Actor | AuditActor, input: AuditInput, now: Date): Promise<void> {

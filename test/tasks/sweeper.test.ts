@@ -34,7 +34,7 @@ describe('expiry sweep in three replicas against one PostgreSQL database', () =>
       stores.map(async (store) => {
         const keys = new SigningKeyRing({ db: store.db, kek, alg: 'ES256', maxTokenTtlSeconds: 900, logger: silentLogger(), clock: clock.now });
         await keys.init();
-        return new TaskLifecycle({ db: store.db, keys, issuer: ISSUER, clock: clock.now, policy: permissivePolicySource() });
+        return new TaskLifecycle({ store, keys, issuer: ISSUER, clock: clock.now, policy: permissivePolicySource() });
       }),
     );
   });

@@ -11,14 +11,14 @@ import { StaticPolicySource, type PolicySource } from '../../src/policy/policy-s
 import { TaskLifecycle } from '../../src/tasks/lifecycle.js';
 import { taskHash } from '../../src/tasks/spec.js';
 import type { TaskSpecInput } from '../../src/tasks/validation.js';
-import { actor, INVOICES, ISSUER, MemoryStore, NOW, policyOf, testKey, unreachableDb, WORKER } from './fakes.js';
+import { actor, INVOICES, ISSUER, MemoryStore, NOW, policyOf, testKey, WORKER } from './fakes.js';
 
 let store: MemoryStore;
 /** CreateTask signs nothing; the lifecycle needs a key ring all the same. */
 const key = testKey();
 
 async function lifecycle(policy: PolicySource = policyOf()): Promise<TaskLifecycle> {
-  return new TaskLifecycle({ db: unreachableDb(), keys: (await key).ring, issuer: ISSUER, policy, clock: () => NOW, store });
+  return new TaskLifecycle({ keys: (await key).ring, issuer: ISSUER, policy, clock: () => NOW, store });
 }
 
 function input(overrides: Partial<TaskSpecInput> = {}): TaskSpecInput {

@@ -77,7 +77,9 @@ export type Op = Record<string, unknown> & { op: string };
  * (owner, state, approval) for the ACTIVE task TASK_ID owned by WORKER. `answers` overrides the
  * result of an operation kind (e.g. what tb_op_verify found); every operation is kept in `ops`.
  */
-export class MemoryStore implements Pick<Store, 'applyBatch' | 'read' | 'writes'> {
+export class MemoryStore implements Pick<Store, 'db' | 'transaction' | 'applyBatch' | 'read' | 'writes'> {
+  /** Only the write path's statement and reads are answered; anything else fails loudly. */
+  readonly db = unreachableDb();
   readonly writes = new WriteHealth();
   readonly ops: Op[] = [];
   readonly reads: string[] = [];
@@ -92,6 +94,10 @@ export class MemoryStore implements Pick<Store, 'applyBatch' | 'read' | 'writes'
   };
   approved = false;
   answers: Record<string, Record<string, unknown>> = {};
+
+  transaction<T>(): Promise<T> {
+    return Promise.reject(new Error('a unit test opened a transaction'));
+  }
 
   applyBatch(opsJson: string): Promise<unknown[]> {
     const ops = JSON.parse(opsJson) as Op[];

@@ -13,13 +13,13 @@ import { DEFAULT_LIMITS } from '../../src/tasks/limits.js';
 import { TaskAccess } from '../../src/tasks/task-access.js';
 import { TokenOperations } from '../../src/tasks/token-operations.js';
 import { checkTaskToken, TASK_TOKEN_TYPE } from '../../src/tokens/task-token.js';
-import { actor, INVOICES, ISSUER, MemoryStore, NOW, NOW_SEC, policyOf, TASK_HASH, TASK_ID, testKey, unreachableDb, WORKER, type TestKey } from './fakes.js';
+import { actor, INVOICES, ISSUER, MemoryStore, NOW, NOW_SEC, policyOf, TASK_HASH, TASK_ID, testKey, WORKER, type TestKey } from './fakes.js';
 
 let k: TestKey;
 let store: MemoryStore;
 
 function tokens(policy = policyOf()): TokenOperations {
-  const access = new TaskAccess({ db: unreachableDb(), issuer: ISSUER, policy, clock: () => NOW, store });
+  const access = new TaskAccess({ issuer: ISSUER, policy, clock: () => NOW, store });
   return new TokenOperations(access, k.ring, DEFAULT_LIMITS);
 }
 

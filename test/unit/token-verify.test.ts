@@ -11,7 +11,7 @@ import { DEFAULT_LIMITS } from '../../src/tasks/limits.js';
 import { TaskAccess } from '../../src/tasks/task-access.js';
 import { TokenOperations } from '../../src/tasks/token-operations.js';
 import { checkTaskToken, MAX_TOKEN_LENGTH, signTaskToken, type TaskTokenClaims } from '../../src/tokens/task-token.js';
-import { actor, INVOICES, ISSUER, MemoryStore, NOW, NOW_SEC, policyOf, TASK_HASH, TASK_ID, testKey, unreachableDb, WORKER, type TestKey } from './fakes.js';
+import { actor, INVOICES, ISSUER, MemoryStore, NOW, NOW_SEC, policyOf, TASK_HASH, TASK_ID, testKey, WORKER, type TestKey } from './fakes.js';
 
 const RESOURCE_SERVER = actor(INVOICES, 'thumb-of-api-cert');
 let k: TestKey;
@@ -35,7 +35,7 @@ function claims(overrides: Partial<TaskTokenClaims> = {}): TaskTokenClaims {
 }
 
 function tokens(): TokenOperations {
-  const access = new TaskAccess({ db: unreachableDb(), issuer: ISSUER, policy: policyOf(), clock: () => NOW, store });
+  const access = new TaskAccess({ issuer: ISSUER, policy: policyOf(), clock: () => NOW, store });
   return new TokenOperations(access, k.ring, DEFAULT_LIMITS);
 }
 
