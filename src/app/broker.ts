@@ -21,14 +21,15 @@ import { SigningKeyRing, type TokenAlg } from '../tokens/keyring.js';
 import type { ConnectionLimits } from '../transport/svid-server.js';
 import { DEFAULTS } from './config.js';
 import { startBroker, type RunningBroker } from './grpc-server.js';
-import type { SvidSource, TrustBundles } from './identity.js';
+import type { X509SvidSource } from '../spiffe/x509-source.js';
+import type { TrustBundles } from './identity.js';
 import { observeDomain, observeInfrastructure } from './observe.js';
 import { brokerReadiness } from './readiness-checks.js';
 import { startSweeper } from './sweeper.js';
 
 export interface TaskBrokerOptions {
   logger: Logger;
-  identity: SvidSource;
+  identity: X509SvidSource;
   bundles: TrustBundles;
   /** The broker takes ownership: close() closes it. */
   store: Store;

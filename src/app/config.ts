@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { DEFAULT_ADMISSION_LIMITS, type AdmissionLimits } from '../api/admission.js';
 import { openFilesLimit } from '../observability/capacity-checks.js';
+import { DEFAULT_POOL } from '../store/database.js';
 import type { BundleFile } from '../spiffe/bundle-files.js';
 import { DEFAULT_LIMITS, type LifecycleLimits } from '../tasks/limits.js';
 import type { TokenAlg } from '../tokens/keyring.js';
@@ -102,7 +103,13 @@ export const DEFAULTS = {
   listen: { host: '0.0.0.0', port: 8443 },
   http: { host: '0.0.0.0', port: 8080 },
   workloadApiTimeoutMs: 60_000,
-  database: { dataDir: './task-broker-data', waitMs: 2 * 60_000, poolSize: 10, poolTimeoutMs: 5_000, statementTimeoutMs: 30_000 },
+  database: {
+    dataDir: './task-broker-data',
+    waitMs: 2 * 60_000,
+    poolSize: DEFAULT_POOL.maxConnections,
+    poolTimeoutMs: DEFAULT_POOL.poolTimeoutMs,
+    statementTimeoutMs: DEFAULT_POOL.statementTimeoutMs,
+  },
   migrate: false,
   tokenAlg: 'ES256',
   limits: DEFAULT_LIMITS,
@@ -143,7 +150,7 @@ export function brokerConfig(input: BrokerConfigInput): BrokerConfig {
     filePollIntervalMs: input.filePollIntervalMs ?? d.filePollIntervalMs,
     shutdownGraceMs: input.shutdownGraceMs ?? d.shutdownGraceMs,
     logLevel: input.logLevel ?? d.logLevel,
-    connectionLimits: { ...d.connectionLimits, maxConnections: autoMaxConnections(), ...input.connectionLimits },
+    connectionLimits: { ...d.connectionLimits, ...input.connectionLimits, maxConnections: input.connectionLimits?.maxConnections ?? autoMaxConnections() },
     admission: { ...d.admission, ...input.admission },
   };
 }

@@ -18,11 +18,12 @@ import { brokerPackageDefinition, brokerProto } from '../protocol/proto.js';
 import type { TaskAdmin } from '../tasks/admin.js';
 import type { TaskLifecycle } from '../tasks/lifecycle.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, SvidServer, type ConnectionLimits } from '../transport/svid-server.js';
-import type { SvidSource, TrustBundles } from './identity.js';
+import type { X509SvidSource } from '../spiffe/x509-source.js';
+import type { TrustBundles } from './identity.js';
 
 export interface BrokerDeps {
   logger: Logger;
-  identity: SvidSource;
+  identity: X509SvidSource;
   bundles: TrustBundles;
   host: string;
   port: number;

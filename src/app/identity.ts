@@ -2,31 +2,19 @@
  * The broker's identity: its own SVID, which it serves with, and the trust bundles it verifies
  * callers against. Both come from files (reloaded on change) or from the Workload API.
  */
+import type { ObservableBundles } from '../observability/metric-inputs.js';
 import type { Logger } from '../observability/logger.js';
+import type { X509BundleSource } from '../spiffe/bundle.js';
 import { FileX509Source } from '../spiffe/file-x509-source.js';
 import { WorkloadApiSource } from '../spiffe/workload-api-source.js';
-import type { X509SvidSource } from '../spiffe/x509-source.js';
-import type { SvidServerOptions } from '../transport/svid-server.js';
+import type { X509Source } from '../spiffe/x509-source.js';
 import type { IdentityConfig } from './config.js';
 
-/** The broker's SVID as the gRPC server serves it; a streaming source also says whether it is ready and how its stream is. */
-export type SvidSource = X509SvidSource;
-
 /** The trust bundles as the gRPC server verifies with them, plus their changes per trust domain (for metrics). */
-export type TrustBundles = SvidServerOptions['bundles'] & {
-  trustDomains(): string[];
-  onChange(listener: (trustDomain: string | undefined) => void): () => void;
-};
-
-export interface BrokerIdentity {
-  svid: SvidSource;
-  bundles: TrustBundles;
-  /** Stops following files or the Workload API. */
-  close(): void;
-}
+export type TrustBundles = X509BundleSource & ObservableBundles;
 
 /** The SVID and bundles from the Workload API, once its first SVID arrived (within `timeoutMs`). */
-async function fromWorkloadApi(config: Extract<IdentityConfig, { kind: 'workload-api' }>, logger: Logger): Promise<BrokerIdentity> {
+async function fromWorkloadApi(config: Extract<IdentityConfig, { kind: 'workload-api' }>, logger: Logger): Promise<X509Source> {
   const { address, timeoutMs, spiffeId } = config;
   const source = await WorkloadApiSource.connect({ address, logger, ...(spiffeId !== undefined ? { spiffeId } : {}) });
   try {
@@ -36,16 +24,15 @@ async function fromWorkloadApi(config: Extract<IdentityConfig, { kind: 'workload
     source.close();
     throw err;
   }
-  return { svid: source, bundles: source.bundles, close: () => source.close() };
+  return source;
 }
 
-async function fromFiles(config: Extract<IdentityConfig, { kind: 'files' }>, logger: Logger, pollIntervalMs: number): Promise<BrokerIdentity> {
+function fromFiles(config: Extract<IdentityConfig, { kind: 'files' }>, logger: Logger, pollIntervalMs: number): Promise<X509Source> {
   // FileX509Source refuses bundles that leave out the broker's own trust domain (the Workload API source does too).
-  const source = await FileX509Source.open({ certPath: config.svidCertPath, keyPath: config.svidKeyPath, bundles: config.bundles, logger, pollIntervalMs });
-  return { svid: source, bundles: source.bundles, close: () => source.close() };
+  return FileX509Source.open({ certPath: config.svidCertPath, keyPath: config.svidKeyPath, bundles: config.bundles, logger, pollIntervalMs });
 }
 
 /** The broker's SVID and trust bundles in place: from the Workload API (after its first SVID) or from watched files. */
-export function setUpIdentity(config: IdentityConfig, options: { logger: Logger; filePollIntervalMs: number }): Promise<BrokerIdentity> {
+export function setUpIdentity(config: IdentityConfig, options: { logger: Logger; filePollIntervalMs: number }): Promise<X509Source> {
   return config.kind === 'workload-api' ? fromWorkloadApi(config, options.logger) : fromFiles(config, options.logger, options.filePollIntervalMs);
 }

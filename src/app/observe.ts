@@ -4,35 +4,15 @@
  */
 import type { BrokerMetrics } from '../observability/metrics.js';
 import type { PolicySource } from '../policy/policy-source.js';
-import { parsePemCertificates } from '../spiffe/certificate.js';
 import type { Store } from '../store/database.js';
-import type { TlsIdentity } from '../spiffe/x509-source.js';
-import type { SvidSource, TrustBundles } from './identity.js';
-
-/** The SVID facts metrics report: expiry, and notBefore of the leaf (parsed once per identity). */
-function svidInfo(): (identity: TlsIdentity | undefined) => { notAfter: Date; notBefore?: Date } | undefined {
-  const cache = new WeakMap<TlsIdentity, Date | null>();
-  return (identity) => {
-    if (!identity) return undefined;
-    let notBefore = cache.get(identity);
-    if (notBefore === undefined) {
-      try {
-        notBefore = parsePemCertificates(identity.certChainPem)[0]?.notBefore ?? null;
-      } catch {
-        notBefore = null;
-      }
-      cache.set(identity, notBefore);
-    }
-    return { notAfter: identity.notAfter, ...(notBefore ? { notBefore } : {}) };
-  };
-}
+import type { X509SvidSource } from '../spiffe/x509-source.js';
+import type { TrustBundles } from './identity.js';
 
 /** The pool, the SVID (and its stream, when it has one) and the bundles; returns what stops following the bundles. */
-export function observeInfrastructure(metrics: BrokerMetrics, parts: { store: Store; identity: SvidSource; bundles: TrustBundles }): () => void {
+export function observeInfrastructure(metrics: BrokerMetrics, parts: { store: Store; identity: X509SvidSource; bundles: TrustBundles }): () => void {
   const { store, identity, bundles } = parts;
   metrics.watchPool(() => store.poolStats());
-  const svid = svidInfo();
-  metrics.watchSvid(() => svid(identity.current()));
+  metrics.watchSvid(() => identity.current());
   // A file-based SVID has no stream: nothing is reported for it.
   metrics.watchSvidSource(() => {
     const status = identity.status?.();

@@ -11,7 +11,7 @@ import type { PolicySource } from '../policy/policy-source.js';
 import type { Store } from '../store/database.js';
 import { loadMigrations, migrationStatus, type Migration } from '../store/migrate.js';
 import type { TlsIdentity } from '../spiffe/x509-source.js';
-import type { SvidSource } from './identity.js';
+import type { X509SvidSource } from '../spiffe/x509-source.js';
 
 /** `Store.ping` within `timeoutMs`. */
 export function databaseCheck(store: Pick<Store, 'ping' | 'kind'>, timeoutMs = 1_000): ReadinessCheck {
@@ -102,7 +102,7 @@ export interface BrokerReadinessOptions {
   logger: Logger;
   clock: () => Date;
   store: Store;
-  identity: SvidSource;
+  identity: X509SvidSource;
   policy: PolicySource;
   metrics: BrokerMetrics;
   /** How often readiness is evaluated on its own (default: Readiness's; 0: only on demand). */

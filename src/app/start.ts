@@ -9,7 +9,8 @@ import { openStore } from '../store/database.js';
 import { loadKek } from '../tokens/kek.js';
 import { startTaskBroker, type RunningTaskBroker } from './broker.js';
 import type { BrokerConfig } from './config.js';
-import { setUpIdentity, type BrokerIdentity } from './identity.js';
+import type { X509Source } from '../spiffe/x509-source.js';
+import { setUpIdentity } from './identity.js';
 
 /**
  * Starts the whole broker from `config`: SVID and bundles in place (with the Workload API, after
@@ -19,7 +20,7 @@ import { setUpIdentity, type BrokerIdentity } from './identity.js';
 export async function startFromConfig(config: BrokerConfig, logger: Logger): Promise<RunningTaskBroker> {
   const kek = await loadKek(config.kek);
   let policy: FilePolicySource | undefined;
-  let identity: BrokerIdentity | undefined;
+  let identity: X509Source | undefined;
   try {
     if (config.policyPath) policy = await FilePolicySource.load(config.policyPath, { logger, pollIntervalMs: config.filePollIntervalMs });
     identity = await setUpIdentity(config.identity, { logger, filePollIntervalMs: config.filePollIntervalMs });
@@ -38,7 +39,7 @@ export async function startFromConfig(config: BrokerConfig, logger: Logger): Pro
     });
     const broker = await startTaskBroker({
       logger,
-      identity: identity.svid,
+      identity,
       bundles: identity.bundles,
       store,
       kek,

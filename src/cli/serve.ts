@@ -2,7 +2,7 @@
  * `task-broker serve`: the broker as deployed. Flags and environment variables (serve-options.ts
  * and the README's configuration reference) become a BrokerConfig; the app starts from it.
  */
-import { autoMaxConnections, brokerConfig, type BrokerConfig, type IdentityConfig } from '../app/config.js';
+import { brokerConfig, type BrokerConfig, type IdentityConfig } from '../app/config.js';
 import { startFromConfig } from '../app/start.js';
 import { createLogger } from '../observability/logger.js';
 import { parseBundleFileArg } from '../spiffe/bundle-files.js';
@@ -140,7 +140,7 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
     },
     connectionLimits: {
       handshakeTimeoutMs: durationOption(values, 'handshake-timeout'),
-      maxConnections: optionText(values, 'max-connections') === 'auto' ? autoMaxConnections() : countOption(values, 'max-connections'),
+      maxConnections: optionText(values, 'max-connections') === 'auto' ? undefined : countOption(values, 'max-connections'),
       maxHandshakes: countOption(values, 'max-handshakes'),
       idleTimeoutMs: durationOption(values, 'max-connection-idle', { allowZero: true }),
       maxConnectionAgeMs: durationOption(values, 'max-connection-age', { allowZero: true }),

@@ -24,10 +24,6 @@ export interface X509BundleSource {
   getX509Bundle(trustDomain: string): X509Bundle | undefined;
   /** Changes whenever any bundle changes, so verified connections know to re-check. */
   readonly generation: number;
-  /** The trust domains held now, for a source that can list them (metrics follow each one). */
-  trustDomains?(): string[];
-  /** Called with the trust domain of each change, or undefined when the whole set was replaced; returns the unsubscribe function. */
-  onChange?(listener: (trustDomain: string | undefined) => void): () => void;
 }
 
 /** Parses a bundle file: a SPIFFE bundle document (JSON) or PEM certificates, told apart by the first byte. */

@@ -17,7 +17,7 @@ import { tlsIdentityFrom, type TlsIdentity } from './x509-source.js';
  * The identity to serve from a FetchX509SVID message: its first X509-SVID (the default
  * identity), or the one whose SPIFFE ID is `wantedId`. Throws saying why none is usable.
  */
-export function servingIdentityOf(message: X509SvidResponse, wantedId: string | undefined, now: Date): TlsIdentity & { notBefore: Date } {
+export function servingIdentityOf(message: X509SvidResponse, wantedId: string | undefined, now: Date): TlsIdentity {
   if (message.svids.length === 0) throw new Error('the response holds no X509-SVID');
   const chosen = wantedId === undefined ? message.svids[0] : message.svids.find((s) => s.spiffeId === wantedId);
   if (!chosen) throw new Error(`no X509-SVID for ${wantedId ?? ''} among ${message.svids.map((s) => s.spiffeId).join(', ')}`);
@@ -29,7 +29,7 @@ export function servingIdentityOf(message: X509SvidResponse, wantedId: string | 
  * and the PKCS#8 DER key become PEM, and the pair is checked like any SVID the broker serves
  * with. Throws saying what is wrong; the message's key material never appears in the error.
  */
-export function tlsIdentityFromX509SvidMessage(svid: X509SvidMessage, now = new Date()): TlsIdentity & { notBefore: Date } {
+export function tlsIdentityFromX509SvidMessage(svid: X509SvidMessage, now = new Date()): TlsIdentity {
   if (!svid.spiffeId) throw new Error('the X509-SVID has no spiffe_id');
   if (svid.x509Svid.length === 0) throw new Error(`X509-SVID ${svid.spiffeId}: x509_svid is empty`);
   if (svid.x509SvidKey.length === 0) throw new Error(`X509-SVID ${svid.spiffeId}: x509_svid_key is empty`);
@@ -49,8 +49,7 @@ export function tlsIdentityFromX509SvidMessage(svid: X509SvidMessage, now = new 
   if (identity.spiffeId.toString() !== svid.spiffeId) {
     throw new Error(`X509-SVID ${svid.spiffeId}: the certificate is for ${identity.spiffeId.toString()}`);
   }
-  const leaf = chain[0] as ParsedCertificate;
-  return { ...identity, notBefore: leaf.notBefore };
+  return identity;
 }
 
 /** Reads a Workload API bundle map (trust domain SPIFFE ID → concatenated DER CAs). Throws on anything unusable. */

@@ -227,7 +227,7 @@ export class WorkloadApiSource implements X509Source {
 
   #onX509SvidResponse(message: X509SvidResponse): void {
     const now = this.#clock();
-    let next: (TlsIdentity & { notBefore: Date }) | undefined;
+    let next: TlsIdentity | undefined;
     try {
       next = servingIdentityOf(message, this.#wantedId, now);
     } catch (err) {
@@ -237,8 +237,8 @@ export class WorkloadApiSource implements X509Source {
       this.#lastSvidUpdate = now;
       const previous = this.#current?.identity;
       if (!previous || previous.certChainPem !== next.certChainPem || previous.keyPem !== next.keyPem) {
-        const { notBefore, ...identity } = next;
-        this.#current = { identity, notBefore };
+        const identity = next;
+        this.#current = { identity };
         this.#logger.info(
           { spiffeId: identity.spiffeId.toString(), notAfter: identity.notAfter.toISOString() },
           previous ? 'X509-SVID rotated by the Workload API' : 'X509-SVID received from the Workload API',

@@ -14,7 +14,6 @@ import type { TlsIdentity } from './x509-source.js';
 /** The SVID being served. Compared by reference: a new one is a new object. */
 export interface ServedSvid {
   identity: TlsIdentity;
-  notBefore: Date;
 }
 
 export interface WatchdogOptions {
@@ -54,7 +53,7 @@ export class WorkloadApiWatchdog {
     }
     if (!current) return;
     const notAfter = current.identity.notAfter.getTime();
-    const lifetime = notAfter - current.notBefore.getTime();
+    const lifetime = notAfter - current.identity.notBefore.getTime();
     if (now >= notAfter) {
       if (this.#warned.expiredFor !== current) {
         this.#warned.expiredFor = current;

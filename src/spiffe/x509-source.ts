@@ -17,6 +17,7 @@ export interface TlsIdentity {
   readonly certChainPem: string;
   readonly keyPem: string;
   readonly spiffeId: SpiffeId;
+  readonly notBefore: Date;
   readonly notAfter: Date;
 }
 
@@ -63,7 +64,7 @@ export function tlsIdentityFrom(certChainPem: string, keyPem: string, now = new 
   } catch (err) {
     throw new Error(`server certificate and key do not form a usable pair: ${(err as Error).message}`);
   }
-  return { certChainPem, keyPem, spiffeId, notAfter: leaf.notAfter };
+  return { certChainPem, keyPem, spiffeId, notBefore: leaf.notBefore, notAfter: leaf.notAfter };
 }
 
 /** A fixed SVID, replaced only by set(); for tests. */

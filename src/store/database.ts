@@ -69,6 +69,9 @@ export interface StoreOptions {
   onConnectionProblem?: (problem: { phase: 'start' | 'pool'; message: string; attempt?: number; retryInMs?: number }) => void;
 }
 
+/** Pool and timeout defaults of a PostgreSQL store (the composition root's configuration starts from these). */
+export const DEFAULT_POOL = { maxConnections: 10, poolTimeoutMs: 5_000, statementTimeoutMs: 30_000 } as const;
+
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
@@ -135,8 +138,8 @@ const APPLY_SQL = 'select tb_apply($1::jsonb) as r';
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 async function openPostgres(url: string, options: StoreOptions): Promise<Store> {
-  const statementTimeoutMs = options.statementTimeoutMs ?? 30_000;
-  const poolTimeoutMs = options.poolTimeoutMs ?? 5_000;
+  const statementTimeoutMs = options.statementTimeoutMs ?? DEFAULT_POOL.statementTimeoutMs;
+  const poolTimeoutMs = options.poolTimeoutMs ?? DEFAULT_POOL.poolTimeoutMs;
   const report = options.onConnectionProblem ?? (() => undefined);
   const common = {
     connectionString: url,
@@ -150,7 +153,7 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
     keepAliveInitialDelayMillis: 10_000,
     application_name: 'task-broker',
   };
-  const pool = new pg.Pool({ ...common, max: options.maxConnections ?? 10 });
+  const pool = new pg.Pool({ ...common, max: options.maxConnections ?? DEFAULT_POOL.maxConnections });
   // The health pool is separate so that a burst filling the main pool does not fail readiness.
   const health = new pg.Pool({ ...common, max: 1, idleTimeoutMillis: 30_000, statement_timeout: 2_000, query_timeout: 3_000 });
   const onClientError = (phase: 'pool') => (err: Error) => report({ phase, message: err.message });

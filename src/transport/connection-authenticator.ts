@@ -13,6 +13,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { TLSSocket } from 'node:tls';
+import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
 import { verifyX509Svid } from '../spiffe/x509svid.js';
@@ -30,8 +31,6 @@ interface ConnectionEntry {
   /** Bundle generation the admission was computed against. */
   generation: number;
   closeTimer?: NodeJS.Timeout;
-  /** Refused calls on this connection so far (only the first few are logged here). */
-  refusedCalls: number;
 }
 
 export interface ConnectionAuthenticatorOptions {
@@ -41,9 +40,6 @@ export interface ConnectionAuthenticatorOptions {
   /** How long a refused connection stays open so its calls can be answered with UNAUTHENTICATED. */
   refusedConnectionLingerMs?: number;
 }
-
-/** Refused calls logged per connection (the reason is the same for all of them; the call recorder counts every one). */
-const LOGGED_REFUSALS_PER_CONNECTION = 5;
 
 interface ConnectionAddress {
   localAddress?: string | undefined;
@@ -87,12 +83,15 @@ export class ConnectionAuthenticator {
   readonly #logger: Logger;
   readonly #clock: () => Date;
   readonly #lingerMs: number;
+  /** Strangers cause these lines: a flood of one refusal writes a few lines per interval (every call is also recorded by the call recorder). */
+  readonly #refusals: LogThrottle;
 
   constructor(options: ConnectionAuthenticatorOptions) {
     this.#bundles = options.bundles;
     this.#logger = options.logger;
     this.#clock = options.clock ?? (() => new Date());
     this.#lingerMs = options.refusedConnectionLingerMs ?? 5_000;
+    this.#refusals = new LogThrottle(options.logger, { maxKinds: 1_000 });
   }
 
   /** Open connections, verified or not. */
@@ -114,7 +113,7 @@ export class ConnectionAuthenticator {
     } else {
       admission = this.#verify(presented);
     }
-    const entry: ConnectionEntry = { socket, presented, peer, admission, generation: this.#bundles.generation, refusedCalls: 0 };
+    const entry: ConnectionEntry = { socket, presented, peer, admission, generation: this.#bundles.generation };
     if (key && !this.#connections.has(key)) {
       this.#connections.set(key, entry);
       socket.once('close', () => {
@@ -155,20 +154,18 @@ export class ConnectionAuthenticator {
         start: (next) => {
           next({
             onReceiveMetadata: (metadata, nextMetadata) => {
-              const address = call.getConnectionInfo();
-              const admission = this.authenticate(address);
+              const admission = this.authenticate(call.getConnectionInfo());
               if (admission.ok) {
                 attachCaller(metadata, admission.caller);
                 nextMetadata(metadata);
                 return;
               }
-              const entry = this.#connections.get(connectionKey(address) ?? '');
-              if (!entry || ++entry.refusedCalls <= LOGGED_REFUSALS_PER_CONNECTION) {
-                this.#logger.warn(
-                  { peer: call.getPeer(), method: methodDescriptor.path, failure: admission.failure, reason: admission.reason },
-                  'call refused: peer is not a valid X509-SVID',
-                );
-              }
+              this.#refusals.log(
+                'warn',
+                `call:${admission.failure}:${admission.reason}`,
+                { peer: call.getPeer(), method: methodDescriptor.path, failure: admission.failure, reason: admission.reason },
+                'call refused: peer is not a valid X509-SVID',
+              );
               call.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: `peer is not a valid X509-SVID: ${admission.reason}` });
             },
           });
@@ -186,7 +183,12 @@ export class ConnectionAuthenticator {
   }
 
   #refuse(entry: ConnectionEntry, admission: Extract<Admission, { ok: false }>): void {
-    this.#logger.warn({ peer: entry.peer, failure: admission.failure, reason: admission.reason }, 'connection refused: peer is not a valid X509-SVID');
+    this.#refusals.log(
+      'warn',
+      `connection:${admission.failure}:${admission.reason}`,
+      { peer: entry.peer, failure: admission.failure, reason: admission.reason },
+      'connection refused: peer is not a valid X509-SVID',
+    );
     if (entry.closeTimer) return;
     entry.closeTimer = setTimeout(() => {
       entry.socket.end();
