@@ -4,8 +4,9 @@
  * Files are watched through their directories, because the usual ways of replacing them
  * (rename over, Kubernetes' `..data` symlink swap) replace the inode a file watch would follow.
  * A poll backs up the watcher on filesystems where events are unreliable. A change is delivered
- * only when the bytes differ; a broken new version is reported once and the caller keeps its
- * last good state.
+ * only when the bytes differ from the last contents delivered; a broken new version (or a read
+ * failure) is reported once and the caller keeps its last good state, and the same good bytes
+ * coming back after it are not delivered again.
  */
 import { createHash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
@@ -30,7 +31,10 @@ export class WatchedFiles {
   readonly #watchers: FSWatcher[] = [];
   #poll: NodeJS.Timeout | undefined;
   #debounce: NodeJS.Timeout | undefined;
-  #lastSeen = '';
+  /** Digest of the contents last delivered (and accepted). */
+  #lastDelivered = '';
+  /** The failure last reported (a read error code, or the digest of contents refused), so each is reported once. */
+  #lastFailure = '';
   #reloading: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -48,7 +52,9 @@ export class WatchedFiles {
   async start(): Promise<void> {
     const contents = await Promise.all(this.#paths.map((p) => readFile(p)));
     await this.#onContents(contents);
-    this.#lastSeen = digest(contents);
+    this.#lastDelivered = digest(contents);
+    // Closed while the first load was in flight: follow nothing.
+    if (this.#closed) return;
     for (const dir of new Set(this.#paths.map((p) => dirname(p)))) {
       try {
         const watcher = watch(dir, { persistent: false }, () => this.#schedule());
@@ -91,23 +97,29 @@ export class WatchedFiles {
     try {
       contents = await Promise.all(this.#paths.map((p) => readFile(p)));
     } catch (err) {
-      this.#report(`read:${(err as NodeJS.ErrnoException).code ?? 'error'}`, err as Error);
+      if (!this.#closed) this.#report(`read:${(err as NodeJS.ErrnoException).code ?? 'error'}`, err as Error);
       return;
     }
+    if (this.#closed) return;
     const seen = digest(contents);
-    if (seen === this.#lastSeen) return;
-    this.#lastSeen = seen;
+    if (seen === this.#lastDelivered) {
+      this.#lastFailure = ''; // back to what is in force: nothing to deliver
+      return;
+    }
+    if (seen === this.#lastFailure) return;
     try {
       await this.#onContents(contents);
+      this.#lastDelivered = seen;
+      this.#lastFailure = '';
     } catch (err) {
-      this.#options.onError(err as Error);
+      this.#report(seen, err as Error);
     }
   }
 
-  /** Reports a read failure once per distinct failure, not on every poll. */
-  #report(state: string, err: Error): void {
-    if (state === this.#lastSeen) return;
-    this.#lastSeen = state;
+  /** Reports a failure once per distinct failure, not on every poll. */
+  #report(failure: string, err: Error): void {
+    if (failure === this.#lastFailure) return;
+    this.#lastFailure = failure;
     this.#options.onError(err);
   }
 }

@@ -18,8 +18,11 @@ export interface FileSourceOptions {
 /** The broker's SVID from a certificate chain file and a key file, reloaded when either changes. */
 export class FileX509SvidSource implements X509SvidSource {
   readonly #svid: WatchedValue<TlsIdentity>;
+  /** "CERT and KEY", for messages. */
+  readonly #paths: string;
 
   protected constructor(certPath: string, keyPath: string, options: FileSourceOptions) {
+    this.#paths = `${certPath} and ${keyPath}`;
     const log = options.logger.child({ certPath, keyPath });
     this.#svid = new WatchedValue([certPath, keyPath], ([cert = '', key = '']) => tlsIdentityFrom(cert, key), {
       pollIntervalMs: options.pollIntervalMs,
@@ -34,17 +37,16 @@ export class FileX509SvidSource implements X509SvidSource {
   /** Loads the pair (throwing saying why it is unusable) and follows both files. */
   static async load(certPath: string, keyPath: string, options: FileSourceOptions): Promise<FileX509SvidSource> {
     const source = new FileX509SvidSource(certPath, keyPath, options);
-    await source.loaded(certPath, keyPath);
+    await source.loaded();
     return source;
   }
 
-  /** Resolves once the first pair loaded; rejects (and stops following the files) saying why it is unusable. */
-  protected async loaded(certPath: string, keyPath: string): Promise<void> {
+  /** Resolves once the first pair loaded; rejects saying why it is unusable (ready() stopped following the files). */
+  protected async loaded(): Promise<void> {
     try {
       await this.#svid.ready();
     } catch (err) {
-      this.#svid.close();
-      throw new Error(`cannot load the broker's SVID from ${certPath} and ${keyPath}: ${(err as Error).message}`);
+      throw new Error(`cannot load the broker's SVID from ${this.#paths}: ${(err as Error).message}`);
     }
   }
 
@@ -76,7 +78,7 @@ export class FileX509Source extends FileX509SvidSource implements X509Source {
   /** Loads the SVID, then every bundle; throws if any first load fails or no bundle covers the SVID's trust domain. */
   static async open(options: FileX509SourceOptions): Promise<FileX509Source> {
     const source = new FileX509Source(options.certPath, options.keyPath, options);
-    await source.loaded(options.certPath, options.keyPath);
+    await source.loaded();
     try {
       source.#bundleFiles = await watchBundleFiles(source.bundles, options.bundles, options);
       // Without its own trust domain's bundle the broker would start, report ready, and refuse

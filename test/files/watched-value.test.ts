@@ -56,6 +56,30 @@ describe('WatchedValue', () => {
     expect([...errors, ...refused.errors]).toEqual([]);
   });
 
+  it('the same good bytes coming back after a broken version or a missing file are not delivered again; each failure is reported once', async () => {
+    const path = join(dir, 'n');
+    await writeFile(path, 'n=1\n');
+    const { value, errors } = watch([path], parseNumber);
+    await value.ready();
+    const heard: number[] = [];
+    value.onChange((v) => heard.push(v));
+    await replace(path, 'broken');
+    await value.reload();
+    await value.reload();
+    await replace(path, 'n=1\n');
+    await value.reload();
+    await rm(path);
+    await value.reload();
+    await value.reload();
+    await replace(path, 'n=1\n');
+    await value.reload();
+    expect(heard).toEqual([]);
+    expect(errors.map((e) => e.message)).toEqual([expect.stringMatching(/not a number line/), expect.stringMatching(/ENOENT/)]);
+    await replace(path, 'n=2\n');
+    await value.reload();
+    expect(heard).toEqual([2]);
+  });
+
   it('a new version replaces the value and tells listeners; a broken one is reported and the last good value stays', async () => {
     const path = join(dir, 'n');
     await writeFile(path, 'n=1');
