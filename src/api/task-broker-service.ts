@@ -5,7 +5,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Task as TaskMessage } from '../gen/taskbroker/v1/Task.js';
 import type { TaskBrokerHandlers } from '../gen/taskbroker/v1/TaskBroker.js';
-import type { VerifyTokenReason } from '../gen/taskbroker/v1/VerifyTokenReason.js';
 import type { Logger } from '../observability/logger.js';
 import type { BrokerMetrics } from '../observability/metrics.js';
 import { durationSeconds, jsonToStruct, secondsToDuration, structToJson } from '../protocol/struct.js';
@@ -13,7 +12,6 @@ import { toTimestamp } from '../protocol/timestamps.js';
 import type { Actor, Task } from '../model/task.js';
 import { taskStateName, verifyReasonName } from '../protocol/enums.js';
 import type { TaskLifecycle } from '../tasks/lifecycle.js';
-import { certificateThumbprint } from '../spiffe/certificate.js';
 import { callerOf } from '../transport/caller.js';
 import { BrokerError } from '../errors.js';
 import { REQUEST_ID_HEADER, requestIdOf } from './call-record.js';
@@ -127,14 +125,9 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics }: TaskBrokerSer
     VerifyToken: unary('VerifyToken', rpc, async (call) => {
       const actor = actorOf(call);
       const req = call.request;
-      let presenterThumbprint: string | undefined;
-      if (req.presenter === 'presenterCertThumbprint') presenterThumbprint = req.presenterCertThumbprint;
-      if (req.presenter === 'presenterCertDer') {
-        if (!req.presenterCertDer || req.presenterCertDer.length === 0) throw new BrokerError('invalid-argument', 'presenter_cert_der is empty');
-        presenterThumbprint = certificateThumbprint(req.presenterCertDer);
-      }
       const result = await lifecycle.verifyToken(actor, req.token, {
-        presenterThumbprint,
+        ...(req.presenter === 'presenterCertThumbprint' ? { presenterThumbprint: req.presenterCertThumbprint } : {}),
+        ...(req.presenter === 'presenterCertDer' ? { presenterCertDer: req.presenterCertDer ?? Buffer.alloc(0) } : {}),
         expectedTaskHash: req.expectedTaskHash === '' ? undefined : req.expectedTaskHash,
         skipBindingCheck: req.skipBindingCheck,
       });
@@ -142,7 +135,7 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics }: TaskBrokerSer
       const c = result.claims;
       return {
         valid: result.valid,
-        reason: verifyReasonName(result.reason) as VerifyTokenReason,
+        reason: verifyReasonName(result.reason),
         detail: result.detail,
         bindingChecked: result.bindingChecked,
         claims: c

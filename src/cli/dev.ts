@@ -17,7 +17,7 @@ import { initDevCa, loadDevCa, mintDevSvid, type SvidFiles } from '../devca/dev-
 import { chainPem, mintX509Svid, privateKeyPem } from '../devca/certificates.js';
 import { createLogger } from '../observability/logger.js';
 import { generateKekBase64 } from '../tokens/kek.js';
-import { parseListenAddress, stringOption, type CommandSpec, type ParsedCommand } from './options.js';
+import { parseListenAddress, stringOption, textOption, type CommandSpec, type ParsedCommand } from './options.js';
 
 export const devSpec: CommandSpec = {
   name: 'dev',
@@ -66,11 +66,6 @@ rules:
 `;
 }
 
-/** A flag's value, or its default from the dev spec. */
-function optionText(parsed: ParsedCommand, name: string): string {
-  return stringOption(parsed.values, name) ?? devSpec.options[name]?.default ?? '';
-}
-
 function decodeJwtPart(token: string, index: number): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split('.')[index] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
 }
@@ -107,11 +102,11 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
   say(`policy (default deny; one rule for the demo workloads, one admin): ${policyPath}`);
 
   step('Starting the broker: mTLS with both trust bundles, embedded PGlite, JWKS over HTTP');
-  const logLevel = optionText(parsed, 'log-level') as 'warn';
+  const logLevel = textOption(parsed.values, 'log-level') as 'warn';
   const logger = createLogger({ level: logLevel, destination: process.stderr });
   const config = brokerConfig({
-    listen: parseListenAddress(optionText(parsed, 'listen')),
-    http: parseListenAddress(optionText(parsed, 'http-listen')),
+    listen: parseListenAddress(textOption(parsed.values, 'listen')),
+    http: parseListenAddress(textOption(parsed.values, 'http-listen')),
     identity: {
       kind: 'files',
       svidCertPath: brokerFiles.certPath,

@@ -8,7 +8,8 @@ import { devCaInitSpec, devCaMintSpec, runDevCaInit, runDevCaMint } from './dev-
 import { ExitCode, helpText, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './options.js';
 import { migrateSpec, runMigrate } from './migrate.js';
 import { policyCheckSpec, runPolicyCheck } from './policy.js';
-import { runServe, serveSpec } from './serve.js';
+import { runServe } from './serve.js';
+import { serveSpec } from './serve-options.js';
 
 interface Command {
   spec: CommandSpec;

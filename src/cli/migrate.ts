@@ -3,8 +3,8 @@
  */
 import { openStore } from '../store/database.js';
 import { migrate, migrationStatus } from '../store/migrate.js';
-import { stringOption, type CommandSpec, type ParsedCommand } from './options.js';
-import { storageOptions } from './serve.js';
+import { stringOption, textOption, type CommandSpec, type ParsedCommand } from './options.js';
+import { storageOptions } from './serve-options.js';
 
 export const migrateSpec: CommandSpec = {
   name: 'migrate',
@@ -18,7 +18,7 @@ export const migrateSpec: CommandSpec = {
 export async function runMigrate(parsed: ParsedCommand, out: (line: string) => void): Promise<number> {
   const store = await openStore({
     databaseUrl: stringOption(parsed.values, 'database-url'),
-    dataDir: stringOption(parsed.values, 'data-dir') ?? './task-broker-data',
+    dataDir: textOption(parsed.values, 'data-dir'),
   });
   try {
     if (parsed.values.status === true) {

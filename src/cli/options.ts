@@ -109,6 +109,13 @@ export function stringOption(values: ParsedCommand['values'], name: string): str
   return typeof v === 'string' ? v : undefined;
 }
 
+/** A string option that must have a value (parseCommand has filled in its default, if it has one). */
+export function textOption(values: ParsedCommand['values'], name: string): string {
+  const text = stringOption(values, name);
+  if (text === undefined) throw new UsageError(`--${name} is required`);
+  return text;
+}
+
 export function listOption(values: ParsedCommand['values'], name: string): string[] {
   const v = values[name];
   return Array.isArray(v) ? v : typeof v === 'string' ? [v] : [];

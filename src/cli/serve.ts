@@ -9,35 +9,26 @@ import { parseBundleFileArg } from '../spiffe/bundle-files.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { parseWorkloadApiAddress, SPIFFE_ENDPOINT_SOCKET } from '../spiffe/workload-api.js';
 import { isTokenAlg, TOKEN_ALGS } from '../tokens/keyring.js';
-import { listOption, parseDuration, parseListenAddress, stringOption, UsageError, type ParsedCommand } from './options.js';
-import { serveSpec } from './serve-options.js';
-
-export { limitOptions, serveSpec, storageOptions } from './serve-options.js';
+import { listOption, parseDuration, parseListenAddress, stringOption, textOption, UsageError, type ParsedCommand } from './options.js';
 
 type Values = ParsedCommand['values'];
 
 /** The value of `name`, or its default from the serve spec. */
-function optionText(values: Values, name: string): string {
-  const text = stringOption(values, name) ?? serveSpec.options[name]?.default;
-  if (text === undefined) throw new UsageError(`--${name} is required`);
-  return text;
-}
-
 function durationOption(values: Values, name: string, { allowZero = false } = {}): number {
-  const ms = parseDuration(optionText(values, name), `--${name}`);
+  const ms = parseDuration(textOption(values, name), `--${name}`);
   if (ms === 0 && !allowZero) throw new UsageError(`--${name} must be longer than 0s`);
   return ms;
 }
 
 function countOption(values: Values, name: string, { min = 1, max = 1_000_000 } = {}): number {
-  const text = optionText(values, name);
+  const text = textOption(values, name);
   const n = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
   if (!Number.isInteger(n) || n < min || n > max) throw new UsageError(`--${name}: a whole number from ${min} to ${max}, got "${text.slice(0, 32)}"`);
   return n;
 }
 
 function seconds(values: Values, name: string): number {
-  const ms = parseDuration(optionText(values, name), `--${name}`);
+  const ms = parseDuration(textOption(values, name), `--${name}`);
   if (ms < 1000 || ms % 1000 !== 0) throw new UsageError(`--${name}: whole seconds, at least 1s`);
   return ms / 1000;
 }
@@ -69,7 +60,7 @@ function identityConfig(values: Values): IdentityConfig {
         throw new UsageError(`--workload-api-spiffe-id: ${(err as Error).message}`);
       }
     }
-    const timeoutMs = parseDuration(optionText(values, 'workload-api-timeout'), '--workload-api-timeout');
+    const timeoutMs = parseDuration(textOption(values, 'workload-api-timeout'), '--workload-api-timeout');
     if (timeoutMs <= 0) throw new UsageError('--workload-api-timeout must be longer than 0s');
     return { kind: 'workload-api', address: workloadApi, timeoutMs, ...(spiffeId !== undefined ? { spiffeId } : {}) };
   }
@@ -104,9 +95,9 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
       'exactly one key-encryption key is required: --kek-file FILE or TASK_BROKER_KEK (generate one with: head -c 32 /dev/urandom | base64)',
     );
   }
-  const alg = optionText(values, 'token-alg');
+  const alg = textOption(values, 'token-alg');
   if (!isTokenAlg(alg)) throw new UsageError(`--token-alg: ${TOKEN_ALGS.join(' or ')}, not "${alg}"`);
-  const httpListen = optionText(values, 'http-listen');
+  const httpListen = textOption(values, 'http-listen');
   const limits = {
     defaultTaskTtlSeconds: seconds(values, 'default-task-ttl'),
     maxTaskTtlSeconds: seconds(values, 'max-task-ttl'),
@@ -116,7 +107,7 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
   if (limits.defaultTaskTtlSeconds > limits.maxTaskTtlSeconds) throw new UsageError('--default-task-ttl is longer than --max-task-ttl');
   if (limits.defaultTokenTtlSeconds > limits.maxTokenTtlSeconds) throw new UsageError('--default-token-ttl is longer than --max-token-ttl');
   return brokerConfig({
-    listen: parseListenAddress(optionText(values, 'listen')),
+    listen: parseListenAddress(textOption(values, 'listen')),
     ...(httpListen === 'off' ? {} : { http: parseListenAddress(httpListen) }),
     identity,
     policyPath: stringOption(values, 'policy'),
@@ -129,10 +120,10 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
     tokenRetentionSeconds: seconds(values, 'token-retention'),
     filePollIntervalMs: durationOption(values, 'file-poll-interval', { allowZero: true }),
     shutdownGraceMs: durationOption(values, 'shutdown-grace', { allowZero: true }),
-    logLevel: optionText(values, 'log-level'),
+    logLevel: textOption(values, 'log-level'),
     database: {
       url: stringOption(values, 'database-url'),
-      dataDir: optionText(values, 'data-dir'),
+      dataDir: textOption(values, 'data-dir'),
       waitMs: durationOption(values, 'database-wait', { allowZero: true }),
       poolSize: countOption(values, 'database-pool-size', { max: 1_000 }),
       poolTimeoutMs: durationOption(values, 'database-pool-timeout'),
@@ -140,7 +131,7 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
     },
     connectionLimits: {
       handshakeTimeoutMs: durationOption(values, 'handshake-timeout'),
-      maxConnections: optionText(values, 'max-connections') === 'auto' ? undefined : countOption(values, 'max-connections'),
+      maxConnections: textOption(values, 'max-connections') === 'auto' ? undefined : countOption(values, 'max-connections'),
       maxHandshakes: countOption(values, 'max-handshakes'),
       idleTimeoutMs: durationOption(values, 'max-connection-idle', { allowZero: true }),
       maxConnectionAgeMs: durationOption(values, 'max-connection-age', { allowZero: true }),

@@ -43,6 +43,9 @@ export class AdminClient extends ServiceClient<TaskBrokerAdminClient> {
     while (next !== 0) {
       const page = await this.getAuditTrail(taskId, { ...options, afterSeq: next });
       events.push(...page.events);
+      // A cursor that does not move on would page forever: the broker's answer is wrong, say so.
+      if (page.nextAfterSeq !== 0 && page.nextAfterSeq <= next)
+        throw new Error(`the audit trail's next page cursor did not advance (${next} → ${page.nextAfterSeq})`);
       next = page.nextAfterSeq;
     }
     return { ...first, events, nextAfterSeq: 0 };

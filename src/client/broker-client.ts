@@ -41,7 +41,7 @@ export interface ConnectOptions {
 }
 
 /** A generated client class (proto-loader's), as brokerProto() hands them out. */
-export type GeneratedClientClass<Raw extends grpc.Client> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => Raw;
+type GeneratedClientClass<Raw extends grpc.Client> = new (address: string, credentials: grpc.ChannelCredentials, options?: grpc.ChannelOptions) => Raw;
 
 /** What BrokerClient and AdminClient share: the generated client, on a channel with the SVID channel options under the caller's. */
 export abstract class ServiceClient<Raw extends grpc.Client> {

@@ -2,7 +2,8 @@
  * The one place where domain names become proto enum names and back: TaskState ACTIVE is
  * TASK_STATE_ACTIVE on the wire, VerifyReason task-not-active is VERIFY_TOKEN_REASON_TASK_NOT_ACTIVE.
  */
-import { TASK_STATES, type TaskState, type VerifyReason } from '../model/task.js';
+import { VerifyTokenReason } from '../gen/taskbroker/v1/VerifyTokenReason.js';
+import { TASK_STATES, VERIFY_REASONS, type TaskState, type VerifyReason } from '../model/task.js';
 
 const TASK_STATE_PREFIX = 'TASK_STATE_';
 const VERIFY_REASON_PREFIX = 'VERIFY_TOKEN_REASON_';
@@ -25,6 +26,21 @@ export function parseTaskState(value: string): TaskState | undefined | null {
   return (TASK_STATES as readonly string[]).includes(short) ? (short as TaskState) : null;
 }
 
-export function verifyReasonName(reason: VerifyReason): string {
-  return `${VERIFY_REASON_PREFIX}${reason.toUpperCase().replace(/-/g, '_')}`;
+type VerifyReasonName = keyof typeof VerifyTokenReason;
+
+/**
+ * Every VerifyReason's wire name, derived once when the module loads and checked against the
+ * generated enum then: a reason the proto does not have stops the broker at start, not at the
+ * first verification that gives it.
+ */
+const VERIFY_REASON_NAMES = Object.fromEntries(
+  VERIFY_REASONS.map((reason) => {
+    const name = `${VERIFY_REASON_PREFIX}${reason.toUpperCase().replace(/-/g, '_')}`;
+    if (!(name in VerifyTokenReason)) throw new Error(`VerifyReason "${reason}" has no value ${name} in the proto enum VerifyTokenReason`);
+    return [reason, name as VerifyReasonName];
+  }),
+) as Record<VerifyReason, VerifyReasonName>;
+
+export function verifyReasonName(reason: VerifyReason): VerifyReasonName {
+  return VERIFY_REASON_NAMES[reason];
 }

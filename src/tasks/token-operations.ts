@@ -12,7 +12,7 @@ import { checkTaskToken, signTaskToken, type TaskTokenClaims } from '../tokens/t
 import { newTokenId } from './ids.js';
 import type { LifecycleLimits } from './limits.js';
 import { TaskAccess, type Denial } from './task-access.js';
-import { tokenArgument, tokenTtlArgument, validateScopes } from './validation.js';
+import { presenterArgument, tokenArgument, tokenTtlArgument, validateScopes } from './validation.js';
 
 export interface IssuedToken {
   token: string;
@@ -31,6 +31,8 @@ export interface VerifyResult {
 
 export interface VerifyOptions {
   presenterThumbprint?: string;
+  /** The presenter's certificate (DER), when the resource server sends it instead of its thumbprint. */
+  presenterCertDer?: Uint8Array;
   expectedTaskHash?: string;
   skipBindingCheck?: boolean;
 }
@@ -129,10 +131,11 @@ export class TokenOperations {
    */
   async verify(actor: Actor, token: string, options: VerifyOptions = {}): Promise<VerifyResult> {
     tokenArgument(token);
+    const presenter = presenterArgument(options);
     const access = this.#access;
     const now = access.now();
     const check = await checkTaskToken(token, this.#keys, { issuer: access.issuer, now });
-    const bindingChecked = options.presenterThumbprint !== undefined;
+    const bindingChecked = presenter !== undefined;
     // Tokens are certificate-bound (RFC 8705): without the presenter's certificate the answer
     // cannot be "valid", unless the resource server opted out on the record.
     const bearerOnly = !bindingChecked && options.skipBindingCheck === true;
@@ -159,7 +162,7 @@ export class TokenOperations {
       task_hash: claims?.task_hash ?? null,
       cnf: claims?.cnf?.['x5t#S256'] ?? null,
       expected_hash: options.expectedTaskHash,
-      presenter: options.presenterThumbprint,
+      presenter,
       bearer: bearerOnly,
       ...access.who(actor, now),
     });

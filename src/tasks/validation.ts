@@ -10,6 +10,7 @@ import { BrokerError, quoted } from '../errors.js';
 import type { TaskSpec, TaskState } from '../model/task.js';
 import type { JsonObject } from '../model/task.js';
 import { parseTaskState } from '../protocol/enums.js';
+import { certificateThumbprint } from '../spiffe/certificate.js';
 import { SpiffeId, SpiffeIdError } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, patternToPostgresRegex, SpiffeIdPatternError, type SpiffeIdMatcher } from '../spiffe/pattern.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/task-token.js';
@@ -49,6 +50,14 @@ export function idempotencyKeyArgument(key: string | undefined): string | undefi
 export function tokenArgument(token: string): string {
   if (token.length > MAX_TOKEN_LENGTH) throw invalid(`token: at most ${MAX_TOKEN_LENGTH} characters`);
   return token;
+}
+
+/** The presenter's certificate as the resource server sent it (thumbprint, or DER): the thumbprint the binding is checked against. */
+export function presenterArgument(presenter: { presenterThumbprint?: string; presenterCertDer?: Uint8Array }): string | undefined {
+  const der = presenter.presenterCertDer;
+  if (der === undefined) return presenter.presenterThumbprint;
+  if (der.length === 0) throw invalid('presenter_cert_der is empty');
+  return certificateThumbprint(der);
 }
 
 /** A requested token ttl; absent means the default. */

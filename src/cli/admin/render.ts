@@ -12,7 +12,7 @@ import { fromTimestamp } from '../../protocol/timestamps.js';
 import { formatFields, formatTable } from '../table.js';
 import type { Out } from './run.js';
 
-export function isoTime(ts: Timestamp__Output | null | undefined): string | null {
+function isoTime(ts: Timestamp__Output | null | undefined): string | null {
   const date = fromTimestamp(ts);
   return date ? date.toISOString() : null;
 }
@@ -22,7 +22,7 @@ export function shortState(state: string): string {
   return parseTaskState(state) ?? state;
 }
 
-export const dash = (text: string | null | undefined): string => (text ? text : '-');
+const dash = (text: string | null | undefined): string => (text ? text : '-');
 
 export const plural = (n: number, one: string, many: string): string => `${n} ${n === 1 ? one : many}`;
 

@@ -107,7 +107,7 @@ const defaultErr: Err = (text) => {
 };
 
 /** The exit code for a gRPC status code (the contract scripts rely on). */
-export function exitCodeForStatus(code: grpc.status): number {
+function exitCodeForStatus(code: grpc.status): number {
   switch (code) {
     case grpc.status.OK:
       return ExitCode.ok;
@@ -209,7 +209,7 @@ export function report<Req, Res extends object>(
  * error becomes its stderr line and exit code; any other error propagates (main prints it and
  * exits 1, or 2 for a UsageError).
  */
-export async function runAdminCommand<Req, Res extends object>(
+async function runAdminCommand<Req, Res extends object>(
   def: AdminCommandDef<Req, Res>,
   parsed: ParsedCommand,
   out: Out,
