@@ -27,7 +27,7 @@ rules:
       spiffe_ids: ["spiffe://${TRUST_DOMAIN}/ns/workers/**"]
     actions: ["invoice.export"]
     audiences: ["spiffe://${TRUST_DOMAIN}/ns/apis/**"]
-    scopes: ["invoices:read", "invoices:export"]
+    scopes: ${JSON.stringify(SCOPES)}
 `;
 
 /** RFC 8705 x5t#S256 of a PEM certificate (the first one of a chain). */
@@ -80,7 +80,13 @@ export interface RunPlan {
 }
 
 export type ToLoad =
-  | { type: 'connect'; target: TargetSpec; connections: ConnectionSpec[]; generator: number }
+  | {
+      type: 'connect';
+      target: TargetSpec;
+      connections: ConnectionSpec[];
+      generator: number;
+      /** Connections of all generators together. */ totalConnections: number;
+    }
   | { type: 'prepare'; call: CallKind; inflight: number }
   | { type: 'run'; plan: RunPlan }
   | { type: 'close' };
@@ -125,4 +131,23 @@ export function send(message: unknown): void {
 
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** Latency histograms of the generators and the merge in the parent: the same bounds, or they cannot be added. */
+export const HISTOGRAM_OPTIONS = { lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 } as const;
+
+export const now = () => process.hrtime.bigint();
+
+/**
+ * Resolves at `t`: a timer until about a millisecond before, then the event loop's turns (I/O
+ * goes on meanwhile). Timers alone would be up to a millisecond late, and in the open loop that
+ * lateness would count as the server's latency.
+ */
+export async function sleepUntil(t: bigint): Promise<void> {
+  for (;;) {
+    const leftMs = Number(t - now()) / 1e6;
+    if (leftMs <= 0) return;
+    if (leftMs > 1.2) await new Promise((r) => setTimeout(r, Math.min(50, Math.floor(leftMs - 1))));
+    else await new Promise((r) => setImmediate(r));
+  }
 }

@@ -23,7 +23,10 @@ export async function startGenerators(options: Options, target: TargetSpec, pki:
     cleanups.push(() => stopChild(child, 'SIGKILL'));
     if (child.pid === undefined) throw new Error('load generator did not start');
     const connections = pki.connections.filter((c) => c.index % options.generators === g);
-    const inflight = Math.floor(options.inflight / options.generators) + (g < options.inflight % options.generators ? 1 : 0);
+    // Calls in flight are shared out by connection (each identity gets its even share, within one),
+    // and a generator drives the shares of its own connections.
+    const total = pki.connections.length;
+    const inflight = connections.reduce((sum, c) => sum + Math.floor(options.inflight / total) + (c.index < options.inflight % total ? 1 : 0), 0);
     const gen: Generator = {
       child,
       pid: child.pid,
@@ -35,20 +38,12 @@ export async function startGenerators(options: Options, target: TargetSpec, pki:
         return answer as Promise<T>;
       },
     };
-    await gen.request({ type: 'connect', target, connections, generator: g }, 'connected');
+    await gen.request({ type: 'connect', target, connections, generator: g, totalConnections: pki.connections.length }, 'connected');
     gens.push(gen);
   }
   return gens;
 }
 
 export async function closeGenerators(gens: Generator[]): Promise<void> {
-  await Promise.all(
-    gens.map(async (g) => {
-      const exited = new Promise<void>((resolve) => (g.child.exitCode !== null ? resolve() : g.child.once('exit', () => resolve())));
-      g.child.send({ type: 'close' } satisfies ToLoad);
-      const timer = setTimeout(() => g.child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(timer);
-    }),
-  );
+  await Promise.all(gens.map((g) => stopChild(g.child, () => g.child.send({ type: 'close' } satisfies ToLoad), 10_000)));
 }

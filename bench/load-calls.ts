@@ -5,6 +5,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
+import { decodeJwt, decodeProtectedHeader } from 'jose';
 import type { Pool } from 'undici';
 import type { BrokerClient } from '../src/client/broker-client.js';
 import type { CreateTaskRequest } from '../src/gen/taskbroker/v1/CreateTaskRequest.js';
@@ -15,7 +16,7 @@ import type { MeasurementWindow } from './load-loops.js';
 const DEADLINE_MS = 10_000;
 
 /** A failed call, with the key it is counted under (gRPC status name, HTTP status, or what went wrong). */
-export class CallError extends Error {
+class CallError extends Error {
   constructor(
     readonly key: string,
     message: string,
@@ -155,16 +156,10 @@ export async function oidcIntrospect(c: Conn, token: string): Promise<void> {
   }
 }
 
-function decodeJwt(token: string): { header: Record<string, unknown>; payload: Record<string, unknown> } {
-  const [h, p] = token.split('.');
-  if (h === undefined || p === undefined) throw new Error('not a JWT');
-  const part = (s: string) => JSON.parse(Buffer.from(s, 'base64url').toString('utf8')) as Record<string, unknown>;
-  return { header: part(h), payload: part(p) };
-}
-
 /** Checks once, before the load, that a token is what the scenario claims: ES256, audience, certificate-bound, lifetime. */
 export function checkToken(c: Conn, token: string, typ: string): string {
-  const { header, payload } = decodeJwt(token);
+  const header = decodeProtectedHeader(token);
+  const payload = decodeJwt(token);
   const cnf = payload.cnf as Record<string, unknown> | undefined;
   const problems = [
     header.alg !== 'ES256' && `alg ${String(header.alg)}`,

@@ -53,12 +53,18 @@ export interface Conn {
 
 export class LoadConnections {
   readonly conns: Conn[];
+  /** Connections of all generators together (what shares the target's state, e.g. oidc-provider's token store). */
+  readonly totalConnections: number;
   readonly #target: TargetSpec;
+  /** The target's CA bundle (PEM), read once. */
+  readonly #bundle: string;
   #httpsPoolSize = 0;
 
-  constructor(t: TargetSpec, specs: ConnectionSpec[], generator: number) {
+  constructor(t: TargetSpec, specs: ConnectionSpec[], generator: number, totalConnections: number) {
     this.#target = t;
+    this.totalConnections = totalConnections;
     const bundle = pemOf(t.bundlePath);
+    this.#bundle = bundle;
     this.conns = specs.map((spec) => {
       const worker = identity(spec.worker);
       const api = identity(spec.api);
@@ -95,7 +101,7 @@ export class LoadConnections {
   }
 
   #httpsPool(who: Identity, connections: number): Pool {
-    const ca = pemOf(this.#target.bundlePath);
+    const ca = this.#bundle;
     return new Pool(`https://${this.#target.address}`, {
       connections,
       pipelining: 1,

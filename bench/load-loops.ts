@@ -3,11 +3,9 @@
  * window they count in, and the recorder of latencies (an HDR histogram, µs) and errors.
  */
 import * as hdr from 'hdr-histogram-js';
-import { errorMessage, type LoadResult, type RunPlan } from './common.js';
+import { errorMessage, HISTOGRAM_OPTIONS, now, sleepUntil, type LoadResult, type RunPlan } from './common.js';
 import { keyOf } from './load-calls.js';
 import type { Conn } from './load-connections.js';
-
-export const now = () => process.hrtime.bigint();
 
 /** The measurement window of the plan running, and the calls of flows that ended inside it. */
 export class MeasurementWindow {
@@ -29,23 +27,9 @@ export class MeasurementWindow {
   }
 }
 
-/**
- * Resolves at `t`: a timer until about a millisecond before, then the event loop's turns (I/O
- * goes on meanwhile). Timers alone would be up to a millisecond late, and in the open loop that
- * lateness would count as the server's latency.
- */
-async function sleepUntil(t: bigint): Promise<void> {
-  for (;;) {
-    const leftMs = Number(t - now()) / 1e6;
-    if (leftMs <= 0) return;
-    if (leftMs > 1.2) await new Promise((r) => setTimeout(r, Math.min(50, Math.floor(leftMs - 1))));
-    else await new Promise((r) => setImmediate(r));
-  }
-}
-
 class Recorder {
   readonly #window: MeasurementWindow;
-  readonly histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
+  readonly histogram = hdr.build(HISTOGRAM_OPTIONS);
   ok = 0;
   errors: Record<string, number> = {};
   firstError?: string;

@@ -39,8 +39,9 @@ export async function prepare(connections: LoadConnections, call: CallKind, infl
     }
     case 'oidc-introspect': {
       await connections.sizeHttpsPools(perConn);
-      // Opaque tokens (oidc-provider refuses to introspect JWT access tokens); the adapter is an LRU of 1000, so stay well below.
-      const count = Math.max(8, Math.floor(600 / conns.length / 2));
+      // Opaque tokens (oidc-provider refuses to introspect JWT access tokens); the adapter is an LRU
+      // of 1000 shared by every generator's connections, so all of them together stay well below.
+      const count = Math.max(1, Math.floor(600 / connections.totalConnections));
       await Promise.all(
         conns.map(async (c) => {
           c.tokens = [];

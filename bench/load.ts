@@ -40,7 +40,7 @@ if (process.send) {
     const handle = async () => {
       switch (message.type) {
         case 'connect':
-          connections = new LoadConnections(message.target, message.connections, message.generator);
+          connections = new LoadConnections(message.target, message.connections, message.generator, message.totalConnections);
           send({ type: 'connected' });
           return;
         case 'prepare': {

@@ -7,7 +7,7 @@
 import os from 'node:os';
 import * as hdr from 'hdr-histogram-js';
 import type pg from 'pg';
-import type { FromLoad, LoadResult, RunPlan } from './common.js';
+import { HISTOGRAM_OPTIONS, now, sleepUntil, type FromLoad, type LoadResult, type RunPlan } from './common.js';
 import type { Generator } from './generators.js';
 import type { Options } from './options.js';
 import { machineCpuMs, PgCpuSampler, processCpuMs, processMemoryKiB, sumCpuMs, type PgCpu } from './proc.js';
@@ -47,18 +47,6 @@ export interface ScenarioResult {
   prepared?: string;
 }
 
-const nowNs = () => process.hrtime.bigint();
-
-async function sleepUntil(t: bigint): Promise<void> {
-  for (let left = t - nowNs(); left > 0n; left = t - nowNs()) {
-    await new Promise((r) => setTimeout(r, Math.max(0, Math.min(100, Number(left / 1_000_000n) - 1))));
-    if (t - nowNs() < 2_000_000n) {
-      while (nowNs() < t) await new Promise((r) => setImmediate(r));
-      return;
-    }
-  }
-}
-
 interface Snapshot {
   t: bigint;
   server: number;
@@ -70,7 +58,7 @@ interface Snapshot {
 function snapshot(server: Server, gens: Generator[]): Snapshot {
   const self = process.cpuUsage();
   return {
-    t: nowNs(),
+    t: now(),
     server: processCpuMs(server.pid) ?? NaN,
     gens: sumCpuMs(gens.map((g) => g.pid)),
     self: (self.user + self.system) / 1000,
@@ -79,7 +67,7 @@ function snapshot(server: Server, gens: Generator[]): Snapshot {
 }
 
 function mergeResults(results: LoadResult[]) {
-  const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
+  const histogram = hdr.build(HISTOGRAM_OPTIONS);
   const sum = (pick: (r: LoadResult) => number) => results.reduce((total, r) => total + pick(r), 0);
   const most = (pick: (r: LoadResult) => number) => results.reduce((top, r) => Math.max(top, pick(r)), 0);
   const ok = sum((r) => r.ok);
@@ -136,7 +124,7 @@ export async function measure(
   );
   const detail = prepared.find((p) => p.detail)?.detail;
 
-  const start = nowNs() + 200_000_000n;
+  const start = now() + 200_000_000n;
   const measureStart = start + BigInt(Math.round(options.warmup * 1e9));
   const measureEnd = measureStart + BigInt(Math.round(options.seconds * 1e9));
   const plans = gens.map((g, i): RunPlan => ({

@@ -44,7 +44,7 @@ import {
   type ServerConfig,
 } from './common.js';
 
-export const OIDC_ISSUER = `https://oidc.${TRUST_DOMAIN}`;
+const OIDC_ISSUER = `https://oidc.${TRUST_DOMAIN}`;
 
 /** The peer certificate of the request's TLS connection, parsed once per connection. */
 const peerCertificates = new WeakMap<Socket, X509Certificate | undefined>();

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import type pg from 'pg';
 
 /** Clock ticks per second of /proc/PID/stat (USER_HZ): 100 on every Linux architecture Node runs on. */
-export const CLOCK_TICKS = 100;
+const CLOCK_TICKS = 100;
 
 /** utime + stime of a process (all its threads), in ms; undefined once it is gone. */
 export function processCpuMs(pid: number): number | undefined {

@@ -47,11 +47,12 @@ export function track(child: ChildProcess): ChildProcess {
   return child;
 }
 
-/** Waits for the child to exit after `signal`; SIGKILL after `limitMs`. */
-export async function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', limitMs = 30_000): Promise<void> {
+/** Asks the child to stop (a signal, or e.g. a message) and waits for it to exit; SIGKILL after `limitMs`. */
+export async function stopChild(child: ChildProcess, ask: NodeJS.Signals | (() => void) = 'SIGTERM', limitMs = 30_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill(signal);
+  if (typeof ask === 'function') ask();
+  else child.kill(ask);
   const timer = setTimeout(() => child.kill('SIGKILL'), limitMs);
   await exited;
   clearTimeout(timer);

@@ -145,7 +145,7 @@ export function printReport({ machine, settings, results, ratios: computed }: Re
       notes.push(`${r.id}: ${fmt(r.flowCallsPerSec, 0)} broker calls/s ended inside the window as steps of flows (finished or not)`);
     if (r.open) {
       notes.push(
-        `${r.id}: ${r.open.scheduled} calls scheduled at ${fmt(r.targetRate, 0)}/s, at most ${r.open.maxInflight} in flight, ` +
+        `${r.id}: ${r.open.scheduled} calls scheduled at ${fmt(r.targetRate, 0)}/s, at most ${r.open.maxInflight} in flight (the sum of each generator's peak), ` +
           `the generators at worst ${fmt(r.open.maxSendLagMs, 1)} ms behind their schedule; latency from the scheduled send time`,
       );
     }
