@@ -122,6 +122,10 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics }: TaskBrokerSer
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
     }),
 
+    WatchRevocations: (call) => call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'not yet' }),
+    ReportTokenUse: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'not yet' }),
+    GetSigningKeys: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'not yet' }),
+
     VerifyToken: unary('VerifyToken', rpc, async (call) => {
       const actor = actorOf(call);
       const req = call.request;

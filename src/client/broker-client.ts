@@ -13,6 +13,10 @@ import type { IssueTokenRequest } from '../gen/taskbroker/v1/IssueTokenRequest.j
 import type { IssueTokenResponse__Output } from '../gen/taskbroker/v1/IssueTokenResponse.js';
 import type { VerifyTokenRequest } from '../gen/taskbroker/v1/VerifyTokenRequest.js';
 import type { VerifyTokenResponse__Output } from '../gen/taskbroker/v1/VerifyTokenResponse.js';
+import type { GetSigningKeysResponse__Output } from '../gen/taskbroker/v1/GetSigningKeysResponse.js';
+import type { ReportTokenUseResponse__Output } from '../gen/taskbroker/v1/ReportTokenUseResponse.js';
+import type { TokenUse } from '../gen/taskbroker/v1/TokenUse.js';
+import type { WatchRevocationsResponse__Output } from '../gen/taskbroker/v1/WatchRevocationsResponse.js';
 import { brokerProto } from '../protocol/proto.js';
 import { svidChannelCredentials, svidChannelOptions, type SvidCredentialsOptions } from './credentials.js';
 
@@ -94,5 +98,32 @@ export class BrokerClient extends ServiceClient<TaskBrokerClient> {
   /** For resource servers: the caller must be the token's audience. */
   verifyToken(request: VerifyTokenRequest, options?: CallOptions): Promise<VerifyTokenResponse__Output> {
     return unaryCall((md, opts, cb) => this.raw.VerifyToken(request, md, opts, cb), options);
+  }
+
+  /** The JWKS and the issuer, over the authenticated channel. */
+  getSigningKeys(options?: CallOptions): Promise<GetSigningKeysResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.GetSigningKeys({}, md, opts, cb), options);
+  }
+
+  /** The revocation stream of tokens addressed to the caller; resume with the last message's cursor. No deadline by default. */
+  watchRevocations(
+    afterCursor = '',
+    options: { metadata?: grpc.Metadata; deadlineMs?: number } = {},
+  ): grpc.ClientReadableStream<WatchRevocationsResponse__Output> {
+    const callOptions: grpc.CallOptions = options.deadlineMs === undefined ? {} : { deadline: Date.now() + options.deadlineMs };
+    return this.raw.WatchRevocations({ afterCursor }, options.metadata ?? new grpc.Metadata(), callOptions);
+  }
+
+  /** Reports offline verifications (one call, messages of at most `perMessage` uses); resolves with the broker's counts. */
+  reportTokenUse(uses: TokenUse[], options: CallOptions & { perMessage?: number } = {}): Promise<ReportTokenUseResponse__Output> {
+    const perMessage = options.perMessage ?? 256;
+    return new Promise((resolve, reject) => {
+      const stream = this.raw.ReportTokenUse(options.metadata ?? new grpc.Metadata(), { deadline: Date.now() + (options.deadlineMs ?? 10_000) }, (err, res) => {
+        if (err) reject(err);
+        else resolve(res as ReportTokenUseResponse__Output);
+      });
+      for (let i = 0; i < uses.length; i += perMessage) stream.write({ uses: uses.slice(i, i + perMessage) });
+      stream.end();
+    });
   }
 }
