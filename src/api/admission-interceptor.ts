@@ -18,9 +18,10 @@ export function admissionInterceptor(
   admission: Pick<CallAdmission, 'admit' | 'limits'>,
   prefixes: readonly string[],
   metrics: BrokerMetrics | undefined,
+  exempt: ReadonlySet<string> = new Set(),
 ): grpc.ServerInterceptor {
   return (descriptor, call) => {
-    if (!prefixes.some((p) => descriptor.path.startsWith(p))) return new grpc.ServerInterceptingCall(call);
+    if (!prefixes.some((p) => descriptor.path.startsWith(p)) || exempt.has(descriptor.path)) return new grpc.ServerInterceptingCall(call);
     let slot: AdmissionSlot | undefined;
     let paused: NodeJS.Timeout | undefined;
     const release = () => slot?.release();

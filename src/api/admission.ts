@@ -61,6 +61,8 @@ export interface AdmissionOptions {
   databaseQueue?: () => number;
   /** Only calls to these services are admitted or refused here (health and reflection never are). */
   services: readonly string[];
+  /** Method paths never admitted here: long-lived streams that hold no slot and have limits of their own. */
+  exempt?: readonly string[];
 }
 
 /** One caller's calls: how many are admitted, how many run, and who waits for a turn. */
@@ -96,6 +98,7 @@ export class CallAdmission {
   readonly #metrics: BrokerMetrics | undefined;
   readonly #databaseQueue: () => number;
   readonly #prefixes: readonly string[];
+  readonly #exempt: ReadonlySet<string>;
   #total = 0;
 
   constructor(options: AdmissionOptions) {
@@ -106,6 +109,7 @@ export class CallAdmission {
     this.#metrics = options.metrics;
     this.#databaseQueue = options.databaseQueue ?? (() => 0);
     this.#prefixes = options.services.map((s) => `/${s}/`);
+    this.#exempt = new Set(options.exempt ?? []);
   }
 
   /** Calls in flight now (running or waiting their turn), all callers together. */
@@ -238,6 +242,6 @@ export class CallAdmission {
 
   /** The interceptor: after authentication (it needs the caller), before decoding. */
   interceptor(): grpc.ServerInterceptor {
-    return admissionInterceptor(this, this.#prefixes, this.#metrics);
+    return admissionInterceptor(this, this.#prefixes, this.#metrics, this.#exempt);
   }
 }

@@ -14,18 +14,27 @@ import { taskStateName, verifyReasonName } from '../protocol/enums.js';
 import type { TaskLifecycle } from '../tasks/lifecycle.js';
 import { callerOf } from '../transport/caller.js';
 import { BrokerError } from '../errors.js';
+import type { RevocationFeed } from '../tasks/revocation-feed.js';
+import type { SigningKeyRing } from '../tokens/keyring.js';
 import { REQUEST_ID_HEADER, requestIdOf } from './call-record.js';
-import { unary, type RpcContext } from './handlers.js';
+import { toServiceError, unary, type RpcContext } from './handlers.js';
+import { watchRevocationsHandler, type RevocationStreamLimits } from './revocation-stream.js';
+import { reportTokenUseHandler } from './token-use-stream.js';
 
 export interface TaskBrokerServiceDeps {
   logger: Logger;
   lifecycle: TaskLifecycle;
+  /** The replica's view of the revocation log, for WatchRevocations. */
+  revocations: RevocationFeed;
+  revocationStreamLimits?: Partial<RevocationStreamLimits>;
+  /** The JWKS and the active key, for GetSigningKeys. */
+  keys: Pick<SigningKeyRing, 'jwks' | 'activeKey'>;
   /** Counts calls, tokens issued and verification outcomes; absent: nothing is counted. */
   metrics?: BrokerMetrics;
 }
 
 /** The verified caller of a call plus its request id (echoed to the client in the response headers). */
-export function actorOf(call: grpc.ServerUnaryCall<unknown, unknown>): Actor {
+export function actorOf(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'sendMetadata'>): Actor {
   const caller = callerOf(call);
   const requestId = requestIdOf(call);
   const md = new grpc.Metadata();
@@ -73,7 +82,7 @@ export function whoAmIHandler(rpc: RpcContext): TaskBrokerHandlers['WhoAmI'] {
   });
 }
 
-export function taskBrokerHandlers({ logger, lifecycle, metrics }: TaskBrokerServiceDeps): TaskBrokerHandlers {
+export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, revocationStreamLimits, keys }: TaskBrokerServiceDeps): TaskBrokerHandlers {
   const rpc: RpcContext = { logger };
   return {
     WhoAmI: whoAmIHandler(rpc),
@@ -122,9 +131,15 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics }: TaskBrokerSer
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
     }),
 
-    WatchRevocations: (call) => call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'not yet' }),
-    ReportTokenUse: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'not yet' }),
-    GetSigningKeys: (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'not yet' }),
+    WatchRevocations: watchRevocationsHandler({ feed: revocations, logger, limits: revocationStreamLimits }),
+
+    ReportTokenUse: reportTokenUseHandler({ logger, record: (actor, uses) => lifecycle.reportTokenUses(actor, uses), actorOf }),
+
+    GetSigningKeys: unary('GetSigningKeys', rpc, async (call) => {
+      actorOf(call);
+      const [jwks, active] = await Promise.all([keys.jwks(), keys.activeKey()]);
+      return { jwksJson: JSON.stringify(jwks), issuer: lifecycle.issuer, alg: active.alg };
+    }),
 
     VerifyToken: unary('VerifyToken', rpc, async (call) => {
       const actor = actorOf(call);

@@ -15,6 +15,8 @@ import type { Store } from '../store/database.js';
 import { migrate, migrationStatus } from '../store/migrate.js';
 import { TaskAdmin } from '../tasks/admin.js';
 import { TaskLifecycle } from '../tasks/lifecycle.js';
+import { RevocationFeed } from '../tasks/revocation-feed.js';
+import type { RevocationStreamLimits } from '../api/revocation-stream.js';
 import type { LifecycleLimits } from '../tasks/limits.js';
 import type { KeyEncryptionKey } from '../tokens/kek.js';
 import { SigningKeyRing, type TokenAlg } from '../tokens/keyring.js';
@@ -38,6 +40,11 @@ export interface TaskBrokerOptions {
   policy?: PolicySource;
   host: string;
   port: number;
+  /** How often each replica reads the revocation log without a notification (default 1 s). */
+  revocationPollIntervalMs?: number;
+  /** How often revocation streams get a heartbeat (default 5 s). */
+  revocationHeartbeatIntervalMs?: number;
+  revocationStreamLimits?: Partial<RevocationStreamLimits>;
   /** The HTTP port for /.well-known/jwks.json, /healthz, /readyz and /metrics; undefined: no HTTP listener. */
   http?: { host: string; port: number };
   /** Apply pending migrations at start; otherwise refuse to start while any is pending. */
@@ -187,7 +194,19 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
     });
     cleanups.push(() => sweeper.close());
 
+    const revocations = new RevocationFeed({
+      store,
+      pollIntervalMs: options.revocationPollIntervalMs,
+      heartbeatIntervalMs: options.revocationHeartbeatIntervalMs,
+      onProblem: (message) => logger.warn(message),
+    });
+    await revocations.start();
+    cleanups.push(() => revocations.close());
+
     const grpcBroker = await startBroker({
+      revocations,
+      revocationStreamLimits: options.revocationStreamLimits,
+      keys,
       logger,
       identity,
       bundles: options.bundles,

@@ -17,6 +17,9 @@ import type { Readiness } from '../observability/readiness.js';
 import { brokerPackageDefinition, brokerProto } from '../protocol/proto.js';
 import type { TaskAdmin } from '../tasks/admin.js';
 import type { TaskLifecycle } from '../tasks/lifecycle.js';
+import type { RevocationFeed } from '../tasks/revocation-feed.js';
+import type { SigningKeyRing } from '../tokens/keyring.js';
+import type { RevocationStreamLimits } from '../api/revocation-stream.js';
 import { DEFAULT_MAX_MESSAGE_BYTES, SvidServer, type ConnectionLimits } from '../transport/svid-server.js';
 import type { X509SvidSource } from '../spiffe/x509-source.js';
 import type { TrustBundles } from './identity.js';
@@ -31,6 +34,10 @@ export interface BrokerDeps {
   refusedConnectionLingerMs?: number;
   lifecycle: TaskLifecycle;
   admin: TaskAdmin;
+  /** The replica's view of the revocation log (WatchRevocations). */
+  revocations: RevocationFeed;
+  revocationStreamLimits?: Partial<RevocationStreamLimits>;
+  keys: Pick<SigningKeyRing, 'jwks' | 'activeKey'>;
   /** Counts and times every call. */
   metrics: BrokerMetrics;
   /** Drives the gRPC health statuses: SERVING while ready, NOT_SERVING otherwise. */
@@ -58,7 +65,14 @@ export const SERVICE_NAMES = ['taskbroker.v1.TaskBroker', 'taskbroker.v1.TaskBro
 
 export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
   const { logger, metrics, readiness } = deps;
-  const admission = new CallAdmission({ limits: deps.admission, metrics, databaseQueue: deps.databaseQueue, services: SERVICE_NAMES });
+  const admission = new CallAdmission({
+    limits: deps.admission,
+    metrics,
+    databaseQueue: deps.databaseQueue,
+    services: SERVICE_NAMES,
+    // A revocation stream lives as long as its resource server: it has limits of its own (revocation-stream.ts).
+    exempt: ['/taskbroker.v1.TaskBroker/WatchRevocations'],
+  });
   const decoders = new RequestDecoders();
   const maxMessageBytes = deps.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
   const server = new SvidServer({
@@ -79,7 +93,14 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
     interceptors: [admission.interceptor(), decoders.interceptor()],
   });
   const proto = brokerProto();
-  server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBroker.service), taskBrokerHandlers({ logger, lifecycle: deps.lifecycle, metrics }));
+  server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBroker.service), taskBrokerHandlers({
+      logger,
+      lifecycle: deps.lifecycle,
+      metrics,
+      revocations: deps.revocations,
+      revocationStreamLimits: deps.revocationStreamLimits,
+      keys: deps.keys,
+    }));
   server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBrokerAdmin.service), adminHandlers({ logger, admin: deps.admin }));
   const healthServices = ['', ...SERVICE_NAMES];
 
@@ -104,6 +125,8 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
     async close(graceMs = 10_000) {
       unfollow();
       setHealth(false);
+      // Streams would hold a graceful shutdown until the grace runs out: they end first, with UNAVAILABLE.
+      await deps.revocations.close();
       await server.shutdown(graceMs);
       admission.close();
     },

@@ -30,6 +30,7 @@ export type AuditEventType =
   | 'task.expired'
   | 'token.issued'
   | 'token.verified'
+  | 'token.used'
   | 'access.denied'
   | 'admin.workload_revoked'
   | 'admin.tasks_listed'

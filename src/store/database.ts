@@ -10,6 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import pg from 'pg';
 import { CommitOutcomeUnknownError, databaseFailure, type DatabaseFailure } from './failures.js';
+import { listenOnPglite, listenOnPostgres, type ListenHandlers, type Listener } from './listener.js';
 import type { Schema } from './schema.js';
 import { runTransaction, type TransactionObserver } from './transaction.js';
 
@@ -44,6 +45,8 @@ export interface Store {
   applyBatch(opsJson: string): Promise<unknown[]>;
   /** One prepared read outside any transaction. */
   read<R>(name: string, text: string, values: unknown[]): Promise<R[]>;
+  /** LISTEN on `channel` on a connection of its own, re-established after failures (listener.ts). */
+  listen(channel: string, handlers: ListenHandlers): Listener;
   /** Statements sent to the database since the store opened, readiness probes aside: one per round trip. */
   readonly statementsSent: number;
   close(): Promise<void>;
@@ -208,6 +211,7 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
       }
     },
     read: async <R>(name: string, text: string, values: unknown[]) => (await pool.query({ name, text, values })).rows as R[],
+    listen: (channel, handlers) => listenOnPostgres({ ...common, statement_timeout: undefined, query_timeout: undefined }, channel, handlers),
     get statementsSent() {
       return statementsSent;
     },
@@ -269,6 +273,7 @@ async function openPglite(dataDir: string | undefined): Promise<Store> {
     // straight to PGlite while a kysely transaction is open would run inside that transaction).
     applyBatch: async (opsJson) => (await sql<{ r: unknown[] }>`select tb_apply(${opsJson}::jsonb) as r`.execute(db)).rows[0]!.r,
     read: async <R>(_name: string, text: string, values: unknown[]) => (await db.executeQuery<R>(CompiledQuery.raw(text, values))).rows,
+    listen: (channel, handlers) => listenOnPglite(pglite, channel, handlers),
     get statementsSent() {
       return statementsSent;
     },

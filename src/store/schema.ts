@@ -84,6 +84,27 @@ export interface AuditEventsTable {
   hash_version: ColumnType<number, number | undefined, never>;
 }
 
+export interface RevocationsTable {
+  /** bigint: a string from `pg`, a number from PGlite. */
+  revocation_id: ColumnType<string | number, never, never>;
+  /** Commit order (bigint); null only inside the inserting transaction. */
+  seq: ColumnType<string | number | null, never, never>;
+  task_id: string;
+  audience: string;
+  task_state: TaskState;
+  reason: string;
+  revoked_at: Date;
+  revoked_tokens: number;
+  tokens_expire_by: Date;
+}
+
+export interface TokenUseReportsTable {
+  reporter: string;
+  report_id: string;
+  task_id: string;
+  received_at: Date;
+}
+
 export interface SchemaMigrationsTable {
   version: string;
   checksum: string;
@@ -96,6 +117,10 @@ export interface Schema {
   tokens: TokensTable;
   audit_chains: AuditChainsTable;
   audit_events: AuditEventsTable;
+  revocations: RevocationsTable;
+  token_use_reports: TokenUseReportsTable;
+  broker_instance: { singleton: ColumnType<boolean, never, never>; instance_id: string };
+  revocation_log_head: { singleton: ColumnType<boolean, never, never>; last_seq: ColumnType<string | number, never, never> };
   schema_migrations: SchemaMigrationsTable;
 }
 

@@ -22,6 +22,7 @@ import { canonicalSpecJson, taskHashOf } from './spec.js';
 import { TaskAccess } from './task-access.js';
 import { TaskRows, taskRowFromJson, toTask } from './task-rows.js';
 import { TokenOperations, type IssuedToken, type TokenKeys, type VerifyOptions, type VerifyResult } from './token-operations.js';
+import { recordTokenUses, type TokenUseCounts, type TokenUseInput } from './token-use-reports.js';
 import { UnitOfWork, type TaskObserver } from './unit-of-work.js';
 import { freeText, idempotencyKeyArgument, validateTaskSpec, type TaskSpecInput } from './validation.js';
 
@@ -72,6 +73,11 @@ export class TaskLifecycle {
   /** Write operations waiting for a batch now (admission sheds load before this grows without bound). */
   get writeQueue(): number {
     return this.#access.writeQueue;
+  }
+
+  /** Offline verifications reported by the tokens' audience, recorded as token.used events (token-use-reports.ts). */
+  reportTokenUses(actor: Actor, uses: TokenUseInput[]): Promise<TokenUseCounts> {
+    return recordTokenUses(this.#access, actor, uses);
   }
 
   async createTask(actor: Actor, input: TaskSpecInput, idempotencyKey?: string): Promise<{ task: Task; canonicalSpec: string; replayed: boolean }> {

@@ -176,9 +176,16 @@ export class TaskRows {
     }
   }
 
-  /** Deletes token rows that expired before `cutoff` (their audit events stay). */
+  /**
+   * Deletes token rows that expired before `cutoff` (their audit events stay), and with them the
+   * revocation log entries whose tokens had all expired by then and the report ids received
+   * before then (a report retried after that is recorded again).
+   */
   async pruneTokens(cutoff: Date): Promise<number> {
-    const result = await this.#deps.db.deleteFrom('tokens').where('expires_at', '<', cutoff).executeTakeFirst();
+    const db = this.#deps.db;
+    const result = await db.deleteFrom('tokens').where('expires_at', '<', cutoff).executeTakeFirst();
+    await db.deleteFrom('revocations').where('tokens_expire_by', '<', cutoff).execute();
+    await db.deleteFrom('token_use_reports').where('received_at', '<', cutoff).execute();
     return Number(result.numDeletedRows);
   }
 
