@@ -1,7 +1,8 @@
 -- Revocation is pushed, not polled: the revocation log and offline access reports.
 --
--- Every time a task ends with tokens that have not expired (complete, cancel, expiry, admin
--- revoke, revoke-workload: all go through tb_end_task), one row goes into `revocations`. Its
+-- Every time a task ends with tokens not yet revoked (complete, cancel, expiry, admin revoke,
+-- revoke-workload: all go through tb_end_task), one row goes into `revocations` (even when those
+-- tokens have just expired: a verifier may still accept them within its clock leeway). Its
 -- `seq` is assigned at COMMIT, under the lock of the one-row `revocation_log_head`, by a deferred
 -- constraint trigger: so seq order is commit order on every replica, and a reader that has seen
 -- seq N has seen every revocation that committed before it (no gaps to wait for). The same
@@ -59,7 +60,7 @@ $$;
 CREATE CONSTRAINT TRIGGER revocations_sealed AFTER INSERT ON revocations
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tb_seal_revocation();
 
--- As in 0003, plus the revocation log row when tokens that are still valid were revoked.
+-- As in 0003, plus the revocation log row when it revoked tokens.
 CREATE OR REPLACE FUNCTION tb_end_task(p_task tasks, p_state text, p_by text, p_reason text, p_event text, p_actor text, p_thumb text, p_request text, p_at timestamptz, p_details jsonb)
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
@@ -75,7 +76,7 @@ BEGIN
       RETURNING expires_at
   )
   SELECT count(*), max(expires_at) INTO v_revoked, v_until FROM r;
-  IF v_until > p_at THEN
+  IF v_revoked > 0 THEN
     INSERT INTO revocations (task_id, audience, task_state, reason, revoked_at, revoked_tokens, tokens_expire_by)
       VALUES (p_task.task_id, p_task.audience, p_state, coalesce(p_reason, ''), p_at, v_revoked, v_until);
   END IF;

@@ -93,14 +93,17 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
     interceptors: [admission.interceptor(), decoders.interceptor()],
   });
   const proto = brokerProto();
-  server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBroker.service), taskBrokerHandlers({
+  server.grpc.addService(
+    decoders.undecoded(proto.taskbroker.v1.TaskBroker.service),
+    taskBrokerHandlers({
       logger,
       lifecycle: deps.lifecycle,
       metrics,
       revocations: deps.revocations,
       revocationStreamLimits: deps.revocationStreamLimits,
       keys: deps.keys,
-    }));
+    }),
+  );
   server.grpc.addService(decoders.undecoded(proto.taskbroker.v1.TaskBrokerAdmin.service), adminHandlers({ logger, admin: deps.admin }));
   const healthServices = ['', ...SERVICE_NAMES];
 

@@ -108,19 +108,21 @@ export function listenOnPglite(
   checkedChannel(channel);
   let connected = false;
   let closed = false;
-  const unlisten = pglite.listen(channel, (payload) => handlers.onNotify(payload)).then(
-    (stop) => {
-      if (!closed) {
-        connected = true;
-        handlers.onReady?.();
-      }
-      return stop;
-    },
-    (err: Error) => {
-      handlers.onProblem?.(err.message, 0);
-      return undefined;
-    },
-  );
+  const unlisten = pglite
+    .listen(channel, (payload) => handlers.onNotify(payload))
+    .then(
+      (stop) => {
+        if (!closed) {
+          connected = true;
+          handlers.onReady?.();
+        }
+        return stop;
+      },
+      (err: Error) => {
+        handlers.onProblem?.(err.message, 0);
+        return undefined;
+      },
+    );
   return {
     get connected() {
       return connected;

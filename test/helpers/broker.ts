@@ -62,7 +62,17 @@ export interface TestBroker {
 export interface TestBrokerOptions extends Partial<
   Pick<
     TaskBrokerOptions,
-    'limits' | 'tokenAlg' | 'sweepIntervalMs' | 'policy' | 'readinessIntervalMs' | 'readinessChecks' | 'databasePingTimeoutMs' | 'admission'
+    | 'limits'
+    | 'tokenAlg'
+    | 'sweepIntervalMs'
+    | 'policy'
+    | 'readinessIntervalMs'
+    | 'readinessChecks'
+    | 'databasePingTimeoutMs'
+    | 'admission'
+    | 'revocationPollIntervalMs'
+    | 'revocationHeartbeatIntervalMs'
+    | 'revocationStreamLimits'
   >
 > {
   logger?: Logger;
@@ -102,6 +112,9 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
       readinessChecks: options.readinessChecks,
       databasePingTimeoutMs: options.databasePingTimeoutMs,
       admission: options.admission,
+      revocationPollIntervalMs: options.revocationPollIntervalMs,
+      revocationHeartbeatIntervalMs: options.revocationHeartbeatIntervalMs,
+      revocationStreamLimits: options.revocationStreamLimits,
       clock: clock.now,
     });
   };
