@@ -1,15 +1,14 @@
 /**
  * Channel credentials for workloads and resource servers talking to the broker over mTLS.
  *
- * The client presents its X509-SVID and authenticates the broker by SPIFFE ID, not host name:
- * the broker's chain is verified with the SPIFFE rules against the broker's trust domain
- * bundle, and its ID must match what the client expects.
+ * The client presents its X509-SVID and authenticates the broker by SPIFFE ID, not host name
+ * (broker-identity.ts). These are fixed PEM strings, never reloaded; for an SVID that rotates
+ * under open clients use x509SourceCredentials (source-credentials.ts).
  */
 import * as grpc from '@grpc/grpc-js';
-import type { PeerCertificate } from 'node:tls';
 import { parseX509Bundle, TrustBundleSet } from '../spiffe/bundle.js';
 import { SpiffeId } from '../spiffe/id.js';
-import { verifyX509Svid } from '../spiffe/x509svid.js';
+import { brokerIdentityCheck } from './broker-identity.js';
 
 export interface SvidCredentialsOptions {
   /** The client's SVID: PEM certificate chain, leaf first. */
@@ -23,17 +22,6 @@ export interface SvidCredentialsOptions {
   trustDomain?: string;
 }
 
-function peerChain(cert: PeerCertificate & { issuerCertificate?: PeerCertificate }): Buffer[] {
-  const chain: Buffer[] = [];
-  let current: (PeerCertificate & { issuerCertificate?: PeerCertificate }) | undefined = cert;
-  while (current?.raw && chain.length < 16) {
-    chain.push(current.raw);
-    if (!current.issuerCertificate || current.issuerCertificate === current) break;
-    current = current.issuerCertificate;
-  }
-  return chain;
-}
-
 export function svidChannelCredentials(options: SvidCredentialsOptions): grpc.ChannelCredentials {
   const expected = options.serverId ? SpiffeId.parse(options.serverId) : undefined;
   const trustDomain = options.trustDomain ?? expected?.trustDomain;
@@ -42,17 +30,7 @@ export function svidChannelCredentials(options: SvidCredentialsOptions): grpc.Ch
   const bundles = new TrustBundleSet([bundle]);
   const rootsPem = bundle.authorities.map((a) => a.node.toString()).join('\n');
   return grpc.credentials.createSsl(Buffer.from(rootsPem), Buffer.from(options.keyPem), Buffer.from(options.certChainPem), {
-    checkServerIdentity: (_host, cert) => {
-      try {
-        const { spiffeId } = verifyX509Svid(peerChain(cert), bundles);
-        if (expected && !spiffeId.equals(expected)) {
-          return new Error(`broker presented ${spiffeId.toString()}, expected ${expected.toString()}`);
-        }
-        return undefined;
-      } catch (err) {
-        return err as Error;
-      }
-    },
+    checkServerIdentity: brokerIdentityCheck(bundles, trustDomain, expected),
   });
 }
 

@@ -1,11 +1,9 @@
 /**
  * Opens the system of record: PostgreSQL through `pg` when a URL is given, otherwise embedded
  * PGlite (in a data directory, or in memory for tests). Both speak the same SQL and run the
- * same migrations; callers only see a Kysely<Schema>.
+ * same migrations; callers only see a Kysely<Schema>. PGlite is imported only when it is opened.
  */
-import { PGlite } from '@electric-sql/pglite';
 import { CompiledQuery, Kysely, PostgresDialect, sql, type Transaction } from 'kysely';
-import { PGliteDialect } from 'kysely-pglite-dialect';
 import { randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import pg from 'pg';
@@ -243,6 +241,9 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
 
 async function openPglite(dataDir: string | undefined): Promise<Store> {
   if (dataDir) await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  // Loaded here, not at the top: a broker on PostgreSQL (and anything else that imports the
+  // store) never loads the embedded database.
+  const [{ PGlite }, { PGliteDialect }] = await Promise.all([import('@electric-sql/pglite'), import('kysely-pglite-dialect')]);
   const pglite = await PGlite.create(dataDir ? { dataDir } : {});
   let statementsSent = 0;
   const query = pglite.query.bind(pglite);

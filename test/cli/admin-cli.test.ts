@@ -5,17 +5,19 @@
  * exit codes scripts rely on (0 ok, 1 failure, 2 usage, 3 denied, 4 not found, 5 conflict).
  */
 import * as grpc from '@grpc/grpc-js';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reportAuditTrail } from '../../src/cli/admin/commands.js';
 import { BrokerClient } from '../../src/client/broker-client.js';
+import { loadIssuedCertificate, mintX509Svid } from '../../src/devca/certificates.js';
 import type { GetAuditTrailResponse__Output } from '../../src/gen/taskbroker/v1/GetAuditTrailResponse.js';
 import type { TaskSpec } from '../../src/gen/taskbroker/v1/TaskSpec.js';
 import { fromTimestamp } from '../../src/protocol/timestamps.js';
 import { cliTimeout, runCli, startCli, type CliResult, type RunningCli } from '../helpers/cli.js';
 import { devCaServeEnv, devCaSvid } from '../helpers/dev-ca-files.js';
+import { startFakeWorkloadApi, x509SvidMessage, type FakeWorkloadApi } from '../helpers/workload-api.js';
 
 const BROKER_ID = 'spiffe://example.org/task-broker';
 const ADMIN_ID = 'spiffe://example.org/ns/platform/sa/admin';
@@ -492,5 +494,63 @@ describe('task-broker admin', () => {
     // Neither the intruder nor the rogue CA's "admin" changed anything.
     expect((await requester.getTask(active)).task?.state).toBe('TASK_STATE_ACTIVE');
     expect((await adminWorkload.getTask(own)).task?.state).toBe('TASK_STATE_PENDING_APPROVAL');
+  });
+});
+
+describe('task-broker admin on the SPIFFE Workload API', () => {
+  /** A fake SPIRE agent handing out a fresh admin SVID from the dev-ca, with the dev-ca as the bundle. */
+  async function adminAgent(): Promise<FakeWorkloadApi> {
+    const ca = await loadIssuedCertificate(await readFile(join(pki, 'ca.pem'), 'utf8'), await readFile(join(pki, 'ca.key'), 'utf8'));
+    const agent = await startFakeWorkloadApi(join(dir, `agent-${Date.now()}.sock`));
+    agent.setX509Svid({ svids: [await x509SvidMessage(await mintX509Svid(ca, ADMIN_ID), [ca])] });
+    return agent;
+  }
+
+  /** The admin's environment without any SVID files (and no SPIFFE_ENDPOINT_SOCKET unless given). */
+  const noFiles = { TASK_BROKER_ADMIN_SVID_CERT: '', TASK_BROKER_ADMIN_SVID_KEY: '', TASK_BROKER_ADMIN_BUNDLE: '', SPIFFE_ENDPOINT_SOCKET: '' };
+
+  it('takes the admin SVID from --workload-api, or from SPIFFE_ENDPOINT_SOCKET when no SVID files are given', async () => {
+    const agent = await adminAgent();
+    try {
+      const taskId = await newTask(requester);
+      const [byFlag, byEnv, help] = await Promise.all([
+        admin(['list-tasks', '--owner', REQUESTER_ID, '--json', '--workload-api', agent.address], noFiles),
+        admin(['audit-trail', '--task', taskId, '--json'], { ...noFiles, SPIFFE_ENDPOINT_SOCKET: agent.address }),
+        runCli(['admin', 'list-tasks', '--help']),
+      ]);
+      expect(jsonOf<{ tasks: JsonTask[] }>(byFlag).tasks.map((t) => t.taskId)).toContain(taskId);
+      expect(jsonOf<{ taskId: string }>(byEnv).taskId).toBe(taskId);
+      // Both went through the agent, with the Workload API's security header.
+      expect(agent.opened.FetchX509SVID).toBe(2);
+      expect(help.stdout).toMatch(/--workload-api ADDRESS +Take your X509-SVID and the trust bundles from the SPIFFE Workload API/);
+      expect(help.stdout).toContain('SPIFFE_ENDPOINT_SOCKET is used when it is set');
+    } finally {
+      await agent.stop();
+    }
+  });
+
+  it('refuses --workload-api with SVID files, no identity at all, and an agent that sends no SVID in time', async () => {
+    const silent = await startFakeWorkloadApi(join(dir, 'silent.sock'));
+    try {
+      const [both, neither, badAddress, noSvid] = await Promise.all([
+        admin(['list-tasks', '--workload-api', silent.address]),
+        admin(['list-tasks'], noFiles),
+        admin(['list-tasks'], { ...noFiles, SPIFFE_ENDPOINT_SOCKET: 'tcp://localhost:1' }),
+        admin(['list-tasks', '--workload-api', silent.address, '--timeout', '300ms'], noFiles),
+      ]);
+      const expectations: Array<[CliResult, number, RegExp]> = [
+        [both, 2, /--workload-api cannot be combined with --svid-cert, --svid-key/],
+        [neither, 2, /give your X509-SVID: --svid-cert and --svid-key \(with --bundle\), or --workload-api ADDRESS \(or set SPIFFE_ENDPOINT_SOCKET\)/],
+        [badAddress, 2, /--workload-api \(SPIFFE_ENDPOINT_SOCKET\): .*IP address, not a host name/],
+        [noSvid, 1, /no usable X509-SVID from the Workload API at unix:\/\/.*silent\.sock within 300 ms/],
+      ];
+      for (const [result, code, message] of expectations) {
+        expect(result.code, result.stderr).toBe(code);
+        expect(result.stderr).toMatch(message);
+        expect(result.stdout).toBe('');
+      }
+    } finally {
+      await silent.stop();
+    }
   });
 });

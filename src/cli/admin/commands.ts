@@ -4,10 +4,10 @@
  * the table below (flags, call, text output); run.ts does the rest the same way for all.
  *
  * The broker is authenticated by SPIFFE ID (`--broker-id`), never by host name: its certificate
- * must verify against `--bundle` and carry exactly that ID. The ID is required although the
- * client library can do without one (it then accepts any SVID of the bundle's trust domain):
- * on the admin plane that would let any workload of the trust domain pose as the broker and
- * quietly swallow a revocation.
+ * must verify against its trust bundle (`--bundle`, or the Workload API's: identity.ts) and
+ * carry exactly that ID. The ID is required although the client library can do without one
+ * (it then accepts any SVID of the bundle's trust domain): on the admin plane that would let any
+ * workload of the trust domain pose as the broker and quietly swallow a revocation.
  *
  * Output: readable tables and `key: value` blocks by default; with `--json`, exactly one JSON
  * document on stdout (the response, in the proto3 JSON mapping) and nothing else. Errors go to

@@ -4,12 +4,12 @@
  * flags, connection, call and output.
  */
 import * as grpc from '@grpc/grpc-js';
-import { readFile } from 'node:fs/promises';
 import { AdminClient } from '../../client/admin-client.js';
 import type { CallOptions } from '../../client/broker-client.js';
 import type { TaskBrokerAdminClient } from '../../gen/taskbroker/v1/TaskBrokerAdmin.js';
 import { responseType, toProto3Json } from '../../protocol/proto-json.js';
 import { SpiffeId } from '../../spiffe/id.js';
+import { adminIdentity, adminIdentityOptions } from './identity.js';
 import { ExitCode, parseDuration, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from '../options.js';
 
 /** Options every admin command takes: where the broker is, who it must be, who we are. */
@@ -27,29 +27,9 @@ export const adminConnectionOptions: Record<string, OptionSpec> = {
     env: 'TASK_BROKER_ID',
     required: true,
     description:
-      "The broker's expected SPIFFE ID, e.g. spiffe://example.org/task-broker: the connection is refused unless the broker's certificate verifies against --bundle and carries exactly this ID",
+      "The broker's expected SPIFFE ID, e.g. spiffe://example.org/task-broker: the connection is refused unless the broker's certificate verifies against its trust bundle (--bundle, or the Workload API's) and carries exactly this ID",
   },
-  'svid-cert': {
-    type: 'string',
-    placeholder: 'FILE',
-    env: 'TASK_BROKER_ADMIN_SVID_CERT',
-    required: true,
-    description: "Your own X509-SVID certificate chain (PEM, leaf first); its SPIFFE ID must be an admin in the broker's policy",
-  },
-  'svid-key': {
-    type: 'string',
-    placeholder: 'FILE',
-    env: 'TASK_BROKER_ADMIN_SVID_KEY',
-    required: true,
-    description: 'The private key of your X509-SVID (PEM)',
-  },
-  bundle: {
-    type: 'string',
-    placeholder: 'FILE',
-    env: 'TASK_BROKER_ADMIN_BUNDLE',
-    required: true,
-    description: "Trust bundle of the broker's trust domain (PEM certificates or SPIFFE bundle JSON), used to verify the broker's certificate",
-  },
+  ...adminIdentityOptions,
   timeout: {
     type: 'string',
     placeholder: 'DURATION',
@@ -155,22 +135,11 @@ function noPositionals(spec: CommandSpec, parsed: ParsedCommand): void {
 interface Connection {
   address: string;
   brokerId: string;
-  certChainPem: string;
-  keyPem: string;
-  bundle: string;
   deadlineMs: number;
   json: boolean;
 }
 
-async function readOptionFile(option: string, path: string): Promise<string> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (err) {
-    throw new Error(`cannot read --${option} ${path}: ${(err as Error).message}`);
-  }
-}
-
-async function connection(spec: CommandSpec, parsed: ParsedCommand): Promise<Connection> {
+function connection(spec: CommandSpec, parsed: ParsedCommand): Connection {
   const address = requiredText(spec, parsed, 'broker');
   const brokerId = requiredText(spec, parsed, 'broker-id');
   try {
@@ -181,12 +150,7 @@ async function connection(spec: CommandSpec, parsed: ParsedCommand): Promise<Con
   const timeout = stringOption(parsed.values, 'timeout') ?? '10s';
   const deadlineMs = parseDuration(timeout, '--timeout');
   if (deadlineMs <= 0) throw new UsageError('--timeout must be longer than 0');
-  const [certChainPem, keyPem, bundle] = await Promise.all([
-    readOptionFile('svid-cert', requiredText(spec, parsed, 'svid-cert')),
-    readOptionFile('svid-key', requiredText(spec, parsed, 'svid-key')),
-    readOptionFile('bundle', requiredText(spec, parsed, 'bundle')),
-  ]);
-  return { address, brokerId, certChainPem, keyPem, bundle, deadlineMs, json: parsed.values.json === true };
+  return { address, brokerId, deadlineMs, json: parsed.values.json === true };
 }
 
 /** Prints a command's response (text or JSON) and returns its exit code. */
@@ -218,13 +182,9 @@ async function runAdminCommand<Req, Res extends object>(
   const { spec } = def;
   noPositionals(spec, parsed);
   const request = def.request(parsed);
-  const conn = await connection(spec, parsed);
-  let client: AdminClient;
-  try {
-    client = AdminClient.withSvid(conn.address, { certChainPem: conn.certChainPem, keyPem: conn.keyPem, bundle: conn.bundle, serverId: conn.brokerId });
-  } catch (e) {
-    throw new Error(`cannot use the SVID or bundle files: ${(e as Error).message}`);
-  }
+  const conn = connection(spec, parsed);
+  const identity = await adminIdentity(spec, parsed, conn.brokerId, conn.deadlineMs);
+  const client = new AdminClient({ address: conn.address, credentials: identity.credentials });
   const prefix = `task-broker ${spec.name}`;
   try {
     const response = await def.call(client, request, { deadlineMs: conn.deadlineMs });
@@ -234,11 +194,14 @@ async function runAdminCommand<Req, Res extends object>(
     const name = grpc.status[e.code] ?? `STATUS ${String(e.code)}`;
     err(`${prefix}: ${name}: ${e.details || e.message}\n`);
     if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
-      err(`  (broker ${conn.address}, expected SPIFFE ID ${conn.brokerId}: is it running there, and does its certificate verify against --bundle?)\n`);
+      err(
+        `  (broker ${conn.address}, expected SPIFFE ID ${conn.brokerId}: is it running there, and does its certificate verify against ${identity.trustSource}?)\n`,
+      );
     }
     return exitCodeForStatus(e.code);
   } finally {
     client.close();
+    identity.close();
   }
 }
 

@@ -1,0 +1,53 @@
+/**
+ * `task-broker/client`: the SDK for workloads (and the admin client for platform teams). Loads
+ * the protocol, SPIFFE and logging modules only: no database driver, no metrics.
+ */
+export {
+  TaskBrokerClient,
+  connectTaskBroker,
+  type ConnectTaskBrokerOptions,
+  type IssueTokenOptions,
+  type TaskBrokerClientOptions,
+} from './task-broker-client.js';
+export type {
+  CreatedTask,
+  CreateTaskInput,
+  EndedTask,
+  Identity,
+  IssuedToken,
+  JsonObject,
+  JsonValue,
+  Task,
+  TaskSpecInfo,
+  TaskSpecInput,
+  TaskState,
+} from './results.js';
+export {
+  AbortedError,
+  AlreadyExistsError,
+  DeadlineExceededError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  NotFoundError,
+  PermissionDeniedError,
+  ResourceExhaustedError,
+  RETRY_PUSHBACK_TRAILER,
+  TaskBrokerError,
+  UnauthenticatedError,
+  UnavailableError,
+  toTaskBrokerError,
+  type TaskBrokerErrorReason,
+} from './errors.js';
+export { BrokerClient, ServiceClient, unaryCall, type CallOptions, type ConnectOptions } from './broker-client.js';
+export { AdminClient } from './admin-client.js';
+export { svidChannelCredentials, svidChannelOptions, type SvidCredentialsOptions } from './credentials.js';
+export { x509SourceCredentials, type X509SourceCredentialsOptions } from './source-credentials.js';
+export {
+  FileX509Source,
+  WorkloadApiSource,
+  fileX509Source,
+  workloadApiX509Source,
+  type FileX509SourceOptions,
+  type WorkloadApiX509SourceOptions,
+} from './sources.js';
+export type { TlsIdentity, X509Source } from '../spiffe/x509-source.js';
