@@ -155,6 +155,11 @@ export class TaskTokenVerifier {
     return this.#finish(outcome, options, now);
   }
 
+  /** Sends the queued access reports now; resolves when that flush is over (a failure is retried later, not thrown). */
+  flush(): Promise<void> {
+    return this.#reporter?.flush() ?? Promise.resolve();
+  }
+
   stats(): VerifierStats {
     const now = this.#clock.now();
     return {
