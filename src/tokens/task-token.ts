@@ -163,6 +163,25 @@ export function readTaskTokenHeader(token: unknown): TaskTokenHeader | string {
   if (parts.length !== 3) return `not a compact JWS: ${parts.length} parts instead of 3`;
   const [encodedHeader, encodedPayload, signature] = parts as [string, string, string];
   if (!BASE64URL.test(encodedHeader) || !BASE64URL.test(encodedPayload)) return 'not a compact JWS: header or payload is not base64url';
+  const header = parsedHeader(encodedHeader);
+  if (typeof header === 'string') return header;
+  if (signature.length === 0 || !BASE64URL.test(signature)) return 'not a compact JWS: signature is missing or not base64url';
+  const result: TaskTokenHeader = { kid: header.kid, alg: header.alg, parts: [encodedHeader, encodedPayload, signature] };
+  if (header.problem) result.problem = header.problem;
+  else if (!isExactBase64url(signature)) result.problem = 'not a compact JWS: signature is not base64url';
+  return result;
+}
+
+type ParsedHeader = Pick<TaskTokenHeader, 'kid' | 'alg' | 'problem'>;
+
+/** Parsed protected headers by their encoding: the same few keys sign every token, so a verifier decodes each header once. */
+const parsedHeaders = new Map<string, ParsedHeader>();
+const MAX_PARSED_HEADERS = 64;
+
+/** The header's typ, alg and kid checked, and a problem to report after the key lookup; or the problem that ends the check at once. */
+function parsedHeader(encodedHeader: string): ParsedHeader | string {
+  const cached = parsedHeaders.get(encodedHeader);
+  if (cached) return cached;
   const headerBytes = Buffer.from(encodedHeader, 'base64url');
   let header: unknown;
   try {
@@ -175,14 +194,14 @@ export function readTaskTokenHeader(token: unknown): TaskTokenHeader | string {
   if (typeof typ !== 'string' || normalizeTyp(typ) !== TASK_TOKEN_TYPE) return `header typ is ${describe(typ)}, expected ${TASK_TOKEN_TYPE}`;
   if (!isTokenAlg(alg)) return `header alg ${describe(alg)} is not accepted (ES256, EdDSA)`;
   if (typeof kid !== 'string' || kid.length === 0) return 'header has no kid';
-  if (signature.length === 0 || !BASE64URL.test(signature)) return 'not a compact JWS: signature is missing or not base64url';
-  const result: TaskTokenHeader = { kid, alg, parts: [encodedHeader, encodedPayload, signature] };
+  const parsed: ParsedHeader = { kid, alg };
   // Buffer decodes leniently; the header must be exact base64url (no dangling character) of UTF-8.
-  if (!isExactBase64url(encodedHeader) || !isUtf8(headerBytes)) result.problem = 'not a compact JWS: header is not base64url-encoded UTF-8';
+  if (!isExactBase64url(encodedHeader) || !isUtf8(headerBytes)) parsed.problem = 'not a compact JWS: header is not base64url-encoded UTF-8';
   // RFC 7515 4.1.11: we understand no extension, so a token that names one as critical is refused.
-  else if (Object.hasOwn(header, 'crit')) result.problem = 'header has crit: no JWS extension is understood here (RFC 7515 4.1.11)';
-  else if (!isExactBase64url(signature)) result.problem = 'not a compact JWS: signature is not base64url';
-  return result;
+  else if (Object.hasOwn(header, 'crit')) parsed.problem = 'header has crit: no JWS extension is understood here (RFC 7515 4.1.11)';
+  if (parsedHeaders.size >= MAX_PARSED_HEADERS) parsedHeaders.clear();
+  parsedHeaders.set(encodedHeader, parsed);
+  return parsed;
 }
 
 /** The claims set of an authentic token: a JSON object, in UTF-8, base64url-encoded. */
