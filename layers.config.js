@@ -12,20 +12,22 @@
  *    2  app            the composition root: configuration, identity set-up, assembly of a broker
  *    3  api            gRPC handlers: decode a request, call the domain, encode the answer
  *       http           the ops HTTP server and what it serves (JWKS, health, readiness, metrics)
- *       client         the SDK for workloads and admins
+ *       verifier       the SDK for resource servers: offline verification, revocation stream,
+ *                      access reports, HTTP middleware (it builds on client)
  *       devca          a local certificate authority for `dev-ca`, the demo and the tests
- *    4  transport      the mTLS gRPC server and the verified caller behind each call
- *    5  tasks          the task domain: lifecycle, admin operations, validation
- *    6  policy         who may do what
+ *    4  client         the SDK for workloads and admins
+ *    5  transport      the mTLS gRPC server and the verified caller behind each call
+ *    6  tasks          the task domain: lifecycle, admin operations, validation
+ *    7  policy         who may do what
  *       tokens         signing keys and task tokens
  *       audit          the hash-chained audit trail
- *    7  store          the database, migrations and transactions
+ *    8  store          the database, migrations and transactions
  *       spiffe         SPIFFE IDs, SVIDs, trust bundles, the Workload API
- *    8  observability  logging, metrics, readiness
- *    9  protocol       proto loading and wire conversions (enum names, Struct, Timestamp)
- *   10  model          the domain's vocabulary (Task, TaskState, Actor, VerifyReason)
+ *    9  observability  logging, metrics, readiness
+ *   10  protocol       proto loading and wire conversions (enum names, Struct, Timestamp)
+ *   11  model          the domain's vocabulary (Task, TaskState, Actor, VerifyReason)
  *       files          paths inside the installed package, watched files
- *   11  gen            types generated from proto/
+ *   12  gen            types generated from proto/
  *       errors.ts      the error kinds every layer may raise
  *       types          ambient type declarations
  *
@@ -44,7 +46,8 @@ import importX, { createNodeResolver } from 'eslint-plugin-import-x';
 export const LAYERS = [
   ['cli'],
   ['app'],
-  ['api', 'http', 'client', 'devca'],
+  ['api', 'http', 'verifier', 'devca'],
+  ['client'],
   ['transport'],
   ['tasks'],
   ['policy', 'tokens', 'audit'],

@@ -16,13 +16,9 @@ import type { SigningKeyRow, SigningKeyState } from '../store/schema.js';
 import { isUniqueViolation } from '../store/failures.js';
 import type { KeyEncryptionKey } from './kek.js';
 import { generateSigningKey, privateKeyOf, publicKeyOf } from './signing-key-material.js';
+import { isTokenAlg, type TokenAlg } from './token-alg.js';
 
-export type TokenAlg = 'ES256' | 'EdDSA';
-export const TOKEN_ALGS: readonly TokenAlg[] = ['ES256', 'EdDSA'];
-
-export function isTokenAlg(value: unknown): value is TokenAlg {
-  return value === 'ES256' || value === 'EdDSA';
-}
+export { TOKEN_ALGS, isTokenAlg, type TokenAlg } from './token-alg.js';
 
 export interface SigningKey {
   kid: string;

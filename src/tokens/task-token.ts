@@ -5,6 +5,9 @@
  * checkTaskToken answers "is this an authentic, well-formed, currently valid token from us?".
  * Revocation, audience and binding checks need the database and belong to the caller.
  *
+ * checkTaskTokenWithKey is the same check, synchronous, for a caller that looks the key up
+ * itself (readTaskTokenHeader gives the kid): the verifier SDK's hot path.
+ *
  * Signing and verification run on node:crypto directly: jose (which we used before) signed at
  * a fraction of node:crypto's rate. checkTaskToken makes the checks jose's jwtVerify made, in
  * the same order and with the same outcomes, except that it refuses every `crit` header (jose
@@ -13,8 +16,8 @@
  * check that a key fits its algorithm, are in token-crypto.ts.
  */
 import { isUtf8 } from 'node:buffer';
-import type { SigningKey, TokenAlg, VerificationKeySource } from './keyring.js';
-import { isTokenAlg } from './keyring.js';
+import type { SigningKey, VerificationKey, VerificationKeySource } from './keyring.js';
+import { isTokenAlg, type TokenAlg } from './token-alg.js';
 import { nodeKey, signatureOf, signatureValid } from './token-crypto.js';
 
 export { certificateThumbprint as x5tS256 } from '../spiffe/certificate.js';
@@ -80,12 +83,24 @@ function signCompact(key: SigningKey, claims: TaskTokenClaims): string {
 
 /** Verifies signature, header, claim shapes, issuer and time. Never throws for a bad token. */
 export async function checkTaskToken(token: string, keys: VerificationKeySource, options: CheckTaskTokenOptions): Promise<SignatureCheck> {
-  const { now, tolerance } = timeOptions(options);
-  const header = readHeader(token);
+  timeOptions(options);
+  const header = readTaskTokenHeader(token);
   if (typeof header === 'string') return { ok: false, reason: 'malformed', detail: header };
-  const { kid, alg, parts } = header;
+  return checkTaskTokenWithKey(token, header, await keys.verificationKey(header.kid), options);
+}
 
-  const key = await keys.verificationKey(kid);
+/**
+ * checkTaskToken after the key lookup: `header` is readTaskTokenHeader(token), `key` the
+ * verification key of its kid (undefined: unknown). Synchronous; never throws for a bad token.
+ */
+export function checkTaskTokenWithKey(
+  token: string,
+  header: TaskTokenHeader,
+  key: VerificationKey | undefined,
+  options: CheckTaskTokenOptions,
+): SignatureCheck {
+  const { now, tolerance } = timeOptions(options);
+  const { kid, alg, parts } = header;
   if (!key) return { ok: false, reason: 'bad-signature', detail: `unknown signing key ${quote(kid)}` };
   if (key.alg !== alg) return { ok: false, reason: 'bad-signature', detail: `header alg ${alg} does not match signing key ${quote(kid)} (${key.alg})` };
   // Reported only now, as before: an unknown kid or a wrong alg is bad-signature whatever else is wrong.
@@ -128,7 +143,7 @@ function timeOptions(options: CheckTaskTokenOptions): { now: number; tolerance: 
   return { now, tolerance };
 }
 
-interface Header {
+export interface TaskTokenHeader {
   kid: string;
   alg: TokenAlg;
   parts: [string, string, string];
@@ -141,13 +156,32 @@ interface Header {
  * compact form, `typ`, `kid`, and an algorithm we issue (never `none`, never HMAC).
  * Returns the problem as a string.
  */
-function readHeader(token: unknown): Header | string {
+export function readTaskTokenHeader(token: unknown): TaskTokenHeader | string {
   if (typeof token !== 'string' || token.length === 0) return 'not a compact JWS: empty';
   if (token.length > MAX_TOKEN_LENGTH) return `not a task token: longer than ${MAX_TOKEN_LENGTH} characters`;
   const parts = token.split('.');
   if (parts.length !== 3) return `not a compact JWS: ${parts.length} parts instead of 3`;
   const [encodedHeader, encodedPayload, signature] = parts as [string, string, string];
   if (!BASE64URL.test(encodedHeader) || !BASE64URL.test(encodedPayload)) return 'not a compact JWS: header or payload is not base64url';
+  const header = parsedHeader(encodedHeader);
+  if (typeof header === 'string') return header;
+  if (signature.length === 0 || !BASE64URL.test(signature)) return 'not a compact JWS: signature is missing or not base64url';
+  const result: TaskTokenHeader = { kid: header.kid, alg: header.alg, parts: [encodedHeader, encodedPayload, signature] };
+  if (header.problem) result.problem = header.problem;
+  else if (!isExactBase64url(signature)) result.problem = 'not a compact JWS: signature is not base64url';
+  return result;
+}
+
+type ParsedHeader = Pick<TaskTokenHeader, 'kid' | 'alg' | 'problem'>;
+
+/** Parsed protected headers by their encoding: the same few keys sign every token, so a verifier decodes each header once. */
+const parsedHeaders = new Map<string, ParsedHeader>();
+const MAX_PARSED_HEADERS = 64;
+
+/** The header's typ, alg and kid checked, and a problem to report after the key lookup; or the problem that ends the check at once. */
+function parsedHeader(encodedHeader: string): ParsedHeader | string {
+  const cached = parsedHeaders.get(encodedHeader);
+  if (cached) return cached;
   const headerBytes = Buffer.from(encodedHeader, 'base64url');
   let header: unknown;
   try {
@@ -160,14 +194,14 @@ function readHeader(token: unknown): Header | string {
   if (typeof typ !== 'string' || normalizeTyp(typ) !== TASK_TOKEN_TYPE) return `header typ is ${describe(typ)}, expected ${TASK_TOKEN_TYPE}`;
   if (!isTokenAlg(alg)) return `header alg ${describe(alg)} is not accepted (ES256, EdDSA)`;
   if (typeof kid !== 'string' || kid.length === 0) return 'header has no kid';
-  if (signature.length === 0 || !BASE64URL.test(signature)) return 'not a compact JWS: signature is missing or not base64url';
-  const result: Header = { kid, alg, parts: [encodedHeader, encodedPayload, signature] };
+  const parsed: ParsedHeader = { kid, alg };
   // Buffer decodes leniently; the header must be exact base64url (no dangling character) of UTF-8.
-  if (!isExactBase64url(encodedHeader) || !isUtf8(headerBytes)) result.problem = 'not a compact JWS: header is not base64url-encoded UTF-8';
+  if (!isExactBase64url(encodedHeader) || !isUtf8(headerBytes)) parsed.problem = 'not a compact JWS: header is not base64url-encoded UTF-8';
   // RFC 7515 4.1.11: we understand no extension, so a token that names one as critical is refused.
-  else if (Object.hasOwn(header, 'crit')) result.problem = 'header has crit: no JWS extension is understood here (RFC 7515 4.1.11)';
-  else if (!isExactBase64url(signature)) result.problem = 'not a compact JWS: signature is not base64url';
-  return result;
+  else if (Object.hasOwn(header, 'crit')) parsed.problem = 'header has crit: no JWS extension is understood here (RFC 7515 4.1.11)';
+  if (parsedHeaders.size >= MAX_PARSED_HEADERS) parsedHeaders.clear();
+  parsedHeaders.set(encodedHeader, parsed);
+  return parsed;
 }
 
 /** The claims set of an authentic token: a JSON object, in UTF-8, base64url-encoded. */

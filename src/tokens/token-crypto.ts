@@ -9,7 +9,7 @@
  */
 import { KeyObject, sign, verify } from 'node:crypto';
 import type { CryptoKey } from 'jose';
-import type { TokenAlg } from './keyring.js';
+import type { TokenAlg } from './token-alg.js';
 
 /** ES256 signatures are r || s, 32 bytes each (RFC 7518 3.4), never DER; Ed25519 signatures are 64 bytes (RFC 8032). */
 const SIGNATURE_BYTES: Record<TokenAlg, number> = { ES256: 64, EdDSA: 64 };

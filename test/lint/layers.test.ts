@@ -45,7 +45,7 @@ describe('layer rules', () => {
   it('refuses an import of a higher layer', () => {
     expect(problems.get('src/store/upward.ts')).toEqual([
       expect.stringMatching(
-        /^import-x\/no-restricted-paths: .*"\.\.\/tasks\/lifecycle\.js".* src\/store is on layer 7: it may import only its own folder and layers 8–11/,
+        /^import-x\/no-restricted-paths: .*"\.\.\/tasks\/lifecycle\.js".* src\/store is on layer 8: it may import only its own folder and layers 9–12/,
       ),
     ]);
   });
@@ -56,7 +56,7 @@ describe('layer rules', () => {
 
   it('refuses an import of another folder on the same layer', () => {
     expect(problems.get('src/tokens/peer.ts')).toEqual([
-      expect.stringMatching(/^import-x\/no-restricted-paths: .*"\.\.\/audit\/trail\.js".* src\/tokens is on layer 6/),
+      expect.stringMatching(/^import-x\/no-restricted-paths: .*"\.\.\/audit\/trail\.js".* src\/tokens is on layer 7/),
     ]);
   });
 

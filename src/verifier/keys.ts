@@ -1,0 +1,125 @@
+/**
+ * The broker's token verification keys, held in memory for a synchronous lookup by kid. Loaded
+ * from GetSigningKeys (over the mTLS channel) or a JWKS URL; refreshed when a token names a kid
+ * we do not know, at most once per `minRefreshIntervalMs` (an unknown kid sooner is refused
+ * without a fetch, so junk kids cannot make us hammer the broker), concurrent refreshes sharing
+ * one fetch.
+ */
+import { createPublicKey, type JsonWebKey } from 'node:crypto';
+import type { VerificationKey } from '../tokens/keyring.js';
+import { isTokenAlg, type TokenAlg } from '../tokens/token-alg.js';
+import { nodeKey } from '../tokens/token-crypto.js';
+import type { VerifierBroker, VerifierClock, VerifierLogger } from './types.js';
+
+export interface KeySetOptions {
+  broker: VerifierBroker;
+  jwks: 'broker' | URL;
+  /** Overrides the issuer GetSigningKeys reports; required with a URL. */
+  issuer: string | undefined;
+  minRefreshIntervalMs: number;
+  clock: VerifierClock;
+  logger: VerifierLogger;
+}
+
+interface LoadedKeys {
+  keys: Map<string, VerificationKey>;
+  issuer: string | undefined;
+}
+
+export class SigningKeySet {
+  readonly #options: KeySetOptions;
+  #keys = new Map<string, VerificationKey>();
+  #issuer: string | undefined;
+  #lastFetchAt = Number.NEGATIVE_INFINITY;
+  #inFlight: Promise<void> | undefined;
+  #refreshes = 0;
+
+  constructor(options: KeySetOptions) {
+    if (options.jwks !== 'broker' && !options.issuer) throw new TypeError('createTaskTokenVerifier: with a JWKS URL, options.issuer is required');
+    this.#options = options;
+    this.#issuer = options.issuer;
+  }
+
+  /** The key of `kid`, or undefined. */
+  key(kid: string): VerificationKey | undefined {
+    return this.#keys.get(kid);
+  }
+
+  /** The iss the tokens must carry; undefined before the first load. */
+  get issuer(): string | undefined {
+    return this.#issuer;
+  }
+
+  get refreshes(): number {
+    return this.#refreshes;
+  }
+
+  get loaded(): boolean {
+    return this.#issuer !== undefined && this.#lastFetchAt > Number.NEGATIVE_INFINITY;
+  }
+
+  /** Whether a fetch may start now (the last one started at least minRefreshIntervalMs ago), or one is under way. */
+  mayRefresh(): boolean {
+    return this.#inFlight !== undefined || this.#options.clock.now() - this.#lastFetchAt >= this.#options.minRefreshIntervalMs;
+  }
+
+  /** Fetches the keys unless a fetch is under way (then shares it); `force` ignores the rate limit (the first load). Rejects when the fetch fails. */
+  refresh(force = false): Promise<void> {
+    if (this.#inFlight) return this.#inFlight;
+    if (!force && !this.mayRefresh()) return Promise.resolve();
+    this.#lastFetchAt = this.#options.clock.now();
+    this.#refreshes += 1;
+    this.#inFlight = this.#fetch()
+      .then(({ keys, issuer }) => {
+        this.#keys = keys;
+        this.#issuer = this.#options.issuer ?? issuer;
+      })
+      .finally(() => {
+        this.#inFlight = undefined;
+      });
+    return this.#inFlight;
+  }
+
+  async #fetch(): Promise<LoadedKeys> {
+    const { jwks, broker } = this.#options;
+    if (jwks === 'broker') {
+      const response = await broker.getSigningKeys();
+      return {
+        keys: this.#parse(JSON.parse(response.jwksJson) as unknown, isTokenAlg(response.alg) ? response.alg : undefined),
+        issuer: response.issuer || undefined,
+      };
+    }
+    const response = await fetch(jwks, { signal: AbortSignal.timeout(10_000), headers: { accept: 'application/json' } });
+    if (!response.ok) throw new Error(`JWKS ${jwks.href} answered HTTP ${response.status}`);
+    return { keys: this.#parse(await response.json(), undefined), issuer: undefined };
+  }
+
+  /** The usable keys of a JWKS document; a key we cannot use is skipped and logged. */
+  #parse(document: unknown, brokerAlg: TokenAlg | undefined): Map<string, VerificationKey> {
+    const list = (document as { keys?: unknown } | null)?.keys;
+    if (!Array.isArray(list)) throw new Error('JWKS document has no "keys" array');
+    const keys = new Map<string, VerificationKey>();
+    for (const jwk of list as JsonWebKey[]) {
+      const kid = jwk.kid;
+      if (typeof kid !== 'string' || kid.length === 0 || (jwk.use !== undefined && jwk.use !== 'sig')) continue;
+      const alg = jwk.alg === undefined ? (inferredAlg(jwk) ?? brokerAlg) : jwk.alg;
+      if (!isTokenAlg(alg)) {
+        this.#options.logger('warn', 'verifier: JWKS key skipped: its alg is not a task token algorithm', { kid, alg });
+        continue;
+      }
+      try {
+        const publicKey = nodeKey(createPublicKey({ key: jwk, format: 'jwk' }), alg, 'public');
+        keys.set(kid, { alg, publicKey });
+      } catch (error) {
+        this.#options.logger('warn', 'verifier: JWKS key skipped: it does not fit its alg', { kid, alg, error: (error as Error).message });
+      }
+    }
+    return keys;
+  }
+}
+
+function inferredAlg(jwk: JsonWebKey): TokenAlg | undefined {
+  if (jwk.kty === 'EC' && jwk.crv === 'P-256') return 'ES256';
+  if (jwk.kty === 'OKP' && jwk.crv === 'Ed25519') return 'EdDSA';
+  return undefined;
+}
