@@ -99,13 +99,18 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
     let sentSeq = 0;
     let instance = '';
     const pending: RevocationEntry[] = [];
-    let expiry: NodeJS.Timeout | undefined;
+    const untilExpiry = caller.validUntil.getTime() - clock().getTime();
+    const expiry = setTimeout(
+      () => finish({ code: grpc.status.UNAVAILABLE, details: 'the caller certificate expired; reconnect with the current SVID and the last cursor' }),
+      Math.max(0, Math.min(untilExpiry, 2 ** 31 - 1)),
+    );
+    expiry.unref();
 
     const finish = (status?: Partial<grpc.StatusObject>) => {
       if (ended) return;
       ended = true;
       unsubscribe();
-      if (expiry) clearTimeout(expiry);
+      clearTimeout(expiry);
       const left = (perCaller.get(audience) ?? 1) - 1;
       if (left <= 0) perCaller.delete(audience);
       else perCaller.set(audience, left);
@@ -145,13 +150,6 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
     call.on('cancelled', () => finish());
     call.on('close', () => finish());
     call.on('error', () => finish());
-
-    const untilExpiry = caller.validUntil.getTime() - clock().getTime();
-    expiry = setTimeout(
-      () => finish({ code: grpc.status.UNAVAILABLE, details: 'the caller certificate expired; reconnect with the current SVID and the last cursor' }),
-      Math.max(0, Math.min(untilExpiry, 2 ** 31 - 1)),
-    );
-    expiry.unref();
 
     void (async () => {
       instance = await feed.log.instanceId();

@@ -17,7 +17,7 @@ import { BrokerError } from '../errors.js';
 import type { RevocationFeed } from '../tasks/revocation-feed.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import { REQUEST_ID_HEADER, requestIdOf } from './call-record.js';
-import { toServiceError, unary, type RpcContext } from './handlers.js';
+import { unary, type RpcContext } from './handlers.js';
 import { watchRevocationsHandler, type RevocationStreamLimits } from './revocation-stream.js';
 import { reportTokenUseHandler } from './token-use-stream.js';
 

@@ -35,7 +35,7 @@ export interface RevocationFeedOptions {
   heartbeatIntervalMs?: number;
   /** Told when listening fails or a read fails (logs). */
   onProblem?: (message: string) => void;
-  /** Told how long each batch took from commit to dispatch, in seconds (metrics). */
+  /** Told how many entries each read dispatched (metrics). */
   onDispatch?: (entries: number) => void;
   clock?: () => Date;
 }
@@ -73,11 +73,11 @@ export class RevocationFeed {
     this.#lastSeq = await this.log.head();
     this.#lastReadAt = this.#clock();
     this.#listener = this.#options.store.listen(REVOCATION_CHANNEL, {
-      onNotify: () => this.read(),
-      onReady: () => this.read(),
+      onNotify: () => void this.read(),
+      onReady: () => void this.read(),
       onProblem: (message, retryInMs) => this.#options.onProblem?.(`revocation listener: ${message} (retrying in ${retryInMs} ms)`),
     });
-    this.#poll = setInterval(() => this.read(), this.pollIntervalMs);
+    this.#poll = setInterval(() => void this.read(), this.pollIntervalMs);
     this.#poll.unref();
     this.#beat = setInterval(() => this.#heartbeat(), this.heartbeatIntervalMs);
     this.#beat.unref();
