@@ -73,6 +73,10 @@ export interface BrokerConfig {
   sweepIntervalMs: number;
   /** Token rows are deleted this long after they expire (their audit events stay). */
   tokenRetentionSeconds: number;
+  /** How often each replica reads the revocation log without a notification (a lost NOTIFY costs at most this). */
+  revocationPollIntervalMs: number;
+  /** How often revocation streams get a heartbeat while the replica can read the log. */
+  revocationHeartbeatMs: number;
   /** Backup poll interval of the watched files (policy, SVID, bundles); 0: change events only. */
   filePollIntervalMs: number;
   /** How long in-flight calls may take to finish on SIGTERM. */
@@ -115,6 +119,8 @@ export const DEFAULTS = {
   limits: DEFAULT_LIMITS,
   sweepIntervalMs: 30_000,
   tokenRetentionSeconds: 7 * 24 * 3600,
+  revocationPollIntervalMs: 1_000,
+  revocationHeartbeatMs: 5_000,
   filePollIntervalMs: 5_000,
   shutdownGraceMs: 20_000,
   logLevel: 'info',
@@ -147,6 +153,8 @@ export function brokerConfig(input: BrokerConfigInput): BrokerConfig {
     limits: { ...d.limits, ...input.limits },
     sweepIntervalMs: input.sweepIntervalMs ?? d.sweepIntervalMs,
     tokenRetentionSeconds: input.tokenRetentionSeconds ?? d.tokenRetentionSeconds,
+    revocationPollIntervalMs: input.revocationPollIntervalMs ?? d.revocationPollIntervalMs,
+    revocationHeartbeatMs: input.revocationHeartbeatMs ?? d.revocationHeartbeatMs,
     filePollIntervalMs: input.filePollIntervalMs ?? d.filePollIntervalMs,
     shutdownGraceMs: input.shutdownGraceMs ?? d.shutdownGraceMs,
     logLevel: input.logLevel ?? d.logLevel,

@@ -53,6 +53,8 @@ export async function startFromConfig(config: BrokerConfig, logger: Logger): Pro
       limits: config.limits,
       sweepIntervalMs: config.sweepIntervalMs,
       tokenRetentionSeconds: config.tokenRetentionSeconds,
+      revocationPollIntervalMs: config.revocationPollIntervalMs,
+      revocationHeartbeatIntervalMs: config.revocationHeartbeatMs,
       connectionLimits: config.connectionLimits,
       admission: config.admission,
     });

@@ -277,6 +277,20 @@ export const serveSpec: CommandSpec = {
       default: secondsText(DEFAULTS.tokenRetentionSeconds),
       description: 'How long token rows are kept after they expire (audit events are kept)',
     },
+    'revocation-heartbeat': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_REVOCATION_HEARTBEAT',
+      default: durationText(DEFAULTS.revocationHeartbeatMs),
+      description: 'How often WatchRevocations streams get a heartbeat while the revocation log is readable (verifiers treat silence as stale)',
+    },
+    'revocation-poll-interval': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_REVOCATION_POLL_INTERVAL',
+      default: durationText(DEFAULTS.revocationPollIntervalMs),
+      description: 'How often the revocation log is read without a notification (the most a lost NOTIFY can delay a revocation)',
+    },
     'file-poll-interval': {
       type: 'string',
       placeholder: 'DURATION',

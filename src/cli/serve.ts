@@ -118,6 +118,8 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
     limits,
     sweepIntervalMs: durationOption(values, 'sweep-interval', { allowZero: true }),
     tokenRetentionSeconds: seconds(values, 'token-retention'),
+    revocationHeartbeatMs: durationOption(values, 'revocation-heartbeat'),
+    revocationPollIntervalMs: durationOption(values, 'revocation-poll-interval'),
     filePollIntervalMs: durationOption(values, 'file-poll-interval', { allowZero: true }),
     shutdownGraceMs: durationOption(values, 'shutdown-grace', { allowZero: true }),
     logLevel: textOption(values, 'log-level'),

@@ -32,6 +32,7 @@ export class RevocationWatcher {
   #reconnects = 0;
   #closed = false;
   #nextPruneAt = 0;
+  readonly #listeners = new Set<(taskId: string) => void>();
   readonly #firstMessage: Promise<void>;
   #resolveFirst!: () => void;
 
@@ -47,6 +48,12 @@ export class RevocationWatcher {
   /** Resolves with the first message of the first stream that delivers one. */
   ready(): Promise<void> {
     return this.#firstMessage;
+  }
+
+  /** Calls `listener` with the task ID of each revocation as it arrives (snapshots included); returns the unsubscribe function. */
+  onRevoked(listener: (taskId: string) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   /** Whether tokens of `taskId` are revoked, as far as the set knows. */
@@ -112,6 +119,7 @@ export class RevocationWatcher {
       const known = this.#revoked.get(revocation.taskId);
       if (known === undefined || until > known) this.#revoked.set(revocation.taskId, until);
     }
+    if (this.#listeners.size > 0) for (const revocation of message.revocations ?? []) for (const l of this.#listeners) l(revocation.taskId);
     if (message.cursor) this.#cursor = message.cursor;
     const interval = durationMs(message.heartbeatInterval);
     if (interval !== undefined) this.#heartbeatIntervalMs = interval;

@@ -155,6 +155,16 @@ export class TaskTokenVerifier {
     return this.#finish(outcome, options, now);
   }
 
+  /**
+   * Calls `listener` with the task ID of each revocation the stream delivers, once it is in the
+   * set (so verify() already refuses that task's tokens): e.g. to end sessions a token opened.
+   * Only with revocations 'stream'. Returns the unsubscribe function.
+   */
+  onRevoked(listener: (taskId: string) => void): () => void {
+    if (!this.#watcher) throw new Error("onRevoked needs revocations: 'stream'");
+    return this.#watcher.onRevoked(listener);
+  }
+
   /** Sends the queued access reports now; resolves when that flush is over (a failure is retried later, not thrown). */
   flush(): Promise<void> {
     return this.#reporter?.flush() ?? Promise.resolve();

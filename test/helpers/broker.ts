@@ -14,7 +14,7 @@ import type { Logger } from '../../src/observability/logger.js';
 import { silentLogger } from '../../src/observability/logger.js';
 import { startTaskBroker, type RunningTaskBroker, type TaskBrokerOptions } from '../../src/app/broker.js';
 import type { TrustBundleSet } from '../../src/spiffe/bundle.js';
-import type { StoreKind } from '../../src/store/database.js';
+import type { Store, StoreKind } from '../../src/store/database.js';
 import { migrate } from '../../src/store/migrate.js';
 import { KeyEncryptionKey, generateKekBase64 } from '../../src/tokens/kek.js';
 import { StaticX509SvidSource, tlsIdentityFrom } from '../../src/spiffe/x509-source.js';
@@ -56,6 +56,21 @@ export interface TestBroker {
   svidOf(spiffeId: string): PemSvid;
   /** Stops the broker and starts a new one on the same database, keys and PKI. */
   restart(): Promise<void>;
+  /**
+   * Another replica on the same database (PGlite: the same instance), with the same KEK, PKI and
+   * policy, on `port` (0: any); its clients are made like client() and adminClient().
+   */
+  startReplica(options?: { port?: number }): Promise<TestReplica>;
+  close(): Promise<void>;
+}
+
+export interface TestReplica {
+  broker: RunningTaskBroker;
+  address: string;
+  port: number;
+  client(spiffeId: string): Promise<BrokerClient>;
+  adminClient(spiffeId: string): Promise<AdminClient>;
+  /** Stops the replica (its clients too); the database stays. */
   close(): Promise<void>;
 }
 
@@ -91,9 +106,9 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
   const clients: Array<{ close(): void }> = [];
   const svids = new Map<string, PemSvid>();
 
-  const start = async () => {
-    const store = await database.open();
-    await migrate(store.db);
+  const start = async (shared?: { store: Store; port: number }) => {
+    const store = shared?.store ?? (await database.open());
+    if (!shared) await migrate(store.db);
     return startTaskBroker({
       logger,
       identity,
@@ -102,7 +117,7 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
       kek,
       policy: options.policy ?? permissivePolicySource(),
       host: '127.0.0.1',
-      port: 0,
+      port: shared?.port ?? 0,
       http: { host: '127.0.0.1', port: 0 },
       migrate: false,
       tokenAlg: options.tokenAlg,
@@ -120,16 +135,21 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
   };
 
   /** Mints a fresh SVID for `spiffeId` (a.test or b.test) and connects a client with it. */
-  const connectAs = async <C extends { close(): void }>(spiffeId: string, Client: new (options: ConnectOptions) => C): Promise<C> => {
+  const connectAs = async <C extends { close(): void }>(
+    spiffeId: string,
+    Client: new (options: ConnectOptions) => C,
+    address = t.address,
+    into: Array<{ close(): void }> = clients,
+  ): Promise<C> => {
     const pki = spiffeId.startsWith('spiffe://b.test/') ? b : a;
     const svid = await pemOf(await mintX509Svid(pki.root, spiffeId));
     svids.set(spiffeId, svid);
     const client = new Client({
-      address: t.address,
+      address,
       credentials: svidChannelCredentials({ ...svid, bundle: a.root.pem, serverId: BROKER_ID }),
       channelOptions: svidChannelOptions(),
     });
-    clients.push(client);
+    into.push(client);
     return client;
   };
 
@@ -159,6 +179,24 @@ export async function startTestBroker(kind: StoreKind, options: TestBrokerOption
       t.address = `127.0.0.1:${broker.port}`;
       t.jwksUrl = `http://127.0.0.1:${broker.httpPort}/.well-known/jwks.json`;
       t.opsUrl = `http://127.0.0.1:${broker.httpPort}`;
+    },
+    async startReplica(replicaOptions = {}) {
+      // PGlite is one in-process instance: the replicas share it (and leave closing it to the first broker).
+      const store: Store = database.kind === 'pglite' ? { ...broker.store, close: () => Promise.resolve() } : await database.open();
+      const replica = await start({ store, port: replicaOptions.port ?? 0 });
+      const address = `127.0.0.1:${replica.port}`;
+      const own: Array<{ close(): void }> = [];
+      return {
+        broker: replica,
+        address,
+        port: replica.port,
+        client: (spiffeId) => connectAs(spiffeId, BrokerClient, address, own),
+        adminClient: (spiffeId) => connectAs(spiffeId, AdminClient, address, own),
+        close: async () => {
+          for (const c of own.splice(0)) c.close();
+          await replica.close(1_000);
+        },
+      };
     },
     async close() {
       for (const c of clients.splice(0)) c.close();
