@@ -8,11 +8,12 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { BrokerClient } from '../../src/client/broker-client.js';
+import { BrokerClient } from '../../src/client/broker-client.js';
+import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
 import { structToJson } from '../../src/protocol/struct.js';
 import { createTaskTokenVerifier, type TaskTokenVerifier } from '../../src/verifier/index.js';
 import { STORES } from '../helpers/db.js';
-import { API, WORKER, startTestBroker, type TestBroker, type TestReplica } from '../helpers/broker.js';
+import { API, BROKER_ID, WORKER, startTestBroker, type TestBroker, type TestReplica } from '../helpers/broker.js';
 import { ADMIN } from '../helpers/policy.js';
 
 /** Resolves when the verifier has `taskId` in its revocation set. */
@@ -34,6 +35,7 @@ describe.each(STORES)('three replicas, one revocation log (%s)', (kind) => {
   let worker: BrokerClient;
   let verifier: TaskTokenVerifier;
   let presenter: X509Certificate;
+  let apiOnC: BrokerClient;
 
   beforeAll(async () => {
     tb = await startTestBroker(kind, { revocationPollIntervalMs: 250, revocationHeartbeatIntervalMs: 250 });
@@ -41,11 +43,25 @@ describe.each(STORES)('three replicas, one revocation log (%s)', (kind) => {
     c = await tb.startReplica();
     worker = await tb.client(WORKER);
     presenter = new X509Certificate(tb.svidOf(WORKER).certChainPem);
-    verifier = createTaskTokenVerifier({ broker: await c.client(API), revocations: 'stream', maxStalenessMs: 60_000, reporting: { flushIntervalMs: 100 } });
+    // The resource server's own channel to C: it outlives C's restarts (the replica's clients do not).
+    (await tb.client(API)).close();
+    apiOnC = new BrokerClient({
+      address: c.address,
+      credentials: svidChannelCredentials({ ...tb.svidOf(API), bundle: tb.a.root.pem, serverId: BROKER_ID }),
+      channelOptions: svidChannelOptions(),
+    });
+    verifier = createTaskTokenVerifier({
+      broker: apiOnC,
+      revocations: 'stream',
+      maxStalenessMs: 60_000,
+      reporting: { flushIntervalMs: 100 },
+      logger: process.env.DEBUG_VERIFIER ? (level, msg, fields) => console.log(level, msg, fields) : undefined,
+    });
     await verifier.ready();
   }, 180_000);
   afterAll(async () => {
     await verifier?.close();
+    apiOnC?.close();
     await c?.close();
     await b?.close();
     await tb?.close();
