@@ -51,7 +51,8 @@ function serve(port = 0): Promise<ServeProcess> {
 describe('revocation stream across replica and database faults', () => {
   it('a killed stream replica misses nothing; a database outage fails closed and recovers', { timeout: 240_000 }, async () => {
     onTestFailed(() => {
-      for (const [i, r] of replicas.entries()) console.error(`--- replica ${i} stdout (tail) ---\n${r.cli.stdout().slice(-4000)}\n--- stderr ---\n${r.cli.stderr().slice(-2000)}`);
+      for (const [i, r] of replicas.entries())
+        console.error(`--- replica ${i} stdout (tail) ---\n${r.cli.stdout().slice(-4000)}\n--- stderr ---\n${r.cli.stderr().slice(-2000)}`);
     });
     const portC = await freePort();
     const a = await serve();
