@@ -259,7 +259,8 @@ export class TaskTokenVerifier {
       const detail =
         age === Number.POSITIVE_INFINITY ? 'no revocation data yet' : `revocation data is ${Math.round(age)} ms old (bound ${this.#maxStalenessMs} ms)`;
       if (this.#onStale === 'online') return { needs: 'online', result: refusal('REVOCATION_STATUS_UNKNOWN', detail), thumbprint, claims };
-      return { result: refusal('REVOCATION_STATUS_UNKNOWN', detail), authentic: false, thumbprint };
+      // Refused, and reported like any other outcome of an authentic token: a stale verifier's refusals are evidence too.
+      return refuse('REVOCATION_STATUS_UNKNOWN', detail, thumbprint);
     }
     if (watcher.isRevoked(claims.task_id, now)) return refuse('REVOKED', "the token's task was revoked", thumbprint);
     return { result: { valid: true, reason: 'VALID', detail: 'valid', claims }, authentic: true, thumbprint };
