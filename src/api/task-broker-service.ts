@@ -133,7 +133,17 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, re
 
     WatchRevocations: watchRevocationsHandler({ feed: revocations, logger, limits: revocationStreamLimits }),
 
-    ReportTokenUse: reportTokenUseHandler({ logger, record: (actor, uses) => lifecycle.reportTokenUses(actor, uses), actorOf }),
+    ReportTokenUse: reportTokenUseHandler({
+      logger,
+      actorOf,
+      record: async (actor, uses) => {
+        const counts = await lifecycle.reportTokenUses(actor, uses);
+        metrics?.tokenUsesReported.inc({ result: 'recorded' }, counts.recorded);
+        metrics?.tokenUsesReported.inc({ result: 'duplicate' }, counts.duplicates);
+        metrics?.tokenUsesReported.inc({ result: 'rejected' }, counts.rejected);
+        return counts;
+      },
+    }),
 
     GetSigningKeys: unary('GetSigningKeys', rpc, async (call) => {
       actorOf(call);

@@ -199,7 +199,9 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       pollIntervalMs: options.revocationPollIntervalMs,
       heartbeatIntervalMs: options.revocationHeartbeatIntervalMs,
       onProblem: (message) => logger.warn(message),
+      onDispatch: (entries) => metrics.revocationsDispatched.inc(entries),
     });
+    metrics.watchRevocationFeed(() => ({ streams: revocations.subscriberCount, lastReadAt: revocations.lastReadAt }));
     await revocations.start();
     cleanups.push(() => revocations.close());
 

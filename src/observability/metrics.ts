@@ -35,6 +35,8 @@ export class BrokerMetrics {
   readonly tokensIssued: Counter;
   readonly tokenVerifications: Counter<'reason'>;
   readonly tokensRevoked: Counter;
+  readonly revocationsDispatched: Counter;
+  readonly tokenUsesReported: Counter<'result'>;
   readonly tasksEnded: Counter<'state'>;
   readonly auditWriteDuration: Histogram;
   readonly writeBatchOperations: Histogram;
@@ -55,6 +57,7 @@ export class BrokerMetrics {
   #connections: (() => ConnectionStats) | undefined;
   #policy: (() => PolicyReloadStatus) | undefined;
   #writeFailures: (() => number) | undefined;
+  #revocationFeed: (() => { streams: number; lastReadAt: Date | undefined }) | undefined;
   readonly #bundleUpdated = new Map<string, Date>();
 
   constructor(options: BrokerMetricsOptions = {}) {
@@ -83,6 +86,17 @@ export class BrokerMetrics {
       'reason',
     ]);
     this.tokensRevoked = counter('tokens_revoked_total', 'Tokens revoked because their task ended');
+    this.revocationsDispatched = counter('revocations_dispatched_total', 'Revocation log entries this replica read and passed to its WatchRevocations streams');
+    this.tokenUsesReported = counter('token_uses_reported_total', 'Offline verifications reported by resource servers (ReportTokenUse), by result', ['result']);
+    gauge('revocation_streams', 'WatchRevocations streams open on this replica', () => this.#revocationFeed?.().streams);
+    gauge(
+      'revocation_log_read_age_seconds',
+      'Seconds since this replica last read the revocation log; grows while it cannot (its streams get no heartbeats then)',
+      () => {
+        const at = this.#revocationFeed?.().lastReadAt;
+        return at === undefined ? undefined : Math.max(0, (this.#clock().getTime() - at.getTime()) / 1000);
+      },
+    );
     this.tasksEnded = counter(
       'tasks_ended_total',
       'Tasks that reached a final state (COMPLETED, CANCELLED, REVOKED, EXPIRED), counted once their transaction committed',
@@ -246,6 +260,11 @@ export class BrokerMetrics {
   }
 
   /** Reports the current run of failed write transactions at each scrape. */
+  /** Reports the revocation feed at each scrape: open streams, and when the log was last read. */
+  watchRevocationFeed(feed: () => { streams: number; lastReadAt: Date | undefined }): void {
+    this.#revocationFeed = feed;
+  }
+
   watchWriteFailures(consecutive: () => number): void {
     this.#writeFailures = consecutive;
   }

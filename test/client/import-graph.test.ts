@@ -1,5 +1,5 @@
 /**
- * `task-broker/client` is light: importing it by its package name (self-reference through the
+ * `task-broker/client` and `task-broker/verifier` are light: importing each by its package name (self-reference through the
  * package.json `exports`, on the built dist/) loads no database driver and no metrics. A resolve
  * hook in the child process records every specifier it resolves.
  */
@@ -33,33 +33,46 @@ function packageOf(url: string): string | undefined {
   return match?.[1];
 }
 
-describe('importing task-broker/client', () => {
+const ENTRIES = [
+  {
+    entry: 'client',
+    file: 'dist/src/client/index.js',
+    exports: ['TaskBrokerClient', 'connectTaskBroker', 'BrokerClient', 'AdminClient', 'NotFoundError'],
+    loads: '@grpc/grpc-js',
+  },
+  {
+    entry: 'verifier',
+    file: 'dist/src/verifier/index.js',
+    exports: ['createTaskTokenVerifier', 'expressMiddleware', 'fastifyHook', 'verifyHttpRequest'],
+    loads: '@peculiar/x509',
+  },
+];
+
+describe.each(ENTRIES)('importing task-broker/$entry', ({ entry, file, exports, loads }) => {
   it('loads none of the database or metrics packages', async () => {
     const dir = await cleanups.tempDir('tb-import-graph-');
     const log = join(dir, 'resolved.tsv');
     await writeFile(join(dir, 'hooks.mjs'), HOOKS);
     await writeFile(join(dir, 'register.mjs'), REGISTER);
     await writeFile(log, '');
-    const script = "const m = await import('task-broker/client'); console.log(JSON.stringify(Object.keys(m).sort()));";
+    const script = `const m = await import('task-broker/${entry}'); console.log(JSON.stringify(Object.keys(m).sort()));`;
     const result = await runProcess([process.execPath, '--import', join(dir, 'register.mjs'), '--input-type=module', '-e', script], {
       env: { RESOLVE_LOG: log },
       cwd: ROOT,
       limitMs: 60_000,
-      hung: () => new Error('node importing task-broker/client did not exit within 60 s'),
+      hung: () => new Error(`node importing task-broker/${entry} did not exit within 60 s`),
     });
     expect(result.code, result.stderr).toBe(0);
-    expect(JSON.parse(result.stdout)).toEqual(
-      expect.arrayContaining(['TaskBrokerClient', 'connectTaskBroker', 'BrokerClient', 'AdminClient', 'NotFoundError']),
-    );
+    expect(JSON.parse(result.stdout)).toEqual(expect.arrayContaining(exports));
 
     const resolved = (await readFile(log, 'utf8'))
       .split('\n')
       .filter(Boolean)
       .map((line) => line.split('\t') as [string, string]);
     // The hook saw the import by name, resolved through `exports` to the built entry, and the SDK's own packages.
-    expect(resolved).toContainEqual(['task-broker/client', `file://${join(ROOT, 'dist/src/client/index.js')}`]);
+    expect(resolved).toContainEqual([`task-broker/${entry}`, `file://${join(ROOT, file)}`]);
     const packages = new Set(resolved.map(([, url]) => packageOf(url)).filter((p): p is string => p !== undefined));
-    expect(packages).toContain('@grpc/grpc-js');
+    expect(packages).toContain(loads);
     for (const name of FORBIDDEN) {
       expect(resolved.filter(([specifier]) => specifier === name || specifier.startsWith(`${name}/`))).toEqual([]);
       expect(packages.has(name), `${name} was loaded`).toBe(false);

@@ -187,6 +187,9 @@ describe.each(STORES)('revocation stream and access reports (%s)', (kind) => {
     const used = trail.events.filter((e) => e.eventType === 'token.used');
     expect(used).toHaveLength(3);
     admin.close();
+    const metrics = await (await fetch(`${tb.opsUrl}/metrics`)).text();
+    expect(metrics).toMatch(/task_broker_token_uses_reported_total\{result="duplicate"\} 2/);
+    expect(metrics).toMatch(/task_broker_revocation_log_read_age_seconds \d/);
   });
 
   it('refuses malformed and oversized reports with INVALID_ARGUMENT, recording nothing', async () => {
