@@ -8,10 +8,9 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { BrokerMetrics } from '../observability/metrics.js';
+import { RETRY_PUSHBACK_TRAILER } from '../protocol/status.js';
 import { callerOf } from '../transport/caller.js';
 import type { AdmissionSlot, CallAdmission } from './admission.js';
-
-export const RETRY_PUSHBACK_HEADER = 'grpc-retry-pushback-ms';
 
 /** Runs after authentication (it needs the caller), before decoding; only for paths under `prefixes`. */
 export function admissionInterceptor(
@@ -47,7 +46,7 @@ export function admissionInterceptor(
             }
             metrics?.callsShed.inc({ reason: admitted.reason });
             const trailers = new grpc.Metadata();
-            trailers.set(RETRY_PUSHBACK_HEADER, String(admitted.retryAfterMs));
+            trailers.set(RETRY_PUSHBACK_TRAILER, String(admitted.retryAfterMs));
             const refuse = () =>
               call.sendStatus({ code: admitted.code, details: `${admitted.details}; retry after ${admitted.retryAfterMs} ms`, metadata: trailers });
             // A caller over its own quota is answered after a short pause, not at once: a client

@@ -5,37 +5,25 @@
  * timing and the log line of each call are the call recorder's (call-record.ts).
  */
 import * as grpc from '@grpc/grpc-js';
-import { BrokerError, type ErrorKind } from '../errors.js';
+import { BrokerError } from '../errors.js';
+import { RETRY_PUSHBACK_TRAILER, STATUS_OF_KIND } from '../protocol/status.js';
 import type { Logger } from '../observability/logger.js';
 import { brokerErrorFor } from '../store/failures.js';
 import { UnauthenticatedError } from '../transport/caller.js';
-import { RETRY_PUSHBACK_HEADER } from './admission-interceptor.js';
 import { requestIdOf } from './call-record.js';
-
-const STATUS_OF: Record<ErrorKind, grpc.status> = {
-  'invalid-argument': grpc.status.INVALID_ARGUMENT,
-  'not-found': grpc.status.NOT_FOUND,
-  'already-exists': grpc.status.ALREADY_EXISTS,
-  'permission-denied': grpc.status.PERMISSION_DENIED,
-  unauthenticated: grpc.status.UNAUTHENTICATED,
-  'failed-precondition': grpc.status.FAILED_PRECONDITION,
-  'resource-exhausted': grpc.status.RESOURCE_EXHAUSTED,
-  aborted: grpc.status.ABORTED,
-  unavailable: grpc.status.UNAVAILABLE,
-};
 
 export function toServiceError(err: unknown, logger: Logger, method: string, requestId?: string): Partial<grpc.StatusObject> {
   if (err instanceof BrokerError) {
-    if (err.retryAfterMs === undefined) return { code: STATUS_OF[err.kind], details: err.message };
+    if (err.retryAfterMs === undefined) return { code: STATUS_OF_KIND[err.kind], details: err.message };
     const metadata = new grpc.Metadata();
-    metadata.set(RETRY_PUSHBACK_HEADER, String(err.retryAfterMs));
-    return { code: STATUS_OF[err.kind], details: err.message, metadata };
+    metadata.set(RETRY_PUSHBACK_TRAILER, String(err.retryAfterMs));
+    return { code: STATUS_OF_KIND[err.kind], details: err.message, metadata };
   }
   if (err instanceof UnauthenticatedError) return { code: grpc.status.UNAUTHENTICATED, details: err.message };
   const database = brokerErrorFor(err);
   if (database) {
     logger.warn({ method, requestId, err: err instanceof Error ? err.message : String(err) }, 'database failure');
-    return { code: STATUS_OF[database.kind], details: database.message };
+    return { code: STATUS_OF_KIND[database.kind], details: database.message };
   }
   logger.error({ method, requestId, err: err instanceof Error ? { message: err.message, stack: err.stack } : String(err) }, 'unexpected error in handler');
   return { code: grpc.status.INTERNAL, details: 'internal error' };

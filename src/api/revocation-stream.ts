@@ -18,6 +18,7 @@ import type { WatchRevocationsRequest__Output } from '../gen/taskbroker/v1/Watch
 import type { WatchRevocationsResponse } from '../gen/taskbroker/v1/WatchRevocationsResponse.js';
 import type { Logger } from '../observability/logger.js';
 import { taskStateName } from '../protocol/enums.js';
+import { RETRY_PUSHBACK_TRAILER } from '../protocol/status.js';
 import { toTimestamp } from '../protocol/timestamps.js';
 import { decodeRevocationCursor, encodeRevocationCursor, type RevocationEntry } from '../tasks/revocation-log.js';
 import type { RevocationFeed } from '../tasks/revocation-feed.js';
@@ -81,7 +82,7 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
     const open = perCaller.get(audience) ?? 0;
     if (open >= limits.maxPerCaller || feed.subscriberCount >= limits.maxStreams) {
       const trailers = new grpc.Metadata();
-      trailers.set('grpc-retry-pushback-ms', '5000');
+      trailers.set(RETRY_PUSHBACK_TRAILER, '5000');
       call.emit('error', {
         code: grpc.status.RESOURCE_EXHAUSTED,
         details:

@@ -6,9 +6,10 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { BrokerError, type ErrorKind } from '../errors.js';
+import { RETRY_PUSHBACK_TRAILER, STATUS_OF_KIND } from '../protocol/status.js';
 
 /** The trailer of gRFC A6 the broker sets on refusals that may be retried later. */
-export const RETRY_PUSHBACK_TRAILER = 'grpc-retry-pushback-ms';
+export { RETRY_PUSHBACK_TRAILER };
 
 /** What went wrong, as a word: the broker's error kinds, plus what only the transport can say. */
 export type TaskBrokerErrorReason = ErrorKind | 'deadline-exceeded' | 'cancelled' | 'internal' | 'unimplemented' | 'unknown';
@@ -106,18 +107,6 @@ const BY_CODE: Partial<Record<grpc.status, [ErrorClass, TaskBrokerErrorReason]>>
   [grpc.status.UNIMPLEMENTED]: [TaskBrokerError, 'unimplemented'],
 };
 
-const KIND_CODES: Record<ErrorKind, grpc.status> = {
-  'invalid-argument': grpc.status.INVALID_ARGUMENT,
-  'not-found': grpc.status.NOT_FOUND,
-  'already-exists': grpc.status.ALREADY_EXISTS,
-  'permission-denied': grpc.status.PERMISSION_DENIED,
-  unauthenticated: grpc.status.UNAUTHENTICATED,
-  'failed-precondition': grpc.status.FAILED_PRECONDITION,
-  'resource-exhausted': grpc.status.RESOURCE_EXHAUSTED,
-  aborted: grpc.status.ABORTED,
-  unavailable: grpc.status.UNAVAILABLE,
-};
-
 function isServiceError(err: unknown): err is grpc.ServiceError {
   return err instanceof Error && typeof (err as Partial<grpc.ServiceError>).code === 'number' && 'metadata' in err;
 }
@@ -143,6 +132,6 @@ export function toTaskBrokerError(err: unknown): unknown {
   if (isServiceError(err)) {
     return taskBrokerError(err.code, err.details || err.message, { metadata: err.metadata, retryAfterMs: retryAfterOf(err.metadata), cause: err });
   }
-  if (err instanceof BrokerError) return taskBrokerError(KIND_CODES[err.kind], err.message, { retryAfterMs: err.retryAfterMs, cause: err });
+  if (err instanceof BrokerError) return taskBrokerError(STATUS_OF_KIND[err.kind], err.message, { retryAfterMs: err.retryAfterMs, cause: err });
   return err;
 }
