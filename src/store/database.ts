@@ -18,6 +18,16 @@ export type DbOrTx = Db | Tx;
 
 export type StoreKind = 'postgres' | 'pglite';
 
+/** Starts a statement the broker sends on its own schedule, not for a call: not counted in statementsSent. */
+export const BACKGROUND_SQL = '/* background */ ';
+
+/** Whether the arguments of a query call are a background statement (text first, or a config with `text`). */
+function isBackground(args: unknown[]): boolean {
+  const first = args[0];
+  const text = typeof first === 'string' ? first : (first as { text?: unknown } | undefined)?.text;
+  return typeof text === 'string' && text.startsWith(BACKGROUND_SQL);
+}
+
 export interface Store {
   readonly kind: StoreKind;
   readonly db: Db;
@@ -45,7 +55,10 @@ export interface Store {
   read<R>(name: string, text: string, values: unknown[]): Promise<R[]>;
   /** LISTEN on `channel` on a connection of its own, re-established after failures (listener.ts). */
   listen(channel: string, handlers: ListenHandlers): Listener;
-  /** Statements sent to the database since the store opened, readiness probes aside: one per round trip. */
+  /**
+   * Statements sent to the database since the store opened, one per round trip; readiness probes
+   * and background reads (statements starting with BACKGROUND_SQL, the revocation feed's) aside.
+   */
   readonly statementsSent: number;
   close(): Promise<void>;
 }
@@ -170,7 +183,7 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
     // Counts every statement this connection sends (kysely's included): one per round trip.
     const query = client.query.bind(client) as (...args: unknown[]) => unknown;
     (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      statementsSent += 1;
+      if (!isBackground(args)) statementsSent += 1;
       return query(...args);
     };
   });
@@ -248,7 +261,7 @@ async function openPglite(dataDir: string | undefined): Promise<Store> {
   let statementsSent = 0;
   const query = pglite.query.bind(pglite);
   pglite.query = ((...args: Parameters<typeof query>) => {
-    statementsSent += 1;
+    if (!isBackground(args)) statementsSent += 1;
     return query(...args);
   }) as typeof pglite.query;
   const db = new Kysely<Schema>({ dialect: new PGliteDialect(pglite) });

@@ -5,7 +5,7 @@
  * database's instance id so a cursor from another database is never taken for one of ours.
  */
 import type { FinalState } from '../model/task.js';
-import type { Store } from '../store/database.js';
+import { BACKGROUND_SQL, type Store } from '../store/database.js';
 
 export interface RevocationEntry {
   seq: number;
@@ -42,8 +42,9 @@ interface Row {
 const COLUMNS = 'seq, task_id, audience, task_state, reason, revoked_at, revoked_tokens, tokens_expire_by';
 const AUDIENCE_SQL = `select ${COLUMNS}, (select max(seq) from revocations where audience = $1) as audience_head
   from (select 1) one left join lateral (select ${COLUMNS} from revocations where audience = $1 and seq > $2 and tokens_expire_by > $3 order by seq limit $4) r on true`;
-const SINCE_SQL = `select ${COLUMNS} from revocations where seq > $1 order by seq limit $2`;
-const HEAD_SQL = 'select last_seq from revocation_log_head';
+// The feed's reads run on its own schedule (after a notification, or polling): not a call's round trip.
+const SINCE_SQL = `${BACKGROUND_SQL}select ${COLUMNS} from revocations where seq > $1 order by seq limit $2`;
+const HEAD_SQL = `${BACKGROUND_SQL}select last_seq from revocation_log_head`;
 const INSTANCE_SQL = 'select instance_id from broker_instance';
 
 export function toEntry(row: Row): RevocationEntry {

@@ -64,9 +64,13 @@ const AS_OWNER_AFTER_FIRST_MIGRATE = [`REVOKE INSERT, UPDATE, DELETE ON schema_m
 const APP_PRIVILEGES: Record<string, string[]> = {
   audit_chains: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   audit_events: ['INSERT', 'SELECT'],
+  broker_instance: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
+  revocation_log_head: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
+  revocations: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   schema_migrations: ['SELECT'],
   signing_keys: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   tasks: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
+  token_use_reports: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   tokens: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
 };
 

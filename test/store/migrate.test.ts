@@ -57,7 +57,18 @@ describe.each(STORES)('migrations on %s', (kind) => {
     const tables = await sql<{
       table_name: string;
     }>`select table_name from information_schema.tables where table_schema = 'public' order by table_name`.execute(store.db);
-    expect(tables.rows.map((r) => r.table_name)).toEqual(['audit_chains', 'audit_events', 'schema_migrations', 'signing_keys', 'tasks', 'tokens']);
+    expect(tables.rows.map((r) => r.table_name)).toEqual([
+      'audit_chains',
+      'audit_events',
+      'broker_instance',
+      'revocation_log_head',
+      'revocations',
+      'schema_migrations',
+      'signing_keys',
+      'tasks',
+      'token_use_reports',
+      'tokens',
+    ]);
   });
 
   it('refuses a migration changed after it was applied', async () => {
