@@ -7,8 +7,10 @@
  * cursor this database issued, with everything after it), then carries each new revocation as
  * the replica's feed reads it, and a heartbeat every heartbeat interval while the feed is current.
  *
- * Bounds: streams per caller and per replica; a receiver whose unsent messages pile up beyond
- * `maxBufferedBytes` is ended with RESOURCE_EXHAUSTED (it resumes with its cursor); the stream
+ * Bounds: streams per caller and per replica; the start (a snapshot may be large) is written at
+ * the receiver's pace, but a receiver that lets live messages pile up beyond `maxBufferedBytes`
+ * (counted until grpc-js hands them to HTTP/2) is ended with RESOURCE_EXHAUSTED (it resumes with
+ * its cursor); the stream
  * ends with UNAVAILABLE when the caller's certificate expires (reconnect with the new SVID), when
  * the start cannot be read from the database, and when the broker shuts down.
  */
@@ -33,7 +35,7 @@ export interface RevocationStreamLimits {
   maxStreams: number;
   /** Entries per message. */
   maxPerMessage: number;
-  /** Unsent bytes a receiver may leave queued before its stream is ended. */
+  /** Bytes of live messages a receiver may leave unsent (its HTTP/2 flow control holding them) before its stream is ended. */
   maxBufferedBytes: number;
 }
 
@@ -51,6 +53,13 @@ type Call = grpc.ServerWritableStream<WatchRevocationsRequest__Output, WatchRevo
 /** A Duration of `ms` milliseconds. */
 function durationOf(ms: number): { seconds: string; nanos: number } {
   return { seconds: String(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
+}
+
+/** About what a message of `entries` takes on the wire (the bound on a slow receiver counts these). */
+function approximateBytes(entries: readonly RevocationEntry[]): number {
+  let bytes = 96;
+  for (const e of entries) bytes += 64 + e.taskId.length + e.reason.length;
+  return bytes;
 }
 
 function revocationMessage(e: RevocationEntry): Revocation {
@@ -118,13 +127,32 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
       if (status) call.emit('error', status);
     };
 
-    const write = (message: WatchRevocationsResponse) => {
-      if (ended) return;
-      call.write(message);
-      if (call.writableLength > limits.maxBufferedBytes) {
-        finish({ code: grpc.status.RESOURCE_EXHAUSTED, details: 'the receiver does not keep up with its revocations; reconnect with the last cursor' });
-      }
+    /** Bytes handed to grpc-js and not yet written to HTTP/2 (the receiver's flow control holds them), and entries waiting for the start. */
+    let queuedBytes = 0;
+    let pendingBytes = 0;
+    const overflow = () =>
+      finish({ code: grpc.status.RESOURCE_EXHAUSTED, details: 'the receiver does not keep up with its revocations; reconnect with the last cursor' });
+
+    /** Writes one message; false when grpc-js wants no more until 'drain'. */
+    const write = (message: WatchRevocationsResponse, bytes: number): boolean => {
+      if (ended) return true;
+      queuedBytes += bytes;
+      return call.write(message, () => {
+        queuedBytes -= bytes;
+      });
     };
+
+    /** Resolves once grpc-js has room again (or the stream ended). */
+    const drained = () =>
+      new Promise<void>((resolve) => {
+        const done = () => {
+          call.off('drain', done);
+          call.off('close', done);
+          resolve();
+        };
+        call.once('drain', done);
+        call.once('close', done);
+      });
 
     /** Live entries (from the feed): those not sent yet, in messages of at most maxPerMessage. */
     const sendLive = (entries: RevocationEntry[]) => {
@@ -133,18 +161,30 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
         const chunk = fresh.slice(i, i + limits.maxPerMessage);
         sentSeq = chunk.at(-1)!.seq;
         const asOf = feed.lastReadAt ?? clock();
-        write({ snapshot: false, revocations: chunk.map(revocationMessage), cursor: encodeRevocationCursor(instance, sentSeq), asOf: toTimestamp(asOf) });
+        const message = {
+          snapshot: false,
+          revocations: chunk.map(revocationMessage),
+          cursor: encodeRevocationCursor(instance, sentSeq),
+          asOf: toTimestamp(asOf),
+        };
+        write(message, approximateBytes(chunk));
       }
+      // Live messages are not waited for: a receiver that lets them pile up is let go (it resumes with its cursor).
+      if (queuedBytes > limits.maxBufferedBytes) overflow();
     };
 
     const unsubscribe = feed.subscribe({
       audience,
       deliver: (entries) => {
-        if (!started) pending.push(...entries);
-        else sendLive(entries);
+        if (started) return sendLive(entries);
+        pending.push(...entries);
+        pendingBytes += approximateBytes(entries);
+        if (queuedBytes + pendingBytes > limits.maxBufferedBytes) overflow();
       },
       heartbeat: (asOf) => {
-        if (started) write({ snapshot: false, revocations: [], cursor: encodeRevocationCursor(instance, sentSeq), asOf: toTimestamp(asOf) });
+        if (!started) return;
+        write({ snapshot: false, revocations: [], cursor: encodeRevocationCursor(instance, sentSeq), asOf: toTimestamp(asOf) }, approximateBytes([]));
+        if (queuedBytes > limits.maxBufferedBytes) overflow();
       },
       close: () => finish({ code: grpc.status.UNAVAILABLE, details: 'the broker is shutting down; reconnect (to another replica) with the last cursor' }),
     });
@@ -171,11 +211,13 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
           asOf: toTimestamp(asOf),
         };
         if (first) message.heartbeatInterval = durationOf(feed.heartbeatIntervalMs);
-        write(message);
+        // The start may be large (a snapshot of many revocations): it goes at the receiver's pace.
+        if (!write(message, approximateBytes(page.entries))) await drained();
         first = false;
         if (!page.more) break;
       }
       started = true;
+      pendingBytes = 0;
       sendLive(pending.splice(0));
     })().catch((err: unknown) => {
       logger.warn({ err: (err as Error).message, audience }, 'WatchRevocations: reading the start of the stream failed');
