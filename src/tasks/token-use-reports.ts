@@ -5,7 +5,9 @@
  * Only a task's audience may report on it; a report about a task that does not exist or belongs
  * to another audience is rejected, both alike. A report_id the same reporter sent before is a
  * duplicate and is not recorded again: a reporter retries a failed call with the same reports.
- * Input is checked in full before anything is written.
+ * Input is checked in full before anything is written; a call's operations go to the write queue
+ * a few at a time. A call that fails part-way may have recorded some tasks' uses: the reporter's
+ * retry (same report ids) records the rest, and nothing twice.
  */
 import type { Actor } from '../model/task.js';
 import { invalid, taskIdArgument } from './validation.js';
@@ -27,6 +29,9 @@ export interface TokenUseCounts {
   duplicates: number;
   rejected: number;
 }
+
+/** Operations (one per task) of one call in the write queue at once. */
+const TASKS_IN_FLIGHT = 8;
 
 /** At most this many uses per ReportTokenUse call. */
 export const MAX_TOKEN_USES_PER_CALL = 1024;
@@ -73,9 +78,16 @@ export async function recordTokenUses(access: TaskAccess, actor: Actor, uses: To
     if (!group) byTask.set(u.taskId, (group = []));
     group.push(u);
   }
-  const results = await Promise.all(
-    [...byTask].map(([taskId, group]) =>
-      access.apply(taskId, {
+  // At most TASKS_IN_FLIGHT operations of one call wait in the write queue at a time: a call naming
+  // a thousand tasks must not fill the queue that every caller's writes share.
+  const groups = [...byTask];
+  const results: TokenUseCounts[] = [];
+  let next = 0;
+  let failed = false;
+  const worker = async () => {
+    while (next < groups.length && !failed) {
+      const [taskId, group] = groups[next++]!;
+      const op = {
         op: 'used',
         task_id: taskId,
         ...access.who(actor, now),
@@ -87,11 +99,18 @@ export async function recordTokenUses(access: TaskAccess, actor: Actor, uses: To
           verified_at: u.verifiedAt.toISOString(),
           presenter: u.presenterThumbprint || null,
         })),
-      }),
-    ),
-  );
+      };
+      try {
+        results.push((await access.apply(taskId, op)) as unknown as TokenUseCounts);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(TASKS_IN_FLIGHT, groups.length) }, worker));
   const counts: TokenUseCounts = { recorded: 0, duplicates: 0, rejected: 0 };
-  for (const r of results as unknown as TokenUseCounts[]) {
+  for (const r of results) {
     counts.recorded += r.recorded;
     counts.duplicates += r.duplicates;
     counts.rejected += r.rejected;

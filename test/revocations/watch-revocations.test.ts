@@ -192,6 +192,20 @@ describe.each(STORES)('revocation stream and access reports (%s)', (kind) => {
     expect(metrics).toMatch(/task_broker_revocation_log_read_age_seconds \d/);
   });
 
+  it('records a call that names many tasks (its operations go to the write queue a few at a time)', async () => {
+    const tasks = await Promise.all(Array.from({ length: 20 }, () => taskWithToken(worker)));
+    const verifiedAt = { seconds: String(Math.floor(Date.now() / 1000)), nanos: 0 };
+    const uses = tasks.map((t, i) => ({
+      reportId: `many-${i}`,
+      tokenId: t.tokenId,
+      taskId: t.taskId,
+      outcome: 'VERIFY_TOKEN_REASON_VALID' as const,
+      operation: 'read',
+      verifiedAt,
+    }));
+    expect(await api.reportTokenUse(uses)).toEqual({ recorded: 20, duplicates: 0, rejected: 0 });
+  });
+
   it('refuses malformed and oversized reports with INVALID_ARGUMENT, recording nothing', async () => {
     const { taskId, tokenId } = await taskWithToken(worker);
     const good = {
