@@ -91,7 +91,7 @@ export class SigningKeySet {
     }
     const response = await fetch(jwks, { signal: AbortSignal.timeout(10_000), headers: { accept: 'application/json' } });
     if (!response.ok) throw new Error(`JWKS ${jwks.href} answered HTTP ${response.status}`);
-    return { keys: this.#parse(await response.json(), undefined), issuer: undefined };
+    return { keys: this.#parse(JSON.parse(await boundedText(response, MAX_JWKS_BYTES, jwks.href)), undefined), issuer: undefined };
   }
 
   /** The usable keys of a JWKS document; a key we cannot use is skipped and logged. */
@@ -116,6 +116,23 @@ export class SigningKeySet {
     }
     return keys;
   }
+}
+
+/** Far above any JWKS the broker serves (a few keys); bounds what a wrong or hostile URL can make us hold. */
+const MAX_JWKS_BYTES = 1 << 20;
+
+/** The body as text, refused once it passes `max` bytes (the rest is not read). */
+async function boundedText(response: Response, max: number, what: string): Promise<string> {
+  const declared = Number(response.headers.get('content-length') ?? NaN);
+  if (declared > max) throw new Error(`JWKS ${what} is ${declared} bytes, more than ${max}`);
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of (response.body ?? []) as AsyncIterable<Uint8Array>) {
+    size += chunk.length;
+    if (size > max) throw new Error(`JWKS ${what} is more than ${max} bytes`);
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 function inferredAlg(jwk: JsonWebKey): TokenAlg | undefined {
