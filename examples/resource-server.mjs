@@ -8,7 +8,7 @@
 // Prints {"listening": PORT} once it serves.
 import { createServer } from 'node:https';
 import express from 'express';
-import { BrokerClient, fileX509Source, svidChannelOptions, x509SourceCredentials } from 'task-broker/client';
+import { BrokerClient, bundleRootsPem, fileX509Source, svidChannelOptions, x509SourceCredentials } from 'task-broker/client';
 import { createTaskTokenVerifier, expressMiddleware } from 'task-broker/verifier';
 
 const env = (name) =>
@@ -34,10 +34,7 @@ app.get('/invoices/:month', expressMiddleware(verifier, { operation: 'invoices.r
 
 const tlsOptions = () => {
   const svid = source.current();
-  const ca = source.bundles
-    .getX509Bundle(svid.spiffeId.trustDomain)
-    .authorities.map((a) => a.node.toString())
-    .join('\n');
+  const ca = bundleRootsPem(source.bundles.getX509Bundle(svid.spiffeId.trustDomain));
   return { cert: svid.certChainPem, key: svid.keyPem, ca, requestCert: true, rejectUnauthorized: true };
 };
 const server = createServer(tlsOptions(), app);

@@ -6,7 +6,7 @@
  * under open clients use x509SourceCredentials (source-credentials.ts).
  */
 import * as grpc from '@grpc/grpc-js';
-import { parseX509Bundle, TrustBundleSet } from '../spiffe/bundle.js';
+import { bundleRootsPem, parseX509Bundle, TrustBundleSet } from '../spiffe/bundle.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { brokerIdentityCheck } from './broker-identity.js';
 
@@ -28,7 +28,7 @@ export function svidChannelCredentials(options: SvidCredentialsOptions): grpc.Ch
   if (!trustDomain) throw new Error('svidChannelCredentials: give serverId or trustDomain');
   const bundle = parseX509Bundle(trustDomain, options.bundle);
   const bundles = new TrustBundleSet([bundle]);
-  const rootsPem = bundle.authorities.map((a) => a.node.toString()).join('\n');
+  const rootsPem = bundleRootsPem(bundle);
   return grpc.credentials.createSsl(Buffer.from(rootsPem), Buffer.from(options.keyPem), Buffer.from(options.certChainPem), {
     checkServerIdentity: brokerIdentityCheck(bundles, trustDomain, expected),
   });

@@ -51,3 +51,4 @@ export {
   type WorkloadApiX509SourceOptions,
 } from './sources.js';
 export type { TlsIdentity, X509Source } from '../spiffe/x509-source.js';
+export { bundleRootsPem, type X509Bundle } from '../spiffe/bundle.js';

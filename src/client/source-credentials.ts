@@ -10,6 +10,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { PeerCertificate } from 'node:tls';
+import { bundleRootsPem } from '../spiffe/bundle.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { X509Source } from '../spiffe/x509-source.js';
 import { brokerIdentityCheck } from './broker-identity.js';
@@ -92,7 +93,7 @@ class X509SourceCertificateProvider implements CertificateProvider {
     }
     const td = this.#trustDomain();
     const bundle = td === undefined ? undefined : this.#source.bundles.getX509Bundle(td);
-    const caPem = bundle?.authorities.map((a) => a.node.toString()).join('\n');
+    const caPem = bundle && bundleRootsPem(bundle);
     if (caPem && caPem !== this.#ca?.pem) {
       const update = { caCertificate: Buffer.from(caPem) };
       this.#ca = { pem: caPem, update };

@@ -8,6 +8,7 @@
  *   const { token } = await broker.issueToken(task.taskId);
  */
 import type * as grpc from '@grpc/grpc-js';
+import { secondsToDuration } from '../protocol/struct.js';
 import type { X509Source } from '../spiffe/x509-source.js';
 import { BrokerClient, type CallOptions } from './broker-client.js';
 import { toTaskBrokerError } from './errors.js';
@@ -83,7 +84,7 @@ export class TaskBrokerClient {
   issueToken(taskId: string, options: IssueTokenOptions = {}): Promise<IssuedToken> {
     const { scopes, ttlSeconds, ...callOptions } = options;
     return this.#call(callOptions, async (opts) => {
-      const ttl = ttlSeconds === undefined ? null : { seconds: String(ttlSeconds), nanos: 0 };
+      const ttl = ttlSeconds === undefined ? null : secondsToDuration(ttlSeconds);
       return issuedTokenOf(await this.rpc.issueToken({ taskId, scopes: scopes ?? [], ttl }, opts));
     });
   }

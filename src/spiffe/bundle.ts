@@ -19,6 +19,11 @@ export interface X509Bundle {
   readonly sequence?: number;
 }
 
+/** The bundle's authorities as PEM, one after the other: the `ca` TLS takes. */
+export function bundleRootsPem(bundle: X509Bundle): string {
+  return bundle.authorities.map((a) => a.node.toString()).join('\n');
+}
+
 /** Where verification finds the bundle for a trust domain; files, static sets and the Workload API all fit. */
 export interface X509BundleSource {
   getX509Bundle(trustDomain: string): X509Bundle | undefined;
