@@ -5,7 +5,11 @@
  * workload ends tasks on replica A (CompleteTask and CancelTask, alternating), `--in-flight` at
  * a time, `--revocations` in all. For each, the latency is from the moment the ending call is
  * sent until the verifier has the task in its revocation set (its onRevoked hook: from then on
- * verify() answers REVOKED), and, separately, from the moment A acknowledged the call.
+ * verify() answers REVOKED), and, separately, from the moment A acknowledged the call; and the
+ * CPU the three replicas and PostgreSQL spent per revocation over the run. The peer a Node team
+ * would pick (oidc-provider) has no push: a resource server verifying its JWTs offline learns of a
+ * revocation at exp, and one that asks introspection pays a call per request (`npm run bench`
+ * measures that call beside VerifyToken).
  *
  *   npm run bench:revocation [-- --revocations 1000 --in-flight 4]
  *
@@ -24,6 +28,7 @@ import { BrokerClient } from '../src/client/broker-client.js';
 import { svidChannelCredentials, svidChannelOptions } from '../src/client/credentials.js';
 import { createTaskTokenVerifier } from '../src/verifier/index.js';
 import { BROKER_ID, SCOPES, type SvidFiles } from './common.js';
+import { PgCpuSampler, sumCpuMs } from './proc.js';
 import { cleanUp, cleanUpOnExit } from './processes.js';
 import { createPki, startBroker, type Server } from './targets.js';
 
@@ -109,6 +114,10 @@ try {
   });
 
   console.log(`bench: ending ${TOTAL} tasks on replica A, ${IN_FLIGHT} at a time; the verifier listens on replica C`);
+  const pids = servers.map((server) => server.pid);
+  const pgCpu = new PgCpuSampler(admin, database);
+  await pgCpu.start();
+  const brokerCpuBefore = sumCpuMs(pids);
   const started = performance.now();
   let next = 0;
   await Promise.all(
@@ -130,6 +139,8 @@ try {
     }),
   );
   const seconds = (performance.now() - started) / 1000;
+  const brokerCpuMs = sumCpuMs(pids) - brokerCpuBefore;
+  const pgUsed = await pgCpu.stop();
   console.log('');
   console.log(`Revocation to an offline verifier through another replica: ${TOTAL} revocations in ${seconds.toFixed(1)} s (${(TOTAL / seconds).toFixed(0)}/s)`);
   console.log('');
@@ -137,6 +148,12 @@ try {
   console.log('|---|---|---|---|---|---|');
   console.log(summary('ending call sent on A → verifier on C has it', fromSend));
   console.log(summary('ending call acknowledged by A → verifier on C has it', fromAck));
+  console.log('');
+  const perRevocation = (ms: number) => `${((ms / TOTAL) * 1000).toFixed(0)} µs`;
+  console.log(
+    `CPU per revocation (the ending call, its commit, NOTIFY, every replica's log read and the push): the three replicas ${perRevocation(brokerCpuMs)}, ` +
+      `PostgreSQL ${perRevocation(pgUsed.backends + pgUsed.background)} (backends ${perRevocation(pgUsed.backends)})`,
+  );
   await verifier.close();
   worker.close();
   resourceServer.close();

@@ -3,8 +3,10 @@
  * in one process on one core, one run. The SDK verifies a valid ES256 task token with the
  * presenter's certificate, a revocation set fed by a (fake, in-process) stream, and access
  * reports on; raw is crypto.verify (sha256, ieee-p1363) of the same token's signing input with
- * the same key. Rounds alternate (raw, verify, verifySync) so drift of the machine hits all
- * alike; each round runs in slices that yield to the event loop, so report flushes run as they
+ * the same key; jose is the peer, what a resource server does without the SDK: jose's jwtVerify
+ * (typ, iss, aud, exp/nbf, signature) and the cnf comparison, blind to revocation. Each line gives
+ * the rate, its share of raw, its ratio to jose and the CPU (user + system) per call. Rounds
+ * alternate (raw, verify, verifySync, jose) so drift of the machine hits all alike; each round runs in slices that yield to the event loop, so report flushes run as they
  * would in a server.
  *
  *   npm run bench:verifier [-- --seconds 2 --rounds 5]
@@ -15,6 +17,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import type { TokenUse } from '../src/gen/taskbroker/v1/TokenUse.js';
 import type { SigningKey } from '../src/tokens/keyring.js';
+import { importJWK, jwtVerify } from 'jose';
 import { signTaskToken } from '../src/tokens/task-token.js';
 import { createTaskTokenVerifier, type VerifierBroker } from '../src/verifier/index.js';
 
@@ -88,37 +91,58 @@ const ops: Record<string, Op> = {
   },
 };
 
-/** Operations per second over `seconds`, in slices of SLICE between which the event loop runs. */
-async function rate(name: string, op: Op | 'verify'): Promise<number> {
+// The peer: what a resource server does without the SDK, with the JOSE library a Node team picks
+// (jose's jwtVerify: signature, typ, iss, aud, exp/nbf), plus the cnf comparison it must add.
+const joseKey = await importJWK(key.publicJwk, 'ES256');
+const joseOptions = { issuer: ISSUER, audience: AUDIENCE, typ: 'task+jwt', algorithms: ['ES256'] };
+type AsyncOp = () => Promise<void>;
+const asyncOps: Record<string, AsyncOp> = {
+  verify: async () => {
+    if (!(await verifier.verify(token, options)).valid) throw new Error('verify refused');
+  },
+  jose: async () => {
+    const { payload } = await jwtVerify(token, joseKey, joseOptions);
+    if ((payload.cnf as { 'x5t#S256'?: string } | undefined)?.['x5t#S256'] !== thumbprint) throw new Error('jose: cnf mismatch');
+  },
+};
+
+/** Operations per second and CPU (user + system) per operation over `seconds`, in slices of SLICE between which the event loop runs. */
+async function rate(op: Op | AsyncOp, awaited: boolean): Promise<{ perSecond: number; cpuUs: number }> {
   const end = performance.now() + SECONDS * 1000;
   let count = 0;
   const started = performance.now();
+  const cpu = process.cpuUsage();
   while (performance.now() < end) {
-    if (op === 'verify') {
-      for (let i = 0; i < SLICE; i++) if (!(await verifier.verify(token, options)).valid) throw new Error(`${name} refused`);
-    } else for (let i = 0; i < SLICE; i++) op();
+    if (awaited) for (let i = 0; i < SLICE; i++) await op();
+    else for (let i = 0; i < SLICE; i++) void op();
     count += SLICE;
     await yieldToLoop();
   }
-  return count / ((performance.now() - started) / 1000);
+  const used = process.cpuUsage(cpu);
+  return { perSecond: count / ((performance.now() - started) / 1000), cpuUs: (used.user + used.system) / count };
 }
 
-const results: Record<string, number[]> = { raw: [], verify: [], verifySync: [] };
-await rate('warm-up raw', ops.raw!);
-await rate('warm-up verify', 'verify');
-for (let round = 0; round < ROUNDS; round++) {
-  results.raw!.push(await rate('raw', ops.raw!));
-  results.verify!.push(await rate('verify', 'verify'));
-  results.verifySync!.push(await rate('verifySync', ops.verifySync!));
-}
+const NAMES = ['raw', 'verify', 'verifySync', 'jose'] as const;
+const results = Object.fromEntries(NAMES.map((n) => [n, [] as Array<{ perSecond: number; cpuUs: number }>])) as Record<
+  (typeof NAMES)[number],
+  Array<{ perSecond: number; cpuUs: number }>
+>;
+const run = (name: (typeof NAMES)[number]) => (name in asyncOps ? rate(asyncOps[name]!, true) : rate(ops[name]!, false));
+for (const name of NAMES) await run(name); // warm-up
+for (let round = 0; round < ROUNDS; round++) for (const name of NAMES) results[name].push(await run(name));
 await verifier.close();
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-const raw = median(results.raw!);
+const raw = median(results.raw.map((r) => r.perSecond));
+const jose = median(results.jose.map((r) => r.perSecond));
 console.log(`node ${process.version}, ${SECONDS} s x ${ROUNDS} rounds each, one process (single-threaded), medians:`);
-for (const [name, xs] of Object.entries(results)) {
-  const m = median(xs);
-  console.log(`  ${name.padEnd(11)} ${Math.round(m).toLocaleString('en-US').padStart(9)} /s   ${((m / raw) * 100).toFixed(1).padStart(5)} % of raw`);
+console.log('  name              rate   of raw   × jose   CPU per call');
+for (const name of NAMES) {
+  const m = median(results[name].map((r) => r.perSecond));
+  const cpu = median(results[name].map((r) => r.cpuUs));
+  console.log(
+    `  ${name.padEnd(11)} ${Math.round(m).toLocaleString('en-US').padStart(9)} /s ${((m / raw) * 100).toFixed(1).padStart(6)} % ${(m / jose).toFixed(2).padStart(6)} ${cpu.toFixed(1).padStart(9)} µs`,
+  );
 }
 const stats = verifier.stats();
 console.log(
