@@ -9,7 +9,9 @@ import type { Logger } from '../observability/logger.js';
 import type { BrokerMetrics } from '../observability/metrics.js';
 import { durationSeconds, jsonToStruct, secondsToDuration, structToJson } from '../protocol/struct.js';
 import { toTimestamp } from '../protocol/timestamps.js';
-import type { Actor, Task } from '../model/task.js';
+import type { Actor, Principal, Task } from '../model/task.js';
+import type { Principal as PrincipalMessage } from '../gen/taskbroker/v1/Principal.js';
+import { actorsOf } from '../tokens/task-token.js';
 import { taskStateName, verifyReasonName } from '../protocol/enums.js';
 import type { TaskLifecycle } from '../tasks/lifecycle.js';
 import { callerOf } from '../transport/caller.js';
@@ -66,7 +68,22 @@ export function taskMessage(task: Task): TaskMessage {
     approvedAt: task.approvedAt ? toTimestamp(task.approvedAt) : null,
     approvalComment: task.approvalComment ?? '',
     policyRule: task.policyRule ?? '',
+    parentTaskId: task.parentTaskId ?? '',
+    rootTaskId: task.rootTaskId ?? '',
+    depth: task.depth,
+    delegators: task.delegators,
+    principal: principalMessage(task.principal),
+    approver: principalMessage(task.approver),
   };
+}
+
+function principalMessage(p: Principal | null | undefined): PrincipalMessage | null {
+  return p ? { issuer: p.iss, subject: p.sub, sessionId: p.sid ?? '' } : null;
+}
+
+/** A request's subject_token: empty means none. */
+function subjectTokenOf(request: { subjectToken?: string }): { subjectToken?: string } {
+  return request.subjectToken ? { subjectToken: request.subjectToken } : {};
 }
 
 /** WhoAmI needs no task domain: transport tests serve it alone. */
@@ -91,6 +108,7 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, re
       const actor = actorOf(call);
       const { spec, idempotencyKey } = call.request;
       if (!spec) throw new BrokerError('invalid-argument', 'spec is required');
+      const followUp = subjectTokenOf(call.request);
       const created = await lifecycle.createTask(
         actor,
         {
@@ -102,32 +120,52 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, re
           ttlSeconds: durationSeconds(spec.ttl, 'spec.ttl'),
         },
         idempotencyKey,
+        followUp,
       );
       return { task: taskMessage(created.task), canonicalSpec: created.canonicalSpec, replayed: created.replayed };
     }),
 
     GetTask: unary('GetTask', rpc, async (call) => {
       const actor = actorOf(call);
-      return { task: taskMessage(await lifecycle.getTask(actor, call.request.taskId)) };
+      return { task: taskMessage(await lifecycle.getTask(actor, call.request.taskId, subjectTokenOf(call.request))) };
+    }),
+
+    DelegateTask: unary('DelegateTask', rpc, async (call) => {
+      const actor = actorOf(call);
+      const { parentTaskId, delegatee, spec, idempotencyKey } = call.request;
+      const delegated = await lifecycle.delegateTask(actor, {
+        parentTaskId,
+        delegatee,
+        spec: {
+          resources: spec?.resources ?? [],
+          scopes: spec?.scopes ?? [],
+          audience: spec?.audience ?? '',
+          params: structToJson(spec?.params),
+          ttlSeconds: durationSeconds(spec?.ttl, 'spec.ttl'),
+        },
+        idempotencyKey,
+        ...subjectTokenOf(call.request),
+      });
+      return { task: taskMessage(delegated.task), canonicalSpec: delegated.canonicalSpec, replayed: delegated.replayed };
     }),
 
     IssueToken: unary('IssueToken', rpc, async (call) => {
       const actor = actorOf(call);
-      const { taskId, scopes, ttl } = call.request;
-      const issued = await lifecycle.issueToken(actor, taskId, { scopes, ttlSeconds: durationSeconds(ttl, 'ttl') });
+      const { taskId, scopes, ttl, maxUses } = call.request;
+      const issued = await lifecycle.issueToken(actor, taskId, { scopes, ttlSeconds: durationSeconds(ttl, 'ttl'), maxUses, ...subjectTokenOf(call.request) });
       metrics?.tokensIssued.inc();
       return { token: issued.token, tokenId: issued.tokenId, expiresAt: toTimestamp(issued.expiresAt), scopes: issued.scopes };
     }),
 
     CompleteTask: unary('CompleteTask', rpc, async (call) => {
       const actor = actorOf(call);
-      const done = await lifecycle.completeTask(actor, call.request.taskId, call.request.outcome);
+      const done = await lifecycle.completeTask(actor, call.request.taskId, call.request.outcome, subjectTokenOf(call.request));
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
     }),
 
     CancelTask: unary('CancelTask', rpc, async (call) => {
       const actor = actorOf(call);
-      const done = await lifecycle.cancelTask(actor, call.request.taskId, call.request.reason);
+      const done = await lifecycle.cancelTask(actor, call.request.taskId, call.request.reason, subjectTokenOf(call.request));
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
     }),
 
@@ -180,6 +218,12 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, re
               issuedAt: toTimestamp(new Date(c.iat * 1000)),
               notBefore: toTimestamp(new Date(c.nbf * 1000)),
               expiresAt: toTimestamp(new Date(c.exp * 1000)),
+              version: c.ver ?? 0,
+              parentTaskId: c.parent_task_id ?? '',
+              actors: actorsOf(c.act),
+              principal: c.principal ? { issuer: c.principal.iss, subject: c.principal.sub, sessionId: c.principal.sid ?? '' } : null,
+              maxUses: c.max_uses ?? 0,
+              usesLeft: result.usesLeft ?? 0,
             }
           : null,
       };

@@ -8,7 +8,8 @@ import type { TaskSpec } from '../gen/taskbroker/v1/TaskSpec.js';
 import type { TaskSpec__Output } from '../gen/taskbroker/v1/TaskSpec.js';
 import type { WhoAmIResponse__Output } from '../gen/taskbroker/v1/WhoAmIResponse.js';
 import type { IssueTokenResponse__Output } from '../gen/taskbroker/v1/IssueTokenResponse.js';
-import type { JsonObject, Task, TaskSpec as TaskSpecInfo } from '../model/task.js';
+import type { JsonObject, Principal, Task, TaskSpec as TaskSpecInfo } from '../model/task.js';
+import type { Principal__Output } from '../gen/taskbroker/v1/Principal.js';
 import { parseTaskState } from '../protocol/enums.js';
 import { jsonToStruct, secondsToDuration, structToJson } from '../protocol/struct.js';
 import { fromTimestamp } from '../protocol/timestamps.js';
@@ -114,7 +115,17 @@ export function taskOf(task: Task__Output | null): Task {
     approvedAt: fromTimestamp(task.approvedAt, 'task.approved_at') ?? null,
     approvalComment: task.approvalComment || null,
     policyRule: task.policyRule || null,
+    parentTaskId: task.parentTaskId || null,
+    rootTaskId: task.rootTaskId || null,
+    depth: task.depth,
+    delegators: task.delegators,
+    principal: principalOf(task.principal),
+    approver: principalOf(task.approver),
   };
+}
+
+function principalOf(p: Principal__Output | null): Principal | null {
+  return p ? { iss: p.issuer, sub: p.subject, ...(p.sessionId ? { sid: p.sessionId } : {}) } : null;
 }
 
 export function issuedTokenOf(res: IssueTokenResponse__Output): IssuedToken {

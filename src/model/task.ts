@@ -34,6 +34,13 @@ export interface TaskSpec {
   ttlSeconds: number;
 }
 
+/** The subject behind a task: the issuer of its verified subject token, its sub and its sid. */
+export interface Principal {
+  iss: string;
+  sub: string;
+  sid?: string;
+}
+
 export interface Task {
   taskId: string;
   ownerSpiffeId: string;
@@ -49,6 +56,14 @@ export interface Task {
   approvedAt: Date | null;
   approvalComment: string | null;
   policyRule: string | null;
+  /** Delegation: null and 0 for a root task. */
+  parentTaskId: string | null;
+  rootTaskId: string | null;
+  depth: number;
+  /** Most recent first. */
+  delegators: string[];
+  principal: Principal | null;
+  approver: Principal | null;
 }
 
 export const VERIFY_REASONS = [
@@ -62,5 +77,6 @@ export const VERIFY_REASONS = [
   'binding-mismatch',
   'task-hash-mismatch',
   'presenter-required',
+  'uses-exhausted',
 ] as const;
 export type VerifyReason = (typeof VERIFY_REASONS)[number];

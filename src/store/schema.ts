@@ -30,6 +30,26 @@ export interface TasksTable {
   approved_at: ColumnType<Date | null, Date | null | undefined, Date | null>;
   approval_comment: ColumnType<string | null, string | null | undefined, string | null>;
   policy_rule: ColumnType<string | null, string | null | undefined, string | null>;
+  /** Delegation (migrations/0005): parent and root are null for a root task, whose depth is 0. */
+  parent_task_id: ColumnType<string | null, string | null | undefined, never>;
+  root_task_id: ColumnType<string | null, string | null | undefined, never>;
+  depth: ColumnType<number, number | undefined, never>;
+  /** The delegators, most recent first. */
+  delegators: ColumnType<string[], string | undefined, never>;
+  resources: ColumnType<string[], string | undefined, never>;
+  /** {iss, sub, sid?} of the subject token the task was created with. */
+  principal: ColumnType<PrincipalJson | null, string | null | undefined, never>;
+  /** The verified subject token's claims, for request-time policy. */
+  principal_claims: ColumnType<Record<string, unknown> | null, string | null | undefined, never>;
+  /** {iss, sub, sid?} of who approved, when the rule names approvers by claim. */
+  approver: ColumnType<PrincipalJson | null, string | null | undefined, string | null>;
+}
+
+/** A principal as the tasks table stores it. */
+export interface PrincipalJson {
+  iss: string;
+  sub: string;
+  sid?: string;
 }
 
 export type SigningKeyState = 'ACTIVE' | 'RETIRED';
@@ -58,6 +78,9 @@ export interface TokensTable {
   expires_at: Date;
   revoked_at: Date | null;
   revoke_reason: string | null;
+  /** Use-limited tokens (migrations/0005): accepted at most max_uses times by VerifyToken. */
+  max_uses: ColumnType<number | null, number | null | undefined, never>;
+  uses: ColumnType<number, number | undefined, number>;
 }
 
 export interface AuditChainsTable {

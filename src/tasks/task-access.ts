@@ -7,8 +7,8 @@
  */
 import { DenialThrottle } from '../audit/denial-throttle.js';
 import { BrokerError } from '../errors.js';
-import type { Actor, FinalState, VerifyReason } from '../model/task.js';
-import type { PolicyDecision } from '../policy/policy.js';
+import type { Actor, FinalState, Principal, VerifyReason } from '../model/task.js';
+import type { Policy, PolicyDecision, PolicyRequest } from '../policy/policy.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { Store } from '../store/database.js';
@@ -19,19 +19,31 @@ import type { TaskObserver } from './unit-of-work.js';
 
 /** What never changes about a task once created: enough to decide policy and sign a token before the one round trip. */
 export interface TaskFacts {
+  taskId: string;
   ownerSpiffeId: string;
   action: string;
   audience: string;
   scopes: string[];
+  resources: string[];
   ttlSeconds: number;
   taskHash: string;
   expiresAt: Date;
+  /** Delegation: null, null, 0 and [] for a root task. */
+  parentTaskId: string | null;
+  rootTaskId: string | null;
+  depth: number;
+  /** Most recent first. */
+  delegators: string[];
+  principal: Principal | null;
+  principalClaims: Record<string, unknown> | null;
 }
 
 /** The columns TaskFacts come from (FACTS_SQL reads them; a created row has them). */
-export type FactsRow = Pick<TaskRow, 'owner_spiffe_id' | 'action' | 'audience' | 'scopes' | 'ttl_seconds' | 'task_hash' | 'expires_at'>;
+export type FactsRow = Pick<TaskRow, 'task_id' | 'owner_spiffe_id' | 'action' | 'audience' | 'scopes' | 'ttl_seconds' | 'task_hash' | 'expires_at'> &
+  Partial<Pick<TaskRow, 'resources' | 'parent_task_id' | 'root_task_id' | 'depth' | 'delegators' | 'principal' | 'principal_claims'>>;
 
-const FACTS_SQL = 'select owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at from tasks where task_id = $1';
+const FACTS_SQL =
+  'select task_id, owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at, resources, parent_task_id, root_task_id, depth, delegators, principal, principal_claims from tasks where task_id = $1';
 
 /** Task facts kept per replica; the oldest are forgotten first (a miss costs one read). */
 const MAX_CACHED_FACTS = 20_000;
@@ -54,6 +66,8 @@ export interface OpResult {
   ended?: Array<{ state: FinalState; revoked: number }>;
   reason?: VerifyReason;
   detail?: string;
+  /** VerifyToken of a use-limited token accepted now: the uses it has left. */
+  uses_left?: number | null;
 }
 
 export interface TaskAccessDeps {
@@ -121,11 +135,21 @@ export class TaskAccess {
     return { actor: actor.spiffeId, thumb: actor.certThumbprint, req: actor.requestId, at: now.toISOString(), issuer: this.#deps.issuer };
   }
 
+  /** The policy in force (undefined: none, so everything is denied). */
+  policy(): Policy | undefined {
+    return this.#deps.policy.current();
+  }
+
   /** The policy's decision for `actor`; with no policy loaded, a denial that says so. */
-  decide(actor: Actor, request: { action: string; audience: string; scopes: readonly string[]; taskTtlSeconds?: number }): PolicyDecision {
+  decide(actor: Actor, request: Omit<PolicyRequest, 'caller'>): PolicyDecision {
     const policy = this.#deps.policy.current();
     if (!policy) return { allowed: false, reason: 'no policy is loaded: every request is denied', policyDigest: '' };
     return policy.decide({ caller: SpiffeId.parse(actor.spiffeId), ...request });
+  }
+
+  /** The write batcher's lock key of an operation on a task: its tree's root, so a tree's operations in a batch lock in one order. */
+  static lockKey(facts: Pick<TaskFacts, 'taskId' | 'rootTaskId'>): string {
+    return facts.rootTaskId ?? facts.taskId;
   }
 
   static policyDenial(operation: string, decision: PolicyDecision & { allowed: false }, details: Record<string, unknown> = {}): Denial {
@@ -139,13 +163,21 @@ export class TaskAccess {
   /** Keeps the facts of a task this replica created or read. */
   remember(taskId: string, row: FactsRow): TaskFacts {
     const facts: TaskFacts = {
+      taskId,
       ownerSpiffeId: row.owner_spiffe_id,
       action: row.action,
       audience: row.audience,
       scopes: row.scopes,
+      resources: row.resources ?? [],
       ttlSeconds: row.ttl_seconds,
       taskHash: row.task_hash,
       expiresAt: new Date(row.expires_at),
+      parentTaskId: row.parent_task_id ?? null,
+      rootTaskId: row.root_task_id ?? null,
+      depth: row.depth ?? 0,
+      delegators: row.delegators ?? [],
+      principal: row.principal ?? null,
+      principalClaims: row.principal_claims ?? null,
     };
     if (this.#facts.size >= MAX_CACHED_FACTS) this.#facts.delete(this.#facts.keys().next().value as string);
     this.#facts.set(taskId, facts);
@@ -160,6 +192,11 @@ export class TaskAccess {
     return facts;
   }
 
+  /** The facts of any task (undefined: no such task); no owner check. */
+  factsOf(taskId: string): Promise<TaskFacts | undefined> {
+    return this.#factsOf(taskId);
+  }
+
   /** A refusal from tb_apply as the error the caller gets (recording it was the database's part). */
   async refused(actor: Actor, taskId: string, operation: string, result: OpResult): Promise<never> {
     if (result.refused === 'not-found') return this.notFound(actor, taskId, operation, result.exists === true);
@@ -170,12 +207,12 @@ export class TaskAccess {
    * A task that does not exist and a task owned by someone else look the same from outside
    * (NOT_FOUND); both are audited, a stranger's repeated probes of one task counted, not each written.
    */
-  async notFound(actor: Actor, taskId: string, operation: string, exists: boolean): Promise<never> {
+  async notFound(actor: Actor, taskId: string, operation: string, exists: boolean, why?: string): Promise<never> {
     const admitted = this.#denials.admit(actor.spiffeId, taskId);
     if (admitted.record) {
       const details = {
         operation,
-        reason: exists ? 'caller is not the task owner' : 'no such task',
+        reason: why ?? (exists ? 'caller is not the task owner' : 'no such task'),
         requested_task_id: taskId,
         ...(admitted.suppressed > 0 ? { suppressed_denials: admitted.suppressed } : {}),
       };

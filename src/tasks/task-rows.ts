@@ -29,6 +29,12 @@ export function toTask(row: TaskRow): Task {
     approvedAt: row.approved_at,
     approvalComment: row.approval_comment,
     policyRule: row.policy_rule,
+    parentTaskId: row.parent_task_id ?? null,
+    rootTaskId: row.root_task_id ?? null,
+    depth: row.depth ?? 0,
+    delegators: row.delegators ?? [],
+    principal: row.principal ?? null,
+    approver: row.approver ?? null,
   };
 }
 

@@ -8,11 +8,21 @@
  */
 import type { Actor, VerifyReason } from '../model/task.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
-import { checkTaskToken, signTaskToken, type TaskTokenClaims } from '../tokens/task-token.js';
+import { actClaimOf, checkTaskToken, MAX_USES_LIMIT, signTaskToken, TOKEN_CONTRACT_VERSION, type TaskTokenClaims } from '../tokens/task-token.js';
+import type { TaskAuthority } from './authority.js';
 import { newTokenId } from './ids.js';
 import type { LifecycleLimits } from './limits.js';
 import { TaskAccess, type Denial } from './task-access.js';
-import { presenterArgument, tokenArgument, tokenTtlArgument, validateScopes } from './validation.js';
+import { invalid, presenterArgument, tokenArgument, tokenTtlArgument, validateScopes } from './validation.js';
+
+export interface IssueRequest {
+  scopes?: string[];
+  ttlSeconds?: number;
+  /** A use-limited token: VerifyToken accepts it at most this many times (1 to MAX_USES_LIMIT). */
+  maxUses?: number;
+  /** For a task whose rule binds follow-ups to its session. */
+  subjectToken?: string;
+}
 
 export interface IssuedToken {
   token: string;
@@ -27,6 +37,8 @@ export interface VerifyResult {
   detail: string;
   claims?: TaskTokenClaims;
   bindingChecked: boolean;
+  /** For a valid use-limited token: how many uses this one leaves. */
+  usesLeft?: number;
 }
 
 export interface VerifyOptions {
@@ -42,19 +54,25 @@ export type TokenKeys = Pick<SigningKeyRing, 'activeKey' | 'verificationKey'>;
 
 export class TokenOperations {
   readonly #access: TaskAccess;
+  readonly #authority: TaskAuthority;
   readonly #keys: TokenKeys;
   readonly #limits: LifecycleLimits;
 
-  constructor(access: TaskAccess, keys: TokenKeys, limits: LifecycleLimits) {
+  constructor(access: TaskAccess, authority: TaskAuthority, keys: TokenKeys, limits: LifecycleLimits) {
     this.#access = access;
+    this.#authority = authority;
     this.#keys = keys;
     this.#limits = limits;
   }
 
-  async issue(actor: Actor, taskId: string, request: { scopes?: string[]; ttlSeconds?: number } = {}): Promise<IssuedToken> {
+  async issue(actor: Actor, taskId: string, request: IssueRequest = {}): Promise<IssuedToken> {
     const requestedScopes = request.scopes ?? [];
     if (requestedScopes.length > 0) validateScopes('scopes', requestedScopes);
     tokenTtlArgument(request.ttlSeconds);
+    const maxUses = request.maxUses || undefined;
+    if (maxUses !== undefined && (!Number.isInteger(maxUses) || maxUses < 1 || maxUses > MAX_USES_LIMIT)) {
+      throw invalid(`max_uses: 0 (no limit) or 1 to ${MAX_USES_LIMIT}`);
+    }
     const access = this.#access;
     const facts = await access.ownedFacts(actor, taskId, 'IssueToken');
     const key = await this.#keys.activeKey();
@@ -69,8 +87,9 @@ export class TokenOperations {
     const extra = requestedScopes.filter((s) => !facts.scopes.includes(s));
     if (extra.length > 0) deny = refuse('permission-denied', `scopes not granted to the task: ${extra.join(' ')}`, { requested_scopes: requestedScopes });
     const scopes = requestedScopes.length > 0 ? requestedScopes : facts.scopes;
-    const decision = access.decide(actor, { action: facts.action, audience: facts.audience, scopes, taskTtlSeconds: facts.ttlSeconds });
+    const decision = await this.#authority.decideTask(facts, { scopes, taskTtlSeconds: facts.depth === 0 ? facts.ttlSeconds : undefined });
     if (!deny && !decision.allowed) deny = TaskAccess.policyDenial('IssueToken', decision, { scopes });
+    await this.#authority.checkSession(actor, facts, decision, request.subjectToken, 'IssueToken');
 
     const now = access.now();
     const nowSec = Math.floor(now.getTime() / 1000);
@@ -90,7 +109,8 @@ export class TokenOperations {
       // The rule may now ask for an approval this task never had (checked on the locked row).
       if (decision.requireApproval) {
         op.approval = true;
-        op.approval_denial = { reason: `rule "${decision.rule}" now requires approval and the task was not approved`, digest: decision.policyDigest };
+        const which = facts.depth === 0 ? 'the task was not approved' : `its root task ${facts.rootTaskId} was not approved`;
+        op.approval_denial = { reason: `rule "${decision.rule}" now requires approval and ${which}`, digest: decision.policyDigest };
       }
       const jti = newTokenId();
       const claims: TaskTokenClaims = {
@@ -105,10 +125,16 @@ export class TokenOperations {
         task_hash: facts.taskHash,
         scope: scopes.join(' '),
         cnf: { 'x5t#S256': actor.certThumbprint },
+        ver: TOKEN_CONTRACT_VERSION,
       };
+      const act = actClaimOf(facts.delegators);
+      if (act) claims.act = act;
+      if (facts.parentTaskId) claims.parent_task_id = facts.parentTaskId;
+      if (facts.principal) claims.principal = { ...facts.principal };
+      if (maxUses !== undefined) claims.max_uses = maxUses;
       const expiresAt = new Date(exp * 1000);
       issued = { token: await signTaskToken(key, claims), tokenId: jti, expiresAt, scopes };
-      op.token = { jti, kid: key.kid, scopes, issued_at: new Date(nowSec * 1000).toISOString(), expires_at: expiresAt.toISOString() };
+      op.token = { jti, kid: key.kid, scopes, issued_at: new Date(nowSec * 1000).toISOString(), expires_at: expiresAt.toISOString(), max_uses: maxUses ?? null };
       op.details = {
         token_id: jti,
         kid: key.kid,
@@ -118,9 +144,11 @@ export class TokenOperations {
         cnf_x5t_s256: actor.certThumbprint,
         policy_rule: decision.rule,
         policy_digest: decision.policyDigest,
+        ...(maxUses !== undefined ? { max_uses: maxUses } : {}),
+        ...(facts.depth > 0 ? { parent_task_id: facts.parentTaskId, delegators: facts.delegators } : {}),
       };
     }
-    const result = await access.apply(taskId, op);
+    const result = await access.apply(TaskAccess.lockKey(facts), op);
     if (result.refused || !issued) return access.refused(actor, taskId, 'IssueToken', result);
     return issued;
   }
@@ -173,6 +201,7 @@ export class TokenOperations {
       detail: result.detail ?? '',
       bindingChecked,
       ...(reason === 'valid' && check.ok ? { claims: check.claims } : {}),
+      ...(reason === 'valid' && typeof result.uses_left === 'number' ? { usesLeft: result.uses_left } : {}),
     };
   }
 }

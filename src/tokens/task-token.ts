@@ -22,6 +22,25 @@ import { nodeKey, signatureOf, signatureValid } from './token-crypto.js';
 
 export { certificateThumbprint as x5tS256 } from '../spiffe/certificate.js';
 
+/** RFC 8693 4.1: the acting party (here a delegator's SPIFFE ID), with the one before it nested. */
+export interface ActorClaim {
+  sub: string;
+  act?: ActorClaim;
+}
+
+/** The subject behind the task (token contract v2). */
+export interface PrincipalClaim {
+  iss: string;
+  sub: string;
+  sid?: string;
+}
+
+/** The token contract version this code writes; tokens without `ver` are version 1. */
+export const TOKEN_CONTRACT_VERSION = 2;
+/** Bounds of what a version 2 token may carry. */
+export const MAX_USES_LIMIT = 1000;
+export const MAX_ACTOR_DEPTH = 16;
+
 export interface TaskTokenClaims {
   iss: string;
   /** The caller's SPIFFE ID. */
@@ -37,6 +56,30 @@ export interface TaskTokenClaims {
   /** Space-separated. */
   scope: string;
   cnf: { 'x5t#S256': string };
+  /** Token contract version (2); absent in version 1 tokens, which have none of the claims below. */
+  ver?: number;
+  /** A delegated task's delegators, most recent outermost (RFC 8693 act). */
+  act?: ActorClaim;
+  /** A delegated task's parent. */
+  parent_task_id?: string;
+  /** The subject behind the task, when it is bound to one. */
+  principal?: PrincipalClaim;
+  /** A use-limited token: VerifyToken accepts it at most this many times; offline verifiers must verify it online. */
+  max_uses?: number;
+}
+
+/** The delegators of an act claim, most recent first. */
+export function actorsOf(act: ActorClaim | undefined): string[] {
+  const out: string[] = [];
+  for (let a = act; a; a = a.act) out.push(a.sub);
+  return out;
+}
+
+/** The act claim naming `delegators` (most recent first), or undefined for none. */
+export function actClaimOf(delegators: readonly string[]): ActorClaim | undefined {
+  let act: ActorClaim | undefined;
+  for (let i = delegators.length - 1; i >= 0; i--) act = act ? { sub: delegators[i]!, act } : { sub: delegators[i]! };
+  return act;
 }
 
 export const TASK_TOKEN_TYPE = 'task+jwt';
@@ -265,6 +308,37 @@ function claimsProblem(claims: Record<string, unknown>): string | undefined {
   if (typeof cnf !== 'object' || cnf === null || Array.isArray(cnf)) return 'claim cnf must be an object';
   const thumbprint = (cnf as Record<string, unknown>)['x5t#S256'];
   if (typeof thumbprint !== 'string' || thumbprint.length === 0) return 'claim cnf must carry a non-empty x5t#S256';
+  return version2Problem(claims);
+}
+
+/** The first problem with the claims of token contract version 2, or undefined. */
+function version2Problem(claims: Record<string, unknown>): string | undefined {
+  const { ver, act, parent_task_id: parent, principal, max_uses: maxUses } = claims;
+  if (ver !== undefined) {
+    if (typeof ver !== 'number' || !Number.isSafeInteger(ver) || ver < 1) return 'claim ver must be a positive whole number';
+    // A newer contract may carry claims that limit the token; not understanding them, refuse it.
+    if (ver > TOKEN_CONTRACT_VERSION) return `token contract version ${ver} is newer than this verifier understands (${TOKEN_CONTRACT_VERSION})`;
+  }
+  if (act !== undefined) {
+    let a: unknown = act;
+    for (let depth = 0; a !== undefined; depth++) {
+      if (depth >= MAX_ACTOR_DEPTH) return `claim act nests deeper than ${MAX_ACTOR_DEPTH}`;
+      if (typeof a !== 'object' || a === null || Array.isArray(a)) return 'claim act must be an object';
+      const { sub } = a as Record<string, unknown>;
+      if (typeof sub !== 'string' || sub.length === 0) return 'claim act must carry a non-empty sub';
+      a = (a as Record<string, unknown>).act;
+    }
+  }
+  if (parent !== undefined && (typeof parent !== 'string' || parent.length === 0)) return 'claim parent_task_id must be a non-empty string';
+  if (principal !== undefined) {
+    if (typeof principal !== 'object' || principal === null || Array.isArray(principal)) return 'claim principal must be an object';
+    const { iss, sub, sid } = principal as Record<string, unknown>;
+    if (typeof iss !== 'string' || iss.length === 0 || typeof sub !== 'string' || sub.length === 0) return 'claim principal must carry a non-empty iss and sub';
+    if (sid !== undefined && (typeof sid !== 'string' || sid.length === 0)) return 'claim principal.sid must be a non-empty string';
+  }
+  if (maxUses !== undefined && (typeof maxUses !== 'number' || !Number.isSafeInteger(maxUses) || maxUses < 1 || maxUses > MAX_USES_LIMIT)) {
+    return `claim max_uses must be a whole number from 1 to ${MAX_USES_LIMIT}`;
+  }
   return undefined;
 }
 
