@@ -86,6 +86,9 @@ export class TaskRows {
 
   /** Locks any task for an admin action, expiring it first if it is due; undefined: no such task. */
   async lock(work: Work, taskId: string, requestId: string): Promise<TaskRow | undefined> {
+    // A tree's lock order: its root first, then the task (migrations/0005).
+    const root = await work.tx.selectFrom('tasks').select('root_task_id').where('task_id', '=', taskId).executeTakeFirst();
+    if (root?.root_task_id) await work.tx.selectFrom('tasks').select('task_id').where('task_id', '=', root.root_task_id).forUpdate().execute();
     const row = await work.tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
     return row && this.expireIfDue(work, row, requestId);
   }

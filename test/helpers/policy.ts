@@ -5,7 +5,7 @@
  */
 import type { Policy } from '../../src/policy/policy.js';
 import { parsePolicy } from '../../src/policy/policy-document.js';
-import { StaticPolicySource } from '../../src/policy/policy-source.js';
+import { StaticPolicySource, type PolicySource, type PolicySourceStatus } from '../../src/policy/policy-source.js';
 
 export const ADMIN = 'spiffe://a.test/ns/platform/sa/admin';
 export const SECOND_ADMIN = 'spiffe://a.test/ns/platform/sa/oncall';
@@ -30,4 +30,28 @@ export function policyOf(yaml: string, source = 'test-policy.yaml'): Policy {
 
 export function permissivePolicySource(): StaticPolicySource {
   return new StaticPolicySource(policyOf(PERMISSIVE_POLICY));
+}
+
+/** A policy source a test sets (and changes) as it goes, as a policy file appearing or changing would. */
+export class MutablePolicySource implements PolicySource {
+  #policy: Policy | undefined;
+  readonly #listeners = new Set<(p: Policy) => void>();
+  constructor(policy?: Policy) {
+    this.#policy = policy;
+  }
+  current(): Policy | undefined {
+    return this.#policy;
+  }
+  set(policy: Policy): void {
+    this.#policy = policy;
+    for (const l of this.#listeners) l(policy);
+  }
+  onChange(listener: (p: Policy) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+  status(): PolicySourceStatus {
+    return { reloadFailures: 0 };
+  }
+  close(): void {}
 }

@@ -9,12 +9,11 @@ import { BrokerClient } from '../../src/client/broker-client.js';
 import { svidChannelCredentials, svidChannelOptions } from '../../src/client/credentials.js';
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
-import type { Policy } from '../../src/policy/policy.js';
-import { StaticPolicySource, type PolicySource, type PolicySourceStatus } from '../../src/policy/policy-source.js';
+import { StaticPolicySource } from '../../src/policy/policy-source.js';
 import { API, BROKER_ID, STRANGER, startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
 import { STORES } from '../helpers/db.js';
 import { pemOf, trustDomainPki } from '../helpers/pki.js';
-import { ADMIN, PERMISSIVE_POLICY, policyOf } from '../helpers/policy.js';
+import { ADMIN, MutablePolicySource, PERMISSIVE_POLICY, policyOf } from '../helpers/policy.js';
 import { eventually, HEALTH_SERVICES, healthClient, healthOfAll, readyz, sample, scrape } from './helpers.js';
 
 function spec(): CreateTaskRequest['spec'] {
@@ -23,27 +22,6 @@ function spec(): CreateTaskRequest['spec'] {
 
 const allServing = Object.fromEntries(HEALTH_SERVICES.map((s) => [s, 'SERVING']));
 const noneServing = Object.fromEntries(HEALTH_SERVICES.map((s) => [s, 'NOT_SERVING']));
-
-/** A policy source the test can fill in later, as a policy file appearing would. */
-class SettablePolicySource implements PolicySource {
-  #policy: Policy | undefined;
-  readonly #listeners = new Set<(p: Policy) => void>();
-  current(): Policy | undefined {
-    return this.#policy;
-  }
-  set(policy: Policy): void {
-    this.#policy = policy;
-    for (const l of this.#listeners) l(policy);
-  }
-  onChange(listener: (p: Policy) => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
-  }
-  status(): PolicySourceStatus {
-    return { reloadFailures: 0 };
-  }
-  close(): void {}
-}
 
 describe.each(STORES)('ops endpoints on %s', (kind) => {
   let t: TestBroker;
@@ -203,7 +181,7 @@ describe.each(STORES)('ops endpoints on %s', (kind) => {
 
 describe('readiness without a policy, with an expired SVID, and while shutting down (PGlite)', () => {
   it('no policy: not ready, NOT_SERVING; a policy appearing makes it ready and SERVING', async () => {
-    const policy = new SettablePolicySource();
+    const policy = new MutablePolicySource();
     const t = await startTestBroker('pglite', { policy });
     const health = await healthClient(t);
     try {

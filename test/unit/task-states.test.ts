@@ -33,6 +33,7 @@ const REASONS: Record<VerifyReason, string> = {
   'binding-mismatch': 'VERIFY_TOKEN_REASON_BINDING_MISMATCH',
   'task-hash-mismatch': 'VERIFY_TOKEN_REASON_TASK_HASH_MISMATCH',
   'presenter-required': 'VERIFY_TOKEN_REASON_PRESENTER_REQUIRED',
+  'uses-exhausted': 'VERIFY_TOKEN_REASON_USES_EXHAUSTED',
 };
 
 const sorted = (values: Iterable<string>) => [...values].sort();
