@@ -9,10 +9,11 @@
  * most of the code and none of the decision: the keys, their types, the duration syntax, and
  * error messages that point at the offending field.
  */
+import { isAbsolute } from 'node:path';
 import { isMap, isPair, isScalar, isSeq, parseDocument, type Document } from 'yaml';
 import { SpiffeIdError } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, SpiffeIdPatternError, trustDomainOf, type SpiffeIdMatcher } from '../spiffe/pattern.js';
-import { ANY, Policy, PolicyError, type PolicyRule } from './policy.js';
+import { ANY, Policy, PolicyError, type ClaimValue, type DelegationRule, type PolicyRule, type PrincipalMatcher, type SubjectIssuer } from './policy.js';
 
 // ---------------------------------------------------------------------------------------------
 // Durations
@@ -41,9 +42,32 @@ export function parseDurationSeconds(value: unknown): number {
 // ---------------------------------------------------------------------------------------------
 // Parsing
 
-const TOP_KEYS = ['version', 'admins', 'rules'] as const;
-const RULE_KEYS = ['name', 'callers', 'actions', 'audiences', 'scopes', 'max_task_ttl', 'max_token_ttl', 'require_approval'] as const;
+const TOP_KEYS = ['version', 'admins', 'subject_issuers', 'rules'] as const;
+const RULE_KEYS = [
+  'name',
+  'callers',
+  'actions',
+  'audiences',
+  'scopes',
+  'max_task_ttl',
+  'max_token_ttl',
+  'require_approval',
+  'delegation',
+  'principals',
+  'bind_session',
+] as const;
 const CALLER_KEYS = ['spiffe_ids', 'trust_domains'] as const;
+const DELEGATION_KEYS = ['to', 'max_depth', 'scopes', 'audiences', 'read_children'] as const;
+const ISSUER_KEYS = ['issuer', 'jwks_file', 'jwks_url', 'audiences', 'algorithms', 'max_age', 'required_claims'] as const;
+const PRINCIPAL_KEYS = ['issuers', 'claims'] as const;
+const APPROVAL_KEYS = ['approvers'] as const;
+/** Deeper chains are refused: each hop is a task, and an unbounded tree is an unbounded fan-out of authority. */
+const MAX_DELEGATION_DEPTH = 16;
+/** Asymmetric JWS algorithms only: a subject token must be verifiable without holding the IdP's secret. */
+const SIGNATURE_ALGORITHMS = ['ES256', 'ES384', 'ES512', 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'EdDSA', 'Ed25519'];
+const DEFAULT_ALGORITHMS = ['ES256', 'ES384', 'RS256', 'PS256', 'EdDSA'];
+/** A JWKS over plain HTTP only from this machine (a local IdP, tests): anywhere else it could be swapped in transit. */
+const LOOPBACK_HOSTS = ['127.0.0.1', 'localhost', '[::1]'];
 const RULE_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const TOKEN_TEXT = /^[\x21-\x7e]+$/; // printable ASCII, no spaces
 
@@ -72,18 +96,21 @@ export function parsePolicy(text: string, source: string): Policy {
   if (top.version === undefined) ctx.fail('version', 'is required (version: 1)');
   if (top.version !== 1) ctx.fail('version', `must be 1, got ${describe(top.version)}`);
   const admins = top.admins === undefined ? [] : ctx.list(top.admins, 'admins', { allowEmpty: true }).map((v, i) => ctx.pattern(v, `admins[${i}]`));
+  // Before the rules, which name these issuers.
+  const subjectIssuers = top.subject_issuers === undefined ? [] : parseSubjectIssuers(ctx, top.subject_issuers);
   if (top.rules === undefined) ctx.fail('rules', 'is required (use rules: [] for a policy that allows nothing)');
-  const rules = ctx.list(top.rules, 'rules', { allowEmpty: true }).map((v, i) => parseRule(ctx, v, `rules[${i}]`));
+  const issuerNames = new Set(subjectIssuers.map((i) => i.issuer));
+  const rules = ctx.list(top.rules, 'rules', { allowEmpty: true }).map((v, i) => parseRule(ctx, v, `rules[${i}]`, issuerNames));
   const seen = new Map<string, number>();
   rules.forEach((rule, i) => {
     const first = seen.get(rule.name);
     if (first !== undefined) ctx.fail(`rules[${i}].name`, `duplicate rule name "${rule.name}" (also rules[${first}])`);
     seen.set(rule.name, i);
   });
-  return new Policy({ text, source, rules, admins });
+  return new Policy({ text, source, rules, admins, subjectIssuers });
 }
 
-function parseRule(ctx: Context, value: unknown, path: string): PolicyRule {
+function parseRule(ctx: Context, value: unknown, path: string, issuers: ReadonlySet<string>): PolicyRule {
   const raw = ctx.object(value, path, RULE_KEYS);
   for (const key of ['name', 'callers', 'actions', 'audiences', 'scopes'] as const) {
     if (raw[key] === undefined) ctx.fail(`${path}.${key}`, 'is required');
@@ -112,9 +139,25 @@ function parseRule(ctx: Context, value: unknown, path: string): PolicyRule {
   const maxTaskTtlSeconds = raw.max_task_ttl === undefined ? undefined : ctx.duration(raw.max_task_ttl, `${path}.max_task_ttl`);
   const maxTokenTtlSeconds = raw.max_token_ttl === undefined ? undefined : ctx.duration(raw.max_token_ttl, `${path}.max_token_ttl`);
   let requireApproval = false;
+  let approvers: PrincipalMatcher | undefined;
   if (raw.require_approval !== undefined) {
-    if (typeof raw.require_approval !== 'boolean') ctx.fail(`${path}.require_approval`, `must be true or false, got ${describe(raw.require_approval)}`);
-    requireApproval = raw.require_approval;
+    const approvalPath = `${path}.require_approval`;
+    if (typeof raw.require_approval === 'boolean') {
+      requireApproval = raw.require_approval;
+    } else if (typeof raw.require_approval === 'object' && raw.require_approval !== null && !Array.isArray(raw.require_approval)) {
+      const approval = ctx.object(raw.require_approval, approvalPath, APPROVAL_KEYS);
+      if (approval.approvers === undefined) ctx.fail(`${approvalPath}.approvers`, 'is required (or write require_approval: true for an admin to approve)');
+      approvers = parsePrincipalMatcher(ctx, approval.approvers, `${approvalPath}.approvers`, issuers);
+      requireApproval = true;
+    } else {
+      ctx.fail(approvalPath, `must be true, false or {approvers: …}, got ${describe(raw.require_approval)}`);
+    }
+  }
+  const delegation = raw.delegation === undefined ? undefined : parseDelegation(ctx, raw.delegation, `${path}.delegation`, scopes);
+  const principals = raw.principals === undefined ? undefined : parsePrincipalMatcher(ctx, raw.principals, `${path}.principals`, issuers);
+  const bindSession = raw.bind_session === undefined ? false : ctx.boolean(raw.bind_session, `${path}.bind_session`);
+  if (bindSession && !principals) {
+    ctx.fail(`${path}.bind_session`, 'needs principals: without a principal there is no session to bind the task to');
   }
   return {
     name,
@@ -125,6 +168,134 @@ function parseRule(ctx: Context, value: unknown, path: string): PolicyRule {
     ...(maxTaskTtlSeconds !== undefined ? { maxTaskTtlSeconds } : {}),
     ...(maxTokenTtlSeconds !== undefined ? { maxTokenTtlSeconds } : {}),
     requireApproval,
+    ...(approvers !== undefined ? { approvers } : {}),
+    ...(delegation !== undefined ? { delegation } : {}),
+    ...(principals !== undefined ? { principals } : {}),
+    bindSession,
+  };
+}
+
+function parseDelegation(ctx: Context, value: unknown, path: string, ruleScopes: readonly string[]): DelegationRule {
+  const raw = ctx.object(value, path, DELEGATION_KEYS);
+  let maxDepth = 0;
+  if (raw.max_depth !== undefined) {
+    const depth = raw.max_depth;
+    if (typeof depth !== 'number' || !Number.isInteger(depth) || depth < 0 || depth > MAX_DELEGATION_DEPTH) {
+      ctx.fail(`${path}.max_depth`, `must be a whole number from 0 to ${MAX_DELEGATION_DEPTH}, got ${describe(depth)}`);
+    }
+    maxDepth = depth;
+  }
+  if (raw.to === undefined) ctx.fail(`${path}.to`, 'is required (who may receive delegated sub-tasks)');
+  // An empty `to` delegates to nobody: only consistent with max_depth 0.
+  const to = ctx.list(raw.to, `${path}.to`, { allowEmpty: maxDepth === 0 }).map((v, i) => ctx.pattern(v, `${path}.to[${i}]`));
+  const scopes = raw.scopes === undefined ? [ANY] : ctx.names(raw.scopes, `${path}.scopes`);
+  // A scope the rule never grants cannot be handed on: listing one is a typo or a misunderstanding.
+  if (ruleScopes.length !== 1 || ruleScopes[0] !== ANY) {
+    scopes.forEach((s, i) => {
+      if (s !== ANY && !ruleScopes.includes(s)) ctx.fail(`${path}.scopes[${i}]`, `${JSON.stringify(s)} is not one of the rule's scopes`);
+    });
+  }
+  const audiences =
+    raw.audiences === undefined
+      ? []
+      : ctx.list(raw.audiences, `${path}.audiences`, { allowEmpty: true }).map((v, i) => ctx.pattern(v, `${path}.audiences[${i}]`));
+  const readChildren = raw.read_children === undefined ? false : ctx.boolean(raw.read_children, `${path}.read_children`);
+  return { to, maxDepth, scopes, audiences, readChildren };
+}
+
+function parsePrincipalMatcher(ctx: Context, value: unknown, path: string, issuers: ReadonlySet<string>): PrincipalMatcher {
+  const raw = ctx.object(value, path, PRINCIPAL_KEYS);
+  if (raw.issuers === undefined) ctx.fail(`${path}.issuers`, 'is required');
+  const names = ctx.list(raw.issuers, `${path}.issuers`).map((v, i) => {
+    const issuer = ctx.string(v, `${path}.issuers[${i}]`);
+    if (!issuers.has(issuer)) {
+      const known = issuers.size === 0 ? 'the policy has none' : [...issuers].join(', ');
+      ctx.fail(`${path}.issuers[${i}]`, `${JSON.stringify(issuer)} is not one of subject_issuers (${known})`);
+    }
+    return issuer;
+  });
+  const dup = names.findIndex((n, i) => names.indexOf(n) !== i);
+  if (dup !== -1) ctx.fail(`${path}.issuers[${dup}]`, `${JSON.stringify(names[dup])} is listed twice`);
+  const claims: Record<string, ClaimValue> = {};
+  if (raw.claims !== undefined) {
+    const claimsPath = `${path}.claims`;
+    const record = ctx.mapping(raw.claims, claimsPath);
+    for (const [claim, want] of Object.entries(record)) {
+      if (!TOKEN_TEXT.test(claim)) ctx.fail(`${claimsPath}.${claim}`, 'a claim name must be printable ASCII without spaces');
+      if (typeof want !== 'string' && typeof want !== 'number' && typeof want !== 'boolean') {
+        ctx.fail(`${claimsPath}.${claim}`, `must be a string, number or boolean, got ${describe(want)}`);
+      }
+      claims[claim] = want;
+    }
+  }
+  return { issuers: names, claims };
+}
+
+function parseSubjectIssuers(ctx: Context, value: unknown): SubjectIssuer[] {
+  const issuers = ctx.list(value, 'subject_issuers', { allowEmpty: true }).map((v, i) => parseSubjectIssuer(ctx, v, `subject_issuers[${i}]`));
+  const seen = new Map<string, number>();
+  issuers.forEach((issuer, i) => {
+    const first = seen.get(issuer.issuer);
+    // One configuration per `iss`: a token's issuer picks its keys, so two would be ambiguous.
+    if (first !== undefined) ctx.fail(`subject_issuers[${i}].issuer`, `duplicate issuer ${JSON.stringify(issuer.issuer)} (also subject_issuers[${first}])`);
+    seen.set(issuer.issuer, i);
+  });
+  return issuers;
+}
+
+function parseSubjectIssuer(ctx: Context, value: unknown, path: string): SubjectIssuer {
+  const raw = ctx.object(value, path, ISSUER_KEYS);
+  for (const key of ['issuer', 'audiences'] as const) {
+    if (raw[key] === undefined) ctx.fail(`${path}.${key}`, 'is required');
+  }
+  const issuer = ctx.string(raw.issuer, `${path}.issuer`);
+  if (!TOKEN_TEXT.test(issuer)) ctx.fail(`${path}.issuer`, `${JSON.stringify(issuer)} must be non-empty printable ASCII without spaces`);
+
+  if ((raw.jwks_file === undefined) === (raw.jwks_url === undefined)) {
+    ctx.fail(path, "needs exactly one of jwks_file and jwks_url (where the issuer's signing keys are)");
+  }
+  let jwksFile: string | undefined;
+  let jwksUrl: URL | undefined;
+  if (raw.jwks_file !== undefined) {
+    jwksFile = ctx.string(raw.jwks_file, `${path}.jwks_file`);
+    // Relative to what? The broker's working directory is not something a policy should depend on.
+    if (!isAbsolute(jwksFile)) ctx.fail(`${path}.jwks_file`, `${JSON.stringify(jwksFile)} must be an absolute path`);
+  } else {
+    jwksUrl = ctx.jwksUrl(raw.jwks_url, `${path}.jwks_url`);
+  }
+
+  const audiences = ctx.names(raw.audiences, `${path}.audiences`);
+  const star = audiences.indexOf(ANY);
+  if (star !== -1) ctx.fail(`${path}.audiences[${star}]`, 'name the audiences the broker accepts; "*" is not allowed here');
+
+  let algorithms = DEFAULT_ALGORITHMS;
+  if (raw.algorithms !== undefined) {
+    algorithms = ctx.list(raw.algorithms, `${path}.algorithms`).map((v, i) => {
+      const where = `${path}.algorithms[${i}]`;
+      const alg = ctx.string(v, where);
+      if (alg.toLowerCase() === 'none') ctx.fail(where, '"none" is refused: an unsigned token proves nothing');
+      if (/^HS\d+$/i.test(alg)) ctx.fail(where, `${JSON.stringify(alg)} is refused: a shared-secret (HMAC) algorithm cannot be verified against a public JWKS`);
+      if (!SIGNATURE_ALGORITHMS.includes(alg))
+        ctx.fail(where, `${JSON.stringify(alg)} is not a supported signature algorithm (one of: ${SIGNATURE_ALGORITHMS.join(', ')})`);
+      return alg;
+    });
+    const dup = algorithms.findIndex((n, i) => algorithms.indexOf(n) !== i);
+    if (dup !== -1) ctx.fail(`${path}.algorithms[${dup}]`, `${JSON.stringify(algorithms[dup])} is listed twice`);
+  }
+
+  const maxAgeSeconds = raw.max_age === undefined ? undefined : ctx.duration(raw.max_age, `${path}.max_age`);
+  const requiredClaims = raw.required_claims === undefined ? [] : ctx.names(raw.required_claims, `${path}.required_claims`);
+  const anyClaim = requiredClaims.indexOf(ANY);
+  if (anyClaim !== -1) ctx.fail(`${path}.required_claims[${anyClaim}]`, 'name the claims; "*" is not allowed here');
+
+  return {
+    issuer,
+    ...(jwksFile !== undefined ? { jwksFile } : {}),
+    ...(jwksUrl !== undefined ? { jwksUrl } : {}),
+    audiences,
+    algorithms: [...algorithms],
+    ...(maxAgeSeconds !== undefined ? { maxAgeSeconds } : {}),
+    requiredClaims,
   };
 }
 
@@ -157,6 +328,35 @@ class Context {
   string(value: unknown, path: string): string {
     if (typeof value !== 'string') this.fail(path, `must be a string, got ${describe(value)}`);
     return value;
+  }
+
+  boolean(value: unknown, path: string): boolean {
+    if (typeof value !== 'boolean') this.fail(path, `must be true or false, got ${describe(value)}`);
+    return value;
+  }
+
+  /** A mapping whose keys are not fixed (claim names); an empty one is allowed. */
+  mapping(value: unknown, path: string): Record<string, unknown> {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) this.fail(path, `must be a mapping, got ${describe(value)}`);
+    return value as Record<string, unknown>;
+  }
+
+  /** https, or http to this machine only; no credentials in the URL (they would end up in logs). */
+  jwksUrl(value: unknown, path: string): URL {
+    const text = this.string(value, path);
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      return this.fail(path, `${JSON.stringify(text)} is not a URL`);
+    }
+    if (url.protocol === 'http:') {
+      if (!LOOPBACK_HOSTS.includes(url.hostname)) this.fail(path, `${JSON.stringify(text)}: http is only allowed for 127.0.0.1, localhost or ::1; use https`);
+    } else if (url.protocol !== 'https:') {
+      this.fail(path, `${JSON.stringify(text)} must be an https URL`);
+    }
+    if (url.username !== '' || url.password !== '') this.fail(path, `${JSON.stringify(url.host)}: credentials in the URL are not allowed`);
+    return url;
   }
 
   /** A non-empty list of names without spaces, or exactly `["*"]`. */

@@ -17,10 +17,21 @@
  *     require_approval: false
  * ```
  *
+ * Two later additions (issue 12), both optional, so a policy without them decides as before:
+ *
+ *   - a rule's `delegation` block says whether a task it allows may hand sub-tasks on to other
+ *     workloads, how deep, which scopes and audiences (`delegationDecision`);
+ *   - `subject_issuers` name the identity providers whose tokens say which person (the
+ *     principal) a task acts for; a rule's `principals` limits it to tasks of matching
+ *     principals, `bind_session` ties the task to the principal's session, and
+ *     `require_approval: {approvers: …}` lets matching principals approve instead of an admin.
+ *     Verifying those tokens is subject-tokens.ts; this module only compares verified claims.
+ *
  * This module is what a policy is and how it decides; reading the document (strictly, with the
  * path of any bad field) is in policy-document.ts.
  */
 import { createHash } from 'node:crypto';
+import { quoted } from '../errors.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { SpiffeIdMatcher } from '../spiffe/pattern.js';
 
@@ -38,6 +49,55 @@ export class PolicyError extends Error {
   }
 }
 
+/** The person (or other subject) a task acts for: from a verified subject token. */
+export interface Principal {
+  iss: string;
+  sub: string;
+  /** The IdP's session ID, when the token carries a string `sid`: what `bind_session` binds to. */
+  sid?: string;
+}
+
+/** One identity provider whose subject tokens the broker accepts (`subject_issuers[]`). */
+export interface SubjectIssuer {
+  /** The exact `iss` value of its tokens. */
+  issuer: string;
+  /** Exactly one of jwksFile / jwksUrl is set. */
+  jwksFile?: string;
+  jwksUrl?: URL;
+  /** Accepted `aud` values: a token's `aud` must contain one of them. */
+  audiences: string[];
+  /** Signature algorithms accepted from this issuer (never `none`, never a shared-secret HS*). */
+  algorithms: string[];
+  /** When set, a token's `iat` must be at most this old (and the token must have one). */
+  maxAgeSeconds?: number;
+  /** Claim names every token of this issuer must carry. */
+  requiredClaims: string[];
+}
+
+/** Which principals a rule applies to, or may approve its tasks: `issuers` and `claims` both must match. */
+export interface PrincipalMatcher {
+  /** `iss` values; each is one of the policy's subject_issuers. */
+  issuers: string[];
+  /** Each claim must equal the value or, when the claim is an array, contain it. */
+  claims: Record<string, ClaimValue>;
+}
+
+export type ClaimValue = string | number | boolean;
+
+/** A rule's `delegation` block: whether and how a task it allows may delegate sub-tasks. */
+export interface DelegationRule {
+  /** Who may receive a delegated sub-task (a child task's owner). */
+  readonly to: readonly SpiffeIdMatcher[];
+  /** How many hops below the root task; 0 means no delegation. */
+  readonly maxDepth: number;
+  /** Scopes that may be handed on; `['*']` means any of the task's. */
+  readonly scopes: readonly string[];
+  /** Audiences a delegated task may have other than its parent's; empty: the parent's only. */
+  readonly audiences: readonly SpiffeIdMatcher[];
+  /** Whether a delegator may read (GetTask) the tasks delegated below it. */
+  readonly readChildren: boolean;
+}
+
 export interface PolicyRule {
   readonly name: string;
   /** `callers.spiffe_ids` followed by `callers.trust_domains`, in document order. */
@@ -49,7 +109,16 @@ export interface PolicyRule {
   readonly scopes: readonly string[];
   readonly maxTaskTtlSeconds?: number;
   readonly maxTokenTtlSeconds?: number;
+  /** True for `require_approval: true` and for the `{approvers: …}` form. */
   readonly requireApproval: boolean;
+  /** Only for `require_approval: {approvers: …}`: principals who may approve (instead of an admin). */
+  readonly approvers?: PrincipalMatcher;
+  /** Absent: the rule's tasks cannot delegate (max depth 0). */
+  readonly delegation?: DelegationRule;
+  /** Absent: the rule applies whatever principal the task has, or none. */
+  readonly principals?: PrincipalMatcher;
+  /** Follow-up requests must present a subject token of the task's principal's `sub` and `sid`. */
+  readonly bindSession: boolean;
 }
 
 export interface PolicyRequest {
@@ -59,13 +128,46 @@ export interface PolicyRequest {
   audience: string;
   scopes: readonly string[];
   taskTtlSeconds?: number;
+  /** The principal behind the task, from a verified subject token; `claims` is that token's payload. */
+  principal?: Principal & { claims: Record<string, unknown> };
 }
 
 export type PolicyDecision =
-  | { allowed: true; rule: string; requireApproval: boolean; maxTokenTtlSeconds?: number; policyDigest: string }
+  | {
+      allowed: true;
+      rule: string;
+      requireApproval: boolean;
+      /** Set when principals (not admins) approve: who may. */
+      approvers?: PrincipalMatcher;
+      maxTokenTtlSeconds?: number;
+      /** Whether a delegator may read the tasks delegated below it (the rule's delegation.read_children). */
+      readChildren: boolean;
+      /** Whether follow-ups must present a subject token of the same `sub` and `sid`. */
+      bindSession: boolean;
+      policyDigest: string;
+    }
   | { allowed: false; reason: string; policyDigest: string };
 
 export type AdminDecision = { allowed: true; entry: string; policyDigest: string } | { allowed: false; reason: string; policyDigest: string };
+
+/** One hop of a delegation chain: a parent task handing a sub-task (the child) to `delegatee`. */
+export interface DelegationHop {
+  /** The rule that allows the root task of the tree (the caller re-decides the root at request time). */
+  rule: string;
+  /** The workload that will own the child task. */
+  delegatee: SpiffeId;
+  /** The child's depth: 1 for a direct child of a root task. */
+  depth: number;
+  /** The child's scopes; that they are a subset of the parent's is the caller's check. */
+  scopes: readonly string[];
+  /** The child's audience. */
+  audience: string;
+  parentAudience: string;
+}
+
+export type DelegationDecision = { allowed: true; policyDigest: string; readChildren: boolean } | { allowed: false; reason: string; policyDigest: string };
+
+export type ApproverDecision = { allowed: true; policyDigest: string } | { allowed: false; reason: string; policyDigest: string };
 
 /** In `actions` and `scopes`, alone: any action, any scope. */
 export const ANY = '*';
@@ -77,12 +179,21 @@ export class Policy {
   readonly source: string;
   readonly rules: readonly PolicyRule[];
   readonly admins: readonly SpiffeIdMatcher[];
+  /** The identity providers whose subject tokens name a task's principal; empty: none accepted. */
+  readonly subjectIssuers: readonly SubjectIssuer[];
 
-  constructor(init: { text: string; source: string; rules: readonly PolicyRule[]; admins: readonly SpiffeIdMatcher[] }) {
+  constructor(init: {
+    text: string;
+    source: string;
+    rules: readonly PolicyRule[];
+    admins: readonly SpiffeIdMatcher[];
+    subjectIssuers?: readonly SubjectIssuer[];
+  }) {
     this.digest = createHash('sha256').update(init.text, 'utf8').digest('base64url');
     this.source = init.source;
     this.rules = init.rules;
     this.admins = init.admins;
+    this.subjectIssuers = init.subjectIssuers ?? [];
   }
 
   /** The first rule (in document order) that allows the request wins; otherwise denied, with why. */
@@ -103,7 +214,10 @@ export class Policy {
           allowed: true,
           rule: rule.name,
           requireApproval: rule.requireApproval,
+          ...(rule.approvers !== undefined ? { approvers: rule.approvers } : {}),
           ...(rule.maxTokenTtlSeconds !== undefined ? { maxTokenTtlSeconds: rule.maxTokenTtlSeconds } : {}),
+          readChildren: rule.delegation?.readChildren ?? false,
+          bindSession: rule.bindSession,
           policyDigest,
         };
       }
@@ -124,6 +238,65 @@ export class Policy {
     const none = this.admins.length === 0 ? ' (the policy names no admins)' : '';
     return { allowed: false, reason: `caller ${caller.toString()} is not an admin${none}`, policyDigest };
   }
+
+  /**
+   * Whether the rule named `hop.rule` lets this hop be delegated. The rule is looked up by name
+   * in this (the current) policy, so a rule removed or narrowed since the tree began stops
+   * further delegation at once. Checks, in order: the rule exists and delegates at all, the
+   * depth, the delegatee, the scopes handed on, the audience.
+   */
+  delegationDecision(hop: DelegationHop): DelegationDecision {
+    const policyDigest = this.digest;
+    const deny = (reason: string): DelegationDecision => ({ allowed: false, reason, policyDigest });
+    const rule = this.rules.find((r) => r.name === hop.rule);
+    if (!rule) return deny(`rule ${JSON.stringify(hop.rule)} is no longer in the policy`);
+    const name = JSON.stringify(rule.name);
+    const delegation = rule.delegation;
+    if (!delegation || delegation.maxDepth === 0) return deny(`rule ${name} allows no delegation (max_depth 0)`);
+    if (!Number.isInteger(hop.depth) || hop.depth < 1) return deny(`delegation depth ${hop.depth} is not a delegated hop (the first is 1)`);
+    if (hop.depth > delegation.maxDepth) return deny(`delegation depth ${hop.depth} exceeds max_depth ${delegation.maxDepth} of rule ${name}`);
+    if (!delegation.to.some((m) => m.matches(hop.delegatee))) {
+      return deny(`delegatee ${hop.delegatee.toString()} is not allowed by delegation.to of rule ${name}`);
+    }
+    // The rule's own scopes bound every task of the tree; delegation.scopes narrows what may
+    // travel further down. A child scope outside either is refused, each with its own field.
+    const outsideRule = isAny(rule.scopes) ? [] : unique(hop.scopes.filter((s) => !rule.scopes.includes(s)));
+    if (outsideRule.length > 0) return deny(`${scopeList(outsideRule)} ${outsideRule.length === 1 ? 'is' : 'are'} not allowed by rule ${name}`);
+    const notHandedOn = isAny(delegation.scopes) ? [] : unique(hop.scopes.filter((s) => !delegation.scopes.includes(s)));
+    if (notHandedOn.length > 0) return deny(`${scopeList(notHandedOn)} may not be handed on (delegation.scopes of rule ${name})`);
+    if (hop.audience !== hop.parentAudience) {
+      let audience: SpiffeId;
+      try {
+        audience = SpiffeId.parse(hop.audience);
+      } catch {
+        return deny(`audience ${quoted(hop.audience, 128)} is not a valid SPIFFE ID`);
+      }
+      if (!delegation.audiences.some((m) => m.matches(audience))) {
+        return deny(`audience ${audience.toString()} is neither the parent's nor allowed by delegation.audiences of rule ${name}`);
+      }
+    }
+    return { allowed: true, policyDigest, readChildren: delegation.readChildren };
+  }
+
+  /**
+   * Whether `approver` (a verified subject token's principal and claims) may approve a task
+   * allowed by the rule named `rule`: only for `require_approval: {approvers: …}`, and only a
+   * principal matching its issuers and claims. The `true` form is for admins (adminDecision).
+   */
+  approverDecision(rule: string, approver: { iss: string; sub: string; claims: Record<string, unknown> }): ApproverDecision {
+    const policyDigest = this.digest;
+    const found = this.rules.find((r) => r.name === rule);
+    if (!found) return { allowed: false, reason: `rule ${JSON.stringify(rule)} is no longer in the policy`, policyDigest };
+    const name = JSON.stringify(found.name);
+    if (!found.requireApproval) return { allowed: false, reason: `rule ${name} does not require approval`, policyDigest };
+    if (!found.approvers) {
+      return { allowed: false, reason: `rule ${name} names no approvers (require_approval: true: an admin approves)`, policyDigest };
+    }
+    const mismatch = principalMismatch(found.approvers, approver);
+    if (mismatch !== undefined)
+      return { allowed: false, reason: `approver ${quoted(approver.sub, 128)} may not approve for rule ${name}: ${mismatch}`, policyDigest };
+    return { allowed: true, policyDigest };
+  }
 }
 
 function firstFailedCondition(rule: PolicyRule, request: PolicyRequest, audience: SpiffeId | undefined): string | undefined {
@@ -140,7 +313,44 @@ function firstFailedCondition(rule: PolicyRule, request: PolicyRequest, audience
   if (request.taskTtlSeconds !== undefined && rule.maxTaskTtlSeconds !== undefined && request.taskTtlSeconds > rule.maxTaskTtlSeconds) {
     return `task ttl ${request.taskTtlSeconds}s exceeds max_task_ttl ${rule.maxTaskTtlSeconds}s`;
   }
+  if (rule.principals) {
+    // Last, so a request that fails an older condition is told about that one, as before.
+    if (!request.principal) return `requires a principal from ${rule.principals.issuers.join(' or ')}`;
+    const mismatch = principalMismatch(rule.principals, request.principal);
+    if (mismatch !== undefined) return mismatch;
+  }
+  // Binding to a session needs a session: without a sid, "the same session" would mean "any
+  // token of the same person", which is not what the rule's author asked for.
+  if (rule.bindSession && request.principal && request.principal.sid === undefined) {
+    return 'bind_session needs a principal with a "sid" (session) claim';
+  }
   return undefined;
+}
+
+/** Why `principal` does not match `matcher` (issuer first, then each claim in order), or undefined. */
+function principalMismatch(matcher: PrincipalMatcher, principal: { iss: string; claims: Record<string, unknown> }): string | undefined {
+  if (!matcher.issuers.includes(principal.iss)) {
+    return `requires a principal from ${matcher.issuers.join(' or ')}, not from ${quoted(principal.iss, 128)}`;
+  }
+  for (const [claim, want] of Object.entries(matcher.claims)) {
+    const have = Object.hasOwn(principal.claims, claim) ? principal.claims[claim] : undefined;
+    if (have === undefined) return `principal has no ${JSON.stringify(claim)} claim (required: ${JSON.stringify(want)})`;
+    // Strict equality: "1" is not 1 and "true" is not true; an IdP's types are part of its claims.
+    if (Array.isArray(have)) {
+      if (!have.includes(want)) return `principal claim ${JSON.stringify(claim)} does not contain ${JSON.stringify(want)}`;
+    } else if (have !== want) {
+      return `principal claim ${JSON.stringify(claim)} is not ${JSON.stringify(want)}`;
+    }
+  }
+  return undefined;
+}
+
+function unique(list: readonly string[]): string[] {
+  return [...new Set(list)];
+}
+
+function scopeList(scopes: readonly string[]): string {
+  return scopes.length === 1 ? `scope ${JSON.stringify(scopes[0])}` : `scopes ${scopes.map((s) => JSON.stringify(s)).join(', ')}`;
 }
 
 function isAny(list: readonly string[]): boolean {

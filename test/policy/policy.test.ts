@@ -283,7 +283,7 @@ describe('digest and source', () => {
 
 describe('validation', () => {
   it.each<[string, string, RegExp | string]>([
-    ['unknown top-level key', `version: 1\nrule: []\nrules: []\n`, 'policy.yaml: rule: unknown key (expected one of: version, admins, rules)'],
+    ['unknown top-level key', `version: 1\nrule: []\nrules: []\n`, 'policy.yaml: rule: unknown key (expected one of: version, admins, subject_issuers, rules)'],
     ['unknown key inside a rule', `version: 1\nrules:${VALID_RULE}    require_aproval: true\n`, /^policy\.yaml: rules\[0\]\.require_aproval: unknown key/],
     [
       'unknown key inside callers',
@@ -371,7 +371,7 @@ describe('validation', () => {
     [
       'require_approval not a boolean',
       `version: 1\nrules:${VALID_RULE}    require_approval: "yes"\n`,
-      'policy.yaml: rules[0].require_approval: must be true or false, got "yes"',
+      'policy.yaml: rules[0].require_approval: must be true, false or {approvers: …}, got "yes"',
     ],
     ['rule not a mapping', `version: 1\nrules:\n  - billing\n`, 'policy.yaml: rules[0]: must be a mapping, got "billing"'],
     ['rules not a list', `version: 1\nrules: {}\n`, 'policy.yaml: rules: must be a list, got a mapping'],
@@ -422,5 +422,432 @@ describe('parseDurationSeconds', () => {
 
   it.each<[unknown]>([['1.5h'], ['5 m'], ['-5s'], ['1500ms'], ['m'], [''], [1.5], [-1], [0], [true], [null]])('refuses %j', (input) => {
     expect(() => parseDurationSeconds(input)).toThrow(/duration must/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The principal behind a task (issue 12): subject_issuers, principals, bind_session, approvers.
+
+const IDP = 'https://idp.example.com';
+const OTHER_IDP = 'https://login.partner.test';
+
+const ISSUERS = `subject_issuers:
+  - issuer: ${IDP}
+    jwks_file: /etc/task-broker/idp-jwks.json
+    audiences: ["task-broker"]
+  - issuer: ${OTHER_IDP}
+    jwks_url: https://login.partner.test/.well-known/jwks.json
+    audiences: ["task-broker", "broker.partner.test"]
+    algorithms: ["ES256", "RS256"]
+    max_age: 1h
+    required_claims: ["sid", "email"]
+`;
+
+/** A policy with ISSUERS (or `issuers`) and one rule `finance-export` with `extra` lines appended. */
+function principalPolicy(extra: string, issuers = ISSUERS): Policy {
+  return parsePolicy(
+    `version: 1
+${issuers}rules:
+  - name: finance-export
+    callers: { spiffe_ids: ["${WORKER}"] }
+    actions: ["invoice.export"]
+    audiences: ["${INVOICES}"]
+    scopes: ["invoices:read"]
+${extra}`,
+    'policy.yaml',
+  );
+}
+
+function principal(claims: Record<string, unknown> = {}, iss = IDP): NonNullable<PolicyRequest['principal']> {
+  return { iss, sub: 'alice', sid: 's-1', claims: { iss, sub: 'alice', sid: 's-1', ...claims } };
+}
+
+describe('subject_issuers', () => {
+  it('reads every key, with the defaults', () => {
+    const [idp, partner] = principalPolicy('').subjectIssuers;
+    expect(idp).toEqual({
+      issuer: IDP,
+      jwksFile: '/etc/task-broker/idp-jwks.json',
+      audiences: ['task-broker'],
+      algorithms: ['ES256', 'ES384', 'RS256', 'PS256', 'EdDSA'],
+      requiredClaims: [],
+    });
+    expect(partner).toEqual({
+      issuer: OTHER_IDP,
+      jwksUrl: new URL('https://login.partner.test/.well-known/jwks.json'),
+      audiences: ['task-broker', 'broker.partner.test'],
+      algorithms: ['ES256', 'RS256'],
+      maxAgeSeconds: 3600,
+      requiredClaims: ['sid', 'email'],
+    });
+  });
+
+  it('is empty when absent, and allows http to this machine only', () => {
+    expect(parsePolicy('version: 1\nrules: []\n', 'p').subjectIssuers).toEqual([]);
+    for (const host of ['127.0.0.1:8080', 'localhost', '[::1]:9000']) {
+      const policy = parsePolicy(`version: 1\nsubject_issuers:\n  - {issuer: x, jwks_url: "http://${host}/jwks", audiences: [b]}\nrules: []\n`, 'p');
+      expect(policy.subjectIssuers[0]?.jwksUrl?.protocol).toBe('http:');
+    }
+  });
+
+  const issuer = (fields: string) => `version: 1\nsubject_issuers:\n  - ${fields}\nrules: []\n`;
+  it.each<[string, string, string | RegExp]>([
+    ['subject_issuers not a list', 'version: 1\nsubject_issuers: {}\nrules: []\n', 'policy.yaml: subject_issuers: must be a list, got a mapping'],
+    [
+      'an unknown key',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: [b], max_ag: 1h}'),
+      /^policy\.yaml: subject_issuers\[0\]\.max_ag: unknown key \(expected one of: issuer, jwks_file/,
+    ],
+    ['a missing issuer', issuer('{jwks_file: /k.json, audiences: [b]}'), 'policy.yaml: subject_issuers[0].issuer: is required'],
+    [
+      'an issuer that is not a string',
+      issuer('{issuer: 1, jwks_file: /k.json, audiences: [b]}'),
+      'policy.yaml: subject_issuers[0].issuer: must be a string, got number 1',
+    ],
+    ['missing audiences', issuer('{issuer: a, jwks_file: /k.json}'), 'policy.yaml: subject_issuers[0].audiences: is required'],
+    ['empty audiences', issuer('{issuer: a, jwks_file: /k.json, audiences: []}'), 'policy.yaml: subject_issuers[0].audiences: must not be empty'],
+    [
+      '"*" as an audience',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: ["*"]}'),
+      /^policy\.yaml: subject_issuers\[0\]\.audiences\[0\]: name the audiences/,
+    ],
+    [
+      'neither jwks_file nor jwks_url',
+      issuer('{issuer: a, audiences: [b]}'),
+      /^policy\.yaml: subject_issuers\[0\]: needs exactly one of jwks_file and jwks_url/,
+    ],
+    [
+      'both jwks_file and jwks_url',
+      issuer('{issuer: a, jwks_file: /k.json, jwks_url: "https://a/jwks", audiences: [b]}'),
+      /^policy\.yaml: subject_issuers\[0\]: needs exactly one of jwks_file and jwks_url/,
+    ],
+    [
+      'a relative jwks_file',
+      issuer('{issuer: a, jwks_file: keys.json, audiences: [b]}'),
+      'policy.yaml: subject_issuers[0].jwks_file: "keys.json" must be an absolute path',
+    ],
+    [
+      'jwks_url over http to another host',
+      issuer('{issuer: a, jwks_url: "http://idp.example.com/jwks", audiences: [b]}'),
+      /^policy\.yaml: subject_issuers\[0\]\.jwks_url: "http:\/\/idp\.example\.com\/jwks": http is only allowed for 127\.0\.0\.1, localhost or ::1/,
+    ],
+    [
+      'jwks_url of another scheme',
+      issuer('{issuer: a, jwks_url: "file:///etc/jwks", audiences: [b]}'),
+      'policy.yaml: subject_issuers[0].jwks_url: "file:///etc/jwks" must be an https URL',
+    ],
+    [
+      'jwks_url that is not a URL',
+      issuer('{issuer: a, jwks_url: "idp/jwks", audiences: [b]}'),
+      'policy.yaml: subject_issuers[0].jwks_url: "idp/jwks" is not a URL',
+    ],
+    [
+      'jwks_url with credentials',
+      issuer('{issuer: a, jwks_url: "https://u:p@idp.test/jwks", audiences: [b]}'),
+      'policy.yaml: subject_issuers[0].jwks_url: "idp.test": credentials in the URL are not allowed',
+    ],
+    [
+      'algorithms: [none]',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: [b], algorithms: [none]}'),
+      'policy.yaml: subject_issuers[0].algorithms[0]: "none" is refused: an unsigned token proves nothing',
+    ],
+    [
+      'algorithms: [HS256]',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: [b], algorithms: [ES256, HS256]}'),
+      /^policy\.yaml: subject_issuers\[0\]\.algorithms\[1\]: "HS256" is refused: a shared-secret \(HMAC\) algorithm/,
+    ],
+    [
+      'an unknown algorithm',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: [b], algorithms: [ES257]}'),
+      /^policy\.yaml: subject_issuers\[0\]\.algorithms\[0\]: "ES257" is not a supported signature algorithm/,
+    ],
+    [
+      'empty algorithms',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: [b], algorithms: []}'),
+      'policy.yaml: subject_issuers[0].algorithms: must not be empty',
+    ],
+    [
+      'a repeated algorithm',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: [b], algorithms: [ES256, ES256]}'),
+      'policy.yaml: subject_issuers[0].algorithms[1]: "ES256" is listed twice',
+    ],
+    [
+      'a bad max_age',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: [b], max_age: an hour}'),
+      /^policy\.yaml: subject_issuers\[0\]\.max_age: duration must be whole seconds/,
+    ],
+    [
+      'required_claims not a list',
+      issuer('{issuer: a, jwks_file: /k.json, audiences: [b], required_claims: sid}'),
+      'policy.yaml: subject_issuers[0].required_claims: must be a list, got "sid"',
+    ],
+    [
+      'a duplicate issuer',
+      'version: 1\nsubject_issuers:\n  - {issuer: a, jwks_file: /k.json, audiences: [b]}\n  - {issuer: a, jwks_file: /j.json, audiences: [c]}\nrules: []\n',
+      'policy.yaml: subject_issuers[1].issuer: duplicate issuer "a" (also subject_issuers[0])',
+    ],
+  ])('refuses %s', (_name, text, expected) => {
+    const message = errorOf(text);
+    if (typeof expected === 'string') expect(message).toBe(expected);
+    else expect(message).toMatch(expected);
+  });
+});
+
+describe('rules: principals, bind_session, require_approval {approvers}', () => {
+  it('reads principals, bind_session and approvers', () => {
+    const policy = principalPolicy(`    principals:
+      issuers: ["${IDP}"]
+      claims: {groups: finance, level: 3, staff: true}
+    bind_session: true
+    require_approval: {approvers: {issuers: ["${OTHER_IDP}"], claims: {groups: approvers}}}
+`);
+    const rule = policy.rules[0];
+    expect(rule?.principals).toEqual({ issuers: [IDP], claims: { groups: 'finance', level: 3, staff: true } });
+    expect(rule?.bindSession).toBe(true);
+    expect(rule?.requireApproval).toBe(true);
+    expect(rule?.approvers).toEqual({ issuers: [OTHER_IDP], claims: { groups: 'approvers' } });
+  });
+
+  it('defaults: no principals, bind_session false, no approvers (also for require_approval: true)', () => {
+    const rule = principalPolicy('    require_approval: true\n').rules[0];
+    expect(rule?.principals).toBeUndefined();
+    expect(rule?.bindSession).toBe(false);
+    expect(rule?.requireApproval).toBe(true);
+    expect(rule?.approvers).toBeUndefined();
+    expect(principalPolicy(`    principals: {issuers: ["${IDP}"]}\n`).rules[0]?.principals).toEqual({ issuers: [IDP], claims: {} });
+  });
+
+  it.each<[string, string, string | RegExp]>([
+    ['principals not a mapping', '    principals: yes\n', 'policy.yaml: rules[0].principals: must be a mapping, got "yes"'],
+    [
+      'an unknown key in principals',
+      `    principals: {issuers: ["${IDP}"], claim: {a: b}}\n`,
+      /^policy\.yaml: rules\[0\]\.principals\.claim: unknown key \(expected one of: issuers, claims\)/,
+    ],
+    ['principals without issuers', '    principals: {claims: {a: b}}\n', 'policy.yaml: rules[0].principals.issuers: is required'],
+    ['empty principals.issuers', '    principals: {issuers: []}\n', 'policy.yaml: rules[0].principals.issuers: must not be empty'],
+    [
+      'principals.issuers not in subject_issuers',
+      '    principals: {issuers: ["https://evil.test"]}\n',
+      `policy.yaml: rules[0].principals.issuers[0]: "https://evil.test" is not one of subject_issuers (${IDP}, ${OTHER_IDP})`,
+    ],
+    [
+      'a claim value that is a list',
+      `    principals: {issuers: ["${IDP}"], claims: {groups: [a, b]}}\n`,
+      'policy.yaml: rules[0].principals.claims.groups: must be a string, number or boolean, got a list',
+    ],
+    [
+      'a claim value that is empty',
+      `    principals: {issuers: ["${IDP}"], claims: {groups: }}\n`,
+      'policy.yaml: rules[0].principals.claims.groups: must be a string, number or boolean, got nothing',
+    ],
+    [
+      'claims not a mapping',
+      `    principals: {issuers: ["${IDP}"], claims: [groups]}\n`,
+      'policy.yaml: rules[0].principals.claims: must be a mapping, got a list',
+    ],
+    [
+      'bind_session not a boolean',
+      `    principals: {issuers: ["${IDP}"]}\n    bind_session: "true"\n`,
+      'policy.yaml: rules[0].bind_session: must be true or false, got "true"',
+    ],
+    ['bind_session without principals', '    bind_session: true\n', /^policy\.yaml: rules\[0\]\.bind_session: needs principals/],
+    ['require_approval as a list', '    require_approval: [a]\n', 'policy.yaml: rules[0].require_approval: must be true, false or {approvers: …}, got a list'],
+    ['require_approval without approvers', '    require_approval: {}\n', /^policy\.yaml: rules\[0\]\.require_approval\.approvers: is required/],
+    [
+      'an unknown key in require_approval',
+      `    require_approval: {approver: {issuers: ["${IDP}"]}}\n`,
+      /^policy\.yaml: rules\[0\]\.require_approval\.approver: unknown key \(expected one of: approvers\)/,
+    ],
+    [
+      'approvers of an unknown issuer',
+      '    require_approval: {approvers: {issuers: ["https://evil.test"]}}\n',
+      /^policy\.yaml: rules\[0\]\.require_approval\.approvers\.issuers\[0\]: "https:\/\/evil\.test" is not one of subject_issuers/,
+    ],
+  ])('refuses %s', (_name, extra, expected) => {
+    const message = errorOf(
+      `version: 1\n${ISSUERS}rules:\n  - name: finance-export\n    callers: { spiffe_ids: ["${WORKER}"] }\n    actions: ["invoice.export"]\n    audiences: ["${INVOICES}"]\n    scopes: ["invoices:read"]\n${extra}`,
+    );
+    if (typeof expected === 'string') expect(message).toBe(expected);
+    else expect(message).toMatch(expected);
+  });
+
+  it('refuses principals when the policy has no subject_issuers, and says so', () => {
+    expect(() => principalPolicy(`    principals: {issuers: ["${IDP}"]}\n`, '')).toThrow(
+      `policy.yaml: rules[0].principals.issuers[0]: "${IDP}" is not one of subject_issuers (the policy has none)`,
+    );
+  });
+});
+
+describe('Policy.decide with principals', () => {
+  const policy = principalPolicy(`    principals:
+      issuers: ["${IDP}"]
+      claims: {groups: finance, level: 3}
+    bind_session: true
+    require_approval: {approvers: {issuers: ["${IDP}"], claims: {groups: approvers}}}
+`);
+
+  it('allows a matching principal and returns bind_session and the approvers', () => {
+    const decision = expectAllowed(policy.decide(request({ principal: principal({ groups: 'finance', level: 3 }) })));
+    expect(decision).toEqual({
+      allowed: true,
+      rule: 'finance-export',
+      requireApproval: true,
+      approvers: { issuers: [IDP], claims: { groups: 'approvers' } },
+      readChildren: false,
+      bindSession: true,
+      policyDigest: policy.digest,
+    });
+  });
+
+  it('lets an array claim match when it contains the value', () => {
+    expectAllowed(policy.decide(request({ principal: principal({ groups: ['staff', 'finance'], level: 3 }) })));
+    expect(expectDenied(policy.decide(request({ principal: principal({ groups: ['staff'], level: 3 }) })))).toBe(
+      'rule "finance-export": principal claim "groups" does not contain "finance"',
+    );
+  });
+
+  it('denies a request without a principal', () => {
+    expect(expectDenied(policy.decide(request()))).toBe(`rule "finance-export": requires a principal from ${IDP}`);
+  });
+
+  it('denies a principal of another issuer', () => {
+    expect(expectDenied(policy.decide(request({ principal: principal({ groups: 'finance', level: 3 }, OTHER_IDP) })))).toBe(
+      `rule "finance-export": requires a principal from ${IDP}, not from "${OTHER_IDP}"`,
+    );
+  });
+
+  it('denies a claim that differs, is missing, or has another type', () => {
+    expect(expectDenied(policy.decide(request({ principal: principal({ groups: 'sales', level: 3 }) })))).toBe(
+      'rule "finance-export": principal claim "groups" is not "finance"',
+    );
+    expect(expectDenied(policy.decide(request({ principal: principal({ level: 3 }) })))).toBe(
+      'rule "finance-export": principal has no "groups" claim (required: "finance")',
+    );
+    // "3" is not 3: the IdP's claim types are part of what the rule asks for.
+    expect(expectDenied(policy.decide(request({ principal: principal({ groups: 'finance', level: '3' }) })))).toBe(
+      'rule "finance-export": principal claim "level" is not 3',
+    );
+  });
+
+  it('does not take an inherited property for a claim', () => {
+    const tricky = principalPolicy(`    principals: {issuers: ["${IDP}"], claims: {constructor: x}}\n`);
+    expect(expectDenied(tricky.decide(request({ principal: principal() })))).toBe(
+      'rule "finance-export": principal has no "constructor" claim (required: "x")',
+    );
+  });
+
+  it('with bind_session, denies a principal without a session (sid)', () => {
+    const noSid = { iss: IDP, sub: 'alice', claims: { iss: IDP, sub: 'alice', groups: 'finance', level: 3 } };
+    expect(expectDenied(policy.decide(request({ principal: noSid })))).toBe(
+      'rule "finance-export": bind_session needs a principal with a "sid" (session) claim',
+    );
+  });
+
+  it('checks the older conditions first, then the principal', () => {
+    expect(expectDenied(policy.decide(request({ action: 'x' })))).toBe('rule "finance-export": action "x" is not allowed');
+  });
+
+  it('falls through to a later rule without principals', () => {
+    const two = parsePolicy(
+      `version: 1
+${ISSUERS}rules:
+  - name: with-principal
+    callers: { spiffe_ids: ["${WORKER}"] }
+    actions: ["invoice.export"]
+    audiences: ["${INVOICES}"]
+    scopes: ["*"]
+    principals: {issuers: ["${IDP}"]}
+  - name: without
+    callers: { spiffe_ids: ["${WORKER}"] }
+    actions: ["invoice.export"]
+    audiences: ["${INVOICES}"]
+    scopes: ["invoices:read"]
+`,
+      'policy.yaml',
+    );
+    expect(expectAllowed(two.decide(request({ principal: principal() }))).rule).toBe('with-principal');
+    expect(expectAllowed(two.decide(request())).rule).toBe('without');
+    // A rule without principals applies to a request with one, too.
+    expect(expectAllowed(two.decide(request({ principal: principal({}, OTHER_IDP) }))).rule).toBe('without');
+  });
+
+  it('decides an old policy (none of the new keys) exactly as before', () => {
+    const old = oneRule({ require_approval: 'true', max_token_ttl: '5m' });
+    expect(old.subjectIssuers).toEqual([]);
+    expect(old.rules[0]).toMatchObject({ bindSession: false, requireApproval: true });
+    expect(old.rules[0]?.principals).toBeUndefined();
+    expect(old.rules[0]?.delegation).toBeUndefined();
+    const expected = {
+      allowed: true,
+      rule: 'r1',
+      requireApproval: true,
+      maxTokenTtlSeconds: 300,
+      readChildren: false,
+      bindSession: false,
+      policyDigest: old.digest,
+    };
+    expect(old.decide(request())).toEqual(expected);
+    // A principal on the request changes nothing for a rule that does not ask for one.
+    expect(old.decide(request({ principal: principal() }))).toEqual(expected);
+    expect(expectDenied(old.decide(request({ scopes: ['x'] })))).toBe('rule "r1": scope "x" is not allowed');
+  });
+});
+
+describe('Policy.approverDecision', () => {
+  const policy = parsePolicy(
+    `version: 1
+${ISSUERS}rules:
+  - name: finance-export
+    callers: { spiffe_ids: ["${WORKER}"] }
+    actions: ["invoice.export"]
+    audiences: ["${INVOICES}"]
+    scopes: ["invoices:read"]
+    require_approval: {approvers: {issuers: ["${IDP}"], claims: {groups: approvers}}}
+  - name: admin-approved
+    callers: { spiffe_ids: ["${WORKER}"] }
+    actions: ["*"]
+    audiences: ["${INVOICES}"]
+    scopes: ["*"]
+    require_approval: true
+  - name: no-approval
+    callers: { spiffe_ids: ["${WORKER}"] }
+    actions: ["*"]
+    audiences: ["${INVOICES}"]
+    scopes: ["*"]
+`,
+    'policy.yaml',
+  );
+  const approver = (claims: Record<string, unknown>, iss = IDP) => ({ iss, sub: 'bob', claims });
+
+  it('allows an approver matching the issuer and claims', () => {
+    expect(policy.approverDecision('finance-export', approver({ groups: ['staff', 'approvers'] }))).toEqual({ allowed: true, policyDigest: policy.digest });
+  });
+
+  it('refuses an approver whose claims or issuer do not match, naming why', () => {
+    expect(policy.approverDecision('finance-export', approver({ groups: 'staff' }))).toEqual({
+      allowed: false,
+      reason: 'approver "bob" may not approve for rule "finance-export": principal claim "groups" is not "approvers"',
+      policyDigest: policy.digest,
+    });
+    expect(policy.approverDecision('finance-export', approver({ groups: 'approvers' }, OTHER_IDP))).toMatchObject({
+      allowed: false,
+      reason: `approver "bob" may not approve for rule "finance-export": requires a principal from ${IDP}, not from "${OTHER_IDP}"`,
+    });
+  });
+
+  it('refuses for rules approved by admins, rules without approval, and rules no longer in the policy', () => {
+    expect(policy.approverDecision('admin-approved', approver({ groups: 'approvers' }))).toMatchObject({
+      allowed: false,
+      reason: 'rule "admin-approved" names no approvers (require_approval: true: an admin approves)',
+    });
+    expect(policy.approverDecision('no-approval', approver({ groups: 'approvers' }))).toMatchObject({
+      allowed: false,
+      reason: 'rule "no-approval" does not require approval',
+    });
+    expect(policy.approverDecision('gone', approver({ groups: 'approvers' }))).toMatchObject({
+      allowed: false,
+      reason: 'rule "gone" is no longer in the policy',
+    });
   });
 });
