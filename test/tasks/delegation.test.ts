@@ -14,7 +14,7 @@ import { unaryCall, type BrokerClient } from '../../src/client/broker-client.js'
 import type { DelegateTaskRequest } from '../../src/gen/taskbroker/v1/DelegateTaskRequest.js';
 import type { DelegateTaskResponse__Output } from '../../src/gen/taskbroker/v1/DelegateTaskResponse.js';
 import { STORES } from '../helpers/db.js';
-import { startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
+import { BROKER_ID, startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
 import { ADMIN, MutablePolicySource, policyOf } from '../helpers/policy.js';
 
 const A = WORKER;
@@ -129,7 +129,7 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     const { hopC } = await chain();
     const issued = await c.issueToken({ taskId: hopC.task!.taskId });
     const { payload, protectedHeader } = await jwtVerify(issued.token, createRemoteJWKSet(new URL(t.jwksUrl)), {
-      issuer: t.broker.issuer,
+      issuer: BROKER_ID,
       audience: WAREHOUSE,
       typ: 'task+jwt',
     });
@@ -144,17 +144,17 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
   it('every widening is refused and recorded on the parent: scope, resource, ttl, audience, depth, delegatee, and a rule without delegation', async () => {
     const { rootTask, hopB, hopC } = await chain();
     const parentB = hopB.task!.taskId;
-    const attempts: Array<[string, Promise<unknown>, RegExp]> = [
-      ['scope beyond the parent', delegate(b, { parentTaskId: parentB, delegatee: C, spec: { scopes: ['reports:delete'] } }), /scopes not granted to the parent task: reports:delete/],
-      ['scope the rule does not hand on', delegate(a, { parentTaskId: rootTask.taskId, delegatee: B, spec: { scopes: ['reports:delete'] } }), /reports:delete/],
-      ['resource beyond the parent', delegate(b, { parentTaskId: parentB, delegatee: C, spec: { resources: ['reports/2025/q1/x.csv'] } }), /resources not within/],
-      ['ttl beyond the parent', delegate(b, { parentTaskId: parentB, delegatee: C, spec: { ttl: { seconds: 3600 } } }), /ttl 3600s is beyond/],
-      ['audience the rule does not allow', delegate(b, { parentTaskId: parentB, delegatee: C, spec: { audience: ELSEWHERE } }), /audience/],
-      ['deeper than max_depth', delegate(c, { parentTaskId: hopC.task!.taskId, delegatee: D, spec: {} }), /depth 3 exceeds max_depth 2/],
-      ['a delegatee the rule does not name', delegate(b, { parentTaskId: parentB, delegatee: OUTSIDER, spec: {} }), /delegation.to/],
+    const attempts: Array<[string, () => Promise<unknown>, RegExp]> = [
+      ['scope beyond the parent', () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { scopes: ['reports:delete'] } }), /scopes not granted to the parent task: reports:delete/],
+      ['scope the rule does not hand on', () => delegate(a, { parentTaskId: rootTask.taskId, delegatee: B, spec: { scopes: ['reports:delete'] } }), /reports:delete/],
+      ['resource beyond the parent', () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { resources: ['reports/2025/q1/x.csv'] } }), /resources not within/],
+      ['ttl beyond the parent', () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { ttl: { seconds: 3600 } } }), /ttl 3600s is beyond/],
+      ['audience the rule does not allow', () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { audience: ELSEWHERE } }), /audience/],
+      ['deeper than max_depth', () => delegate(c, { parentTaskId: hopC.task!.taskId, delegatee: D, spec: {} }), /depth 3 exceeds max_depth 2/],
+      ['a delegatee the rule does not name', () => delegate(b, { parentTaskId: parentB, delegatee: OUTSIDER, spec: {} }), /delegation.to/],
     ];
     for (const [what, attempt, message] of attempts) {
-      const err = (await attempt.then(
+      const err = (await attempt().then(
         () => undefined,
         (e: grpc.ServiceError) => e,
       )) as grpc.ServiceError | undefined;
@@ -194,10 +194,10 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     expect(new Set(rows.map((r) => r.ended_at!.getTime())).size).toBe(1);
     expect(rows.filter((r) => r.task_id !== rootTask.taskId).map((r) => r.state)).toEqual(['CANCELLED', 'CANCELLED']);
     for (const child of [hopB.task!.taskId, hopC.task!.taskId]) {
-      const last = (await trail(child)).at(-1)!;
+      const last = (await trail(child)).find((e) => e.type === 'task.cancelled');
       expect(last).toMatchObject({ type: 'task.cancelled', details: expect.objectContaining({ ended_with: rootTask.taskId, to_state: 'CANCELLED' }) });
     }
-    const ended = (await trail(rootTask.taskId)).at(-1)!;
+    const ended = (await trail(rootTask.taskId)).find((e) => e.type === 'task.completed')!;
     expect(ended.details).toMatchObject({ descendants_ended: 2, descendant_tokens_revoked: 2 });
     const logged = await t.broker.store.db.selectFrom('revocations').select(['task_id', 'audience']).where('task_id', 'in', [hopB.task!.taskId, hopC.task!.taskId]).execute();
     expect(logged).toHaveLength(2);
@@ -218,7 +218,7 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
   it('admin revoke and expiry of the root end the subtree too', async () => {
     const revoked = await chain();
     const admin = await t.adminClient(ADMIN);
-    await admin.revokeTask({ taskId: revoked.rootTask.taskId, reason: 'incident' });
+    await admin.revokeTask(revoked.rootTask.taskId, 'incident');
     expect((await c.getTask(revoked.hopC.task!.taskId)).task!.state).toBe('TASK_STATE_REVOKED');
     const expiring = await chain();
     t.clock.advance(601_000);
@@ -274,9 +274,10 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
   });
 
   it('race: 500 chains, each root completed while its leaf issues tokens: afterwards no token of any chain verifies', { timeout: 300_000 }, async () => {
-    const chains = await mapLimit(Array.from({ length: 500 }, (_, i) => i), 32, () => chain());
+    // Each caller may have 32 calls in flight: 16 chains at a time keep every caller below that.
+    const chains = await mapLimit(Array.from({ length: 500 }, (_, i) => i), 16, () => chain());
     const issued: Array<{ token: string; who: string }> = [];
-    await mapLimit(chains, 64, async ({ rootTask, hopB, hopC }) => {
+    await mapLimit(chains, 16, async ({ rootTask, hopB, hopC }) => {
       const leafIssues = Array.from({ length: 2 }, () =>
         c.issueToken({ taskId: hopC.task!.taskId }).then(
           (r) => issued.push({ token: r.token, who: C }),
@@ -289,7 +290,8 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
       );
       await Promise.all([a.completeTask(rootTask.taskId, 'done'), ...leafIssues, middle]);
     });
-    const results = await mapLimit(issued, 64, ({ token, who }) => verify(token, who));
+    const results = await mapLimit(issued, 24, ({ token, who }) => verify(token, who));
+    expect(results.length).toBeGreaterThan(0);
     expect(results.filter((r) => r.valid)).toEqual([]);
     const live = await t.broker.store.db
       .selectFrom('tasks')

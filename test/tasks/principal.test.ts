@@ -152,7 +152,8 @@ describe.each(STORES)('the principal behind a task on %s', (kind) => {
     expect(await code(get())).toBe('NOT_FOUND');
     expect(await code(get(await idp.token({ sub: 'mallory', groups: ['payroll'] })))).toBe('NOT_FOUND');
     expect(await code(get(await idp.token({ sid: 'session-2', groups: ['payroll'] })))).toBe('NOT_FOUND');
-    expect(await code(unaryCall((md, o, cb) => worker.raw.IssueToken({ taskId: task.taskId, subjectToken: await idp.token({ sid: 'x' }) }, md, o, cb)))).toBe('NOT_FOUND');
+    const otherSession = await idp.token({ sid: 'x' });
+    expect(await code(unaryCall((md, o, cb) => worker.raw.IssueToken({ taskId: task.taskId, subjectToken: otherSession }, md, o, cb)))).toBe('NOT_FOUND');
     expect(await code(get(await idp.token({ groups: ['payroll'] })))).toBe('OK');
     const denied = (await trail(task.taskId)).filter((e) => e.type === 'access.denied').map((e) => e.details.reason as string);
     expect(denied).toEqual([

@@ -84,6 +84,7 @@ export class MemoryStore implements Pick<Store, 'db' | 'transaction' | 'applyBat
   readonly ops: Op[] = [];
   readonly reads: string[] = [];
   facts: FactsRow = {
+    task_id: TASK_ID,
     owner_spiffe_id: WORKER,
     action: 'invoice.export',
     audience: INVOICES,

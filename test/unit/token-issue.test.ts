@@ -12,6 +12,8 @@ import { StaticPolicySource } from '../../src/policy/policy-source.js';
 import { DEFAULT_LIMITS } from '../../src/tasks/limits.js';
 import { TaskAccess } from '../../src/tasks/task-access.js';
 import { TokenOperations } from '../../src/tasks/token-operations.js';
+import { TaskAuthority } from '../../src/tasks/authority.js';
+import { SubjectTokenVerifier } from '../../src/policy/subject-tokens.js';
 import { checkTaskToken, TASK_TOKEN_TYPE } from '../../src/tokens/task-token.js';
 import { actor, INVOICES, ISSUER, MemoryStore, NOW, NOW_SEC, policyOf, TASK_HASH, TASK_ID, testKey, WORKER, type TestKey } from './fakes.js';
 
@@ -20,7 +22,7 @@ let store: MemoryStore;
 
 function tokens(policy = policyOf()): TokenOperations {
   const access = new TaskAccess({ issuer: ISSUER, policy, clock: () => NOW, store });
-  return new TokenOperations(access, k.ring, DEFAULT_LIMITS);
+  return new TokenOperations(access, new TaskAuthority(access, new SubjectTokenVerifier()), k.ring, DEFAULT_LIMITS);
 }
 
 /** The refusal a call ends with, as kind and message. */

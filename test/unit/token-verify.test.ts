@@ -10,6 +10,8 @@ import { BrokerError } from '../../src/errors.js';
 import { DEFAULT_LIMITS } from '../../src/tasks/limits.js';
 import { TaskAccess } from '../../src/tasks/task-access.js';
 import { TokenOperations } from '../../src/tasks/token-operations.js';
+import { TaskAuthority } from '../../src/tasks/authority.js';
+import { SubjectTokenVerifier } from '../../src/policy/subject-tokens.js';
 import { checkTaskToken, MAX_TOKEN_LENGTH, signTaskToken, type TaskTokenClaims } from '../../src/tokens/task-token.js';
 import { actor, INVOICES, ISSUER, MemoryStore, NOW, NOW_SEC, policyOf, TASK_HASH, TASK_ID, testKey, WORKER, type TestKey } from './fakes.js';
 
@@ -36,7 +38,7 @@ function claims(overrides: Partial<TaskTokenClaims> = {}): TaskTokenClaims {
 
 function tokens(): TokenOperations {
   const access = new TaskAccess({ issuer: ISSUER, policy: policyOf(), clock: () => NOW, store });
-  return new TokenOperations(access, k.ring, DEFAULT_LIMITS);
+  return new TokenOperations(access, new TaskAuthority(access, new SubjectTokenVerifier()), k.ring, DEFAULT_LIMITS);
 }
 
 beforeEach(async () => {
