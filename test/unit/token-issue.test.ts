@@ -56,6 +56,7 @@ describe('the token issued', () => {
       task_hash: TASK_HASH,
       scope: 'invoices:read invoices:list',
       cnf: { 'x5t#S256': 'thumb-of-worker-cert' },
+      ver: 2,
     };
     expect(issued).toMatchObject({
       tokenId: expect.stringMatching(/^[A-Za-z0-9_-]{22}$/),
