@@ -1,17 +1,21 @@
 /**
  * `task-broker dev`: the broker's main job on a fresh machine, end to end, in one command.
  * Mints local trust domains, starts the broker on embedded PGlite, and walks through a task's
- * life: create, token, verification by the resource server, completion, revocation, the
- * stranger who knows the task ID, and the audit trail with its hash chain checked.
+ * life: create (on behalf of a person, whose subject token comes from a local identity provider),
+ * token, verification by the resource server, a delegation hop to a tool with a narrower grant,
+ * completion (which ends the delegated task too), revocation, the stranger who knows the task
+ * ID, and the audit trail of the whole tree with its hash chains checked.
  */
 import * as grpc from '@grpc/grpc-js';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { brokerConfig } from '../app/config.js';
 import { startFromConfig } from '../app/start.js';
 import { AdminClient } from '../client/admin-client.js';
-import { BrokerClient } from '../client/broker-client.js';
+import { BrokerClient, unaryCall } from '../client/broker-client.js';
+import type { DelegateTaskResponse__Output } from '../gen/taskbroker/v1/DelegateTaskResponse.js';
 import { structToJson } from '../protocol/struct.js';
 import { initDevCa, loadDevCa, mintDevSvid, type SvidFiles } from '../devca/dev-ca.js';
 import { chainPem, mintX509Svid, privateKeyPem } from '../devca/certificates.js';
@@ -48,12 +52,24 @@ function describe(err: unknown): string {
   return `${grpc.status[e.code] ?? e.code}: ${e.details}`;
 }
 
-/** Default deny: the demo's workloads may export invoices from the invoice API; one admin. */
-function devPolicy(adminId: string, apiId: string): string {
+const IDP_ISSUER = 'https://idp.example.org';
+const IDP_AUDIENCE = 'task-broker';
+
+/**
+ * Default deny: the demo's workloads may export invoices from the invoice API, for a person the
+ * local identity provider vouches for, and hand the read part on to the demo's tools; one admin.
+ */
+function devPolicy(adminId: string, apiId: string, idpJwksPath: string): string {
   return `# task-broker dev policy (see examples/policy.yaml for the format)
 version: 1
 admins:
   - ${adminId}
+subject_issuers:
+  - issuer: ${IDP_ISSUER}
+    jwks_file: ${idpJwksPath}
+    audiences: ["${IDP_AUDIENCE}"]
+    algorithms: ["ES256"]
+    max_age: 1h
 rules:
   - name: demo-invoice-export
     callers:
@@ -63,7 +79,32 @@ rules:
     scopes: ["invoices:read", "invoices:list"]
     max_task_ttl: 1h
     max_token_ttl: 5m
+    delegation:
+      to: ["spiffe://${TRUST_DOMAIN}/ns/tools/sa/*"]
+      max_depth: 1
+      scopes: ["invoices:read"]
 `;
+}
+
+/** A local identity provider: an ES256 key, its JWKS file, and a signer of subject tokens. */
+async function devIdp(dir: string): Promise<{ jwksPath: string; subjectToken(sub: string, sid: string): Promise<string> }> {
+  const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+  const kid = 'dev-idp-1';
+  await mkdir(dir, { recursive: true });
+  const jwksPath = join(dir, 'jwks.json');
+  await writeFile(jwksPath, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid, alg: 'ES256', use: 'sig' }] }, null, 2));
+  return {
+    jwksPath,
+    subjectToken: (sub, sid) =>
+      new SignJWT({ sid, groups: ['finance'] })
+        .setProtectedHeader({ alg: 'ES256', kid, typ: 'JWT' })
+        .setIssuer(IDP_ISSUER)
+        .setAudience(IDP_AUDIENCE)
+        .setSubject(sub)
+        .setIssuedAt()
+        .setExpirationTime('10m')
+        .sign(privateKey),
+  };
 }
 
 function decodeJwtPart(token: string, index: number): Record<string, unknown> {
@@ -91,13 +132,17 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
   const partnerWorkload = await readSvid(await mintDevSvid(partner.dir, partnerId, { outDir: svidDir }));
   const adminId = `spiffe://${TRUST_DOMAIN}/ns/platform/sa/admin`;
   const adminSvid = await readSvid(await mintDevSvid(home.dir, adminId, { outDir: svidDir }));
+  const toolId = `spiffe://${TRUST_DOMAIN}/ns/tools/sa/pdf-renderer`;
+  const tool = await readSvid(await mintDevSvid(home.dir, toolId, { outDir: svidDir }));
+  const idp = await devIdp(join(dir, 'idp'));
   const policyPath = join(dir, 'policy.yaml');
-  await writeFile(policyPath, devPolicy(adminId, apiId));
+  await writeFile(policyPath, devPolicy(adminId, apiId, idp.jwksPath));
   const kekPath = join(dir, 'kek');
   await writeFile(kekPath, `${generateKekBase64()}\n`, { mode: 0o600, flag: 'w' });
   say(`${TRUST_DOMAIN} CA: ${home.certPath}`);
   say(`${FEDERATED} CA (federated): ${partner.certPath}`);
-  say(`SVIDs: broker ${brokerId}, workload ${workerId}, resource server ${apiId}, ${strangerId}, ${partnerId}`);
+  say(`SVIDs: broker ${brokerId}, workload ${workerId}, tool ${toolId}, resource server ${apiId}, ${strangerId}, ${partnerId}`);
+  say(`identity provider ${IDP_ISSUER} (subject tokens for the person behind a task): JWKS ${idp.jwksPath}`);
   say(`key-encryption key for the signing keys: ${kekPath}`);
   say(`policy (default deny; one rule for the demo workloads, one admin): ${policyPath}`);
 
@@ -128,7 +173,7 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
   say(`JWKS: http://127.0.0.1:${broker.httpPort ?? '?'}/.well-known/jwks.json`);
   const bundlePem = await readFile(home.certPath, 'utf8');
   const connect = (svid: Svid) => BrokerClient.withSvid(address, { ...svid, bundle: bundlePem, serverId: brokerId });
-  const clients = { worker: connect(worker), api: connect(api), stranger: connect(stranger) };
+  const clients = { worker: connect(worker), api: connect(api), stranger: connect(stranger), tool: connect(tool) };
   const admin = AdminClient.withSvid(address, { ...adminSvid, bundle: bundlePem, serverId: brokerId });
 
   try {
@@ -146,8 +191,10 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
         (err: unknown) => say(`impostor (${workerId} signed by ${FEDERATED}'s CA) refused: ${describe(err)}`),
       );
 
-    step('The workload creates a task for the invoice API');
+    step('The workload creates a task for the invoice API, on behalf of alice (a subject token from the identity provider)');
+    const subjectToken = await idp.subjectToken('alice', 'session-7f3a');
     const created = await clients.worker.createTask({
+      subjectToken,
       spec: {
         action: 'invoice.export',
         resources: ['invoices/2026-11'],
@@ -161,6 +208,7 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
     const task = created.task!;
     say(`task ${task.taskId} ${task.state}, expires ${new Date(Number(task.expiresAt?.seconds) * 1000).toISOString()}`);
     say(`task_hash ${task.taskHash} = base64url(SHA-256(${created.canonicalSpec}))`);
+    say(`principal: ${JSON.stringify(task.principal)} (in the hash, the task, every event and every token)`);
 
     step('The workload asks for a token for the task');
     const issued = await clients.worker.issueToken({ taskId: task.taskId });
@@ -182,26 +230,50 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
       (err: unknown) => say(`${describe(err)} (the same answer as for a task that does not exist; the attempt is audited)`),
     );
 
-    step('The workload completes the task');
+    step(`The workload hands the read part on to ${toolId} (DelegateTask: a narrower child task)`);
+    const delegated = await unaryCall<DelegateTaskResponse__Output>((md, opts, cb) =>
+      clients.worker.raw.DelegateTask({ parentTaskId: task.taskId, delegatee: toolId, spec: { scopes: ['invoices:read'], ttl: { seconds: 300 } } }, md, opts, cb),
+    );
+    const child = delegated.task!;
+    say(`child task ${child.taskId} owned by ${child.ownerSpiffeId}, depth ${child.depth}, delegators ${JSON.stringify(child.delegators)}`);
+    say(`child task_hash covers the parent's: ${delegated.canonicalSpec}`);
+    const childToken = await clients.tool.issueToken({ taskId: child.taskId });
+    say(`the tool's token claims ${JSON.stringify(decodeJwtPart(childToken.token, 1))}`);
+    const toolCert = (await clients.tool.whoAmI()).certThumbprint;
+    const childOk = await clients.api.verifyToken({ token: childToken.token, presenterCertThumbprint: toolCert });
+    say(`${apiId} verifies the tool's token: ${childOk.reason} (acting for ${JSON.stringify(childOk.claims?.actors)})`);
+    await unaryCall((md, opts, cb) =>
+      clients.tool.raw.DelegateTask({ parentTaskId: child.taskId, delegatee: toolId, spec: { scopes: ['invoices:list'] } }, md, opts, cb),
+    ).then(
+      () => say('UNEXPECTED: the tool widened its grant'),
+      (err: unknown) => say(`the tool tries to hand on invoices:list: ${describe(err)}`),
+    );
+
+    step('The workload completes the task (the delegated task ends with it)');
     const done = await clients.worker.completeTask(task.taskId, 'exported 42 invoices');
     say(`task ${done.task?.state}; tokens revoked with it: ${done.revokedTokens}`);
 
-    step('The resource server verifies the same token again');
+    step('The resource server verifies the same tokens again');
     const after = await verify(me.certThumbprint);
     say(`${after.reason}: ${after.detail}`);
+    const childAfter = await clients.api.verifyToken({ token: childToken.token, presenterCertThumbprint: toolCert });
+    say(`the tool's token: ${childAfter.reason}: ${childAfter.detail}`);
 
     step(`The platform team reads the task's audit trail (${adminId}, TaskBrokerAdmin.GetAuditTrail)`);
-    const trail = await admin.getWholeAuditTrail(task.taskId);
-    for (const e of trail.events) {
-      const at = new Date(Number(e.occurredAt?.seconds ?? 0) * 1000 + Math.floor((e.occurredAt?.nanos ?? 0) / 1e6)).toISOString();
-      say(`#${e.seq} ${at} ${e.eventType.padEnd(20)} ${e.actorSpiffeId} ${JSON.stringify(structToJson(e.details))}`);
+    for (const id of [task.taskId, child.taskId]) {
+      const trail = await admin.getWholeAuditTrail(id);
+      say(`task ${id}:`);
+      for (const e of trail.events) {
+        const at = new Date(Number(e.occurredAt?.seconds ?? 0) * 1000 + Math.floor((e.occurredAt?.nanos ?? 0) / 1e6)).toISOString();
+        say(`#${e.seq} ${at} ${e.eventType.padEnd(20)} ${e.actorSpiffeId} ${JSON.stringify(structToJson(e.details))}`);
+      }
+      const chain = trail.chain;
+      say(
+        chain?.ok
+          ? `hash chain verified: ${chain.events} events, head ${trail.events.at(-1)?.hash ?? ''}`
+          : `HASH CHAIN BROKEN at event ${chain?.brokenAt}: ${chain?.problem}`,
+      );
     }
-    const chain = trail.chain;
-    say(
-      chain?.ok
-        ? `hash chain verified: ${chain.events} events, head ${trail.events.at(-1)?.hash ?? ''}`
-        : `HASH CHAIN BROKEN at event ${chain?.brokenAt}: ${chain?.problem}`,
-    );
   } finally {
     for (const c of Object.values(clients)) c.close();
     admin.close();
