@@ -66,6 +66,8 @@ describe('task-broker policy check', () => {
       allowed: true,
       rule: 'billing-export',
       requireApproval: false,
+      readChildren: false,
+      bindSession: false,
       maxTokenTtlSeconds: 300,
       policyDigest: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/),
     });

@@ -276,7 +276,9 @@ describe('digest and source', () => {
   it('parses the shipped example', async () => {
     const text = await readFile(new URL('../../examples/policy.yaml', import.meta.url), 'utf8');
     const policy = parsePolicy(text, 'examples/policy.yaml');
-    expect(policy.rules.map((r) => r.name)).toEqual(['billing-export', 'partner-reports', 'ci-staging']);
+    expect(policy.rules.map((r) => r.name)).toEqual(['billing-export', 'partner-reports', 'agent-reports', 'ci-staging']);
+    expect(policy.subjectIssuers.map((i) => i.issuer)).toEqual(['https://login.example.org']);
+    expect(policy.rules[2]).toMatchObject({ bindSession: true, requireApproval: true, delegation: { maxDepth: 2, readChildren: true } });
     expect(expectAllowed(policy.decide(request())).rule).toBe('billing-export');
   });
 });
