@@ -4,10 +4,15 @@
 import * as grpc from '@grpc/grpc-js';
 import type { TaskBrokerClient } from '../gen/taskbroker/v1/TaskBroker.js';
 import type { WhoAmIResponse__Output } from '../gen/taskbroker/v1/WhoAmIResponse.js';
+import type { CancelTaskRequest } from '../gen/taskbroker/v1/CancelTaskRequest.js';
 import type { CancelTaskResponse__Output } from '../gen/taskbroker/v1/CancelTaskResponse.js';
+import type { CompleteTaskRequest } from '../gen/taskbroker/v1/CompleteTaskRequest.js';
 import type { CompleteTaskResponse__Output } from '../gen/taskbroker/v1/CompleteTaskResponse.js';
 import type { CreateTaskRequest } from '../gen/taskbroker/v1/CreateTaskRequest.js';
 import type { CreateTaskResponse__Output } from '../gen/taskbroker/v1/CreateTaskResponse.js';
+import type { DelegateTaskRequest } from '../gen/taskbroker/v1/DelegateTaskRequest.js';
+import type { DelegateTaskResponse__Output } from '../gen/taskbroker/v1/DelegateTaskResponse.js';
+import type { GetTaskRequest } from '../gen/taskbroker/v1/GetTaskRequest.js';
 import type { GetTaskResponse__Output } from '../gen/taskbroker/v1/GetTaskResponse.js';
 import type { IssueTokenRequest } from '../gen/taskbroker/v1/IssueTokenRequest.js';
 import type { IssueTokenResponse__Output } from '../gen/taskbroker/v1/IssueTokenResponse.js';
@@ -79,20 +84,37 @@ export class BrokerClient extends ServiceClient<TaskBrokerClient> {
     return unaryCall((md, opts, cb) => this.raw.CreateTask(request, md, opts, cb), options);
   }
 
-  getTask(taskId: string, options?: CallOptions): Promise<GetTaskResponse__Output> {
-    return unaryCall((md, opts, cb) => this.raw.GetTask({ taskId }, md, opts, cb), options);
+  /** By task ID, or the whole request (with a subject_token). */
+  getTask(request: string | GetTaskRequest, options?: CallOptions): Promise<GetTaskResponse__Output> {
+    const message = typeof request === 'string' ? { taskId: request } : request;
+    return unaryCall((md, opts, cb) => this.raw.GetTask(message, md, opts, cb), options);
   }
 
   issueToken(request: IssueTokenRequest, options?: CallOptions): Promise<IssueTokenResponse__Output> {
     return unaryCall((md, opts, cb) => this.raw.IssueToken(request, md, opts, cb), options);
   }
 
-  completeTask(taskId: string, outcome: string, options?: CallOptions): Promise<CompleteTaskResponse__Output> {
-    return unaryCall((md, opts, cb) => this.raw.CompleteTask({ taskId, outcome }, md, opts, cb), options);
+  /** By task ID and outcome, or the whole request (with a subject_token). */
+  completeTask(taskId: string, outcome: string, options?: CallOptions): Promise<CompleteTaskResponse__Output>;
+  completeTask(request: CompleteTaskRequest, options?: CallOptions): Promise<CompleteTaskResponse__Output>;
+  completeTask(request: string | CompleteTaskRequest, outcomeOrOptions?: string | CallOptions, options?: CallOptions): Promise<CompleteTaskResponse__Output> {
+    const [message, callOptions] =
+      typeof request === 'string' ? [{ taskId: request, outcome: outcomeOrOptions as string }, options] : [request, outcomeOrOptions as CallOptions | undefined];
+    return unaryCall((md, opts, cb) => this.raw.CompleteTask(message, md, opts, cb), callOptions);
   }
 
-  cancelTask(taskId: string, reason: string, options?: CallOptions): Promise<CancelTaskResponse__Output> {
-    return unaryCall((md, opts, cb) => this.raw.CancelTask({ taskId, reason }, md, opts, cb), options);
+  /** By task ID and reason, or the whole request (with a subject_token). */
+  cancelTask(taskId: string, reason: string, options?: CallOptions): Promise<CancelTaskResponse__Output>;
+  cancelTask(request: CancelTaskRequest, options?: CallOptions): Promise<CancelTaskResponse__Output>;
+  cancelTask(request: string | CancelTaskRequest, reasonOrOptions?: string | CallOptions, options?: CallOptions): Promise<CancelTaskResponse__Output> {
+    const [message, callOptions] =
+      typeof request === 'string' ? [{ taskId: request, reason: reasonOrOptions as string }, options] : [request, reasonOrOptions as CallOptions | undefined];
+    return unaryCall((md, opts, cb) => this.raw.CancelTask(message, md, opts, cb), callOptions);
+  }
+
+  /** A child of the caller's ACTIVE task, owned by the delegatee. */
+  delegateTask(request: DelegateTaskRequest, options?: CallOptions): Promise<DelegateTaskResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.DelegateTask(request, md, opts, cb), options);
   }
 
   /** For resource servers: the caller must be the token's audience. */

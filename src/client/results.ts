@@ -5,6 +5,7 @@
  */
 import type { Task__Output } from '../gen/taskbroker/v1/Task.js';
 import type { TaskSpec } from '../gen/taskbroker/v1/TaskSpec.js';
+import type { DelegatedSpec } from '../gen/taskbroker/v1/DelegatedSpec.js';
 import type { TaskSpec__Output } from '../gen/taskbroker/v1/TaskSpec.js';
 import type { WhoAmIResponse__Output } from '../gen/taskbroker/v1/WhoAmIResponse.js';
 import type { IssueTokenResponse__Output } from '../gen/taskbroker/v1/IssueTokenResponse.js';
@@ -14,7 +15,7 @@ import { parseTaskState } from '../protocol/enums.js';
 import { jsonToStruct, secondsToDuration, structToJson } from '../protocol/struct.js';
 import { fromTimestamp } from '../protocol/timestamps.js';
 
-export type { JsonObject, JsonValue, Task, TaskSpec as TaskSpecInfo, TaskState } from '../model/task.js';
+export type { JsonObject, JsonValue, Principal, Task, TaskSpec as TaskSpecInfo, TaskState } from '../model/task.js';
 
 /** What a task is: the fields of its hash. */
 export interface TaskSpecInput {
@@ -42,6 +43,37 @@ export interface CreatedTask {
   /** True when an earlier call with the same idempotency key created the task. */
   replayed: boolean;
 }
+
+/**
+ * What a delegated task narrows; every field absent is the parent's (resources, scopes, audience,
+ * its remaining lifetime). The action is always the parent's.
+ */
+export interface DelegatedSpecInput {
+  /** Each one of the parent's resources, or below one of them that ends with "/". */
+  resources?: string[];
+  /** A subset of the parent's scopes (and of what the rule lets be handed on). */
+  scopes?: string[];
+  /** The parent's audience, or one the rule's delegation.audiences allows. */
+  audience?: string;
+  params?: JsonObject;
+  /** At most the parent's remaining lifetime. */
+  ttlSeconds?: number;
+}
+
+export interface DelegateTaskInput {
+  /** The caller's ACTIVE task. */
+  parentTaskId: string;
+  /** The SPIFFE ID of the workload that will own the child task. */
+  delegatee: string;
+  spec?: DelegatedSpecInput;
+  /** A retry with the same key by the same caller returns the same child (`replayed: true`). */
+  idempotencyKey?: string;
+  /** Required when the parent's rule binds follow-ups to its session (bind_session). */
+  subjectToken?: string;
+}
+
+/** The child task (owned by the delegatee); its canonicalSpec includes parent_task_hash. */
+export type DelegatedTask = CreatedTask;
 
 export interface IssuedToken {
   /** The compact JWS to present to the audience. */
@@ -74,6 +106,16 @@ export function taskSpecOf(input: TaskSpecInput): TaskSpec {
     audience: input.audience,
     scopes: input.scopes,
     params: jsonToStruct(input.params ?? {}),
+    ttl: input.ttlSeconds === undefined ? null : secondsToDuration(input.ttlSeconds),
+  };
+}
+
+export function delegatedSpecOf(input: DelegatedSpecInput = {}): DelegatedSpec {
+  return {
+    resources: input.resources ?? [],
+    scopes: input.scopes ?? [],
+    audience: input.audience ?? '',
+    params: input.params === undefined ? null : jsonToStruct(input.params),
     ttl: input.ttlSeconds === undefined ? null : secondsToDuration(input.ttlSeconds),
   };
 }

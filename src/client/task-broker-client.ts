@@ -6,19 +6,24 @@
  *   const broker = await connectTaskBroker({ address, serverId, workloadApi: {} });
  *   const { task } = await broker.createTask({ action, audience, scopes, params });
  *   const { token } = await broker.issueToken(task.taskId);
+ *   const { task: child } = await broker.delegateTask({ parentTaskId: task.taskId, delegatee, spec: { scopes } });
  */
 import type * as grpc from '@grpc/grpc-js';
+import { BrokerError } from '../errors.js';
 import { secondsToDuration } from '../protocol/struct.js';
 import type { X509Source } from '../spiffe/x509-source.js';
 import { BrokerClient, type CallOptions } from './broker-client.js';
 import { toTaskBrokerError } from './errors.js';
 import {
+  delegatedSpecOf,
   identityOf,
   issuedTokenOf,
   taskOf,
   taskSpecOf,
   type CreatedTask,
   type CreateTaskInput,
+  type DelegatedTask,
+  type DelegateTaskInput,
   type EndedTask,
   type Identity,
   type IssuedToken,
@@ -42,11 +47,27 @@ export interface TaskBrokerClientOptions {
   channelOptions?: grpc.ChannelOptions;
 }
 
-export interface IssueTokenOptions extends CallOptions {
+/** Options of a call on a task: for a task whose rule binds follow-ups to its session, the subject token. */
+export interface TaskCallOptions extends CallOptions {
+  /**
+   * A JWT from an identity provider the policy names (subject_issuers). On createTask it binds the
+   * task to its iss, sub and sid (the task's principal); on the other calls it proves the caller
+   * acts for that same principal and session, required when the task's rule says bind_session
+   * (without it such a task is NOT_FOUND, as for a stranger).
+   */
+  subjectToken?: string;
+}
+
+export interface IssueTokenOptions extends TaskCallOptions {
   /** A subset of the task's scopes; default: all of them. */
   scopes?: string[];
   /** Shorter than the broker's default; never past the task's expiry. */
   ttlSeconds?: number;
+  /**
+   * A use-limited token: VerifyToken accepts it at most this many times (1 to 1000; default: no
+   * limit). The token carries a max_uses claim, so verifiers check it online, never offline.
+   */
+  maxUses?: number;
 }
 
 export class TaskBrokerClient {
@@ -68,40 +89,72 @@ export class TaskBrokerClient {
     });
   }
 
-  /** Registers a task owned by this workload. */
-  createTask(input: CreateTaskInput, options?: CallOptions): Promise<CreatedTask> {
-    return this.#call(options, async (opts) => {
-      const res = await this.rpc.createTask({ spec: taskSpecOf(input), idempotencyKey: input.idempotencyKey ?? '' }, opts);
+  /** Registers a task owned by this workload; with a subjectToken, bound to its subject (the task's principal). */
+  createTask(input: CreateTaskInput, options: TaskCallOptions = {}): Promise<CreatedTask> {
+    const { subjectToken, ...callOptions } = options;
+    return this.#call(callOptions, async (opts) => {
+      const request = { spec: taskSpecOf(input), idempotencyKey: input.idempotencyKey ?? '', subjectToken: subjectToken ?? '' };
+      const res = await this.rpc.createTask(request, opts);
       return { task: taskOf(res.task), canonicalSpec: res.canonicalSpec, replayed: res.replayed };
     });
   }
 
-  getTask(taskId: string, options?: CallOptions): Promise<Task> {
-    return this.#call(options, async (opts) => taskOf((await this.rpc.getTask(taskId, opts)).task));
+  getTask(taskId: string, options: TaskCallOptions = {}): Promise<Task> {
+    const { subjectToken, ...callOptions } = options;
+    return this.#call(callOptions, async (opts) => taskOf((await this.rpc.getTask({ taskId, subjectToken: subjectToken ?? '' }, opts)).task));
   }
 
   /** A token for an ACTIVE task, bound to this client's current certificate. */
   issueToken(taskId: string, options: IssueTokenOptions = {}): Promise<IssuedToken> {
-    const { scopes, ttlSeconds, ...callOptions } = options;
+    const { scopes, ttlSeconds, maxUses, subjectToken, ...callOptions } = options;
     return this.#call(callOptions, async (opts) => {
+      // The wire's 0 means "no limit", and a uint32 would silently truncate 2.5 or wrap -1: refuse them here.
+      if (maxUses !== undefined && !(Number.isSafeInteger(maxUses) && maxUses >= 1)) {
+        throw new BrokerError('invalid-argument', `maxUses must be a whole number from 1 (omit it for no limit), got ${String(maxUses)}`);
+      }
       const ttl = ttlSeconds === undefined ? null : secondsToDuration(ttlSeconds);
-      return issuedTokenOf(await this.rpc.issueToken({ taskId, scopes: scopes ?? [], ttl }, opts));
+      const request = { taskId, scopes: scopes ?? [], ttl, maxUses: maxUses ?? 0, subjectToken: subjectToken ?? '' };
+      return issuedTokenOf(await this.rpc.issueToken(request, opts));
     });
   }
 
-  /** ACTIVE → COMPLETED; every token of the task is revoked with it. */
-  completeTask(taskId: string, outcome = '', options?: CallOptions): Promise<EndedTask> {
-    return this.#call(options, async (opts) => {
-      const res = await this.rpc.completeTask(taskId, outcome, opts);
+  /** ACTIVE → COMPLETED; every token of the task, and every task delegated from it, end with it. */
+  completeTask(taskId: string, outcome = '', options: TaskCallOptions = {}): Promise<EndedTask> {
+    const { subjectToken, ...callOptions } = options;
+    return this.#call(callOptions, async (opts) => {
+      const res = await this.rpc.completeTask({ taskId, outcome, subjectToken: subjectToken ?? '' }, opts);
       return { task: taskOf(res.task), revokedTokens: res.revokedTokens };
     });
   }
 
-  /** ACTIVE or PENDING_APPROVAL → CANCELLED; every token of the task is revoked with it. */
-  cancelTask(taskId: string, reason = '', options?: CallOptions): Promise<EndedTask> {
-    return this.#call(options, async (opts) => {
-      const res = await this.rpc.cancelTask(taskId, reason, opts);
+  /** ACTIVE or PENDING_APPROVAL → CANCELLED; every token of the task, and every task delegated from it, end with it. */
+  cancelTask(taskId: string, reason = '', options: TaskCallOptions = {}): Promise<EndedTask> {
+    const { subjectToken, ...callOptions } = options;
+    return this.#call(callOptions, async (opts) => {
+      const res = await this.rpc.cancelTask({ taskId, reason, subjectToken: subjectToken ?? '' }, opts);
       return { task: taskOf(res.task), revokedTokens: res.revokedTokens };
+    });
+  }
+
+  /**
+   * Hands a narrower part of this workload's ACTIVE task to another workload: a child task owned
+   * by `delegatee`, within the parent's scopes, resources and remaining lifetime, allowed by the
+   * delegation block of the rule that allows the root task. The child's tokens name the
+   * delegators (act) and the parent (parent_task_id). A refusal names what was refused: the
+   * policy (PermissionDeniedError), a widening of the parent's scopes, resources or lifetime, an
+   * argument (InvalidArgumentError); a task that is not yours is a NotFoundError.
+   */
+  delegateTask(input: DelegateTaskInput, options?: CallOptions): Promise<DelegatedTask> {
+    return this.#call(options, async (opts) => {
+      const request = {
+        parentTaskId: input.parentTaskId,
+        delegatee: input.delegatee,
+        spec: delegatedSpecOf(input.spec),
+        idempotencyKey: input.idempotencyKey ?? '',
+        subjectToken: input.subjectToken ?? '',
+      };
+      const res = await this.rpc.delegateTask(request, opts);
+      return { task: taskOf(res.task), canonicalSpec: res.canonicalSpec, replayed: res.replayed };
     });
   }
 

@@ -21,4 +21,4 @@ export {
   type VerifierStats,
   type VerifyOptions,
 } from './types.js';
-export type { TaskTokenClaims } from '../tokens/task-token.js';
+export type { ActorClaim, PrincipalClaim, TaskTokenClaims } from '../tokens/task-token.js';

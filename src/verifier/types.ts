@@ -10,7 +10,7 @@ import type { VerifyTokenRequest } from '../gen/taskbroker/v1/VerifyTokenRequest
 import type { VerifyTokenResponse__Output } from '../gen/taskbroker/v1/VerifyTokenResponse.js';
 import type { WatchRevocationsResponse__Output } from '../gen/taskbroker/v1/WatchRevocationsResponse.js';
 import type { WhoAmIResponse__Output } from '../gen/taskbroker/v1/WhoAmIResponse.js';
-import type { TaskTokenClaims } from '../tokens/task-token.js';
+import type { PrincipalClaim, TaskTokenClaims } from '../tokens/task-token.js';
 
 /** The revocation stream as the verifier uses it: grpc-js's ClientReadableStream fits, and so does an EventEmitter with cancel(). */
 export interface RevocationStream {
@@ -31,7 +31,10 @@ export interface VerifierBroker {
 
 /**
  * Why a token is or is not valid: VerifyToken's reasons, plus REVOCATION_STATUS_UNKNOWN (the
- * token is otherwise valid, but the revocation data is stale and cannot say it is not revoked).
+ * token is otherwise valid, but the verifier cannot say it is not revoked, or has uses left: its
+ * revocation data is stale, or the broker it must ask could not be asked, or verifySync was asked
+ * about a token only the broker can accept). USES_EXHAUSTED comes from the broker alone: a
+ * use-limited token (max_uses) already accepted that many times.
  */
 export const VERIFIER_REASONS = [
   'VALID',
@@ -45,6 +48,7 @@ export const VERIFIER_REASONS = [
   'TASK_HASH_MISMATCH',
   'PRESENTER_REQUIRED',
   'REVOCATION_STATUS_UNKNOWN',
+  'USES_EXHAUSTED',
 ] as const;
 export type VerifierReason = (typeof VERIFIER_REASONS)[number];
 
@@ -55,6 +59,19 @@ export interface VerificationResult {
   detail: string;
   /** The token's claims when its signature verified (also on most refusals); absent otherwise. */
   claims?: TaskTokenClaims;
+  /**
+   * With the claims (token contract v2, empty or absent for older tokens): the delegators of a
+   * delegated task, most recent first (the act chain: actors[0] delegated to the token's sub).
+   */
+  actors?: readonly string[];
+  /** A delegated task's parent (the parent_task_id claim). */
+  parentTaskId?: string;
+  /** The subject behind the task (the principal claim: iss, sub and, when bound to a session, sid). */
+  principal?: PrincipalClaim;
+  /** A use-limited token's max_uses claim: such a token is only ever accepted by VerifyToken, online. */
+  maxUses?: number;
+  /** For a use-limited token the broker accepted: the uses this acceptance left (0: it was the last). */
+  usesLeft?: number;
 }
 
 /** The certificate of the party that presented the token: DER, a parsed certificate, PEM, or its RFC 8705 x5t#S256. */
@@ -99,7 +116,10 @@ export interface VerifierOptions {
   jwks?: URL | string;
   /** The tokens' iss; default: GetSigningKeys' issuer. Required with a JWKS URL. */
   issuer?: string;
-  /** 'stream': WatchRevocations; 'online': VerifyToken confirms each offline-valid token; 'none': blind to revocation until exp. */
+  /**
+   * 'stream': WatchRevocations; 'online': VerifyToken confirms each offline-valid token; 'none': blind to revocation until exp.
+   * Whatever the mode, a token with a max_uses claim is verified online (the broker counts its uses), and refused when the broker cannot be asked.
+   */
   revocations: 'stream' | 'online' | 'none';
   /** Leeway for exp and nbf; default 5, at most 60. */
   clockToleranceSeconds?: number;

@@ -8,8 +8,14 @@
  * (verifySync) is synchronous; verify() adds what needs the broker: a key refresh on an unknown
  * kid, and VerifyToken where the revocation mode or stale data asks for it. Never silently open:
  * stale revocation data without an online fallback is REVOCATION_STATUS_UNKNOWN, not VALID.
+ *
+ * A use-limited token (a max_uses claim) is never accepted offline, whatever the revocation
+ * mode: only the broker counts its uses, so verify() asks VerifyToken (USES_EXHAUSTED once they
+ * are spent) and refuses (REVOCATION_STATUS_UNKNOWN) when the broker cannot be asked; verifySync
+ * refuses it, saying to use verify(). Tokens of a newer contract than this code knows (ver > 2)
+ * are MALFORMED: the claims it does not understand may limit the token.
  */
-import { checkTaskTokenWithKey, readTaskTokenHeader, type TaskTokenClaims } from '../tokens/task-token.js';
+import { actorsOf, checkTaskTokenWithKey, readTaskTokenHeader, type TaskTokenClaims } from '../tokens/task-token.js';
 import { systemClock } from './clock.js';
 import { SigningKeySet } from './keys.js';
 import { presenterThumbprint } from './presenter.js';
@@ -30,6 +36,8 @@ import {
 const OPERATION = /^[A-Za-z0-9._:/-]{1,128}$/;
 const REASON_PREFIX = 'VERIFY_TOKEN_REASON_';
 const CLOSE_FLUSH_TIMEOUT_MS = 5_000;
+const USE_LIMITED = 'a use-limited token (max_uses) is accepted only by the broker, which counts its uses';
+const NO_ACTORS: readonly string[] = Object.freeze([]);
 const silent: VerifierLogger = () => undefined;
 
 /** An offline outcome, or what it still needs from the broker. */
@@ -121,8 +129,9 @@ export class TaskTokenVerifier {
 
   /**
    * Verifies without waiting on anything: what needs the broker (an unknown kid, an online
-   * confirmation) is refused here (BAD_SIGNATURE; REVOCATION_STATUS_UNKNOWN), a key refresh
-   * started in the background. Use verify() unless a synchronous answer matters more.
+   * confirmation, any use-limited token) is refused here (BAD_SIGNATURE; REVOCATION_STATUS_UNKNOWN,
+   * the detail saying to use verify()), a key refresh started in the background. Use verify()
+   * unless a synchronous answer matters more.
    */
   verifySync(token: string, options: VerifyOptions = {}): VerificationResult {
     const now = this.#clock.now();
@@ -132,7 +141,8 @@ export class TaskTokenVerifier {
       return this.#count(outcome.result);
     }
     if (outcome.needs === 'online') {
-      return this.#count({ valid: false, reason: 'REVOCATION_STATUS_UNKNOWN', detail: `${outcome.result.detail}; verifySync cannot ask the broker` });
+      const detail = `${outcome.result.detail}; verifySync cannot ask the broker: use verify()`;
+      return this.#count({ valid: false, reason: 'REVOCATION_STATUS_UNKNOWN', detail, claims: outcome.claims });
     }
     return this.#finish(outcome, options, now);
   }
@@ -248,6 +258,8 @@ export class TaskTokenVerifier {
     if (options.expectedTaskHash !== undefined && claims.task_hash !== options.expectedTaskHash) {
       return refuse('TASK_HASH_MISMATCH', 'the task hash is not the expected one', thumbprint);
     }
+    // Offline, a use cannot be counted: whatever the mode, only VerifyToken may accept it.
+    if (claims.max_uses !== undefined) return { needs: 'online', result: refusal('REVOCATION_STATUS_UNKNOWN', USE_LIMITED), thumbprint, claims };
     if (this.#mode === 'none')
       return { result: { valid: true, reason: 'VALID', detail: 'valid (revocation not checked)', claims }, authentic: true, thumbprint };
     if (this.#mode === 'online')
@@ -277,15 +289,18 @@ export class TaskTokenVerifier {
       const name = String(answer.reason).startsWith(REASON_PREFIX) ? String(answer.reason).slice(REASON_PREFIX.length) : String(answer.reason);
       const reason = (VERIFIER_REASONS as readonly string[]).includes(name) ? (name as VerifierReason) : 'MALFORMED';
       const valid = answer.valid && reason === 'VALID';
-      return {
+      const result: VerificationResult = {
         valid,
         reason: valid ? 'VALID' : reason === 'VALID' ? 'REVOCATION_STATUS_UNKNOWN' : reason,
         detail: answer.detail || reason,
         claims: outcome.claims,
       };
+      if (valid && outcome.claims.max_uses !== undefined && answer.claims) result.usesLeft = answer.claims.usesLeft;
+      return result;
     } catch (error) {
       this.#logger('warn', 'verifier: VerifyToken failed; refusing', { error: (error as Error).message });
-      return refusal('REVOCATION_STATUS_UNKNOWN', `${outcome.result.detail}, and the broker could not be asked: ${(error as Error).message}`);
+      const detail = `${outcome.result.detail}, and the broker could not be asked: ${(error as Error).message}`;
+      return { valid: false, reason: 'REVOCATION_STATUS_UNKNOWN', detail, claims: outcome.claims };
     }
   }
 
@@ -309,8 +324,16 @@ export class TaskTokenVerifier {
     return this.#count(result);
   }
 
+  /** Every answer leaves through here: counted, and with the claims of token contract v2 spelled out. */
   #count(result: VerificationResult): VerificationResult {
     this.#counts[result.reason] += 1;
+    const claims = result.claims;
+    if (claims) {
+      result.actors = claims.act ? actorsOf(claims.act) : NO_ACTORS;
+      if (claims.parent_task_id !== undefined) result.parentTaskId = claims.parent_task_id;
+      if (claims.principal !== undefined) result.principal = claims.principal;
+      if (claims.max_uses !== undefined) result.maxUses = claims.max_uses;
+    }
     return result;
   }
 }

@@ -10,6 +10,7 @@ import { StaticX509SvidSource, type X509Source } from '../../src/spiffe/x509-sou
 import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
 import type { Cleanups } from '../helpers/cleanup.js';
 import { createTestDatabase } from '../helpers/db.js';
+import type { PolicySource } from '../../src/policy/policy-source.js';
 import { permissivePolicySource } from '../helpers/policy.js';
 import { brokerIdentity, bundleSet, trustDomainPki, type TrustDomainPki } from '../helpers/pki.js';
 import { startFakeWorkloadApi, x509SvidMessage, type FakeWorkloadApi } from '../helpers/workload-api.js';
@@ -24,8 +25,11 @@ export interface ClientFixture {
   address: string;
 }
 
-/** A broker on a fresh PostgreSQL database; `maxConnectionAgeMs` makes it close connections (GOAWAY) that often. */
-export async function startBroker(cleanups: Cleanups, options: { maxConnectionAgeMs?: number } = {}): Promise<ClientFixture> {
+/**
+ * A broker on a fresh PostgreSQL database; `maxConnectionAgeMs` makes it close connections (GOAWAY) that often; `policy`
+ * replaces the permissive one.
+ */
+export async function startBroker(cleanups: Cleanups, options: { maxConnectionAgeMs?: number; policy?: PolicySource } = {}): Promise<ClientFixture> {
   const pki = await trustDomainPki('a.test');
   const database = await createTestDatabase('postgres');
   cleanups.push(() => database.drop());
@@ -35,7 +39,7 @@ export async function startBroker(cleanups: Cleanups, options: { maxConnectionAg
     bundles: bundleSet(pki),
     store: await database.open(),
     kek: KeyEncryptionKey.fromBase64(generateKekBase64()),
-    policy: permissivePolicySource(),
+    policy: options.policy ?? permissivePolicySource(),
     migrate: true,
     sweepIntervalMs: 0,
     host: '127.0.0.1',
