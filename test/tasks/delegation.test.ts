@@ -205,6 +205,30 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     expect(await codeOf(c.issueToken({ taskId: hopC.task!.taskId }))).toBe('FAILED_PRECONDITION');
   });
 
+  it("WatchRevocations subscribers hear of every task of the subtree, in the commit that ended the root", async () => {
+    const stream = warehouse.watchRevocations();
+    const messages: Array<{ revocations: Array<{ taskId: string; taskState: string }> }> = [];
+    let seen: () => void = () => undefined;
+    stream.on('data', (m: { revocations: Array<{ taskId: string; taskState: string }> }) => {
+      messages.push(m);
+      seen();
+    });
+    stream.on('error', () => undefined);
+    const next = () => new Promise<void>((resolve) => (seen = resolve));
+    await next(); // the snapshot
+    const { rootTask, hopB, hopC } = await chain();
+    await a.issueToken({ taskId: rootTask.taskId });
+    await b.issueToken({ taskId: hopB.task!.taskId });
+    await c.issueToken({ taskId: hopC.task!.taskId });
+    const ids = [rootTask.taskId, hopB.task!.taskId, hopC.task!.taskId];
+    const heard = () => new Map(messages.slice(1).flatMap((m) => m.revocations.map((r) => [r.taskId, r.taskState] as const)));
+    const done = a.completeTask(rootTask.taskId, 'done');
+    while (!ids.every((id) => heard().has(id))) await next();
+    await done;
+    stream.cancel();
+    expect(ids.map((id) => heard().get(id))).toEqual(['TASK_STATE_COMPLETED', 'TASK_STATE_CANCELLED', 'TASK_STATE_CANCELLED']);
+  });
+
   it("B completing its own child task ends it and C's below it, and leaves A's task ACTIVE", async () => {
     const { rootTask, hopB, hopC } = await chain();
     const tokenA = (await a.issueToken({ taskId: rootTask.taskId })).token;
