@@ -22,6 +22,10 @@ rules:
     actions: ["*"]
     audiences: ["spiffe://a.test/**", "spiffe://b.test/**"]
     scopes: ["*"]
+    delegation:
+      to: ["spiffe://a.test/**", "spiffe://b.test/**"]
+      max_depth: 4
+      audiences: ["spiffe://a.test/**", "spiffe://b.test/**"]
 `;
 
 export function policyOf(yaml: string, source = 'test-policy.yaml'): Policy {

@@ -1,5 +1,5 @@
 /**
- * One round trip per RPC: each of CreateTask, GetTask, IssueToken, VerifyToken, CompleteTask and
+ * One round trip per RPC: each of CreateTask, GetTask, IssueToken, VerifyToken, CompleteTask, DelegateTask and
  * CancelTask sends exactly one statement to the database (tb_apply, see
  * migrations/0003_one_round_trip.sql), counted at the driver, so a change that adds a query to
  * the hot path fails here. The one exception is stated: a task this replica has not seen yet
@@ -61,7 +61,26 @@ describe.each(STORES)('statements per RPC on %s', (kind) => {
     counts['VerifyToken (revoked)'] = await statementsOf(async () => {
       expect((await api.verifyToken({ token, presenterCertThumbprint: presenter })).reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
     });
-    expect(counts).toEqual({ CreateTask: 1, GetTask: 1, IssueToken: 1, VerifyToken: 1, CompleteTask: 1, CancelTask: 1, 'VerifyToken (revoked)': 1 });
+    const parent = (await worker.createTask({ spec })).task!.taskId;
+    let child = '';
+    counts.DelegateTask = await statementsOf(async () => {
+      child = (await worker.delegateTask({ parentTaskId: parent, delegatee: API, spec: {} })).task!.taskId;
+    });
+    const tool = await t.client(API);
+    counts['IssueToken (delegated task)'] = await statementsOf(() => tool.issueToken({ taskId: child }));
+    counts['CompleteTask (with a delegated task)'] = await statementsOf(() => worker.completeTask(parent, 'done'));
+    expect(counts).toEqual({
+      CreateTask: 1,
+      GetTask: 1,
+      IssueToken: 1,
+      VerifyToken: 1,
+      CompleteTask: 1,
+      CancelTask: 1,
+      'VerifyToken (revoked)': 1,
+      DelegateTask: 1,
+      'IssueToken (delegated task)': 1,
+      'CompleteTask (with a delegated task)': 1,
+    });
   });
 
   it('a task the replica has not seen costs one read of its facts, once', async () => {
