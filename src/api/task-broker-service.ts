@@ -15,6 +15,7 @@ import { actorsOf } from '../tokens/task-token.js';
 import { taskStateName, verifyReasonName } from '../protocol/enums.js';
 import type { TaskLifecycle } from '../tasks/lifecycle.js';
 import { callerOf } from '../transport/caller.js';
+import { subjectTokenArgument } from '../tasks/validation.js';
 import { BrokerError } from '../errors.js';
 import type { RevocationFeed } from '../tasks/revocation-feed.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
@@ -81,9 +82,10 @@ function principalMessage(p: Principal | null | undefined): PrincipalMessage | n
   return p ? { issuer: p.iss, subject: p.sub, sessionId: p.sid ?? '' } : null;
 }
 
-/** A request's subject_token: empty means none. */
+/** A request's subject_token: empty means none; an oversized one is INVALID_ARGUMENT before anything else. */
 function subjectTokenOf(request: { subjectToken?: string }): { subjectToken?: string } {
-  return request.subjectToken ? { subjectToken: request.subjectToken } : {};
+  const subjectToken = subjectTokenArgument(request.subjectToken);
+  return subjectToken ? { subjectToken } : {};
 }
 
 /** WhoAmI needs no task domain: transport tests serve it alone. */

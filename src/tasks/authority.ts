@@ -9,12 +9,13 @@
  */
 import type { Actor, Principal } from '../model/task.js';
 import type { Policy, PolicyDecision } from '../policy/policy.js';
-import { SubjectTokenVerifier, type VerifiedSubject } from '../policy/subject-tokens.js';
+import type { SubjectTokenVerifier} from '../policy/subject-tokens.js';
+import { type VerifiedSubject } from '../policy/subject-tokens.js';
 import { SpiffeId } from '../spiffe/id.js';
-import { TaskAccess, type TaskFacts } from './task-access.js';
+import { MAX_SUBJECT_TOKEN_LENGTH } from './limits.js';
+import type { TaskAccess} from './task-access.js';
+import { type TaskFacts } from './task-access.js';
 
-/** A subject token, as long as the broker reads one (longer: INVALID_ARGUMENT before any parsing). */
-export const MAX_SUBJECT_TOKEN_LENGTH = 16 * 1024;
 
 export type TaskDecision = PolicyDecision & { hops?: number };
 

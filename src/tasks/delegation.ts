@@ -20,7 +20,7 @@ import type { LifecycleLimits } from './limits.js';
 import { canonicalSpecJson, taskHashOf } from './spec.js';
 import { TaskAccess, type Denial } from './task-access.js';
 import { taskRowFromJson, toTask } from './task-rows.js';
-import { idempotencyKeyArgument, invalid, validateTaskSpec } from './validation.js';
+import { idempotencyKeyArgument, invalid, validateDelegatedFields, validateTaskSpec } from './validation.js';
 
 /** What DelegateTask may narrow; absent fields are the parent's (ttl: its remaining lifetime). */
 export interface DelegatedSpecInput {
@@ -56,6 +56,7 @@ export async function delegateTask(
   const operation = 'DelegateTask';
   const delegatee = delegateeArgument(request.delegatee);
   const key = idempotencyKeyArgument(request.idempotencyKey);
+  validateDelegatedFields(request.spec, limits);
   const parent = await access.ownedFacts(actor, request.parentTaskId, operation);
   const now = access.now();
   const remaining = Math.floor((parent.expiresAt.getTime() - now.getTime()) / 1000);

@@ -15,7 +15,7 @@ import { SpiffeId, SpiffeIdError } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, patternToPostgresRegex, SpiffeIdPatternError, type SpiffeIdMatcher } from '../spiffe/pattern.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/task-token.js';
 import { isWellFormedTaskId } from './ids.js';
-import { MAX_IDEMPOTENCY_KEY, MAX_PARAMS_BYTES, MAX_RESOURCE_LENGTH, MAX_RESOURCES, MAX_SCOPES, MAX_TEXT, type SpecLimits } from './limits.js';
+import { MAX_IDEMPOTENCY_KEY, MAX_PARAMS_BYTES, MAX_SUBJECT_TOKEN_LENGTH, MAX_RESOURCE_LENGTH, MAX_RESOURCES, MAX_SCOPES, MAX_TEXT, type SpecLimits } from './limits.js';
 
 // eslint-disable-next-line no-control-regex
 const IDENTIFIER_CONTROL = /[\x00-\x1f\x7f]/;
@@ -44,6 +44,13 @@ export function idempotencyKeyArgument(key: string | undefined): string | undefi
   if (key === undefined || key === '') return undefined;
   if (key.length > MAX_IDEMPOTENCY_KEY || IDENTIFIER_CONTROL.test(key)) throw invalid(`idempotency_key: 1 to ${MAX_IDEMPOTENCY_KEY} printable characters`);
   return key;
+}
+
+/** A subject token as sent: empty means none; longer than MAX_SUBJECT_TOKEN_LENGTH is refused before anything reads it. */
+export function subjectTokenArgument(token: string | undefined): string | undefined {
+  if (token === undefined || token === '') return undefined;
+  if (token.length > MAX_SUBJECT_TOKEN_LENGTH) throw invalid(`subject_token: at most ${MAX_SUBJECT_TOKEN_LENGTH} characters`);
+  return token;
 }
 
 /** A token presented for verification; longer than any token the broker issues is refused outright. */
@@ -122,31 +129,53 @@ export interface TaskSpecInput {
 export function validateTaskSpec(input: TaskSpecInput, limits: SpecLimits): TaskSpec {
   if (!input.action) throw invalid('spec.action is required');
   if (!ACTION.test(input.action)) throw invalid('spec.action: 1 to 128 characters, letters, digits and . _ : / - (starting with a letter or digit)');
+  resourcesArgument(input.resources);
+  if (!input.audience) throw invalid('spec.audience is required: the SPIFFE ID of the service the tokens are for');
+  audienceArgument(input.audience);
+  if (input.scopes.length === 0) throw invalid('spec.scopes: at least one scope is required');
+  validateScopes('spec.scopes', input.scopes);
+  paramsArgument(input.params);
+  const ttlSeconds = taskTtlArgument(input.ttlSeconds ?? limits.defaultTaskTtlSeconds, limits);
+  return { action: input.action, resources: [...input.resources], audience: input.audience, scopes: [...input.scopes], params: input.params, ttlSeconds };
+}
 
-  if (input.resources.length > MAX_RESOURCES) throw invalid(`spec.resources: at most ${MAX_RESOURCES}`);
-  for (const r of input.resources) {
+/**
+ * The fields a DelegateTask request gave, each checked on its own before anything is looked up
+ * (absent ones are the parent's, checked with the whole spec later).
+ */
+export function validateDelegatedFields(input: { resources: string[]; scopes: string[]; audience: string; params: JsonObject; ttlSeconds?: number }, limits: SpecLimits): void {
+  resourcesArgument(input.resources);
+  if (input.audience) audienceArgument(input.audience);
+  if (input.scopes.length > 0) validateScopes('spec.scopes', input.scopes);
+  paramsArgument(input.params);
+  if (input.ttlSeconds !== undefined) taskTtlArgument(input.ttlSeconds, limits);
+}
+
+function resourcesArgument(resources: string[]): void {
+  if (resources.length > MAX_RESOURCES) throw invalid(`spec.resources: at most ${MAX_RESOURCES}`);
+  for (const r of resources) {
     if (r.length === 0 || r.length > MAX_RESOURCE_LENGTH) throw invalid(`spec.resources: each resource is 1 to ${MAX_RESOURCE_LENGTH} characters`);
     if (IDENTIFIER_CONTROL.test(r)) throw invalid('spec.resources: control characters are not allowed');
   }
-  noDuplicates('spec.resources', input.resources);
+  noDuplicates('spec.resources', resources);
+}
 
-  if (!input.audience) throw invalid('spec.audience is required: the SPIFFE ID of the service the tokens are for');
+function audienceArgument(audience: string): void {
   try {
-    SpiffeId.parse(input.audience);
+    SpiffeId.parse(audience);
   } catch (err) {
     if (err instanceof SpiffeIdError) throw invalid(`spec.audience: ${err.message}`);
     throw err;
   }
+}
 
-  if (input.scopes.length === 0) throw invalid('spec.scopes: at least one scope is required');
-  validateScopes('spec.scopes', input.scopes);
-
-  const paramsBytes = Buffer.byteLength(canonicalize(input.params) ?? '', 'utf8');
+function paramsArgument(params: JsonObject): void {
+  const paramsBytes = Buffer.byteLength(canonicalize(params) ?? '', 'utf8');
   if (paramsBytes > MAX_PARAMS_BYTES) throw invalid(`spec.params: at most ${MAX_PARAMS_BYTES} bytes of canonical JSON (got ${paramsBytes})`);
+}
 
-  const ttlSeconds = input.ttlSeconds ?? limits.defaultTaskTtlSeconds;
+function taskTtlArgument(ttlSeconds: number, limits: SpecLimits): number {
   if (!Number.isInteger(ttlSeconds) || ttlSeconds <= 0) throw invalid('spec.ttl must be a positive whole number of seconds');
   if (ttlSeconds > limits.maxTaskTtlSeconds) throw invalid(`spec.ttl: at most ${limits.maxTaskTtlSeconds}s (requested ${ttlSeconds}s)`);
-
-  return { action: input.action, resources: [...input.resources], audience: input.audience, scopes: [...input.scopes], params: input.params, ttlSeconds };
+  return ttlSeconds;
 }
