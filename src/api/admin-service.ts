@@ -5,7 +5,8 @@
 import type { AuditEvent as AuditEventMessage } from '../gen/taskbroker/v1/AuditEvent.js';
 import type { TaskBrokerAdminHandlers } from '../gen/taskbroker/v1/TaskBrokerAdmin.js';
 import type { Logger } from '../observability/logger.js';
-import type { AuditEvent } from '../audit/audit.js';
+import type { AuditEvent, ChainCheck } from '../audit/audit.js';
+import type { ChainCheck as ChainCheckMessage } from '../gen/taskbroker/v1/ChainCheck.js';
 import { jsonToStruct } from '../protocol/struct.js';
 import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
 import type { TaskAdmin } from '../tasks/admin.js';
@@ -29,7 +30,12 @@ export function auditEventMessage(e: AuditEvent): AuditEventMessage {
     details: jsonToStruct(e.details as JsonObject),
     prevHash: e.prevHash,
     hash: e.hash,
+    taskId: e.taskId ?? '',
   };
+}
+
+function chainCheckMessage(c: ChainCheck): ChainCheckMessage {
+  return { ok: c.ok, events: c.events, brokenAt: c.brokenAt ?? 0, problem: c.problem ?? '' };
 }
 
 export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAdminHandlers {
@@ -63,14 +69,31 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
     }),
 
     GetAuditTrail: unary('GetAuditTrail', rpc, async (call) => {
-      const { taskId, afterSeq, pageSize } = call.request;
-      const res = await admin.auditTrail(actorOf(call), taskId, { afterSeq, pageSize });
+      const { taskId, afterSeq, pageSize, tree, pageToken } = call.request;
+      if (tree) {
+        const res = await admin.treeAuditTrail(actorOf(call), taskId, { afterSeq, pageSize, pageToken: pageToken || undefined });
+        return {
+          taskId,
+          events: res.events.map(auditEventMessage),
+          chain: chainCheckMessage(res.check),
+          nextAfterSeq: 0,
+          rootTaskId: res.rootTaskId,
+          chains: res.chains.map((c) => ({ taskId: c.taskId, chain: chainCheckMessage(c.check) })),
+          nextPageToken: res.nextPageToken,
+        };
+      }
+      const res = await admin.auditTrail(actorOf(call), taskId, { afterSeq, pageSize, pageToken: pageToken || undefined });
       return {
         taskId,
         events: res.events.map(auditEventMessage),
-        chain: { ok: res.check.ok, events: res.check.events, brokenAt: res.check.brokenAt ?? 0, problem: res.check.problem ?? '' },
+        chain: chainCheckMessage(res.check),
         nextAfterSeq: res.nextAfterSeq,
       };
+    }),
+
+    GetTaskTree: unary('GetTaskTree', rpc, async (call) => {
+      const res = await admin.taskTree(actorOf(call), call.request.taskId);
+      return { rootTaskId: res.rootTaskId, tasks: res.tasks.map(taskMessage) };
     }),
 
     ApproveTask: unary('ApproveTask', rpc, async (call) => {

@@ -35,6 +35,7 @@ export type AuditEventType =
   | 'admin.workload_revoked'
   | 'admin.tasks_listed'
   | 'admin.audit_read'
+  | 'admin.tree_read'
   | 'admin.key_rotated';
 
 /** Who did it: the verified caller (or the broker itself, for the sweeper). */

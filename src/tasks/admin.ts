@@ -1,10 +1,12 @@
 /**
  * The admin plane's domain: revoke a task or every task of matching workloads, list tasks,
- * read a task's audit trail, approve tasks, rotate the signing key. Only callers the policy names
- * as admins get in; every other attempt is refused and audited. Every admin action is an audit
- * event with the admin's identity, in the transaction of the change. Changes go through the unit
- * of work and the task rows, the same ones the sweeper uses.
+ * read a task's audit trail (or a whole delegation tree's), read a delegation tree, approve
+ * tasks, rotate the signing key. Only callers the policy names as admins get in; every other
+ * attempt is refused and audited. Every admin action is an audit event with the admin's
+ * identity, in the transaction of the change. Changes go through the unit of work and the task
+ * rows, the same ones the sweeper uses.
  */
+import { createHash } from 'node:crypto';
 import { verifyTaskTrail, type AuditEvent, type ChainCheck } from '../audit/audit.js';
 import { BrokerError, clipped } from '../errors.js';
 import { isLive, type Actor, type Task, type TaskState } from '../model/task.js';
@@ -17,7 +19,7 @@ import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_RECORDED_INPUT, MAX_TRAIL_PAGE } 
 import { decodeCursor, encodeCursor, filterDigest, type ListTasksFilter } from './list-cursor.js';
 import { toTask, type TaskRows } from './task-rows.js';
 import type { UnitOfWork, Work } from './unit-of-work.js';
-import { freeText, pageSizeArgument, selectorArgument, stateFilterArgument, taskIdArgument } from './validation.js';
+import { freeText, invalid, pageSizeArgument, selectorArgument, stateFilterArgument, taskIdArgument } from './validation.js';
 
 export interface TaskAdminDeps {
   db: Db;
@@ -37,6 +39,98 @@ export type ListTasksRequest = Omit<ListTasksFilter, 'state'> & {
 const bounded = (value: string) => clipped(value, MAX_RECORDED_INPUT);
 
 const notFound = () => new BrokerError('not-found', 'task not found');
+
+/** GetTaskTree and the tree trail read at most this many tasks; a bigger tree is refused (FAILED_PRECONDITION). */
+export const MAX_TREE_TASKS = 10_000;
+
+/** How many task chains a tree trail reads and checks at a time. */
+const TREE_CHAIN_READS = 8;
+
+/** One task's chain check in a tree trail. */
+export interface TaskChainCheck {
+  taskId: string;
+  check: ChainCheck;
+}
+
+/** A page of a delegation tree's trail: every task's events in write order, and every chain's check. */
+export interface TreeTrailPage {
+  rootTaskId: string;
+  events: AuditEvent[];
+  /** All of the tree's chains: ok only if each is; events is their total; the first broken task is named. */
+  check: ChainCheck;
+  /** Per task, in tree order (the root first, then depth first). */
+  chains: TaskChainCheck[];
+  /** Empty on the last page. */
+  nextPageToken: string;
+}
+
+/**
+ * The tasks of a tree in depth-first order: the root, then each child (by created_at, then
+ * task_id) followed by its own subtree. Rows whose parent is not among `rows` (none, as parents
+ * are foreign keys and the tree is read in one statement) come last rather than being dropped.
+ */
+export function depthFirst(rootTaskId: string, rows: readonly TaskRow[]): TaskRow[] {
+  const children = new Map<string, TaskRow[]>();
+  let root: TaskRow | undefined;
+  for (const row of rows) {
+    if (row.task_id === rootTaskId) root = row;
+    else {
+      const parent = row.parent_task_id ?? '';
+      const list = children.get(parent);
+      if (list) list.push(row);
+      else children.set(parent, [row]);
+    }
+  }
+  if (!root) return [];
+  const byAge = (a: TaskRow, b: TaskRow) => a.created_at.getTime() - b.created_at.getTime() || (a.task_id < b.task_id ? -1 : a.task_id > b.task_id ? 1 : 0);
+  for (const list of children.values()) list.sort(byAge);
+  const ordered: TaskRow[] = [];
+  const seen = new Set<string>();
+  // Iterative: a deep chain must not overflow the stack.
+  const stack: TaskRow[] = [root];
+  while (stack.length > 0) {
+    const row = stack.pop()!;
+    if (seen.has(row.task_id)) continue;
+    seen.add(row.task_id);
+    ordered.push(row);
+    const below = children.get(row.task_id) ?? [];
+    for (let i = below.length - 1; i >= 0; i--) stack.push(below[i]!);
+  }
+  if (ordered.length < rows.length) {
+    const rest = rows.filter((r) => !seen.has(r.task_id)).sort((a, b) => a.depth - b.depth || byAge(a, b));
+    ordered.push(...rest);
+  }
+  return ordered;
+}
+
+/** Tree trail page tokens: the event_id of the last event of a page and a digest of the tree's root. */
+interface TreeCursor {
+  v: 1;
+  /** event_id of the last event of the page */
+  e: number;
+  /** digest of the root task ID */
+  r: string;
+}
+
+const rootDigest = (rootTaskId: string) => createHash('sha256').update(`tree:${rootTaskId}`).digest('base64url').slice(0, 16);
+
+export function encodeTreeCursor(lastEventId: number, rootTaskId: string): string {
+  const c: TreeCursor = { v: 1, e: lastEventId, r: rootDigest(rootTaskId) };
+  return Buffer.from(JSON.stringify(c)).toString('base64url');
+}
+
+export function decodeTreeCursor(token: string, rootTaskId: string): number {
+  const bad = () => invalid("page_token is not a page token of this tree's audit trail");
+  let c: Partial<TreeCursor> | null;
+  try {
+    c = JSON.parse(Buffer.from(token, 'base64url').toString('utf8')) as Partial<TreeCursor> | null;
+  } catch {
+    throw bad();
+  }
+  if (typeof c !== 'object' || c === null) throw bad();
+  if (c.v !== 1 || typeof c.e !== 'number' || !Number.isSafeInteger(c.e) || c.e < 0 || c.r !== rootDigest(rootTaskId)) throw bad();
+  return c.e;
+}
 
 export class TaskAdmin {
   readonly #deps: TaskAdminDeps;
@@ -119,10 +213,11 @@ export class TaskAdmin {
   async auditTrail(
     actor: Actor,
     taskId: string,
-    page: { afterSeq?: number; pageSize?: number } = {},
+    page: { afterSeq?: number; pageSize?: number; pageToken?: string } = {},
   ): Promise<{ events: AuditEvent[]; check: ChainCheck; nextAfterSeq: number }> {
     await this.#authorize(actor, 'GetAuditTrail', { task_id: bounded(taskId) });
     taskIdArgument(taskId);
+    if (page.pageToken) throw invalid("page_token is for a tree's trail (tree: true); one task's trail pages by after_seq");
     const pageSize = pageSizeArgument(page.pageSize, MAX_TRAIL_PAGE, MAX_TRAIL_PAGE);
     const afterSeq = page.afterSeq ?? 0;
     const result = await verifyTaskTrail(this.#deps.db, taskId);
@@ -133,6 +228,71 @@ export class TaskAdmin {
     const rest = trail.filter((e) => e.seq > afterSeq);
     const events = rest.slice(0, pageSize);
     return { events, check, nextAfterSeq: rest.length > pageSize ? (events.at(-1)?.seq ?? 0) : 0 };
+  }
+
+  /**
+   * The delegation tree `taskId` belongs to: its root, then every task delegated below it, depth
+   * first (children by created_at, then task_id). Read in one statement (the root row and the
+   * tasks_by_root index), at most MAX_TREE_TASKS tasks. The read is on the admin's record.
+   */
+  async taskTree(actor: Actor, taskId: string): Promise<{ rootTaskId: string; tasks: Task[] }> {
+    await this.#authorize(actor, 'GetTaskTree', { task_id: bounded(taskId) });
+    taskIdArgument(taskId);
+    const { rootTaskId, rows } = await this.#treeRows(taskId);
+    await this.#deps.units.record(actor, { taskId: null, type: 'admin.tree_read', details: { task_id: taskId, root_task_id: rootTaskId, tasks: rows.length } });
+    return { rootTaskId, tasks: rows.map(toTask) };
+  }
+
+  /**
+   * The audit trail of the delegation tree `taskId` belongs to: the events of every task of the
+   * tree in the order they were written (event_id), a page at a time, with the check of every
+   * task's whole chain. A page token is the last event_id of its page, bound to the tree's root;
+   * a task delegated between pages is part of the next page (its events were written later).
+   */
+  async treeAuditTrail(actor: Actor, taskId: string, page: { afterSeq?: number; pageSize?: number; pageToken?: string } = {}): Promise<TreeTrailPage> {
+    await this.#authorize(actor, 'GetAuditTrail', { task_id: bounded(taskId), tree: true });
+    taskIdArgument(taskId);
+    // Pages of a tree go by page_token (write order across chains), not by one chain's sequence numbers.
+    if (page.afterSeq) throw invalid("after_seq is for one task's trail; with tree, pages go by page_token");
+    const pageSize = pageSizeArgument(page.pageSize, MAX_TRAIL_PAGE, MAX_TRAIL_PAGE);
+    const { rootTaskId, rows } = await this.#treeRows(taskId);
+    const afterEventId = page.pageToken ? decodeTreeCursor(page.pageToken, rootTaskId) : 0;
+
+    const results = new Array<Awaited<ReturnType<typeof verifyTaskTrail>>>(rows.length);
+    let next = 0;
+    const reader = async () => {
+      for (let i = next++; i < rows.length; i = next++) results[i] = await verifyTaskTrail(this.#deps.db, rows[i]!.task_id);
+    };
+    await Promise.all(Array.from({ length: Math.min(TREE_CHAIN_READS, rows.length) }, reader));
+
+    const chains: TaskChainCheck[] = [];
+    const all: AuditEvent[] = [];
+    for (const [i, result] of results.entries()) {
+      const { trail, ...check } = result;
+      chains.push({ taskId: rows[i]!.task_id, check });
+      for (const e of trail) if (e.eventId > afterEventId) all.push(e);
+    }
+    all.sort((a, b) => a.eventId - b.eventId);
+    const events = all.slice(0, pageSize);
+    const broken = chains.find((c) => !c.check.ok);
+    const total = chains.reduce((n, c) => n + c.check.events, 0);
+    const check: ChainCheck = broken
+      ? {
+          ok: false,
+          chainId: broken.taskId,
+          events: total,
+          brokenAt: broken.check.brokenAt ?? 0,
+          problem: `task ${broken.taskId}: ${broken.check.problem ?? 'its chain is broken'}`,
+        }
+      : { ok: true, chainId: rootTaskId, events: total };
+    // The read is on the record of the admin who made it (not on the chains being read).
+    await this.#deps.units.record(actor, {
+      taskId: null,
+      type: 'admin.audit_read',
+      details: { task_id: taskId, tree: true, root_task_id: rootTaskId, tasks: rows.length, chain_ok: check.ok, events: total },
+    });
+    const last = events.at(-1);
+    return { rootTaskId, events, check, chains, nextPageToken: all.length > pageSize && last ? encodeTreeCursor(last.eventId, rootTaskId) : '' };
   }
 
   async approveTask(actor: Actor, taskId: string, comment: string): Promise<Task> {
@@ -184,6 +344,30 @@ export class TaskAdmin {
       const row = (await this.#deps.rows.lock(work, taskId, actor.requestId)) ?? work.refuse(notFound());
       return fn(work, row, entry);
     });
+  }
+
+  /**
+   * The tasks of the tree `taskId` belongs to, depth first, read in one statement: the root row
+   * and the rows that name it as their root (tasks_by_root). NOT_FOUND for an unknown task;
+   * FAILED_PRECONDITION for a tree of more than MAX_TREE_TASKS tasks.
+   */
+  async #treeRows(taskId: string): Promise<{ rootTaskId: string; rows: TaskRow[] }> {
+    const { db } = this.#deps;
+    const task = await db.selectFrom('tasks').select(['task_id', 'root_task_id']).where('task_id', '=', taskId).executeTakeFirst();
+    if (!task) throw notFound();
+    const rootTaskId = task.root_task_id ?? task.task_id;
+    const rows = await db
+      .selectFrom('tasks')
+      .selectAll()
+      .where((eb) => eb.or([eb('task_id', '=', rootTaskId), eb('root_task_id', '=', rootTaskId)]))
+      .orderBy('depth')
+      .orderBy('task_id')
+      .limit(MAX_TREE_TASKS + 1)
+      .execute();
+    if (rows.length > MAX_TREE_TASKS) {
+      throw new BrokerError('failed-precondition', `the delegation tree of ${rootTaskId} has more than ${MAX_TREE_TASKS} tasks: too many to return at once`);
+    }
+    return { rootTaskId, rows: depthFirst(rootTaskId, rows) };
   }
 
   /** Admins only: anyone else is refused with PERMISSION_DENIED, on the record. */

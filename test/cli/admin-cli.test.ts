@@ -1,7 +1,7 @@
 /**
  * `task-broker admin …` end to end: the real binary against a real broker (`serve`, started
  * once from dev-ca files, a policy file and environment variables), with tasks made by
- * workloads through the SDK. Covers every admin command in text and --json, paging, and the
+ * workloads through the SDK (delegation trees over DelegateTask). Covers every admin command in text and --json, paging, and the
  * exit codes scripts rely on (0 ok, 1 failure, 2 usage, 3 denied, 4 not found, 5 conflict).
  */
 import * as grpc from '@grpc/grpc-js';
@@ -10,8 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reportAuditTrail } from '../../src/cli/admin/commands.js';
-import { BrokerClient } from '../../src/client/broker-client.js';
+import { BrokerClient, unaryCall } from '../../src/client/broker-client.js';
 import { loadIssuedCertificate, mintX509Svid } from '../../src/devca/certificates.js';
+import type { DelegateTaskResponse__Output } from '../../src/gen/taskbroker/v1/DelegateTaskResponse.js';
 import type { GetAuditTrailResponse__Output } from '../../src/gen/taskbroker/v1/GetAuditTrailResponse.js';
 import type { TaskSpec } from '../../src/gen/taskbroker/v1/TaskSpec.js';
 import { fromTimestamp } from '../../src/protocol/timestamps.js';
@@ -27,6 +28,9 @@ const REQUESTER_ID = 'spiffe://example.org/ns/ops/sa/requester';
 const INTRUDER_ID = 'spiffe://example.org/ns/ops/sa/intruder';
 const JOB_A_ID = 'spiffe://example.org/ns/batch/sa/job-a';
 const JOB_B_ID = 'spiffe://example.org/ns/batch/sa/job-b';
+const PLANNER_ID = 'spiffe://example.org/ns/agents/sa/planner';
+const SQL_TOOL_ID = 'spiffe://example.org/ns/tools/sa/sql';
+const FETCH_TOOL_ID = 'spiffe://example.org/ns/tools/sa/fetch';
 const UNKNOWN_TASK = 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA';
 
 const SVIDS: Record<string, string> = {
@@ -38,6 +42,9 @@ const SVIDS: Record<string, string> = {
   intruder: INTRUDER_ID,
   'job-a': JOB_A_ID,
   'job-b': JOB_B_ID,
+  planner: PLANNER_ID,
+  'sql-tool': SQL_TOOL_ID,
+  'fetch-tool': FETCH_TOOL_ID,
 };
 
 // The approval rule comes first: the first rule that allows a request wins.
@@ -56,9 +63,12 @@ rules:
     actions: ["*"]
     audiences: ["spiffe://example.org/**"]
     scopes: ["*"]
+    delegation:
+      to: ["spiffe://example.org/ns/tools/**"]
+      max_depth: 2
 `;
 
-const ADMIN_COMMANDS = ['list-tasks', 'audit-trail', 'approve-task', 'revoke-task', 'revoke-workload', 'rotate-signing-key'];
+const ADMIN_COMMANDS = ['list-tasks', 'audit-trail', 'task-tree', 'approve-task', 'revoke-task', 'revoke-workload', 'rotate-signing-key'];
 
 interface JsonTask {
   taskId: string;
@@ -82,6 +92,9 @@ let requester: BrokerClient;
 let adminWorkload: BrokerClient;
 let jobA: BrokerClient;
 let jobB: BrokerClient;
+let planner: BrokerClient;
+let sqlTool: BrokerClient;
+let fetchTool: BrokerClient;
 
 function adminEnv(): NodeJS.ProcessEnv {
   return {
@@ -123,6 +136,14 @@ async function newTask(owner: BrokerClient, overrides: Partial<TaskSpec> = {}): 
   return task.taskId;
 }
 
+async function delegate(owner: BrokerClient, parentTaskId: string, delegatee: string, scopes: string[]): Promise<string> {
+  const res = await unaryCall<DelegateTaskResponse__Output>((md, opts, cb) =>
+    owner.raw.DelegateTask({ parentTaskId, delegatee, spec: { scopes } }, md, opts, cb),
+  );
+  if (!res.task) throw new Error('DelegateTask returned no task');
+  return res.task.taskId;
+}
+
 async function jwksKids(): Promise<string[]> {
   const res = await fetch(`http://127.0.0.1:${httpPort}/.well-known/jwks.json`);
   const jwks = (await res.json()) as { keys: Array<{ kid: string }> };
@@ -156,13 +177,16 @@ beforeAll(async () => {
   address = `127.0.0.1:${String(listening.port)}`;
   httpPort = Number(http.port);
 
-  [worker, api, requester, adminWorkload, jobA, jobB] = await Promise.all([
+  [worker, api, requester, adminWorkload, jobA, jobB, planner, sqlTool, fetchTool] = await Promise.all([
     client('worker'),
     client('api'),
     client('requester'),
     client('admin'),
     client('job-a'),
     client('job-b'),
+    client('planner'),
+    client('sql-tool'),
+    client('fetch-tool'),
   ]);
 }, cliTimeout(4));
 
@@ -349,12 +373,16 @@ describe('task-broker admin', () => {
       details: { fields: {} },
       prevHash,
       hash: `h${seq}`,
+      taskId: UNKNOWN_TASK,
     });
     const res: GetAuditTrailResponse__Output = {
       taskId: UNKNOWN_TASK,
       nextAfterSeq: 0,
       events: [event(1, 'task.created', ''), event(2, 'task.completed', 'h1')],
       chain: { ok: false, events: 2, brokenAt: 2, problem: 'event hash does not match its content' },
+      rootTaskId: '',
+      chains: [],
+      nextPageToken: '',
     };
     for (const json of [false, true]) {
       const out: string[] = [];
@@ -371,6 +399,158 @@ describe('task-broker admin', () => {
       if (json) expect((JSON.parse(out.join('\n')) as { chain: { ok: boolean } }).chain.ok).toBe(false);
       else expect(out.join('\n')).toContain('HASH CHAIN BROKEN at event #2: event hash does not match its content');
     }
+  });
+
+  /** A → B → C over DelegateTask: the planner's task, delegated to the sql tool, which delegates to the fetch tool (who gets a token). */
+  async function delegationTree(): Promise<{ a: string; b: string; c: string }> {
+    const a = await newTask(planner, { scopes: ['reports:read', 'reports:write'] });
+    const b = await delegate(planner, a, SQL_TOOL_ID, ['reports:read', 'reports:write']);
+    const c = await delegate(sqlTool, b, FETCH_TOOL_ID, ['reports:read']);
+    await fetchTool.issueToken({ taskId: c });
+    return { a, b, c };
+  }
+
+  /** The short form the tree trail prints a task ID in. */
+  const short = (taskId: string) => taskId.slice(0, 12);
+
+  it('task-tree prints the delegation tree indented from any of its tasks (--task or the argument), or as JSON', { timeout: cliTimeout(2) }, async () => {
+    const { a, b, c } = await delegationTree();
+    // A second child of the root, after B's subtree: ├─ for B, └─ for it, │ below B.
+    const d = await delegate(planner, a, FETCH_TOOL_ID, ['reports:write']);
+    const [byFlag, byArgument, json, unknown, noTask, twoTasks] = await Promise.all([
+      admin(['task-tree', '--task', c]),
+      admin(['task-tree', b]),
+      admin(['task-tree', d, '--json']),
+      admin(['task-tree', UNKNOWN_TASK]),
+      admin(['task-tree']),
+      admin(['task-tree', '--task', a, b]),
+    ]);
+    const time = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z';
+    for (const [result, asked] of [
+      [byFlag, c],
+      [byArgument, b],
+    ] as const) {
+      expect(result.code, result.stderr).toBe(0);
+      const lines = result.stdout.split('\n');
+      expect(lines[0]).toBe(`delegation tree of ${a} (the tree ${asked} belongs to): 4 tasks`);
+      expect(lines[2]).toMatch(/^TASK +STATE +OWNER +SCOPES +EXPIRES$/);
+      expect(lines[3]).toMatch(new RegExp(`^${a} +ACTIVE +${PLANNER_ID} +reports:read reports:write +${time}$`));
+      expect(lines[4]).toMatch(new RegExp(`^├─ ${b} +ACTIVE +${SQL_TOOL_ID} +reports:read reports:write +${time}$`));
+      expect(lines[5]).toMatch(new RegExp(`^│  └─ ${c} +ACTIVE +${FETCH_TOOL_ID} +reports:read +${time}$`));
+      expect(lines[6]).toMatch(new RegExp(`^└─ ${d} +ACTIVE +${FETCH_TOOL_ID} +reports:write +${time}$`));
+      expect(lines.slice(7).join('')).toBe('');
+    }
+
+    const tree = jsonOf<{ rootTaskId: string; tasks: Array<JsonTask & { parentTaskId: string; rootTaskId: string; depth: number; delegators: string[] }> }>(
+      json,
+    );
+    expect(tree.rootTaskId).toBe(a);
+    expect(tree.tasks.map((t) => [t.taskId, t.parentTaskId, t.depth])).toEqual([
+      [a, '', 0],
+      [b, a, 1],
+      [c, b, 2],
+      [d, a, 1],
+    ]);
+    expect(tree.tasks[2]?.delegators).toEqual([SQL_TOOL_ID, PLANNER_ID]);
+
+    expect(unknown.code).toBe(4);
+    expect(unknown.stderr).toBe('task-broker admin task-tree: NOT_FOUND: task not found\n');
+    expect(noTask.code).toBe(2);
+    expect(noTask.stderr).toMatch(/--task is required \(or give the task ID as the argument\)/);
+    expect(twoTasks.code).toBe(2);
+    expect(twoTasks.stderr).toContain(`--task ${a} and the argument ${b} name different tasks`);
+    for (const r of [unknown, noTask, twoTasks]) expect(r.stdout).toBe('');
+  });
+
+  it('audit-trail --tree prints the events of every task of the tree in the order they were written, and checks each chain', async () => {
+    const { a, b, c } = await delegationTree();
+    const [text, json] = await Promise.all([admin(['audit-trail', '--task', b, '--tree']), admin(['audit-trail', '--task', c, '--tree', '--json'])]);
+
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toContain(`audit trail of the delegation tree of ${a}: 6 events of 3 tasks`);
+    expect(text.stdout).toMatch(/^TASK +SEQ +TIME +EVENT +ACTOR +DETAILS$/m);
+    const rows = text.stdout.split('\n').filter((l) => l.startsWith('tsk_'));
+    const expected: Array<[string, number, string, string]> = [
+      [a, 1, 'task.created', PLANNER_ID],
+      [a, 2, 'task.delegated', PLANNER_ID],
+      [b, 1, 'task.created', PLANNER_ID],
+      [b, 2, 'task.delegated', SQL_TOOL_ID],
+      [c, 1, 'task.created', SQL_TOOL_ID],
+      [c, 2, 'token.issued', FETCH_TOOL_ID],
+    ];
+    expect(rows).toHaveLength(expected.length);
+    expected.forEach(([task, seq, type, actor], i) => {
+      expect(rows[i]).toMatch(new RegExp(`^${short(task)} +#${seq} +\\d{4}-\\S+Z +${type.replace('.', '\\.')} +${actor} +\\{`));
+    });
+    expect(rows[1]).toContain(`"child_task_id":"${b}"`);
+    expect(rows[4]).toContain(`"parent_task_id":"${b}"`);
+    // The chain checks name every task in full next to its short form.
+    for (const task of [a, b, c]) expect(text.stdout).toMatch(new RegExp(`^ {2}${short(task)} +${task} +ok +2 events$`, 'm'));
+    expect(text.stdout).toContain('hash chains verified: 3 tasks, 6 events');
+
+    const trail = jsonOf<{
+      taskId: string;
+      rootTaskId: string;
+      events: Array<{ taskId: string; seq: number; eventType: string }>;
+      chains: Array<{ taskId: string; chain: { ok: boolean; events: number } }>;
+      chain: { ok: boolean; events: number; brokenAt: number; problem: string };
+      nextPageToken: string;
+    }>(json);
+    expect(trail).toMatchObject({ taskId: c, rootTaskId: a, nextPageToken: '' });
+    expect(trail.events.map((e) => [e.taskId, e.seq, e.eventType])).toEqual(expected.map(([task, seq, type]) => [task, seq, type]));
+    expect(trail.chains.map((x) => [x.taskId, x.chain.ok, x.chain.events])).toEqual([
+      [a, true, 2],
+      [b, true, 2],
+      [c, true, 2],
+    ]);
+    expect(trail.chain).toEqual({ ok: true, events: 6, brokenAt: 0, problem: '' });
+  });
+
+  it('a broken chain in a tree trail is reported loudly, naming the task, and exits 1', () => {
+    const [root, child] = ['tsk_rootAAAAAAAAAAAAAAAAAAAA', 'tsk_childBBBBBBBBBBBBBBBBBBB'];
+    const event = (taskId: string, seq: number, eventType: string) => ({
+      seq,
+      eventType,
+      actorSpiffeId: WORKER_ID,
+      actorCertThumbprint: 'x',
+      requestId: `r${seq}`,
+      occurredAt: { seconds: String(1_789_999_999 + seq), nanos: 0 },
+      details: { fields: {} },
+      prevHash: '',
+      hash: `h${seq}`,
+      taskId,
+    });
+    const res: GetAuditTrailResponse__Output = {
+      taskId: child,
+      nextAfterSeq: 0,
+      events: [event(root, 1, 'task.created'), event(root, 2, 'task.delegated'), event(child, 1, 'task.created')],
+      chain: { ok: false, events: 3, brokenAt: 1, problem: `task ${child}: event 1 was altered: its content does not match its hash` },
+      rootTaskId: root,
+      chains: [
+        { taskId: root, chain: { ok: true, events: 2, brokenAt: 0, problem: '' } },
+        { taskId: child, chain: { ok: false, events: 1, brokenAt: 1, problem: 'event 1 was altered: its content does not match its hash' } },
+      ],
+      nextPageToken: '',
+    };
+    const out: string[] = [];
+    let err = '';
+    expect(
+      reportAuditTrail(
+        res,
+        false,
+        (l) => out.push(l),
+        (t) => (err += t),
+      ),
+    ).toBe(1);
+    expect(err).toMatch(
+      new RegExp(
+        `^task-broker admin audit-trail: HASH CHAIN BROKEN: the audit trail of the delegation tree of ${root} .* at event #1 \\(task ${child}: event 1 was altered`,
+      ),
+    );
+    const text = out.join('\n');
+    expect(text).toMatch(new RegExp(`^ {2}tsk_childBBB +${child} +BROKEN +at event #1: event 1 was altered`, 'm'));
+    expect(text).toMatch(new RegExp(`^ {2}tsk_rootAAAA +${root} +ok +2 events$`, 'm'));
+    expect(text).toContain(`HASH CHAIN BROKEN: task ${child}: event 1 was altered`);
   });
 
   it(

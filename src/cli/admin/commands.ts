@@ -15,9 +15,10 @@
  * (see ADMIN_EXIT_NOTES), so scripts can tell "denied" from "not found" from "wrong state".
  */
 import type { AdminClient } from '../../client/admin-client.js';
-import type { CallOptions } from '../../client/broker-client.js';
+import { unaryCall, type CallOptions } from '../../client/broker-client.js';
 import type { ApproveTaskResponse__Output } from '../../gen/taskbroker/v1/ApproveTaskResponse.js';
 import type { GetAuditTrailResponse__Output } from '../../gen/taskbroker/v1/GetAuditTrailResponse.js';
+import type { GetTaskTreeResponse__Output } from '../../gen/taskbroker/v1/GetTaskTreeResponse.js';
 import type { ListTasksRequest } from '../../gen/taskbroker/v1/ListTasksRequest.js';
 import type { ListTasksResponse__Output } from '../../gen/taskbroker/v1/ListTasksResponse.js';
 import type { RevokeTaskResponse__Output } from '../../gen/taskbroker/v1/RevokeTaskResponse.js';
@@ -28,9 +29,9 @@ import { TASK_STATES } from '../../model/task.js';
 import { parseTaskState, taskStateName, type TaskStateName } from '../../protocol/enums.js';
 import { toTimestamp } from '../../protocol/timestamps.js';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../../tasks/limits.js';
-import { ExitCode, stringOption, UsageError, type CommandSpec } from '../options.js';
+import { ExitCode, stringOption, UsageError, type CommandSpec, type ParsedCommand } from '../options.js';
 import { formatFields } from '../table.js';
-import { plural, printAuditTrail, printTaskFields, printTaskTable, shortState, type CheckedTrail } from './render.js';
+import { plural, printAuditTrail, printTaskFields, printTaskTable, printTaskTree, printTreeAuditTrail, shortState, type CheckedTrail } from './render.js';
 import {
   ADMIN_EXIT_NOTES,
   adminCommand,
@@ -139,39 +140,103 @@ const listTasks: AdminCommandDef<{ request: ListTasksRequest; all: boolean }, Li
 
 const auditTrailSpec: CommandSpec = {
   name: 'admin audit-trail',
-  summary: "Print a task's audit events in order and check their hash chain.",
+  summary: "Print a task's audit events in order and check their hash chain (with --tree: its whole delegation tree's).",
   options: {
     task: { type: 'string', placeholder: 'TASK_ID', required: true, description: 'The task, e.g. tsk_…' },
+    tree: {
+      type: 'boolean',
+      description:
+        "The trail of the task's whole delegation tree: the events of its root and of every task delegated below it, in the order they were written, each with its task, and the check of each task's chain",
+    },
     ...adminConnectionOptions,
   },
-  notes: `A broken hash chain (an event changed, removed or reordered) is reported on stderr and exits 1, also with --json.\n${ADMIN_EXIT_NOTES}`,
+  notes:
+    'A broken hash chain (an event changed, removed or reordered; with --tree, in any task of the tree) is reported on stderr and exits 1, also with --json.\n' +
+    "With --tree, text output names each event's task by a short form (tsk_ and 8 characters) and lists the full IDs with their chain checks.\n" +
+    ADMIN_EXIT_NOTES,
 };
 
 function checked(res: GetAuditTrailResponse__Output): CheckedTrail {
   return { ...res, chain: res.chain ?? { ok: false, events: 0, brokenAt: 0, problem: 'the broker returned no chain check' } };
 }
 
-const auditTrail: AdminCommandDef<string, CheckedTrail> = {
+/** The whole trail of a task's delegation tree, following page tokens; the chain checks are the last page's (the freshest). */
+async function wholeTreeTrail(client: AdminClient, taskId: string, options: CallOptions): Promise<GetAuditTrailResponse__Output> {
+  const page = (pageToken: string) =>
+    unaryCall<GetAuditTrailResponse__Output>((md, opts, cb) => client.raw.GetAuditTrail({ taskId, tree: true, pageToken }, md, opts, cb), options);
+  let last = await page('');
+  const events = [...last.events];
+  const seen = new Set<string>();
+  while (last.nextPageToken) {
+    // A token that comes back would page forever: the broker's answer is wrong, say so.
+    if (seen.has(last.nextPageToken)) throw new Error('the broker returned the same page token twice; stopping');
+    seen.add(last.nextPageToken);
+    last = await page(last.nextPageToken);
+    events.push(...last.events);
+  }
+  return { ...last, taskId, events, nextPageToken: '' };
+}
+
+const auditTrail: AdminCommandDef<{ taskId: string; tree: boolean }, CheckedTrail> = {
   spec: auditTrailSpec,
   rpc: 'GetAuditTrail',
-  request: (parsed) => requiredText(auditTrailSpec, parsed, 'task'),
-  call: async (client, taskId, options) => checked(await client.getWholeAuditTrail(taskId, options)),
-  render: (res, _taskId, out) => printAuditTrail(res, out),
+  request: (parsed) => ({ taskId: requiredText(auditTrailSpec, parsed, 'task'), tree: parsed.values.tree === true }),
+  call: async (client, { taskId, tree }, options) =>
+    checked(tree ? await wholeTreeTrail(client, taskId, options) : await client.getWholeAuditTrail(taskId, options)),
+  render: (res, { tree }, out) => (tree ? printTreeAuditTrail(res, out) : printAuditTrail(res, out)),
   /** A broken chain is shouted on stderr and exits 1, whatever the output format. */
-  verdict({ taskId, chain }, err, prefix) {
+  verdict({ taskId, rootTaskId, chain }, err, prefix) {
     if (chain.ok) return ExitCode.ok;
+    const trail = rootTaskId ? `the audit trail of the delegation tree of ${rootTaskId}` : `the audit trail of ${taskId}`;
     err(
-      `${prefix}: HASH CHAIN BROKEN: the audit trail of ${taskId} has been tampered with or damaged at event #${chain.brokenAt}` +
+      `${prefix}: HASH CHAIN BROKEN: ${trail} has been tampered with or damaged at event #${chain.brokenAt}` +
         ` (${chain.problem || 'no detail given'}); ${chain.events} events checked. Do not trust this trail.\n`,
     );
     return ExitCode.failure;
   },
 };
 
-/** Prints a trail (text or JSON) as audit-trail does; a broken chain is shouted on stderr and exits 1. */
+/** Prints a trail (text or JSON) as audit-trail does (a tree's when it names its root); a broken chain is shouted on stderr and exits 1. */
 export function reportAuditTrail(res: GetAuditTrailResponse__Output, json: boolean, out: Out, err: Err, prefix = 'task-broker admin audit-trail'): number {
-  return report(auditTrail, checked(res), res.taskId, json, out, err, prefix);
+  return report(auditTrail, checked(res), { taskId: res.taskId, tree: res.rootTaskId !== '' }, json, out, err, prefix);
 }
+
+// ---------------------------------------------------------------------------------------------
+// task-tree
+
+const taskTreeSpec: CommandSpec = {
+  name: 'admin task-tree',
+  summary: 'Print the delegation tree a task belongs to: its root and every task delegated below it, depth first.',
+  args: '[TASK_ID]',
+  options: {
+    task: { type: 'string', placeholder: 'TASK_ID', description: 'Any task of the tree, e.g. tsk_… (or give it as the argument)' },
+    ...adminConnectionOptions,
+  },
+  notes:
+    'Each task is drawn below the task it was delegated from (├─ └─), with its state, owner SPIFFE ID, scopes and expiry; ' +
+    'children in the order they were created. At most 10,000 tasks (a bigger tree is FAILED_PRECONDITION). The read is on your audit record.\n' +
+    ADMIN_EXIT_NOTES,
+};
+
+/** The task: --task or the one argument (the same task if both are given). */
+function taskArgument(spec: CommandSpec, parsed: ParsedCommand): string {
+  const usage = `\nRun 'task-broker ${spec.name} --help' for usage.`;
+  if (parsed.positionals.length > 1) throw new UsageError(`unexpected argument "${parsed.positionals[1] ?? ''}" (one task ID at most)${usage}`);
+  const flag = optionalText(parsed, 'task');
+  const positional = parsed.positionals[0]?.trim() || undefined;
+  if (flag && positional && flag !== positional) throw new UsageError(`--task ${flag} and the argument ${positional} name different tasks${usage}`);
+  const taskId = flag ?? positional;
+  if (!taskId) throw new UsageError(`--task is required (or give the task ID as the argument)${usage}`);
+  return taskId;
+}
+
+const taskTree: AdminCommandDef<string, GetTaskTreeResponse__Output> = {
+  spec: taskTreeSpec,
+  rpc: 'GetTaskTree',
+  request: (parsed) => taskArgument(taskTreeSpec, parsed),
+  call: (client, taskId, options) => unaryCall<GetTaskTreeResponse__Output>((md, opts, cb) => client.raw.GetTaskTree({ taskId }, md, opts, cb), options),
+  render: (res, taskId, out) => printTaskTree(res, taskId, out),
+};
 
 // ---------------------------------------------------------------------------------------------
 // approve-task, revoke-task, revoke-workload, rotate-signing-key
@@ -285,6 +350,7 @@ export const adminCommands: Record<string, AdminCommand> = Object.fromEntries(
   [
     adminCommand(listTasks),
     adminCommand(auditTrail),
+    adminCommand(taskTree),
     adminCommand(approveTask),
     adminCommand(revokeTask),
     adminCommand(revokeWorkload),

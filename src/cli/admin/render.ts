@@ -1,9 +1,10 @@
 /**
- * The text output of the admin commands: tasks as table rows or `key: value` blocks, audit
- * trails as tables. (--json output needs none of this: it is the response's proto3 JSON.)
+ * The text output of the admin commands: tasks as table rows or `key: value` blocks, delegation
+ * trees as indented trees, audit trails as tables. (--json output needs none of this: it is the response's proto3 JSON.)
  */
 import type { ChainCheck__Output } from '../../gen/taskbroker/v1/ChainCheck.js';
 import type { GetAuditTrailResponse__Output } from '../../gen/taskbroker/v1/GetAuditTrailResponse.js';
+import type { GetTaskTreeResponse__Output } from '../../gen/taskbroker/v1/GetTaskTreeResponse.js';
 import type { Task__Output } from '../../gen/taskbroker/v1/Task.js';
 import type { Timestamp__Output } from '../../gen/google/protobuf/Timestamp.js';
 import { parseTaskState } from '../../protocol/enums.js';
@@ -85,4 +86,97 @@ export function printAuditTrail(res: CheckedTrail, out: Out): void {
   out('');
   if (chain.ok) out(`hash chain verified: ${plural(chain.events, 'event', 'events')}, each linked to the one before`);
   else out(`HASH CHAIN BROKEN at event #${chain.brokenAt}: ${chain.problem || 'no detail given'}`);
+}
+
+/**
+ * The tree-drawing prefix of each task (├─ , └─ , with │  below a task that has later
+ * siblings), from the tasks in depth-first order as GetTaskTree returns them. A task whose parent
+ * is not in the list is drawn at the top level.
+ */
+export function treePrefixes(tasks: readonly Task__Output[]): string[] {
+  const byId = new Map(tasks.map((t) => [t.taskId, t]));
+  const parentOf = (t: Task__Output): Task__Output | undefined => (t.parentTaskId ? byId.get(t.parentTaskId) : undefined);
+  // The last child of each parent (in the order given) closes its branch with └─.
+  const lastChild = new Map<string, string>();
+  for (const t of tasks) {
+    const parent = parentOf(t);
+    if (parent) lastChild.set(parent.taskId, t.taskId);
+  }
+  const isLast = (t: Task__Output): boolean => {
+    const parent = parentOf(t);
+    return parent !== undefined && lastChild.get(parent.taskId) === t.taskId;
+  };
+  return tasks.map((t) => {
+    const parent = parentOf(t);
+    if (!parent) return '';
+    let prefix = isLast(t) ? '└─ ' : '├─ ';
+    const seen = new Set([t.taskId]);
+    for (let a = parent; parentOf(a) && !seen.has(a.taskId); a = parentOf(a)!) {
+      seen.add(a.taskId);
+      prefix = (isLast(a) ? '   ' : '│  ') + prefix;
+    }
+    return prefix;
+  });
+}
+
+/** The tree as an indented table: each task below the one it was delegated from. */
+export function printTaskTree(res: GetTaskTreeResponse__Output, asked: string, out: Out): void {
+  const root = res.rootTaskId || asked;
+  out(`delegation tree of ${root}${asked && asked !== root ? ` (the tree ${asked} belongs to)` : ''}: ${plural(res.tasks.length, 'task', 'tasks')}`);
+  out('');
+  const prefixes = treePrefixes(res.tasks);
+  const rows = res.tasks.map((t, i) => [
+    `${prefixes[i] ?? ''}${t.taskId}`,
+    shortState(t.state),
+    t.ownerSpiffeId,
+    t.spec?.scopes.length ? t.spec.scopes.join(' ') : '-',
+    dash(isoTime(t.expiresAt)),
+  ]);
+  for (const line of formatTable(['TASK', 'STATE', 'OWNER', 'SCOPES', 'EXPIRES'], rows)) out(line);
+}
+
+/**
+ * Short forms of task IDs for a tree trail: `tsk_` and the first 8 characters, or the whole ID
+ * for every task when two of them would share a short form.
+ */
+export function shortTaskIds(taskIds: readonly string[]): Map<string, string> {
+  const short = (id: string) => id.slice(0, 12);
+  const distinct = new Set(taskIds.map(short)).size === new Set(taskIds).size;
+  return new Map(taskIds.map((id) => [id, distinct ? short(id) : id]));
+}
+
+/** A tree's trail: every event with its task's short ID, then each task's chain check. */
+export function printTreeAuditTrail(res: CheckedTrail, out: Out): void {
+  const { chain } = res;
+  const ids = [...res.chains.map((c) => c.taskId), ...res.events.map((e) => e.taskId)];
+  const short = shortTaskIds([...new Set(ids)]);
+  out(
+    `audit trail of the delegation tree of ${res.rootTaskId}: ${plural(res.events.length, 'event', 'events')} of ${plural(res.chains.length, 'task', 'tasks')}`,
+  );
+  out('');
+  const rows = res.events.map((e) => [
+    short.get(e.taskId) ?? dash(e.taskId),
+    `#${e.seq}`,
+    dash(isoTime(e.occurredAt)),
+    e.eventType,
+    dash(e.actorSpiffeId),
+    JSON.stringify(structToJson(e.details)),
+  ]);
+  for (const line of formatTable(['TASK', 'SEQ', 'TIME', 'EVENT', 'ACTOR', 'DETAILS'], rows)) out(line);
+  out('');
+  out('hash chains:');
+  const checks = res.chains.map((c) => {
+    const check = c.chain ?? { ok: false, events: 0, brokenAt: 0, problem: 'the broker returned no chain check' };
+    return [
+      `  ${short.get(c.taskId) ?? c.taskId}`,
+      c.taskId,
+      check.ok ? 'ok' : 'BROKEN',
+      check.ok ? plural(check.events, 'event', 'events') : `at event #${check.brokenAt}: ${check.problem || 'no detail given'}`,
+    ];
+  });
+  for (const line of formatTable(['  TASK', 'TASK ID', 'CHAIN', 'EVENTS'], checks)) out(line);
+  out('');
+  if (chain.ok)
+    out(`hash chains verified: ${plural(res.chains.length, 'task', 'tasks')}, ${plural(chain.events, 'event', 'events')}, each linked to the one before`);
+  else out(`HASH CHAIN BROKEN: ${chain.problem || 'no detail given'} (at event #${chain.brokenAt})`);
 }

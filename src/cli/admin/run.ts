@@ -66,7 +66,10 @@ export interface AdminCommandDef<Req, Res extends object> {
   spec: CommandSpec;
   /** The method whose response `call` returns. */
   rpc: AdminRpc;
-  /** The command's own flags (the connection's are the runner's); a wrong one is a UsageError. */
+  /**
+   * The command's own flags (the connection's are the runner's); a wrong one is a UsageError.
+   * Positional arguments are refused before this is called unless the spec names them (args).
+   */
   request(parsed: ParsedCommand): Req;
   call(client: AdminClient, request: Req, options: CallOptions): Promise<Res>;
   /** The text output. */
@@ -81,6 +84,12 @@ export interface AdminCommand {
 }
 
 const ADMIN_SERVICE = 'taskbroker.v1.TaskBrokerAdmin';
+
+/**
+ * The largest response the admin commands take: a delegation tree of 10,000 tasks, or a page of
+ * 1,000 audit events, can be more than grpc-js's default of 4 MiB.
+ */
+const MAX_ADMIN_RESPONSE_BYTES = 64 * 1024 * 1024;
 
 const defaultErr: Err = (text) => {
   process.stderr.write(text);
@@ -180,11 +189,16 @@ async function runAdminCommand<Req, Res extends object>(
   err: Err = defaultErr,
 ): Promise<number> {
   const { spec } = def;
-  noPositionals(spec, parsed);
+  // A command that names arguments in its usage (spec.args) reads its positionals in request().
+  if (!spec.args) noPositionals(spec, parsed);
   const request = def.request(parsed);
   const conn = connection(spec, parsed);
   const identity = await adminIdentity(spec, parsed, conn.brokerId, conn.deadlineMs);
-  const client = new AdminClient({ address: conn.address, credentials: identity.credentials });
+  const client = new AdminClient({
+    address: conn.address,
+    credentials: identity.credentials,
+    channelOptions: { 'grpc.max_receive_message_length': MAX_ADMIN_RESPONSE_BYTES },
+  });
   const prefix = `task-broker ${spec.name}`;
   try {
     const response = await def.call(client, request, { deadlineMs: conn.deadlineMs });
