@@ -64,13 +64,12 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
   let a: BrokerClient;
   let b: BrokerClient;
   let c: BrokerClient;
-  let d: BrokerClient;
   let warehouse: BrokerClient;
 
   beforeAll(async () => {
     policy = new MutablePolicySource(policyOf(policyText(false)));
     t = await startTestBroker(kind, { policy });
-    [a, b, c, d, warehouse] = await Promise.all([t.client(A), t.client(B), t.client(C), t.client(D), t.client(WAREHOUSE)]);
+    [a, b, c, warehouse] = await Promise.all([t.client(A), t.client(B), t.client(C), t.client(WAREHOUSE)]);
   });
   afterAll(async () => {
     await t?.close();
@@ -111,8 +110,8 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     expect(childC).toMatchObject({ ownerSpiffeId: C, parentTaskId: childB.taskId, rootTaskId: rootTask.taskId, depth: 2, delegators: [B, A] });
     expect(childB.spec).toMatchObject({ action: 'report.build', audience: WAREHOUSE, scopes: ['reports:read', 'reports:write'], resources: ['reports/2026/q1/'] });
     expect(childC.spec).toMatchObject({ scopes: ['reports:read'], resources: ['reports/2026/q1/summary.csv'] });
-    expect(JSON.parse(hopB.canonicalSpec).parent_task_hash).toBe(rootTask.taskHash);
-    expect(JSON.parse(hopC.canonicalSpec).parent_task_hash).toBe(childB.taskHash);
+    expect((JSON.parse(hopB.canonicalSpec) as { parent_task_hash: string }).parent_task_hash).toBe(rootTask.taskHash);
+    expect((JSON.parse(hopC.canonicalSpec) as { parent_task_hash: string }).parent_task_hash).toBe(childB.taskHash);
     // The delegatee follows up on its child like an owner; the delegator (read_children: false) cannot.
     expect((await c.getTask(childC.taskId)).task!.taskId).toBe(childC.taskId);
     expect(await codeOf(b.getTask(childC.taskId))).toBe('NOT_FOUND');
@@ -154,10 +153,10 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
       ['a delegatee the rule does not name', () => delegate(b, { parentTaskId: parentB, delegatee: OUTSIDER, spec: {} }), /delegation.to/],
     ];
     for (const [what, attempt, message] of attempts) {
-      const err = (await attempt().then(
+      const err = await attempt().then(
         () => undefined,
         (e: grpc.ServiceError) => e,
-      )) as grpc.ServiceError | undefined;
+      );
       expect(err, what).toBeDefined();
       expect(grpc.status[err!.code], what).toBe('PERMISSION_DENIED');
       expect(err!.details, what).toMatch(message);
