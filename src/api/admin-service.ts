@@ -97,7 +97,7 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
     }),
 
     ApproveTask: unary('ApproveTask', rpc, async (call) => {
-      const task = await admin.approveTask(actorOf(call), call.request.taskId, call.request.comment);
+      const task = await admin.approveTask(actorOf(call), call.request.taskId, call.request.comment, call.request.approverToken || undefined);
       return { task: taskMessage(task) };
     }),
 

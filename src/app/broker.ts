@@ -13,6 +13,7 @@ import type { Readiness, ReadinessCheck } from '../observability/readiness.js';
 import { StaticPolicySource, type PolicySource } from '../policy/policy-source.js';
 import type { Store } from '../store/database.js';
 import { migrate, migrationStatus } from '../store/migrate.js';
+import { SubjectTokenVerifier } from '../policy/subject-tokens.js';
 import { TaskAdmin } from '../tasks/admin.js';
 import { TaskLifecycle } from '../tasks/lifecycle.js';
 import { RevocationFeed } from '../tasks/revocation-feed.js';
@@ -144,6 +145,9 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
     const policy = options.policy ?? new StaticPolicySource(undefined);
     observeDomain(metrics, { store, policy });
     if (!policy.current()) logger.warn('no policy loaded: every task and admin request will be denied (start with --policy FILE)');
+    // Subject tokens (the principal behind a task, an approver) are verified against the policy's subject_issuers.
+    const subjects = new SubjectTokenVerifier({ now: clock });
+    cleanups.push(() => subjects.close());
     const lifecycle = new TaskLifecycle({
       store,
       keys,
@@ -151,6 +155,7 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       limits,
       clock: options.clock,
       policy,
+      subjects,
       observer: {
         taskEnded: (state, revokedTokens) => {
           metrics.tasksEnded.inc({ state });
@@ -163,7 +168,7 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
         },
       },
     });
-    const admin = new TaskAdmin({ db: store.db, units: lifecycle.units, rows: lifecycle.rows, keys, policy });
+    const admin = new TaskAdmin({ db: store.db, units: lifecycle.units, rows: lifecycle.rows, keys, policy, subjects });
 
     const { readiness, close: closeReadiness } = await brokerReadiness({
       logger,

@@ -13,13 +13,14 @@ import { isLive, type Actor, type Task, type TaskState } from '../model/task.js'
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { Db } from '../store/database.js';
-import type { TaskRow } from '../store/schema.js';
+import type { PrincipalJson, TaskRow } from '../store/schema.js';
+import { SubjectTokenVerifier } from '../policy/subject-tokens.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_RECORDED_INPUT, MAX_TRAIL_PAGE } from './limits.js';
 import { decodeCursor, encodeCursor, filterDigest, type ListTasksFilter } from './list-cursor.js';
 import { toTask, type TaskRows } from './task-rows.js';
 import type { UnitOfWork, Work } from './unit-of-work.js';
-import { freeText, invalid, pageSizeArgument, selectorArgument, stateFilterArgument, taskIdArgument } from './validation.js';
+import { freeText, invalid, pageSizeArgument, selectorArgument, stateFilterArgument, subjectTokenArgument, taskIdArgument } from './validation.js';
 
 export interface TaskAdminDeps {
   db: Db;
@@ -27,6 +28,8 @@ export interface TaskAdminDeps {
   rows: TaskRows;
   keys: SigningKeyRing;
   policy: PolicySource;
+  /** Verifies approvers' subject tokens (default: one of its own). */
+  subjects?: SubjectTokenVerifier;
 }
 
 /** A ListTasks filter as the caller sent it: checked only once the caller is known to be an admin. */
@@ -135,8 +138,11 @@ export function decodeTreeCursor(token: string, rootTaskId: string): number {
 export class TaskAdmin {
   readonly #deps: TaskAdminDeps;
 
+  readonly #subjects: SubjectTokenVerifier;
+
   constructor(deps: TaskAdminDeps) {
     this.#deps = deps;
+    this.#subjects = deps.subjects ?? new SubjectTokenVerifier();
   }
 
   async revokeTask(actor: Actor, taskId: string, reason: string): Promise<{ task: Task; revokedTokens: number }> {
@@ -295,22 +301,69 @@ export class TaskAdmin {
     return { rootTaskId, events, check, chains, nextPageToken: all.length > pageSize && last ? encodeTreeCursor(last.eventId, rootTaskId) : '' };
   }
 
-  async approveTask(actor: Actor, taskId: string, comment: string): Promise<Task> {
-    return this.#onLockedTask(actor, 'ApproveTask', taskId, { comment }, async (work, row, entry) => {
-      if (row.owner_spiffe_id === actor.spiffeId) {
-        await work.audit(actor, { taskId, type: 'access.denied', details: { operation: 'ApproveTask', reason: 'an approver cannot approve their own task' } });
-        work.refuse(new BrokerError('permission-denied', 'an approver cannot approve their own task'));
+  /**
+   * PENDING_APPROVAL → ACTIVE. When the task's rule names its approvers by claim
+   * (require_approval.approvers), the approval also needs `approverToken`: a subject token of a
+   * person with those claims, who is not the task's principal. That person is recorded as the
+   * task's approver, apart from the admin who called.
+   */
+  async approveTask(actor: Actor, taskId: string, comment: string, approverToken?: string): Promise<Task> {
+    const prepare = async () => {
+      subjectTokenArgument(approverToken);
+      if (!approverToken) return undefined;
+      const policy = this.#deps.policy.current();
+      const verified = policy ? await this.#subjects.verify(approverToken, policy.subjectIssuers) : undefined;
+      if (!verified?.ok) {
+        const reason = `approver_token refused: ${verified ? verified.reason : 'no policy is loaded'}`;
+        // On the admin's record: the task may not exist, and the token says nothing about it.
+        await this.#deps.units.record(actor, { taskId: null, type: 'access.denied', details: { operation: 'ApproveTask', task_id: taskId, reason } });
+        throw new BrokerError(verified ? verified.kind : 'permission-denied', reason);
       }
-      // A due task was expired by lock(), so a PENDING_APPROVAL row here is still within its ttl.
-      if (row.state !== 'PENDING_APPROVAL') work.refuse(new BrokerError('failed-precondition', `task is ${row.state}, not PENDING_APPROVAL`));
-      const updated = await this.#deps.rows.approve(work, taskId, actor.spiffeId, comment);
-      await work.audit(actor, {
-        taskId,
-        type: 'task.approved',
-        details: { approver: actor.spiffeId, comment, owner: row.owner_spiffe_id, admin_entry: entry, from_state: 'PENDING_APPROVAL', to_state: 'ACTIVE' },
-      });
-      return toTask(updated);
-    });
+      return verified;
+    };
+    return this.#onLockedTask(
+      actor,
+      'ApproveTask',
+      taskId,
+      { comment },
+      async (work, row, entry, approver) => {
+        const refuse = async (reason: string) => {
+          await work.audit(actor, { taskId, type: 'access.denied', details: { operation: 'ApproveTask', reason } });
+          return work.refuse(new BrokerError('permission-denied', reason));
+        };
+        if (row.owner_spiffe_id === actor.spiffeId) await refuse('an approver cannot approve their own task');
+        // A due task was expired by lock(), so a PENDING_APPROVAL row here is still within its ttl.
+        if (row.state !== 'PENDING_APPROVAL') work.refuse(new BrokerError('failed-precondition', `task is ${row.state}, not PENDING_APPROVAL`));
+        const rule = row.policy_rule ? this.#deps.policy.current()?.rules.find((r) => r.name === row.policy_rule) : undefined;
+        if (rule?.approvers && !approver) await refuse(`rule "${rule.name}" names its approvers: approver_token (the approving person's subject token) is required`);
+        let approverPrincipal: PrincipalJson | null = null;
+        if (approver) {
+          const p = approver.principal;
+          if (row.principal && row.principal.iss === p.iss && row.principal.sub === p.sub) await refuse('the task\'s principal cannot approve their own task');
+          if (rule?.approvers) {
+            const decision = this.#deps.policy.current()!.approverDecision(rule.name, { iss: p.iss, sub: p.sub, claims: approver.claims });
+            if (!decision.allowed) await refuse(`policy: ${decision.reason}`);
+          }
+          approverPrincipal = { iss: p.iss, sub: p.sub, ...(p.sid !== undefined ? { sid: p.sid } : {}) };
+        }
+        const updated = await this.#deps.rows.approve(work, taskId, actor.spiffeId, comment, approverPrincipal);
+        await work.audit(actor, {
+          taskId,
+          type: 'task.approved',
+          details: {
+            approver: actor.spiffeId,
+            comment,
+            owner: row.owner_spiffe_id,
+            admin_entry: entry,
+            from_state: 'PENDING_APPROVAL',
+            to_state: 'ACTIVE',
+            ...(approverPrincipal ? { approver_principal: approverPrincipal } : {}),
+          },
+        });
+        return toTask(updated);
+      },
+      prepare,
+    );
   }
 
   async rotateSigningKey(actor: Actor): Promise<{ kid: string; retiredKid: string | undefined }> {
@@ -330,19 +383,22 @@ export class TaskAdmin {
    * the task ID and the free text are checked, then `fn` runs on the locked task (expired first
    * if it is due) in one unit of work; a missing task is NOT_FOUND.
    */
-  async #onLockedTask<T>(
+  async #onLockedTask<T, P = undefined>(
     actor: Actor,
     operation: string,
     taskId: string,
     text: Record<string, string>,
-    fn: (work: Work, row: TaskRow, entry: string) => Promise<T>,
+    fn: (work: Work, row: TaskRow, entry: string, prepared: P) => Promise<T>,
+    /** Work done once the caller is known to be an admin and before the transaction (e.g. verifying a token). */
+    prepare?: () => Promise<P>,
   ): Promise<T> {
     const entry = await this.#authorize(actor, operation, { task_id: bounded(taskId) });
     taskIdArgument(taskId);
     for (const [field, value] of Object.entries(text)) freeText(value, field);
+    const prepared = (prepare ? await prepare() : undefined) as P;
     return this.#deps.units.run(async (work) => {
       const row = (await this.#deps.rows.lock(work, taskId, actor.requestId)) ?? work.refuse(notFound());
-      return fn(work, row, entry);
+      return fn(work, row, entry, prepared);
     });
   }
 

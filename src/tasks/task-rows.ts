@@ -8,7 +8,7 @@ import { sql } from 'kysely';
 import type { AuditActor, AuditEventType } from '../audit/audit.js';
 import { isLive, LIVE_STATES, type Actor, type FinalState, type Task, type TaskSpec, type TaskState } from '../model/task.js';
 import type { Db } from '../store/database.js';
-import type { TaskRow } from '../store/schema.js';
+import type { PrincipalJson, TaskRow } from '../store/schema.js';
 import { storableJson } from '../store/write-batcher.js';
 import { auditActor, type TaskObserver, type UnitOfWork, type Work } from './unit-of-work.js';
 
@@ -128,10 +128,16 @@ export class TaskRows {
   }
 
   /** PENDING_APPROVAL → ACTIVE, with the approver (the caller checked the state on the locked row). */
-  approve(work: Work, taskId: string, approver: string, comment: string): Promise<TaskRow> {
+  approve(work: Work, taskId: string, approver: string, comment: string, approverPrincipal: PrincipalJson | null = null): Promise<TaskRow> {
     return work.tx
       .updateTable('tasks')
-      .set({ state: 'ACTIVE', approved_by: approver, approved_at: work.now, approval_comment: comment || null })
+      .set({
+        state: 'ACTIVE',
+        approved_by: approver,
+        approved_at: work.now,
+        approval_comment: comment || null,
+        approver: approverPrincipal ? JSON.stringify(approverPrincipal) : null,
+      })
       .where('task_id', '=', taskId)
       .returningAll()
       .executeTakeFirstOrThrow();

@@ -43,6 +43,15 @@ rules:
     delegation:
       to: ["${TOOL}"]
       max_depth: 1
+  - name: approvals
+    callers: {spiffe_ids: ["${WORKER}"]}
+    actions: [release.sign]
+    audiences: ["${API}"]
+    scopes: [sign]
+    require_approval:
+      approvers:
+        issuers: [${idp.issuer}]
+        claims: {groups: approvers}
   - name: reports
     callers: {spiffe_ids: ["${WORKER}"]}
     actions: [report.build]
@@ -138,6 +147,39 @@ describe.each(STORES)('the principal behind a task on %s', (kind) => {
     // A rule without principals still takes a principal and binds it.
     const bound = await worker.createTask({ spec: report(), subjectToken: await idp.token({}) });
     expect(bound.task!.principal).toMatchObject({ subject: 'alice' });
+  });
+
+  it('require_approval naming approvers by claim: the approval needs a matching approver token, not the principal\'s; the approver is recorded apart from the admin', async () => {
+    const task = (
+      await worker.createTask({
+        spec: { action: 'release.sign', resources: ['release/v2.0.0'], audience: API, scopes: ['sign'], ttl: { seconds: 600 } },
+        subjectToken: await idp.token({ groups: ['approvers'] }),
+      })
+    ).task!;
+    expect(task.state).toBe('TASK_STATE_PENDING_APPROVAL');
+    const admin = await t.adminClient(ADMIN);
+    const approve = async (approverToken: string) =>
+      unaryCall<{ task: { state: string; approvedBy: string; approver: unknown } | null }>((md, o, cb) =>
+        admin.raw.ApproveTask({ taskId: task.taskId, comment: 'ok', approverToken }, md, o, cb),
+      ).then(
+        (r) => r,
+        (e: grpc.ServiceError) => ({ code: grpc.status[e.code], details: e.details }),
+      );
+    expect(await approve('')).toMatchObject({ code: 'PERMISSION_DENIED', details: expect.stringMatching(/approver_token .* is required/) });
+    expect(await approve(await idp.token({ groups: ['approvers'] }))).toMatchObject({ code: 'PERMISSION_DENIED', details: expect.stringMatching(/principal cannot approve/) });
+    expect(await approve(await idp.token({ sub: 'bob', groups: ['staff'] }))).toMatchObject({ code: 'PERMISSION_DENIED', details: expect.stringMatching(/groups/) });
+    expect(await approve(await idp.forged({ sub: 'carol', groups: ['approvers'] }))).toMatchObject({ code: 'PERMISSION_DENIED', details: expect.stringMatching(/approver_token refused/) });
+    const approved = await approve(await idp.token({ sub: 'carol', sid: 'carol-session', groups: ['approvers'] }));
+    expect(approved).toMatchObject({
+      task: { state: 'TASK_STATE_ACTIVE', approvedBy: ADMIN, approver: { issuer: idp.issuer, subject: 'carol', sessionId: 'carol-session' } },
+    });
+    const events = await trail(task.taskId);
+    expect(events.filter((e) => e.type === 'access.denied').length).toBeGreaterThanOrEqual(3);
+    expect(events.find((e) => e.type === 'task.approved')!.details).toMatchObject({
+      approver: ADMIN,
+      approver_principal: { iss: idp.issuer, sub: 'carol' },
+      principal: { sub: 'alice' },
+    });
   });
 
   it('bind_session: a follow-up with another sub or another sid, or without a subject token, is NOT_FOUND and audited; the same session goes on', async () => {
