@@ -51,8 +51,10 @@ export class AdminClient extends ServiceClient<TaskBrokerAdminClient> {
     return { ...first, events, nextAfterSeq: 0 };
   }
 
-  approveTask(taskId: string, comment: string, options?: CallOptions): Promise<ApproveTaskResponse__Output> {
-    return unaryCall((md, opts, cb) => this.raw.ApproveTask({ taskId, comment }, md, opts, cb), options);
+  /** `approverToken`: the approving person's subject token, for a rule that names its approvers by claim. */
+  approveTask(taskId: string, comment: string, options?: CallOptions & { approverToken?: string }): Promise<ApproveTaskResponse__Output> {
+    const { approverToken = '', ...callOptions } = options ?? {};
+    return unaryCall((md, opts, cb) => this.raw.ApproveTask({ taskId, comment, approverToken }, md, opts, cb), callOptions);
   }
 
   rotateSigningKey(options?: CallOptions): Promise<RotateSigningKeyResponse__Output> {

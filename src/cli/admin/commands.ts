@@ -14,6 +14,7 @@
  * stderr as `task-broker admin <cmd>: <STATUS>: <details>`; the exit code follows the gRPC status
  * (see ADMIN_EXIT_NOTES), so scripts can tell "denied" from "not found" from "wrong state".
  */
+import { readFileSync } from 'node:fs';
 import type { AdminClient } from '../../client/admin-client.js';
 import { unaryCall, type CallOptions } from '../../client/broker-client.js';
 import type { ApproveTaskResponse__Output } from '../../gen/taskbroker/v1/ApproveTaskResponse.js';
@@ -252,16 +253,19 @@ function taskChangeCommand<Res extends { task: Task__Output | null }>(
   command: {
     summary: string;
     note: { flag: string; description: string };
-    call(client: AdminClient, taskId: string, note: string, options: CallOptions): Promise<Res>;
+    /** An optional file whose contents (trimmed) go with the request, e.g. a token kept out of argv. */
+    file?: { flag: string; description: string };
+    call(client: AdminClient, taskId: string, note: string, options: CallOptions, fileText?: string): Promise<Res>;
     headline(response: Res, taskId: string): string;
   },
-): AdminCommandDef<{ taskId: string; note: string }, Res> {
+): AdminCommandDef<{ taskId: string; note: string; fileText?: string }, Res> {
   const spec: CommandSpec = {
     name: `admin ${verb}-task`,
     summary: command.summary,
     options: {
       task: { type: 'string', placeholder: 'TASK_ID', required: true, description: `The task to ${verb}` },
       [command.note.flag]: { type: 'string', placeholder: 'TEXT', description: command.note.description },
+      ...(command.file ? { [command.file.flag]: { type: 'string' as const, placeholder: 'PATH', description: command.file.description } } : {}),
       ...adminConnectionOptions,
     },
     notes: ADMIN_EXIT_NOTES,
@@ -269,8 +273,15 @@ function taskChangeCommand<Res extends { task: Task__Output | null }>(
   return {
     spec,
     rpc,
-    request: (parsed) => ({ taskId: requiredText(spec, parsed, 'task'), note: stringOption(parsed.values, command.note.flag) ?? '' }),
-    call: (client, { taskId, note }, options) => command.call(client, taskId, note, options),
+    request: (parsed) => {
+      const path = command.file ? stringOption(parsed.values, command.file.flag) : undefined;
+      return {
+        taskId: requiredText(spec, parsed, 'task'),
+        note: stringOption(parsed.values, command.note.flag) ?? '',
+        ...(path !== undefined ? { fileText: readTextFile(spec, command.file!.flag, path) } : {}),
+      };
+    },
+    call: (client, { taskId, note, fileText }, options) => command.call(client, taskId, note, options, fileText),
     render(res, { taskId }, out) {
       out(command.headline(res, taskId));
       printTaskFields(res.task, out);
@@ -278,10 +289,22 @@ function taskChangeCommand<Res extends { task: Task__Output | null }>(
   };
 }
 
+function readTextFile(spec: CommandSpec, flag: string, path: string): string {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch (err) {
+    throw new UsageError(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}\nRun 'task-broker ${spec.name} --help' for usage.`);
+  }
+}
+
 const approveTask = taskChangeCommand<ApproveTaskResponse__Output>('approve', 'ApproveTask', {
   summary: 'Approve a PENDING_APPROVAL task: it becomes ACTIVE and its owner can get tokens. Nobody approves their own task.',
   note: { flag: 'comment', description: 'Why it is approved; recorded in the task and its audit trail' },
-  call: (client, taskId, comment, options) => client.approveTask(taskId, comment, options),
+  file: {
+    flag: 'approver-token-file',
+    description: "A file holding the approving person's subject token (a JWT), for tasks whose rule names its approvers by claim (require_approval.approvers)",
+  },
+  call: (client, taskId, comment, options, approverToken) => client.approveTask(taskId, comment, { ...options, ...(approverToken ? { approverToken } : {}) }),
   headline: (res, taskId) => `approved ${taskId}: it is now ${res.task ? shortState(res.task.state) : 'ACTIVE'}`,
 });
 
