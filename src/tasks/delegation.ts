@@ -17,7 +17,7 @@ import { SpiffeId, SpiffeIdError } from '../spiffe/id.js';
 import type { TaskAuthority } from './authority.js';
 import { newTaskId } from './ids.js';
 import type { LifecycleLimits } from './limits.js';
-import { canonicalSpecJson, taskHashOf } from './spec.js';
+import { canonicalSpecJson, specEventDetails, taskHashOf } from './spec.js';
 import { TaskAccess, type Denial } from './task-access.js';
 import { taskRowFromJson, toTask } from './task-rows.js';
 import { idempotencyKeyArgument, invalid, validateDelegatedFields, validateTaskSpec } from './validation.js';
@@ -130,26 +130,17 @@ export async function delegateTask(
       expires_at: expiresAt.toISOString(),
     };
     const policyFacts = decision.allowed ? { policy_rule: decision.rule, policy_digest: decision.policyDigest } : {};
+    const { task_hash: childHash, action: _action, ...specFacts } = specEventDetails(spec, hash, expiresAt);
     op.details = {
       delegatee: delegatee.toString(),
-      child_task_hash: hash,
+      child_task_hash: childHash,
       depth: parent.depth + 1,
-      audience: spec.audience,
-      resources: spec.resources,
-      scopes: spec.scopes,
-      ttl_seconds: spec.ttlSeconds,
-      expires_at: expiresAt.toISOString(),
+      ...specFacts,
       ...policyFacts,
       ...(key !== undefined ? { idempotency_key: key } : {}),
     };
     op.child_details = {
-      task_hash: hash,
-      action: spec.action,
-      audience: spec.audience,
-      resources: spec.resources,
-      scopes: spec.scopes,
-      ttl_seconds: spec.ttlSeconds,
-      expires_at: expiresAt.toISOString(),
+      ...specEventDetails(spec, hash, expiresAt),
       state: 'ACTIVE',
       parent_task_id: parent.taskId,
       parent_task_hash: parent.taskHash,

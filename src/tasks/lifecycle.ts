@@ -18,7 +18,7 @@ import type { TaskRow } from '../store/schema.js';
 import type { WriteBatcherLimits } from '../store/write-batcher.js';
 import { newTaskId } from './ids.js';
 import { DEFAULT_LIMITS, type LifecycleLimits } from './limits.js';
-import { canonicalSpecJson, taskHashOf } from './spec.js';
+import { canonicalSpecJson, specEventDetails, taskHashOf } from './spec.js';
 import { TaskAuthority } from './authority.js';
 import { delegateTask, type DelegationRequest } from './delegation.js';
 import { TaskAccess, type TaskFacts } from './task-access.js';
@@ -172,13 +172,7 @@ export class TaskLifecycle {
       idem: row.idempotency_key,
       task: row,
       details: {
-        task_hash: hash,
-        action: spec.action,
-        audience: spec.audience,
-        resources: spec.resources,
-        scopes: spec.scopes,
-        ttl_seconds: spec.ttlSeconds,
-        expires_at: expiresAt.toISOString(),
+        ...specEventDetails(spec, hash, expiresAt),
         state,
         policy_rule: decision.rule,
         policy_digest: decision.policyDigest,

@@ -47,3 +47,16 @@ export function taskHashOf(canonicalJson: string): string {
 export function taskHash(spec: TaskSpec): string {
   return taskHashOf(canonicalSpecJson(spec));
 }
+
+/** What a task.created (and task.delegated) event records of a spec and its hash. */
+export function specEventDetails(spec: TaskSpec, hash: string, expiresAt: Date): Record<string, JsonValue> {
+  return {
+    task_hash: hash,
+    action: spec.action,
+    audience: spec.audience,
+    resources: spec.resources,
+    scopes: spec.scopes,
+    ttl_seconds: spec.ttlSeconds,
+    expires_at: expiresAt.toISOString(),
+  };
+}

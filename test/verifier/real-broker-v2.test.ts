@@ -8,28 +8,10 @@
 import { sign, X509Certificate } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BrokerClient } from '../../src/client/broker-client.js';
-import { StaticPolicySource } from '../../src/policy/policy-source.js';
 import type { SigningKey } from '../../src/tokens/keyring.js';
 import { createTaskTokenVerifier, type TaskTokenVerifier } from '../../src/verifier/index.js';
 import { API, STRANGER, WORKER, startTestBroker, type TestBroker } from '../helpers/broker.js';
-import { ADMIN, policyOf } from '../helpers/policy.js';
 
-/** The permissive test policy, with a delegation block (the parser of issue 12). */
-const DELEGATING_POLICY = `
-version: 1
-admins:
-  - ${ADMIN}
-rules:
-  - name: everything
-    callers:
-      trust_domains: [a.test, b.test]
-    actions: ["*"]
-    audiences: ["spiffe://a.test/**", "spiffe://b.test/**"]
-    scopes: ["*"]
-    delegation:
-      to: ["spiffe://a.test/**"]
-      max_depth: 2
-`;
 
 /** `token` with its claims changed by `edit`, signed again with the broker's own signing key. */
 function resigned(token: string, key: SigningKey, edit: (claims: Record<string, unknown>) => void): string {
@@ -52,7 +34,8 @@ describe('verifier SDK and token contract v2 against a real broker (postgres)', 
   let verifier: TaskTokenVerifier;
 
   beforeAll(async () => {
-    tb = await startTestBroker('postgres', { policy: new StaticPolicySource(policyOf(DELEGATING_POLICY)) });
+    // The permissive test policy allows delegation.
+    tb = await startTestBroker('postgres');
     worker = await tb.client(WORKER);
     api = await tb.client(API);
     presenter = new X509Certificate(tb.svidOf(WORKER).certChainPem);
