@@ -232,7 +232,12 @@ export async function runDev(parsed: ParsedCommand, out: (line: string) => void)
 
     step(`The workload hands the read part on to ${toolId} (DelegateTask: a narrower child task)`);
     const delegated = await unaryCall<DelegateTaskResponse__Output>((md, opts, cb) =>
-      clients.worker.raw.DelegateTask({ parentTaskId: task.taskId, delegatee: toolId, spec: { scopes: ['invoices:read'], ttl: { seconds: 300 } } }, md, opts, cb),
+      clients.worker.raw.DelegateTask(
+        { parentTaskId: task.taskId, delegatee: toolId, spec: { scopes: ['invoices:read'], ttl: { seconds: 300 } } },
+        md,
+        opts,
+        cb,
+      ),
     );
     const child = delegated.task!;
     say(`child task ${child.taskId} owned by ${child.ownerSpiffeId}, depth ${child.depth}, delegators ${JSON.stringify(child.delegators)}`);

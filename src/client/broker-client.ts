@@ -99,7 +99,9 @@ export class BrokerClient extends ServiceClient<TaskBrokerClient> {
   completeTask(request: CompleteTaskRequest, options?: CallOptions): Promise<CompleteTaskResponse__Output>;
   completeTask(request: string | CompleteTaskRequest, outcomeOrOptions?: string | CallOptions, options?: CallOptions): Promise<CompleteTaskResponse__Output> {
     const [message, callOptions] =
-      typeof request === 'string' ? [{ taskId: request, outcome: outcomeOrOptions as string }, options] : [request, outcomeOrOptions as CallOptions | undefined];
+      typeof request === 'string'
+        ? [{ taskId: request, outcome: outcomeOrOptions as string }, options]
+        : [request, outcomeOrOptions as CallOptions | undefined];
     return unaryCall((md, opts, cb) => this.raw.CompleteTask(message, md, opts, cb), callOptions);
   }
 

@@ -335,11 +335,12 @@ export class TaskAdmin {
         // A due task was expired by lock(), so a PENDING_APPROVAL row here is still within its ttl.
         if (row.state !== 'PENDING_APPROVAL') work.refuse(new BrokerError('failed-precondition', `task is ${row.state}, not PENDING_APPROVAL`));
         const rule = row.policy_rule ? this.#deps.policy.current()?.rules.find((r) => r.name === row.policy_rule) : undefined;
-        if (rule?.approvers && !approver) await refuse(`rule "${rule.name}" names its approvers: approver_token (the approving person's subject token) is required`);
+        if (rule?.approvers && !approver)
+          await refuse(`rule "${rule.name}" names its approvers: approver_token (the approving person's subject token) is required`);
         let approverPrincipal: PrincipalJson | null = null;
         if (approver) {
           const p = approver.principal;
-          if (row.principal && row.principal.iss === p.iss && row.principal.sub === p.sub) await refuse('the task\'s principal cannot approve their own task');
+          if (row.principal && row.principal.iss === p.iss && row.principal.sub === p.sub) await refuse("the task's principal cannot approve their own task");
           if (rule?.approvers) {
             const decision = this.#deps.policy.current()!.approverDecision(rule.name, { iss: p.iss, sub: p.sub, claims: approver.claims });
             if (!decision.allowed) await refuse(`policy: ${decision.reason}`);

@@ -9,13 +9,12 @@
  */
 import type { Actor, Principal } from '../model/task.js';
 import type { Policy, PolicyDecision } from '../policy/policy.js';
-import type { SubjectTokenVerifier} from '../policy/subject-tokens.js';
+import type { SubjectTokenVerifier } from '../policy/subject-tokens.js';
 import { type VerifiedSubject } from '../policy/subject-tokens.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { MAX_SUBJECT_TOKEN_LENGTH } from './limits.js';
-import type { TaskAccess} from './task-access.js';
+import type { TaskAccess } from './task-access.js';
 import { type TaskFacts } from './task-access.js';
-
 
 export type TaskDecision = PolicyDecision & { hops?: number };
 
@@ -39,11 +38,24 @@ export class TaskAuthority {
     if (!policy) return { allowed: false, reason: 'no policy is loaded: every request is denied', policyDigest: '' };
     const principal = principalRequest(facts);
     if (facts.depth === 0) {
-      return policy.decide({ caller: SpiffeId.parse(facts.ownerSpiffeId), action: facts.action, audience: facts.audience, scopes: request.scopes, taskTtlSeconds: request.taskTtlSeconds, principal });
+      return policy.decide({
+        caller: SpiffeId.parse(facts.ownerSpiffeId),
+        action: facts.action,
+        audience: facts.audience,
+        scopes: request.scopes,
+        taskTtlSeconds: request.taskTtlSeconds,
+        principal,
+      });
     }
     const chain = await this.#chain(facts);
     const root = chain[0]!;
-    const decision = policy.decide({ caller: SpiffeId.parse(root.ownerSpiffeId), action: root.action, audience: root.audience, scopes: root.scopes, principal });
+    const decision = policy.decide({
+      caller: SpiffeId.parse(root.ownerSpiffeId),
+      action: root.action,
+      audience: root.audience,
+      scopes: root.scopes,
+      principal,
+    });
     if (!decision.allowed) return { ...decision, reason: `the root task's rule: ${decision.reason}` };
     const refused = delegationRefusal(policy, decision.rule, chain);
     if (refused) return { allowed: false, reason: refused, policyDigest: decision.policyDigest };
@@ -55,10 +67,7 @@ export class TaskAuthority {
    * Whether a hop from `parent` to a new child may be delegated: the parent's own decision
    * (its chain included) and the rule's delegation block for the new hop.
    */
-  async decideDelegation(
-    parent: TaskFacts,
-    child: { delegatee: SpiffeId; scopes: readonly string[]; audience: string },
-  ): Promise<TaskDecision> {
+  async decideDelegation(parent: TaskFacts, child: { delegatee: SpiffeId; scopes: readonly string[]; audience: string }): Promise<TaskDecision> {
     const parentDecision = await this.decideTask(parent, { scopes: parent.scopes });
     if (!parentDecision.allowed) return parentDecision;
     const policy = this.#access.policy()!;
@@ -76,10 +85,12 @@ export class TaskAuthority {
 
   /** Verifies a subject token against the policy's subject issuers; a failure is the BrokerError the caller gets. */
   async verifySubject(token: string): Promise<VerifiedSubject | { ok: false; kind: 'invalid-argument' | 'permission-denied'; reason: string }> {
-    if (token.length > MAX_SUBJECT_TOKEN_LENGTH) return { ok: false, kind: 'invalid-argument', reason: `subject_token: longer than ${MAX_SUBJECT_TOKEN_LENGTH} characters` };
+    if (token.length > MAX_SUBJECT_TOKEN_LENGTH)
+      return { ok: false, kind: 'invalid-argument', reason: `subject_token: longer than ${MAX_SUBJECT_TOKEN_LENGTH} characters` };
     const policy = this.#access.policy();
     if (!policy) return { ok: false, kind: 'permission-denied', reason: 'no policy is loaded: no subject token issuer is trusted' };
-    if (policy.subjectIssuers.length === 0) return { ok: false, kind: 'permission-denied', reason: 'the policy names no subject_issuers: no subject token is accepted' };
+    if (policy.subjectIssuers.length === 0)
+      return { ok: false, kind: 'permission-denied', reason: 'the policy names no subject_issuers: no subject token is accepted' };
     return this.#subjects.verify(token, policy.subjectIssuers);
   }
 
@@ -99,8 +110,8 @@ export class TaskAuthority {
     const verified = await this.verifySubject(subjectToken);
     if (!verified.ok) return `the task is bound to a session and the subject_token was refused: ${verified.reason}`;
     const p = verified.principal;
-    if (p.iss !== principal.iss || p.sub !== principal.sub) return 'the subject_token names another principal than the task\'s';
-    if ((p.sid ?? null) !== (principal.sid ?? null)) return 'the subject_token is of another session than the task\'s';
+    if (p.iss !== principal.iss || p.sub !== principal.sub) return "the subject_token names another principal than the task's";
+    if ((p.sid ?? null) !== (principal.sid ?? null)) return "the subject_token is of another session than the task's";
     return undefined;
   }
 

@@ -86,12 +86,17 @@ export async function delegateTask(
   const extraScopes = spec.scopes.filter((s) => !parent.scopes.includes(s));
   const extraResources = spec.resources.filter((r) => !resourceWithin(r, parent.resources));
   const delegators = [actor.spiffeId, ...parent.delegators];
-  if (extraScopes.length > 0) deny = refuse(`widening refused: scopes not granted to the parent task: ${extraScopes.join(' ')}`, { widening: 'scope', requested_scopes: spec.scopes });
+  if (extraScopes.length > 0)
+    deny = refuse(`widening refused: scopes not granted to the parent task: ${extraScopes.join(' ')}`, { widening: 'scope', requested_scopes: spec.scopes });
   else if (extraResources.length > 0)
     deny = refuse(`widening refused: resources not within the parent task's: ${extraResources.map((r) => quoted(r)).join(' ')}`, { widening: 'resource' });
-  else if (remaining < 1) deny = { kind: 'failed-precondition', message: 'the parent task expires in less than a second: nothing can be delegated', details: { operation } };
+  else if (remaining < 1)
+    deny = { kind: 'failed-precondition', message: 'the parent task expires in less than a second: nothing can be delegated', details: { operation } };
   else if (spec.ttlSeconds > remaining)
-    deny = refuse(`widening refused: ttl ${spec.ttlSeconds}s is beyond the parent task's remaining lifetime (${remaining}s)`, { widening: 'ttl', requested_ttl_seconds: spec.ttlSeconds });
+    deny = refuse(`widening refused: ttl ${spec.ttlSeconds}s is beyond the parent task's remaining lifetime (${remaining}s)`, {
+      widening: 'ttl',
+      requested_ttl_seconds: spec.ttlSeconds,
+    });
   else if (Buffer.byteLength(delegators.join(''), 'utf8') > MAX_DELEGATOR_BYTES)
     deny = refuse(`the chain of delegators would be longer than ${MAX_DELEGATOR_BYTES} bytes`, { widening: 'depth' });
   let decision = parentDecision;
@@ -99,7 +104,12 @@ export async function delegateTask(
     decision = await authority.decideDelegation(parent, { delegatee, scopes: spec.scopes, audience: spec.audience });
   }
   if (!deny && !decision.allowed) {
-    deny = TaskAccess.policyDenial(operation, decision, { delegatee: delegatee.toString(), depth: parent.depth + 1, scopes: spec.scopes, audience: spec.audience });
+    deny = TaskAccess.policyDenial(operation, decision, {
+      delegatee: delegatee.toString(),
+      depth: parent.depth + 1,
+      scopes: spec.scopes,
+      audience: spec.audience,
+    });
   }
 
   const principal = parent.principal;

@@ -123,7 +123,12 @@ export class TaskLifecycle {
     });
     const now = access.now();
     if (!decision.allowed) {
-      const denial = TaskAccess.policyDenial('CreateTask', decision, { action: spec.action, audience: spec.audience, scopes: spec.scopes, ...(principal ? { principal } : {}) });
+      const denial = TaskAccess.policyDenial('CreateTask', decision, {
+        action: spec.action,
+        audience: spec.audience,
+        scopes: spec.scopes,
+        ...(principal ? { principal } : {}),
+      });
       await access.recordOnActorChain(actor, 'access.denied', denial.details, now);
       throw new BrokerError(denial.kind, denial.message);
     }
@@ -195,7 +200,13 @@ export class TaskLifecycle {
     const decision = await this.#authority.decideTask(facts, { scopes: facts.scopes });
     const byDelegator = facts.ownerSpiffeId !== actor.spiffeId;
     if (byDelegator && !(decision.allowed && decision.readChildren)) {
-      return access.notFound(actor, taskId, 'GetTask', true, 'caller is a delegator of the task and the policy does not let delegators read their children (delegation.read_children)');
+      return access.notFound(
+        actor,
+        taskId,
+        'GetTask',
+        true,
+        'caller is a delegator of the task and the policy does not let delegators read their children (delegation.read_children)',
+      );
     }
     await this.#authority.checkSession(actor, facts, decision, options.subjectToken, 'GetTask');
     const result = await access.apply(TaskAccess.lockKey(facts), {

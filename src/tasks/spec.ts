@@ -29,7 +29,8 @@ export function hashedSpecDocument(spec: TaskSpec, bindings: HashBindings = {}):
     ttl_seconds: spec.ttlSeconds,
   };
   const { principal, parentTaskHash } = bindings;
-  if (principal) doc.principal = principal.sid === undefined ? { iss: principal.iss, sub: principal.sub } : { iss: principal.iss, sub: principal.sub, sid: principal.sid };
+  if (principal)
+    doc.principal = principal.sid === undefined ? { iss: principal.iss, sub: principal.sub } : { iss: principal.iss, sub: principal.sub, sid: principal.sid };
   if (parentTaskHash) doc.parent_task_hash = parentTaskHash;
   return doc;
 }

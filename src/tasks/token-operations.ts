@@ -134,7 +134,14 @@ export class TokenOperations {
       if (maxUses !== undefined) claims.max_uses = maxUses;
       const expiresAt = new Date(exp * 1000);
       issued = { token: await signTaskToken(key, claims), tokenId: jti, expiresAt, scopes };
-      op.token = { jti, kid: key.kid, scopes, issued_at: new Date(nowSec * 1000).toISOString(), expires_at: expiresAt.toISOString(), max_uses: maxUses ?? null };
+      op.token = {
+        jti,
+        kid: key.kid,
+        scopes,
+        issued_at: new Date(nowSec * 1000).toISOString(),
+        expires_at: expiresAt.toISOString(),
+        max_uses: maxUses ?? null,
+      };
       op.details = {
         token_id: jti,
         kid: key.kid,

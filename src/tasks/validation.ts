@@ -15,7 +15,16 @@ import { SpiffeId, SpiffeIdError } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, patternToPostgresRegex, SpiffeIdPatternError, type SpiffeIdMatcher } from '../spiffe/pattern.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/task-token.js';
 import { isWellFormedTaskId } from './ids.js';
-import { MAX_IDEMPOTENCY_KEY, MAX_PARAMS_BYTES, MAX_SUBJECT_TOKEN_LENGTH, MAX_RESOURCE_LENGTH, MAX_RESOURCES, MAX_SCOPES, MAX_TEXT, type SpecLimits } from './limits.js';
+import {
+  MAX_IDEMPOTENCY_KEY,
+  MAX_PARAMS_BYTES,
+  MAX_SUBJECT_TOKEN_LENGTH,
+  MAX_RESOURCE_LENGTH,
+  MAX_RESOURCES,
+  MAX_SCOPES,
+  MAX_TEXT,
+  type SpecLimits,
+} from './limits.js';
 
 // eslint-disable-next-line no-control-regex
 const IDENTIFIER_CONTROL = /[\x00-\x1f\x7f]/;
@@ -143,7 +152,10 @@ export function validateTaskSpec(input: TaskSpecInput, limits: SpecLimits): Task
  * The fields a DelegateTask request gave, each checked on its own before anything is looked up
  * (absent ones are the parent's, checked with the whole spec later).
  */
-export function validateDelegatedFields(input: { resources: string[]; scopes: string[]; audience: string; params: JsonObject; ttlSeconds?: number }, limits: SpecLimits): void {
+export function validateDelegatedFields(
+  input: { resources: string[]; scopes: string[]; audience: string; params: JsonObject; ttlSeconds?: number },
+  limits: SpecLimits,
+): void {
   resourcesArgument(input.resources);
   if (input.audience) audienceArgument(input.audience);
   if (input.scopes.length > 0) validateScopes('spec.scopes', input.scopes);

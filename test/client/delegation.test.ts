@@ -79,7 +79,14 @@ describe('the workload SDK: delegation', () => {
       depth: 1,
       delegators: [WORKER_ID],
       // The action and the audience are the parent's.
-      spec: { action: 'invoice.export', audience: API_ID, resources: ['invoices/2026/01.csv'], scopes: ['invoices:read'], params: { month: '2026-01' }, ttlSeconds: 300 },
+      spec: {
+        action: 'invoice.export',
+        audience: API_ID,
+        resources: ['invoices/2026/01.csv'],
+        scopes: ['invoices:read'],
+        params: { month: '2026-01' },
+        ttlSeconds: 300,
+      },
     });
     expect(child.taskId).not.toBe(parent.taskId);
     expect(JSON.parse(delegated.canonicalSpec)).toMatchObject({ parent_task_hash: parent.taskHash, scopes: ['invoices:read'] });
@@ -124,7 +131,9 @@ describe('the workload SDK: delegation', () => {
     // Within the parent's, but not what the rule lets be handed on.
     await expect(worker.delegateTask({ parentTaskId, delegatee: TOOL_ID, spec: { scopes: ['invoices:list'] } })).rejects.toBeInstanceOf(PermissionDeniedError);
     // A delegatee outside delegation.to.
-    await expect(worker.delegateTask({ parentTaskId, delegatee: OUTSIDER_ID, spec: { scopes: ['invoices:read'] } })).rejects.toBeInstanceOf(PermissionDeniedError);
+    await expect(worker.delegateTask({ parentTaskId, delegatee: OUTSIDER_ID, spec: { scopes: ['invoices:read'] } })).rejects.toBeInstanceOf(
+      PermissionDeniedError,
+    );
     // No delegatee: refused before anything is looked up.
     await expect(worker.delegateTask({ parentTaskId, delegatee: '' })).rejects.toBeInstanceOf(InvalidArgumentError);
     // Someone else's task is not found, as for any stranger.

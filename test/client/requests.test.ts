@@ -34,7 +34,14 @@ function wireTask(overrides: Partial<Task__Output> = {}): Task__Output {
   return {
     taskId: 'tsk_child',
     ownerSpiffeId: TOOL,
-    spec: { action: 'invoice.export', resources: ['invoices/2026/'], audience: API, scopes: ['invoices:read'], params: { fields: {} }, ttl: { seconds: '300', nanos: 0 } },
+    spec: {
+      action: 'invoice.export',
+      resources: ['invoices/2026/'],
+      audience: API,
+      scopes: ['invoices:read'],
+      params: { fields: {} },
+      ttl: { seconds: '300', nanos: 0 },
+    },
     taskHash: 'hash',
     state: 'TASK_STATE_ACTIVE',
     createdAt: { seconds: '1800000000', nanos: 0 },
@@ -95,7 +102,10 @@ describe('subjectToken on every task call', () => {
       { taskId: 'tsk_child', subjectToken: '' },
     ]);
     const complete = clientAnswering('CompleteTask', { task: wireTask({ state: 'TASK_STATE_COMPLETED' }), revokedTokens: 2 });
-    expect(await complete.client.completeTask('tsk_child', 'done', { subjectToken: SUBJECT_TOKEN })).toMatchObject({ revokedTokens: 2, task: { state: 'COMPLETED' } });
+    expect(await complete.client.completeTask('tsk_child', 'done', { subjectToken: SUBJECT_TOKEN })).toMatchObject({
+      revokedTokens: 2,
+      task: { state: 'COMPLETED' },
+    });
     expect(complete.requests).toEqual([{ taskId: 'tsk_child', outcome: 'done', subjectToken: SUBJECT_TOKEN }]);
     const cancel = clientAnswering('CancelTask', { task: wireTask({ state: 'TASK_STATE_CANCELLED' }), revokedTokens: 0 });
     await cancel.client.cancelTask('tsk_child', undefined, { subjectToken: SUBJECT_TOKEN });

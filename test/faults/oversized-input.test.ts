@@ -121,7 +121,10 @@ describe('oversized and malformed input', () => {
     ['CreateTask subject_token', () => worker.createTask({ spec: taskSpec(AUDIENCE), subjectToken: MEGABYTE })],
     ['GetTask subject_token', () => worker.getTask({ taskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', subjectToken: MEGABYTE })],
     ['DelegateTask delegatee', () => worker.delegateTask({ parentTaskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', delegatee: `spiffe://${TD}/${MEGABYTE}`, spec: {} })],
-    ['DelegateTask spec.resources', () => worker.delegateTask({ parentTaskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', delegatee: WORKER, spec: { resources: [MEGABYTE] } })],
+    [
+      'DelegateTask spec.resources',
+      () => worker.delegateTask({ parentTaskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', delegatee: WORKER, spec: { resources: [MEGABYTE] } }),
+    ],
   ])('a megabyte in %s is INVALID_ARGUMENT within 100 ms, with a message under 1 KB, and the connection stays usable', async (_field, call) => {
     await worker.whoAmI();
     const r = await refusal(call);

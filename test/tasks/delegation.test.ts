@@ -79,7 +79,13 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
 
   async function root(resources = ['reports/2026/'], ttl = 600, action = 'report.build') {
     const res = await a.createTask({
-      spec: { action, resources, audience: WAREHOUSE, scopes: action === 'report.build' ? ['reports:read', 'reports:write', 'reports:delete'] : ['reports:read'], ttl: { seconds: ttl } },
+      spec: {
+        action,
+        resources,
+        audience: WAREHOUSE,
+        scopes: action === 'report.build' ? ['reports:read', 'reports:write', 'reports:delete'] : ['reports:read'],
+        ttl: { seconds: ttl },
+      },
     });
     return res.task!;
   }
@@ -106,9 +112,21 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     const { rootTask, hopB, hopC } = await chain();
     const childB = hopB.task!;
     const childC = hopC.task!;
-    expect(childB).toMatchObject({ ownerSpiffeId: B, parentTaskId: rootTask.taskId, rootTaskId: rootTask.taskId, depth: 1, delegators: [A], state: 'TASK_STATE_ACTIVE' });
+    expect(childB).toMatchObject({
+      ownerSpiffeId: B,
+      parentTaskId: rootTask.taskId,
+      rootTaskId: rootTask.taskId,
+      depth: 1,
+      delegators: [A],
+      state: 'TASK_STATE_ACTIVE',
+    });
     expect(childC).toMatchObject({ ownerSpiffeId: C, parentTaskId: childB.taskId, rootTaskId: rootTask.taskId, depth: 2, delegators: [B, A] });
-    expect(childB.spec).toMatchObject({ action: 'report.build', audience: WAREHOUSE, scopes: ['reports:read', 'reports:write'], resources: ['reports/2026/q1/'] });
+    expect(childB.spec).toMatchObject({
+      action: 'report.build',
+      audience: WAREHOUSE,
+      scopes: ['reports:read', 'reports:write'],
+      resources: ['reports/2026/q1/'],
+    });
     expect(childC.spec).toMatchObject({ scopes: ['reports:read'], resources: ['reports/2026/q1/summary.csv'] });
     expect((JSON.parse(hopB.canonicalSpec) as { parent_task_hash: string }).parent_task_hash).toBe(rootTask.taskHash);
     expect((JSON.parse(hopC.canonicalSpec) as { parent_task_hash: string }).parent_task_hash).toBe(childB.taskHash);
@@ -144,9 +162,21 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     const { rootTask, hopB, hopC } = await chain();
     const parentB = hopB.task!.taskId;
     const attempts: Array<[string, () => Promise<unknown>, RegExp]> = [
-      ['scope beyond the parent', () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { scopes: ['reports:delete'] } }), /scopes not granted to the parent task: reports:delete/],
-      ['scope the rule does not hand on', () => delegate(a, { parentTaskId: rootTask.taskId, delegatee: B, spec: { scopes: ['reports:delete'] } }), /reports:delete/],
-      ['resource beyond the parent', () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { resources: ['reports/2025/q1/x.csv'] } }), /resources not within/],
+      [
+        'scope beyond the parent',
+        () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { scopes: ['reports:delete'] } }),
+        /scopes not granted to the parent task: reports:delete/,
+      ],
+      [
+        'scope the rule does not hand on',
+        () => delegate(a, { parentTaskId: rootTask.taskId, delegatee: B, spec: { scopes: ['reports:delete'] } }),
+        /reports:delete/,
+      ],
+      [
+        'resource beyond the parent',
+        () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { resources: ['reports/2025/q1/x.csv'] } }),
+        /resources not within/,
+      ],
       ['ttl beyond the parent', () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { ttl: { seconds: 3600 } } }), /ttl 3600s is beyond/],
       ['audience the rule does not allow', () => delegate(b, { parentTaskId: parentB, delegatee: C, spec: { audience: ELSEWHERE } }), /audience/],
       ['deeper than max_depth', () => delegate(c, { parentTaskId: hopC.task!.taskId, delegatee: D, spec: {} }), /depth 3 exceeds max_depth 2/],
@@ -184,7 +214,11 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     const done = await a.completeTask(rootTask.taskId, 'report built');
     expect(done.task!.state).toBe('TASK_STATE_COMPLETED');
     expect(done.revokedTokens).toBe(2);
-    for (const [token, who] of [[tokenB, B], [tokenC, C]] as const) expect((await verify(token, who)).reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
+    for (const [token, who] of [
+      [tokenB, B],
+      [tokenC, C],
+    ] as const)
+      expect((await verify(token, who)).reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
     const rows = await t.broker.store.db
       .selectFrom('tasks')
       .select(['task_id', 'state', 'ended_at', 'ended_by'])
@@ -198,13 +232,17 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     }
     const ended = (await trail(rootTask.taskId)).find((e) => e.type === 'task.completed')!;
     expect(ended.details).toMatchObject({ descendants_ended: 2, descendant_tokens_revoked: 2 });
-    const logged = await t.broker.store.db.selectFrom('revocations').select(['task_id', 'audience']).where('task_id', 'in', [hopB.task!.taskId, hopC.task!.taskId]).execute();
+    const logged = await t.broker.store.db
+      .selectFrom('revocations')
+      .select(['task_id', 'audience'])
+      .where('task_id', 'in', [hopB.task!.taskId, hopC.task!.taskId])
+      .execute();
     expect(logged).toHaveLength(2);
     // Nothing can be issued or delegated from an ended child.
     expect(await codeOf(c.issueToken({ taskId: hopC.task!.taskId }))).toBe('FAILED_PRECONDITION');
   });
 
-  it("WatchRevocations subscribers hear of every task of the subtree, in the commit that ended the root", async () => {
+  it('WatchRevocations subscribers hear of every task of the subtree, in the commit that ended the root', async () => {
     const stream = warehouse.watchRevocations();
     const messages: Array<{ revocations: Array<{ taskId: string; taskState: string }> }> = [];
     let seen: () => void = () => undefined;
@@ -298,7 +336,11 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
 
   it('race: 500 chains, each root completed while its leaf issues tokens: afterwards no token of any chain verifies', { timeout: 300_000 }, async () => {
     // Each caller may have 32 calls in flight: 16 chains at a time keep every caller below that.
-    const chains = await mapLimit(Array.from({ length: 500 }, (_, i) => i), 16, () => chain());
+    const chains = await mapLimit(
+      Array.from({ length: 500 }, (_, i) => i),
+      16,
+      () => chain(),
+    );
     const issued: Array<{ token: string; who: string }> = [];
     await mapLimit(chains, 16, async ({ rootTask, hopB, hopC }) => {
       const leafIssues = Array.from({ length: 2 }, () =>
@@ -319,7 +361,11 @@ describe.each(STORES)('delegation chains over mTLS on %s', (kind) => {
     const live = await t.broker.store.db
       .selectFrom('tasks')
       .select((eb) => eb.fn.countAll<string | number>().as('n'))
-      .where('root_task_id', 'in', chains.map((ch) => ch.rootTask.taskId))
+      .where(
+        'root_task_id',
+        'in',
+        chains.map((ch) => ch.rootTask.taskId),
+      )
       .where('state', 'in', ['ACTIVE', 'PENDING_APPROVAL'])
       .executeTakeFirstOrThrow();
     expect(Number(live.n)).toBe(0);

@@ -59,7 +59,13 @@ rules:
     scopes: [reports:read]
 `;
 
-const payroll = (): CreateTaskRequest['spec'] => ({ action: 'payroll.run', resources: ['payroll/2026-11'], audience: API, scopes: ['payroll:write'], ttl: { seconds: 600 } });
+const payroll = (): CreateTaskRequest['spec'] => ({
+  action: 'payroll.run',
+  resources: ['payroll/2026-11'],
+  audience: API,
+  scopes: ['payroll:write'],
+  ttl: { seconds: 600 },
+});
 const report = (): CreateTaskRequest['spec'] => ({ action: 'report.build', resources: [], audience: API, scopes: ['reports:read'], ttl: { seconds: 600 } });
 
 describe.each(STORES)('the principal behind a task on %s', (kind) => {
@@ -138,7 +144,10 @@ describe.each(STORES)('the principal behind a task on %s', (kind) => {
   });
 
   it('a rule that requires a principal refuses a task without one, or with a principal whose claims do not match', async () => {
-    await expect(worker.createTask({ spec: payroll() })).rejects.toMatchObject({ code: grpc.status.PERMISSION_DENIED, details: expect.stringMatching(/principal/) });
+    await expect(worker.createTask({ spec: payroll() })).rejects.toMatchObject({
+      code: grpc.status.PERMISSION_DENIED,
+      details: expect.stringMatching(/principal/),
+    });
     const notPayroll = await idp.token({ groups: ['sales'] });
     await expect(worker.createTask({ spec: payroll(), subjectToken: notPayroll })).rejects.toMatchObject({
       code: grpc.status.PERMISSION_DENIED,
@@ -149,7 +158,7 @@ describe.each(STORES)('the principal behind a task on %s', (kind) => {
     expect(bound.task!.principal).toMatchObject({ subject: 'alice' });
   });
 
-  it('require_approval naming approvers by claim: the approval needs a matching approver token, not the principal\'s; the approver is recorded apart from the admin', async () => {
+  it("require_approval naming approvers by claim: the approval needs a matching approver token, not the principal's; the approver is recorded apart from the admin", async () => {
     const task = (
       await worker.createTask({
         spec: { action: 'release.sign', resources: ['release/v2.0.0'], audience: API, scopes: ['sign'], ttl: { seconds: 600 } },
@@ -166,9 +175,18 @@ describe.each(STORES)('the principal behind a task on %s', (kind) => {
         (e: grpc.ServiceError) => ({ code: grpc.status[e.code], details: e.details }),
       );
     expect(await approve('')).toMatchObject({ code: 'PERMISSION_DENIED', details: expect.stringMatching(/approver_token .* is required/) });
-    expect(await approve(await idp.token({ groups: ['approvers'] }))).toMatchObject({ code: 'PERMISSION_DENIED', details: expect.stringMatching(/principal cannot approve/) });
-    expect(await approve(await idp.token({ sub: 'bob', groups: ['staff'] }))).toMatchObject({ code: 'PERMISSION_DENIED', details: expect.stringMatching(/groups/) });
-    expect(await approve(await idp.forged({ sub: 'carol', groups: ['approvers'] }))).toMatchObject({ code: 'PERMISSION_DENIED', details: expect.stringMatching(/approver_token refused/) });
+    expect(await approve(await idp.token({ groups: ['approvers'] }))).toMatchObject({
+      code: 'PERMISSION_DENIED',
+      details: expect.stringMatching(/principal cannot approve/),
+    });
+    expect(await approve(await idp.token({ sub: 'bob', groups: ['staff'] }))).toMatchObject({
+      code: 'PERMISSION_DENIED',
+      details: expect.stringMatching(/groups/),
+    });
+    expect(await approve(await idp.forged({ sub: 'carol', groups: ['approvers'] }))).toMatchObject({
+      code: 'PERMISSION_DENIED',
+      details: expect.stringMatching(/approver_token refused/),
+    });
     const approved = await approve(await idp.token({ sub: 'carol', sid: 'carol-session', groups: ['approvers'] }));
     expect(approved).toMatchObject({
       task: { state: 'TASK_STATE_ACTIVE', approvedBy: ADMIN, approver: { issuer: idp.issuer, subject: 'carol', sessionId: 'carol-session' } },
@@ -185,7 +203,8 @@ describe.each(STORES)('the principal behind a task on %s', (kind) => {
   it('bind_session: a follow-up with another sub or another sid, or without a subject token, is NOT_FOUND and audited; the same session goes on', async () => {
     const subjectToken = await idp.token({ groups: ['payroll'] });
     const task = (await worker.createTask({ spec: payroll(), subjectToken })).task!;
-    const get = (token?: string) => unaryCall<{ task: unknown }>((md, o, cb) => worker.raw.GetTask({ taskId: task.taskId, subjectToken: token ?? '' }, md, o, cb));
+    const get = (token?: string) =>
+      unaryCall<{ task: unknown }>((md, o, cb) => worker.raw.GetTask({ taskId: task.taskId, subjectToken: token ?? '' }, md, o, cb));
     const code = (p: Promise<unknown>) =>
       p.then(
         () => 'OK',

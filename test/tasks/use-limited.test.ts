@@ -33,7 +33,9 @@ describe.each(STORES)('use-limited tokens on %s', (kind) => {
   });
 
   async function tokenWith(maxUses: number) {
-    const task = (await worker.createTask({ spec: { action: 'artifact.sign', resources: ['release/v1.2.3'], audience: API, scopes: ['sign'], ttl: { seconds: 600 } } })).task!;
+    const task = (
+      await worker.createTask({ spec: { action: 'artifact.sign', resources: ['release/v1.2.3'], audience: API, scopes: ['sign'], ttl: { seconds: 600 } } })
+    ).task!;
     return { task, issued: await worker.issueToken({ taskId: task.taskId, maxUses }) };
   }
 

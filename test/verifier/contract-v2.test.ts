@@ -46,20 +46,23 @@ function handMade(key: SigningKey, claims: object): string {
 const usesAnswer = (usesLeft: number) => ({ valid: true, reason: 'VERIFY_TOKEN_REASON_VALID' as const, detail: 'valid', claims: { usesLeft } as never });
 
 describe('use-limited tokens (max_uses)', () => {
-  it.each(['none', 'stream', 'online'] as const)("are verified online in revocations '%s' mode, with the uses left and USES_EXHAUSTED from the broker", async (mode) => {
-    const { broker, verifier, mint } = await setUp({ revocations: mode });
-    const jwt = await mint({ max_uses: 2 });
-    broker.verifyAnswer = usesAnswer(1);
-    expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: true, reason: 'VALID', maxUses: 2, usesLeft: 1 });
-    broker.verifyAnswer = usesAnswer(0);
-    expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: true, maxUses: 2, usesLeft: 0 });
-    broker.verifyAnswer = { valid: false, reason: 'VERIFY_TOKEN_REASON_USES_EXHAUSTED', detail: 'token used 2 times of 2' };
-    const exhausted = await verifier.verify(jwt, opts);
-    expect(exhausted).toMatchObject({ valid: false, reason: 'USES_EXHAUSTED', detail: 'token used 2 times of 2', maxUses: 2 });
-    expect(exhausted.usesLeft).toBeUndefined();
-    expect(broker.verifyCalls).toEqual(Array(3).fill({ token: jwt, presenterCertThumbprint: thumbprint }));
-    expect(verifier.stats().verified).toMatchObject({ VALID: 2, USES_EXHAUSTED: 1 });
-  });
+  it.each(['none', 'stream', 'online'] as const)(
+    "are verified online in revocations '%s' mode, with the uses left and USES_EXHAUSTED from the broker",
+    async (mode) => {
+      const { broker, verifier, mint } = await setUp({ revocations: mode });
+      const jwt = await mint({ max_uses: 2 });
+      broker.verifyAnswer = usesAnswer(1);
+      expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: true, reason: 'VALID', maxUses: 2, usesLeft: 1 });
+      broker.verifyAnswer = usesAnswer(0);
+      expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: true, maxUses: 2, usesLeft: 0 });
+      broker.verifyAnswer = { valid: false, reason: 'VERIFY_TOKEN_REASON_USES_EXHAUSTED', detail: 'token used 2 times of 2' };
+      const exhausted = await verifier.verify(jwt, opts);
+      expect(exhausted).toMatchObject({ valid: false, reason: 'USES_EXHAUSTED', detail: 'token used 2 times of 2', maxUses: 2 });
+      expect(exhausted.usesLeft).toBeUndefined();
+      expect(broker.verifyCalls).toEqual(Array(3).fill({ token: jwt, presenterCertThumbprint: thumbprint }));
+      expect(verifier.stats().verified).toMatchObject({ VALID: 2, USES_EXHAUSTED: 1 });
+    },
+  );
 
   it('are refused, never accepted, when the broker cannot be asked', async () => {
     const { broker, verifier, mint } = await setUp({ revocations: 'stream' });
@@ -136,18 +139,21 @@ describe('token contract v2 claims', () => {
     expect(await verifier.verify('a.b.c', opts)).not.toHaveProperty('actors');
   });
 
-  it.each(['none', 'stream', 'online'] as const)("refuses a token of a newer contract (ver 3) as MALFORMED in '%s' mode, without asking the broker", async (mode) => {
-    const { clock, broker, verifier } = await setUp({ revocations: mode });
-    const claims = taskTokenClaims(new Date(clock.now()), { aud: AUDIENCE, cnf: { 'x5t#S256': thumbprint } });
-    const v3 = handMade(broker.keys[0]!, { ...claims, ver: 3 });
-    const result = await verifier.verify(v3, opts);
-    expect(result).toMatchObject({ valid: false, reason: 'MALFORMED', claims: { task_id: 'task-1' } });
-    expect(result.detail).toMatch(/token contract version 3 is newer than this verifier understands \(2\)/);
-    expect(verifier.verifySync(v3, opts)).toMatchObject({ valid: false, reason: 'MALFORMED' });
-    expect(broker.verifyCalls).toHaveLength(0);
-    // The same claims at ver 2, hand-made the same way, are accepted: the refusal is about ver alone.
-    expect(await verifier.verify(handMade(broker.keys[0]!, { ...claims, ver: 2 }), opts)).toMatchObject({ valid: true });
-  });
+  it.each(['none', 'stream', 'online'] as const)(
+    "refuses a token of a newer contract (ver 3) as MALFORMED in '%s' mode, without asking the broker",
+    async (mode) => {
+      const { clock, broker, verifier } = await setUp({ revocations: mode });
+      const claims = taskTokenClaims(new Date(clock.now()), { aud: AUDIENCE, cnf: { 'x5t#S256': thumbprint } });
+      const v3 = handMade(broker.keys[0]!, { ...claims, ver: 3 });
+      const result = await verifier.verify(v3, opts);
+      expect(result).toMatchObject({ valid: false, reason: 'MALFORMED', claims: { task_id: 'task-1' } });
+      expect(result.detail).toMatch(/token contract version 3 is newer than this verifier understands \(2\)/);
+      expect(verifier.verifySync(v3, opts)).toMatchObject({ valid: false, reason: 'MALFORMED' });
+      expect(broker.verifyCalls).toHaveLength(0);
+      // The same claims at ver 2, hand-made the same way, are accepted: the refusal is about ver alone.
+      expect(await verifier.verify(handMade(broker.keys[0]!, { ...claims, ver: 2 }), opts)).toMatchObject({ valid: true });
+    },
+  );
 
   it('a revoked delegated task is refused offline, with its chain on the refusal', async () => {
     const { clock, broker, verifier, mint } = await setUp({ revocations: 'stream' });

@@ -12,7 +12,6 @@ import type { SigningKey } from '../../src/tokens/keyring.js';
 import { createTaskTokenVerifier, type TaskTokenVerifier } from '../../src/verifier/index.js';
 import { API, STRANGER, WORKER, startTestBroker, type TestBroker } from '../helpers/broker.js';
 
-
 /** `token` with its claims changed by `edit`, signed again with the broker's own signing key. */
 function resigned(token: string, key: SigningKey, edit: (claims: Record<string, unknown>) => void): string {
   const [header, payload] = token.split('.') as [string, string, string];
@@ -81,7 +80,12 @@ describe('verifier SDK and token contract v2 against a real broker (postgres)', 
     const stranger = await tb.client(STRANGER);
     const { token } = await stranger.issueToken({ taskId: child.taskId });
     const result = await verifier.verify(token, { presenterCertificate: new X509Certificate(tb.svidOf(STRANGER).certChainPem) });
-    expect(result).toMatchObject({ valid: true, actors: [WORKER], parentTaskId, claims: { sub: STRANGER, act: { sub: WORKER }, parent_task_id: parentTaskId } });
+    expect(result).toMatchObject({
+      valid: true,
+      actors: [WORKER],
+      parentTaskId,
+      claims: { sub: STRANGER, act: { sub: WORKER }, parent_task_id: parentTaskId },
+    });
   });
 
   it('refuses a token of a newer contract (ver 3) signed with the broker’s key, as the broker does', async () => {
@@ -89,7 +93,12 @@ describe('verifier SDK and token contract v2 against a real broker (postgres)', 
     const key = await tb.broker.keys.activeKey();
     const v3 = resigned(token, key, (claims) => (claims.ver = 3));
     // The re-signing itself is sound: the same claims at ver 2 are accepted.
-    expect(await verifier.verify(resigned(token, key, () => undefined), { presenterCertificate: presenter })).toMatchObject({ valid: true });
+    expect(
+      await verifier.verify(
+        resigned(token, key, () => undefined),
+        { presenterCertificate: presenter },
+      ),
+    ).toMatchObject({ valid: true });
     const result = await verifier.verify(v3, { presenterCertificate: presenter });
     expect(result).toMatchObject({ valid: false, reason: 'MALFORMED' });
     expect(result.detail).toMatch(/token contract version 3/);

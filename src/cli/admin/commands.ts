@@ -293,7 +293,9 @@ function readTextFile(spec: CommandSpec, flag: string, path: string): string {
   try {
     return readFileSync(path, 'utf8').trim();
   } catch (err) {
-    throw new UsageError(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}\nRun 'task-broker ${spec.name} --help' for usage.`);
+    throw new UsageError(
+      `--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}\nRun 'task-broker ${spec.name} --help' for usage.`,
+    );
   }
 }
 
