@@ -25,6 +25,8 @@ ALTER TABLE tasks ADD COLUMN resources jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE tasks ADD COLUMN principal jsonb;
 ALTER TABLE tasks ADD COLUMN principal_claims jsonb;
 ALTER TABLE tasks ADD COLUMN approver jsonb;
+-- Set on a task the first time something is delegated from it: ending a task without it looks for no descendants.
+ALTER TABLE tasks ADD COLUMN has_delegated boolean NOT NULL DEFAULT false;
 ALTER TABLE tasks ADD CONSTRAINT tasks_tree_shape CHECK ((parent_task_id IS NULL) = (root_task_id IS NULL) AND (parent_task_id IS NULL) = (depth = 0));
 CREATE INDEX tasks_by_parent ON tasks (parent_task_id) WHERE parent_task_id IS NOT NULL;
 CREATE INDEX tasks_by_root ON tasks (root_task_id, depth, task_id) WHERE root_task_id IS NOT NULL;
@@ -119,26 +121,30 @@ BEGIN
     RETURN jsonb_build_object('task', to_jsonb(p_task), 'revoked', 0, 'own_revoked', 0, 'descendants', '[]'::jsonb, 'noop', true);
   END IF;
   v_own := tb_end_row(p_task, p_state, p_by, p_reason, p_at);
-  FOR v_child IN
-    SELECT t.* FROM tasks t
-      WHERE t.task_id IN (
-        WITH RECURSIVE d(task_id) AS (
-          SELECT c.task_id FROM tasks c WHERE c.parent_task_id = p_task.task_id
-          UNION ALL
-          SELECT c.task_id FROM tasks c JOIN d ON c.parent_task_id = d.task_id
-        ) SELECT task_id FROM d)
-      AND t.state IN ('PENDING_APPROVAL', 'ACTIVE')
-      ORDER BY t.depth, t.task_id
-      FOR UPDATE OF t
-  LOOP
-    CONTINUE WHEN v_child.state NOT IN ('PENDING_APPROVAL', 'ACTIVE');
-    v_r := tb_end_row(v_child, v_child_state, p_by, v_child_reason, p_at);
-    PERFORM tb_append_event(v_child.task_id, v_child_event, p_actor, p_thumb, p_request, p_at,
-      jsonb_build_object('from_state', v_child.state, 'to_state', v_child_state, 'reason', v_child_reason,
-        'revoked_tokens', v_r->'revoked', 'ended_with', p_task.task_id));
-    v_desc := v_desc || jsonb_build_array(jsonb_build_object('task_id', v_child.task_id, 'state', v_child_state, 'revoked', v_r->'revoked'));
-    v_desc_tokens := v_desc_tokens + (v_r->>'revoked')::integer;
-  END LOOP;
+  -- has_delegated is set on the parent in the transaction that delegates, under its lock: a task
+  -- nothing was delegated from has no descendants to look for.
+  IF p_task.has_delegated THEN
+    FOR v_child IN
+      SELECT t.* FROM tasks t
+        WHERE t.task_id IN (
+          WITH RECURSIVE d(task_id) AS (
+            SELECT c.task_id FROM tasks c WHERE c.parent_task_id = p_task.task_id
+            UNION ALL
+            SELECT c.task_id FROM tasks c JOIN d ON c.parent_task_id = d.task_id
+          ) SELECT task_id FROM d)
+        AND t.state IN ('PENDING_APPROVAL', 'ACTIVE')
+        ORDER BY t.depth, t.task_id
+        FOR UPDATE OF t
+    LOOP
+      CONTINUE WHEN v_child.state NOT IN ('PENDING_APPROVAL', 'ACTIVE');
+      v_r := tb_end_row(v_child, v_child_state, p_by, v_child_reason, p_at);
+      PERFORM tb_append_event(v_child.task_id, v_child_event, p_actor, p_thumb, p_request, p_at,
+        jsonb_build_object('from_state', v_child.state, 'to_state', v_child_state, 'reason', v_child_reason,
+          'revoked_tokens', v_r->'revoked', 'ended_with', p_task.task_id));
+      v_desc := v_desc || jsonb_build_array(jsonb_build_object('task_id', v_child.task_id, 'state', v_child_state, 'revoked', v_r->'revoked'));
+      v_desc_tokens := v_desc_tokens + (v_r->>'revoked')::integer;
+    END LOOP;
+  END IF;
   IF jsonb_array_length(v_desc) > 0 THEN
     v_extra := jsonb_build_object('descendants_ended', jsonb_array_length(v_desc), 'descendant_tokens_revoked', v_desc_tokens);
   END IF;
@@ -163,7 +169,12 @@ DECLARE
   v_end jsonb;
 BEGIN
   p_ended := '[]';
-  SELECT root_task_id INTO v_root FROM tasks WHERE task_id = p->>'task_id';
+  -- The root is immutable: the broker sends it from the task's facts (p.root, '' for a root task).
+  IF p ? 'root' THEN
+    v_root := nullif(p->>'root', '');
+  ELSE
+    SELECT root_task_id INTO v_root FROM tasks WHERE task_id = p->>'task_id';
+  END IF;
   IF v_root IS NOT NULL THEN
     PERFORM 1 FROM tasks WHERE task_id = v_root FOR UPDATE;
   END IF;
@@ -249,6 +260,9 @@ BEGIN
     VALUES (c->>'task_id', c->>'owner_spiffe_id', c->>'owner_trust_domain', c->'spec', c->>'task_hash', v_row.action, c->>'audience', c->'scopes', c->'resources', (c->>'ttl_seconds')::integer, 'ACTIVE', v_row.policy_rule, p->>'idem', '', (p->>'at')::timestamptz, (c->>'expires_at')::timestamptz,
       v_row.task_id, coalesce(v_row.root_task_id, v_row.task_id), v_row.depth + 1, jsonb_build_array(p->>'actor') || v_row.delegators, v_row.principal, v_row.principal_claims)
     RETURNING * INTO v_child;
+  IF NOT v_row.has_delegated THEN
+    UPDATE tasks SET has_delegated = true WHERE task_id = v_row.task_id;
+  END IF;
   PERFORM tb_append_event(v_row.task_id, 'task.delegated', p->>'actor', p->>'thumb', p->>'req', (p->>'at')::timestamptz, p->'details' || jsonb_build_object('child_task_id', v_child.task_id));
   PERFORM tb_append_event(v_child.task_id, 'task.created', p->>'actor', p->>'thumb', p->>'req', (p->>'at')::timestamptz, p->'child_details');
   RETURN jsonb_build_object('created', true, 'task', to_jsonb(v_child), 'ended', v_ended);

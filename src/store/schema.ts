@@ -43,6 +43,8 @@ export interface TasksTable {
   principal_claims: ColumnType<Record<string, unknown> | null, string | null | undefined, never>;
   /** {iss, sub, sid?} of who approved, when the rule names approvers by claim. */
   approver: ColumnType<PrincipalJson | null, string | null | undefined, string | null>;
+  /** Set once something was delegated from the task: only then does its end look for descendants. */
+  has_delegated: ColumnType<boolean, boolean | undefined, never>;
 }
 
 /** A principal as the tasks table stores it. */

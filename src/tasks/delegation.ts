@@ -161,7 +161,7 @@ export async function delegateTask(
       ...policyFacts,
     };
   }
-  const result = await access.apply(TaskAccess.lockKey(parent), op);
+  const result = await access.applyOn(parent, op);
   if (result.refused || !result.task) return access.refused(actor, parent.taskId, operation, result);
   const row = taskRowFromJson(result.task);
   if (!result.replayed) access.remember(row.task_id, row);

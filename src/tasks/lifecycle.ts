@@ -167,6 +167,7 @@ export class TaskLifecycle {
       principal,
       principal_claims: principalClaims,
       approver: null,
+      has_delegated: false,
     };
     // A create with a key the owner used before replays (same spec) or is refused (another spec),
     // decided in the statement, so concurrent creates with one key cannot both insert. The row
@@ -209,7 +210,7 @@ export class TaskLifecycle {
       );
     }
     await this.#authority.checkSession(actor, facts, decision, options.subjectToken, 'GetTask');
-    const result = await access.apply(TaskAccess.lockKey(facts), {
+    const result = await access.applyOn(facts, {
       op: 'get',
       task_id: taskId,
       ...access.who(actor, access.now()),
@@ -275,7 +276,7 @@ export class TaskLifecycle {
       const decision = await this.#authority.decideTask(facts, { scopes: facts.scopes });
       await this.#authority.checkSession(actor, facts, decision, options.subjectToken, operation);
     }
-    const result = await access.apply(TaskAccess.lockKey(facts), {
+    const result = await access.applyOn(facts, {
       op: 'finish',
       task_id: taskId,
       cancel: operation === 'CancelTask',

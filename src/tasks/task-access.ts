@@ -125,6 +125,15 @@ export class TaskAccess {
     return result;
   }
 
+  /**
+   * Sends one operation on an existing task: its lock key is the task's tree root (lockKey), and
+   * the op names the root (`root`, '' for a root task) so the statement locks it first without
+   * looking it up (root_task_id never changes).
+   */
+  applyOn(facts: Pick<TaskFacts, 'taskId' | 'rootTaskId'>, op: Record<string, unknown>): Promise<OpResult> {
+    return this.apply(TaskAccess.lockKey(facts), { ...op, root: facts.rootTaskId ?? '' });
+  }
+
   /** Records one event that concerns no task on the actor's own chain. */
   recordOnActorChain(actor: Actor, type: string, details: Record<string, unknown>, now = this.now()): Promise<OpResult> {
     return this.apply(`actor:${actor.spiffeId}`, { op: 'event', task_id: null, type, ...this.who(actor, now), details });

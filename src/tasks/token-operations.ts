@@ -155,7 +155,7 @@ export class TokenOperations {
         ...(facts.depth > 0 ? { parent_task_id: facts.parentTaskId, delegators: facts.delegators } : {}),
       };
     }
-    const result = await access.apply(TaskAccess.lockKey(facts), op);
+    const result = await access.applyOn(facts, op);
     if (result.refused || !issued) return access.refused(actor, taskId, 'IssueToken', result);
     return issued;
   }
