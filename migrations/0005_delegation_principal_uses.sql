@@ -35,7 +35,11 @@ ALTER TABLE tokens ADD COLUMN max_uses integer CHECK (max_uses > 0);
 ALTER TABLE tokens ADD COLUMN uses integer NOT NULL DEFAULT 0;
 
 -- As in 0003, and every event of a task bound to a principal names it (details.principal), so
--- each event of the trail says on whose behalf it happened.
+-- each event of the trail says on whose behalf it happened. The chain head keeps the principal
+-- (read once, when the task's chain starts with its task.created event), so appending costs no
+-- extra read.
+ALTER TABLE audit_chains ADD COLUMN principal jsonb;
+
 CREATE OR REPLACE FUNCTION tb_append_event(p_task text, p_type text, p_actor text, p_thumb text, p_request text, p_at timestamptz, p_details jsonb)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
@@ -46,23 +50,26 @@ DECLARE
   v_id bigint;
   v_principal jsonb;
 BEGIN
-  IF p_task IS NOT NULL THEN
-    SELECT principal INTO v_principal FROM tasks WHERE task_id = p_task;
+  SELECT last_seq, last_hash, principal INTO v_seq, v_prev, v_principal FROM audit_chains WHERE chain_id = v_chain FOR UPDATE;
+  IF NOT FOUND THEN
+    IF p_task IS NOT NULL THEN
+      SELECT principal INTO v_principal FROM tasks WHERE task_id = p_task;
+    END IF;
     IF v_principal IS NOT NULL AND NOT (coalesce(p_details, '{}'::jsonb) ? 'principal') THEN
       p_details := coalesce(p_details, '{}'::jsonb) || jsonb_build_object('principal', v_principal);
     END IF;
-  END IF;
-  SELECT last_seq, last_hash INTO v_seq, v_prev FROM audit_chains WHERE chain_id = v_chain FOR UPDATE;
-  IF NOT FOUND THEN
     v_hash := tb_b64url(sha256(convert_to(tb_event_document(v_chain, 1, p_task, p_type, p_actor, p_thumb, p_request, p_at, p_details, ''), 'UTF8')));
-    INSERT INTO audit_chains (chain_id, last_seq, last_hash) VALUES (v_chain, 1, v_hash) ON CONFLICT (chain_id) DO NOTHING;
+    INSERT INTO audit_chains (chain_id, last_seq, last_hash, principal) VALUES (v_chain, 1, v_hash, v_principal) ON CONFLICT (chain_id) DO NOTHING;
     IF FOUND THEN
       INSERT INTO audit_events (chain_id, seq, task_id, event_type, actor_spiffe_id, actor_cert_thumbprint, request_id, occurred_at, details, prev_hash, hash, hash_version)
         VALUES (v_chain, 1, p_task, p_type, p_actor, p_thumb, p_request, p_at, p_details, '', v_hash, 2)
         RETURNING event_id INTO v_id;
       RETURN v_id;
     END IF;
-    SELECT last_seq, last_hash INTO v_seq, v_prev FROM audit_chains WHERE chain_id = v_chain FOR UPDATE;
+    -- Created concurrently by another transaction (now committed): append after its events.
+    SELECT last_seq, last_hash, principal INTO v_seq, v_prev, v_principal FROM audit_chains WHERE chain_id = v_chain FOR UPDATE;
+  ELSIF v_principal IS NOT NULL AND NOT (coalesce(p_details, '{}'::jsonb) ? 'principal') THEN
+    p_details := coalesce(p_details, '{}'::jsonb) || jsonb_build_object('principal', v_principal);
   END IF;
   v_seq := v_seq + 1;
   v_hash := tb_b64url(sha256(convert_to(tb_event_document(v_chain, v_seq, p_task, p_type, p_actor, p_thumb, p_request, p_at, p_details, v_prev), 'UTF8')));

@@ -89,6 +89,8 @@ export interface AuditChainsTable {
   chain_id: string;
   last_seq: number;
   last_hash: string;
+  /** The principal of the chain's task (migrations/0005), added to each event's details. */
+  principal: ColumnType<PrincipalJson | null, string | null | undefined, never>;
 }
 
 export interface AuditEventsTable {
