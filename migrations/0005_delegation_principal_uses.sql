@@ -21,7 +21,6 @@ ALTER TABLE tasks ADD COLUMN parent_task_id text REFERENCES tasks (task_id);
 ALTER TABLE tasks ADD COLUMN root_task_id text;
 ALTER TABLE tasks ADD COLUMN depth smallint NOT NULL DEFAULT 0 CHECK (depth >= 0);
 ALTER TABLE tasks ADD COLUMN delegators jsonb NOT NULL DEFAULT '[]';
-ALTER TABLE tasks ADD COLUMN resources jsonb NOT NULL DEFAULT '[]';
 ALTER TABLE tasks ADD COLUMN principal jsonb;
 ALTER TABLE tasks ADD COLUMN principal_claims jsonb;
 ALTER TABLE tasks ADD COLUMN approver jsonb;
@@ -197,14 +196,14 @@ BEGIN
 END
 $$;
 
--- As in 0003, plus the principal, the tree columns and the resources of the new row.
+-- As in 0003, plus the principal of the new row.
 CREATE OR REPLACE FUNCTION tb_op_create(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
   t jsonb := p->'task';
   v_row tasks;
 BEGIN
-  INSERT INTO tasks (task_id, owner_spiffe_id, owner_trust_domain, spec, task_hash, action, audience, scopes, resources, ttl_seconds, state, policy_rule, idempotency_key, owner_cert_thumbprint, created_at, expires_at, principal, principal_claims)
-    VALUES (t->>'task_id', p->>'actor', t->>'owner_trust_domain', t->'spec', t->>'task_hash', t->>'action', t->>'audience', t->'scopes', coalesce(t->'resources', '[]'), (t->>'ttl_seconds')::integer, t->>'state', t->>'policy_rule', p->>'idem', p->>'thumb', (p->>'at')::timestamptz, (t->>'expires_at')::timestamptz,
+  INSERT INTO tasks (task_id, owner_spiffe_id, owner_trust_domain, spec, task_hash, action, audience, scopes, ttl_seconds, state, policy_rule, idempotency_key, owner_cert_thumbprint, created_at, expires_at, principal, principal_claims)
+    VALUES (t->>'task_id', p->>'actor', t->>'owner_trust_domain', t->'spec', t->>'task_hash', t->>'action', t->>'audience', t->'scopes', (t->>'ttl_seconds')::integer, t->>'state', t->>'policy_rule', p->>'idem', p->>'thumb', (p->>'at')::timestamptz, (t->>'expires_at')::timestamptz,
       nullif(t->'principal', 'null'::jsonb), nullif(t->'principal_claims', 'null'::jsonb))
     ON CONFLICT (owner_spiffe_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING * INTO v_row;
@@ -262,9 +261,9 @@ BEGIN
       RETURN jsonb_build_object('replayed', true, 'task', to_jsonb(v_child), 'ended', v_ended);
     END IF;
   END IF;
-  INSERT INTO tasks (task_id, owner_spiffe_id, owner_trust_domain, spec, task_hash, action, audience, scopes, resources, ttl_seconds, state, policy_rule, idempotency_key, owner_cert_thumbprint, created_at, expires_at,
+  INSERT INTO tasks (task_id, owner_spiffe_id, owner_trust_domain, spec, task_hash, action, audience, scopes, ttl_seconds, state, policy_rule, idempotency_key, owner_cert_thumbprint, created_at, expires_at,
       parent_task_id, root_task_id, depth, delegators, principal, principal_claims)
-    VALUES (c->>'task_id', c->>'owner_spiffe_id', c->>'owner_trust_domain', c->'spec', c->>'task_hash', v_row.action, c->>'audience', c->'scopes', c->'resources', (c->>'ttl_seconds')::integer, 'ACTIVE', v_row.policy_rule, p->>'idem', '', (p->>'at')::timestamptz, (c->>'expires_at')::timestamptz,
+    VALUES (c->>'task_id', c->>'owner_spiffe_id', c->>'owner_trust_domain', c->'spec', c->>'task_hash', v_row.action, c->>'audience', c->'scopes', (c->>'ttl_seconds')::integer, 'ACTIVE', v_row.policy_rule, p->>'idem', '', (p->>'at')::timestamptz, (c->>'expires_at')::timestamptz,
       v_row.task_id, coalesce(v_row.root_task_id, v_row.task_id), v_row.depth + 1, jsonb_build_array(p->>'actor') || v_row.delegators, v_row.principal, v_row.principal_claims)
     RETURNING * INTO v_child;
   IF NOT v_row.has_delegated THEN
@@ -359,9 +358,6 @@ BEGIN
     RETURN tb_refuse(p, v_row.task_id, 'failed-precondition',
       'task is ' || v_row.state || '; only a ' || CASE WHEN v_cancel THEN 'PENDING_APPROVAL or ACTIVE task can be cancelled' ELSE 'ACTIVE task can be completed' END,
       jsonb_build_object('operation', v_op, 'reason', 'task is ' || v_row.state, 'state', v_row.state), v_ended);
-  END IF;
-  IF p ? 'deny' THEN
-    RETURN tb_refuse(p, v_row.task_id, p->'deny'->>'kind', p->'deny'->>'message', p->'deny'->'details', v_ended);
   END IF;
   v_end := tb_end_task(v_row, v_state, p->>'actor', p->>'reason', CASE WHEN v_cancel THEN 'task.cancelled' ELSE 'task.completed' END,
     p->>'actor', p->>'thumb', p->>'req', (p->>'at')::timestamptz, NULL);

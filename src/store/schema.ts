@@ -36,7 +36,6 @@ export interface TasksTable {
   depth: ColumnType<number, number | undefined, never>;
   /** The delegators, most recent first. */
   delegators: ColumnType<string[], string | undefined, never>;
-  resources: ColumnType<string[], string | undefined, never>;
   /** {iss, sub, sid?} of the subject token the task was created with. */
   principal: ColumnType<PrincipalJson | null, string | null | undefined, never>;
   /** The verified subject token's claims, for request-time policy. */

@@ -9,14 +9,9 @@
  */
 import type { Actor, Principal } from '../model/task.js';
 import type { Policy, PolicyDecision } from '../policy/policy.js';
-import type { SubjectTokenVerifier } from '../policy/subject-tokens.js';
-import { type VerifiedSubject } from '../policy/subject-tokens.js';
+import type { SubjectTokenFailure, SubjectTokenVerifier, VerifiedSubject } from '../policy/subject-tokens.js';
 import { SpiffeId } from '../spiffe/id.js';
-import { MAX_SUBJECT_TOKEN_LENGTH } from './limits.js';
-import type { TaskAccess } from './task-access.js';
-import { type TaskFacts } from './task-access.js';
-
-export type TaskDecision = PolicyDecision & { hops?: number };
+import type { TaskAccess, TaskFacts } from './task-access.js';
 
 export class TaskAuthority {
   readonly #access: TaskAccess;
@@ -33,7 +28,7 @@ export class TaskAuthority {
    * root's owner, as if it asked now), then that rule's delegation block for each hop from the
    * root down to this task; the first hop refused is the answer.
    */
-  async decideTask(facts: TaskFacts, request: { scopes: readonly string[]; taskTtlSeconds?: number }): Promise<TaskDecision> {
+  async decideTask(facts: TaskFacts, request: { scopes: readonly string[]; taskTtlSeconds?: number }): Promise<PolicyDecision> {
     const policy = this.#access.policy();
     if (!policy) return { allowed: false, reason: 'no policy is loaded: every request is denied', policyDigest: '' };
     const principal = principalRequest(facts);
@@ -60,17 +55,20 @@ export class TaskAuthority {
     const refused = delegationRefusal(policy, decision.rule, chain);
     if (refused) return { allowed: false, reason: refused, policyDigest: decision.policyDigest };
     // The request's own scopes are within the task's (checked by the caller); the hop checks covered the task's.
-    return { ...decision, hops: chain.length - 1 };
+    return decision;
   }
 
   /**
-   * Whether a hop from `parent` to a new child may be delegated: the parent's own decision
-   * (its chain included) and the rule's delegation block for the new hop.
+   * Whether a hop from `parent` to a new child may be delegated, given the parent's own decision
+   * (decideTask: its chain included): the rule's delegation block for the new hop.
    */
-  async decideDelegation(parent: TaskFacts, child: { delegatee: SpiffeId; scopes: readonly string[]; audience: string }): Promise<TaskDecision> {
-    const parentDecision = await this.decideTask(parent, { scopes: parent.scopes });
-    if (!parentDecision.allowed) return parentDecision;
-    const policy = this.#access.policy()!;
+  decideDelegation(
+    parent: TaskFacts,
+    parentDecision: PolicyDecision & { allowed: true },
+    child: { delegatee: SpiffeId; scopes: readonly string[]; audience: string },
+  ): PolicyDecision {
+    const policy = this.#access.policy();
+    if (!policy) return { allowed: false, reason: 'no policy is loaded: every request is denied', policyDigest: '' };
     const hop = policy.delegationDecision({
       rule: parentDecision.rule,
       delegatee: child.delegatee,
@@ -84,9 +82,7 @@ export class TaskAuthority {
   }
 
   /** Verifies a subject token against the policy's subject issuers; a failure is the BrokerError the caller gets. */
-  async verifySubject(token: string): Promise<VerifiedSubject | { ok: false; kind: 'invalid-argument' | 'permission-denied'; reason: string }> {
-    if (token.length > MAX_SUBJECT_TOKEN_LENGTH)
-      return { ok: false, kind: 'invalid-argument', reason: `subject_token: longer than ${MAX_SUBJECT_TOKEN_LENGTH} characters` };
+  async verifySubject(token: string): Promise<VerifiedSubject | SubjectTokenFailure> {
     const policy = this.#access.policy();
     if (!policy) return { ok: false, kind: 'permission-denied', reason: 'no policy is loaded: no subject token issuer is trusted' };
     if (policy.subjectIssuers.length === 0)
@@ -99,7 +95,7 @@ export class TaskAuthority {
    * token of the task's principal (same iss, sub and sid). Anything else is answered like a
    * stranger's request (NOT_FOUND), with the reason on the record.
    */
-  async checkSession(actor: Actor, facts: TaskFacts, decision: TaskDecision, subjectToken: string | undefined, operation: string): Promise<void> {
+  async checkSession(actor: Actor, facts: TaskFacts, decision: PolicyDecision, subjectToken: string | undefined, operation: string): Promise<void> {
     if (!decision.allowed || !decision.bindSession || !facts.principal) return;
     const why = await this.#sessionMismatch(facts.principal, subjectToken);
     if (why) await this.#access.notFound(actor, facts.taskId, operation, true, why);

@@ -12,7 +12,7 @@
  * hash.
  */
 import { quoted } from '../errors.js';
-import type { Actor, JsonObject, Task } from '../model/task.js';
+import type { Actor, JsonObject, Task, TaskSpec } from '../model/task.js';
 import { SpiffeId, SpiffeIdError } from '../spiffe/id.js';
 import type { TaskAuthority } from './authority.js';
 import { newTaskId } from './ids.js';
@@ -20,7 +20,7 @@ import type { LifecycleLimits } from './limits.js';
 import { canonicalSpecJson, specEventDetails, taskHashOf } from './spec.js';
 import { TaskAccess, type Denial } from './task-access.js';
 import { taskRowFromJson, toTask } from './task-rows.js';
-import { idempotencyKeyArgument, invalid, validateDelegatedFields, validateTaskSpec } from './validation.js';
+import { idempotencyKeyArgument, invalid, validateDelegatedFields } from './validation.js';
 
 /** What DelegateTask may narrow; absent fields are the parent's (ttl: its remaining lifetime). */
 export interface DelegatedSpecInput {
@@ -61,18 +61,16 @@ export async function delegateTask(
   const now = access.now();
   const remaining = Math.floor((parent.expiresAt.getTime() - now.getTime()) / 1000);
 
+  // The given fields were checked above; the others are the parent's, checked when it was made.
   const input = request.spec;
-  const spec = validateTaskSpec(
-    {
-      action: parent.action,
-      resources: input.resources.length > 0 ? input.resources : parent.resources,
-      audience: input.audience || parent.audience,
-      scopes: input.scopes.length > 0 ? input.scopes : parent.scopes,
-      params: input.params,
-      ttlSeconds: input.ttlSeconds ?? Math.max(remaining, 1),
-    },
-    limits,
-  );
+  const spec: TaskSpec = {
+    action: parent.action,
+    resources: input.resources.length > 0 ? [...input.resources] : parent.resources,
+    audience: input.audience || parent.audience,
+    scopes: input.scopes.length > 0 ? [...input.scopes] : parent.scopes,
+    params: input.params,
+    ttlSeconds: input.ttlSeconds ?? Math.max(remaining, 1),
+  };
 
   const parentDecision = await authority.decideTask(parent, { scopes: parent.scopes });
   if (parentDecision.allowed) await authority.checkSession(actor, parent, parentDecision, request.subjectToken, operation);
@@ -99,10 +97,9 @@ export async function delegateTask(
     });
   else if (Buffer.byteLength(delegators.join(''), 'utf8') > MAX_DELEGATOR_BYTES)
     deny = refuse(`the chain of delegators would be longer than ${MAX_DELEGATOR_BYTES} bytes`, { widening: 'depth' });
-  let decision = parentDecision;
-  if (!deny && parentDecision.allowed) {
-    decision = await authority.decideDelegation(parent, { delegatee, scopes: spec.scopes, audience: spec.audience });
-  }
+  const decision = parentDecision.allowed
+    ? authority.decideDelegation(parent, parentDecision, { delegatee, scopes: spec.scopes, audience: spec.audience })
+    : parentDecision;
   if (!deny && !decision.allowed) {
     deny = TaskAccess.policyDenial(operation, decision, {
       delegatee: delegatee.toString(),
@@ -164,7 +161,7 @@ export async function delegateTask(
   const result = await access.applyOn(parent, op);
   if (result.refused || !result.task) return access.refused(actor, parent.taskId, operation, result);
   const row = taskRowFromJson(result.task);
-  if (!result.replayed) access.remember(row.task_id, row);
+  if (!result.replayed) access.remember(row.task_id, { ...row, resources: spec.resources });
   return { task: toTask(row), canonicalSpec, replayed: result.replayed === true };
 }
 

@@ -163,7 +163,6 @@ export class TaskLifecycle {
       root_task_id: null,
       depth: 0,
       delegators: [],
-      resources: spec.resources,
       principal,
       principal_claims: principalClaims,
       approver: null,
@@ -187,7 +186,7 @@ export class TaskLifecycle {
     });
     if (result.refused) throw new BrokerError(result.refused, result.message ?? 'refused');
     if (result.replayed && result.task) return { task: toTask(taskRowFromJson(result.task)), canonicalSpec, replayed: true };
-    access.remember(taskId, row);
+    access.remember(taskId, { ...row, resources: spec.resources });
     return { task: toTask(row), canonicalSpec, replayed: false };
   }
 

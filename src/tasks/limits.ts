@@ -26,8 +26,6 @@ export const MAX_RESOURCES = 64;
 export const MAX_RESOURCE_LENGTH = 512;
 export const MAX_SCOPES = 32;
 export const MAX_PARAMS_BYTES = 16 * 1024;
-/** A subject token (a JWT from an identity provider), as long as the broker reads one. */
-export const MAX_SUBJECT_TOKEN_LENGTH = 16 * 1024;
 
 /** ListTasks pages. */
 export const DEFAULT_PAGE_SIZE = 50;

@@ -40,10 +40,13 @@ export interface TaskFacts {
 
 /** The columns TaskFacts come from (FACTS_SQL reads them; a created row has them). */
 export type FactsRow = Pick<TaskRow, 'task_id' | 'owner_spiffe_id' | 'action' | 'audience' | 'scopes' | 'ttl_seconds' | 'task_hash' | 'expires_at'> &
-  Partial<Pick<TaskRow, 'resources' | 'parent_task_id' | 'root_task_id' | 'depth' | 'delegators' | 'principal' | 'principal_claims'>>;
+  Partial<Pick<TaskRow, 'parent_task_id' | 'root_task_id' | 'depth' | 'delegators' | 'principal' | 'principal_claims'>> & {
+    /** The spec's resources (FACTS_SQL reads spec->'resources'). */
+    resources: string[];
+  };
 
 const FACTS_SQL =
-  'select task_id, owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at, resources, parent_task_id, root_task_id, depth, delegators, principal, principal_claims from tasks where task_id = $1';
+  "select task_id, owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at, spec->'resources' as resources, parent_task_id, root_task_id, depth, delegators, principal, principal_claims from tasks where task_id = $1";
 
 /** Task facts kept per replica; the oldest are forgotten first (a miss costs one read). */
 const MAX_CACHED_FACTS = 20_000;
@@ -177,7 +180,7 @@ export class TaskAccess {
       action: row.action,
       audience: row.audience,
       scopes: row.scopes,
-      resources: row.resources ?? [],
+      resources: row.resources,
       ttlSeconds: row.ttl_seconds,
       taskHash: row.task_hash,
       expiresAt: new Date(row.expires_at),

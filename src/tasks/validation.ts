@@ -14,17 +14,9 @@ import { certificateThumbprint } from '../spiffe/certificate.js';
 import { SpiffeId, SpiffeIdError } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, patternToPostgresRegex, SpiffeIdPatternError, type SpiffeIdMatcher } from '../spiffe/pattern.js';
 import { MAX_TOKEN_LENGTH } from '../tokens/task-token.js';
+import { MAX_SUBJECT_TOKEN_CHARS } from '../policy/subject-tokens.js';
 import { isWellFormedTaskId } from './ids.js';
-import {
-  MAX_IDEMPOTENCY_KEY,
-  MAX_PARAMS_BYTES,
-  MAX_SUBJECT_TOKEN_LENGTH,
-  MAX_RESOURCE_LENGTH,
-  MAX_RESOURCES,
-  MAX_SCOPES,
-  MAX_TEXT,
-  type SpecLimits,
-} from './limits.js';
+import { MAX_IDEMPOTENCY_KEY, MAX_PARAMS_BYTES, MAX_RESOURCE_LENGTH, MAX_RESOURCES, MAX_SCOPES, MAX_TEXT, type SpecLimits } from './limits.js';
 
 // eslint-disable-next-line no-control-regex
 const IDENTIFIER_CONTROL = /[\x00-\x1f\x7f]/;
@@ -55,10 +47,10 @@ export function idempotencyKeyArgument(key: string | undefined): string | undefi
   return key;
 }
 
-/** A subject token as sent: empty means none; longer than MAX_SUBJECT_TOKEN_LENGTH is refused before anything reads it. */
+/** A subject token as sent: empty means none; longer than the verifier reads (MAX_SUBJECT_TOKEN_CHARS) is refused before anything else. */
 export function subjectTokenArgument(token: string | undefined): string | undefined {
   if (token === undefined || token === '') return undefined;
-  if (token.length > MAX_SUBJECT_TOKEN_LENGTH) throw invalid(`subject_token: at most ${MAX_SUBJECT_TOKEN_LENGTH} characters`);
+  if (token.length > MAX_SUBJECT_TOKEN_CHARS) throw invalid(`subject_token: at most ${MAX_SUBJECT_TOKEN_CHARS} characters`);
   return token;
 }
 

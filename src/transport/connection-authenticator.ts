@@ -13,12 +13,16 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { TLSSocket } from 'node:tls';
+import { clipped } from '../errors.js';
 import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
 import { verifyX509Svid } from '../spiffe/x509svid.js';
 import { X509SvidError, type X509SvidFailure } from '../spiffe/x509svid-error.js';
 import { attachCaller, type Caller } from './caller.js';
+
+/** A refusal's reason in a log line: bounded (it quotes the peer's certificate subjects). */
+const MAX_LOGGED_REASON = 512;
 
 export type Admission =
   { readonly ok: true; readonly caller: Caller } | { readonly ok: false; readonly failure: X509SvidFailure | 'unknown-connection'; readonly reason: string };
@@ -83,7 +87,11 @@ export class ConnectionAuthenticator {
   readonly #logger: Logger;
   readonly #clock: () => Date;
   readonly #lingerMs: number;
-  /** Strangers cause these lines: a flood of one refusal writes a few lines per interval (every call is also recorded by the call recorder). */
+  /**
+   * Strangers cause these lines: a flood of one kind of refusal writes a few lines per interval
+   * (every call is also recorded by the call recorder). Kinds are the failure names, a fixed set:
+   * the reason text names the peer's certificates and the time, so keyed on it nothing would be held back.
+   */
   readonly #refusals: LogThrottle;
 
   constructor(options: ConnectionAuthenticatorOptions) {
@@ -91,7 +99,7 @@ export class ConnectionAuthenticator {
     this.#logger = options.logger;
     this.#clock = options.clock ?? (() => new Date());
     this.#lingerMs = options.refusedConnectionLingerMs ?? 5_000;
-    this.#refusals = new LogThrottle(options.logger, { maxKinds: 1_000 });
+    this.#refusals = new LogThrottle(options.logger);
   }
 
   /** Open connections, verified or not. */
@@ -162,8 +170,8 @@ export class ConnectionAuthenticator {
               }
               this.#refusals.log(
                 'warn',
-                `call:${admission.failure}:${admission.reason}`,
-                { peer: call.getPeer(), method: methodDescriptor.path, failure: admission.failure, reason: admission.reason },
+                `call:${admission.failure}`,
+                { peer: call.getPeer(), method: methodDescriptor.path, failure: admission.failure, reason: clipped(admission.reason, MAX_LOGGED_REASON) },
                 'call refused: peer is not a valid X509-SVID',
               );
               call.sendStatus({ code: grpc.status.UNAUTHENTICATED, details: `peer is not a valid X509-SVID: ${admission.reason}` });
@@ -185,8 +193,8 @@ export class ConnectionAuthenticator {
   #refuse(entry: ConnectionEntry, admission: Extract<Admission, { ok: false }>): void {
     this.#refusals.log(
       'warn',
-      `connection:${admission.failure}:${admission.reason}`,
-      { peer: entry.peer, failure: admission.failure, reason: admission.reason },
+      `connection:${admission.failure}`,
+      { peer: entry.peer, failure: admission.failure, reason: clipped(admission.reason, MAX_LOGGED_REASON) },
       'connection refused: peer is not a valid X509-SVID',
     );
     if (entry.closeTimer) return;

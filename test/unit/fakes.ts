@@ -89,6 +89,7 @@ export class MemoryStore implements Pick<Store, 'db' | 'transaction' | 'applyBat
     action: 'invoice.export',
     audience: INVOICES,
     scopes: ['invoices:read', 'invoices:list'],
+    resources: [],
     ttl_seconds: 900,
     task_hash: TASK_HASH,
     expires_at: new Date(NOW.getTime() + 900_000),
