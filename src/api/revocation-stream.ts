@@ -194,7 +194,10 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
 
     void (async () => {
       instance = await feed.log.instanceId();
-      const resumeAt = decodeRevocationCursor(call.request.afterCursor ?? '', instance);
+      let resumeAt = decodeRevocationCursor(call.request.afterCursor ?? '', instance);
+      // A cursor past the log's head (a database restored from an older backup) would skip what
+      // is committed from now on: such a receiver gets a snapshot.
+      if (resumeAt !== undefined && resumeAt > (await feed.log.head())) resumeAt = undefined;
       const snapshot = resumeAt === undefined;
       let after = resumeAt ?? 0;
       let first = true;
@@ -211,6 +214,7 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
           asOf: toTimestamp(asOf),
         };
         if (first) message.heartbeatInterval = durationOf(feed.heartbeatIntervalMs);
+        if (!page.more) message.startComplete = true;
         // The start may be large (a snapshot of many revocations): it goes at the receiver's pace.
         if (!write(message, approximateBytes(page.entries))) await drained();
         first = false;

@@ -39,6 +39,9 @@ interface Row {
   audience_head?: string | number | null;
 }
 
+/** The longest clock tolerance a verifier may use (the verifier SDK's maximum): revocations are sent that long past their tokens' expiry. */
+export const REVOCATION_LEEWAY_MS = 60_000;
+
 const COLUMNS = 'seq, task_id, audience, task_state, reason, revoked_at, revoked_tokens, tokens_expire_by';
 const AUDIENCE_SQL = `select ${COLUMNS}, (select max(seq) from revocations where audience = $1) as audience_head
   from (select 1) one left join lateral (select ${COLUMNS} from revocations where audience = $1 and seq > $2 and tokens_expire_by > $3 order by seq limit $4) r on true`;
@@ -80,9 +83,13 @@ export class RevocationLog {
     return this.#instance;
   }
 
-  /** `audience`'s entries after `afterSeq` whose tokens have not all expired at `now`; at most `limit`. */
+  /**
+   * `audience`'s entries after `afterSeq` whose tokens had not all expired REVOCATION_LEEWAY_MS
+   * before `now` (a verifier may accept a token that long past its exp); at most `limit`.
+   */
   async forAudience(audience: string, afterSeq: number, now: Date, limit: number): Promise<RevocationPage> {
-    const rows = await this.#store.read<Row>('tb_revocations_for', AUDIENCE_SQL, [audience, afterSeq, now, limit]);
+    const expiredBefore = new Date(now.getTime() - REVOCATION_LEEWAY_MS);
+    const rows = await this.#store.read<Row>('tb_revocations_for', AUDIENCE_SQL, [audience, afterSeq, expiredBefore, limit]);
     const head = rows[0]?.audience_head;
     const entries = rows.filter((r) => r.seq !== null && r.seq !== undefined).map(toEntry);
     const more = entries.length >= limit;

@@ -1,13 +1,28 @@
 /**
  * The revocation set of a resource server, kept current by WatchRevocations: task IDs whose
- * tokens are revoked, each until its tokens would have expired anyway. A snapshot replaces the
- * set, later messages add to it; the last cursor is the resume point after a broken stream
- * (reconnects back off with jitter, capped). Every message, heartbeats included, refreshes the
- * set's age: a set older than the staleness bound cannot say a token is not revoked.
+ * tokens are revoked, each until its tokens would have expired anyway. A snapshot (which may come
+ * in several messages) is gathered apart and replaces the set once the stream's start is
+ * complete; later messages add to it. The last cursor of a whole start or a live message is the
+ * resume point after a broken stream (reconnects back off with jitter, capped). Once a stream's
+ * start is complete, every message, heartbeats included, refreshes the set's age: a set older
+ * than the staleness bound cannot say a token is not revoked. A stream silent for three
+ * heartbeats is dropped and opened again (a replica that lost its database, a half-open
+ * connection), so another replica can serve.
  */
 import type { WatchRevocationsResponse__Output } from '../gen/taskbroker/v1/WatchRevocationsResponse.js';
 import { backoffDelay } from './clock.js';
 import type { RevocationStream, VerifierBroker, VerifierClock, VerifierLogger } from './types.js';
+
+/** Heartbeats the broker may skip before the stream is dropped and opened again. */
+const SILENT_HEARTBEATS = 3;
+/** The heartbeat interval assumed until the broker states its own. */
+const DEFAULT_HEARTBEAT_MS = 5_000;
+
+/** One stream's start: a snapshot being gathered, and whether the start is complete. */
+interface StreamStart {
+  staging: Map<string, number> | undefined;
+  complete: boolean;
+}
 
 export interface RevocationWatcherOptions {
   broker: VerifierBroker;
@@ -25,9 +40,10 @@ export class RevocationWatcher {
   #revoked = new Map<string, number>();
   #cursor = '';
   #lastMessageAt: number | undefined;
-  #heartbeatIntervalMs: number | undefined;
+  #heartbeatIntervalMs = DEFAULT_HEARTBEAT_MS;
   #stream: RevocationStream | undefined;
   #reconnectTimer: unknown;
+  #silenceTimer: unknown;
   #failures = 0;
   #reconnects = 0;
   #closed = false;
@@ -45,7 +61,7 @@ export class RevocationWatcher {
     this.#connect();
   }
 
-  /** Resolves with the first message of the first stream that delivers one. */
+  /** Resolves once the first stream's start is complete. */
   ready(): Promise<void> {
     return this.#firstMessage;
   }
@@ -67,25 +83,14 @@ export class RevocationWatcher {
     return this.#lastMessageAt === undefined ? Number.POSITIVE_INFINITY : now - this.#lastMessageAt;
   }
 
-  get heartbeatIntervalMs(): number | undefined {
-    return this.#heartbeatIntervalMs;
-  }
-
-  get cursor(): string {
-    return this.#cursor;
-  }
-
   get reconnects(): number {
     return this.#reconnects;
-  }
-
-  get size(): number {
-    return this.#revoked.size;
   }
 
   close(): void {
     this.#closed = true;
     if (this.#reconnectTimer !== undefined) this.#options.clock.clearTimeout(this.#reconnectTimer);
+    this.#quiet();
     const stream = this.#stream;
     this.#stream = undefined;
     stream?.cancel();
@@ -102,29 +107,68 @@ export class RevocationWatcher {
       return;
     }
     this.#stream = stream;
+    const start: StreamStart = { staging: undefined, complete: false };
+    this.#listen(stream);
     stream.on('data', (message) => {
-      if (this.#stream === stream) this.#receive(message);
+      if (this.#stream !== stream) return;
+      this.#listen(stream);
+      this.#receive(message, start);
     });
     stream.on('error', (error) => this.#ended(stream, error));
     stream.on('end', () => this.#ended(stream, undefined));
   }
 
-  #receive(message: WatchRevocationsResponse__Output): void {
+  #receive(message: WatchRevocationsResponse__Output, start: StreamStart): void {
     const now = this.#options.clock.now();
-    this.#lastMessageAt = now;
     this.#failures = 0;
-    if (message.snapshot) this.#revoked = new Map();
+    if (message.snapshot) start.staging = new Map();
+    const target = start.staging ?? this.#revoked;
     for (const revocation of message.revocations ?? []) {
       const until = (timestampMs(revocation.tokensExpireBy) ?? Number.POSITIVE_INFINITY) + this.#options.graceMs;
-      const known = this.#revoked.get(revocation.taskId);
-      if (known === undefined || until > known) this.#revoked.set(revocation.taskId, until);
+      const known = target.get(revocation.taskId);
+      if (known === undefined || until > known) target.set(revocation.taskId, until);
     }
-    if (this.#listeners.size > 0) for (const revocation of message.revocations ?? []) for (const l of this.#listeners) l(revocation.taskId);
-    if (message.cursor) this.#cursor = message.cursor;
+    for (const revocation of message.revocations ?? []) this.#tell(revocation.taskId);
     const interval = durationMs(message.heartbeatInterval);
-    if (interval !== undefined) this.#heartbeatIntervalMs = interval;
+    if (interval !== undefined && interval > 0) this.#heartbeatIntervalMs = interval;
+    if (message.startComplete) {
+      start.complete = true;
+      if (start.staging) this.#revoked = start.staging;
+      start.staging = undefined;
+    }
+    // A cursor inside a snapshot not yet whole would resume past what was never applied.
+    if (message.cursor && start.staging === undefined) this.#cursor = message.cursor;
+    if (!start.complete) return;
+    this.#lastMessageAt = now;
     if (now >= this.#nextPruneAt) this.#prune(now);
     this.#resolveFirst();
+  }
+
+  /** Tells the onRevoked listeners; one that throws is logged, never allowed to break the stream. */
+  #tell(taskId: string): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(taskId);
+      } catch (error) {
+        this.#options.logger('error', 'verifier: an onRevoked listener threw', { error: (error as Error).message, taskId });
+      }
+    }
+  }
+
+  /** (Re)arms the silence check of `stream`: no message for SILENT_HEARTBEATS heartbeats drops it (it then reconnects). */
+  #listen(stream: RevocationStream): void {
+    this.#quiet();
+    this.#silenceTimer = this.#options.clock.setTimeout(() => {
+      this.#silenceTimer = undefined;
+      if (this.#stream !== stream) return;
+      this.#ended(stream, new Error(`the revocation stream was silent for ${SILENT_HEARTBEATS} heartbeats`));
+      stream.cancel();
+    }, SILENT_HEARTBEATS * this.#heartbeatIntervalMs);
+  }
+
+  #quiet(): void {
+    if (this.#silenceTimer !== undefined) this.#options.clock.clearTimeout(this.#silenceTimer);
+    this.#silenceTimer = undefined;
   }
 
   /** Drops revocations whose tokens have all expired; at most once a second. */
@@ -137,6 +181,7 @@ export class RevocationWatcher {
   #ended(stream: RevocationStream | undefined, error: Error | undefined): void {
     if (stream !== undefined && this.#stream !== stream) return;
     this.#stream = undefined;
+    this.#quiet();
     if (this.#closed) return;
     const delay = backoffDelay(this.#failures, this.#options.reconnectInitialMs, this.#options.reconnectMaxMs);
     this.#failures += 1;

@@ -148,6 +148,39 @@ describe.each(STORES)('revocation stream and access reports (%s)', (kind) => {
     stranger.close();
   });
 
+  it("marks the end of the start; a cursor past the log head gets a snapshot; a revocation stays in snapshots for the verifier leeway past its tokens' expiry", async () => {
+    const first = reader(api.watchRevocations());
+    const start = await first.next();
+    expect(start).toMatchObject({ snapshot: true, startComplete: true });
+    first.cancel();
+    // A cursor of this database beyond its head (as after a restore from an older backup).
+    const instance = start.cursor.slice(0, start.cursor.lastIndexOf('.'));
+    const ahead = reader(api.watchRevocations(`${instance}.999999999`));
+    expect(await ahead.next()).toMatchObject({ snapshot: true, startComplete: true });
+    ahead.cancel();
+    // Tokens that expired 30 s ago may still be accepted by a verifier with a 60 s tolerance: their revocation is still sent.
+    const expiredAgo = (seconds: number) =>
+      tb.broker.store.db
+        .insertInto('revocations')
+        .values({
+          task_id: `tsk_leeway${seconds}AAAAAAAAAAAAAAAA`.slice(0, 28),
+          audience: API,
+          task_state: 'COMPLETED',
+          reason: 'done',
+          revoked_at: new Date(Date.now() - (seconds + 10) * 1000),
+          revoked_tokens: 1,
+          tokens_expire_by: new Date(Date.now() - seconds * 1000),
+        })
+        .execute();
+    await expiredAgo(30);
+    await expiredAgo(120);
+    const late = reader(api.watchRevocations());
+    const ids = (await late.next()).revocations.map((r) => r.taskId);
+    expect(ids).toContain('tsk_leeway30AAAAAAAAAAAAAAAA');
+    expect(ids).not.toContain('tsk_leeway120AAAAAAAAAAAAAAA');
+    late.cancel();
+  });
+
   it('refuses more streams than a caller may hold', async () => {
     const client = await tb.client('spiffe://a.test/ns/demo/sa/greedy');
     const streams = Array.from({ length: 8 }, () => reader(client.watchRevocations()));

@@ -40,7 +40,8 @@ export class FakeStream extends EventEmitter {
     this.cancelled = true;
   }
   send(message: Partial<WatchRevocationsResponse__Output>): void {
-    this.emit('data', { snapshot: false, revocations: [], cursor: '', asOf: null, heartbeatInterval: null, ...message });
+    // Each message completes the stream's start unless it says otherwise (a start in several pages).
+    this.emit('data', { snapshot: false, revocations: [], cursor: '', asOf: null, heartbeatInterval: null, startComplete: true, ...message });
   }
 }
 

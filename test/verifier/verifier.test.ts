@@ -212,6 +212,30 @@ describe('revocations', () => {
     expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: true });
   });
 
+  it('a snapshot in several messages counts only once its start is complete; a throwing onRevoked listener breaks nothing', async () => {
+    const { clock, broker, verifier, jwt } = await streaming();
+    const opts = { presenterCertificate: presenter.der };
+    verifier.onRevoked(() => {
+      throw new Error('listener bug');
+    });
+    const stream = broker.streams[0]!;
+    stream.send({ snapshot: true, cursor: 'c1', startComplete: false, revocations: [revocation('task-other', clock.now() + 60_000)] });
+    // Page 1 of the snapshot: the set is not current yet (task-1 may be on a later page).
+    expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: false, reason: 'REVOCATION_STATUS_UNKNOWN' });
+    stream.send({ cursor: 'c2', startComplete: true, revocations: [revocation('task-1', clock.now() + 60_000)] });
+    await verifier.ready();
+    expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: false, reason: 'REVOKED' });
+    // A broken stream resumes from the whole snapshot's cursor, not from one inside it.
+    stream.emit('error', new Error('UNAVAILABLE'));
+    clock.advance(clock.nextDelay()!);
+    expect(broker.streams[1]!.cursor).toBe('c2');
+    // A new snapshot replaces the set only once it is whole.
+    broker.streams[1]!.send({ snapshot: true, cursor: 'c3', startComplete: false, revocations: [] });
+    expect(await verifier.verify(jwt, opts)).toMatchObject({ reason: 'REVOKED' });
+    broker.streams[1]!.send({ cursor: 'c4', startComplete: true, revocations: [] });
+    expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: true });
+  });
+
   it('reconnects with the last cursor after an error or an end, backing off', async () => {
     const { clock, broker, verifier } = await streaming({ reconnectInitialMs: 100, reconnectMaxMs: 1_000 });
     broker.streams[0]!.send({ snapshot: true, cursor: 'c1' });
@@ -250,8 +274,10 @@ describe('revocations', () => {
     clock.advance(30_001);
     expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: false, reason: 'REVOCATION_STATUS_UNKNOWN' });
     expect(verifier.stats()).toMatchObject({ stale: 2, revocationsStale: true });
-    // A heartbeat makes it fresh again.
-    broker.streams[0]!.send({ cursor: 'c1' });
+    // The silent stream was dropped and opened again (after three heartbeats); a heartbeat on it makes the set fresh again.
+    expect(broker.streams.length).toBeGreaterThan(1);
+    expect(broker.streams[0]!.cancelled).toBe(true);
+    broker.streams.at(-1)!.send({ cursor: 'c1' });
     expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: true });
     // A definite refusal stays definite when stale.
     clock.advance(30_001);
