@@ -34,6 +34,13 @@ export interface TaskSpec {
   ttlSeconds: number;
 }
 
+/**
+ * A task's action (TaskSpec.action) and a reported operation (TokenUse.operation): 1 to 128
+ * letters, digits and . _ : / -, starting with a letter or digit. One pattern, so a verifier never
+ * accepts what the broker then refuses.
+ */
+export const ACTION_NAME = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
+
 /** The subject behind a task: the issuer of its verified subject token, its sub and its sid. */
 export interface Principal {
   iss: string;

@@ -9,7 +9,7 @@
  * a few at a time. A call that fails part-way may have recorded some tasks' uses: the reporter's
  * retry (same report ids) records the rest, and nothing twice.
  */
-import type { Actor } from '../model/task.js';
+import { ACTION_NAME, type Actor } from '../model/task.js';
 import { invalid, taskIdArgument } from './validation.js';
 import type { TaskAccess } from './task-access.js';
 
@@ -38,7 +38,6 @@ export const MAX_TOKEN_USES_PER_CALL = 1024;
 
 const REPORT_ID = /^[\x21-\x7e]{1,128}$/;
 const TOKEN_ID = /^[A-Za-z0-9_-]{1,64}$/;
-const OPERATION = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
 const THUMBPRINT = /^[A-Za-z0-9_-]{43}$/;
 const OUTCOME = /^VERIFY_TOKEN_REASON_[A-Z_]{1,64}$/;
 /** A verification time further from the broker's clock than this is refused: a reporter's clock that far off is broken. */
@@ -61,7 +60,7 @@ export function validateTokenUses(uses: TokenUseInput[], now: Date): void {
       throw invalid(`${at}.task_id: not a task ID`);
     }
     if (!OUTCOME.test(u.outcome) || u.outcome === 'VERIFY_TOKEN_REASON_UNSPECIFIED') throw invalid(`${at}.outcome: a VerifyTokenReason other than UNSPECIFIED`);
-    if (!OPERATION.test(u.operation)) throw invalid(`${at}.operation: 1 to 128 letters, digits and . _ : / -, starting with a letter or digit`);
+    if (!ACTION_NAME.test(u.operation)) throw invalid(`${at}.operation: 1 to 128 letters, digits and . _ : / -, starting with a letter or digit`);
     if (!Number.isFinite(u.verifiedAt.getTime()) || Math.abs(u.verifiedAt.getTime() - now.getTime()) > MAX_CLOCK_DISTANCE_MS)
       throw invalid(`${at}.verified_at: required, and within 7 days of the broker's clock`);
     if (u.presenterThumbprint !== undefined && u.presenterThumbprint !== '' && !THUMBPRINT.test(u.presenterThumbprint))

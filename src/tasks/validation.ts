@@ -7,7 +7,7 @@
  */
 import canonicalize from 'canonicalize';
 import { BrokerError, quoted } from '../errors.js';
-import type { TaskSpec, TaskState } from '../model/task.js';
+import { ACTION_NAME, type TaskSpec, type TaskState } from '../model/task.js';
 import type { JsonObject } from '../model/task.js';
 import { parseTaskState } from '../protocol/enums.js';
 import { certificateThumbprint } from '../spiffe/certificate.js';
@@ -22,7 +22,6 @@ import { MAX_IDEMPOTENCY_KEY, MAX_PARAMS_BYTES, MAX_RESOURCE_LENGTH, MAX_RESOURC
 const IDENTIFIER_CONTROL = /[\x00-\x1f\x7f]/;
 // eslint-disable-next-line no-control-regex
 const TEXT_CONTROL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
-const ACTION = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$/;
 // RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 const SCOPE_TOKEN = /^[\x21\x23-\x5b\x5d-\x7e]{1,128}$/;
 
@@ -129,7 +128,7 @@ export interface TaskSpecInput {
 /** Validates a spec; every problem is an INVALID_ARGUMENT that names the field. */
 export function validateTaskSpec(input: TaskSpecInput, limits: SpecLimits): TaskSpec {
   if (!input.action) throw invalid('spec.action is required');
-  if (!ACTION.test(input.action)) throw invalid('spec.action: 1 to 128 characters, letters, digits and . _ : / - (starting with a letter or digit)');
+  if (!ACTION_NAME.test(input.action)) throw invalid('spec.action: 1 to 128 characters, letters, digits and . _ : / - (starting with a letter or digit)');
   resourcesArgument(input.resources);
   if (!input.audience) throw invalid('spec.audience is required: the SPIFFE ID of the service the tokens are for');
   audienceArgument(input.audience);

@@ -4,7 +4,7 @@
  * verifier that cannot work (no keys from the broker) answers 503.
  */
 import type { TaskTokenClaims } from '../tokens/task-token.js';
-import { refusalBody, verifyHttpRequest, type HttpRequestLike, type HttpVerifyOptions } from './http.js';
+import { refusalBody, unavailableBody, verifyHttpRequest, type HttpRequestLike, type HttpVerifyOptions } from './http.js';
 import type { TaskTokenVerifier } from './verifier.js';
 
 export interface ExpressLikeRequest extends HttpRequestLike {
@@ -33,7 +33,7 @@ export function expressMiddleware(
         res.status(401).json(refusalBody(result));
       },
       (error: unknown) => {
-        res.status(503).json({ error: 'temporarily_unavailable', detail: (error as Error).message });
+        res.status(503).json(unavailableBody(error, options));
       },
     );
   };

@@ -5,7 +5,7 @@
  * cannot work 503.
  */
 import type { TaskTokenClaims } from '../tokens/task-token.js';
-import { refusalBody, verifyHttpRequest, type HttpRequestLike, type HttpVerifyOptions } from './http.js';
+import { refusalBody, unavailableBody, verifyHttpRequest, type HttpRequestLike, type HttpVerifyOptions } from './http.js';
 import type { TaskTokenVerifier } from './verifier.js';
 
 export interface FastifyLikeRequest {
@@ -28,7 +28,7 @@ export function fastifyHook(
     try {
       result = await verifyHttpRequest(verifier, request.raw, options);
     } catch (error) {
-      reply.code(503).send({ error: 'temporarily_unavailable', detail: (error as Error).message });
+      reply.code(503).send(unavailableBody(error, options));
       return;
     }
     if (result.valid && result.claims) {

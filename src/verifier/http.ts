@@ -22,6 +22,8 @@ export interface HttpRequestLike {
 export interface HttpVerifyOptions {
   operation?: string;
   expectedTaskHash?: string;
+  /** Told why a request could not be verified at all (the broker unreachable, a misconfiguration); the client only sees a 503. */
+  onError?: (error: unknown) => void;
 }
 
 /** The result of a request's verification; `challenge` is the WWW-Authenticate value for a refusal. */
@@ -65,6 +67,16 @@ export function peerCertificate(req: HttpRequestLike): Buffer | undefined {
 function challengeOf(result: VerificationResult): string {
   const description = `${result.reason}: ${result.detail}`.replace(/["\\\r\n]/g, "'").slice(0, 200);
   return `Bearer error="invalid_token", error_description="${description}"`;
+}
+
+/**
+ * The 503 body the middlewares send when a request cannot be verified now. Fixed text: the
+ * error's own message (addresses, connection details) is for the operator (onError), not for
+ * an unauthenticated client.
+ */
+export function unavailableBody(error: unknown, options: HttpVerifyOptions): { error: string; detail: string } {
+  options.onError?.(error);
+  return { error: 'temporarily_unavailable', detail: 'the token cannot be verified now; retry later' };
 }
 
 /** The refusal body the middlewares send. */

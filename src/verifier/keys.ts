@@ -89,7 +89,8 @@ export class SigningKeySet {
         issuer: response.issuer || undefined,
       };
     }
-    const response = await fetch(jwks, { signal: AbortSignal.timeout(10_000), headers: { accept: 'application/json' } });
+    // A redirect is not followed: the keys come from the address configured, or not at all.
+    const response = await fetch(jwks, { signal: AbortSignal.timeout(10_000), headers: { accept: 'application/json' }, redirect: 'error' });
     if (!response.ok) throw new Error(`JWKS ${jwks.href} answered HTTP ${response.status}`);
     return { keys: this.#parse(JSON.parse(await boundedText(response, MAX_JWKS_BYTES, jwks.href)), undefined), issuer: undefined };
   }

@@ -6,6 +6,7 @@
  * queue is bounded: beyond maxBuffered the oldest reports are dropped, counted and logged (at
  * most once a minute).
  */
+import { status } from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
 import type { TokenUse } from '../gen/taskbroker/v1/TokenUse.js';
 import { backoffDelay } from './clock.js';
@@ -114,6 +115,15 @@ export class UseReporter {
         this.#sent += batch.length;
         this.#failures = 0;
       } catch (error) {
+        if ((error as { code?: unknown }).code === status.INVALID_ARGUMENT) {
+          // The broker refused the batch as malformed: sending it again cannot help, and would hold back every report behind it.
+          this.#dropped += batch.length;
+          this.#options.logger('error', 'verifier: the broker refused a batch of access reports as malformed; dropped', {
+            error: (error as Error).message,
+            reports: batch.length,
+          });
+          continue;
+        }
         // Back to the front, the same objects and report_ids; the bound still holds (oldest dropped).
         this.#queue = [...batch, ...this.#queue.slice(this.#head)];
         this.#head = 0;

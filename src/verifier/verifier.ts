@@ -15,6 +15,7 @@
  * refuses it, saying to use verify(). Tokens of a newer contract than this code knows (ver > 2)
  * are MALFORMED: the claims it does not understand may limit the token.
  */
+import { ACTION_NAME } from '../model/task.js';
 import { actorsOf, checkTaskTokenWithKey, readTaskTokenHeader, type TaskTokenClaims } from '../tokens/task-token.js';
 import { systemClock } from './clock.js';
 import { SigningKeySet } from './keys.js';
@@ -33,7 +34,6 @@ import {
   type VerifyOptions,
 } from './types.js';
 
-const OPERATION = /^[A-Za-z0-9._:/-]{1,128}$/;
 const REASON_PREFIX = 'VERIFY_TOKEN_REASON_';
 const CLOSE_FLUSH_TIMEOUT_MS = 5_000;
 const USE_LIMITED = 'a use-limited token (max_uses) is accepted only by the broker, which counts its uses';
@@ -80,7 +80,11 @@ export class TaskTokenVerifier {
     this.#logger = options.logger ?? silent;
     this.#mode = options.revocations;
     this.#toleranceSeconds = tolerance;
-    this.#maxStalenessMs = options.maxStalenessMs ?? 30_000;
+    const maxStalenessMs = options.maxStalenessMs ?? 30_000;
+    // NaN would make every age look fresh: the bound must be a real, positive number.
+    if (!(Number.isFinite(maxStalenessMs) && maxStalenessMs > 0))
+      throw new RangeError('createTaskTokenVerifier: maxStalenessMs must be a positive number of milliseconds');
+    this.#maxStalenessMs = maxStalenessMs;
     this.#onStale = options.onStale ?? 'fail-closed';
     this.#audience = options.audience;
     const jwks = options.jwks === undefined || options.jwks === 'broker' ? 'broker' : new URL(options.jwks);
@@ -308,8 +312,10 @@ export class TaskTokenVerifier {
     const { result } = outcome;
     if (outcome.authentic && this.#reporter && result.claims) {
       const operation = options.operation ?? 'verify';
-      if (!OPERATION.test(operation))
-        throw new TypeError(`verify: operation must be 1 to 128 of letters, digits and . _ : / -, got ${JSON.stringify(operation)}`);
+      if (!ACTION_NAME.test(operation))
+        throw new TypeError(
+          `verify: operation must be 1 to 128 of letters, digits and . _ : / -, starting with a letter or digit, got ${JSON.stringify(operation)}`,
+        );
       this.#reporter.add(
         {
           tokenId: result.claims.jti,

@@ -66,6 +66,8 @@ export class FakeBroker extends EventEmitter implements VerifierBroker {
   reportCalls: TokenUse[][] = [];
   /** How many of the next reportTokenUse calls fail. */
   failReports = 0;
+  /** The gRPC status code those failures carry (14: UNAVAILABLE). */
+  failReportsCode = 14;
   verifyCalls: VerifyTokenRequest[] = [];
   verifyAnswer: Partial<VerifyTokenResponse__Output> = { valid: true, reason: 'VERIFY_TOKEN_REASON_VALID', detail: 'valid' };
 
@@ -92,7 +94,8 @@ export class FakeBroker extends EventEmitter implements VerifierBroker {
     const fail = this.failReports > 0;
     if (fail) this.failReports -= 1;
     queueMicrotask(() => this.emit('report', uses, fail));
-    return fail ? Promise.reject(new Error('UNAVAILABLE: broker down')) : Promise.resolve({ recorded: uses.length, duplicates: 0, rejected: 0 });
+    const error = Object.assign(new Error(this.failReportsCode === 3 ? 'INVALID_ARGUMENT: uses[0].operation' : 'UNAVAILABLE: broker down'), { code: this.failReportsCode });
+    return fail ? Promise.reject(error) : Promise.resolve({ recorded: uses.length, duplicates: 0, rejected: 0 });
   }
 
   verifyToken(request: VerifyTokenRequest): Promise<VerifyTokenResponse__Output> {

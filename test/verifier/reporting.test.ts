@@ -85,6 +85,17 @@ describe('access reports', () => {
     expect(verifier.stats().reports).toMatchObject({ sent: 4, buffered: 0, failedFlushes: 2 });
   });
 
+  it('drops a batch the broker refuses as malformed (INVALID_ARGUMENT) instead of retrying it forever; the reports behind it go on', async () => {
+    const { broker, verifier, jwt, logs } = await setUp({ maxBatch: 2, flushIntervalMs: 60_000 });
+    for (let i = 0; i < 4; i++) verifier.verifySync(jwt, opts);
+    broker.failReports = 1;
+    broker.failReportsCode = 3;
+    await verifier.flush();
+    expect(broker.reportCalls).toHaveLength(2);
+    expect(verifier.stats().reports).toMatchObject({ sent: 2, dropped: 2, buffered: 0 });
+    expect(logs).toContain('verifier: the broker refused a batch of access reports as malformed; dropped');
+  });
+
   it('bounds the buffer: beyond maxBuffered the oldest are dropped, counted and logged once', async () => {
     const { broker, verifier, jwt, logs } = await setUp({ maxBatch: 2, maxBuffered: 5, flushIntervalMs: 60_000 });
     broker.failReports = 1;
