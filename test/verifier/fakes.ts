@@ -94,7 +94,9 @@ export class FakeBroker extends EventEmitter implements VerifierBroker {
     const fail = this.failReports > 0;
     if (fail) this.failReports -= 1;
     queueMicrotask(() => this.emit('report', uses, fail));
-    const error = Object.assign(new Error(this.failReportsCode === 3 ? 'INVALID_ARGUMENT: uses[0].operation' : 'UNAVAILABLE: broker down'), { code: this.failReportsCode });
+    const error = Object.assign(new Error(this.failReportsCode === 3 ? 'INVALID_ARGUMENT: uses[0].operation' : 'UNAVAILABLE: broker down'), {
+      code: this.failReportsCode,
+    });
     return fail ? Promise.reject(error) : Promise.resolve({ recorded: uses.length, duplicates: 0, rejected: 0 });
   }
 
