@@ -13,7 +13,7 @@ import { listOption, parseDuration, parseListenAddress, stringOption, textOption
 
 type Values = ParsedCommand['values'];
 
-/** The value of `name`, or its default from the serve spec. */
+/** A duration flag (its default from the serve spec) in milliseconds; 0 only where `allowZero`. */
 function durationOption(values: Values, name: string, { allowZero = false } = {}): number {
   const ms = parseDuration(textOption(values, name), `--${name}`);
   if (ms === 0 && !allowZero) throw new UsageError(`--${name} must be longer than 0s`);

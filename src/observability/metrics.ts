@@ -259,12 +259,12 @@ export class BrokerMetrics {
     this.#policy = status;
   }
 
-  /** Reports the current run of failed write transactions at each scrape. */
   /** Reports the revocation feed at each scrape: open streams, and when the log was last read. */
   watchRevocationFeed(feed: () => { streams: number; lastReadAt: Date | undefined }): void {
     this.#revocationFeed = feed;
   }
 
+  /** Reports the current run of failed write transactions at each scrape. */
   watchWriteFailures(consecutive: () => number): void {
     this.#writeFailures = consecutive;
   }

@@ -29,7 +29,7 @@ export function servingIdentityOf(message: X509SvidResponse, wantedId: string | 
  * and the PKCS#8 DER key become PEM, and the pair is checked like any SVID the broker serves
  * with. Throws saying what is wrong; the message's key material never appears in the error.
  */
-export function tlsIdentityFromX509SvidMessage(svid: X509SvidMessage, now = new Date()): TlsIdentity {
+function tlsIdentityFromX509SvidMessage(svid: X509SvidMessage, now = new Date()): TlsIdentity {
   if (!svid.spiffeId) throw new Error('the X509-SVID has no spiffe_id');
   if (svid.x509Svid.length === 0) throw new Error(`X509-SVID ${svid.spiffeId}: x509_svid is empty`);
   if (svid.x509SvidKey.length === 0) throw new Error(`X509-SVID ${svid.spiffeId}: x509_svid_key is empty`);

@@ -26,7 +26,7 @@ export interface Listener {
 
 const CHANNEL = /^[a-z_][a-z0-9_]{0,62}$/;
 
-export function checkedChannel(channel: string): string {
+function checkedChannel(channel: string): string {
   if (!CHANNEL.test(channel)) throw new Error(`not a notification channel name: ${JSON.stringify(channel)}`);
   return channel;
 }

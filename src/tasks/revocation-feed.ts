@@ -94,16 +94,8 @@ export class RevocationFeed {
     return at !== undefined && this.#clock().getTime() - at.getTime() <= Math.max(3 * this.pollIntervalMs, 2_000);
   }
 
-  get listening(): boolean {
-    return this.#listener?.connected ?? false;
-  }
-
   get subscriberCount(): number {
     return this.#subscribers;
-  }
-
-  subscribersOf(audience: string): number {
-    return this.#byAudience.get(audience)?.size ?? 0;
   }
 
   subscribe(subscriber: RevocationSubscriber): () => void {

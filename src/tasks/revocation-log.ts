@@ -50,7 +50,7 @@ const SINCE_SQL = `${BACKGROUND_SQL}select ${COLUMNS} from revocations where seq
 const HEAD_SQL = `${BACKGROUND_SQL}select last_seq from revocation_log_head`;
 const INSTANCE_SQL = 'select instance_id from broker_instance';
 
-export function toEntry(row: Row): RevocationEntry {
+function toEntry(row: Row): RevocationEntry {
   return {
     seq: Number(row.seq),
     taskId: row.task_id,

@@ -39,7 +39,7 @@ export interface PrincipalClaim {
 export const TOKEN_CONTRACT_VERSION = 2;
 /** Bounds of what a version 2 token may carry. */
 export const MAX_USES_LIMIT = 1000;
-export const MAX_ACTOR_DEPTH = 16;
+const MAX_ACTOR_DEPTH = 16;
 
 export interface TaskTokenClaims {
   iss: string;

@@ -54,10 +54,6 @@ export class SigningKeySet {
     return this.#refreshes;
   }
 
-  get loaded(): boolean {
-    return this.#issuer !== undefined && this.#lastFetchAt > Number.NEGATIVE_INFINITY;
-  }
-
   /** Whether a fetch may start now (the last one started at least minRefreshIntervalMs ago), or one is under way. */
   mayRefresh(): boolean {
     return this.#inFlight !== undefined || this.#options.clock.now() - this.#lastFetchAt >= this.#options.minRefreshIntervalMs;

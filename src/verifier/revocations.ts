@@ -10,6 +10,7 @@
  * connection), so another replica can serve.
  */
 import type { WatchRevocationsResponse__Output } from '../gen/taskbroker/v1/WatchRevocationsResponse.js';
+import { timestampMillis } from '../protocol/timestamps.js';
 import { backoffDelay } from './clock.js';
 import type { RevocationStream, VerifierBroker, VerifierClock, VerifierLogger } from './types.js';
 
@@ -124,7 +125,7 @@ export class RevocationWatcher {
     if (message.snapshot) start.staging = new Map();
     const target = start.staging ?? this.#revoked;
     for (const revocation of message.revocations ?? []) {
-      const until = (timestampMs(revocation.tokensExpireBy) ?? Number.POSITIVE_INFINITY) + this.#options.graceMs;
+      const until = (timestampMillis(revocation.tokensExpireBy) ?? Number.POSITIVE_INFINITY) + this.#options.graceMs;
       const known = target.get(revocation.taskId);
       if (known === undefined || until > known) target.set(revocation.taskId, until);
     }
@@ -195,13 +196,7 @@ export class RevocationWatcher {
   }
 }
 
-function timestampMs(ts: { seconds?: string | number | null; nanos?: number | null } | null | undefined): number | undefined {
-  if (!ts) return undefined;
-  const ms = Number(ts.seconds ?? 0) * 1000 + Math.floor((ts.nanos ?? 0) / 1e6);
-  return Number.isFinite(ms) ? ms : undefined;
-}
-
 function durationMs(d: { seconds?: string | number | null; nanos?: number | null } | null | undefined): number | undefined {
-  const ms = timestampMs(d);
+  const ms = timestampMillis(d);
   return ms === undefined || ms <= 0 ? undefined : ms;
 }
