@@ -18,6 +18,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Revocation } from '../gen/taskbroker/v1/Revocation.js';
 import type { WatchRevocationsRequest__Output } from '../gen/taskbroker/v1/WatchRevocationsRequest.js';
 import type { WatchRevocationsResponse } from '../gen/taskbroker/v1/WatchRevocationsResponse.js';
+import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
 import { taskStateName } from '../protocol/enums.js';
 import { RETRY_PUSHBACK_TRAILER } from '../protocol/status.js';
@@ -78,6 +79,8 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
   const clock = deps.clock ?? (() => new Date());
   const perCaller = new Map<string, number>();
   const { feed, logger } = deps;
+  // A caller that reconnects in a loop while the log cannot be read would write a line per attempt.
+  const startFailures = new LogThrottle(logger);
 
   return (call: Call) => {
     let caller: ReturnType<typeof callerOf>;
@@ -224,7 +227,7 @@ export function watchRevocationsHandler(deps: RevocationStreamDeps): grpc.handle
       pendingBytes = 0;
       sendLive(pending.splice(0));
     })().catch((err: unknown) => {
-      logger.warn({ err: (err as Error).message, audience }, 'WatchRevocations: reading the start of the stream failed');
+      startFailures.log('warn', 'start-failed', { err: (err as Error).message, audience }, 'WatchRevocations: reading the start of the stream failed');
       finish({ code: grpc.status.UNAVAILABLE, details: 'the revocation log cannot be read now; retry with the last cursor' });
     });
   };

@@ -129,9 +129,12 @@ export async function startBroker(deps: BrokerDeps): Promise<RunningBroker> {
       unfollow();
       setHealth(false);
       // Streams would hold a graceful shutdown until the grace runs out: they end first, with UNAVAILABLE.
-      await deps.revocations.close();
-      await server.shutdown(graceMs);
-      admission.close();
+      try {
+        await deps.revocations.close();
+        await server.shutdown(graceMs);
+      } finally {
+        admission.close();
+      }
     },
   };
 }
