@@ -15,6 +15,7 @@
  *       verifier       the SDK for resource servers: offline verification, revocation stream,
  *                      access reports, HTTP middleware (it builds on client)
  *       devca          a local certificate authority for `dev-ca`, the demo and the tests
+ *       mcp            the MCP integration: MCP Tasks guarded by the broker (it builds on client)
  *    4  client         the SDK for workloads and admins
  *    5  transport      the mTLS gRPC server and the verified caller behind each call
  *    6  tasks          the task domain: lifecycle, admin operations, validation
@@ -46,7 +47,7 @@ import importX, { createNodeResolver } from 'eslint-plugin-import-x';
 export const LAYERS = [
   ['cli'],
   ['app'],
-  ['api', 'http', 'verifier', 'devca'],
+  ['api', 'http', 'verifier', 'devca', 'mcp'],
   ['client'],
   ['transport'],
   ['tasks'],

@@ -75,6 +75,9 @@ export function taskMessage(task: Task): TaskMessage {
     delegators: task.delegators,
     principal: principalMessage(task.principal),
     approver: principalMessage(task.approver),
+    gateway: task.gateway ?? '',
+    hasResult: task.hasResult,
+    resultFailed: task.resultFailed,
   };
 }
 
@@ -169,6 +172,10 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, re
       const actor = actorOf(call);
       const done = await lifecycle.cancelTask(actor, call.request.taskId, call.request.reason, subjectTokenOf(call.request));
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
+    }),
+
+    ListOwnTasks: unary('ListOwnTasks', rpc, () => {
+      throw new BrokerError('failed-precondition', 'ListOwnTasks is not implemented yet');
     }),
 
     WatchRevocations: watchRevocationsHandler({ feed: revocations, logger, limits: revocationStreamLimits }),

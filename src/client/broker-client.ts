@@ -14,6 +14,8 @@ import type { DelegateTaskRequest } from '../gen/taskbroker/v1/DelegateTaskReque
 import type { DelegateTaskResponse__Output } from '../gen/taskbroker/v1/DelegateTaskResponse.js';
 import type { GetTaskRequest } from '../gen/taskbroker/v1/GetTaskRequest.js';
 import type { GetTaskResponse__Output } from '../gen/taskbroker/v1/GetTaskResponse.js';
+import type { ListOwnTasksRequest } from '../gen/taskbroker/v1/ListOwnTasksRequest.js';
+import type { ListOwnTasksResponse__Output } from '../gen/taskbroker/v1/ListOwnTasksResponse.js';
 import type { IssueTokenRequest } from '../gen/taskbroker/v1/IssueTokenRequest.js';
 import type { IssueTokenResponse__Output } from '../gen/taskbroker/v1/IssueTokenResponse.js';
 import type { VerifyTokenRequest } from '../gen/taskbroker/v1/VerifyTokenRequest.js';
@@ -88,6 +90,11 @@ export class BrokerClient extends ServiceClient<TaskBrokerClient> {
   getTask(request: string | GetTaskRequest, options?: CallOptions): Promise<GetTaskResponse__Output> {
     const message = typeof request === 'string' ? { taskId: request } : request;
     return unaryCall((md, opts, cb) => this.raw.GetTask(message, md, opts, cb), options);
+  }
+
+  /** The caller's own tasks (or, with on_behalf_of, those it serves for that requester), newest first. */
+  listOwnTasks(request: ListOwnTasksRequest, options?: CallOptions): Promise<ListOwnTasksResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.ListOwnTasks(request, md, opts, cb), options);
   }
 
   issueToken(request: IssueTokenRequest, options?: CallOptions): Promise<IssueTokenResponse__Output> {

@@ -9,13 +9,15 @@ import type { DelegatedSpec } from '../gen/taskbroker/v1/DelegatedSpec.js';
 import type { TaskSpec__Output } from '../gen/taskbroker/v1/TaskSpec.js';
 import type { WhoAmIResponse__Output } from '../gen/taskbroker/v1/WhoAmIResponse.js';
 import type { IssueTokenResponse__Output } from '../gen/taskbroker/v1/IssueTokenResponse.js';
-import type { JsonObject, Principal, Task, TaskSpec as TaskSpecInfo } from '../model/task.js';
+import type { JsonObject, Principal, Requester, Task, TaskResult, TaskSpec as TaskSpecInfo } from '../model/task.js';
+import type { Requester as RequesterMessage } from '../gen/taskbroker/v1/Requester.js';
+import type { TaskResult__Output } from '../gen/taskbroker/v1/TaskResult.js';
 import type { Principal__Output } from '../gen/taskbroker/v1/Principal.js';
 import { parseTaskState } from '../protocol/enums.js';
 import { jsonToStruct, secondsToDuration, structToJson } from '../protocol/struct.js';
 import { fromTimestamp } from '../protocol/timestamps.js';
 
-export type { JsonObject, JsonValue, Principal, Task, TaskSpec as TaskSpecInfo, TaskState } from '../model/task.js';
+export type { JsonObject, JsonValue, Principal, Requester, Task, TaskReadOperation, TaskResult, TaskSpec as TaskSpecInfo, TaskState } from '../model/task.js';
 
 /** What a task is: the fields of its hash. */
 export interface TaskSpecInput {
@@ -163,6 +165,26 @@ export function taskOf(task: Task__Output | null): Task {
     delegators: task.delegators,
     principal: principalOf(task.principal),
     approver: principalOf(task.approver),
+    gateway: task.gateway || null,
+    hasResult: task.hasResult,
+    resultFailed: task.resultFailed,
+  };
+}
+
+/** The wire form of a Requester (exactly one credential). */
+export function requesterMessage(requester: Requester | undefined): RequesterMessage | null {
+  if (!requester) return null;
+  if (requester.x509SvidChain !== undefined) return { x509SvidChain: requester.x509SvidChain.map((der) => Buffer.from(der)), subjectToken: '' };
+  return { x509SvidChain: [], subjectToken: requester.subjectToken };
+}
+
+export function taskResultOf(result: TaskResult__Output | null): TaskResult | null {
+  if (!result) return null;
+  return {
+    json: result.json,
+    failed: result.failed,
+    storedAt: at(result.storedAt, 'result.stored_at'),
+    retainedUntil: at(result.retainedUntil, 'result.retained_until'),
   };
 }
 

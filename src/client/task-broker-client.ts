@@ -9,6 +9,7 @@
  *   const { task: child } = await broker.delegateTask({ parentTaskId: task.taskId, delegatee, spec: { scopes } });
  */
 import type * as grpc from '@grpc/grpc-js';
+import type { Requester, TaskReadOperation, TaskResult } from '../model/task.js';
 import { BrokerError } from '../errors.js';
 import { secondsToDuration } from '../protocol/struct.js';
 import type { X509Source } from '../spiffe/x509-source.js';
@@ -18,7 +19,9 @@ import {
   delegatedSpecOf,
   identityOf,
   issuedTokenOf,
+  requesterMessage,
   taskOf,
+  taskResultOf,
   taskSpecOf,
   type CreatedTask,
   type CreateTaskInput,
@@ -58,6 +61,33 @@ export interface TaskCallOptions extends CallOptions {
   subjectToken?: string;
 }
 
+/** Options of a call a gateway (e.g. an MCP server) makes for the party that asked it. */
+export interface GatewayCallOptions extends TaskCallOptions {
+  /**
+   * Who asked: the X509-SVID chain it presented to the gateway (DER, leaf first), or its subject
+   * token. On createTask the task becomes the requester's, served by this client (Task.gateway);
+   * on the other calls the broker checks it is the requester the task was created for (else the
+   * task is not found, as for a stranger).
+   */
+  onBehalfOf?: Requester;
+}
+
+export interface ReadTaskOptions extends GatewayCallOptions {
+  /** A poll (task.polled, default) or a result read (task.result_read; the answer carries the result). */
+  operation?: TaskReadOperation;
+}
+
+export interface CompleteTaskOptions extends TaskCallOptions {
+  /** The work's result (a JSON document, at most 512 KiB), kept for the policy's result_retention. */
+  result?: { json: string; failed?: boolean };
+}
+
+export interface ListOwnTasksOptions extends GatewayCallOptions {
+  /** 1 to 100 (default 50). */
+  pageSize?: number;
+  pageToken?: string;
+}
+
 export interface IssueTokenOptions extends TaskCallOptions {
   /** A subset of the task's scopes; default: all of them. */
   scopes?: string[];
@@ -89,19 +119,55 @@ export class TaskBrokerClient {
     });
   }
 
-  /** Registers a task owned by this workload; with a subjectToken, bound to its subject (the task's principal). */
-  createTask(input: CreateTaskInput, options: TaskCallOptions = {}): Promise<CreatedTask> {
-    const { subjectToken, ...callOptions } = options;
+  /**
+   * Registers a task owned by this workload; with a subjectToken, bound to its subject (the task's
+   * principal); with onBehalfOf, the requester's task, served by this workload as its gateway.
+   */
+  createTask(input: CreateTaskInput, options: GatewayCallOptions = {}): Promise<CreatedTask> {
+    const { subjectToken, onBehalfOf, ...callOptions } = options;
     return this.#call(callOptions, async (opts) => {
-      const request = { spec: taskSpecOf(input), idempotencyKey: input.idempotencyKey ?? '', subjectToken: subjectToken ?? '' };
+      const request = {
+        spec: taskSpecOf(input),
+        idempotencyKey: input.idempotencyKey ?? '',
+        subjectToken: subjectToken ?? '',
+        onBehalfOf: requesterMessage(onBehalfOf),
+      };
       const res = await this.rpc.createTask(request, opts);
       return { task: taskOf(res.task), canonicalSpec: res.canonicalSpec, replayed: res.replayed };
     });
   }
 
-  getTask(taskId: string, options: TaskCallOptions = {}): Promise<Task> {
-    const { subjectToken, ...callOptions } = options;
-    return this.#call(callOptions, async (opts) => taskOf((await this.rpc.getTask({ taskId, subjectToken: subjectToken ?? '' }, opts)).task));
+  /** The poll (task.polled). */
+  getTask(taskId: string, options: GatewayCallOptions = {}): Promise<Task> {
+    return this.#call(options, async () => (await this.readTask(taskId, { ...options, operation: 'poll' })).task);
+  }
+
+  /**
+   * A read of a task for a purpose: a poll, or a result read (task.result_read), whose answer
+   * carries the stored result while the policy retains it (resultExpired once it is gone).
+   */
+  readTask(taskId: string, options: ReadTaskOptions = {}): Promise<{ task: Task; result: TaskResult | null; resultExpired: boolean }> {
+    const { subjectToken, onBehalfOf, operation, ...callOptions } = options;
+    return this.#call(callOptions, async (opts) => {
+      const request = {
+        taskId,
+        subjectToken: subjectToken ?? '',
+        operation: operation === 'result' ? ('TASK_OPERATION_RESULT' as const) : ('TASK_OPERATION_POLL' as const),
+        onBehalfOf: requesterMessage(onBehalfOf),
+      };
+      const res = await this.rpc.getTask(request, opts);
+      return { task: taskOf(res.task), result: taskResultOf(res.result), resultExpired: res.resultExpired };
+    });
+  }
+
+  /** This workload's own tasks, newest first; with onBehalfOf, the tasks it serves for that requester. */
+  listOwnTasks(options: ListOwnTasksOptions = {}): Promise<{ tasks: Task[]; nextPageToken: string | null }> {
+    const { onBehalfOf, pageSize, pageToken, subjectToken: _unused, ...callOptions } = options;
+    return this.#call(callOptions, async (opts) => {
+      const request = { onBehalfOf: requesterMessage(onBehalfOf), pageSize: pageSize ?? 0, pageToken: pageToken ?? '' };
+      const res = await this.rpc.listOwnTasks(request, opts);
+      return { tasks: res.tasks.map((t) => taskOf(t)), nextPageToken: res.nextPageToken || null };
+    });
   }
 
   /** A token for an ACTIVE task, bound to this client's current certificate. */
@@ -119,19 +185,20 @@ export class TaskBrokerClient {
   }
 
   /** ACTIVE → COMPLETED; every token of the task, and every task delegated from it, end with it. */
-  completeTask(taskId: string, outcome = '', options: TaskCallOptions = {}): Promise<EndedTask> {
-    const { subjectToken, ...callOptions } = options;
+  completeTask(taskId: string, outcome = '', options: CompleteTaskOptions = {}): Promise<EndedTask> {
+    const { subjectToken, result, ...callOptions } = options;
     return this.#call(callOptions, async (opts) => {
-      const res = await this.rpc.completeTask({ taskId, outcome, subjectToken: subjectToken ?? '' }, opts);
+      const stored = result ? { json: result.json, failed: result.failed ?? false } : null;
+      const res = await this.rpc.completeTask({ taskId, outcome, subjectToken: subjectToken ?? '', result: stored }, opts);
       return { task: taskOf(res.task), revokedTokens: res.revokedTokens };
     });
   }
 
   /** ACTIVE or PENDING_APPROVAL → CANCELLED; every token of the task, and every task delegated from it, end with it. */
-  cancelTask(taskId: string, reason = '', options: TaskCallOptions = {}): Promise<EndedTask> {
-    const { subjectToken, ...callOptions } = options;
+  cancelTask(taskId: string, reason = '', options: GatewayCallOptions = {}): Promise<EndedTask> {
+    const { subjectToken, onBehalfOf, ...callOptions } = options;
     return this.#call(callOptions, async (opts) => {
-      const res = await this.rpc.cancelTask({ taskId, reason, subjectToken: subjectToken ?? '' }, opts);
+      const res = await this.rpc.cancelTask({ taskId, reason, subjectToken: subjectToken ?? '', onBehalfOf: requesterMessage(onBehalfOf) }, opts);
       return { task: taskOf(res.task), revokedTokens: res.revokedTokens };
     });
   }

@@ -71,7 +71,31 @@ export interface Task {
   delegators: string[];
   principal: Principal | null;
   approver: Principal | null;
+  /** The workload that created the task for its requester and serves it (CreateTask on_behalf_of); null otherwise. */
+  gateway: string | null;
+  /** Whether a result was stored with the task, and whether the work failed. */
+  hasResult: boolean;
+  resultFailed: boolean;
 }
+
+/**
+ * Who asked a gateway (e.g. an MCP server) for what it now asks of the broker: the X509-SVID chain
+ * (DER, leaf first) the requester presented on its mTLS connection to the gateway, or a subject
+ * token it authenticated with. Exactly one.
+ */
+export type Requester = { x509SvidChain: Uint8Array[]; subjectToken?: undefined } | { subjectToken: string; x509SvidChain?: undefined };
+
+/** A task's stored result (CompleteTask), as GetTask with operation RESULT hands it out. */
+export interface TaskResult {
+  /** A JSON document. */
+  json: string;
+  failed: boolean;
+  storedAt: Date;
+  retainedUntil: Date;
+}
+
+/** What a read of a task is for, so the trail tells them apart. */
+export type TaskReadOperation = 'poll' | 'result';
 
 export const VERIFY_REASONS = [
   'valid',

@@ -44,6 +44,10 @@ export interface TasksTable {
   approver: ColumnType<PrincipalJson | null, string | null | undefined, string | null>;
   /** Set once something was delegated from the task: only then does its end look for descendants. */
   has_delegated: ColumnType<boolean, boolean | undefined, never>;
+  /** The workload that created the task for its requester and serves it (migrations/0006); null otherwise. */
+  gateway: ColumnType<string | null, string | null | undefined, never>;
+  /** Null: no result stored; else whether the stored result (task_results) is a failure. */
+  result_failed: ColumnType<boolean | null, boolean | null | undefined, boolean | null>;
 }
 
 /** A principal as the tasks table stores it. */

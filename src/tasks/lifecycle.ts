@@ -167,6 +167,8 @@ export class TaskLifecycle {
       principal_claims: principalClaims,
       approver: null,
       has_delegated: false,
+      gateway: null,
+      result_failed: null,
     };
     // A create with a key the owner used before replays (same spec) or is refused (another spec),
     // decided in the statement, so concurrent creates with one key cannot both insert. The row

@@ -35,6 +35,9 @@ export function toTask(row: TaskRow): Task {
     delegators: row.delegators ?? [],
     principal: row.principal ?? null,
     approver: row.approver ?? null,
+    gateway: row.gateway ?? null,
+    hasResult: row.result_failed !== null && row.result_failed !== undefined,
+    resultFailed: row.result_failed === true,
   };
 }
 
