@@ -1,0 +1,89 @@
+/**
+ * The works this process runs for broker tasks, and the TaskStore the SDK is given over them.
+ *
+ * The SDK's TaskStore methods see a session ID, never the requester, so they cannot be checked
+ * against the broker: they serve only the SDK's own internal calls (a task's status while its
+ * work asks the requester something, input_required). Every requester-facing tasks/* request is
+ * answered by the guard's handlers, which ask the broker; listTasks here is empty and results are
+ * never served from here.
+ *
+ * Bounded: a work leaves the map when it settles; the number running at once has a cap.
+ */
+import type { CreateTaskOptions, TaskStore } from '@modelcontextprotocol/sdk/experimental/tasks/interfaces.js';
+import type { Request, RequestId, Result, Task as McpTask } from '@modelcontextprotocol/sdk/types.js';
+import type { Task } from '../client/results.js';
+import { mcpTaskOf, type McpTaskStatus } from './task-status.js';
+
+/** Why a work was aborted: the requester cancelled, the task's ttl elapsed, or the server shuts down. */
+export type AbortReason = 'cancelled' | 'expired' | 'shutdown';
+
+export interface RunningWork {
+  readonly task: Task;
+  readonly controller: AbortController;
+  /** Settles when the work has ended and the broker was told (or the attempt gave up). */
+  readonly settled: Promise<void>;
+  localStatus: McpTaskStatus | undefined;
+}
+
+export class LocalTasks implements TaskStore {
+  readonly #works = new Map<string, RunningWork>();
+  readonly #pollIntervalMs: number;
+
+  constructor(options: { pollIntervalMs: number }) {
+    this.#pollIntervalMs = options.pollIntervalMs;
+  }
+
+  get size(): number {
+    return this.#works.size;
+  }
+
+  add(work: RunningWork): void {
+    this.#works.set(work.task.taskId, work);
+  }
+
+  delete(taskId: string): void {
+    this.#works.delete(taskId);
+  }
+
+  work(taskId: string): RunningWork | undefined {
+    return this.#works.get(taskId);
+  }
+
+  abort(taskId: string, reason: AbortReason): void {
+    this.#works.get(taskId)?.controller.abort(reason);
+  }
+
+  all(): RunningWork[] {
+    return [...this.#works.values()];
+  }
+
+  // TaskStore, for the SDK's internal calls only (see the header).
+
+  createTask(_params: CreateTaskOptions, _requestId: RequestId, request: Request): Promise<McpTask> {
+    return Promise.reject(new Error(`tasks of this server are created at the task broker by the guard's tools; ${request.method} cannot create one here`));
+  }
+
+  getTask(taskId: string): Promise<McpTask | null> {
+    const work = this.#works.get(taskId);
+    return Promise.resolve(work ? mcpTaskOf(work.task, { pollIntervalMs: this.#pollIntervalMs, localStatus: work.localStatus }) : null);
+  }
+
+  updateTaskStatus(taskId: string, status: McpTaskStatus): Promise<void> {
+    const work = this.#works.get(taskId);
+    // Only the live refinements are local; endings are the broker's (completeTask, cancelTask, expiry).
+    if (work && (status === 'input_required' || status === 'working')) work.localStatus = status;
+    return Promise.resolve();
+  }
+
+  storeTaskResult(taskId: string): Promise<void> {
+    return Promise.reject(new Error(`task ${taskId}: the guard stores results at the task broker when the work returns`));
+  }
+
+  getTaskResult(taskId: string): Promise<Result> {
+    return Promise.reject(new Error(`task ${taskId}: results are read from the task broker (tasks/result)`));
+  }
+
+  listTasks(): Promise<{ tasks: McpTask[]; nextCursor?: string }> {
+    return Promise.resolve({ tasks: [] });
+  }
+}
