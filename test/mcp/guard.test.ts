@@ -1,0 +1,185 @@
+/**
+ * MCP Tasks guarded by the broker, end to end: real SDK clients and server over real mTLS, a real
+ * broker on each store. The creator's task requests are allowed and audited one by one; another
+ * identity that knows the task ID hears "task not found" for everything (audited as denied); the
+ * task's tokens die with it; tasks/list shows only the requester's own; without the broker every
+ * task request fails closed.
+ */
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { ErrorCode, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { verifyTaskTrail } from '../../src/audit/audit.js';
+import { argumentsSha256 } from '../../src/mcp/index.js';
+import type { StoreKind } from '../../src/store/database.js';
+import { startTestBroker, type TestBroker } from '../helpers/broker.js';
+import { MutablePolicySource, policyOf } from '../helpers/policy.js';
+import { ALICE, BOB, MCP_POLICY, MCP_SERVER, startMcpFixture, TOOL, type McpFixture } from './fixture.js';
+
+const STORES: StoreKind[] = ['postgres', 'pglite'];
+
+/** Calls the tool task-augmented and returns the created task's ID (the stream stops there). */
+async function startTask(client: Client, title: string): Promise<string> {
+  for await (const message of client.experimental.tasks.callToolStream({ name: TOOL, arguments: { title } }, undefined, { task: { ttl: 60_000 } })) {
+    if (message.type === 'taskCreated') return message.task.taskId;
+    if (message.type === 'error') throw message.error;
+  }
+  throw new Error('no task was created');
+}
+
+async function trailOf(t: TestBroker, chain: string): Promise<Array<{ type: string; actor: string; details: Record<string, unknown> }>> {
+  const { ok, trail } = await verifyTaskTrail(t.broker.store.db, chain);
+  expect(ok).toBe(true);
+  return trail.map((e) => ({ type: e.type, actor: e.actorSpiffeId, details: e.details }));
+}
+
+const notFound = (taskId: string): unknown =>
+  expect.objectContaining({ code: ErrorCode.InvalidParams, message: expect.stringContaining(`Task not found: ${taskId}`) });
+
+describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
+  let t: TestBroker;
+  let mcp: McpFixture;
+  let alice: Client;
+  let bob: Client;
+
+  beforeAll(async () => {
+    t = await startTestBroker(kind, { policy: new MutablePolicySource(policyOf(MCP_POLICY)) });
+    mcp = await startMcpFixture(t);
+    [alice, bob] = await Promise.all([mcp.connect(ALICE), mcp.connect(BOB)]);
+  }, 60_000);
+
+  afterAll(async () => {
+    await mcp?.close();
+    await t?.close();
+  });
+
+  it('creates a broker task for the requester, lets it poll and fetch the result, each audited', async () => {
+    const taskId = await startTask(alice, 'Q1');
+    expect(taskId).toMatch(/^tsk_/);
+    const work = await mcp.works.running(taskId);
+    expect(work.authInfo?.clientId).toBe(ALICE);
+
+    const working = await alice.experimental.tasks.getTask(taskId);
+    expect(working).toMatchObject({ taskId, status: 'working', ttl: 60_000, pollInterval: 100 });
+    expect(Date.parse(working.createdAt)).not.toBeNaN();
+
+    // tasks/result blocks until the work ends.
+    const pending = alice.experimental.tasks.getTaskResult(taskId);
+    await mcp.works.finish(taskId, 'done');
+    const result = (await pending) as CallToolResult;
+    expect(result.content).toEqual([{ type: 'text', text: 'Q1: done' }]);
+    expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ taskId, status: 'completed' });
+    expect(((await alice.experimental.tasks.getTaskResult(taskId)) as CallToolResult).content).toEqual(result.content);
+
+    const trail = await trailOf(t, taskId);
+    const types = trail.map((e) => e.type);
+    expect(types[0]).toBe('task.created');
+    expect(trail[0]?.details).toMatchObject({ action: TOOL, audience: MCP_SERVER });
+    expect(JSON.stringify(trail[0]?.details)).toContain(argumentsSha256({ title: 'Q1' }));
+    expect(types).toEqual(expect.arrayContaining(['task.polled', 'task.result_read', 'token.issued', 'task.completed']));
+    expect(types.filter((x) => x === 'task.result_read').length).toBeGreaterThanOrEqual(2);
+    for (const e of trail.filter((x) => x.type === 'task.polled' || x.type === 'task.result_read')) expect(JSON.stringify(e.details)).toContain(ALICE);
+    // The blocked tasks/result re-checked a bounded number of times, not in a loop.
+    expect(types.length).toBeLessThan(20);
+  });
+
+  it('lets the creator cancel: the work is aborted, the task CANCELLED and audited', async () => {
+    const taskId = await startTask(alice, 'to cancel');
+    const work = await mcp.works.running(taskId);
+    const aborted = new Promise((resolve) => work.signal.addEventListener('abort', () => resolve(work.signal.reason), { once: true }));
+    expect(await alice.experimental.tasks.cancelTask(taskId)).toMatchObject({ taskId, status: 'cancelled' });
+    expect(await aborted).toBe('cancelled');
+    expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'cancelled' });
+    await expect(alice.experimental.tasks.getTaskResult(taskId)).rejects.toMatchObject({
+      code: ErrorCode.InvalidParams,
+      message: expect.stringMatching(/cancelled/),
+    });
+    const trail = await trailOf(t, taskId);
+    const cancelled = trail.find((e) => e.type === 'task.cancelled');
+    expect(cancelled).toBeDefined();
+    expect(JSON.stringify(cancelled?.details)).toContain(ALICE);
+  });
+
+  it('answers another identity that knows the task ID "task not found" for get, result and cancel, each audited as denied', async () => {
+    const taskId = await startTask(alice, 'secret');
+    await mcp.works.running(taskId);
+    const unknown = 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA';
+    for (const id of [taskId, unknown]) {
+      await expect(bob.experimental.tasks.getTask(id)).rejects.toEqual(notFound(id));
+      await expect(bob.experimental.tasks.getTaskResult(id)).rejects.toEqual(notFound(id));
+      await expect(bob.experimental.tasks.cancelTask(id)).rejects.toEqual(notFound(id));
+    }
+    // Still alive and Alice's.
+    expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'working' });
+    const denied = [...(await trailOf(t, taskId)), ...(await trailOf(t, `actor:${MCP_SERVER}`))].filter(
+      (e) => e.type === 'access.denied' && JSON.stringify(e.details).includes(BOB) && JSON.stringify(e.details).includes(taskId),
+    );
+    expect(denied.length).toBeGreaterThanOrEqual(3);
+    await mcp.works.finish(taskId, 'ok');
+  });
+
+  it("revokes the task's tokens when the work ends", async () => {
+    const taskId = await startTask(alice, 'tokens');
+    const pending = alice.experimental.tasks.getTaskResult(taskId);
+    await mcp.works.finish(taskId, 'ok');
+    await pending;
+    const token = mcp.works.tokens.get(taskId);
+    expect(token).toBeDefined();
+    const audience = await t.client(MCP_SERVER);
+    expect((await audience.verifyToken({ token: token! })).reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
+  });
+
+  it('ends a task whose work throws as failed, with the error as its result', async () => {
+    const taskId = await startTask(alice, 'boom');
+    const pending = alice.experimental.tasks.getTaskResult(taskId);
+    await mcp.works.fail(taskId, 'disk full');
+    expect(await pending).toMatchObject({ isError: true, content: [{ type: 'text', text: 'disk full' }] });
+    expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'failed' });
+  });
+
+  it("lists only the requester's own tasks", async () => {
+    const mine = await startTask(alice, 'listed');
+    const bobs = await startTask(bob, 'bob');
+    const aliceIds = (await alice.experimental.tasks.listTasks()).tasks.map((x) => x.taskId);
+    const bobIds = (await bob.experimental.tasks.listTasks()).tasks.map((x) => x.taskId);
+    expect(aliceIds).toContain(mine);
+    expect(aliceIds).not.toContain(bobs);
+    expect(bobIds).toEqual([bobs]);
+    await Promise.all([mcp.works.finish(mine, 'ok'), mcp.works.finish(bobs, 'ok')]);
+  });
+});
+
+describe('MCP tasks without the broker', () => {
+  let t: TestBroker;
+  let mcp: McpFixture;
+  let alice: Client;
+
+  beforeAll(async () => {
+    t = await startTestBroker('pglite');
+    // The guard's broker client points at a port where nothing listens.
+    mcp = await startMcpFixture(t, { brokerAddress: '127.0.0.1:1', brokerDeadlineMs: 2_000 });
+    alice = await mcp.connect(ALICE);
+  }, 60_000);
+
+  afterAll(async () => {
+    await mcp?.close();
+    await t?.close();
+  });
+
+  it('fails every task request closed with an error that names the broker', async () => {
+    const unavailable = expect.objectContaining({ code: ErrorCode.InternalError, message: expect.stringMatching(/task broker unavailable: .*\(retry\)/) });
+    await expect(startTask(alice, 'x')).rejects.toEqual(unavailable);
+    const id = 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA';
+    await expect(alice.experimental.tasks.getTask(id)).rejects.toEqual(unavailable);
+    await expect(alice.experimental.tasks.getTaskResult(id)).rejects.toEqual(unavailable);
+    await expect(alice.experimental.tasks.cancelTask(id)).rejects.toEqual(unavailable);
+    await expect(alice.experimental.tasks.listTasks()).rejects.toEqual(unavailable);
+    expect(mcp.guard.runningWorks).toBe(0);
+  });
+
+  it('refuses a tool call that is not task-augmented (the tool is task-only)', async () => {
+    // The SDK answers with an error result, before any broker call or work.
+    const result = await alice.callTool({ name: TOOL, arguments: { title: 'x' } });
+    expect(result).toMatchObject({ isError: true, content: [{ type: 'text', text: expect.stringMatching(/requires task augmentation/) }] });
+    expect(mcp.works.started).toHaveLength(0);
+  });
+});
