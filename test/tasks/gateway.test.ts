@@ -85,7 +85,7 @@ describe.each(STORES)('gateways on %s', (kind) => {
   const trail = async (taskId: string) => {
     const res = await (await t.adminClient(ADMIN)).getWholeAuditTrail(taskId);
     expect(res.chain?.ok).toBe(true);
-    return res.events.map((e) => ({ type: e.eventType, actor: e.actorSpiffeId, details: structToJson(e.details) as Record<string, unknown> }));
+    return res.events.map((e) => ({ type: e.eventType, actor: e.actorSpiffeId, details: structToJson(e.details) }));
   };
 
   beforeAll(async () => {
