@@ -9,7 +9,9 @@ import type { Logger } from '../observability/logger.js';
 import type { BrokerMetrics } from '../observability/metrics.js';
 import { durationSeconds, jsonToStruct, secondsToDuration, structToJson } from '../protocol/struct.js';
 import { toTimestamp } from '../protocol/timestamps.js';
-import type { Actor, Principal, Task } from '../model/task.js';
+import type { Actor, Principal, Requester, Task, TaskReadOperation } from '../model/task.js';
+import type { Requester__Output as RequesterMessage__Output } from '../gen/taskbroker/v1/Requester.js';
+import type { GetTaskRequest__Output } from '../gen/taskbroker/v1/GetTaskRequest.js';
 import type { Principal as PrincipalMessage } from '../gen/taskbroker/v1/Principal.js';
 import { actorsOf } from '../tokens/task-token.js';
 import { taskStateName, verifyReasonName } from '../protocol/enums.js';
@@ -91,6 +93,29 @@ function subjectTokenOf(request: { subjectToken?: string }): { subjectToken?: st
   return subjectToken ? { subjectToken } : {};
 }
 
+/** A request's on_behalf_of (absent: none); which credential it carries is checked by the task domain. */
+function onBehalfOfArgument(request: { onBehalfOf?: RequesterMessage__Output | null }): { onBehalfOf?: Requester } {
+  const r = request.onBehalfOf;
+  if (!r) return {};
+  if (r.x509SvidChain.length > 0) {
+    if (r.subjectToken) throw new BrokerError('invalid-argument', 'on_behalf_of: give x509_svid_chain or subject_token, not both');
+    return { onBehalfOf: { x509SvidChain: r.x509SvidChain } };
+  }
+  return { onBehalfOf: { subjectToken: r.subjectToken } };
+}
+
+function readOperationOf(operation: GetTaskRequest__Output['operation']): TaskReadOperation {
+  switch (operation) {
+    case 'TASK_OPERATION_RESULT':
+      return 'result';
+    case 'TASK_OPERATION_UNSPECIFIED':
+    case 'TASK_OPERATION_POLL':
+      return 'poll';
+    default:
+      throw new BrokerError('invalid-argument', `operation: unknown value ${String(operation)} (POLL or RESULT)`);
+  }
+}
+
 /** WhoAmI needs no task domain: transport tests serve it alone. */
 export function whoAmIHandler(rpc: RpcContext): TaskBrokerHandlers['WhoAmI'] {
   return unary('WhoAmI', rpc, (call) => {
@@ -113,7 +138,7 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, re
       const actor = actorOf(call);
       const { spec, idempotencyKey } = call.request;
       if (!spec) throw new BrokerError('invalid-argument', 'spec is required');
-      const followUp = subjectTokenOf(call.request);
+      const followUp = { ...subjectTokenOf(call.request), ...onBehalfOfArgument(call.request) };
       const created = await lifecycle.createTask(
         actor,
         {
@@ -132,7 +157,31 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, re
 
     GetTask: unary('GetTask', rpc, async (call) => {
       const actor = actorOf(call);
-      return { task: taskMessage(await lifecycle.getTask(actor, call.request.taskId, subjectTokenOf(call.request))) };
+      const { taskId, operation } = call.request;
+      const read = await lifecycle.readTask(actor, taskId, {
+        ...subjectTokenOf(call.request),
+        ...onBehalfOfArgument(call.request),
+        operation: readOperationOf(operation),
+      });
+      return {
+        task: taskMessage(read.task),
+        result: read.result
+          ? {
+              json: read.result.json,
+              failed: read.result.failed,
+              storedAt: toTimestamp(read.result.storedAt),
+              retainedUntil: toTimestamp(read.result.retainedUntil),
+            }
+          : null,
+        resultExpired: read.resultExpired,
+      };
+    }),
+
+    ListOwnTasks: unary('ListOwnTasks', rpc, async (call) => {
+      const actor = actorOf(call);
+      const { pageSize, pageToken } = call.request;
+      const page = await lifecycle.listOwnTasks(actor, { ...onBehalfOfArgument(call.request), pageSize, pageToken });
+      return { tasks: page.tasks.map(taskMessage), nextPageToken: page.nextPageToken ?? '' };
     }),
 
     DelegateTask: unary('DelegateTask', rpc, async (call) => {
@@ -164,18 +213,21 @@ export function taskBrokerHandlers({ logger, lifecycle, metrics, revocations, re
 
     CompleteTask: unary('CompleteTask', rpc, async (call) => {
       const actor = actorOf(call);
-      const done = await lifecycle.completeTask(actor, call.request.taskId, call.request.outcome, subjectTokenOf(call.request));
+      const { result } = call.request;
+      const done = await lifecycle.completeTask(actor, call.request.taskId, call.request.outcome, {
+        ...subjectTokenOf(call.request),
+        ...(result ? { result: { json: result.json, failed: result.failed } } : {}),
+      });
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
     }),
 
     CancelTask: unary('CancelTask', rpc, async (call) => {
       const actor = actorOf(call);
-      const done = await lifecycle.cancelTask(actor, call.request.taskId, call.request.reason, subjectTokenOf(call.request));
+      const done = await lifecycle.cancelTask(actor, call.request.taskId, call.request.reason, {
+        ...subjectTokenOf(call.request),
+        ...onBehalfOfArgument(call.request),
+      });
       return { task: taskMessage(done.task), revokedTokens: done.revokedTokens };
-    }),
-
-    ListOwnTasks: unary('ListOwnTasks', rpc, () => {
-      throw new BrokerError('failed-precondition', 'ListOwnTasks is not implemented yet');
     }),
 
     WatchRevocations: watchRevocationsHandler({ feed: revocations, logger, limits: revocationStreamLimits }),

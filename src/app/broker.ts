@@ -156,6 +156,7 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       clock: options.clock,
       policy,
       subjects,
+      bundles: options.bundles,
       observer: {
         taskEnded: (state, revokedTokens) => {
           metrics.tasksEnded.inc({ state });

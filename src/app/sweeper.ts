@@ -1,13 +1,13 @@
 /**
  * The expiry sweeper: ends tasks past their expiry (and revokes their tokens), then deletes
- * token rows long expired. Safe in every replica at once: each due task is expired exactly once.
+ * token rows long expired and task results past their retention. Safe in every replica at once: each due task is expired exactly once.
  */
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../observability/logger.js';
 import type { TaskLifecycle } from '../tasks/lifecycle.js';
 
 export interface SweeperOptions {
-  lifecycle: Pick<TaskLifecycle, 'sweepExpired' | 'pruneTokens'>;
+  lifecycle: Pick<TaskLifecycle, 'sweepExpired' | 'pruneTokens' | 'purgeResults'>;
   logger: Logger;
   /** How often the sweep runs on its own; 0: only when sweep() is called. */
   intervalMs: number;
@@ -28,7 +28,8 @@ export function startSweeper(options: SweeperOptions): Sweeper {
     const requestId = `sweep-${randomUUID()}`;
     const expired = await lifecycle.sweepExpired({ requestId });
     const pruned = await lifecycle.pruneTokens(options.tokenRetentionSeconds);
-    if (expired > 0 || pruned > 0) logger.info({ expired, prunedTokens: pruned, requestId }, 'expiry sweep');
+    const purged = await lifecycle.purgeResults();
+    if (expired > 0 || pruned > 0 || purged > 0) logger.info({ expired, prunedTokens: pruned, purgedResults: purged, requestId }, 'expiry sweep');
     return expired;
   };
   if (options.intervalMs <= 0) return { sweep, close: () => Promise.resolve() };

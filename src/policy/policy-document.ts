@@ -55,7 +55,11 @@ const RULE_KEYS = [
   'delegation',
   'principals',
   'bind_session',
+  'gateways',
+  'result_retention',
 ] as const;
+/** How long a task's stored result is kept after the task ends, unless the rule says otherwise. */
+export const DEFAULT_RESULT_RETENTION_SECONDS = 3600;
 const CALLER_KEYS = ['spiffe_ids', 'trust_domains'] as const;
 const DELEGATION_KEYS = ['to', 'max_depth', 'scopes', 'audiences', 'read_children'] as const;
 const ISSUER_KEYS = ['issuer', 'jwks_file', 'jwks_url', 'audiences', 'algorithms', 'max_age', 'required_claims'] as const;
@@ -159,6 +163,9 @@ function parseRule(ctx: Context, value: unknown, path: string, issuers: Readonly
   if (bindSession && !principals) {
     ctx.fail(`${path}.bind_session`, 'needs principals: without a principal there is no session to bind the task to');
   }
+  const gateways = raw.gateways === undefined ? [] : ctx.list(raw.gateways, `${path}.gateways`).map((v, i) => ctx.pattern(v, `${path}.gateways[${i}]`));
+  const resultRetentionSeconds =
+    raw.result_retention === undefined ? DEFAULT_RESULT_RETENTION_SECONDS : ctx.duration(raw.result_retention, `${path}.result_retention`);
   return {
     name,
     callers,
@@ -172,6 +179,8 @@ function parseRule(ctx: Context, value: unknown, path: string, issuers: Readonly
     ...(delegation !== undefined ? { delegation } : {}),
     ...(principals !== undefined ? { principals } : {}),
     bindSession,
+    gateways,
+    resultRetentionSeconds,
   };
 }
 

@@ -119,6 +119,13 @@ export interface PolicyRule {
   readonly principals?: PrincipalMatcher;
   /** Follow-up requests must present a subject token of the task's principal's `sub` and `sid`. */
   readonly bindSession: boolean;
+  /**
+   * Workloads (e.g. MCP servers) that may create this rule's tasks for a requester and serve them
+   * (CreateTask on_behalf_of); empty: none, a task must be created by its owner itself.
+   */
+  readonly gateways: readonly SpiffeIdMatcher[];
+  /** How long a task's stored result (CompleteTask result) is handed out after the task ends. */
+  readonly resultRetentionSeconds: number;
 }
 
 export interface PolicyRequest {
@@ -130,6 +137,8 @@ export interface PolicyRequest {
   taskTtlSeconds?: number;
   /** The principal behind the task, from a verified subject token; `claims` is that token's payload. */
   principal?: Principal & { claims: Record<string, unknown> };
+  /** The gateway that created (or serves) the task for its requester; the rule's gateways must allow it. */
+  gateway?: SpiffeId;
 }
 
 export type PolicyDecision =
@@ -144,6 +153,8 @@ export type PolicyDecision =
       readChildren: boolean;
       /** Whether follow-ups must present a subject token of the same `sub` and `sid`. */
       bindSession: boolean;
+      /** How long a stored result is handed out after the task ends (the rule's result_retention). */
+      resultRetentionSeconds: number;
       policyDigest: string;
     }
   | { allowed: false; reason: string; policyDigest: string };
@@ -218,6 +229,7 @@ export class Policy {
           ...(rule.maxTokenTtlSeconds !== undefined ? { maxTokenTtlSeconds: rule.maxTokenTtlSeconds } : {}),
           readChildren: rule.delegation?.readChildren ?? false,
           bindSession: rule.bindSession,
+          resultRetentionSeconds: rule.resultRetentionSeconds,
           policyDigest,
         };
       }
@@ -312,6 +324,11 @@ function firstFailedCondition(rule: PolicyRule, request: PolicyRequest, audience
   }
   if (request.taskTtlSeconds !== undefined && rule.maxTaskTtlSeconds !== undefined && request.taskTtlSeconds > rule.maxTaskTtlSeconds) {
     return `task ttl ${request.taskTtlSeconds}s exceeds max_task_ttl ${rule.maxTaskTtlSeconds}s`;
+  }
+  if (request.gateway !== undefined && !rule.gateways.some((m) => m.matches(request.gateway!))) {
+    return rule.gateways.length === 0
+      ? `gateway ${request.gateway.toString()} is not allowed (the rule names no gateways)`
+      : `gateway ${request.gateway.toString()} is not allowed by gateways`;
   }
   if (rule.principals) {
     // Last, so a request that fails an older condition is told about that one, as before.

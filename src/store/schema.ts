@@ -71,6 +71,15 @@ export interface SigningKeysTable {
   publish_until: Date | null;
 }
 
+/** A task's stored result (migrations/0006), handed out while retained. */
+export interface TaskResultsTable {
+  task_id: string;
+  result: string;
+  failed: boolean;
+  stored_at: Date;
+  retain_until: Date;
+}
+
 export interface TokensTable {
   jti: string;
   task_id: string;
@@ -143,6 +152,7 @@ export interface SchemaMigrationsTable {
 
 export interface Schema {
   tasks: TasksTable;
+  task_results: TaskResultsTable;
   signing_keys: SigningKeysTable;
   tokens: TokensTable;
   audit_chains: AuditChainsTable;

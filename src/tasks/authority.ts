@@ -40,6 +40,7 @@ export class TaskAuthority {
         scopes: request.scopes,
         taskTtlSeconds: request.taskTtlSeconds,
         principal,
+        ...(facts.gateway ? { gateway: SpiffeId.parse(facts.gateway) } : {}),
       });
     }
     const chain = await this.#chain(facts);
@@ -50,6 +51,7 @@ export class TaskAuthority {
       audience: root.audience,
       scopes: root.scopes,
       principal,
+      ...(root.gateway ? { gateway: SpiffeId.parse(root.gateway) } : {}),
     });
     if (!decision.allowed) return { ...decision, reason: `the root task's rule: ${decision.reason}` };
     const refused = delegationRefusal(policy, decision.rule, chain);

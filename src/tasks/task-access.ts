@@ -36,17 +36,19 @@ export interface TaskFacts {
   delegators: string[];
   principal: Principal | null;
   principalClaims: Record<string, unknown> | null;
+  /** The workload that created the task for its requester and serves it; null for a task its owner created. */
+  gateway: string | null;
 }
 
 /** The columns TaskFacts come from (FACTS_SQL reads them; a created row has them). */
 export type FactsRow = Pick<TaskRow, 'task_id' | 'owner_spiffe_id' | 'action' | 'audience' | 'scopes' | 'ttl_seconds' | 'task_hash' | 'expires_at'> &
-  Partial<Pick<TaskRow, 'parent_task_id' | 'root_task_id' | 'depth' | 'delegators' | 'principal' | 'principal_claims'>> & {
+  Partial<Pick<TaskRow, 'parent_task_id' | 'root_task_id' | 'depth' | 'delegators' | 'principal' | 'principal_claims' | 'gateway'>> & {
     /** The spec's resources (FACTS_SQL reads spec->'resources'). */
     resources: string[];
   };
 
 const FACTS_SQL =
-  "select task_id, owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at, spec->'resources' as resources, parent_task_id, root_task_id, depth, delegators, principal, principal_claims from tasks where task_id = $1";
+  "select task_id, owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at, spec->'resources' as resources, parent_task_id, root_task_id, depth, delegators, principal, principal_claims, gateway from tasks where task_id = $1";
 
 /** Task facts kept per replica; the oldest are forgotten first (a miss costs one read). */
 const MAX_CACHED_FACTS = 20_000;
@@ -71,6 +73,9 @@ export interface OpResult {
   detail?: string;
   /** VerifyToken of a use-limited token accepted now: the uses it has left. */
   uses_left?: number | null;
+  /** GetTask with operation 'result': the stored result while retained, or that its retention ended. */
+  result?: { json: string; failed: boolean; stored_at: string; retain_until: string };
+  result_expired?: boolean;
 }
 
 export interface TaskAccessDeps {
@@ -190,17 +195,20 @@ export class TaskAccess {
       delegators: row.delegators ?? [],
       principal: row.principal ?? null,
       principalClaims: row.principal_claims ?? null,
+      gateway: row.gateway ?? null,
     };
     if (this.#facts.size >= MAX_CACHED_FACTS) this.#facts.delete(this.#facts.keys().next().value as string);
     this.#facts.set(taskId, facts);
     return facts;
   }
 
-  /** The owner's facts of a well-formed task ID, or the not-found path. */
+  /** The facts of a well-formed task ID the caller owns or serves as its gateway, or the not-found path. */
   async ownedFacts(actor: Actor, taskId: string, operation: string): Promise<TaskFacts> {
     taskIdArgument(taskId);
     const facts = await this.#factsOf(taskId);
-    if (!facts || facts.ownerSpiffeId !== actor.spiffeId) return this.notFound(actor, taskId, operation, facts !== undefined);
+    if (!facts || (facts.ownerSpiffeId !== actor.spiffeId && facts.gateway !== actor.spiffeId)) {
+      return this.notFound(actor, taskId, operation, facts !== undefined);
+    }
     return facts;
   }
 
@@ -219,13 +227,22 @@ export class TaskAccess {
    * A task that does not exist and a task owned by someone else look the same from outside
    * (NOT_FOUND); both are audited, a stranger's repeated probes of one task counted, not each written.
    */
-  async notFound(actor: Actor, taskId: string, operation: string, exists: boolean, why?: string): Promise<never> {
-    const admitted = this.#denials.admit(actor.spiffeId, taskId);
+  async notFound(
+    actor: Actor,
+    taskId: string,
+    operation: string,
+    exists: boolean,
+    why?: string,
+    extra?: { who: string; details: Record<string, unknown> },
+  ): Promise<never> {
+    // A gateway's probes are counted per requester: one requester's probing never hides another's.
+    const admitted = this.#denials.admit(extra ? `${actor.spiffeId} for ${extra.who}` : actor.spiffeId, taskId);
     if (admitted.record) {
       const details = {
         operation,
         reason: why ?? (exists ? 'caller is not the task owner' : 'no such task'),
         requested_task_id: taskId,
+        ...(extra?.details ?? {}),
         ...(admitted.suppressed > 0 ? { suppressed_denials: admitted.suppressed } : {}),
       };
       if (exists) await this.apply(taskId, { op: 'event', task_id: taskId, type: 'access.denied', ...this.who(actor, this.now()), details });

@@ -160,6 +160,37 @@ export class TaskRows {
     return q.orderBy('created_at', 'desc').orderBy('task_id', 'desc').limit(limit).execute();
   }
 
+  /**
+   * A page of one party's tasks, newest first: the owner's own (no gateway given), or those a
+   * gateway serves for one requester (its owner's SPIFFE ID, or the principal it was created for).
+   */
+  listOwn(
+    who: { owner: string; gateway?: undefined } | { gateway: string; owner: string } | { gateway: string; principal: { iss: string; sub: string } },
+    below: { createdAt: Date; taskId: string } | undefined,
+    limit: number,
+  ): Promise<TaskRow[]> {
+    let q = this.#deps.db.selectFrom('tasks').selectAll();
+    if (who.gateway === undefined) {
+      q = q.where('owner_spiffe_id', '=', who.owner);
+    } else if ('owner' in who) {
+      q = q.where('gateway', '=', who.gateway).where('owner_spiffe_id', '=', who.owner);
+    } else {
+      q = q
+        .where('gateway', '=', who.gateway)
+        .where('owner_spiffe_id', '=', who.gateway)
+        .where(sql<boolean>`principal->>'iss' = ${who.principal.iss} and principal->>'sub' = ${who.principal.sub}`);
+    }
+    if (below)
+      q = q.where((eb) => eb.or([eb('created_at', '<', below.createdAt), eb.and([eb('created_at', '=', below.createdAt), eb('task_id', '<', below.taskId)])]));
+    return q.orderBy('created_at', 'desc').orderBy('task_id', 'desc').limit(limit).execute();
+  }
+
+  /** Deletes stored results whose retention ended before `now` (their tasks and events stay). */
+  async purgeResults(now: Date): Promise<number> {
+    const result = await this.#deps.db.deleteFrom('task_results').where('retain_until', '<', now).executeTakeFirst();
+    return Number(result.numDeletedRows);
+  }
+
   async exists(taskId: string): Promise<boolean> {
     return (await this.#deps.db.selectFrom('tasks').select('task_id').where('task_id', '=', taskId).executeTakeFirst()) !== undefined;
   }

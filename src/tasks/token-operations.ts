@@ -127,7 +127,9 @@ export class TokenOperations {
         cnf: { 'x5t#S256': actor.certThumbprint },
         ver: TOKEN_CONTRACT_VERSION,
       };
-      const act = actClaimOf(facts.delegators);
+      // A gateway issuing for the requester's task acts for its owner (RFC 8693): it is the outermost actor.
+      const viaGateway = facts.gateway !== null && actor.spiffeId === facts.gateway && facts.gateway !== facts.ownerSpiffeId;
+      const act = actClaimOf(viaGateway ? [facts.gateway!, ...facts.delegators] : facts.delegators);
       if (act) claims.act = act;
       if (facts.parentTaskId) claims.parent_task_id = facts.parentTaskId;
       if (facts.principal) claims.principal = { ...facts.principal };
