@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js';
 import { Agent, fetch } from 'undici';
 
 const env = (name) =>
@@ -59,7 +60,7 @@ try {
 
   const polled = await creator.client.experimental.tasks.getTask(taskId);
   check(polled.status === 'completed', `tasks/get says ${polled.status}`);
-  const again = await creator.client.experimental.tasks.getTaskResult(taskId);
+  const again = await creator.client.experimental.tasks.getTaskResult(taskId, CallToolResultSchema);
   check(again.content[0].text === result.content[0].text, 'tasks/result again returns the stored result');
   const { tasks } = await creator.client.experimental.tasks.listTasks();
   check(
@@ -69,7 +70,7 @@ try {
 
   for (const [method, call] of [
     ['tasks/get', () => other.client.experimental.tasks.getTask(taskId)],
-    ['tasks/result', () => other.client.experimental.tasks.getTaskResult(taskId)],
+    ['tasks/result', () => other.client.experimental.tasks.getTaskResult(taskId, CallToolResultSchema)],
     ['tasks/cancel', () => other.client.experimental.tasks.cancelTask(taskId)],
   ]) {
     const err = await call().then(

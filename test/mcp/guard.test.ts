@@ -6,7 +6,7 @@
  * task request fails closed.
  */
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { ErrorCode, type CallToolResult } from '@modelcontextprotocol/sdk/types.js';
+import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyTaskTrail } from '../../src/audit/audit.js';
 import { argumentsSha256 } from '../../src/mcp/index.js';
@@ -63,18 +63,20 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     expect(Date.parse(working.createdAt)).not.toBeNaN();
 
     // tasks/result blocks until the work ends.
-    const pending = alice.experimental.tasks.getTaskResult(taskId);
+    const pending = alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema);
     await mcp.works.finish(taskId, 'done');
-    const result = (await pending) as CallToolResult;
+    const result = await pending;
     expect(result.content).toEqual([{ type: 'text', text: 'Q1: done' }]);
     expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ taskId, status: 'completed' });
-    expect(((await alice.experimental.tasks.getTaskResult(taskId)) as CallToolResult).content).toEqual(result.content);
+    expect((await alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema)).content).toEqual(result.content);
 
     const trail = await trailOf(t, taskId);
     const types = trail.map((e) => e.type);
     expect(types[0]).toBe('task.created');
     expect(trail[0]?.details).toMatchObject({ action: TOOL, audience: MCP_SERVER });
-    expect(JSON.stringify(trail[0]?.details)).toContain(argumentsSha256({ title: 'Q1' }));
+    // The task's spec (and so its hash, and every token's) commits to the arguments' canonical hash.
+    const row = await t.broker.store.db.selectFrom('tasks').select('spec').where('task_id', '=', taskId).executeTakeFirstOrThrow();
+    expect(row.spec).toMatchObject({ params: { tool: TOOL, arguments_sha256: argumentsSha256({ title: 'Q1' }) } });
     expect(types).toEqual(expect.arrayContaining(['task.polled', 'task.result_read', 'token.issued', 'task.completed']));
     expect(types.filter((x) => x === 'task.result_read').length).toBeGreaterThanOrEqual(2);
     for (const e of trail.filter((x) => x.type === 'task.polled' || x.type === 'task.result_read')) expect(JSON.stringify(e.details)).toContain(ALICE);
@@ -89,7 +91,7 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     expect(await alice.experimental.tasks.cancelTask(taskId)).toMatchObject({ taskId, status: 'cancelled' });
     expect(await aborted).toBe('cancelled');
     expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'cancelled' });
-    await expect(alice.experimental.tasks.getTaskResult(taskId)).rejects.toMatchObject({
+    await expect(alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema)).rejects.toMatchObject({
       code: ErrorCode.InvalidParams,
       message: expect.stringMatching(/cancelled/),
     });
@@ -105,7 +107,7 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     const unknown = 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA';
     for (const id of [taskId, unknown]) {
       await expect(bob.experimental.tasks.getTask(id)).rejects.toEqual(notFound(id));
-      await expect(bob.experimental.tasks.getTaskResult(id)).rejects.toEqual(notFound(id));
+      await expect(bob.experimental.tasks.getTaskResult(id, CallToolResultSchema)).rejects.toEqual(notFound(id));
       await expect(bob.experimental.tasks.cancelTask(id)).rejects.toEqual(notFound(id));
     }
     // Still alive and Alice's.
@@ -119,7 +121,7 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
 
   it("revokes the task's tokens when the work ends", async () => {
     const taskId = await startTask(alice, 'tokens');
-    const pending = alice.experimental.tasks.getTaskResult(taskId);
+    const pending = alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema);
     await mcp.works.finish(taskId, 'ok');
     await pending;
     const token = mcp.works.tokens.get(taskId);
@@ -130,7 +132,7 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
 
   it('ends a task whose work throws as failed, with the error as its result', async () => {
     const taskId = await startTask(alice, 'boom');
-    const pending = alice.experimental.tasks.getTaskResult(taskId);
+    const pending = alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema);
     await mcp.works.fail(taskId, 'disk full');
     expect(await pending).toMatchObject({ isError: true, content: [{ type: 'text', text: 'disk full' }] });
     expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'failed' });
@@ -170,7 +172,7 @@ describe('MCP tasks without the broker', () => {
     await expect(startTask(alice, 'x')).rejects.toEqual(unavailable);
     const id = 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA';
     await expect(alice.experimental.tasks.getTask(id)).rejects.toEqual(unavailable);
-    await expect(alice.experimental.tasks.getTaskResult(id)).rejects.toEqual(unavailable);
+    await expect(alice.experimental.tasks.getTaskResult(id, CallToolResultSchema)).rejects.toEqual(unavailable);
     await expect(alice.experimental.tasks.cancelTask(id)).rejects.toEqual(unavailable);
     await expect(alice.experimental.tasks.listTasks()).rejects.toEqual(unavailable);
     expect(mcp.guard.runningWorks).toBe(0);
