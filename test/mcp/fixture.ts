@@ -85,7 +85,7 @@ export interface McpFixture {
   works: Works;
   /** The MCP server's own broker client (its SVID). */
   gatewayClient: TaskBrokerClient;
-  /** A connected MCP client presenting an SVID for `spiffeId`. */
+  /** A connected MCP client presenting an SVID for `spiffeId`; with `bearer`, no certificate but that token (none when empty). */
   connect(spiffeId: string, options?: { bearer?: string; pki?: TrustDomainPki }): Promise<Client>;
   close(): Promise<void>;
 }
@@ -159,7 +159,7 @@ export async function startMcpFixture(t: TestBroker, options: Partial<Omit<Guard
     gatewayClient,
     async connect(spiffeId, connectOptions = {}) {
       const pki = connectOptions.pki ?? (spiffeId.startsWith('spiffe://b.test/') ? t.b : t.a);
-      const svid = connectOptions.bearer ? undefined : await pemOf(await mintX509Svid(pki.root, spiffeId));
+      const svid = connectOptions.bearer !== undefined ? undefined : await pemOf(await mintX509Svid(pki.root, spiffeId));
       const { fetch, agent } = mtlsFetch(svid, t.a.root.pem, MCP_SERVER);
       const client = new Client({ name: `client-${spiffeId}`, version: '1.0.0' });
       const transport = new StreamableHTTPClientTransport(url, {
