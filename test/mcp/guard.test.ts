@@ -37,12 +37,14 @@ const notFound = (taskId: string): unknown =>
 
 describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
   let t: TestBroker;
+  let policy: MutablePolicySource;
   let mcp: McpFixture;
   let alice: Client;
   let bob: Client;
 
   beforeAll(async () => {
-    t = await startTestBroker(kind, { policy: new MutablePolicySource(policyOf(MCP_POLICY)) });
+    policy = new MutablePolicySource(policyOf(MCP_POLICY));
+    t = await startTestBroker(kind, { policy });
     mcp = await startMcpFixture(t);
     [alice, bob] = await Promise.all([mcp.connect(ALICE), mcp.connect(BOB)]);
   }, 60_000);
@@ -147,6 +149,40 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     expect(aliceIds).not.toContain(bobs);
     expect(bobIds).toEqual([bobs]);
     await Promise.all([mcp.works.finish(mine, 'ok'), mcp.works.finish(bobs, 'ok')]);
+  });
+
+  it("aborts the work when the task's ttl elapses, and reports the task failed", async () => {
+    let taskId: string | undefined;
+    for await (const message of alice.experimental.tasks.callToolStream({ name: TOOL, arguments: { title: 'slow' } }, undefined, { task: { ttl: 1_000 } })) {
+      if (message.type === 'taskCreated') {
+        taskId = message.task.taskId;
+        break;
+      }
+    }
+    const work = await mcp.works.running(taskId!);
+    const reason = await new Promise((resolve) => work.signal.addEventListener('abort', () => resolve(work.signal.reason), { once: true }));
+    expect(reason).toBe('expired');
+    t.clock.advance(1_000); // past the broker's expiry even if its clock lags this process's timer
+    expect(await alice.experimental.tasks.getTask(taskId!)).toMatchObject({ status: 'failed', statusMessage: 'task ttl elapsed' });
+    await expect(alice.experimental.tasks.getTaskResult(taskId!, CallToolResultSchema)).rejects.toMatchObject({
+      code: ErrorCode.InvalidParams,
+      message: expect.stringMatching(/ttl elapsed; it has no result/),
+    });
+  });
+
+  it('says a result is no longer available once its retention ended', async () => {
+    // A short retention (the requester's certificate would not outlive an hour on the broker's clock).
+    policy.set(policyOf(MCP_POLICY.replace('result_retention: 1h', 'result_retention: 1s')));
+    const taskId = await startTask(alice, 'kept a second');
+    const pending = alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema);
+    await mcp.works.finish(taskId, 'ok');
+    await pending;
+    policy.set(policyOf(MCP_POLICY));
+    t.clock.advance(2_000);
+    await expect(alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema)).rejects.toMatchObject({
+      code: ErrorCode.InvalidParams,
+      message: expect.stringMatching(/no longer available/),
+    });
   });
 });
 
