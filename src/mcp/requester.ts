@@ -46,6 +46,17 @@ export function requesterAuthInfo(req: IncomingMessage): AuthInfo | undefined {
 }
 
 /**
+ * Chains seen on full handshakes, by leaf fingerprint. A resumed TLS session hands the server
+ * only the peer's leaf (no issuerCertificate), and a leaf issued by an intermediate does not
+ * verify at the broker on its own; the chain the same leaf came with on its full handshake (in
+ * this process) fills the gap. Bounded: the oldest entry leaves first.
+ */
+const chainsByLeaf = new Map<string, Uint8Array[]>();
+const MAX_REMEMBERED_CHAINS = 1024;
+
+type ChainedCertificate = PeerCertificate & { issuerCertificate?: PeerCertificate };
+
+/**
  * The DER chain of an authorized TLS peer, leaf first, up to (not including) a self-signed
  * certificate: the broker verifies it against its own trust bundles, so the root is not needed.
  * Only a peer the TLS server authorized counts: an unverified certificate is no identity.
@@ -53,20 +64,31 @@ export function requesterAuthInfo(req: IncomingMessage): AuthInfo | undefined {
 function peerChain(req: IncomingMessage): { leaf: PeerCertificate; der: Uint8Array[] } | undefined {
   const socket = req.socket as Partial<TLSSocket>;
   if (typeof socket.getPeerCertificate !== 'function' || socket.authorized !== true) return undefined;
-  const leaf = socket.getPeerCertificate(true);
+  const leaf: ChainedCertificate = socket.getPeerCertificate(true);
   if (!leaf?.raw) return undefined;
+  if (!leaf.issuerCertificate) {
+    // A resumed session: only the leaf is known here.
+    return { leaf, der: chainsByLeaf.get(leaf.fingerprint256) ?? [new Uint8Array(leaf.raw)] };
+  }
   const der: Uint8Array[] = [];
   const seen = new Set<string>();
-  let cert: PeerCertificate | undefined = leaf;
+  let cert: ChainedCertificate | undefined = leaf;
   while (cert?.raw && der.length < MAX_CHAIN && !seen.has(cert.fingerprint256)) {
     seen.add(cert.fingerprint256);
-    const issuer: PeerCertificate | undefined = (cert as PeerCertificate & { issuerCertificate?: PeerCertificate }).issuerCertificate;
+    const issuer: ChainedCertificate | undefined = cert.issuerCertificate;
     const selfSigned = !issuer || issuer === cert || issuer.fingerprint256 === cert.fingerprint256;
     if (selfSigned && der.length > 0) break;
     der.push(new Uint8Array(cert.raw));
     cert = issuer;
   }
-  return der.length > 0 ? { leaf, der } : undefined;
+  remember(leaf.fingerprint256, der);
+  return { leaf, der };
+}
+
+function remember(fingerprint: string, der: Uint8Array[]): void {
+  chainsByLeaf.delete(fingerprint);
+  chainsByLeaf.set(fingerprint, der);
+  if (chainsByLeaf.size > MAX_REMEMBERED_CHAINS) chainsByLeaf.delete(chainsByLeaf.keys().next().value as string);
 }
 
 function uriSanOf(cert: PeerCertificate): string | undefined {

@@ -86,7 +86,7 @@ export interface McpFixture {
   /** The MCP server's own broker client (its SVID). */
   gatewayClient: TaskBrokerClient;
   /** A connected MCP client presenting an SVID for `spiffeId`; with `bearer`, no certificate but that token (none when empty). */
-  connect(spiffeId: string, options?: { bearer?: string; pki?: TrustDomainPki }): Promise<Client>;
+  connect(spiffeId: string, options?: { bearer?: string; pki?: TrustDomainPki; viaIntermediate?: boolean }): Promise<Client>;
   close(): Promise<void>;
 }
 
@@ -159,7 +159,8 @@ export async function startMcpFixture(t: TestBroker, options: Partial<Omit<Guard
     gatewayClient,
     async connect(spiffeId, connectOptions = {}) {
       const pki = connectOptions.pki ?? (spiffeId.startsWith('spiffe://b.test/') ? t.b : t.a);
-      const svid = connectOptions.bearer !== undefined ? undefined : await pemOf(await mintX509Svid(pki.root, spiffeId));
+      const issuer = connectOptions.viaIntermediate ? pki.intermediate : pki.root;
+      const svid = connectOptions.bearer !== undefined ? undefined : await pemOf(await mintX509Svid(issuer, spiffeId));
       const { fetch, agent } = mtlsFetch(svid, t.a.root.pem, MCP_SERVER);
       const client = new Client({ name: `client-${spiffeId}`, version: '1.0.0' });
       const transport = new StreamableHTTPClientTransport(url, {

@@ -86,6 +86,15 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     expect(types.length).toBeLessThan(20);
   });
 
+  it('forwards a requester chain with an intermediate (leaf first, root left out)', async () => {
+    const carol = await mcp.connect('spiffe://a.test/ns/agents/sa/carol', { viaIntermediate: true });
+    const taskId = await startTask(carol, 'chained');
+    expect((await mcp.works.running(taskId)).authInfo?.clientId).toBe('spiffe://a.test/ns/agents/sa/carol');
+    expect(await carol.experimental.tasks.getTask(taskId)).toMatchObject({ taskId, status: 'working' });
+    await expect(alice.experimental.tasks.getTask(taskId)).rejects.toEqual(notFound(taskId));
+    await mcp.works.finish(taskId, 'ok');
+  });
+
   it('lets the creator cancel: the work is aborted, the task CANCELLED and audited', async () => {
     const taskId = await startTask(alice, 'to cancel');
     const work = await mcp.works.running(taskId);
