@@ -95,6 +95,20 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     await mcp.works.finish(taskId, 'ok');
   });
 
+  it("answers a task creation the policy refuses with the broker's refusal, and starts no work", async () => {
+    const before = mcp.works.started.length;
+    policy.set(policyOf(MCP_POLICY.replace(`gateways: ["${MCP_SERVER}"]`, 'gateways: ["spiffe://a.test/ns/mcp/sa/another-server"]')));
+    try {
+      await expect(startTask(alice, 'refused')).rejects.toMatchObject({
+        code: ErrorCode.InvalidRequest,
+        message: expect.stringMatching(/task broker denied the request/),
+      });
+    } finally {
+      policy.set(policyOf(MCP_POLICY));
+    }
+    expect(mcp.works.started.length).toBe(before);
+  });
+
   it('lets the creator cancel: the work is aborted, the task CANCELLED and audited', async () => {
     const taskId = await startTask(alice, 'to cancel');
     const work = await mcp.works.running(taskId);
