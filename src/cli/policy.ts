@@ -27,6 +27,11 @@ export const policyCheckSpec: CommandSpec = {
       placeholder: 'DURATION',
       description: "Task lifetime to check against the rule's max_task_ttl, e.g. 90s, 5m, 1h, 7d (default: not checked)",
     },
+    gateway: {
+      type: 'string',
+      placeholder: 'SPIFFE_ID',
+      description: "A gateway (e.g. an MCP server) creating the task for --caller, which the rule's gateways must allow (default: none, the caller itself)",
+    },
     admin: { type: 'boolean', description: 'Check whether --caller may use the admin API instead (--action and --audience are then not needed)' },
     json: { type: 'boolean', description: 'Print the decision as one JSON object instead of text' },
   },
@@ -60,7 +65,7 @@ export async function runPolicyCheck(parsed: ParsedCommand, out: (line: string) 
   const json = parsed.values.json === true;
   const path = stringOption(parsed.values, 'policy') ?? '';
 
-  let request: { action: string; audience: string; scopes: string[]; taskTtlSeconds?: number } | undefined;
+  let request: { action: string; audience: string; scopes: string[]; taskTtlSeconds?: number; gateway?: SpiffeId } | undefined;
   if (!admin) {
     const action = requiredUnlessAdmin(parsed, 'action');
     const audience = spiffeIdOption(parsed, 'audience').toString();
@@ -73,7 +78,14 @@ export async function runPolicyCheck(parsed: ParsedCommand, out: (line: string) 
         throw new UsageError(`--ttl: ${(err as Error).message}`);
       }
     }
-    request = { action, audience, scopes: listOption(parsed.values, 'scope'), ...(taskTtlSeconds !== undefined ? { taskTtlSeconds } : {}) };
+    const gateway = stringOption(parsed.values, 'gateway') === undefined ? undefined : spiffeIdOption(parsed, 'gateway');
+    request = {
+      action,
+      audience,
+      scopes: listOption(parsed.values, 'scope'),
+      ...(taskTtlSeconds !== undefined ? { taskTtlSeconds } : {}),
+      ...(gateway ? { gateway } : {}),
+    };
   }
 
   // A PolicyError propagates: main() prints it to stderr and exits 1.
@@ -88,7 +100,9 @@ export async function runPolicyCheck(parsed: ParsedCommand, out: (line: string) 
     out(`ALLOW: ${caller.toString()} is an admin (admins entry "${decision.entry}")`);
   } else {
     const ttl = decision.maxTokenTtlSeconds !== undefined ? `token ttl capped at ${decision.maxTokenTtlSeconds}s` : 'token ttl not capped by the policy';
-    out(`ALLOW by rule "${decision.rule}" (approval required: ${decision.requireApproval ? 'yes' : 'no'}; ${ttl})`);
+    out(
+      `ALLOW by rule "${decision.rule}" (approval required: ${decision.requireApproval ? 'yes' : 'no'}; ${ttl}; results kept ${decision.resultRetentionSeconds}s)`,
+    );
   }
   if (!json) out(`policy: ${path} (digest ${policy.digest})`);
   return decision.allowed ? ExitCode.ok : ExitCode.denied;

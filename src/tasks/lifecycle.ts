@@ -57,6 +57,8 @@ export const MAX_RESULT_CHARS = 512 * 1024;
 /** ListOwnTasks pages. */
 const DEFAULT_LIST_PAGE = 50;
 const MAX_LIST_PAGE = 100;
+/** A page token is a small JSON cursor in base64url. */
+const MAX_PAGE_TOKEN_CHARS = 1024;
 
 /** What the task domain needs of the store: the write path's statement and reads, transactions, and the write health they feed. */
 export type TaskStore = Pick<Store, 'db' | 'transaction' | 'applyBatch' | 'read' | 'writes'>;
@@ -311,6 +313,7 @@ export class TaskLifecycle {
     const access = this.#access;
     const pageSize = options.pageSize || DEFAULT_LIST_PAGE;
     if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > MAX_LIST_PAGE) throw invalid(`page_size: 1 to ${MAX_LIST_PAGE} (0: ${DEFAULT_LIST_PAGE})`);
+    if ((options.pageToken?.length ?? 0) > MAX_PAGE_TOKEN_CHARS) throw invalid(`page_token: at most ${MAX_PAGE_TOKEN_CHARS} characters`);
     const onBehalfOf = requesterArgument(options.onBehalfOf);
     const requester = onBehalfOf ? await this.#verifyRequester(actor, onBehalfOf, 'ListOwnTasks') : undefined;
     const who =

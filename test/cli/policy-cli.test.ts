@@ -25,8 +25,21 @@ describe('task-broker policy check', () => {
   it('allows a request a rule allows: exit 0, names the rule, the approval, the token ttl cap and the digest', async () => {
     const result = await workerExport('--scope', 'invoices:read', '--scope', 'invoices:list', '--ttl', '30m');
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toContain('ALLOW by rule "billing-export" (approval required: no; token ttl capped at 300s)');
+    expect(result.stdout).toContain('ALLOW by rule "billing-export" (approval required: no; token ttl capped at 300s; results kept 3600s)');
     expect(result.stdout).toMatch(/digest [A-Za-z0-9_-]{43}/);
+  });
+
+  it('checks a gateway against the rule’s gateways, and says how long results are kept', async () => {
+    const agent = 'spiffe://example.org/ns/agents/sa/alice';
+    const mcp = 'spiffe://example.org/ns/mcp/sa/mcp-server';
+    const ask = (...more: string[]) =>
+      check('--policy', EXAMPLE, '--caller', agent, '--action', 'report.generate', '--audience', mcp, '--scope', 'reports:read', ...more);
+    const allowed = await ask('--gateway', mcp);
+    expect(allowed.code, allowed.stderr).toBe(0);
+    expect(allowed.stdout).toContain('ALLOW by rule "mcp-reports" (approval required: no; token ttl not capped by the policy; results kept 1800s)');
+    const denied = await ask('--gateway', 'spiffe://example.org/ns/mcp/sa/impostor');
+    expect(denied.code).toBe(3);
+    expect(denied.stdout).toContain('DENY: rule "mcp-reports": gateway spiffe://example.org/ns/mcp/sa/impostor is not allowed by gateways');
   });
 
   it('reports required approval', async () => {
@@ -41,7 +54,7 @@ describe('task-broker policy check', () => {
       'spiffe://example.org/ns/reports/sa/api',
     );
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toContain('ALLOW by rule "partner-reports" (approval required: yes; token ttl capped at 60s)');
+    expect(result.stdout).toContain('ALLOW by rule "partner-reports" (approval required: yes; token ttl capped at 60s; results kept 3600s)');
   });
 
   it('denies with the reason: exit 3', { timeout: cliTimeout(3) }, async () => {
@@ -68,6 +81,7 @@ describe('task-broker policy check', () => {
       requireApproval: false,
       readChildren: false,
       bindSession: false,
+      resultRetentionSeconds: 3600,
       maxTokenTtlSeconds: 300,
       policyDigest: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/),
     });

@@ -101,18 +101,31 @@ describe('subjectToken on every task call', () => {
     await get.client.getTask('tsk_child', { subjectToken: SUBJECT_TOKEN });
     await get.client.getTask('tsk_child');
     expect(get.requests).toEqual([
-      { taskId: 'tsk_child', subjectToken: SUBJECT_TOKEN },
-      { taskId: 'tsk_child', subjectToken: '' },
+      { taskId: 'tsk_child', subjectToken: SUBJECT_TOKEN, operation: 'TASK_OPERATION_POLL', onBehalfOf: null },
+      { taskId: 'tsk_child', subjectToken: '', operation: 'TASK_OPERATION_POLL', onBehalfOf: null },
     ]);
     const complete = clientAnswering('CompleteTask', { task: wireTask({ state: 'TASK_STATE_COMPLETED' }), revokedTokens: 2 });
     expect(await complete.client.completeTask('tsk_child', 'done', { subjectToken: SUBJECT_TOKEN })).toMatchObject({
       revokedTokens: 2,
       task: { state: 'COMPLETED' },
     });
-    expect(complete.requests).toEqual([{ taskId: 'tsk_child', outcome: 'done', subjectToken: SUBJECT_TOKEN }]);
+    expect(complete.requests).toEqual([{ taskId: 'tsk_child', outcome: 'done', subjectToken: SUBJECT_TOKEN, result: null }]);
     const cancel = clientAnswering('CancelTask', { task: wireTask({ state: 'TASK_STATE_CANCELLED' }), revokedTokens: 0 });
     await cancel.client.cancelTask('tsk_child', undefined, { subjectToken: SUBJECT_TOKEN });
-    expect(cancel.requests).toEqual([{ taskId: 'tsk_child', reason: '', subjectToken: SUBJECT_TOKEN }]);
+    expect(cancel.requests).toEqual([{ taskId: 'tsk_child', reason: '', subjectToken: SUBJECT_TOKEN, onBehalfOf: null }]);
+  });
+
+  it('a gateway names its requester: a DER chain or a subject token, and a result read says so', async () => {
+    const der = Buffer.from([0x30, 0x03, 0x02, 0x01, 0x01]);
+    const get = clientAnswering('GetTask', { task: wireTask(), result: null, resultExpired: true });
+    const read = await get.client.readTask('tsk_child', { operation: 'result', onBehalfOf: { x509SvidChain: [der] } });
+    expect(read.resultExpired).toBe(true);
+    expect(get.requests).toEqual([
+      { taskId: 'tsk_child', subjectToken: '', operation: 'TASK_OPERATION_RESULT', onBehalfOf: { x509SvidChain: [der], subjectToken: '' } },
+    ]);
+    const complete = clientAnswering('CompleteTask', { task: wireTask({ state: 'TASK_STATE_COMPLETED' }), revokedTokens: 0 });
+    await complete.client.completeTask('tsk_child', 'done', { result: { json: '{}' } });
+    expect(complete.requests).toEqual([{ taskId: 'tsk_child', outcome: 'done', subjectToken: '', result: { json: '{}', failed: false } }]);
   });
 
   it('the low-level BrokerClient keeps its positional forms next to the request forms', async () => {

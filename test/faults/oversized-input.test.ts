@@ -121,6 +121,18 @@ describe('oversized and malformed input', () => {
     ['CreateTask subject_token', () => worker.createTask({ spec: taskSpec(AUDIENCE), subjectToken: MEGABYTE })],
     ['GetTask subject_token', () => worker.getTask({ taskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', subjectToken: MEGABYTE })],
     ['DelegateTask delegatee', () => worker.delegateTask({ parentTaskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', delegatee: `spiffe://${TD}/${MEGABYTE}`, spec: {} })],
+    ['CreateTask on_behalf_of.subject_token', () => worker.createTask({ spec: taskSpec(AUDIENCE), onBehalfOf: { subjectToken: MEGABYTE } })],
+    [
+      'CreateTask on_behalf_of.x509_svid_chain',
+      () => worker.createTask({ spec: taskSpec(AUDIENCE), onBehalfOf: { x509SvidChain: [Buffer.alloc(1_000_000, 0x30)] } }),
+    ],
+    ['GetTask on_behalf_of', () => worker.getTask({ taskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', onBehalfOf: { subjectToken: MEGABYTE } })],
+    ['CancelTask on_behalf_of', () => worker.cancelTask({ taskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', reason: '', onBehalfOf: { subjectToken: MEGABYTE } })],
+    [
+      'CompleteTask result.json',
+      () => worker.completeTask({ taskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', outcome: '', result: { json: `"${MEGABYTE}"`, failed: false } }),
+    ],
+    ['ListOwnTasks page_token', () => worker.listOwnTasks({ pageToken: MEGABYTE })],
     [
       'DelegateTask spec.resources',
       () => worker.delegateTask({ parentTaskId: 'tsk_AAAAAAAAAAAAAAAAAAAAAAAA', delegatee: WORKER, spec: { resources: [MEGABYTE] } }),

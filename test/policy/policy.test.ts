@@ -698,6 +698,7 @@ describe('Policy.decide with principals', () => {
       approvers: { issuers: [IDP], claims: { groups: 'approvers' } },
       readChildren: false,
       bindSession: true,
+      resultRetentionSeconds: 3600,
       policyDigest: policy.digest,
     });
   });
@@ -787,6 +788,7 @@ ${ISSUERS}rules:
       maxTokenTtlSeconds: 300,
       readChildren: false,
       bindSession: false,
+      resultRetentionSeconds: 3600,
       policyDigest: old.digest,
     };
     expect(old.decide(request())).toEqual(expected);
@@ -851,5 +853,55 @@ ${ISSUERS}rules:
       allowed: false,
       reason: 'rule "gone" is no longer in the policy',
     });
+  });
+});
+
+describe('gateways and result_retention', () => {
+  const text = `
+version: 1
+rules:
+  - name: mcp
+    callers: {trust_domains: [example.org]}
+    actions: [report.generate]
+    audiences: ["spiffe://example.org/mcp"]
+    scopes: ["*"]
+    gateways: ["spiffe://example.org/mcp", "spiffe://example.org/gw/*"]
+    result_retention: 15m
+  - name: plain
+    callers: {trust_domains: [example.org]}
+    actions: [plain]
+    audiences: ["spiffe://example.org/mcp"]
+    scopes: ["*"]
+`;
+  const p = parsePolicy(text, 'gateways.yaml');
+  const ask = (action: string, gateway?: string) =>
+    p.decide({
+      caller: SpiffeId.parse('spiffe://example.org/agent'),
+      action,
+      audience: 'spiffe://example.org/mcp',
+      scopes: [],
+      ...(gateway ? { gateway: SpiffeId.parse(gateway) } : {}),
+    });
+
+  it('lets a listed gateway serve the rule’s tasks, with the rule’s retention', () => {
+    expect(ask('report.generate', 'spiffe://example.org/gw/a')).toMatchObject({ allowed: true, rule: 'mcp', resultRetentionSeconds: 900 });
+    expect(ask('report.generate')).toMatchObject({ allowed: true, rule: 'mcp' });
+  });
+
+  it('refuses a gateway the rule does not list, and any gateway for a rule without gateways (closed)', () => {
+    expect(ask('report.generate', 'spiffe://example.org/other')).toMatchObject({
+      allowed: false,
+      reason: 'rule "mcp": gateway spiffe://example.org/other is not allowed by gateways; rule "plain": action "report.generate" is not allowed',
+    });
+    expect(ask('plain', 'spiffe://example.org/mcp')).toMatchObject({
+      allowed: false,
+      reason: expect.stringContaining('rule "plain": gateway spiffe://example.org/mcp is not allowed (the rule names no gateways)') as string,
+    });
+    expect(ask('plain')).toMatchObject({ allowed: true, resultRetentionSeconds: 3600 });
+  });
+
+  it('refuses a malformed gateway pattern or retention, naming the field', () => {
+    expect(() => parsePolicy(text.replace('result_retention: 15m', 'result_retention: soon'), 'x.yaml')).toThrow(/rules\[0\]\.result_retention/);
+    expect(() => parsePolicy(text.replace('"spiffe://example.org/gw/*"', '"not a spiffe id"'), 'x.yaml')).toThrow(/rules\[0\]\.gateways\[1\]/);
   });
 });

@@ -69,6 +69,7 @@ const APP_PRIVILEGES: Record<string, string[]> = {
   revocations: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   schema_migrations: ['SELECT'],
   signing_keys: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
+  task_results: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   tasks: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   token_use_reports: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],
   tokens: ['DELETE', 'INSERT', 'SELECT', 'UPDATE'],

@@ -13,6 +13,7 @@ import type { BrokerClient } from '../../src/client/broker-client.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
 import type { Requester } from '../../src/gen/taskbroker/v1/Requester.js';
+import { printAuditTrail } from '../../src/cli/admin/render.js';
 import { structToJson } from '../../src/protocol/struct.js';
 import { certificateThumbprint } from '../../src/spiffe/certificate.js';
 import { STORES } from '../helpers/db.js';
@@ -125,6 +126,18 @@ describe.each(STORES)('gateways on %s', (kind) => {
     expect(events[2]!.details).toMatchObject({ result: 'not yet' });
     expect(events[4]!.details).toMatchObject({ result: 'handed out' });
     expect(events[3]!.details).toMatchObject({ result_stored: true, result_failed: false });
+
+    // What `task-broker admin audit-trail` prints of it tells the story.
+    const lines: string[] = [];
+    const res = await (await t.adminClient(ADMIN)).getWholeAuditTrail(task!.taskId);
+    printAuditTrail({ ...res, chain: res.chain! }, (line) => lines.push(line));
+    const text = lines.join('\n');
+    expect(text).toMatch(/^SEQ +TIME +EVENT +ACTOR +ON BEHALF OF +REQUEST ID +DETAILS$/m);
+    expect(text).toMatch(new RegExp(`^  created +\\S+ by ${MCP} for ${ALICE}$`, 'm'));
+    expect(text).toContain(`  polled       1 time by ${ALICE} via ${MCP}`);
+    expect(text).toContain(`  result read  2 times by ${ALICE} via ${MCP}`);
+    expect(text).toMatch(new RegExp(`^  ended +completed \\S+ by ${MCP}: completed \\(0 tokens revoked\\)$`, 'm'));
+    expect(text).toContain('hash chain verified: 5 events');
 
     const second = (await mcp.createTask({ spec: spec(), onBehalfOf: alice })).task!;
     const cancelled = await mcp.cancelTask({ taskId: second.taskId, reason: 'client cancelled', onBehalfOf: alice });

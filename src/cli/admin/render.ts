@@ -47,6 +47,8 @@ export function printTaskFields(t: Task__Output | null, out: Out): void {
     ['task id', t.taskId],
     ['state', shortState(t.state)],
     ['owner', t.ownerSpiffeId],
+    ['gateway', t.gateway ? t.gateway : undefined],
+    ['result', t.hasResult ? (t.resultFailed ? 'stored (failed)' : 'stored') : undefined],
     ['action', dash(t.spec?.action)],
     ['audience', dash(t.spec?.audience)],
     ['resources', t.spec?.resources.length ? t.spec.resources.join(', ') : '-'],
@@ -69,23 +71,91 @@ export function printTaskFields(t: Task__Output | null, out: Out): void {
 /** A trail whose chain check is there (a missing one counts as a failed check). */
 export type CheckedTrail = GetAuditTrailResponse__Output & { chain: ChainCheck__Output };
 
-/** The trail as a table, then what the chain check found. */
+/** The trail as a table, then its story in a few lines, then what the chain check found. */
 export function printAuditTrail(res: CheckedTrail, out: Out): void {
   const { chain } = res;
   out(`audit trail of ${res.taskId}: ${plural(res.events.length, 'event', 'events')}`);
   out('');
-  const rows = res.events.map((e) => [
+  const details = res.events.map((e) => structToJson(e.details) as Record<string, unknown>);
+  // Events a gateway (an MCP server) wrote for a requester name it: a column of its own then.
+  const forRequester = details.some((d) => requesterOf(d) !== undefined);
+  const rows = res.events.map((e, i) => [
     `#${e.seq}`,
     dash(isoTime(e.occurredAt)),
     e.eventType,
     dash(e.actorSpiffeId),
+    ...(forRequester ? [dash(requesterOf(details[i]!))] : []),
     dash(e.requestId),
-    JSON.stringify(structToJson(e.details)),
+    JSON.stringify(details[i]),
   ]);
-  for (const line of formatTable(['SEQ', 'TIME', 'EVENT', 'ACTOR', 'REQUEST ID', 'DETAILS'], rows)) out(line);
+  const columns = ['SEQ', 'TIME', 'EVENT', 'ACTOR', ...(forRequester ? ['ON BEHALF OF'] : []), 'REQUEST ID', 'DETAILS'];
+  for (const line of formatTable(columns, rows)) out(line);
+  const story = storyOf(res.events, details);
+  if (story.length > 0) {
+    out('');
+    out('story:');
+    for (const line of formatTable(['', ''], story).slice(1)) out(`  ${line.trimEnd()}`);
+  }
   out('');
   if (chain.ok) out(`hash chain verified: ${plural(chain.events, 'event', 'events')}, each linked to the one before`);
   else out(`HASH CHAIN BROKEN at event #${chain.brokenAt}: ${chain.problem || 'no detail given'}`);
+}
+
+/** Who a gateway acted for in an event: the requester's SPIFFE ID, or its principal (sub at iss). */
+function requesterOf(details: Record<string, unknown>): string | undefined {
+  const r = details.requester as { spiffe_id?: unknown; principal?: { iss?: unknown; sub?: unknown } } | undefined;
+  if (!r || typeof r !== 'object') return undefined;
+  if (typeof r.spiffe_id === 'string') return r.spiffe_id;
+  if (r.principal && typeof r.principal.sub === 'string') return `${r.principal.sub} at ${String(r.principal.iss)}`;
+  return undefined;
+}
+
+const ENDINGS = new Set(['task.completed', 'task.cancelled', 'task.revoked', 'task.expired']);
+
+/**
+ * The trail in a few lines: who created the task (and through which gateway), who polled, who
+ * read the result, who was refused, and how and when it ended.
+ */
+function storyOf(events: GetAuditTrailResponse__Output['events'], details: Record<string, unknown>[]): string[][] {
+  const who = (i: number): string => {
+    const requester = requesterOf(details[i]!);
+    const actor = events[i]!.actorSpiffeId || 'broker';
+    return requester && requester !== actor ? `${requester} via ${actor}` : actor;
+  };
+  const counted = (type: string): string | undefined => {
+    const by = new Map<string, number>();
+    events.forEach((e, i) => {
+      if (e.eventType === type) by.set(who(i), (by.get(who(i)) ?? 0) + 1);
+    });
+    if (by.size === 0) return undefined;
+    return [...by].map(([w, n]) => `${plural(n, 'time', 'times')} by ${w}`).join('; ');
+  };
+  const lines: string[][] = [];
+  const created = events.findIndex((e) => e.eventType === 'task.created');
+  if (created >= 0) {
+    const owner = details[created]!.owner;
+    const forOwner = typeof owner === 'string' && owner !== events[created]!.actorSpiffeId ? ` for ${owner}` : '';
+    lines.push(['created', `${dash(isoTime(events[created]!.occurredAt))} by ${events[created]!.actorSpiffeId}${forOwner}`]);
+  }
+  for (const [type, label] of [
+    ['task.approved', 'approved'],
+    ['task.polled', 'polled'],
+    ['task.result_read', 'result read'],
+    ['token.issued', 'tokens issued'],
+    ['token.verified', 'verified'],
+    ['access.denied', 'denied'],
+  ] as const) {
+    const line = counted(type);
+    if (line) lines.push([label, line]);
+  }
+  const ended = events.findIndex((e) => ENDINGS.has(e.eventType));
+  if (ended >= 0) {
+    const d = details[ended]!;
+    const reason = typeof d.reason === 'string' && d.reason ? `: ${d.reason}` : '';
+    const revoked = typeof d.revoked_tokens === 'number' ? ` (${plural(d.revoked_tokens, 'token', 'tokens')} revoked)` : '';
+    lines.push(['ended', `${events[ended]!.eventType.slice('task.'.length)} ${dash(isoTime(events[ended]!.occurredAt))} by ${who(ended)}${reason}${revoked}`]);
+  }
+  return lines;
 }
 
 /**
