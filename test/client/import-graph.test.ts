@@ -1,5 +1,5 @@
 /**
- * `task-broker/client` and `task-broker/verifier` are light: importing each by its package name (self-reference through the
+ * `task-broker/client`, `task-broker/verifier` and `task-broker/mcp` are light: importing each by its package name (self-reference through the
  * package.json `exports`, on the built dist/) loads no database driver and no metrics. A resolve
  * hook in the child process records every specifier it resolves.
  */
@@ -45,6 +45,12 @@ const ENTRIES = [
     file: 'dist/src/verifier/index.js',
     exports: ['createTaskTokenVerifier', 'expressMiddleware', 'fastifyHook', 'verifyHttpRequest'],
     loads: '@peculiar/x509',
+  },
+  {
+    entry: 'mcp',
+    file: 'dist/src/mcp/index.js',
+    exports: ['guardMcpTasks', 'McpTaskGuard', 'requesterAuthInfo', 'argumentsSha256'],
+    loads: '@modelcontextprotocol/sdk',
   },
 ];
 

@@ -30,7 +30,9 @@ describe('examples', () => {
     expect(output).toMatch(/ok: another identity's tasks\/result → ".*Task not found: tsk_/);
     // The admin's audit-trail: who created it for whom, who polled and read the result, who was refused, how it ended, the chain intact.
     expect(output).toMatch(/^ {2}created +\S+ by spiffe:\/\/example\.org\/ns\/mcp\/sa\/mcp-server for spiffe:\/\/example\.org\/ns\/agents\/sa\/analyst$/m);
-    expect(output).toMatch(/^ {2}polled +\d+ times? by spiffe:\/\/example\.org\/ns\/agents\/sa\/analyst via spiffe:\/\/example\.org\/ns\/mcp\/sa\/mcp-server$/m);
+    expect(output).toMatch(
+      /^ {2}polled +\d+ times? by spiffe:\/\/example\.org\/ns\/agents\/sa\/analyst via spiffe:\/\/example\.org\/ns\/mcp\/sa\/mcp-server$/m,
+    );
     expect(output).toMatch(/^ {2}result read +\d+ times? by spiffe:\/\/example\.org\/ns\/agents\/sa\/analyst via /m);
     expect(output).toMatch(/^ {2}denied +3 times by spiffe:\/\/example\.org\/ns\/agents\/sa\/intruder via /m);
     expect(output).toMatch(/^ {2}ended +completed \S+ by spiffe:\/\/example\.org\/ns\/mcp\/sa\/mcp-server: completed \(1 token revoked\)$/m);
