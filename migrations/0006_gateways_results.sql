@@ -59,6 +59,8 @@ $$;
 
 -- As in 0005, plus the gateway: a task with task.gateway is owned by task.owner_spiffe_id (the
 -- requester), with the requester's certificate thumbprint; the actor (the gateway) is who acted.
+-- A gateway's idempotency keys come prefixed with its SPIFFE ID (p.idem), so they never collide
+-- with the owner's own; the replay event names the key as given (details.idempotency_key).
 CREATE OR REPLACE FUNCTION tb_op_create(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
   t jsonb := p->'task';
@@ -81,7 +83,8 @@ BEGIN
     RETURN tb_refuse(p, v_row.task_id, 'already-exists', 'idempotency_key was already used for a task with a different spec',
       jsonb_build_object('operation', 'CreateTask', 'reason', 'idempotency key reused with a different spec', 'task_hash', t->>'task_hash'), '[]');
   END IF;
-  PERFORM tb_append_event(v_row.task_id, 'task.create_replayed', p->>'actor', p->>'thumb', p->>'req', (p->>'at')::timestamptz, jsonb_build_object('idempotency_key', p->>'idem'));
+  PERFORM tb_append_event(v_row.task_id, 'task.create_replayed', p->>'actor', p->>'thumb', p->>'req', (p->>'at')::timestamptz,
+    jsonb_strip_nulls(jsonb_build_object('idempotency_key', p->'details'->>'idempotency_key', 'requester', p->'details'->'requester', 'gateway', v_gateway)));
   RETURN jsonb_build_object('replayed', true, 'task', to_jsonb(v_row));
 END
 $$;

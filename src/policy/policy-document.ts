@@ -60,6 +60,7 @@ const RULE_KEYS = [
 ] as const;
 /** How long a task's stored result is kept after the task ends, unless the rule says otherwise. */
 export const DEFAULT_RESULT_RETENTION_SECONDS = 3600;
+const MAX_RESULT_RETENTION_SECONDS = 90 * 86_400;
 const CALLER_KEYS = ['spiffe_ids', 'trust_domains'] as const;
 const DELEGATION_KEYS = ['to', 'max_depth', 'scopes', 'audiences', 'read_children'] as const;
 const ISSUER_KEYS = ['issuer', 'jwks_file', 'jwks_url', 'audiences', 'algorithms', 'max_age', 'required_claims'] as const;
@@ -166,6 +167,9 @@ function parseRule(ctx: Context, value: unknown, path: string, issuers: Readonly
   const gateways = raw.gateways === undefined ? [] : ctx.list(raw.gateways, `${path}.gateways`).map((v, i) => ctx.pattern(v, `${path}.gateways[${i}]`));
   const resultRetentionSeconds =
     raw.result_retention === undefined ? DEFAULT_RESULT_RETENTION_SECONDS : ctx.duration(raw.result_retention, `${path}.result_retention`);
+  if (resultRetentionSeconds > MAX_RESULT_RETENTION_SECONDS) {
+    ctx.fail(`${path}.result_retention`, `at most 90d (results are kept in the database; the trail keeps the evidence of their reads)`);
+  }
   return {
     name,
     callers,

@@ -121,7 +121,8 @@ export interface PolicyRule {
   readonly bindSession: boolean;
   /**
    * Workloads (e.g. MCP servers) that may create this rule's tasks for a requester and serve them
-   * (CreateTask on_behalf_of); empty: none, a task must be created by its owner itself.
+   * (CreateTask on_behalf_of); empty: none, a task must be created by its owner itself. A rule
+   * that names gateways allows only tasks created through one of them.
    */
   readonly gateways: readonly SpiffeIdMatcher[];
   /** How long a task's stored result (CompleteTask result) is handed out after the task ends. */
@@ -325,6 +326,8 @@ function firstFailedCondition(rule: PolicyRule, request: PolicyRequest, audience
   if (request.taskTtlSeconds !== undefined && rule.maxTaskTtlSeconds !== undefined && request.taskTtlSeconds > rule.maxTaskTtlSeconds) {
     return `task ttl ${request.taskTtlSeconds}s exceeds max_task_ttl ${rule.maxTaskTtlSeconds}s`;
   }
+  // A rule that names gateways is for the tasks they create and serve: a requester cannot go around them.
+  if (request.gateway === undefined && rule.gateways.length > 0) return 'the rule is for tasks created through its gateways, and this one names none';
   if (request.gateway !== undefined && !rule.gateways.some((m) => m.matches(request.gateway!))) {
     return rule.gateways.length === 0
       ? `gateway ${request.gateway.toString()} is not allowed (the rule names no gateways)`

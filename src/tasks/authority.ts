@@ -99,6 +99,9 @@ export class TaskAuthority {
    */
   async checkSession(actor: Actor, facts: TaskFacts, decision: PolicyDecision, subjectToken: string | undefined, operation: string): Promise<void> {
     if (!decision.allowed || !decision.bindSession || !facts.principal) return;
+    // The gateway's own calls on a task it serves (its work's tokens, its completion) act for no
+    // requester; what it asks for a requester names the requester, whose session is checked then.
+    if (facts.gateway !== null && actor.spiffeId === facts.gateway) return;
     const why = await this.#sessionMismatch(facts.principal, subjectToken);
     if (why) await this.#access.notFound(actor, facts.taskId, operation, true, why);
   }

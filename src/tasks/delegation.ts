@@ -57,7 +57,7 @@ export async function delegateTask(
   const delegatee = delegateeArgument(request.delegatee);
   const key = idempotencyKeyArgument(request.idempotencyKey);
   validateDelegatedFields(request.spec, limits);
-  const parent = await access.ownedFacts(actor, request.parentTaskId, operation);
+  const parent = await access.servedFacts(actor, request.parentTaskId, operation);
   const now = access.now();
   const remaining = Math.floor((parent.expiresAt.getTime() - now.getTime()) / 1000);
 

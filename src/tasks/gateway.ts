@@ -82,6 +82,9 @@ export function requesterDetails(requester: VerifiedRequester): Record<string, u
  */
 export function requesterMismatch(facts: TaskFacts, requester: VerifiedRequester, session: boolean): string | undefined {
   if (requester.kind === 'x509') {
+    // A task created for an X509 requester is owned by it, never by its gateway (that one is a
+    // subject requester's task, owned by the gateway: no certificate names its principal).
+    if (facts.ownerSpiffeId === facts.gateway || facts.principal !== null) return 'the requester is not the one the task was created for';
     return requester.spiffeId === facts.ownerSpiffeId ? undefined : 'the requester is not the one the task was created for';
   }
   const p = facts.principal;

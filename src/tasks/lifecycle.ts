@@ -139,6 +139,9 @@ export class TaskLifecycle {
       );
     }
     const requester = onBehalfOf ? await this.#verifyRequester(actor, onBehalfOf, 'CreateTask') : undefined;
+    if (requester?.kind === 'x509' && requester.spiffeId === actor.spiffeId) {
+      throw new BrokerError('invalid-argument', 'on_behalf_of names the caller itself: a workload creates its own tasks without on_behalf_of');
+    }
     // Through a gateway, the task is the requester's: owned by its SPIFFE ID, or (a subject
     // token) owned by the gateway and bound to the token's subject. The caller is its gateway.
     const owner =
@@ -226,7 +229,8 @@ export class TaskLifecycle {
     const result = await access.apply(taskId, {
       op: 'create',
       ...access.who(actor, now),
-      idem: row.idempotency_key,
+      // A gateway's keys are its own: never shared with the requester's own creates or another gateway's.
+      idem: row.idempotency_key === null ? null : gateway ? `gw:${gateway}:${row.idempotency_key}` : row.idempotency_key,
       task: row,
       details: {
         ...specEventDetails(spec, hash, expiresAt),
@@ -260,7 +264,7 @@ export class TaskLifecycle {
     const resultRead = options.operation === 'result';
     const operation = resultRead ? 'GetTask(result)' : 'GetTask';
     const onBehalfOf = requesterArgument(options.onBehalfOf);
-    const requester = onBehalfOf ? await this.#verifyRequester(actor, onBehalfOf, operation) : undefined;
+    const requester = onBehalfOf ? await this.#verifyRequester(actor, onBehalfOf, operation, taskId) : undefined;
     const facts = await this.#followUpFacts(actor, taskId, operation, requester);
     const decision = await this.#authority.decideTask(facts, { scopes: facts.scopes });
     const byDelegator = facts.ownerSpiffeId !== actor.spiffeId && facts.gateway !== actor.spiffeId;
@@ -405,11 +409,13 @@ export class TaskLifecycle {
   }
 
   /** Verifies a forwarded requester credential; a refusal is audited on the caller's record and thrown. */
-  async #verifyRequester(actor: Actor, requester: Requester, operation: string): Promise<VerifiedRequester> {
+  async #verifyRequester(actor: Actor, requester: Requester, operation: string, taskId?: string): Promise<VerifiedRequester> {
     try {
       return await verifyRequester(requester, { bundles: this.#bundles, authority: this.#authority, now: this.#access.now() });
     } catch (err) {
-      if (err instanceof BrokerError) await this.#access.recordOnActorChain(actor, 'access.denied', { operation, reason: err.message });
+      if (err instanceof BrokerError) {
+        await this.#access.recordOnActorChain(actor, 'access.denied', { operation, reason: err.message, ...(taskId ? { requested_task_id: taskId } : {}) });
+      }
       throw err;
     }
   }
@@ -432,8 +438,12 @@ export class TaskLifecycle {
   async #finish(actor: Actor, taskId: string, operation: 'CompleteTask' | 'CancelTask', reason: string, options: CompleteOptions): Promise<Ended> {
     const access = this.#access;
     const onBehalfOf = requesterArgument(options.onBehalfOf);
-    const requester = onBehalfOf ? await this.#verifyRequester(actor, onBehalfOf, operation) : undefined;
-    const facts = requester ? await this.#followUpFacts(actor, taskId, operation, requester) : await access.ownedFacts(actor, taskId, operation);
+    const requester = onBehalfOf ? await this.#verifyRequester(actor, onBehalfOf, operation, taskId) : undefined;
+    const facts = requester
+      ? await this.#followUpFacts(actor, taskId, operation, requester)
+      : operation === 'CompleteTask'
+        ? await access.servedFacts(actor, taskId, operation)
+        : await access.ownedFacts(actor, taskId, operation);
     let retentionSeconds = 0;
     if (facts.principal || requester || options.result) {
       const decision = await this.#authority.decideTask(facts, { scopes: facts.scopes });

@@ -212,6 +212,22 @@ export class TaskAccess {
     return facts;
   }
 
+  /**
+   * ownedFacts for what only whoever serves the task may do (issue its tokens, complete it,
+   * delegate from it): a task created through a gateway is served by the gateway, and its owner
+   * (the requester) may read and cancel it but not go around the gateway (PERMISSION_DENIED,
+   * audited).
+   */
+  async servedFacts(actor: Actor, taskId: string, operation: string): Promise<TaskFacts> {
+    const facts = await this.ownedFacts(actor, taskId, operation);
+    if (facts.gateway !== null && facts.gateway !== actor.spiffeId && facts.gateway !== facts.ownerSpiffeId) {
+      const reason = `the task is served by its gateway ${facts.gateway}: its tokens, its completion and delegation from it are the gateway's (its owner may read and cancel it)`;
+      await this.applyOn(facts, { op: 'event', task_id: taskId, type: 'access.denied', ...this.who(actor, this.now()), details: { operation, reason } });
+      throw new BrokerError('permission-denied', reason);
+    }
+    return facts;
+  }
+
   /** The facts of any task (undefined: no such task); no owner check. */
   factsOf(taskId: string): Promise<TaskFacts | undefined> {
     return this.#factsOf(taskId);

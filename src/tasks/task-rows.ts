@@ -173,7 +173,12 @@ export class TaskRows {
     if (who.gateway === undefined) {
       q = q.where('owner_spiffe_id', '=', who.owner);
     } else if ('owner' in who) {
-      q = q.where('gateway', '=', who.gateway).where('owner_spiffe_id', '=', who.owner);
+      // An X509 requester's tasks: owned by it (never by the gateway), with no principal.
+      q = q
+        .where('gateway', '=', who.gateway)
+        .where('owner_spiffe_id', '=', who.owner)
+        .where('owner_spiffe_id', '<>', who.gateway)
+        .where('principal', 'is', null);
     } else {
       q = q
         .where('gateway', '=', who.gateway)

@@ -74,7 +74,7 @@ export class TokenOperations {
       throw invalid(`max_uses: 0 (no limit) or 1 to ${MAX_USES_LIMIT}`);
     }
     const access = this.#access;
-    const facts = await access.ownedFacts(actor, taskId, 'IssueToken');
+    const facts = await access.servedFacts(actor, taskId, 'IssueToken');
     const key = await this.#keys.activeKey();
     const refuse = (kind: Denial['kind'], message: string, details: Record<string, unknown> = {}): Denial => ({
       kind,

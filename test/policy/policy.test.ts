@@ -276,7 +276,7 @@ describe('digest and source', () => {
   it('parses the shipped example', async () => {
     const text = await readFile(new URL('../../examples/policy.yaml', import.meta.url), 'utf8');
     const policy = parsePolicy(text, 'examples/policy.yaml');
-    expect(policy.rules.map((r) => r.name)).toEqual(['billing-export', 'partner-reports', 'agent-reports', 'ci-staging']);
+    expect(policy.rules.map((r) => r.name)).toEqual(['billing-export', 'partner-reports', 'agent-reports', 'mcp-reports', 'ci-staging']);
     expect(policy.subjectIssuers.map((i) => i.issuer)).toEqual(['https://login.example.org']);
     expect(policy.rules[2]).toMatchObject({ bindSession: true, requireApproval: true, delegation: { maxDepth: 2, readChildren: true } });
     expect(expectAllowed(policy.decide(request())).rule).toBe('billing-export');
@@ -885,7 +885,11 @@ rules:
 
   it('lets a listed gateway serve the rule’s tasks, with the rule’s retention', () => {
     expect(ask('report.generate', 'spiffe://example.org/gw/a')).toMatchObject({ allowed: true, rule: 'mcp', resultRetentionSeconds: 900 });
-    expect(ask('report.generate')).toMatchObject({ allowed: true, rule: 'mcp' });
+    // A rule that names gateways is only for tasks created through them: the requester cannot go around.
+    expect(ask('report.generate')).toMatchObject({
+      allowed: false,
+      reason: 'rule "mcp": the rule is for tasks created through its gateways, and this one names none; rule "plain": action "report.generate" is not allowed',
+    });
   });
 
   it('refuses a gateway the rule does not list, and any gateway for a rule without gateways (closed)', () => {
@@ -902,6 +906,7 @@ rules:
 
   it('refuses a malformed gateway pattern or retention, naming the field', () => {
     expect(() => parsePolicy(text.replace('result_retention: 15m', 'result_retention: soon'), 'x.yaml')).toThrow(/rules\[0\]\.result_retention/);
+    expect(() => parsePolicy(text.replace('result_retention: 15m', 'result_retention: 91d'), 'x.yaml')).toThrow(/rules\[0\]\.result_retention: at most 90d/);
     expect(() => parsePolicy(text.replace('"spiffe://example.org/gw/*"', '"not a spiffe id"'), 'x.yaml')).toThrow(/rules\[0\]\.gateways\[1\]/);
   });
 });

@@ -44,6 +44,14 @@ rules:
     scopes: ["*"]
     gateways: ["${MCP}", "${OTHER_MCP}"]
     result_retention: ${retention}
+  - name: mcp-sessions
+    callers: {spiffe_ids: ["${MCP}"]}
+    actions: [session.report]
+    audiences: ["${MCP}"]
+    scopes: ["*"]
+    gateways: ["${MCP}"]
+    principals: {issuers: [${idp.issuer}]}
+    bind_session: true
   - name: direct
     callers: {trust_domains: [a.test]}
     actions: [direct.only]
@@ -174,9 +182,39 @@ describe.each(STORES)('gateways on %s', (kind) => {
     expect(await code(mcp.createTask({ spec: spec(), onBehalfOf: { x509SvidChain: Array.from({ length: 11 }, () => Buffer.alloc(10)) } }))).toBe(
       'INVALID_ARGUMENT',
     );
-    // A rule without gateways does not let a gateway create its tasks.
-    const refused = await code(mcp.createTask({ spec: spec('direct.only'), onBehalfOf: alice }));
-    expect(refused).toBe('PERMISSION_DENIED');
+    // A rule without gateways does not let a gateway create its tasks; a rule with gateways is only for them.
+    expect(await code(mcp.createTask({ spec: spec('direct.only'), onBehalfOf: alice }))).toBe('PERMISSION_DENIED');
+    const aliceItself = await t.client(ALICE);
+    expect(await code(aliceItself.createTask({ spec: spec() }))).toBe('PERMISSION_DENIED');
+    // A gateway cannot name itself as the requester (it would reach the tasks of its subject requesters).
+    expect(await code(mcp.createTask({ spec: spec(), onBehalfOf: await chainOf(MCP) }))).toBe('INVALID_ARGUMENT');
+  });
+
+  it('the gateway serves the task: its owner may read and cancel it, not issue its tokens, complete it or delegate from it', async () => {
+    const { task } = await mcp.createTask({ spec: spec(), onBehalfOf: alice });
+    const owner = await t.client(ALICE);
+    expect((await owner.getTask(task!.taskId)).task?.taskId).toBe(task!.taskId);
+    expect(await code(owner.issueToken({ taskId: task!.taskId }))).toBe('PERMISSION_DENIED');
+    expect(await code(owner.completeTask({ taskId: task!.taskId, outcome: 'forged', result: { json: '{"forged":true}', failed: false } }))).toBe(
+      'PERMISSION_DENIED',
+    );
+    expect(await code(owner.delegateTask({ parentTaskId: task!.taskId, delegatee: BOB, spec: {} }))).toBe('PERMISSION_DENIED');
+    const denied = (await trail(task!.taskId)).filter((e) => e.type === 'access.denied');
+    expect(denied.map((e) => e.details.operation)).toEqual(['IssueToken', 'CompleteTask', 'DelegateTask']);
+    expect(denied[0]!.details.reason).toContain(`served by its gateway ${MCP}`);
+    expect((await owner.cancelTask({ taskId: task!.taskId, reason: 'changed my mind' })).task?.state).toBe('TASK_STATE_CANCELLED');
+  });
+
+  it("a gateway's idempotency keys are its own: a retry replays, another gateway's same key is its own task", async () => {
+    const first = await mcp.createTask({ spec: spec(), onBehalfOf: alice, idempotencyKey: 'call-1' });
+    const again = await mcp.createTask({ spec: spec(), onBehalfOf: alice, idempotencyKey: 'call-1' });
+    expect(again.replayed).toBe(true);
+    expect(again.task?.taskId).toBe(first.task?.taskId);
+    const other = await otherMcp.createTask({ spec: spec(), onBehalfOf: alice, idempotencyKey: 'call-1' });
+    expect(other.replayed).toBe(false);
+    expect(other.task?.taskId).not.toBe(first.task?.taskId);
+    const replay = (await trail(first.task!.taskId)).find((e) => e.type === 'task.create_replayed');
+    expect(replay?.details).toMatchObject({ idempotency_key: 'call-1', gateway: MCP, requester: { spiffe_id: ALICE } });
   });
 
   it("the gateway's tokens: sub the requester, act the gateway, bound to the gateway's certificate; REVOKED once the task ends", async () => {
@@ -248,5 +286,19 @@ describe.each(STORES)('gateways on %s', (kind) => {
     expect(await code(mcp.createTask({ spec: spec(), onBehalfOf: { subjectToken: await idp.forged({ sub: 'carol' }) } }))).toBe('PERMISSION_DENIED');
     const listed = await mcp.listOwnTasks({ onBehalfOf: { subjectToken: dave } });
     expect(listed.tasks.map((x) => x.taskId)).not.toContain(task!.taskId);
+    // A certificate requester never reaches a subject requester's task, even one with the gateway's own ID.
+    expect(await code(otherMcp.getTask({ taskId: task!.taskId, onBehalfOf: await chainOf(MCP) }))).toBe('NOT_FOUND');
+  });
+
+  it('bind_session: the requester must be of the same session; the gateway issues and completes for its work without one', async () => {
+    const session = await idp.token({ sub: 'erin', sid: 'sess-1' });
+    const { task } = await mcp.createTask({ spec: { ...spec('session.report') }, onBehalfOf: { subjectToken: session } });
+    const sameSession = await idp.token({ sub: 'erin', sid: 'sess-1' });
+    expect((await mcp.getTask({ taskId: task!.taskId, onBehalfOf: { subjectToken: sameSession } })).task?.taskId).toBe(task!.taskId);
+    const otherSession = await idp.token({ sub: 'erin', sid: 'sess-2' });
+    expect(await code(mcp.getTask({ taskId: task!.taskId, onBehalfOf: { subjectToken: otherSession } }))).toBe('NOT_FOUND');
+    expect((await mcp.issueToken({ taskId: task!.taskId })).token).toBeTruthy();
+    const done = await mcp.completeTask({ taskId: task!.taskId, outcome: 'completed', result: { json: '{}', failed: false } });
+    expect(done.task?.state).toBe('TASK_STATE_COMPLETED');
   });
 });
