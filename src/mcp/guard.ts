@@ -37,6 +37,8 @@ import {
 import type { IssueTokenOptions, TaskBrokerClient } from '../client/task-broker-client.js';
 import type { IssuedToken, Task, TaskResult } from '../client/results.js';
 import type { JsonObject, Requester } from '../model/task.js';
+import { randomUUID } from 'node:crypto';
+import { TaskBrokerError } from '../client/errors.js';
 import { argumentsSha256 } from './arguments-hash.js';
 import { isBrokerUnavailable, mcpErrorOf, noRequester } from './errors.js';
 import { LocalTasks, type AbortReason, type RunningWork } from './local-tasks.js';
@@ -125,6 +127,8 @@ export class McpTaskGuard {
   readonly #tools = new Map<string, GuardedTool>();
   /** Servers whose tools/call is wrapped already (once per server). */
   readonly #wrapped = new WeakSet<McpServer>();
+  /** Servers whose tasks/* handlers are the guard's already. */
+  readonly #installed = new WeakSet<McpServer>();
   /** A failed task creation, by the signal of its tools/call, so the wrapper can answer with it (see #wrapToolsCall). */
   readonly #creationFailures = new WeakMap<AbortSignal, McpError>();
   #starting = 0;
@@ -141,7 +145,7 @@ export class McpTaskGuard {
     this.#maxWorks = options.maxConcurrentWorks ?? 100;
     this.#deadlineMs = options.brokerDeadlineMs ?? 5_000;
     this.#onError = options.onError ?? (() => undefined);
-    this.#local = new LocalTasks({ pollIntervalMs: this.#pollIntervalMs });
+    this.#local = new LocalTasks();
   }
 
   /**
@@ -172,9 +176,12 @@ export class McpTaskGuard {
   /**
    * Replaces the SDK's tasks/get, tasks/result, tasks/list and tasks/cancel handlers of `server`
    * with ones that ask the broker for the requester of each request. The server must have been
-   * built with the tasks capability and this guard's taskStore (serverOptions()).
+   * built with the tasks capability and this guard's taskStore (serverOptions()). registerToolTask
+   * does it too; calling it again changes nothing.
    */
   install(server: McpServer): void {
+    if (this.#installed.has(server)) return;
+    this.#installed.add(server);
     const s = server.server;
     s.setRequestHandler(GetTaskRequestSchema, async (request, extra) => {
       const requester = this.#requester(extra.authInfo);
@@ -245,6 +252,8 @@ export class McpTaskGuard {
     );
     this.#tools.set(name, tool);
     this.#wrapToolsCall(server);
+    // Never leave the SDK's own tasks/* handlers in place next to a guarded tool (they would answer from the local store).
+    this.install(server);
     return registered;
   }
 
@@ -268,7 +277,7 @@ export class McpTaskGuard {
   }
 
   #view(task: Task): McpTask {
-    return mcpTaskOf(task, { pollIntervalMs: this.#pollIntervalMs, localStatus: this.#local.work(task.taskId)?.localStatus });
+    return mcpTaskOf(task, { pollIntervalMs: this.#pollIntervalMs });
   }
 
   /** One broker read for the requester; a task the broker calls ended stops its work here too. */
@@ -308,17 +317,22 @@ export class McpTaskGuard {
     const params: JsonObject = { tool: tool.name, arguments_sha256: argumentsSha256(args) };
     this.#starting += 1;
     try {
-      const { task } = await this.#broker.createTask(
-        {
-          action: tool.name,
-          audience: this.#audience,
-          scopes: tool.scopes,
-          resources: tool.resources?.(args) ?? [],
-          params,
-          ttlSeconds: Math.ceil(ttlMs / 1000),
-        },
-        { onBehalfOf: requester, deadlineMs: this.#deadlineMs },
-      );
+      const spec = {
+        action: tool.name,
+        audience: this.#audience,
+        scopes: tool.scopes,
+        resources: tool.resources?.(args) ?? [],
+        params,
+        ttlSeconds: Math.ceil(ttlMs / 1000),
+        // A create whose answer was lost (deadline, connection) is retried once with the same key:
+        // the broker replays the task it committed instead of leaving an orphan behind.
+        idempotencyKey: randomUUID(),
+      };
+      const create = () => this.#broker.createTask(spec, { onBehalfOf: requester, deadlineMs: this.#deadlineMs });
+      const { task } = await create().catch((err: unknown) => {
+        if (isBrokerUnavailable(err)) return create();
+        throw err;
+      });
       this.#start(tool, args, task, authInfo);
       return { task: this.#view(task) };
     } finally {
@@ -330,7 +344,7 @@ export class McpTaskGuard {
   #start(tool: GuardedTool, args: unknown, task: Task, authInfo: AuthInfo | undefined): void {
     const controller = new AbortController();
     let settle!: () => void;
-    const work: RunningWork = { task, controller, settled: new Promise<void>((r) => (settle = r)), localStatus: undefined };
+    const work: RunningWork = { task, controller, settled: new Promise<void>((r) => (settle = r)) };
     this.#local.add(work);
     const expiry = setTimeout(() => controller.abort('expired' satisfies AbortReason), Math.max(0, task.expiresAt.getTime() - Date.now()));
     expiry.unref();
@@ -342,6 +356,13 @@ export class McpTaskGuard {
       issueToken: (options = {}) => this.#broker.issueToken(task.taskId, { deadlineMs: this.#deadlineMs, ...options }),
     };
     void (async () => {
+      // A task that needs an approval runs nothing before it has one: its work has effects of its own.
+      if (task.state !== 'ACTIVE' && !(await this.#approved(task.taskId, controller.signal))) {
+        clearTimeout(expiry);
+        this.#local.delete(task.taskId);
+        settle();
+        return;
+      }
       let outcome: { result: CallToolResult; failed: boolean };
       try {
         outcome = { result: await tool.work(args, context), failed: false };
@@ -362,19 +383,58 @@ export class McpTaskGuard {
     })();
   }
 
-  /** completeTask with the result, retried a few times while the broker is unreachable. */
+  /**
+   * Waits, at growing intervals, until an admin (or approver) approved the task (true) or it
+   * ended or the work was aborted (false). Each look is the gateway's own poll, on the record.
+   */
+  async #approved(taskId: string, signal: AbortSignal): Promise<boolean> {
+    let delayMs = this.#pollIntervalMs;
+    for (;;) {
+      try {
+        await waitForChange(undefined, delayMs, signal);
+      } catch {
+        return false;
+      }
+      delayMs = Math.min(delayMs * 2, this.#maxRecheckMs);
+      try {
+        const { task } = await this.#broker.readTask(taskId, { operation: 'poll', deadlineMs: this.#deadlineMs });
+        if (task.state === 'ACTIVE') return true;
+        if (isTerminalState(task)) return false;
+      } catch (err) {
+        if (!isBrokerUnavailable(err)) {
+          this.#onError(err, taskId);
+          return false;
+        }
+      }
+    }
+  }
+
+  /**
+   * completeTask with the result, retried a few times while the broker is unreachable. A result
+   * the broker refuses (too large, not JSON) ends the task as failed with a short error instead,
+   * so the requester is not left waiting for the task's ttl.
+   */
   async #complete(taskId: string, outcome: { result: CallToolResult; failed: boolean }): Promise<void> {
-    const json = JSON.stringify(outcome.result);
+    let current = outcome;
     for (let attempt = 0; ; attempt++) {
       try {
-        await this.#broker.completeTask(taskId, outcome.failed ? 'failed' : 'completed', {
-          result: { json, failed: outcome.failed },
+        await this.#broker.completeTask(taskId, current.failed ? 'failed' : 'completed', {
+          result: { json: JSON.stringify(current.result), failed: current.failed },
           deadlineMs: this.#deadlineMs,
         });
         return;
       } catch (err) {
+        const reason = err instanceof TaskBrokerError ? err.reason : undefined;
         // Ended meanwhile (cancelled, expired, revoked): nothing left to store.
-        if (err instanceof Error && 'reason' in err && (err.reason === 'failed-precondition' || err.reason === 'not-found')) return;
+        if (reason === 'failed-precondition') return;
+        if (reason === 'invalid-argument' && current === outcome) {
+          this.#onError(err, taskId);
+          current = {
+            result: errorResult(new Error(`the tool's result could not be stored: ${err instanceof Error ? err.message : String(err)}`)),
+            failed: true,
+          };
+          continue;
+        }
         if (!isBrokerUnavailable(err) || attempt >= 4) {
           this.#onError(err, taskId);
           return;

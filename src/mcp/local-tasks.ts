@@ -2,17 +2,15 @@
  * The works this process runs for broker tasks, and the TaskStore the SDK is given over them.
  *
  * The SDK's TaskStore methods see a session ID, never the requester, so they cannot be checked
- * against the broker: they serve only the SDK's own internal calls (a task's status while its
- * work asks the requester something, input_required). Every requester-facing tasks/* request is
- * answered by the guard's handlers, which ask the broker; listTasks here is empty and results are
- * never served from here.
+ * against the broker: the store given to the SDK answers nothing (no task, no list, no result)
+ * and changes nothing. Every requester-facing tasks/* request is answered by the guard's
+ * handlers, which ask the broker.
  *
  * Bounded: a work leaves the map when it settles; the number running at once has a cap.
  */
 import type { CreateTaskOptions, TaskStore } from '@modelcontextprotocol/sdk/experimental/tasks/interfaces.js';
 import type { Request, RequestId, Result, Task as McpTask } from '@modelcontextprotocol/sdk/types.js';
 import type { Task } from '../client/results.js';
-import { mcpTaskOf, type McpTaskStatus } from './task-status.js';
 
 /** Why a work was aborted: the requester cancelled, the task's ttl elapsed, or the server shuts down. */
 export type AbortReason = 'cancelled' | 'expired' | 'shutdown';
@@ -22,16 +20,10 @@ export interface RunningWork {
   readonly controller: AbortController;
   /** Settles when the work has ended and the broker was told (or the attempt gave up). */
   readonly settled: Promise<void>;
-  localStatus: McpTaskStatus | undefined;
 }
 
 export class LocalTasks implements TaskStore {
   readonly #works = new Map<string, RunningWork>();
-  readonly #pollIntervalMs: number;
-
-  constructor(options: { pollIntervalMs: number }) {
-    this.#pollIntervalMs = options.pollIntervalMs;
-  }
 
   get size(): number {
     return this.#works.size;
@@ -63,15 +55,18 @@ export class LocalTasks implements TaskStore {
     return Promise.reject(new Error(`tasks of this server are created at the task broker by the guard's tools; ${request.method} cannot create one here`));
   }
 
-  getTask(taskId: string): Promise<McpTask | null> {
-    const work = this.#works.get(taskId);
-    return Promise.resolve(work ? mcpTaskOf(work.task, { pollIntervalMs: this.#pollIntervalMs, localStatus: work.localStatus }) : null);
+  /**
+   * Always null. The SDK asks its store about a task named in a request's related-task metadata,
+   * which any client can set to any task ID: answering from here would tell a stranger that a
+   * task exists (and stream its status to them). A guarded work never sends requests to the
+   * requester, so no SDK-internal call has a task of this process to ask about.
+   */
+  getTask(_taskId: string): Promise<McpTask | null> {
+    return Promise.resolve(null);
   }
 
-  updateTaskStatus(taskId: string, status: McpTaskStatus): Promise<void> {
-    const work = this.#works.get(taskId);
-    // Only the live refinements are local; endings are the broker's (completeTask, cancelTask, expiry).
-    if (work && (status === 'input_required' || status === 'working')) work.localStatus = status;
+  /** Ignored, for the same reason: the SDK would set the status of whatever task a client names. Statuses are the broker's. */
+  updateTaskStatus(_taskId: string, _status: McpTask['status']): Promise<void> {
     return Promise.resolve();
   }
 

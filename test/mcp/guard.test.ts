@@ -207,6 +207,46 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
       message: expect.stringMatching(/no longer available/),
     });
   });
+
+  it('runs nothing before an approval the rule requires; the work starts once an admin approved', async () => {
+    policy.set(policyOf(MCP_POLICY.replace('result_retention: 1h', 'result_retention: 1h\n    require_approval: true')));
+    try {
+      const before = mcp.works.started.length;
+      const taskId = await startTask(alice, 'needs approval');
+      expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ taskId, status: 'working', statusMessage: 'waiting for approval' });
+      expect(mcp.works.started.length).toBe(before);
+      expect(mcp.works.started.map((w) => w.taskId)).not.toContain(taskId);
+      const admin = await t.adminClient('spiffe://a.test/ns/platform/sa/admin');
+      await admin.approveTask(taskId, 'looks fine');
+      const work = await mcp.works.running(taskId);
+      expect(work.task.taskId).toBe(taskId);
+      const pending = alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema);
+      await mcp.works.finish(taskId, 'approved and done');
+      expect((await pending).content).toEqual([{ type: 'text', text: 'needs approval: approved and done' }]);
+    } finally {
+      policy.set(policyOf(MCP_POLICY));
+    }
+  });
+
+  it('ends a task whose result the broker cannot store as failed, saying why, instead of leaving the requester waiting', async () => {
+    const taskId = await startTask(alice, 'huge');
+    const pending = alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema);
+    await mcp.works.finish(taskId, 'x'.repeat(600 * 1024));
+    const result = await pending;
+    expect(result.isError).toBe(true);
+    expect(JSON.stringify(result.content)).toMatch(/could not be stored: .*result\.json: at most 524288 characters/);
+    expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'failed' });
+  });
+
+  it('gives the SDK a task store that knows no task: a client naming a task in request metadata learns nothing', async () => {
+    const taskId = await startTask(alice, 'inert store');
+    await mcp.works.running(taskId);
+    expect(await mcp.guard.taskStore.getTask(taskId)).toBeNull();
+    expect(await mcp.guard.taskStore.listTasks()).toEqual({ tasks: [] });
+    await mcp.guard.taskStore.updateTaskStatus(taskId, 'input_required');
+    expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'working' });
+    await mcp.works.finish(taskId, 'ok');
+  });
 });
 
 describe('MCP tasks without the broker', () => {
