@@ -65,6 +65,7 @@ describe.each(STORES)('migrations on %s', (kind) => {
       'revocations',
       'schema_migrations',
       'signing_keys',
+      'task_results',
       'tasks',
       'token_use_reports',
       'tokens',
