@@ -10,6 +10,7 @@
  * gateway makes for a requester names it again, and it must be the same one, so a task ID that
  * leaks to another client of the gateway reaches nothing.
  */
+import { createHash } from 'node:crypto';
 import { BrokerError } from '../errors.js';
 import type { Principal, Requester } from '../model/task.js';
 import { X509SvidError } from '../spiffe/x509svid-error.js';
@@ -44,31 +45,74 @@ export function requesterArgument(requester: Requester | undefined): Requester |
   return { x509SvidChain: chain };
 }
 
+/** Verified X509 requesters remembered at most (a gateway serves many, each asking often). */
+const MAX_CACHED_CHAINS = 10_000;
+
 /**
  * Verifies a requester's credential: the chain as the broker verifies its own callers (SPIFFE
  * X509-SVID rules, anchored in the bundle of the requester's own trust domain, valid now), or the
  * subject token against the policy's subject issuers. A failure is the BrokerError to answer with.
+ *
+ * A gateway names the same requester on every poll, so a verified chain is remembered by the
+ * SHA-256 of its certificates until it lapses or any trust bundle changes (the bundles'
+ * generation), whichever is first: a removed authority stops verifying at once. Failures are not
+ * remembered.
  */
-export async function verifyRequester(
-  requester: Requester,
-  deps: { bundles: X509BundleSource | undefined; authority: TaskAuthority; now: Date },
-): Promise<VerifiedRequester> {
-  if (requester.subjectToken !== undefined) {
-    const verified = await deps.authority.verifySubject(requester.subjectToken);
-    if (!verified.ok) throw new BrokerError(verified.kind, `on_behalf_of.subject_token refused: ${verified.reason}`);
-    return { kind: 'subject', principal: verified.principal, claims: verified.claims };
+export class RequesterVerifier {
+  readonly #deps: { bundles: X509BundleSource | undefined; authority: TaskAuthority; now: () => Date };
+  readonly #chains = new Map<string, { requester: VerifiedRequester; generation: number; validUntil: number }>();
+
+  constructor(deps: { bundles: X509BundleSource | undefined; authority: TaskAuthority; now: () => Date }) {
+    this.#deps = deps;
   }
-  if (!deps.bundles) throw new BrokerError('permission-denied', 'on_behalf_of.x509_svid_chain refused: this broker has no trust bundles to verify it with');
-  try {
-    const svid = verifyX509Svid(requester.x509SvidChain, deps.bundles, { now: deps.now });
-    return { kind: 'x509', spiffeId: svid.spiffeId.toString(), trustDomain: svid.spiffeId.trustDomain, certThumbprint: svid.leaf.thumbprint };
-  } catch (err) {
-    if (err instanceof X509SvidError) {
-      const kind = err.failure === 'malformed' || err.failure === 'no-certificate' ? 'invalid-argument' : 'permission-denied';
-      throw new BrokerError(kind, `on_behalf_of.x509_svid_chain refused: ${err.message.replace(/^x509svid: /, '')}`);
+
+  async verify(requester: Requester): Promise<VerifiedRequester> {
+    if (requester.subjectToken !== undefined) {
+      const verified = await this.#deps.authority.verifySubject(requester.subjectToken);
+      if (!verified.ok) throw new BrokerError(verified.kind, `on_behalf_of.subject_token refused: ${verified.reason}`);
+      return { kind: 'subject', principal: verified.principal, claims: verified.claims };
     }
-    throw err;
+    const bundles = this.#deps.bundles;
+    if (!bundles) throw new BrokerError('permission-denied', 'on_behalf_of.x509_svid_chain refused: this broker has no trust bundles to verify it with');
+    const now = this.#deps.now();
+    const key = chainKey(requester.x509SvidChain);
+    const generation = bundles.generation;
+    const known = this.#chains.get(key);
+    if (known && known.generation === generation && now.getTime() < known.validUntil) {
+      this.#chains.delete(key);
+      this.#chains.set(key, known);
+      return known.requester;
+    }
+    try {
+      const svid = verifyX509Svid(requester.x509SvidChain, bundles, { now });
+      const verified: VerifiedRequester = {
+        kind: 'x509',
+        spiffeId: svid.spiffeId.toString(),
+        trustDomain: svid.spiffeId.trustDomain,
+        certThumbprint: svid.leaf.thumbprint,
+      };
+      this.#chains.delete(key);
+      this.#chains.set(key, { requester: verified, generation, validUntil: svid.validUntil.getTime() });
+      if (this.#chains.size > MAX_CACHED_CHAINS) this.#chains.delete(this.#chains.keys().next().value as string);
+      return verified;
+    } catch (err) {
+      if (err instanceof X509SvidError) {
+        const kind = err.failure === 'malformed' || err.failure === 'no-certificate' ? 'invalid-argument' : 'permission-denied';
+        throw new BrokerError(kind, `on_behalf_of.x509_svid_chain refused: ${err.message.replace(/^x509svid: /, '')}`);
+      }
+      throw err;
+    }
   }
+}
+
+function chainKey(chain: readonly Uint8Array[]): string {
+  const hash = createHash('sha256');
+  for (const der of chain) {
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(der.length);
+    hash.update(length).update(der);
+  }
+  return hash.digest('base64url');
 }
 
 /** The requester as the audit trail names it. */

@@ -27,7 +27,7 @@ import { TokenOperations, type IssuedToken, type IssueRequest, type TokenKeys, t
 import { recordTokenUses, type TokenUseCounts, type TokenUseInput } from './token-use-reports.js';
 import { UnitOfWork, type TaskObserver } from './unit-of-work.js';
 import { freeText, idempotencyKeyArgument, invalid, taskIdArgument, validateTaskSpec, type TaskSpecInput } from './validation.js';
-import { requesterArgument, requesterDetails, requesterMismatch, verifyRequester, type VerifiedRequester } from './gateway.js';
+import { RequesterVerifier, requesterArgument, requesterDetails, requesterMismatch, type VerifiedRequester } from './gateway.js';
 import { decodeCursor, encodeCursor, filterDigest } from './list-cursor.js';
 import type { PolicyDecision } from '../policy/policy.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
@@ -95,10 +95,9 @@ export class TaskLifecycle {
   readonly #access: TaskAccess;
   readonly #authority: TaskAuthority;
   readonly #tokens: TokenOperations;
-  readonly #bundles: X509BundleSource | undefined;
+  readonly #requesters: RequesterVerifier;
 
   constructor(deps: LifecycleDeps) {
-    this.#bundles = deps.bundles;
     this.limits = { ...DEFAULT_LIMITS, ...deps.limits };
     const clock = deps.clock ?? (() => new Date());
     this.units = new UnitOfWork({ store: deps.store, clock, observer: deps.observer });
@@ -106,6 +105,7 @@ export class TaskLifecycle {
     this.#access = new TaskAccess({ ...deps, clock });
     this.#authority = new TaskAuthority(this.#access, deps.subjects ?? new SubjectTokenVerifier({ now: clock }));
     this.#tokens = new TokenOperations(this.#access, this.#authority, deps.keys, this.limits);
+    this.#requesters = new RequesterVerifier({ bundles: deps.bundles, authority: this.#authority, now: clock });
   }
 
   get issuer(): string {
@@ -411,7 +411,7 @@ export class TaskLifecycle {
   /** Verifies a forwarded requester credential; a refusal is audited on the caller's record and thrown. */
   async #verifyRequester(actor: Actor, requester: Requester, operation: string, taskId?: string): Promise<VerifiedRequester> {
     try {
-      return await verifyRequester(requester, { bundles: this.#bundles, authority: this.#authority, now: this.#access.now() });
+      return await this.#requesters.verify(requester);
     } catch (err) {
       if (err instanceof BrokerError) {
         await this.#access.recordOnActorChain(actor, 'access.denied', { operation, reason: err.message, ...(taskId ? { requested_task_id: taskId } : {}) });

@@ -233,6 +233,20 @@ describe.each(STORES)('gateways on %s', (kind) => {
     expect(after.reason).toBe('VERIFY_TOKEN_REASON_REVOKED');
   });
 
+  it("a verified requester chain is remembered only while its trust domain's bundle stays the same", async () => {
+    const mallory = await chainOf(MALLORY);
+    const { task } = await mcp.createTask({ spec: spec(), onBehalfOf: mallory });
+    expect((await mcp.getTask({ taskId: task!.taskId, onBehalfOf: mallory })).task?.ownerSpiffeId).toBe(MALLORY);
+    // Federation with b.test ends: the next request naming a b.test requester is refused at once, not served from memory.
+    t.bundles.delete('b.test');
+    try {
+      expect(await code(mcp.getTask({ taskId: task!.taskId, onBehalfOf: mallory }))).toBe('PERMISSION_DENIED');
+    } finally {
+      t.bundles.set(t.b.bundle());
+    }
+    expect((await mcp.getTask({ taskId: task!.taskId, onBehalfOf: mallory })).task?.taskId).toBe(task!.taskId);
+  });
+
   it('ListOwnTasks for a requester shows only the tasks created for it through this gateway', async () => {
     const mine = (await mcp.createTask({ spec: spec(), onBehalfOf: bob })).task!.taskId;
     const viaOther = (await otherMcp.createTask({ spec: spec(), onBehalfOf: bob })).task!.taskId;
@@ -249,7 +263,9 @@ describe.each(STORES)('gateways on %s', (kind) => {
     expect(seen).not.toContain(viaOther);
     expect(seen).not.toContain(malloryTask);
     const forMallory = await mcp.listOwnTasks({ onBehalfOf: await chainOf(MALLORY) });
-    expect(forMallory.tasks.map((x) => x.taskId)).toEqual([malloryTask]);
+    expect(forMallory.tasks.map((x) => x.taskId)).toContain(malloryTask);
+    expect(forMallory.tasks.map((x) => x.taskId)).not.toContain(mine);
+    for (const x of forMallory.tasks) expect(x.ownerSpiffeId).toBe(MALLORY);
     expect(await code(mcp.listOwnTasks({ onBehalfOf: bob, pageToken: 'garbage' }))).toBe('INVALID_ARGUMENT');
   });
 
