@@ -51,3 +51,13 @@ export async function testIdp(issuer = IDP_ISSUER): Promise<TestIdp> {
     },
   };
 }
+
+/** A policy's `subject_issuers` block (top level, with its key) that trusts `idp`: ES256, the test audience, tokens at most an hour old. */
+export function subjectIssuersYaml(idp: TestIdp): string {
+  return `subject_issuers:
+  - issuer: ${idp.issuer}
+    jwks_file: ${idp.jwksFile}
+    audiences: [${IDP_AUDIENCE}]
+    algorithms: [ES256]
+    max_age: 1h`;
+}

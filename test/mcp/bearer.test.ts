@@ -8,19 +8,14 @@ import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestBroker, type TestBroker } from '../helpers/broker.js';
-import { IDP_AUDIENCE, testIdp, type TestIdp } from '../helpers/idp.js';
+import { subjectIssuersYaml, testIdp, type TestIdp } from '../helpers/idp.js';
 import { MutablePolicySource, policyOf } from '../helpers/policy.js';
 import { MCP_SERVER, startMcpFixture, TOOL, type McpFixture } from './fixture.js';
 
 const policyText = (idp: TestIdp): string => `
 version: 1
 admins: [spiffe://a.test/ns/platform/sa/admin]
-subject_issuers:
-  - issuer: ${idp.issuer}
-    jwks_file: ${idp.jwksFile}
-    audiences: [${IDP_AUDIENCE}]
-    algorithms: [ES256]
-    max_age: 1h
+${subjectIssuersYaml(idp)}
 rules:
   - name: mcp-tools
     callers: { trust_domains: [a.test] }

@@ -18,7 +18,7 @@ import { structToJson } from '../../src/protocol/struct.js';
 import { certificateThumbprint } from '../../src/spiffe/certificate.js';
 import { STORES } from '../helpers/db.js';
 import { startTestBroker, type TestBroker } from '../helpers/broker.js';
-import { IDP_AUDIENCE, testIdp, type TestIdp } from '../helpers/idp.js';
+import { subjectIssuersYaml, testIdp, type TestIdp } from '../helpers/idp.js';
 import { ADMIN, MutablePolicySource, policyOf } from '../helpers/policy.js';
 
 const MCP = 'spiffe://a.test/ns/mcp/sa/mcp-server';
@@ -30,12 +30,7 @@ const MALLORY = 'spiffe://b.test/ns/agents/sa/mallory';
 const policyText = (idp: TestIdp, retention = '1h') => `
 version: 1
 admins: [${ADMIN}]
-subject_issuers:
-  - issuer: ${idp.issuer}
-    jwks_file: ${idp.jwksFile}
-    audiences: [${IDP_AUDIENCE}]
-    algorithms: [ES256]
-    max_age: 1h
+${subjectIssuersYaml(idp)}
 rules:
   - name: mcp-tools
     callers: {trust_domains: [a.test, b.test]}

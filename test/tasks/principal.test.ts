@@ -16,7 +16,7 @@ import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRe
 import { StaticPolicySource } from '../../src/policy/policy-source.js';
 import { STORES } from '../helpers/db.js';
 import { API, startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
-import { IDP_AUDIENCE, testIdp, type TestIdp } from '../helpers/idp.js';
+import { subjectIssuersYaml, testIdp, type TestIdp } from '../helpers/idp.js';
 import { ADMIN, policyOf } from '../helpers/policy.js';
 
 const TOOL = 'spiffe://a.test/ns/tools/sa/runner';
@@ -24,12 +24,7 @@ const TOOL = 'spiffe://a.test/ns/tools/sa/runner';
 const policyText = (idp: TestIdp) => `
 version: 1
 admins: [${ADMIN}]
-subject_issuers:
-  - issuer: ${idp.issuer}
-    jwks_file: ${idp.jwksFile}
-    audiences: [${IDP_AUDIENCE}]
-    algorithms: [ES256]
-    max_age: 1h
+${subjectIssuersYaml(idp)}
 rules:
   - name: payroll
     callers: {spiffe_ids: ["${WORKER}"]}
