@@ -9,7 +9,8 @@ import type { Logger } from '../observability/logger.js';
 import type { BrokerMetrics } from '../observability/metrics.js';
 import { durationSeconds, jsonToStruct, secondsToDuration, structToJson } from '../protocol/struct.js';
 import { toTimestamp } from '../protocol/timestamps.js';
-import type { Actor, Principal, Requester, Task, TaskReadOperation } from '../model/task.js';
+import type { Actor, Principal, Task, TaskReadOperation } from '../model/task.js';
+import type { RequesterInput } from '../tasks/gateway.js';
 import type { Requester__Output as RequesterMessage__Output } from '../gen/taskbroker/v1/Requester.js';
 import type { GetTaskRequest__Output } from '../gen/taskbroker/v1/GetTaskRequest.js';
 import type { Principal as PrincipalMessage } from '../gen/taskbroker/v1/Principal.js';
@@ -93,15 +94,10 @@ function subjectTokenOf(request: { subjectToken?: string }): { subjectToken?: st
   return subjectToken ? { subjectToken } : {};
 }
 
-/** A request's on_behalf_of (absent: none); which credential it carries is checked by the task domain. */
-function onBehalfOfArgument(request: { onBehalfOf?: RequesterMessage__Output | null }): { onBehalfOf?: Requester } {
+/** A request's on_behalf_of (absent: none); which credential it carries is checked by the task domain (requesterArgument). */
+function onBehalfOfArgument(request: { onBehalfOf?: RequesterMessage__Output | null }): { onBehalfOf?: RequesterInput } {
   const r = request.onBehalfOf;
-  if (!r) return {};
-  if (r.x509SvidChain.length > 0) {
-    if (r.subjectToken) throw new BrokerError('invalid-argument', 'on_behalf_of: give x509_svid_chain or subject_token, not both');
-    return { onBehalfOf: { x509SvidChain: r.x509SvidChain } };
-  }
-  return { onBehalfOf: { subjectToken: r.subjectToken } };
+  return r ? { onBehalfOf: { x509SvidChain: r.x509SvidChain, subjectToken: r.subjectToken } } : {};
 }
 
 function readOperationOf(operation: GetTaskRequest__Output['operation']): TaskReadOperation {

@@ -7,21 +7,8 @@
 import type { PeerCertificate } from 'node:tls';
 import type { X509BundleSource } from '../spiffe/bundle.js';
 import type { SpiffeId } from '../spiffe/id.js';
+import { linkedChain } from '../spiffe/peer-chain.js';
 import { verifyX509Svid } from '../spiffe/x509svid.js';
-
-type ChainedCertificate = PeerCertificate & { issuerCertificate?: PeerCertificate };
-
-/** The DER chain Node hands checkServerIdentity, leaf first (at most 16 certificates). */
-function peerChain(cert: ChainedCertificate): Buffer[] {
-  const chain: Buffer[] = [];
-  let current: ChainedCertificate | undefined = cert;
-  while (current?.raw && chain.length < 16) {
-    chain.push(current.raw);
-    if (!current.issuerCertificate || current.issuerCertificate === current) break;
-    current = current.issuerCertificate;
-  }
-  return chain;
-}
 
 /** A `checkServerIdentity` for the broker: undefined when it is who we expect, else the error saying why not. */
 export function brokerIdentityCheck(
@@ -31,7 +18,7 @@ export function brokerIdentityCheck(
 ): (host: string, cert: PeerCertificate) => Error | undefined {
   return (_host, cert) => {
     try {
-      const { spiffeId } = verifyX509Svid(peerChain(cert), bundles);
+      const { spiffeId } = verifyX509Svid(linkedChain(cert), bundles);
       if (expected && !spiffeId.equals(expected)) return new Error(`broker presented ${spiffeId.toString()}, expected ${expected.toString()}`);
       if (!spiffeId.isMemberOf(trustDomain)) return new Error(`broker presented ${spiffeId.toString()}, expected an ID of trust domain ${trustDomain}`);
       return undefined;

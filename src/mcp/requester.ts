@@ -8,15 +8,13 @@
  * is the bearer token, so it works here too.
  */
 import type { IncomingMessage } from 'node:http';
-import type { PeerCertificate, TLSSocket } from 'node:tls';
+import type { DetailedPeerCertificate, PeerCertificate, TLSSocket } from 'node:tls';
 import type { AuthInfo } from '@modelcontextprotocol/sdk/server/auth/types.js';
 import type { Requester } from '../model/task.js';
+import { linkedChain } from '../spiffe/peer-chain.js';
 
 /** The key of AuthInfo.extra under which requesterAuthInfo leaves the requester. */
 export const REQUESTER_KEY = 'taskBrokerRequester';
-
-/** The longest chain taken from a peer: SVID chains are short; a longer one is not walked. */
-const MAX_CHAIN = 8;
 
 /**
  * The requester an AuthInfo carries: the one requesterAuthInfo put there, else its `token` as a
@@ -54,8 +52,6 @@ export function requesterAuthInfo(req: IncomingMessage): AuthInfo | undefined {
 const chainsByLeaf = new Map<string, Uint8Array[]>();
 const MAX_REMEMBERED_CHAINS = 1024;
 
-type ChainedCertificate = PeerCertificate & { issuerCertificate?: PeerCertificate };
-
 /**
  * The DER chain of an authorized TLS peer, leaf first, up to (not including) a self-signed
  * certificate: the broker verifies it against its own trust bundles, so the root is not needed.
@@ -64,23 +60,13 @@ type ChainedCertificate = PeerCertificate & { issuerCertificate?: PeerCertificat
 function peerChain(req: IncomingMessage): { leaf: PeerCertificate; der: Uint8Array[] } | undefined {
   const socket = req.socket as Partial<TLSSocket>;
   if (typeof socket.getPeerCertificate !== 'function' || socket.authorized !== true) return undefined;
-  const leaf: ChainedCertificate = socket.getPeerCertificate(true);
+  const leaf: DetailedPeerCertificate = socket.getPeerCertificate(true);
   if (!leaf?.raw) return undefined;
   if (!leaf.issuerCertificate) {
     // A resumed session: only the leaf is known here.
     return { leaf, der: chainsByLeaf.get(leaf.fingerprint256) ?? [new Uint8Array(leaf.raw)] };
   }
-  const der: Uint8Array[] = [];
-  const seen = new Set<string>();
-  let cert: ChainedCertificate | undefined = leaf;
-  while (cert?.raw && der.length < MAX_CHAIN && !seen.has(cert.fingerprint256)) {
-    seen.add(cert.fingerprint256);
-    const issuer: ChainedCertificate | undefined = cert.issuerCertificate;
-    const selfSigned = !issuer || issuer === cert || issuer.fingerprint256 === cert.fingerprint256;
-    if (selfSigned && der.length > 0) break;
-    der.push(new Uint8Array(cert.raw));
-    cert = issuer;
-  }
+  const der = linkedChain(leaf, { dropRoot: true }).map((c) => new Uint8Array(c));
   remember(leaf.fingerprint256, der);
   return { leaf, der };
 }

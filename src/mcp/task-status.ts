@@ -1,21 +1,19 @@
 /**
- * A broker task as an MCP Task (spec 2025-11-25). The broker's state is the truth; the only
- * local refinement is `input_required`, which the SDK sets while a live task's work waits on the
- * requester (elicitation, sampling) and which the broker has no word for.
+ * A broker task as an MCP Task (spec 2025-11-25). The broker's state is the only truth: nothing
+ * local refines it (guarded works never wait on the requester, so there is no input_required).
  */
 import type { Task as McpTask } from '@modelcontextprotocol/sdk/types.js';
 import type { Task } from '../client/results.js';
+import { isLive } from '../model/task.js';
 
 export type McpTaskStatus = McpTask['status'];
 
 export interface TaskViewOptions {
   pollIntervalMs: number;
-  /** A status the SDK set locally for a live task (input_required), if any. */
-  localStatus?: McpTaskStatus | undefined;
 }
 
 export function mcpTaskOf(task: Task, options: TaskViewOptions): McpTask {
-  const { status, statusMessage } = statusOf(task, options.localStatus);
+  const { status, statusMessage } = statusOf(task);
   return {
     taskId: task.taskId,
     status,
@@ -27,12 +25,12 @@ export function mcpTaskOf(task: Task, options: TaskViewOptions): McpTask {
   };
 }
 
-function statusOf(task: Task, localStatus: McpTaskStatus | undefined): { status: McpTaskStatus; statusMessage?: string } {
+function statusOf(task: Task): { status: McpTaskStatus; statusMessage?: string } {
   switch (task.state) {
     case 'PENDING_APPROVAL':
-      return { status: localStatus === 'input_required' ? 'input_required' : 'working', statusMessage: 'waiting for approval' };
+      return { status: 'working', statusMessage: 'waiting for approval' };
     case 'ACTIVE':
-      return { status: localStatus === 'input_required' ? 'input_required' : 'working' };
+      return { status: 'working' };
     case 'COMPLETED':
       return task.resultFailed ? { status: 'failed', statusMessage: task.endReason || 'the tool failed' } : { status: 'completed' };
     case 'CANCELLED':
@@ -44,6 +42,7 @@ function statusOf(task: Task, localStatus: McpTaskStatus | undefined): { status:
   }
 }
 
+/** A task the broker ended (completed, cancelled, revoked, expired): its MCP status is final. */
 export function isTerminalState(task: Task): boolean {
-  return task.state !== 'ACTIVE' && task.state !== 'PENDING_APPROVAL';
+  return !isLive(task.state);
 }

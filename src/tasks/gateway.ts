@@ -28,8 +28,14 @@ export const MAX_REQUESTER_CHAIN_BYTES = 64 * 1024;
 export type VerifiedRequester =
   { kind: 'x509'; spiffeId: string; trustDomain: string; certThumbprint: string } | { kind: 'subject'; principal: Principal; claims: Record<string, unknown> };
 
+/** A requester as a request carries it: both fields may be there (or neither); requesterArgument decides. */
+export interface RequesterInput {
+  x509SvidChain?: readonly Uint8Array[] | undefined;
+  subjectToken?: string | undefined;
+}
+
 /** Checks a requester as sent (exactly one credential, within bounds) before anything is verified. */
-export function requesterArgument(requester: Requester | undefined): Requester | undefined {
+export function requesterArgument(requester: RequesterInput | undefined): Requester | undefined {
   if (!requester) return undefined;
   const chain = requester.x509SvidChain ?? [];
   const token = requester.subjectToken ?? '';
@@ -42,7 +48,7 @@ export function requesterArgument(requester: Requester | undefined): Requester |
   if (chain.length > MAX_PRESENTED_CERTIFICATES) throw invalid(`on_behalf_of.x509_svid_chain: at most ${MAX_PRESENTED_CERTIFICATES} certificates`);
   const bytes = chain.reduce((n, der) => n + der.length, 0);
   if (bytes > MAX_REQUESTER_CHAIN_BYTES) throw invalid(`on_behalf_of.x509_svid_chain: at most ${MAX_REQUESTER_CHAIN_BYTES} bytes together`);
-  return { x509SvidChain: chain };
+  return { x509SvidChain: [...chain] };
 }
 
 /** Verified X509 requesters remembered at most (a gateway serves many, each asking often). */

@@ -27,7 +27,7 @@ import { TokenOperations, type IssuedToken, type IssueRequest, type TokenKeys, t
 import { recordTokenUses, type TokenUseCounts, type TokenUseInput } from './token-use-reports.js';
 import { UnitOfWork, type TaskObserver } from './unit-of-work.js';
 import { freeText, idempotencyKeyArgument, invalid, taskIdArgument, validateTaskSpec, type TaskSpecInput } from './validation.js';
-import { RequesterVerifier, requesterArgument, requesterDetails, requesterMismatch, type VerifiedRequester } from './gateway.js';
+import { RequesterVerifier, requesterArgument, requesterDetails, requesterMismatch, type RequesterInput, type VerifiedRequester } from './gateway.js';
 import { decodeCursor, encodeCursor, filterDigest } from './list-cursor.js';
 import type { PolicyDecision } from '../policy/policy.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
@@ -39,7 +39,7 @@ export interface FollowUp {
   /** For a task whose rule binds follow-ups to its session: a subject token of its principal. */
   subjectToken?: string;
   /** A gateway acting for the party that asked it: who that is (checked against the task). */
-  onBehalfOf?: Requester;
+  onBehalfOf?: RequesterInput;
 }
 
 export interface ReadOptions extends FollowUp {
@@ -126,7 +126,7 @@ export class TaskLifecycle {
     actor: Actor,
     input: TaskSpecInput,
     idempotencyKey?: string,
-    options: { subjectToken?: string; onBehalfOf?: Requester } = {},
+    options: { subjectToken?: string; onBehalfOf?: RequesterInput } = {},
   ): Promise<{ task: Task; canonicalSpec: string; replayed: boolean }> {
     const access = this.#access;
     const spec = validateTaskSpec(input, this.limits);
@@ -263,6 +263,8 @@ export class TaskLifecycle {
     const access = this.#access;
     const resultRead = options.operation === 'result';
     const operation = resultRead ? 'GetTask(result)' : 'GetTask';
+    // Malformed input is refused before the requester's credential costs a signature check.
+    taskIdArgument(taskId);
     const onBehalfOf = requesterArgument(options.onBehalfOf);
     const requester = onBehalfOf ? await this.#verifyRequester(actor, onBehalfOf, operation, taskId) : undefined;
     const facts = await this.#followUpFacts(actor, taskId, operation, requester);
@@ -312,7 +314,7 @@ export class TaskLifecycle {
    */
   async listOwnTasks(
     actor: Actor,
-    options: { onBehalfOf?: Requester; pageSize?: number; pageToken?: string } = {},
+    options: { onBehalfOf?: RequesterInput; pageSize?: number; pageToken?: string } = {},
   ): Promise<{ tasks: Task[]; nextPageToken: string | null }> {
     const access = this.#access;
     const pageSize = options.pageSize || DEFAULT_LIST_PAGE;
@@ -437,6 +439,7 @@ export class TaskLifecycle {
    */
   async #finish(actor: Actor, taskId: string, operation: 'CompleteTask' | 'CancelTask', reason: string, options: CompleteOptions): Promise<Ended> {
     const access = this.#access;
+    taskIdArgument(taskId);
     const onBehalfOf = requesterArgument(options.onBehalfOf);
     const requester = onBehalfOf ? await this.#verifyRequester(actor, onBehalfOf, operation, taskId) : undefined;
     const facts = requester

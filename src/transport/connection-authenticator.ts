@@ -17,6 +17,7 @@ import { clipped } from '../errors.js';
 import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
 import type { X509BundleSource } from '../spiffe/bundle.js';
+import { linkedChain } from '../spiffe/peer-chain.js';
 import { verifyX509Svid } from '../spiffe/x509svid.js';
 import { X509SvidError, type X509SvidFailure } from '../spiffe/x509svid-error.js';
 import { attachCaller, type Caller } from './caller.js';
@@ -60,15 +61,7 @@ function connectionKey(c: ConnectionAddress): string | undefined {
 
 /** The DER certificates a peer presented, leaf first, as Node linked them. */
 export function presentedChain(socket: TLSSocket): Buffer[] {
-  const chain: Buffer[] = [];
-  let cert = socket.getPeerCertificate(true) as Partial<ReturnType<TLSSocket['getPeerCertificate']>> & { issuerCertificate?: unknown };
-  while (cert?.raw && chain.length < 16) {
-    chain.push(cert.raw);
-    const next = cert.issuerCertificate as typeof cert | undefined;
-    if (!next || next === cert) break;
-    cert = next;
-  }
-  return chain;
+  return linkedChain(socket.getPeerCertificate(true));
 }
 
 function callerFrom(verified: ReturnType<typeof verifyX509Svid>): Caller {
