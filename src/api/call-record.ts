@@ -12,7 +12,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
-import type { BrokerMetrics } from '../observability/metrics.js';
+import type { BrokerMetrics, GrpcType } from '../observability/metrics.js';
 import { requestIdFrom } from '../tasks/ids.js';
 import { callerOf } from '../transport/caller.js';
 
@@ -39,6 +39,12 @@ export function requestIdOf(call: { metadata: grpc.Metadata }): string {
 /** The name of a status code (OK, NOT_FOUND, ...), as metrics and logs show it. */
 export function statusName(code: grpc.status): string {
   return grpc.status[code] ?? String(code);
+}
+
+/** How a method streams (go-grpc-prometheus's `grpc_type`). */
+function grpcTypeOf(descriptor: { requestStream: boolean; responseStream: boolean }): GrpcType {
+  if (descriptor.requestStream) return descriptor.responseStream ? 'bidi_stream' : 'client_stream';
+  return descriptor.responseStream ? 'server_stream' : 'unary';
 }
 
 /** Splits a gRPC method path (/pkg.Service/Method) into service and method. */
@@ -96,8 +102,10 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
     const started = process.hrtime.bigint();
     let metadata: grpc.Metadata | undefined;
     let recorded = false;
+    const type = grpcTypeOf(descriptor);
     const inFlight = metrics?.inFlightOf(service, method);
     inFlight?.inc();
+    metrics?.startRpc(service, method, type);
 
     const record = (code: grpc.status, details: string | undefined) => {
       if (recorded) return;
@@ -105,7 +113,7 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
       try {
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
         inFlight?.dec();
-        metrics?.observeRpc(service, method, statusName(code), seconds);
+        metrics?.observeRpc(service, method, type, code, seconds);
         let caller: string | undefined;
         try {
           caller = metadata ? callerOf({ metadata }).spiffeId.toString() : undefined;

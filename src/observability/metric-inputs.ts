@@ -27,6 +27,8 @@ export interface PoolStats {
   total: number;
   idle: number;
   waiting: number;
+  /** The most connections the pool opens. */
+  max: number;
 }
 
 /** What the gRPC listener reports at each scrape (SvidServer fits). */

@@ -1,23 +1,56 @@
 /**
  * Prometheus metrics of one broker, in a registry of its own (never prom-client's global one,
- * so several brokers in one process, as in tests, do not mix). Every name starts with
- * `task_broker_`, the default process metrics included.
+ * so several brokers in one process, as in tests, do not mix). The broker's own metrics start
+ * with `task_broker_`; three families keep the names stock dashboards and alerts expect:
+ * - gRPC server metrics as go-grpc-prometheus names them (`grpc_server_started_total`,
+ *   `grpc_server_handled_total`, `grpc_server_handling_seconds`, labels `grpc_service`,
+ *   `grpc_method`, `grpc_type`, `grpc_code` with codes spelled `OK`, `NotFound`, ...);
+ * - prom-client's default process and Node.js metrics, unprefixed (`process_*`, `nodejs_*`).
  *
  * Labels carry only bounded, non-secret values: service and method names, gRPC status names,
  * verification reasons, task states, trust domain names. Never a token, key or task ID.
  */
-import type { Histogram } from 'prom-client';
-import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { METRIC_PREFIX, metricsIn } from './metric-factory.js';
 import type { ConnectionStats, ObservableBundles, PolicyReloadStatus, PoolStats, ReadinessSnapshot, SvidInfo, SvidSourceStatus } from './metric-inputs.js';
 
 const RPC_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const AUDIT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
-type RpcLabels = 'service' | 'method' | 'code';
+type RpcLabels = 'grpc_service' | 'grpc_method' | 'grpc_type';
+type HandledLabels = RpcLabels | 'grpc_code';
+
+/** How a method streams, as go-grpc-prometheus's `grpc_type` label says it. */
+export type GrpcType = 'unary' | 'client_stream' | 'server_stream' | 'bidi_stream';
+
+/** go-grpc-prometheus spells codes as Go's codes.Code.String() does. */
+const GO_CODE_NAMES: Record<number, string> = {
+  0: 'OK',
+  1: 'Canceled',
+  2: 'Unknown',
+  3: 'InvalidArgument',
+  4: 'DeadlineExceeded',
+  5: 'NotFound',
+  6: 'AlreadyExists',
+  7: 'PermissionDenied',
+  8: 'ResourceExhausted',
+  9: 'FailedPrecondition',
+  10: 'Aborted',
+  11: 'OutOfRange',
+  12: 'Unimplemented',
+  13: 'Internal',
+  14: 'Unavailable',
+  15: 'DataLoss',
+  16: 'Unauthenticated',
+};
+
+/** The `grpc_code` label of a status code. */
+export function grpcCodeLabel(code: number): string {
+  return GO_CODE_NAMES[code] ?? `Code(${code})`;
+}
 
 export interface BrokerMetricsOptions {
-  /** Also collect prom-client's default process and Node.js metrics (prefixed too); default true. */
+  /** Also collect prom-client's default process and Node.js metrics (unprefixed); default true. */
   defaultMetrics?: boolean;
   clock?: () => Date;
 }
@@ -29,7 +62,8 @@ const MAX_RPC_LABEL_SETS = 1_000;
 
 export class BrokerMetrics {
   readonly registry = new Registry();
-  readonly rpcRequests: Counter<RpcLabels>;
+  readonly rpcStarted: Counter<RpcLabels>;
+  readonly rpcHandled: Counter<HandledLabels>;
   readonly rpcDuration: Histogram<RpcLabels>;
   readonly rpcInFlight: Gauge<'service' | 'method'>;
   readonly tokensIssued: Counter;
@@ -49,7 +83,8 @@ export class BrokerMetrics {
   readonly readinessCheck: Gauge<'check'>;
   readonly #clock: () => Date;
   readonly #inFlightChildren = new Map<string, { inc(): void; dec(): void }>();
-  readonly #rpcChildren = new Map<string, { requests: { inc(): void }; duration: { observe(value: number): void } }>();
+  readonly #startedChildren = new Map<string, { inc(): void }>();
+  readonly #rpcChildren = new Map<string, { handled: { inc(): void }; duration: { observe(value: number): void } }>();
   #svid: () => SvidInfo | undefined = () => undefined;
   #pool: (() => PoolStats) | undefined;
   #readiness: (() => ReadinessSnapshot) | undefined;
@@ -63,18 +98,27 @@ export class BrokerMetrics {
   constructor(options: BrokerMetricsOptions = {}) {
     this.#clock = options.clock ?? (() => new Date());
     const { counter, histogram, gauge, gaugePerLabel } = metricsIn(this.registry);
-    const rpcLabels: RpcLabels[] = ['service', 'method', 'code'];
-    this.rpcRequests = counter(
-      'grpc_requests_total',
-      'gRPC calls handled, by service, method and status code (calls refused as UNAUTHENTICATED before any handler included)',
-      rpcLabels,
-    );
-    this.rpcDuration = histogram(
-      'grpc_request_duration_seconds',
-      'Time from the start of a gRPC call to its status, by service, method and status code',
-      RPC_BUCKETS,
-      rpcLabels,
-    );
+    const rpcLabels: RpcLabels[] = ['grpc_service', 'grpc_method', 'grpc_type'];
+    const registers = [this.registry];
+    this.rpcStarted = new Counter({
+      name: 'grpc_server_started_total',
+      help: 'gRPC calls started on the server, by service, method and type',
+      labelNames: rpcLabels,
+      registers,
+    });
+    this.rpcHandled = new Counter({
+      name: 'grpc_server_handled_total',
+      help: 'gRPC calls completed on the server, by service, method, type and status code (calls refused as Unauthenticated before any handler included)',
+      labelNames: [...rpcLabels, 'grpc_code'],
+      registers,
+    });
+    this.rpcDuration = new Histogram({
+      name: 'grpc_server_handling_seconds',
+      help: 'Time from the start of a gRPC call to its status, by service, method and type',
+      labelNames: rpcLabels,
+      buckets: RPC_BUCKETS,
+      registers,
+    });
     this.rpcInFlight = new Gauge({
       name: `${METRIC_PREFIX}grpc_requests_in_flight`,
       help: 'gRPC calls being handled now',
@@ -206,8 +250,9 @@ export class BrokerMetrics {
     gauge('db_pool_connections', 'Database connections open (in use and idle)', () => poolNow()?.total);
     gauge('db_pool_idle_connections', 'Database connections open and idle', () => poolNow()?.idle);
     gauge('db_pool_waiting_requests', 'Queries waiting for a database connection', () => poolNow()?.waiting);
+    gauge('db_pool_max_connections', 'The most database connections the pool opens (--db-pool-max; 1 for the embedded PGlite)', () => poolNow()?.max);
 
-    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry, prefix: METRIC_PREFIX });
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
   }
 
   /** The in-flight gauge of one method (its labelled child, looked up once). */
@@ -221,16 +266,28 @@ export class BrokerMetrics {
     return child;
   }
 
-  /** One finished gRPC call. */
-  observeRpc(service: string, method: string, code: string, seconds: number): void {
-    const key = `${service}/${method}/${code}`;
+  /** One gRPC call started. */
+  startRpc(service: string, method: string, type: GrpcType): void {
+    const key = `${service}/${method}/${type}`;
+    let child = this.#startedChildren.get(key);
+    if (!child) {
+      child = this.rpcStarted.labels({ grpc_service: service, grpc_method: method, grpc_type: type });
+      if (this.#startedChildren.size < MAX_RPC_LABEL_SETS) this.#startedChildren.set(key, child);
+    }
+    child.inc();
+  }
+
+  /** One finished gRPC call with its status code. */
+  observeRpc(service: string, method: string, type: GrpcType, code: number, seconds: number): void {
+    const key = `${service}/${method}/${type}/${code}`;
     let children = this.#rpcChildren.get(key);
     if (!children) {
       // prom-client hashes the label set on every call; the labelled children are looked up once.
-      children = { requests: this.rpcRequests.labels({ service, method, code }), duration: this.rpcDuration.labels({ service, method, code }) };
+      const labels = { grpc_service: service, grpc_method: method, grpc_type: type };
+      children = { handled: this.rpcHandled.labels({ ...labels, grpc_code: grpcCodeLabel(code) }), duration: this.rpcDuration.labels(labels) };
       if (this.#rpcChildren.size < MAX_RPC_LABEL_SETS) this.#rpcChildren.set(key, children);
     }
-    children.requests.inc();
+    children.handled.inc();
     children.duration.observe(seconds);
   }
 

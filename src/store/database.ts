@@ -36,7 +36,7 @@ export interface Store {
   /** How recent write transactions ended: readiness turns on a run of failures. */
   readonly writes: WriteHealth;
   /** Connections in use and idle (PostgreSQL pool; PGlite has one). */
-  poolStats(): { total: number; idle: number; waiting: number };
+  poolStats(): { total: number; idle: number; waiting: number; max: number };
   /** One round trip on a connection of its own, so a saturated pool does not look like a dead database. */
   ping(): Promise<void>;
   /**
@@ -195,7 +195,7 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
     db,
     description: redactUrl(url),
     writes,
-    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount, max: pool.options.max }),
     ping: async () => {
       await sql`select 1`.execute(healthDb);
     },
@@ -272,7 +272,7 @@ async function openPglite(dataDir: string | undefined): Promise<Store> {
     db,
     description: dataDir ? `embedded PGlite in ${dataDir}` : 'embedded PGlite in memory',
     writes,
-    poolStats: () => ({ total: 1, idle: busy ? 0 : 1, waiting: 0 }),
+    poolStats: () => ({ total: 1, idle: busy ? 0 : 1, waiting: 0, max: 1 }),
     ping: async () => {
       busy = true;
       try {

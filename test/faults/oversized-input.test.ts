@@ -177,10 +177,11 @@ describe('oversized and malformed input', () => {
     const line = await replica.cli.waitForLog((l) => l.msg === 'rpc' && l.method === 'CreateTask' && l.code === 'RESOURCE_EXHAUSTED');
     expect(line).toMatchObject({ caller: WORKER, details: expect.stringMatching(/limit is 1048576 bytes/) });
     expect(
-      sample(await replica.metrics(), 'task_broker_grpc_requests_total', {
-        service: 'taskbroker.v1.TaskBroker',
-        method: 'CreateTask',
-        code: 'RESOURCE_EXHAUSTED',
+      sample(await replica.metrics(), 'grpc_server_handled_total', {
+        grpc_service: 'taskbroker.v1.TaskBroker',
+        grpc_method: 'CreateTask',
+        grpc_type: 'unary',
+        grpc_code: 'ResourceExhausted',
       }),
     ).toBeGreaterThanOrEqual(1);
   });
@@ -193,10 +194,11 @@ describe('oversized and malformed input', () => {
     );
     expect(line).toMatchObject({ caller: WORKER });
     expect(
-      sample(await replica.metrics(), 'task_broker_grpc_requests_total', {
-        service: 'taskbroker.v1.TaskBroker',
-        method: 'CreateTask',
-        code: 'INVALID_ARGUMENT',
+      sample(await replica.metrics(), 'grpc_server_handled_total', {
+        grpc_service: 'taskbroker.v1.TaskBroker',
+        grpc_method: 'CreateTask',
+        grpc_type: 'unary',
+        grpc_code: 'InvalidArgument',
       }),
     ).toBeGreaterThanOrEqual(1);
     // Within the decoder's reach but past the documented params depth (32): refused by validation.

@@ -95,20 +95,23 @@ describe.each(STORES)('ops endpoints on %s', (kind) => {
 
     const text = await scrape(t);
     const svc = 'taskbroker.v1.TaskBroker';
-    const rpc = (method: string, code: string, service = svc) => sample(text, 'task_broker_grpc_requests_total', { service, method, code });
+    // go-grpc-prometheus names, labels and code spelling, so stock gRPC dashboards and alerts work.
+    const rpc = (method: string, code: string, service = svc) =>
+      sample(text, 'grpc_server_handled_total', { grpc_service: service, grpc_method: method, grpc_type: 'unary', grpc_code: code });
     expect(rpc('CreateTask', 'OK')).toBe(2);
     expect(rpc('IssueToken', 'OK')).toBe(2);
     expect(rpc('VerifyToken', 'OK')).toBe(4);
-    expect(rpc('GetTask', 'NOT_FOUND')).toBe(1);
+    expect(rpc('GetTask', 'NotFound')).toBe(1);
     expect(rpc('CompleteTask', 'OK')).toBe(1);
     expect(rpc('RevokeTask', 'OK', 'taskbroker.v1.TaskBrokerAdmin')).toBe(1);
-    expect(rpc('WhoAmI', 'UNAUTHENTICATED')).toBe(1);
-    // Latency histograms by method and status, with their buckets.
-    const hist = { service: svc, method: 'CreateTask', code: 'OK' };
-    expect(sample(text, 'task_broker_grpc_request_duration_seconds_count', hist)).toBe(2);
-    expect(sample(text, 'task_broker_grpc_request_duration_seconds_bucket', { ...hist, le: '+Inf' })).toBe(2);
-    expect(sample(text, 'task_broker_grpc_request_duration_seconds_bucket', { ...hist, le: '0.005' })).toBeGreaterThanOrEqual(0);
-    expect(sample(text, 'task_broker_grpc_request_duration_seconds_sum', hist)).toBeGreaterThan(0);
+    expect(rpc('WhoAmI', 'Unauthenticated')).toBe(1);
+    expect(sample(text, 'grpc_server_started_total', { grpc_service: svc, grpc_method: 'CreateTask', grpc_type: 'unary' })).toBe(2);
+    // Latency histograms by method, with their buckets.
+    const hist = { grpc_service: svc, grpc_method: 'CreateTask', grpc_type: 'unary' };
+    expect(sample(text, 'grpc_server_handling_seconds_count', hist)).toBe(2);
+    expect(sample(text, 'grpc_server_handling_seconds_bucket', { ...hist, le: '+Inf' })).toBe(2);
+    expect(sample(text, 'grpc_server_handling_seconds_bucket', { ...hist, le: '0.005' })).toBeGreaterThanOrEqual(0);
+    expect(sample(text, 'grpc_server_handling_seconds_sum', hist)).toBeGreaterThan(0);
     expect(sample(text, 'task_broker_grpc_requests_in_flight', { service: svc, method: 'CreateTask' })).toBe(0);
     // Tokens, verifications by reason, endings by final state, tokens revoked with them.
     expect(sample(text, 'task_broker_tokens_issued_total')).toBe(2);
@@ -132,12 +135,15 @@ describe.each(STORES)('ops endpoints on %s', (kind) => {
     expect(pool).toBeGreaterThanOrEqual(1);
     expect(sample(text, 'task_broker_db_pool_idle_connections')).toBeLessThanOrEqual(pool);
     expect(sample(text, 'task_broker_db_pool_waiting_requests')).toBe(0);
+    expect(sample(text, 'task_broker_db_pool_max_connections')).toBeGreaterThanOrEqual(pool);
     expect(sample(text, 'task_broker_ready')).toBe(1);
     expect(sample(text, 'task_broker_readiness_check', { check: 'database' })).toBe(1);
-    expect(sample(text, 'task_broker_process_cpu_user_seconds_total')).toBeGreaterThan(0);
-    expect(sample(text, 'task_broker_nodejs_eventloop_lag_seconds')).toBeGreaterThanOrEqual(0);
-    // Every metric is the broker's; no token or task ID ever becomes a label.
-    for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) expect(line).toMatch(/^task_broker_/);
+    // prom-client's process and Node.js defaults, unprefixed as stock dashboards expect them.
+    expect(sample(text, 'process_cpu_user_seconds_total')).toBeGreaterThan(0);
+    expect(sample(text, 'process_resident_memory_bytes')).toBeGreaterThan(0);
+    expect(sample(text, 'nodejs_eventloop_lag_seconds')).toBeGreaterThanOrEqual(0);
+    // Every metric is the broker's, the gRPC server's or the process's; no token or task ID ever becomes a label.
+    for (const line of text.split('\n').filter((l) => l && !l.startsWith('#'))) expect(line).toMatch(/^(task_broker_|grpc_server_|process_|nodejs_)/);
     expect(text).not.toContain(token);
     expect(text).not.toContain(token.split('.')[2]);
     expect(text).not.toContain(taskId);

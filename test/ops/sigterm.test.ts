@@ -84,7 +84,7 @@ describe('task-broker serve under SIGTERM', () => {
       // Connections open, and one task per worker to issue tokens for.
       const tasks = await Promise.all(clients.map(async (c) => ({ c, taskId: (await c.createTask({ spec })).task!.taskId })));
       const metricsText = async () => (await fetch(`${ops}/metrics`)).text();
-      const handledBefore = total(await metricsText(), 'task_broker_grpc_requests_total', { service: 'taskbroker.v1.TaskBroker' });
+      const handledBefore = total(await metricsText(), 'grpc_server_handled_total', { grpc_service: 'taskbroker.v1.TaskBroker' });
 
       const outcomes = Array.from({ length: BURST }, (_, i) => {
         const { c, taskId } = tasks[i % tasks.length]!;
@@ -99,7 +99,7 @@ describe('task-broker serve under SIGTERM', () => {
         const text = await metricsText();
         const received =
           total(text, 'task_broker_grpc_requests_in_flight') +
-          total(text, 'task_broker_grpc_requests_total', { service: 'taskbroker.v1.TaskBroker' }) -
+          total(text, 'grpc_server_handled_total', { grpc_service: 'taskbroker.v1.TaskBroker' }) -
           handledBefore;
         if (received >= BURST) break;
         await new Promise((r) => setTimeout(r, 5));
