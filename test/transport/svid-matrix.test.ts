@@ -244,7 +244,9 @@ describe('invalid peers are refused with UNAUTHENTICATED before any handler', ()
 
   it('an RSA 1024 leaf', async () => {
     const leaf = await issueLeaf(a.root, 'spiffe://a.test/rsa1024', { key: 'rsa-1024' });
-    await expectRefused({ svid: await pemOf(leaf) }, /RSA key of 1024 bits is below the 2048-bit minimum/);
+    // OpenSSL 3.5 (Node 24+) refuses to even load such a key at its default security level: the
+    // client lowers its own, so what is tested is the broker's refusal.
+    await expectRefused({ svid: await pemOf(leaf), weakCrypto: true }, /RSA key of 1024 bits is below the 2048-bit minimum/);
   });
 
   it('an intermediate without the CA flag', async () => {
