@@ -9,6 +9,7 @@
  * servers' lifecycle: listen, rotate, drain.
  */
 import * as grpc from '@grpc/grpc-js';
+import { constants } from 'node:crypto';
 import { createServer, type Server as TlsServer } from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../observability/logger.js';
@@ -80,8 +81,14 @@ function grpcConnectionOptions(limits: ConnectionLimits): grpc.ServerOptions {
   };
 }
 
+/**
+ * No session resumption (no tickets; Node keeps no session-ID cache): on a resumed session the
+ * server learns only the peer's leaf, not the chain it presented, so a caller whose SVID is
+ * issued by an intermediate could not be verified again. gRPC connections are long-lived, so a
+ * full handshake per connection costs next to nothing.
+ */
 function secureContextOptions(identity: TlsIdentity) {
-  return { cert: identity.certChainPem, key: identity.keyPem, minVersion: 'TLSv1.2' as const };
+  return { cert: identity.certChainPem, key: identity.keyPem, minVersion: 'TLSv1.2' as const, secureOptions: constants.SSL_OP_NO_TICKET };
 }
 
 export class SvidServer {

@@ -4,6 +4,7 @@
  * invalid ones end with UNAUTHENTICATED, a log line that says why, and no handler call.
  */
 import * as grpc from '@grpc/grpc-js';
+import { connect as tlsConnect } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   createIntermediateCa,
@@ -114,6 +115,47 @@ describe('valid X509-SVIDs get through with the right Caller', () => {
   it('an SVID issued by the trust domain intermediate (leaf, intermediate)', async () => {
     const leaf = await mintX509Svid(a.intermediate, 'spiffe://a.test/ns/prod/sa/api');
     await expectAccepted(leaf, await pemOf(leaf), 'spiffe://a.test/ns/prod/sa/api', 'a.test');
+  });
+
+  it('a client offering to resume its TLS session gets a full handshake: the chain is presented and verified every time', async () => {
+    // On a resumed session the server would learn only the leaf, not the intermediate the
+    // client presented; the listener sends no tickets, so every connection shows its chain.
+    const leaf = await mintX509Svid(a.intermediate, 'spiffe://a.test/ns/prod/sa/resumer');
+    const svid = await pemOf(leaf);
+    const connect = (session?: Buffer) =>
+      new Promise<{ reused: boolean; session: Buffer | undefined }>((resolve, reject) => {
+        let offered: Buffer | undefined;
+        const socket = tlsConnect({
+          host: '127.0.0.1',
+          port: server.port,
+          ca: a.root.pem,
+          cert: svid.certChainPem,
+          key: svid.keyPem,
+          ALPNProtocols: ['h2'],
+          checkServerIdentity: () => undefined,
+          ...(session ? { session } : {}),
+        });
+        socket.on('session', (s: Buffer) => (offered = s));
+        socket.once('error', reject);
+        socket.once('secureConnect', () => {
+          // The HTTP/2 preface: the server answers with its SETTINGS frame, which comes after any
+          // TLS 1.3 ticket it sends, so by the first data the session to offer next time is known.
+          socket.write(Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'));
+          socket.once('data', () => {
+            const reused = socket.isSessionReused();
+            socket.destroy();
+            resolve({ reused, session: offered });
+          });
+        });
+      });
+    const first = await connect();
+    expect(first.session, 'the client has a session to offer').toBeDefined();
+    const second = await connect(first.session);
+    expect(first.reused).toBe(false);
+    expect(second.reused).toBe(false);
+    // And the gRPC call over a fresh connection is verified with its intermediate, twice.
+    await expectAccepted(leaf, svid, 'spiffe://a.test/ns/prod/sa/resumer', 'a.test');
+    await expectAccepted(leaf, svid, 'spiffe://a.test/ns/prod/sa/resumer', 'a.test');
   });
 
   it('an SVID of the federated trust domain b.test, verified against the b.test bundle', async () => {
