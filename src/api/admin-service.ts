@@ -7,6 +7,7 @@ import type { TaskBrokerAdminHandlers } from '../gen/taskbroker/v1/TaskBrokerAdm
 import type { Logger } from '../observability/logger.js';
 import type { AuditEvent, ChainCheck } from '../audit/audit.js';
 import type { ChainCheck as ChainCheckMessage } from '../gen/taskbroker/v1/ChainCheck.js';
+import { taskStateName } from '../protocol/enums.js';
 import { jsonToStruct } from '../protocol/struct.js';
 import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
 import type { TaskAdmin } from '../tasks/admin.js';
@@ -47,9 +48,17 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
     }),
 
     RevokeWorkload: unary('RevokeWorkload', rpc, async (call) => {
-      const res = await admin.revokeWorkload(actorOf(call), call.request.selector, call.request.reason);
+      const { selector, reason, dryRun } = call.request;
+      const res = await admin.revokeWorkload(actorOf(call), selector, reason, { dryRun });
       // At most 1,000 IDs go back (the count is complete); the audit trail has the rest.
-      return { revokedTasks: res.taskIds.length, revokedTokens: res.revokedTokens, taskIds: res.taskIds.slice(0, 1000) };
+      return {
+        revokedTasks: res.taskIds.length,
+        revokedTokens: res.revokedTokens,
+        taskIds: res.taskIds.slice(0, 1000),
+        dryRun: res.dryRun,
+        liveTokens: res.liveTokens,
+        descendantTasks: res.descendantTasks,
+      };
     }),
 
     ListTasks: unary('ListTasks', rpc, async (call) => {
@@ -94,6 +103,27 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
     GetTaskTree: unary('GetTaskTree', rpc, async (call) => {
       const res = await admin.taskTree(actorOf(call), call.request.taskId);
       return { rootTaskId: res.rootTaskId, tasks: res.tasks.map(taskMessage) };
+    }),
+
+    GetTask: unary('GetTask', rpc, async (call) => {
+      const res = await admin.getTask(actorOf(call), call.request.taskId);
+      return {
+        task: taskMessage(res.task),
+        history: res.history.map((h) => ({
+          state: taskStateName(h.state),
+          at: toTimestamp(h.at),
+          by: h.by,
+          byCertThumbprint: h.byCertThumbprint ?? '',
+          event: h.event,
+          reason: h.reason,
+          seq: h.seq,
+        })),
+        tokensIssued: res.tokensIssued,
+        liveTokens: res.liveTokens,
+        delegatedTasks: res.delegatedTasks,
+        ownerCertThumbprint: res.ownerCertThumbprint,
+        chain: chainCheckMessage(res.check),
+      };
     }),
 
     ApproveTask: unary('ApproveTask', rpc, async (call) => {

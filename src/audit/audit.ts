@@ -39,6 +39,8 @@ export type AuditEventType =
   | 'admin.workload_revoked'
   | 'admin.tasks_listed'
   | 'admin.audit_read'
+  | 'admin.task_read'
+  | 'admin.workload_revoke_dry_run'
   | 'admin.tree_read'
   | 'admin.key_rotated';
 

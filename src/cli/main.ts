@@ -3,6 +3,7 @@
  * (0 ok, 1 failure, 2 usage).
  */
 import { adminCommands } from './admin/commands.js';
+import { runAdminGroup } from './admin/help.js';
 import { runDev, devSpec } from './dev.js';
 import { devCaInitSpec, devCaMintSpec, runDevCaInit, runDevCaMint } from './dev-ca.js';
 import { ExitCode, helpText, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './options.js';
@@ -49,6 +50,8 @@ export async function main(argv: string[], io = { out: (s: string) => process.st
   }
   const found = resolve(argv);
   if (!found) {
+    // `admin`, `admin --help`, `admin help [COMMAND]`, or an admin command that does not exist.
+    if (argv[0] === 'admin') return runAdminGroup(argv.slice(1), io);
     const group = Object.keys(COMMANDS).filter((k) => k.startsWith(`${argv[0]} `));
     io.err(group.length ? `task-broker ${argv[0]}: choose one of: ${group.join(', ')}\n` : `task-broker: unknown command "${argv[0]}"\n\n${topLevelHelp()}`);
     return ExitCode.usage;

@@ -13,6 +13,8 @@ export interface OptionSpec {
   default?: string;
   placeholder?: string;
   required?: boolean;
+  /** A one-letter alias, e.g. "o" for -o. */
+  short?: string;
 }
 
 export interface CommandSpec {
@@ -51,9 +53,9 @@ export interface ParsedCommand {
 
 /** Parses argv for `spec`; unknown flags are usage errors, env vars fill what flags leave out. */
 export function parseCommand(spec: CommandSpec, argv: string[], env: NodeJS.ProcessEnv = process.env): ParsedCommand {
-  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = { help: { type: 'boolean' } };
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = { help: { type: 'boolean', short: 'h' } };
   for (const [name, opt] of Object.entries(spec.options)) {
-    options[name] = { type: opt.type, ...(opt.multiple ? { multiple: true } : {}) };
+    options[name] = { type: opt.type, ...(opt.multiple ? { multiple: true } : {}), ...(opt.short ? { short: opt.short } : {}) };
   }
   let parsed: ReturnType<typeof parseArgs>;
   try {
@@ -88,7 +90,7 @@ export function parseCommand(spec: CommandSpec, argv: string[], env: NodeJS.Proc
 export function helpText(spec: CommandSpec): string {
   const lines = [`Usage: task-broker ${spec.name} [options]${spec.args ? ` ${spec.args}` : ''}`, '', spec.summary, '', 'Options:'];
   const rows = Object.entries(spec.options).map(([name, opt]) => {
-    const flag = `--${name}${opt.type === 'string' ? ` ${opt.placeholder ?? 'VALUE'}` : ''}`;
+    const flag = `${opt.short ? `-${opt.short}, ` : ''}--${name}${opt.type === 'string' ? ` ${opt.placeholder ?? 'VALUE'}` : ''}`;
     const extras = [
       opt.multiple ? 'repeatable' : '',
       opt.required ? 'required' : '',
@@ -97,7 +99,7 @@ export function helpText(spec: CommandSpec): string {
     ].filter(Boolean);
     return [flag, `${opt.description}${extras.length ? ` (${extras.join('; ')})` : ''}`] as const;
   });
-  rows.push(['--help', 'Show this help']);
+  rows.push(['-h, --help', 'Show this help']);
   const width = Math.max(...rows.map(([f]) => f.length)) + 2;
   for (const [flag, text] of rows) lines.push(`  ${flag.padEnd(width)}${text}`);
   if (spec.notes) lines.push('', spec.notes);

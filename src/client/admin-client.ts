@@ -9,6 +9,7 @@ import type { RevokeTaskResponse__Output } from '../gen/taskbroker/v1/RevokeTask
 import type { RevokeWorkloadResponse__Output } from '../gen/taskbroker/v1/RevokeWorkloadResponse.js';
 import type { RotateSigningKeyResponse__Output } from '../gen/taskbroker/v1/RotateSigningKeyResponse.js';
 import type { TaskBrokerAdminClient } from '../gen/taskbroker/v1/TaskBrokerAdmin.js';
+import type { TaskBrokerAdminGetTaskResponse__Output } from '../gen/taskbroker/v1/TaskBrokerAdminGetTaskResponse.js';
 import { brokerProto } from '../protocol/proto.js';
 import { ServiceClient, unaryCall, type CallOptions, type ConnectOptions } from './broker-client.js';
 
@@ -21,8 +22,15 @@ export class AdminClient extends ServiceClient<TaskBrokerAdminClient> {
     return unaryCall((md, opts, cb) => this.raw.RevokeTask({ taskId, reason }, md, opts, cb), options);
   }
 
-  revokeWorkload(selector: string, reason: string, options?: CallOptions): Promise<RevokeWorkloadResponse__Output> {
-    return unaryCall((md, opts, cb) => this.raw.RevokeWorkload({ selector, reason }, md, opts, cb), options);
+  /** `dryRun`: change nothing, answer what a real call would revoke. */
+  revokeWorkload(selector: string, reason: string, options?: CallOptions & { dryRun?: boolean }): Promise<RevokeWorkloadResponse__Output> {
+    const { dryRun = false, ...callOptions } = options ?? {};
+    return unaryCall((md, opts, cb) => this.raw.RevokeWorkload({ selector, reason, dryRun }, md, opts, cb), callOptions);
+  }
+
+  /** One task with its history (state changes from its audit trail), token counts and chain check. */
+  getTask(taskId: string, options?: CallOptions): Promise<TaskBrokerAdminGetTaskResponse__Output> {
+    return unaryCall((md, opts, cb) => this.raw.GetTask({ taskId }, md, opts, cb), options);
   }
 
   listTasks(request: ListTasksRequest, options?: CallOptions): Promise<ListTasksResponse__Output> {

@@ -1,15 +1,16 @@
 /**
- * The admin plane's domain: revoke a task or every task of matching workloads, list tasks,
- * read a task's audit trail (or a whole delegation tree's), read a delegation tree, approve
- * tasks, rotate the signing key. Only callers the policy names as admins get in; every other
+ * The admin plane's domain: revoke a task or every task of matching workloads (or only see what
+ * that would revoke: a dry run), list tasks, read one task with its history, read a task's audit
+ * trail (or a whole delegation tree's), read a delegation tree, approve tasks, rotate the signing key. Only callers the policy names as admins get in; every other
  * attempt is refused and audited. Every admin action is an audit event with the admin's
  * identity, in the transaction of the change. Changes go through the unit of work and the task
  * rows, the same ones the sweeper uses.
  */
+import { sql } from 'kysely';
 import { createHash } from 'node:crypto';
 import { verifyTaskTrail, type AuditEvent, type ChainCheck } from '../audit/audit.js';
 import { BrokerError, clipped } from '../errors.js';
-import { isLive, type Actor, type Task, type TaskState } from '../model/task.js';
+import { isLive, LIVE_STATES, TASK_STATES, type Actor, type Task, type TaskState } from '../model/task.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { Db } from '../store/database.js';
@@ -106,6 +107,96 @@ export function depthFirst(rootTaskId: string, rows: readonly TaskRow[]): TaskRo
   return ordered;
 }
 
+/** One state change of a task, read from an event of its audit trail. */
+export interface TaskStateChange {
+  /** The state the task entered. */
+  state: TaskState;
+  at: Date;
+  /** Who: the caller's SPIFFE ID (the broker's own for an expiry). */
+  by: string;
+  byCertThumbprint: string | null;
+  /** The audit event: task.created, task.approved, task.completed, … */
+  event: string;
+  /** The reason, outcome or approval comment recorded with it ('' when none). */
+  reason: string;
+  seq: number;
+}
+
+/** One task as GetTask answers it: the task, its history, its tokens, its chain check. */
+export interface TaskDetails {
+  task: Task;
+  history: TaskStateChange[];
+  /** token.issued events in its trail. */
+  tokensIssued: number;
+  /** Its tokens neither revoked nor expired. */
+  liveTokens: number;
+  /** task.delegated events in its trail. */
+  delegatedTasks: number;
+  ownerCertThumbprint: string;
+  check: ChainCheck;
+}
+
+/** What RevokeWorkload did, or with dryRun would do. */
+export interface WorkloadRevocation {
+  taskIds: string[];
+  /** Tokens revoked (dry run: that would be), of the selected tasks and of the tasks delegated below them. */
+  revokedTokens: number;
+  dryRun: boolean;
+  /** Dry run only: of revokedTokens, those not expired yet. */
+  liveTokens: number;
+  /** Dry run only: live tasks delegated below the selected ones (and not selected themselves) that would end with them. */
+  descendantTasks: number;
+}
+
+const ENDING_STATES: Record<string, TaskState> = {
+  'task.completed': 'COMPLETED',
+  'task.cancelled': 'CANCELLED',
+  'task.revoked': 'REVOKED',
+  'task.expired': 'EXPIRED',
+};
+
+const stateOf = (value: unknown): TaskState | undefined => ((TASK_STATES as readonly unknown[]).includes(value) ? (value as TaskState) : undefined);
+const textOf = (value: unknown): string => (typeof value === 'string' ? value : '');
+
+/**
+ * The state changes of a task, oldest first, from its trail: its creation (in the state it was
+ * created in; a delegated task names its parent), its approval (with the comment) and its end
+ * (with the reason or outcome). Every other event (polls, tokens, delegations) leaves the state as it is.
+ */
+export function stateHistory(trail: readonly AuditEvent[]): TaskStateChange[] {
+  const changes: TaskStateChange[] = [];
+  for (const e of trail) {
+    const d = e.details;
+    let state: TaskState | undefined;
+    let reason = '';
+    if (e.type === 'task.created') {
+      state = stateOf(d.state) ?? 'ACTIVE';
+      const parent = textOf(d.parent_task_id);
+      if (parent) reason = `delegated from ${parent}`;
+    } else if (e.type === 'task.approved') {
+      state = stateOf(d.to_state) ?? 'ACTIVE';
+      reason = textOf(d.comment);
+    } else if (ENDING_STATES[e.type]) {
+      state = stateOf(d.to_state) ?? ENDING_STATES[e.type];
+      reason = textOf(d.reason);
+    }
+    if (!state) continue;
+    changes.push({ state, at: e.occurredAt, by: e.actorSpiffeId, byCertThumbprint: e.actorCertThumbprint, event: e.type, reason, seq: e.seq });
+  }
+  return changes;
+}
+
+/** How many task IDs go into one IN (…) list. */
+const ID_CHUNK = 1000;
+
+function chunks<T>(items: readonly T[], size = ID_CHUNK): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
+  return out;
+}
+
+const count = (value: string | number | bigint | undefined): number => Number(value ?? 0);
+
 /** Tree trail page tokens: the event_id of the last event of a page and a digest of the tree's root. */
 interface TreeCursor {
   v: 1;
@@ -160,13 +251,21 @@ export class TaskAdmin {
     });
   }
 
-  async revokeWorkload(actor: Actor, selector: string, reason: string): Promise<{ taskIds: string[]; revokedTokens: number }> {
+  /**
+   * The kill switch: every live task of the workloads `selector` matches is revoked, with its
+   * tokens and the tasks delegated below it, in one transaction. With `dryRun` nothing changes:
+   * the answer is what a real call would revoke now, and the read is on the admin's record as
+   * admin.workload_revoke_dry_run.
+   */
+  async revokeWorkload(actor: Actor, selector: string, reason: string, options: { dryRun?: boolean } = {}): Promise<WorkloadRevocation> {
+    const dryRun = options.dryRun === true;
     // Who asks is checked before what is asked: a stranger's input is never parsed, only recorded (bounded).
-    const entry = await this.#authorize(actor, 'RevokeWorkload', { selector: bounded(selector) });
+    const entry = await this.#authorize(actor, 'RevokeWorkload', { selector: bounded(selector), ...(dryRun ? { dry_run: true } : {}) });
     if (!selector) throw new BrokerError('invalid-argument', 'selector is required: an exact SPIFFE ID or a pattern');
     const { matcher, regex } = selectorArgument('selector', selector);
     freeText(reason, 'reason');
     const { units, rows } = this.#deps;
+    if (dryRun) return this.#revokeWorkloadDryRun(actor, selector, reason, matcher, regex);
     return units.run(async (work) => {
       let revokedTokens = 0;
       const taskIds: string[] = [];
@@ -188,8 +287,99 @@ export class TaskAdmin {
         type: 'admin.workload_revoked',
         details: { selector, reason, revoked_tasks: taskIds.length, revoked_tokens: revokedTokens, task_ids: taskIds.slice(0, 1000) },
       });
-      return { taskIds, revokedTokens };
+      return { taskIds, revokedTokens, dryRun: false, liveTokens: 0, descendantTasks: 0 };
     });
+  }
+
+  /**
+   * What revokeWorkload would revoke, read without a lock and changed in nothing: the live tasks
+   * the selector matches (as the real call selects them), the live tasks delegated below them (a
+   * task's end ends its subtree), and the unrevoked tokens of both.
+   */
+  async #revokeWorkloadDryRun(
+    actor: Actor,
+    selector: string,
+    reason: string,
+    matcher: ReturnType<typeof selectorArgument>['matcher'],
+    regex: string,
+  ): Promise<WorkloadRevocation> {
+    return this.#deps.units.run(async (work) => {
+      const candidates = await work.tx
+        .selectFrom('tasks')
+        .select(['task_id', 'owner_spiffe_id', 'root_task_id', 'has_delegated'])
+        .where('state', 'in', LIVE_STATES)
+        .where('owner_trust_domain', '=', matcher.trustDomain)
+        .where(sql<boolean>`owner_spiffe_id ~ ${regex}`)
+        .orderBy('task_id')
+        .execute();
+      const selected = candidates.filter((row) => matcher.matches(SpiffeId.parse(row.owner_spiffe_id)));
+      const taskIds = selected.map((row) => row.task_id);
+      const descendants = await this.#liveDescendants(work, selected);
+      const selectedIds = new Set(taskIds);
+      const ending = [...taskIds, ...descendants.filter((id) => !selectedIds.has(id))];
+      let revokedTokens = 0;
+      let liveTokens = 0;
+      for (const ids of chunks(ending)) {
+        const counted = await work.tx
+          .selectFrom('tokens')
+          .select((eb) => [
+            eb.fn.countAll<string | number>().as('unrevoked'),
+            eb.fn.countAll<string | number>().filterWhere('expires_at', '>', work.now).as('live'),
+          ])
+          .where('task_id', 'in', ids)
+          .where('revoked_at', 'is', null)
+          .executeTakeFirst();
+        revokedTokens += count(counted?.unrevoked);
+        liveTokens += count(counted?.live);
+      }
+      const descendantTasks = ending.length - taskIds.length;
+      await work.audit(actor, {
+        taskId: null,
+        type: 'admin.workload_revoke_dry_run',
+        details: {
+          selector,
+          reason,
+          dry_run: true,
+          revoked_tasks: taskIds.length,
+          revoked_tokens: revokedTokens,
+          live_tokens: liveTokens,
+          descendant_tasks: descendantTasks,
+          task_ids: taskIds.slice(0, 1000),
+        },
+      });
+      return { taskIds, revokedTokens, dryRun: true, liveTokens, descendantTasks };
+    });
+  }
+
+  /** The live tasks delegated (at any depth) below `tasks`, read through the trees they belong to. */
+  async #liveDescendants(work: Work, tasks: ReadonlyArray<{ task_id: string; root_task_id: string | null; has_delegated: boolean }>): Promise<string[]> {
+    // Only a task something was delegated from has descendants (has_delegated, as tb_end_task reads it).
+    const delegating = tasks.filter((t) => t.has_delegated);
+    if (delegating.length === 0) return [];
+    const roots = [...new Set(delegating.map((t) => t.root_task_id ?? t.task_id))];
+    const children = new Map<string, Array<{ taskId: string; live: boolean }>>();
+    for (const ids of chunks(roots)) {
+      const rows = await work.tx.selectFrom('tasks').select(['task_id', 'parent_task_id', 'state']).where('root_task_id', 'in', ids).execute();
+      for (const row of rows) {
+        if (!row.parent_task_id) continue;
+        const list = children.get(row.parent_task_id) ?? [];
+        list.push({ taskId: row.task_id, live: isLive(row.state) });
+        children.set(row.parent_task_id, list);
+      }
+    }
+    const found = new Set<string>();
+    const seen = new Set<string>();
+    const stack = delegating.map((t) => t.task_id);
+    while (stack.length > 0) {
+      const id = stack.pop()!;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      for (const child of children.get(id) ?? []) {
+        if (child.live) found.add(child.taskId);
+        stack.push(child.taskId);
+      }
+    }
+    return [...found].sort();
   }
 
   async listTasks(actor: Actor, request: ListTasksRequest, page: { pageSize?: number; pageToken?: string }): Promise<{ tasks: Task[]; nextPageToken: string }> {
@@ -234,6 +424,44 @@ export class TaskAdmin {
     const rest = trail.filter((e) => e.seq > afterSeq);
     const events = rest.slice(0, pageSize);
     return { events, check, nextAfterSeq: rest.length > pageSize ? (events.at(-1)?.seq ?? 0) : 0 };
+  }
+
+  /**
+   * One task with its history (the state changes in its trail), its token counts and the check of
+   * its chain. The task is locked for the read, so a task past its expiry is EXPIRED first, as any
+   * other admin action finds it. The read is on the admin's record (admin.task_read).
+   */
+  async getTask(actor: Actor, taskId: string): Promise<TaskDetails> {
+    await this.#authorize(actor, 'GetTask', { task_id: bounded(taskId) });
+    taskIdArgument(taskId);
+    const { units, rows } = this.#deps;
+    return units.run(async (work) => {
+      const row = (await rows.lock(work, taskId, actor.requestId)) ?? work.refuse(notFound());
+      const { trail, ...check } = await verifyTaskTrail(work.tx, taskId);
+      const tokens = await work.tx
+        .selectFrom('tokens')
+        .select((eb) => eb.fn.countAll<string | number>().as('live'))
+        .where('task_id', '=', taskId)
+        .where('revoked_at', 'is', null)
+        .where('expires_at', '>', work.now)
+        .executeTakeFirst();
+      const history = stateHistory(trail);
+      // The read is on the record of the admin who made it (not on the task's chain being read).
+      await work.audit(actor, {
+        taskId: null,
+        type: 'admin.task_read',
+        details: { task_id: taskId, state: row.state, chain_ok: check.ok, events: check.events },
+      });
+      return {
+        task: toTask(row),
+        history,
+        tokensIssued: trail.filter((e) => e.type === 'token.issued').length,
+        liveTokens: count(tokens?.live),
+        delegatedTasks: trail.filter((e) => e.type === 'task.delegated').length,
+        ownerCertThumbprint: row.owner_cert_thumbprint,
+        check,
+      };
+    });
   }
 
   /**

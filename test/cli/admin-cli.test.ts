@@ -68,7 +68,7 @@ rules:
       max_depth: 2
 `;
 
-const ADMIN_COMMANDS = ['list-tasks', 'audit-trail', 'task-tree', 'approve-task', 'revoke-task', 'revoke-workload', 'rotate-signing-key'];
+const ADMIN_COMMANDS = ['list-tasks', 'get-task', 'audit-trail', 'task-tree', 'approve-task', 'revoke-task', 'revoke-workload', 'rotate-signing-key'];
 
 interface JsonTask {
   taskId: string;
@@ -215,6 +215,7 @@ describe('task-broker admin', () => {
         'env: TASK_BROKER_ADMIN_SVID_KEY',
         'env: TASK_BROKER_ADMIN_BUNDLE',
         '--json',
+        '-o, --output FORMAT',
         '--timeout DURATION',
         'Exit status',
       ]) {
@@ -223,19 +224,70 @@ describe('task-broker admin', () => {
     });
   });
 
+  it('admin --help, admin -h and admin help list every admin command, one line each, and exit 0; an unknown command is one line, exit 2', async () => {
+    const [help, h, helpWord, helpCommand, typo, unknown, bare, flagFirst] = await Promise.all([
+      runCli(['admin', '--help']),
+      runCli(['admin', '-h']),
+      runCli(['admin', 'help']),
+      runCli(['admin', 'help', 'get-task']),
+      admin(['get-taks', '--task', UNKNOWN_TASK]),
+      admin(['frobnicate']),
+      runCli(['admin']),
+      admin(['--json']),
+    ]);
+    for (const r of [help, h, helpWord]) {
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toMatch(/^Usage: task-broker admin <command>/);
+      for (const name of ADMIN_COMMANDS) expect(r.stdout).toMatch(new RegExp(`^ {2}${name} +\\S.*$`, 'm'));
+      expect(r.stdout).toContain("Run 'task-broker admin <command> --help'");
+    }
+    expect(h.stdout).toBe(help.stdout);
+    expect(helpCommand.code).toBe(0);
+    expect(helpCommand.stdout).toContain('Usage: task-broker admin get-task [options] [TASK_ID]');
+
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toBe(
+      `task-broker admin: unknown command "get-taks" (did you mean get-task?); run 'task-broker admin --help' for the list of commands\n`,
+    );
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toBe(`task-broker admin: unknown command "frobnicate"; run 'task-broker admin --help' for the list of commands\n`);
+    expect(flagFirst.code).toBe(2);
+    expect(flagFirst.stderr).toMatch(/^task-broker admin: give a command before "--json"; run 'task-broker admin --help'/);
+    for (const r of [typo, unknown, flagFirst]) expect(r.stdout).toBe('');
+    // No command at all: the list, as a usage error.
+    expect(bare.code).toBe(2);
+    expect(bare.stdout).toBe(help.stdout);
+  });
+
   it('missing or invalid flags exit 2 with a message, and so does a request the broker finds invalid', async () => {
-    const [noTask, noBrokerId, badState, badSelector] = await Promise.all([
+    const [noTask, noBrokerId, badState, badSelector, badOutput, jsonAndWide, twoTasks] = await Promise.all([
       admin(['approve-task']),
       admin(['list-tasks'], { TASK_BROKER_ID: '' }),
       admin(['list-tasks', '--state', 'RUNNING']),
       admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/billing-*']),
+      admin(['list-tasks', '-o', 'yaml']),
+      admin(['get-task', UNKNOWN_TASK, '--json', '--output', 'wide']),
+      admin(['revoke-task', '--task', UNKNOWN_TASK, 'tsk_BBBBBBBBBBBBBBBBBBBBBBBB', '--reason', 'x']),
     ]);
     const expectations: Array<[CliResult, RegExp]> = [
-      [noTask, /^task-broker admin approve-task: --task is required\n/],
+      [
+        noTask,
+        /^task-broker admin approve-task: --task is required \(or give the task ID as the argument\) \(see 'task-broker admin approve-task --help'\)\n$/,
+      ],
       [noBrokerId, /^task-broker admin list-tasks: --broker-id is required \(or set TASK_BROKER_ID\)/],
       [badState, /--state must be one of PENDING_APPROVAL, ACTIVE, COMPLETED, CANCELLED, REVOKED, EXPIRED, got "RUNNING"/],
       // Checked by the broker: INVALID_ARGUMENT.
       [badSelector, /^task-broker admin revoke-workload: INVALID_ARGUMENT: selector: /],
+      // One line each.
+      [badOutput, /^task-broker admin list-tasks: -o\/--output must be one of table, wide, json, got "yaml" \(see 'task-broker admin list-tasks --help'\)\n$/],
+      [jsonAndWide, /^task-broker admin get-task: --json and -o wide ask for different outputs: give one \(see 'task-broker admin get-task --help'\)\n$/],
+      [
+        twoTasks,
+        new RegExp(
+          `^task-broker admin revoke-task: --task ${UNKNOWN_TASK} and the argument tsk_B+ name different tasks: give one \\(see 'task-broker admin revoke-task --help'\\)\\n$`,
+        ),
+      ],
     ];
     for (const [result, message] of expectations) {
       expect(result.code, result.stderr).toBe(2);
@@ -330,6 +382,88 @@ describe('task-broker admin', () => {
     expect(again.stderr).toBe(`task-broker admin approve-task: FAILED_PRECONDITION: task is ACTIVE, not PENDING_APPROVAL\n`);
     expect(again.stdout).toBe('');
   });
+
+  it(
+    'get-task shows a task with its history, tokens and chain (text, -o wide, -o json); approve-task, revoke-task and audit-trail take the task ID as their argument',
+    { timeout: cliTimeout(4) },
+    async () => {
+      const taskId = await newTask(requester, { action: 'needs.approval' });
+      const approved = await admin(['approve-task', taskId, '--comment', 'ticket OPS-2']);
+      expect(approved.code, approved.stderr).toBe(0);
+      expect(approved.stdout).toContain(`approved ${taskId}: it is now ACTIVE`);
+      await requester.issueToken({ taskId });
+      const owner = (await requester.whoAmI()).certThumbprint;
+
+      const [text, json, wide, unknown, malformed, trail] = await Promise.all([
+        admin(['get-task', taskId]),
+        admin(['get-task', '--task', taskId, '-o', 'json']),
+        // The flag and the argument may both be given when they name the same task.
+        admin(['get-task', taskId, '--task', taskId, '--output', 'wide']),
+        admin(['get-task', UNKNOWN_TASK]),
+        admin(['get-task', 'nope']),
+        admin(['audit-trail', taskId, '-o', 'wide']),
+      ]);
+      const time = '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z';
+
+      expect(text.code, text.stderr).toBe(0);
+      const lines = text.stdout.split('\n');
+      expect(lines[0]).toBe(`task ${taskId}: ACTIVE`);
+      expect(text.stdout).toMatch(new RegExp(`^owner: +${REQUESTER_ID}$`, 'm'));
+      expect(text.stdout).toMatch(/^approval comment: +ticket OPS-2$/m);
+      expect(text.stdout).toMatch(/^tokens: +1 issued, 1 live$/m);
+      expect(text.stdout).toMatch(/^audit chain: +verified, 3 events$/m);
+      expect(text.stdout).not.toContain('owner cert');
+      expect(text.stdout).toContain('history: 2 state changes');
+      expect(text.stdout).toMatch(/^SEQ +TIME +STATE +EVENT +BY +REASON$/m);
+      expect(text.stdout).toMatch(new RegExp(`^#1 +${time} +PENDING_APPROVAL +task\\.created +${REQUESTER_ID} +-$`, 'm'));
+      expect(text.stdout).toMatch(new RegExp(`^#2 +${time} +ACTIVE +task\\.approved +${ADMIN_ID} +ticket OPS-2$`, 'm'));
+
+      const details = jsonOf<{
+        task: JsonTask;
+        history: Array<{ state: string; at: string; by: string; byCertThumbprint: string; event: string; reason: string; seq: number }>;
+        tokensIssued: number;
+        liveTokens: number;
+        delegatedTasks: number;
+        ownerCertThumbprint: string;
+        chain: { ok: boolean; events: number };
+      }>(json);
+      expect(details.task).toMatchObject({ taskId, state: 'TASK_STATE_ACTIVE', approvedBy: ADMIN_ID });
+      expect(details.history.map((h) => [h.seq, h.state, h.event, h.by, h.reason])).toEqual([
+        [1, 'TASK_STATE_PENDING_APPROVAL', 'task.created', REQUESTER_ID, ''],
+        [2, 'TASK_STATE_ACTIVE', 'task.approved', ADMIN_ID, 'ticket OPS-2'],
+      ]);
+      expect(details.history[0]).toMatchObject({ byCertThumbprint: owner, at: expect.stringMatching(new RegExp(`^${time}$`)) as unknown });
+      expect(details).toMatchObject({ tokensIssued: 1, liveTokens: 1, delegatedTasks: 0, ownerCertThumbprint: owner, chain: { ok: true, events: 3 } });
+
+      // Wide: the certificate thumbprints, and the task's place in its tree.
+      expect(wide.code, wide.stderr).toBe(0);
+      expect(wide.stdout).toMatch(new RegExp(`^owner cert: +${owner}$`, 'm'));
+      expect(wide.stdout).toMatch(/^depth: +0$/m);
+      expect(wide.stdout).toMatch(/^SEQ +TIME +STATE +EVENT +BY +BY CERT +REASON$/m);
+      expect(wide.stdout).toMatch(new RegExp(`^#1 +${time} +PENDING_APPROVAL +task\\.created +${REQUESTER_ID} +${owner} +-$`, 'm'));
+      expect(wide.stdout).toMatch(new RegExp(`^#2 +${time} +ACTIVE +task\\.approved +${ADMIN_ID} +[A-Za-z0-9_-]{43} +ticket OPS-2$`, 'm'));
+
+      expect(unknown.code).toBe(4);
+      expect(unknown.stderr).toBe('task-broker admin get-task: NOT_FOUND: task not found\n');
+      expect(malformed.code).toBe(2);
+      expect(malformed.stderr).toMatch(/^task-broker admin get-task: INVALID_ARGUMENT: /);
+      for (const r of [unknown, malformed]) expect(r.stdout).toBe('');
+
+      expect(trail.code, trail.stderr).toBe(0);
+      expect(trail.stdout).toContain(`audit trail of ${taskId}: 3 events`);
+      expect(trail.stdout).toMatch(/^SEQ +TIME +EVENT +ACTOR +ACTOR CERT +REQUEST ID +HASH +DETAILS$/m);
+      expect(trail.stdout).toMatch(new RegExp(`^#1 +${time} +task\\.created +${REQUESTER_ID} +${owner} +\\S+ +\\S{12}… +\\{`, 'm'));
+
+      const revoked = await admin(['revoke-task', taskId, '--reason', 'rotated out']);
+      expect(revoked.code, revoked.stderr).toBe(0);
+      expect(revoked.stdout).toContain(`revoked ${taskId}; tokens revoked with it: 1`);
+      const after = await admin(['get-task', taskId]);
+      expect(after.code, after.stderr).toBe(0);
+      expect(after.stdout.split('\n')[0]).toBe(`task ${taskId}: REVOKED`);
+      expect(after.stdout).toMatch(/^tokens: +1 issued, 0 live$/m);
+      expect(after.stdout).toMatch(new RegExp(`^#4 +${time} +REVOKED +task\\.revoked +${ADMIN_ID} +rotated out$`, 'm'));
+    },
+  );
 
   it('audit-trail lists the events in order and verifies the hash chain', async () => {
     const taskId = await newTask(requester);
@@ -462,6 +596,33 @@ describe('task-broker admin', () => {
     for (const r of [unknown, noTask, twoTasks]) expect(r.stdout).toBe('');
   });
 
+  it('-o wide adds columns to list-tasks and task-tree; -o json is --json', { timeout: cliTimeout(2) }, async () => {
+    const { a, b, c } = await delegationTree();
+    const [wideList, jsonList, oJsonList, wideTree] = await Promise.all([
+      admin(['list-tasks', '--owner', FETCH_TOOL_ID, '-o', 'wide']),
+      admin(['list-tasks', '--owner', PLANNER_ID, '--json']),
+      admin(['list-tasks', '--owner', PLANNER_ID, '--output', 'json']),
+      admin(['task-tree', c, '-o', 'wide']),
+    ]);
+    expect(wideList.code, wideList.stderr).toBe(0);
+    const lines = wideList.stdout.split('\n');
+    expect(lines[0]).toMatch(/^TASK ID +STATE +OWNER +AUDIENCE +ACTION +SCOPES +CREATED BY +RULE +HASH +CREATED +EXPIRES$/);
+    // The delegated task: created by its delegator, under the root's rule; the hash shortened.
+    expect(wideList.stdout).toMatch(
+      new RegExp(`^${c} +ACTIVE +${FETCH_TOOL_ID} +${API_ID} +report\\.read +reports:read +${SQL_TOOL_ID} +demo +\\S{12}… +\\d{4}-`, 'm'),
+    );
+
+    expect(jsonList.code, jsonList.stderr).toBe(0);
+    expect(oJsonList.stdout).toBe(jsonList.stdout);
+    expect(jsonOf<{ tasks: JsonTask[] }>(oJsonList).tasks.map((t) => t.taskId)).toContain(a);
+
+    expect(wideTree.code, wideTree.stderr).toBe(0);
+    expect(wideTree.stdout).toMatch(/^TASK +STATE +OWNER +ACTION +AUDIENCE +SCOPES +CREATED +EXPIRES$/m);
+    expect(wideTree.stdout).toMatch(
+      new RegExp(`^└─ ${b} +ACTIVE +${SQL_TOOL_ID} +report\\.read +${API_ID} +reports:read reports:write +\\d{4}-\\S+Z +\\d{4}-\\S+Z$`, 'm'),
+    );
+  });
+
   it('audit-trail --tree prints the events of every task of the tree in the order they were written, and checks each chain', async () => {
     const { a, b, c } = await delegationTree();
     const [text, json] = await Promise.all([admin(['audit-trail', '--task', b, '--tree']), admin(['audit-trail', '--task', c, '--tree', '--json'])]);
@@ -589,6 +750,37 @@ describe('task-broker admin', () => {
     const bDone = await newTask(jobB);
     await jobB.completeTask(bDone, 'done');
     const bystander = await newTask(requester);
+    const presenter = (await jobA.whoAmI()).certThumbprint;
+
+    // A dry run first: what would go, and nothing goes.
+    const [dryText, dryJson] = await Promise.all([
+      admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--reason', 'incident 7', '--dry-run']),
+      admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--dry-run', '-o', 'json']),
+    ]);
+    expect(dryText.code, dryText.stderr).toBe(0);
+    expect(dryText.stdout.split('\n')[0]).toBe(
+      'dry run: would revoke 4 tasks of workloads matching spiffe://example.org/ns/batch/** with 1 token (1 live); nothing was changed:',
+    );
+    const wouldGo = dryText.stdout
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim())
+      .filter(Boolean);
+    expect(wouldGo.sort()).toEqual([a1, a2, b1, bPending].sort());
+    const dry = jsonOf<{ taskIds: string[] }>(dryJson);
+    expect(dry).toMatchObject({ dryRun: true, revokedTasks: 4, revokedTokens: 1, liveTokens: 1, descendantTasks: 0 });
+    expect(dry.taskIds.sort()).toEqual(wouldGo);
+    for (const [owner, id, state] of [
+      [jobA, a1, 'TASK_STATE_ACTIVE'],
+      [jobA, a2, 'TASK_STATE_ACTIVE'],
+      [jobB, b1, 'TASK_STATE_ACTIVE'],
+      [jobB, bPending, 'TASK_STATE_PENDING_APPROVAL'],
+    ] as const) {
+      expect((await owner.getTask(id)).task?.state, id).toBe(state);
+    }
+    expect(await api.verifyToken({ token, presenterCertThumbprint: presenter })).toMatchObject({ valid: true });
+    const untouched = jsonOf<{ events: Array<{ eventType: string }> }>(await admin(['audit-trail', a1, '--json']));
+    expect(untouched.events.map((e) => e.eventType)).not.toContain('task.revoked');
 
     const result = await admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--reason', 'incident 7']);
     expect(result.code, result.stderr).toBe(0);
@@ -617,7 +809,12 @@ describe('task-broker admin', () => {
       revokedTasks: 0,
       revokedTokens: 0,
       taskIds: [],
+      dryRun: false,
+      liveTokens: 0,
+      descendantTasks: 0,
     });
+    const nothing = await admin(['revoke-workload', '--selector', 'spiffe://example.org/ns/batch/**', '--dry-run']);
+    expect(nothing.stdout).toBe('dry run: no live tasks match spiffe://example.org/ns/batch/**: nothing would be revoked (nothing was changed)\n');
   });
 
   it('rotate-signing-key makes a new key active and publishes it in the JWKS next to the retired one', { timeout: cliTimeout(2) }, async () => {

@@ -9,8 +9,10 @@
  * (it then accepts any SVID of the bundle's trust domain): on the admin plane that would let any
  * workload of the trust domain pose as the broker and quietly swallow a revocation.
  *
- * Output: readable tables and `key: value` blocks by default; with `--json`, exactly one JSON
- * document on stdout (the response, in the proto3 JSON mapping) and nothing else. Errors go to
+ * Output: readable tables and `key: value` blocks by default (`-o table`), with more columns with
+ * `-o wide`; with `--json` (`-o json`), exactly one JSON document on stdout (the response, in the
+ * proto3 JSON mapping) and nothing else. A command about one task takes its ID as `--task` or as
+ * its one argument. Errors go to
  * stderr as `task-broker admin <cmd>: <STATUS>: <details>`; the exit code follows the gRPC status
  * (see ADMIN_EXIT_NOTES), so scripts can tell "denied" from "not found" from "wrong state".
  */
@@ -26,13 +28,24 @@ import type { RevokeTaskResponse__Output } from '../../gen/taskbroker/v1/RevokeT
 import type { RevokeWorkloadResponse__Output } from '../../gen/taskbroker/v1/RevokeWorkloadResponse.js';
 import type { RotateSigningKeyResponse__Output } from '../../gen/taskbroker/v1/RotateSigningKeyResponse.js';
 import type { Task__Output } from '../../gen/taskbroker/v1/Task.js';
+import type { TaskBrokerAdminGetTaskResponse__Output } from '../../gen/taskbroker/v1/TaskBrokerAdminGetTaskResponse.js';
 import { TASK_STATES } from '../../model/task.js';
 import { parseTaskState, taskStateName, type TaskStateName } from '../../protocol/enums.js';
 import { toTimestamp } from '../../protocol/timestamps.js';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../../tasks/limits.js';
 import { ExitCode, stringOption, UsageError, type CommandSpec, type ParsedCommand } from '../options.js';
 import { formatFields } from '../table.js';
-import { plural, printAuditTrail, printTaskFields, printTaskTable, printTaskTree, printTreeAuditTrail, shortState, type CheckedTrail } from './render.js';
+import {
+  plural,
+  printAuditTrail,
+  printTaskDetails,
+  printTaskFields,
+  printTaskTable,
+  printTaskTree,
+  printTreeAuditTrail,
+  shortState,
+  type CheckedTrail,
+} from './render.js';
 import {
   ADMIN_EXIT_NOTES,
   adminCommand,
@@ -48,6 +61,26 @@ import {
 } from './run.js';
 
 const selectorHelp = 'an exact SPIFFE ID or a pattern (`*` one path segment, a trailing `**` one or more)';
+
+/** The --task option of a command about one task, which also takes the ID as its one argument (spec.args). */
+function taskOption(description: string): CommandSpec['options'] {
+  return { task: { type: 'string', placeholder: 'TASK_ID', description: `${description}, e.g. tsk_… (or give it as the argument)` } };
+}
+
+/**
+ * The task of a command about one task: --task or the one argument. Both are fine when they agree;
+ * two different IDs, or more than one argument, are a usage error on one line.
+ */
+function taskArgument(spec: CommandSpec, parsed: ParsedCommand): string {
+  const help = `(see 'task-broker ${spec.name} --help')`;
+  if (parsed.positionals.length > 1) throw new UsageError(`unexpected argument "${parsed.positionals[1] ?? ''}": one task ID at most ${help}`);
+  const flag = optionalText(parsed, 'task');
+  const positional = parsed.positionals[0]?.trim() || undefined;
+  if (flag && positional && flag !== positional) throw new UsageError(`--task ${flag} and the argument ${positional} name different tasks: give one ${help}`);
+  const taskId = flag ?? positional;
+  if (!taskId) throw new UsageError(`--task is required (or give the task ID as the argument) ${help}`);
+  return taskId;
+}
 
 // ---------------------------------------------------------------------------------------------
 // list-tasks
@@ -124,12 +157,12 @@ const listTasks: AdminCommandDef<{ request: ListTasksRequest; all: boolean }, Li
     }
     return { tasks, nextPageToken: all ? '' : page.nextPageToken };
   },
-  render({ tasks, nextPageToken }, { request, all }, out) {
+  render({ tasks, nextPageToken }, { request, all }, out, format) {
     if (tasks.length === 0) {
       out(request.pageToken ? 'no more tasks' : 'no tasks match');
       return;
     }
-    printTaskTable(tasks, out);
+    printTaskTable(tasks, out, format);
     out('');
     out(`${plural(tasks.length, 'task', 'tasks')}${all ? '' : ' on this page'}`);
     if (nextPageToken) out(`more tasks: continue with --page-token ${nextPageToken} (same filters), or list them all with --all`);
@@ -142,8 +175,9 @@ const listTasks: AdminCommandDef<{ request: ListTasksRequest; all: boolean }, Li
 const auditTrailSpec: CommandSpec = {
   name: 'admin audit-trail',
   summary: "Print a task's audit events in order and check their hash chain (with --tree: its whole delegation tree's).",
+  args: '[TASK_ID]',
   options: {
-    task: { type: 'string', placeholder: 'TASK_ID', required: true, description: 'The task, e.g. tsk_…' },
+    ...taskOption('The task'),
     tree: {
       type: 'boolean',
       description:
@@ -154,6 +188,7 @@ const auditTrailSpec: CommandSpec = {
   notes:
     'A broken hash chain (an event changed, removed or reordered; with --tree, in any task of the tree) is reported on stderr and exits 1, also with --json.\n' +
     "With --tree, text output names each event's task by a short form (tsk_ and 8 characters) and lists the full IDs with their chain checks.\n" +
+    "-o wide adds each actor's certificate thumbprint (and, for one task, each event's hash).\n" +
     ADMIN_EXIT_NOTES,
 };
 
@@ -181,10 +216,10 @@ async function wholeTreeTrail(client: AdminClient, taskId: string, options: Call
 const auditTrail: AdminCommandDef<{ taskId: string; tree: boolean }, CheckedTrail> = {
   spec: auditTrailSpec,
   rpc: 'GetAuditTrail',
-  request: (parsed) => ({ taskId: requiredText(auditTrailSpec, parsed, 'task'), tree: parsed.values.tree === true }),
+  request: (parsed) => ({ taskId: taskArgument(auditTrailSpec, parsed), tree: parsed.values.tree === true }),
   call: async (client, { taskId, tree }, options) =>
     checked(tree ? await wholeTreeTrail(client, taskId, options) : await client.getWholeAuditTrail(taskId, options)),
-  render: (res, { tree }, out) => (tree ? printTreeAuditTrail(res, out) : printAuditTrail(res, out)),
+  render: (res, { tree }, out, format) => (tree ? printTreeAuditTrail(res, out, format) : printAuditTrail(res, out, format)),
   /** A broken chain is shouted on stderr and exits 1, whatever the output format. */
   verdict({ taskId, rootTaskId, chain }, err, prefix) {
     if (chain.ok) return ExitCode.ok;
@@ -199,7 +234,7 @@ const auditTrail: AdminCommandDef<{ taskId: string; tree: boolean }, CheckedTrai
 
 /** Prints a trail (text or JSON) as audit-trail does (a tree's when it names its root); a broken chain is shouted on stderr and exits 1. */
 export function reportAuditTrail(res: GetAuditTrailResponse__Output, json: boolean, out: Out, err: Err, prefix = 'task-broker admin audit-trail'): number {
-  return report(auditTrail, checked(res), { taskId: res.taskId, tree: res.rootTaskId !== '' }, json, out, err, prefix);
+  return report(auditTrail, checked(res), { taskId: res.taskId, tree: res.rootTaskId !== '' }, json ? 'json' : 'table', out, err, prefix);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,33 +245,57 @@ const taskTreeSpec: CommandSpec = {
   summary: 'Print the delegation tree a task belongs to: its root and every task delegated below it, depth first.',
   args: '[TASK_ID]',
   options: {
-    task: { type: 'string', placeholder: 'TASK_ID', description: 'Any task of the tree, e.g. tsk_… (or give it as the argument)' },
+    ...taskOption('Any task of the tree'),
     ...adminConnectionOptions,
   },
   notes:
-    'Each task is drawn below the task it was delegated from (├─ └─), with its state, owner SPIFFE ID, scopes and expiry; ' +
+    'Each task is drawn below the task it was delegated from (├─ └─), with its state, owner SPIFFE ID, scopes and expiry ' +
+    '(-o wide: also its action, audience and creation time); ' +
     'children in the order they were created. At most 10,000 tasks (a bigger tree is FAILED_PRECONDITION). The read is on your audit record.\n' +
     ADMIN_EXIT_NOTES,
 };
-
-/** The task: --task or the one argument (the same task if both are given). */
-function taskArgument(spec: CommandSpec, parsed: ParsedCommand): string {
-  const usage = `\nRun 'task-broker ${spec.name} --help' for usage.`;
-  if (parsed.positionals.length > 1) throw new UsageError(`unexpected argument "${parsed.positionals[1] ?? ''}" (one task ID at most)${usage}`);
-  const flag = optionalText(parsed, 'task');
-  const positional = parsed.positionals[0]?.trim() || undefined;
-  if (flag && positional && flag !== positional) throw new UsageError(`--task ${flag} and the argument ${positional} name different tasks${usage}`);
-  const taskId = flag ?? positional;
-  if (!taskId) throw new UsageError(`--task is required (or give the task ID as the argument)${usage}`);
-  return taskId;
-}
 
 const taskTree: AdminCommandDef<string, GetTaskTreeResponse__Output> = {
   spec: taskTreeSpec,
   rpc: 'GetTaskTree',
   request: (parsed) => taskArgument(taskTreeSpec, parsed),
   call: (client, taskId, options) => unaryCall<GetTaskTreeResponse__Output>((md, opts, cb) => client.raw.GetTaskTree({ taskId }, md, opts, cb), options),
-  render: (res, taskId, out) => printTaskTree(res, taskId, out),
+  render: (res, taskId, out, format) => printTaskTree(res, taskId, out, format),
+};
+
+// ---------------------------------------------------------------------------------------------
+// get-task
+
+const getTaskSpec: CommandSpec = {
+  name: 'admin get-task',
+  summary: 'Show one task: its fields, its history (the state changes in its audit trail), its token counts and the check of its audit chain.',
+  args: '[TASK_ID]',
+  options: {
+    ...taskOption('The task'),
+    ...adminConnectionOptions,
+  },
+  notes:
+    'The history lists each state change (created, approved, ended) with when, who and why; the tokens line counts the tokens issued and those still live. ' +
+    "-o wide adds certificate thumbprints (the owner's, and each change's) and the task's place in its delegation tree. " +
+    'A task past its expiry is shown EXPIRED (the read ends it, as any admin action would). The read is on your audit record.\n' +
+    'A broken hash chain (the history cannot be trusted) is reported on stderr and exits 1, also with --json.\n' +
+    ADMIN_EXIT_NOTES,
+};
+
+const getTask: AdminCommandDef<string, TaskBrokerAdminGetTaskResponse__Output> = {
+  spec: getTaskSpec,
+  rpc: 'GetTask',
+  request: (parsed) => taskArgument(getTaskSpec, parsed),
+  call: (client, taskId, options) => client.getTask(taskId, options),
+  render: (res, taskId, out, format) => printTaskDetails(res, taskId, out, format),
+  verdict({ task, chain }, err, prefix) {
+    if (chain?.ok) return ExitCode.ok;
+    err(
+      `${prefix}: HASH CHAIN BROKEN: the audit trail of ${task?.taskId ?? 'the task'} has been tampered with or damaged` +
+        `${chain ? ` at event #${chain.brokenAt} (${chain.problem || 'no detail given'})` : ' (the broker returned no chain check)'}. Do not trust this history.\n`,
+    );
+    return ExitCode.failure;
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -262,8 +321,9 @@ function taskChangeCommand<Res extends { task: Task__Output | null }>(
   const spec: CommandSpec = {
     name: `admin ${verb}-task`,
     summary: command.summary,
+    args: '[TASK_ID]',
     options: {
-      task: { type: 'string', placeholder: 'TASK_ID', required: true, description: `The task to ${verb}` },
+      ...taskOption(`The task to ${verb}`),
       [command.note.flag]: { type: 'string', placeholder: 'TEXT', description: command.note.description },
       ...(command.file ? { [command.file.flag]: { type: 'string' as const, placeholder: 'PATH', description: command.file.description } } : {}),
       ...adminConnectionOptions,
@@ -276,15 +336,15 @@ function taskChangeCommand<Res extends { task: Task__Output | null }>(
     request: (parsed) => {
       const path = command.file ? stringOption(parsed.values, command.file.flag) : undefined;
       return {
-        taskId: requiredText(spec, parsed, 'task'),
+        taskId: taskArgument(spec, parsed),
         note: stringOption(parsed.values, command.note.flag) ?? '',
         ...(path !== undefined ? { fileText: readTextFile(spec, command.file!.flag, path) } : {}),
       };
     },
     call: (client, { taskId, note, fileText }, options) => command.call(client, taskId, note, options, fileText),
-    render(res, { taskId }, out) {
+    render(res, { taskId }, out, format) {
       out(command.headline(res, taskId));
-      printTaskFields(res.task, out);
+      printTaskFields(res.task, out, format);
     },
   };
 }
@@ -328,17 +388,39 @@ const revokeWorkloadSpec: CommandSpec = {
       description: `The workloads: ${selectorHelp}, e.g. spiffe://example.org/ns/billing/**`,
     },
     reason: { type: 'string', placeholder: 'TEXT', description: 'Why; recorded in every revoked task and the audit trail' },
+    'dry-run': {
+      type: 'boolean',
+      description:
+        'Change nothing: show what would be revoked now (the tasks, the tasks delegated below them, their tokens and how many are live); recorded on your audit record as a dry run',
+    },
     ...adminConnectionOptions,
   },
-  notes: ADMIN_EXIT_NOTES,
+  notes: `Tasks delegated from a revoked task end with it (their tokens are counted with its own).\n${ADMIN_EXIT_NOTES}`,
 };
 
-const revokeWorkload: AdminCommandDef<{ selector: string; reason: string }, RevokeWorkloadResponse__Output> = {
+const revokeWorkload: AdminCommandDef<{ selector: string; reason: string; dryRun: boolean }, RevokeWorkloadResponse__Output> = {
   spec: revokeWorkloadSpec,
   rpc: 'RevokeWorkload',
-  request: (parsed) => ({ selector: requiredText(revokeWorkloadSpec, parsed, 'selector'), reason: stringOption(parsed.values, 'reason') ?? '' }),
-  call: (client, { selector, reason }, options) => client.revokeWorkload(selector, reason, options),
-  render(res, { selector }, out) {
+  request: (parsed) => ({
+    selector: requiredText(revokeWorkloadSpec, parsed, 'selector'),
+    reason: stringOption(parsed.values, 'reason') ?? '',
+    dryRun: parsed.values['dry-run'] === true,
+  }),
+  call: (client, { selector, reason, dryRun }, options) => client.revokeWorkload(selector, reason, { ...options, dryRun }),
+  render(res, { selector, dryRun }, out) {
+    if (dryRun) {
+      if (res.revokedTasks === 0) {
+        out(`dry run: no live tasks match ${selector}: nothing would be revoked (nothing was changed)`);
+        return;
+      }
+      const below = res.descendantTasks > 0 ? `, and ${plural(res.descendantTasks, 'task', 'tasks')} delegated below them,` : '';
+      out(
+        `dry run: would revoke ${plural(res.revokedTasks, 'task', 'tasks')} of workloads matching ${selector}${below} ` +
+          `with ${plural(res.revokedTokens, 'token', 'tokens')} (${res.liveTokens} live); nothing was changed:`,
+      );
+      for (const id of res.taskIds) out(`  ${id}`);
+      return;
+    }
     if (res.revokedTasks === 0) {
       out(`no live tasks matched ${selector}: nothing revoked`);
       return;
@@ -374,6 +456,7 @@ const rotateSigningKey: AdminCommandDef<null, RotateSigningKeyResponse__Output> 
 export const adminCommands: Record<string, AdminCommand> = Object.fromEntries(
   [
     adminCommand(listTasks),
+    adminCommand(getTask),
     adminCommand(auditTrail),
     adminCommand(taskTree),
     adminCommand(approveTask),

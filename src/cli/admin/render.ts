@@ -1,17 +1,19 @@
 /**
  * The text output of the admin commands: tasks as table rows or `key: value` blocks, delegation
- * trees as indented trees, audit trails as tables. (--json output needs none of this: it is the response's proto3 JSON.)
+ * trees as indented trees, audit trails as tables; `wide` (-o wide) adds columns and fields.
+ * (--json output needs none of this: it is the response's proto3 JSON.)
  */
 import type { ChainCheck__Output } from '../../gen/taskbroker/v1/ChainCheck.js';
 import type { GetAuditTrailResponse__Output } from '../../gen/taskbroker/v1/GetAuditTrailResponse.js';
 import type { GetTaskTreeResponse__Output } from '../../gen/taskbroker/v1/GetTaskTreeResponse.js';
 import type { Task__Output } from '../../gen/taskbroker/v1/Task.js';
+import type { TaskBrokerAdminGetTaskResponse__Output } from '../../gen/taskbroker/v1/TaskBrokerAdminGetTaskResponse.js';
 import type { Timestamp__Output } from '../../gen/google/protobuf/Timestamp.js';
 import { parseTaskState } from '../../protocol/enums.js';
 import { structToJson } from '../../protocol/struct.js';
 import { fromTimestamp } from '../../protocol/timestamps.js';
 import { formatFields, formatTable } from '../table.js';
-import type { Out } from './run.js';
+import type { Out, TextFormat } from './run.js';
 
 function isoTime(ts: Timestamp__Output | null | undefined): string | null {
   const date = fromTimestamp(ts);
@@ -27,23 +29,53 @@ const dash = (text: string | null | undefined): string => (text ? text : '-');
 
 export const plural = (n: number, one: string, many: string): string => `${n} ${n === 1 ? one : many}`;
 
+/** A hash shown in a table: its first 12 characters. */
+const hashPrefix = (hash: string): string => (hash.length > 12 ? `${hash.slice(0, 12)}…` : dash(hash));
+
+const scopesOf = (t: Task__Output): string => (t.spec?.scopes.length ? t.spec.scopes.join(' ') : '-');
+
+/** Who created the task: its gateway, else its delegator (the owner of its parent), else its owner. */
+export function createdBy(t: Task__Output): string {
+  return t.gateway || t.delegators[0] || t.ownerSpiffeId;
+}
+
 const TASK_COLUMNS = ['TASK ID', 'STATE', 'OWNER', 'AUDIENCE', 'ACTION', 'CREATED', 'EXPIRES'] as const;
+const WIDE_TASK_COLUMNS = ['TASK ID', 'STATE', 'OWNER', 'AUDIENCE', 'ACTION', 'SCOPES', 'CREATED BY', 'RULE', 'HASH', 'CREATED', 'EXPIRES'] as const;
 
 function taskRow(t: Task__Output): string[] {
   return [t.taskId, shortState(t.state), t.ownerSpiffeId, dash(t.spec?.audience), dash(t.spec?.action), dash(isoTime(t.createdAt)), dash(isoTime(t.expiresAt))];
 }
 
-export function printTaskTable(tasks: Task__Output[], out: Out): void {
-  for (const line of formatTable(TASK_COLUMNS, tasks.map(taskRow))) out(line);
+function wideTaskRow(t: Task__Output): string[] {
+  return [
+    t.taskId,
+    shortState(t.state),
+    t.ownerSpiffeId,
+    dash(t.spec?.audience),
+    dash(t.spec?.action),
+    scopesOf(t),
+    createdBy(t),
+    dash(t.policyRule),
+    hashPrefix(t.taskHash),
+    dash(isoTime(t.createdAt)),
+    dash(isoTime(t.expiresAt)),
+  ];
 }
 
-/** A task as a `key: value` block, after a blank line; nothing when the response had none. */
-export function printTaskFields(t: Task__Output | null, out: Out): void {
-  if (!t) return;
+export function printTaskTable(tasks: Task__Output[], out: Out, format: TextFormat = 'table'): void {
+  const lines = format === 'wide' ? formatTable(WIDE_TASK_COLUMNS, tasks.map(wideTaskRow)) : formatTable(TASK_COLUMNS, tasks.map(taskRow));
+  for (const line of lines) out(line);
+}
+
+const principalText = (p: Task__Output['principal']): string | undefined =>
+  p ? `${p.subject} at ${p.issuer}${p.sessionId ? ` (session ${p.sessionId})` : ''}` : undefined;
+
+/** A task's `key: value` pairs (undefined: left out); `wide` adds its place in a delegation tree and who is behind it. */
+function taskFieldPairs(t: Task__Output, format: TextFormat): Array<[string, string | undefined]> {
   const approved = t.approvedBy !== '' || t.approvedAt !== null;
   const ended = t.endedAt !== null || t.endedBy !== '';
-  out('');
-  const lines = formatFields([
+  const wide = format === 'wide';
+  return [
     ['task id', t.taskId],
     ['state', shortState(t.state)],
     ['owner', t.ownerSpiffeId],
@@ -64,15 +96,71 @@ export function printTaskFields(t: Task__Output | null, out: Out): void {
     ['ended', ended ? dash(isoTime(t.endedAt)) : undefined],
     ['ended by', ended ? dash(t.endedBy) : undefined],
     ['end reason', ended ? dash(t.endReason) : undefined],
+    ['created by', wide ? createdBy(t) : undefined],
+    ['parent task', wide ? dash(t.parentTaskId) : undefined],
+    ['root task', wide ? dash(t.rootTaskId) : undefined],
+    ['depth', wide ? String(t.depth) : undefined],
+    ['delegators', wide ? (t.delegators.length ? t.delegators.join(', ') : '-') : undefined],
+    ['principal', wide ? dash(principalText(t.principal)) : undefined],
+    ['approver', wide && t.approver ? principalText(t.approver) : undefined],
+  ];
+}
+
+/** A task as a `key: value` block, after a blank line; nothing when the response had none. */
+export function printTaskFields(t: Task__Output | null, out: Out, format: TextFormat = 'table'): void {
+  if (!t) return;
+  out('');
+  for (const line of formatFields(taskFieldPairs(t, format))) out(line);
+}
+
+/** A chain check in one line. */
+function chainText(chain: ChainCheck__Output | null): string {
+  if (!chain) return 'BROKEN: the broker returned no chain check';
+  return chain.ok ? `verified, ${plural(chain.events, 'event', 'events')}` : `BROKEN at event #${chain.brokenAt}: ${chain.problem || 'no detail given'}`;
+}
+
+/**
+ * get-task: a headline, the task's fields with its token counts and chain check, then its history
+ * (the state changes from its audit trail) as a table; `wide` adds certificate thumbprints.
+ */
+export function printTaskDetails(res: TaskBrokerAdminGetTaskResponse__Output, asked: string, out: Out, format: TextFormat = 'table'): void {
+  const t = res.task;
+  if (!t) {
+    out(`task ${asked}: the broker returned no task`);
+    return;
+  }
+  const wide = format === 'wide';
+  out(`task ${t.taskId}: ${shortState(t.state)}`);
+  out('');
+  const pairs = [
+    ...taskFieldPairs(t, format),
+    ['owner cert', wide ? dash(res.ownerCertThumbprint) : undefined],
+    ['tokens', `${res.tokensIssued} issued, ${res.liveTokens} live`],
+    ['delegated tasks', res.delegatedTasks > 0 || wide ? String(res.delegatedTasks) : undefined],
+    ['audit chain', chainText(res.chain)],
+  ] satisfies Array<[string, string | undefined]>;
+  for (const line of formatFields(pairs)) out(line);
+  out('');
+  out(`history: ${plural(res.history.length, 'state change', 'state changes')}`);
+  const rows = res.history.map((h) => [
+    `#${h.seq}`,
+    dash(isoTime(h.at)),
+    shortState(h.state),
+    h.event,
+    dash(h.by),
+    ...(wide ? [dash(h.byCertThumbprint)] : []),
+    dash(h.reason),
   ]);
-  for (const line of lines) out(line);
+  const columns = ['SEQ', 'TIME', 'STATE', 'EVENT', 'BY', ...(wide ? ['BY CERT'] : []), 'REASON'];
+  for (const line of formatTable(columns, rows)) out(line);
 }
 
 /** A trail whose chain check is there (a missing one counts as a failed check). */
 export type CheckedTrail = GetAuditTrailResponse__Output & { chain: ChainCheck__Output };
 
-/** The trail as a table, then its story in a few lines, then what the chain check found. */
-export function printAuditTrail(res: CheckedTrail, out: Out): void {
+/** The trail as a table (`wide`: with the actors' certificate thumbprints and the events' hashes), then its story in a few lines, then what the chain check found. */
+export function printAuditTrail(res: CheckedTrail, out: Out, format: TextFormat = 'table'): void {
+  const wide = format === 'wide';
   const { chain } = res;
   out(`audit trail of ${res.taskId}: ${plural(res.events.length, 'event', 'events')}`);
   out('');
@@ -84,11 +172,23 @@ export function printAuditTrail(res: CheckedTrail, out: Out): void {
     dash(isoTime(e.occurredAt)),
     e.eventType,
     dash(e.actorSpiffeId),
+    ...(wide ? [dash(e.actorCertThumbprint)] : []),
     ...(forRequester ? [dash(requesterOf(details[i]!))] : []),
     dash(e.requestId),
+    ...(wide ? [hashPrefix(e.hash)] : []),
     JSON.stringify(details[i]),
   ]);
-  const columns = ['SEQ', 'TIME', 'EVENT', 'ACTOR', ...(forRequester ? ['ON BEHALF OF'] : []), 'REQUEST ID', 'DETAILS'];
+  const columns = [
+    'SEQ',
+    'TIME',
+    'EVENT',
+    'ACTOR',
+    ...(wide ? ['ACTOR CERT'] : []),
+    ...(forRequester ? ['ON BEHALF OF'] : []),
+    'REQUEST ID',
+    ...(wide ? ['HASH'] : []),
+    'DETAILS',
+  ];
   for (const line of formatTable(columns, rows)) out(line);
   const story = storyOf(res.events, details);
   if (story.length > 0) {
@@ -189,8 +289,9 @@ export function treePrefixes(tasks: readonly Task__Output[]): string[] {
   });
 }
 
-/** The tree as an indented table: each task below the one it was delegated from. */
-export function printTaskTree(res: GetTaskTreeResponse__Output, asked: string, out: Out): void {
+/** The tree as an indented table: each task below the one it was delegated from (`wide`: with action, audience and creation time). */
+export function printTaskTree(res: GetTaskTreeResponse__Output, asked: string, out: Out, format: TextFormat = 'table'): void {
+  const wide = format === 'wide';
   const root = res.rootTaskId || asked;
   out(`delegation tree of ${root}${asked && asked !== root ? ` (the tree ${asked} belongs to)` : ''}: ${plural(res.tasks.length, 'task', 'tasks')}`);
   out('');
@@ -199,10 +300,13 @@ export function printTaskTree(res: GetTaskTreeResponse__Output, asked: string, o
     `${prefixes[i] ?? ''}${t.taskId}`,
     shortState(t.state),
     t.ownerSpiffeId,
-    t.spec?.scopes.length ? t.spec.scopes.join(' ') : '-',
+    ...(wide ? [dash(t.spec?.action), dash(t.spec?.audience)] : []),
+    scopesOf(t),
+    ...(wide ? [dash(isoTime(t.createdAt))] : []),
     dash(isoTime(t.expiresAt)),
   ]);
-  for (const line of formatTable(['TASK', 'STATE', 'OWNER', 'SCOPES', 'EXPIRES'], rows)) out(line);
+  const columns = ['TASK', 'STATE', 'OWNER', ...(wide ? ['ACTION', 'AUDIENCE'] : []), 'SCOPES', ...(wide ? ['CREATED'] : []), 'EXPIRES'];
+  for (const line of formatTable(columns, rows)) out(line);
 }
 
 /**
@@ -215,8 +319,9 @@ export function shortTaskIds(taskIds: readonly string[]): Map<string, string> {
   return new Map(taskIds.map((id) => [id, distinct ? short(id) : id]));
 }
 
-/** A tree's trail: every event with its task's short ID, then each task's chain check. */
-export function printTreeAuditTrail(res: CheckedTrail, out: Out): void {
+/** A tree's trail: every event with its task's short ID (`wide`: and its actor's certificate thumbprint), then each task's chain check. */
+export function printTreeAuditTrail(res: CheckedTrail, out: Out, format: TextFormat = 'table'): void {
+  const wide = format === 'wide';
   const { chain } = res;
   const ids = [...res.chains.map((c) => c.taskId), ...res.events.map((e) => e.taskId)];
   const short = shortTaskIds([...new Set(ids)]);
@@ -230,9 +335,10 @@ export function printTreeAuditTrail(res: CheckedTrail, out: Out): void {
     dash(isoTime(e.occurredAt)),
     e.eventType,
     dash(e.actorSpiffeId),
+    ...(wide ? [dash(e.actorCertThumbprint)] : []),
     JSON.stringify(structToJson(e.details)),
   ]);
-  for (const line of formatTable(['TASK', 'SEQ', 'TIME', 'EVENT', 'ACTOR', 'DETAILS'], rows)) out(line);
+  for (const line of formatTable(['TASK', 'SEQ', 'TIME', 'EVENT', 'ACTOR', ...(wide ? ['ACTOR CERT'] : []), 'DETAILS'], rows)) out(line);
   out('');
   out('hash chains:');
   const checks = res.chains.map((c) => {

@@ -37,12 +37,36 @@ export const adminConnectionOptions: Record<string, OptionSpec> = {
     default: '10s',
     description: 'Deadline of each call to the broker (--all makes one call per page), e.g. 500ms, 10s, 1m',
   },
+  output: {
+    type: 'string',
+    short: 'o',
+    placeholder: 'FORMAT',
+    description: 'table (the default: readable tables and key: value blocks), wide (the tables with more columns) or json (as --json)',
+  },
   json: {
     type: 'boolean',
     description:
-      'Print exactly one JSON document on stdout, the response (proto3 JSON mapping: lowerCamelCase fields, RFC 3339 timestamps, enum names, defaults included), and nothing else',
+      'Print exactly one JSON document on stdout, the response (proto3 JSON mapping: lowerCamelCase fields, RFC 3339 timestamps, enum names, defaults included), and nothing else; the same as -o json',
   },
 };
+
+/** The output formats of -o/--output: json is --json; table the default text; wide the text with more columns. */
+export const OUTPUT_FORMATS = ['table', 'wide', 'json'] as const;
+export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
+/** The text formats a command renders. */
+export type TextFormat = Exclude<OutputFormat, 'json'>;
+
+/** -o/--output and --json as one format: an unknown format, or --json with a text format, is a UsageError. */
+export function outputFormat(spec: CommandSpec, parsed: ParsedCommand): OutputFormat {
+  const usage = `(see 'task-broker ${spec.name} --help')`;
+  const given = stringOption(parsed.values, 'output');
+  const json = parsed.values.json === true;
+  if (given === undefined) return json ? 'json' : 'table';
+  const format = OUTPUT_FORMATS.find((f) => f === given.trim().toLowerCase());
+  if (!format) throw new UsageError(`-o/--output must be one of ${OUTPUT_FORMATS.join(', ')}, got "${given}" ${usage}`);
+  if (json && format !== 'json') throw new UsageError(`--json and -o ${format} ask for different outputs: give one ${usage}`);
+  return format;
+}
 
 export const ADMIN_EXIT_NOTES =
   'Exit status: 0 ok; 1 failure (broker unreachable, deadline exceeded, internal error, unreadable files); ' +
@@ -72,8 +96,8 @@ export interface AdminCommandDef<Req, Res extends object> {
    */
   request(parsed: ParsedCommand): Req;
   call(client: AdminClient, request: Req, options: CallOptions): Promise<Res>;
-  /** The text output. */
-  render(response: Res, request: Req, out: Out): void;
+  /** The text output: `table` by default, `wide` with -o wide (more columns, where the command has more to show). */
+  render(response: Res, request: Req, out: Out, format: TextFormat): void;
   /** The exit code once the output is printed (default 0); may explain a failure on stderr. */
   verdict?(response: Res, err: Err, prefix: string): number;
 }
@@ -145,7 +169,7 @@ interface Connection {
   address: string;
   brokerId: string;
   deadlineMs: number;
-  json: boolean;
+  format: OutputFormat;
 }
 
 function connection(spec: CommandSpec, parsed: ParsedCommand): Connection {
@@ -159,7 +183,7 @@ function connection(spec: CommandSpec, parsed: ParsedCommand): Connection {
   const timeout = stringOption(parsed.values, 'timeout') ?? '10s';
   const deadlineMs = parseDuration(timeout, '--timeout');
   if (deadlineMs <= 0) throw new UsageError('--timeout must be longer than 0');
-  return { address, brokerId, deadlineMs, json: parsed.values.json === true };
+  return { address, brokerId, deadlineMs, format: outputFormat(spec, parsed) };
 }
 
 /** Prints a command's response (text or JSON) and returns its exit code. */
@@ -167,13 +191,13 @@ export function report<Req, Res extends object>(
   def: AdminCommandDef<Req, Res>,
   response: Res,
   request: Req,
-  json: boolean,
+  format: OutputFormat,
   out: Out,
   err: Err,
   prefix: string,
 ): number {
-  if (json) out(JSON.stringify(toProto3Json(responseType(ADMIN_SERVICE, def.rpc), response), null, 2));
-  else def.render(response, request, out);
+  if (format === 'json') out(JSON.stringify(toProto3Json(responseType(ADMIN_SERVICE, def.rpc), response), null, 2));
+  else def.render(response, request, out, format);
   return def.verdict ? def.verdict(response, err, prefix) : ExitCode.ok;
 }
 
@@ -202,7 +226,7 @@ async function runAdminCommand<Req, Res extends object>(
   const prefix = `task-broker ${spec.name}`;
   try {
     const response = await def.call(client, request, { deadlineMs: conn.deadlineMs });
-    return report(def, response, request, conn.json, out, err, prefix);
+    return report(def, response, request, conn.format, out, err, prefix);
   } catch (e) {
     if (!isServiceError(e)) throw e;
     const name = grpc.status[e.code] ?? `STATUS ${String(e.code)}`;
