@@ -6,9 +6,10 @@
  *   a real `serve`), with an SVID key that is not the certificate's;
  * - `serve` with an SVID key that is not the certificate's, and with a broken `--policy`;
  * - `policy check` with a broken policy file (line and column);
+ * - `dev-ca mint` with a CA key that is not the CA certificate's;
  * - a running `serve` whose policy file breaks: the reload failure in its log has the line.
  */
-import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -160,6 +161,21 @@ describe('task-broker policy check', () => {
     await writeFile(broken, SCOPES_NOT_A_LIST);
     const result = await runCli(['policy', 'check', '--policy', broken, '--caller', ADMIN_ID, '--admin']);
     expectOneLine(result, `task-broker policy check: policy ${broken} line 8, column 5: rules[0].scopes: must be a list, got "everything": fix the file`);
+  });
+});
+
+describe('task-broker dev-ca mint', () => {
+  it('a ca.key that is not the ca.pem’s: names both files instead of minting SVIDs nothing verifies', { timeout: cliTimeout(1) }, async () => {
+    const mixed = join(dir, 'mixed-ca');
+    await mkdir(mixed);
+    await copyFile(pki.bundlePath, join(mixed, 'ca.pem'));
+    await copyFile(join(rogueBundle, '..', 'ca.key'), join(mixed, 'ca.key'));
+    const result = await runCli(['dev-ca', 'mint', '--dir', mixed, '--spiffe-id', 'spiffe://example.org/ns/demo/sa/worker']);
+    expectOneLine(
+      result,
+      `task-broker dev-ca mint: dev CA key ${join(mixed, 'ca.key')} does not match the certificate in ${join(mixed, 'ca.pem')} (its public key differs): put back the ca.key written with this ca.pem, or make a new CA with 'task-broker dev-ca init --force'`,
+    );
+    expect((await readdir(mixed)).sort()).toEqual(['ca.key', 'ca.pem']);
   });
 });
 
