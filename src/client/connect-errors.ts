@@ -64,7 +64,13 @@ export interface ConnectionProblem {
 function lastErrorOf(details: string): string | undefined {
   const match = /^No connection established\. Last error: ([\s\S]*?)(?:\.?\s*Resolution note:[\s\S]*)?$/.exec(details);
   if (!match) return undefined;
-  return (match[1] ?? '').replace(/^Error: /, '').trim();
+  return (
+    (match[1] ?? '')
+      .replace(/^Error: /, '')
+      // Node 26's advice for the system's roots: the broker is verified against its bundle, never those.
+      .replace(/; if the root CA is installed locally, try running Node\.js with --use-system-ca$/, '')
+      .trim()
+  );
 }
 
 /** An OpenSSL error string ("8C...:error:0A00010B:SSL routines:ssl3_get_record:wrong version number:../ssl.c:350:") reduced to its reason. */
