@@ -5,6 +5,7 @@
 import { adminCommands } from './admin/commands.js';
 import { runAdminGroup } from './admin/help.js';
 import { runDev, devSpec } from './dev.js';
+import { errorLine } from './error-line.js';
 import { devCaInitSpec, devCaMintSpec, runDevCaInit, runDevCaMint } from './dev-ca.js';
 import { ExitCode, helpText, parseCommand, UsageError, type CommandSpec, type ParsedCommand } from './options.js';
 import { migrateSpec, runMigrate } from './migrate.js';
@@ -68,7 +69,7 @@ export async function main(argv: string[], io = { out: (s: string) => process.st
       io.err(`task-broker ${found.name}: ${err.message}\n`);
       return ExitCode.usage;
     }
-    io.err(`task-broker ${found.name}: ${(err as Error).message}\n`);
+    io.err(`task-broker ${found.name}: ${errorLine(found.name, err)}\n`);
     return ExitCode.failure;
   }
 }

@@ -7,6 +7,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { BrokerError, type ErrorKind } from '../errors.js';
 import { RETRY_PUSHBACK_TRAILER, STATUS_OF_KIND } from '../protocol/status.js';
+import { connectionProblem, type ConnectionContext } from './connect-errors.js';
 
 /** The trailer of gRFC A6 the broker sets on refusals that may be retried later. */
 export { RETRY_PUSHBACK_TRAILER };
@@ -18,6 +19,8 @@ export interface TaskBrokerErrorInit {
   code: grpc.status;
   details: string;
   reason: TaskBrokerErrorReason;
+  /** One line that names the address, what is wrong and what to do, when the SDK can tell (see `hint`). */
+  hint?: string | undefined;
   retryAfterMs?: number | undefined;
   metadata?: grpc.Metadata | undefined;
   cause?: unknown;
@@ -27,19 +30,27 @@ export class TaskBrokerError extends Error {
   override name = 'TaskBrokerError';
   /** The gRPC status code (grpc.status). */
   readonly code: grpc.status;
-  /** The broker's message, e.g. "task tsk_… not found". */
+  /** The broker's message, e.g. "task tsk_… not found" (or grpc-js's, when the call never reached the broker). */
   readonly details: string;
   readonly reason: TaskBrokerErrorReason;
+  /**
+   * For a call that did not reach the broker (refused, DNS, deadline, a broker certificate that
+   * does not chain to the bundle, the wrong broker) or whose SVID the broker refused: one line
+   * naming the address, what is wrong and what to do, e.g. "cannot reach the broker at
+   * 127.0.0.1:1: connection refused (…)". The message says it instead of `details`.
+   */
+  readonly hint: string | undefined;
   /** When the broker said to try again (grpc-retry-pushback-ms), in milliseconds. */
   readonly retryAfterMs: number | undefined;
   /** The response trailers, when the broker answered. */
   readonly metadata: grpc.Metadata | undefined;
 
   constructor(init: TaskBrokerErrorInit) {
-    super(`${grpc.status[init.code] ?? `STATUS ${init.code}`}: ${init.details}`, init.cause === undefined ? undefined : { cause: init.cause });
+    super(`${grpc.status[init.code] ?? `STATUS ${init.code}`}: ${init.hint ?? init.details}`, init.cause === undefined ? undefined : { cause: init.cause });
     this.code = init.code;
     this.details = init.details;
     this.reason = init.reason;
+    this.hint = init.hint;
     this.retryAfterMs = init.retryAfterMs;
     this.metadata = init.metadata;
   }
@@ -125,12 +136,15 @@ export function taskBrokerError(code: grpc.status, details: string, extra: Omit<
 
 /**
  * Any error of a call as a TaskBrokerError: a gRPC status with its trailers, or an input the
- * SDK refused before sending (INVALID_ARGUMENT). Anything else is returned as it is.
+ * SDK refused before sending (INVALID_ARGUMENT). Anything else is returned as it is. With the
+ * `connection` (the address dialled), a call that never reached the broker gets its `hint`.
  */
-export function toTaskBrokerError(err: unknown): unknown {
+export function toTaskBrokerError(err: unknown, connection?: ConnectionContext): unknown {
   if (err instanceof TaskBrokerError) return err;
   if (isServiceError(err)) {
-    return taskBrokerError(err.code, err.details || err.message, { metadata: err.metadata, retryAfterMs: retryAfterOf(err.metadata), cause: err });
+    const details = err.details || err.message;
+    const hint = connection ? connectionProblem(err.code, details, connection)?.text : undefined;
+    return taskBrokerError(err.code, details, { metadata: err.metadata, retryAfterMs: retryAfterOf(err.metadata), hint, cause: err });
   }
   if (err instanceof BrokerError) return taskBrokerError(STATUS_OF_KIND[err.kind], err.message, { retryAfterMs: err.retryAfterMs, cause: err });
   return err;

@@ -50,9 +50,10 @@ export {
   toTaskBrokerError,
   type TaskBrokerErrorReason,
 } from './errors.js';
+export { connectionProblem, type ConnectionAdvice, type ConnectionContext, type ConnectionProblem, type ConnectionProblemKind } from './connect-errors.js';
 export { BrokerClient, ServiceClient, unaryCall, type CallOptions, type ConnectOptions } from './broker-client.js';
 export { AdminClient } from './admin-client.js';
-export { svidChannelCredentials, svidChannelOptions, type SvidCredentialsOptions } from './credentials.js';
+export { svidChannelCredentials, svidChannelOptions, type SvidCredentialFiles, type SvidCredentialsOptions } from './credentials.js';
 export { x509SourceCredentials, type X509SourceCredentialsOptions } from './source-credentials.js';
 export {
   FileX509Source,

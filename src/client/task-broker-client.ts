@@ -106,12 +106,15 @@ export class TaskBrokerClient {
   readonly source: X509Source;
   readonly #ownsSource: boolean;
   readonly #deadlineMs: number | undefined;
+  /** The address dialled, for the hint of a call that did not reach the broker. */
+  readonly #address: string;
   #closed = false;
 
   constructor(options: TaskBrokerClientOptions) {
     this.source = options.source;
     this.#ownsSource = options.ownsSource ?? false;
     this.#deadlineMs = options.deadlineMs;
+    this.#address = options.address;
     this.rpc = new BrokerClient({
       address: options.address,
       credentials: x509SourceCredentials(options.source, { serverId: options.serverId }),
@@ -243,7 +246,7 @@ export class TaskBrokerClient {
     try {
       return await run({ ...(this.#deadlineMs === undefined ? {} : { deadlineMs: this.#deadlineMs }), ...options });
     } catch (err) {
-      throw toTaskBrokerError(err);
+      throw toTaskBrokerError(err, { address: this.#address });
     }
   }
 }

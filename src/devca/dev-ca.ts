@@ -8,7 +8,9 @@ import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import * as x509 from '@peculiar/x509';
 import { join } from 'node:path';
+import { parsePemCertificates } from '../spiffe/certificate.js';
 import { parseSpiffeId, parseTrustDomain } from '../spiffe/id.js';
+import { checkKeyPair, SvidKeyPairError } from '../spiffe/key-pair.js';
 import { chainPem, createRootCa, loadIssuedCertificate, mintX509Svid, privateKeyPem, type IssuedCertificate, type KeyAlgorithm } from './certificates.js';
 
 export interface DevCaFiles {
@@ -53,10 +55,25 @@ export async function loadDevCa(dir: string): Promise<{ ca: IssuedCertificate; f
   const [certPem, keyPem] = await Promise.all([readFile(certPath, 'utf8'), readFile(keyPath, 'utf8')]).catch((err: Error) => {
     throw new Error(`no dev CA in ${dir} (run 'task-broker dev-ca init' first): ${err.message}`);
   });
+  checkDevCaPair(certPem, keyPem, certPath, keyPath);
   const ca = await loadIssuedCertificate(certPem, keyPem);
   const uri = ca.certificate.getExtension(x509.SubjectAlternativeNameExtension)?.names.items.find((n) => n.type === 'url')?.value;
   if (!uri) throw new Error(`dev CA certificate ${certPath} has no spiffe:// URI SAN naming its trust domain`);
   return { ca, files: { dir, certPath, keyPath, trustDomain: parseTrustDomain(uri) } };
+}
+
+/** A CA key that is not the CA certificate's would sign SVIDs nothing verifies: refuse it, naming both files. */
+function checkDevCaPair(certPem: string, keyPem: string, certPath: string, keyPath: string): void {
+  try {
+    const [cert] = parsePemCertificates(certPem);
+    if (cert) checkKeyPair(cert, keyPem);
+  } catch (err) {
+    if (!(err instanceof SvidKeyPairError)) return; // loadIssuedCertificate says what else is wrong
+    const what = err.failure === 'mismatch' ? 'does not match the certificate in' : `is not a readable private key (${err.reason}) for`;
+    throw new Error(
+      `dev CA key ${keyPath} ${what} ${certPath}${err.failure === 'mismatch' ? ' (its public key differs)' : ''}: put back the ca.key written with this ca.pem, or make a new CA with 'task-broker dev-ca init --force'`,
+    );
+  }
 }
 
 /** A file-name stem for an SVID: the ID's path segments joined by '-'. */

@@ -10,10 +10,20 @@
  * error messages that point at the offending field.
  */
 import { isAbsolute } from 'node:path';
-import { isMap, isPair, isScalar, isSeq, parseDocument, type Document } from 'yaml';
+import { isAlias, isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import { SpiffeIdError } from '../spiffe/id.js';
 import { parseSpiffeIdPattern, SpiffeIdPatternError, trustDomainOf, type SpiffeIdMatcher } from '../spiffe/pattern.js';
-import { ANY, Policy, PolicyError, type ClaimValue, type DelegationRule, type PolicyRule, type PrincipalMatcher, type SubjectIssuer } from './policy.js';
+import {
+  ANY,
+  Policy,
+  PolicyError,
+  type ClaimValue,
+  type DelegationRule,
+  type PolicyPosition,
+  type PolicyRule,
+  type PrincipalMatcher,
+  type SubjectIssuer,
+} from './policy.js';
 
 // ---------------------------------------------------------------------------------------------
 // Durations
@@ -81,14 +91,17 @@ const TOKEN_TEXT = /^[\x21-\x7e]+$/; // printable ASCII, no spaces
  * Throws PolicyError naming the path of the first bad field.
  */
 export function parsePolicy(text: string, source: string): Policy {
-  const doc = parseDocument(text, { uniqueKeys: true, strict: true, prettyErrors: true });
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { uniqueKeys: true, strict: true, prettyErrors: true, lineCounter });
   const problem = doc.errors[0] ?? doc.warnings[0];
   if (problem) {
+    const [start] = problem.linePos ?? [];
+    const position = start ? { line: start.line, column: start.col } : undefined;
     if (problem.code === 'DUPLICATE_KEY') {
       const dup = findDuplicateKey(doc);
-      if (dup) throw new PolicyError(source, dup, `duplicate key (${firstLine(problem.message).replace(/^Map keys must be unique /, '')})`);
+      if (dup) throw new PolicyError(source, dup, `duplicate key (${firstLine(problem.message).replace(/^Map keys must be unique /, '')})`, position);
     }
-    throw new PolicyError(source, '', `not valid YAML: ${firstLine(problem.message)}`);
+    throw new PolicyError(source, '', `not valid YAML: ${firstLine(problem.message)}`, position);
   }
   let data: unknown;
   try {
@@ -96,7 +109,7 @@ export function parsePolicy(text: string, source: string): Policy {
   } catch (err) {
     throw new PolicyError(source, '', `not valid YAML: ${(err as Error).message}`);
   }
-  const ctx: Context = new Context(source);
+  const ctx: Context = new Context(source, (path) => positionOf(doc, lineCounter, path));
   const top = ctx.object(data, '', TOP_KEYS);
   if (top.version === undefined) ctx.fail('version', 'is required (version: 1)');
   if (top.version !== 1) ctx.fail('version', `must be 1, got ${describe(top.version)}`);
@@ -313,10 +326,14 @@ function parseSubjectIssuer(ctx: Context, value: unknown, path: string): Subject
 }
 
 class Context {
-  constructor(readonly source: string) {}
+  constructor(
+    readonly source: string,
+    /** Where the field at `path` is in the text (for the error's line and column). */
+    readonly positionOf: (path: string) => PolicyPosition | undefined = () => undefined,
+  ) {}
 
   fail(path: string, detail: string): never {
-    throw new PolicyError(this.source, path, detail);
+    throw new PolicyError(this.source, path, detail, this.positionOf(path));
   }
 
   object<K extends string>(value: unknown, path: string, keys: readonly K[]): Partial<Record<K, unknown>> {
@@ -427,6 +444,38 @@ function describe(value: unknown): string {
 
 function firstLine(message: string): string {
   return (message.split('\n')[0] ?? message).replace(/:$/, '');
+}
+
+/**
+ * Where the field at `path` (PolicyError notation: `rules[1].callers.spiffe_ids[0]`) is in the
+ * text: the key of a mapping entry, the item of a list. A path that goes further than the
+ * document (a required key that is missing) points at the deepest part that exists, e.g. the
+ * rule that lacks the key; the empty path at the document's first node.
+ */
+function positionOf(doc: Document, lineCounter: LineCounter, path: string): PolicyPosition | undefined {
+  const steps = [...path.matchAll(/([^.[\]]+)|\[(\d+)\]/g)].map((m) => (m[2] !== undefined ? Number(m[2]) : (m[1] ?? '')));
+  let node: unknown = doc.contents;
+  let offset = (doc.contents as { range?: [number, number, number] } | null)?.range?.[0];
+  for (const step of steps) {
+    if (isAlias(node)) node = node.resolve(doc);
+    if (typeof step === 'number' && isSeq(node)) {
+      const item = node.items[step] as { range?: [number, number, number] } | undefined;
+      if (item?.range === undefined) break;
+      node = item;
+      offset = item.range[0];
+    } else if (typeof step === 'string' && isMap(node)) {
+      const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === step);
+      const key = pair?.key as { range?: [number, number, number] } | undefined;
+      if (!pair || key?.range === undefined) break;
+      node = pair.value;
+      offset = key.range[0];
+    } else {
+      break;
+    }
+  }
+  if (offset === undefined) return undefined;
+  const { line, col } = lineCounter.linePos(offset);
+  return { line, column: col };
 }
 
 /** The path of the first repeated key in the document, in the notation of PolicyError paths. */

@@ -73,7 +73,7 @@ export class FilePolicySource implements PolicySource {
           log.error({ err: err.message }, 'policy change listener failed');
           return;
         }
-        const reason = err instanceof PolicyError ? err.message : `${path}: ${err.message}`;
+        const reason = err instanceof PolicyError ? policyErrorLine(err) : `${path}: ${err.message}`;
         this.#status = { reloadFailures: this.#status.reloadFailures + 1, lastReloadError: reason, lastReloadFailedAt: new Date() };
         log.error({ err: err.message, keptDigest: this.current().digest }, `policy reload failed; keeping the last good policy: ${reason}`);
       },
@@ -118,6 +118,19 @@ export class FilePolicySource implements PolicySource {
   close(): void {
     this.#policy.close();
   }
+}
+
+/**
+ * A PolicyError as one line for a person: the file, the line and column, the field, what is wrong
+ * and what to do. `checkHint` adds the command that checks a fixed file offline (not wanted when
+ * that command is the one reporting).
+ */
+export function policyErrorLine(err: PolicyError, { checkHint = true } = {}): string {
+  if (!err.path && err.detail.startsWith('cannot read the policy file')) {
+    return `${err.located}: check the path and that the file is readable`;
+  }
+  const check = checkHint ? ` (check it with: task-broker policy check --policy ${err.source} --caller SPIFFE_ID --admin)` : '';
+  return `${err.located}: fix the file${check}`;
 }
 
 /** Reads and parses a policy file once, without following it (for one-shot tools). */

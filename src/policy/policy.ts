@@ -35,6 +35,12 @@ import { quoted } from '../errors.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { SpiffeIdMatcher } from '../spiffe/pattern.js';
 
+/** Where in the policy text something is: 1-based line and column. */
+export interface PolicyPosition {
+  readonly line: number;
+  readonly column: number;
+}
+
 /** A policy document that cannot be used; the message starts with the source and the field path. */
 export class PolicyError extends Error {
   override readonly name = 'PolicyError';
@@ -44,8 +50,21 @@ export class PolicyError extends Error {
     /** Path of the offending field, e.g. `rules[2].audiences[0]`; empty for the document as a whole. */
     readonly path: string,
     readonly detail: string,
+    /** Where the offending field (or YAML error) is in the text, when the parser knows. */
+    readonly position?: PolicyPosition,
   ) {
     super(path ? `${source}: ${path}: ${detail}` : `${source}: ${detail}`);
+  }
+
+  /**
+   * The problem for a person: `policy FILE line L, column C: PATH: DETAIL` (without the line
+   * when it is not known). Callers add what to do (e.g. ": fix the file").
+   */
+  get located(): string {
+    const where = this.position ? ` line ${this.position.line}, column ${this.position.column}` : '';
+    // The YAML parser's own "at line L, column C" says again what the start of the line says.
+    const detail = this.position ? this.detail.replace(/\s*\(at line \d+, column \d+\)$|\s+at line \d+, column \d+$/, '') : this.detail;
+    return `policy ${this.source}${where}: ${this.path ? `${this.path}: ` : ''}${detail}`;
   }
 }
 

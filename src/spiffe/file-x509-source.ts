@@ -7,6 +7,7 @@ import { WatchedValue } from '../files/watched-value.js';
 import type { Logger } from '../observability/logger.js';
 import { TrustBundleSet } from './bundle.js';
 import { watchBundleFiles, type BundleFile } from './bundle-files.js';
+import { svidFilesMessage, type SvidFiles } from './key-pair.js';
 import { tlsIdentityFrom, type TlsIdentity, type X509Source, type X509SvidSource } from './x509-source.js';
 
 export interface FileSourceOptions {
@@ -18,16 +19,21 @@ export interface FileSourceOptions {
 /** The broker's SVID from a certificate chain file and a key file, reloaded when either changes. */
 export class FileX509SvidSource implements X509SvidSource {
   readonly #svid: WatchedValue<TlsIdentity>;
-  /** "CERT and KEY", for messages. */
-  readonly #paths: string;
+  readonly #files: SvidFiles;
 
   protected constructor(certPath: string, keyPath: string, options: FileSourceOptions) {
-    this.#paths = `${certPath} and ${keyPath}`;
+    this.#files = { cert: certPath, key: keyPath };
     const log = options.logger.child({ certPath, keyPath });
     this.#svid = new WatchedValue([certPath, keyPath], ([cert = '', key = '']) => tlsIdentityFrom(cert, key), {
       pollIntervalMs: options.pollIntervalMs,
-      onError: (err, during) =>
-        log.error({ err: err.message }, during === 'reload' ? 'server SVID reload failed; keeping the last good SVID' : 'server SVID change listener failed'),
+      onError: (err, during) => {
+        if (during !== 'reload') {
+          log.error({ err: err.message }, 'server SVID change listener failed');
+          return;
+        }
+        const problem = svidFilesMessage(err, this.#files);
+        log.error({ err: err.message }, `server SVID reload failed; keeping the last good SVID${problem ? `: ${problem}` : ''}`);
+      },
     });
     this.#svid.onChange((identity) => {
       log.info({ spiffeId: identity.spiffeId.toString(), notAfter: identity.notAfter.toISOString() }, 'server SVID reloaded');
@@ -46,7 +52,9 @@ export class FileX509SvidSource implements X509SvidSource {
     try {
       await this.#svid.ready();
     } catch (err) {
-      throw new Error(`cannot load the broker's SVID from ${this.#paths}: ${(err as Error).message}`);
+      // A key that is not the certificate's, or a file that is not what it should be: one line naming the file.
+      const problem = svidFilesMessage(err, this.#files);
+      throw new Error(problem ?? `cannot load the SVID from ${this.#files.cert} and ${this.#files.key}: ${(err as Error).message}`, { cause: err });
     }
   }
 

@@ -10,6 +10,7 @@ import { createSecureContext } from 'node:tls';
 import type { TrustBundleSet } from './bundle.js';
 import { parsePemCertificates } from './certificate.js';
 import { SpiffeId } from './id.js';
+import { checkKeyPair } from './key-pair.js';
 
 /** An X509-SVID with its private key, in the form TLS takes it. */
 export interface TlsIdentity {
@@ -59,8 +60,9 @@ export function tlsIdentityFrom(certChainPem: string, keyPem: string, now = new 
   if (leaf.notAfter.getTime() <= now.getTime()) {
     throw new Error(`server certificate for ${spiffeId.toString()} expired at ${leaf.notAfter.toISOString()}`);
   }
+  checkKeyPair(leaf, keyPem, 'server certificate and key do not form a usable pair: ');
   try {
-    createSecureContext({ cert: certChainPem, key: keyPem }); // fails when the key does not match the certificate
+    createSecureContext({ cert: certChainPem, key: keyPem }); // anything else TLS cannot use
   } catch (err) {
     throw new Error(`server certificate and key do not form a usable pair: ${(err as Error).message}`);
   }

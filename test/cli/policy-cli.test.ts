@@ -115,7 +115,7 @@ describe('task-broker policy check', () => {
     );
     const result = await check('--policy', broken, '--caller', WORKER, '--action', 'a', '--audience', INVOICES);
     expect(result.code).toBe(1);
-    expect(result.stderr).toContain(`${broken}: rules[0].audiences[0]: spiffe id pattern "spiffe://example.org/ns/*-x"`);
+    expect(result.stderr).toContain(`policy ${broken} line 6, column 17: rules[0].audiences[0]: spiffe id pattern "spiffe://example.org/ns/*-x"`);
     expect(result.stdout).not.toMatch(/ALLOW|DENY/);
 
     const missing = await check('--policy', join(dir(), 'nope.yaml'), '--caller', WORKER, '--admin');

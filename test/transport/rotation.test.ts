@@ -208,7 +208,9 @@ describe("the broker's own SVID reloads from files", () => {
     const other = await mintX509Svid(a.root, 'spiffe://a.test/task-broker');
     await writeFile(join(dir, 'c.pem'), one.pem);
     await writeFile(join(dir, 'k.pem'), await privateKeyPem(other.keys));
-    await expect(FileX509SvidSource.load(join(dir, 'c.pem'), join(dir, 'k.pem'), { logger })).rejects.toThrow(/do not form a usable pair/);
+    await expect(FileX509SvidSource.load(join(dir, 'c.pem'), join(dir, 'k.pem'), { logger })).rejects.toThrow(
+      `SVID key ${join(dir, 'k.pem')} does not match the certificate in ${join(dir, 'c.pem')} (its public key differs): give the private key that was issued with this certificate`,
+    );
   });
 });
 

@@ -46,6 +46,8 @@ export interface AdminIdentity {
   credentials: grpc.ChannelCredentials;
   /** Where the broker's trust bundle came from, for error hints. */
   trustSource: string;
+  /** How to give a bundle that has the broker's CA, for error hints. */
+  bundleAdvice: string;
   close(): void;
 }
 
@@ -97,7 +99,12 @@ export async function adminIdentity(
   if (address !== undefined) {
     const source = await workloadApiX509Source({ address, timeoutMs });
     try {
-      return { credentials: x509SourceCredentials(source, { serverId: brokerId }), trustSource: `the Workload API at ${address}`, close: () => source.close() };
+      return {
+        credentials: x509SourceCredentials(source, { serverId: brokerId }),
+        trustSource: `the bundles of the Workload API at ${address}`,
+        bundleAdvice: "the SPIRE agent must hand out the bundle of the broker's trust domain (federate with it)",
+        close: () => source.close(),
+      };
     } catch (err) {
       source.close();
       throw err;
@@ -115,10 +122,13 @@ export async function adminIdentity(
     readOptionFile('svid-key', paths.key),
     readOptionFile('bundle', paths.bundle),
   ]);
-  try {
-    const credentials = svidChannelCredentials({ certChainPem, keyPem, bundle, serverId: brokerId });
-    return { credentials, trustSource: '--bundle', close: () => undefined };
-  } catch (err) {
-    throw new Error(`cannot use the SVID or bundle files: ${(err as Error).message}`);
-  }
+  // Errors name the file and what to do (e.g. a key that is not the certificate's).
+  const files = { ...paths, certOption: '--svid-cert', keyOption: '--svid-key', bundleOption: '--bundle' };
+  const credentials = svidChannelCredentials({ certChainPem, keyPem, bundle, serverId: brokerId, files });
+  return {
+    credentials,
+    trustSource: `the trust bundle ${paths.bundle}`,
+    bundleAdvice: "pass the bundle of the broker's trust domain with --bundle",
+    close: () => undefined,
+  };
 }

@@ -9,6 +9,7 @@ import type { CallOptions } from '../../client/broker-client.js';
 import type { TaskBrokerAdminClient } from '../../gen/taskbroker/v1/TaskBrokerAdmin.js';
 import { responseType, toProto3Json } from '../../protocol/proto-json.js';
 import { SpiffeId } from '../../spiffe/id.js';
+import { adminCallErrorLine } from './call-error.js';
 import { adminIdentity, adminIdentityOptions } from './identity.js';
 import { ExitCode, parseDuration, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from '../options.js';
 
@@ -229,13 +230,7 @@ async function runAdminCommand<Req, Res extends object>(
     return report(def, response, request, conn.format, out, err, prefix);
   } catch (e) {
     if (!isServiceError(e)) throw e;
-    const name = grpc.status[e.code] ?? `STATUS ${String(e.code)}`;
-    err(`${prefix}: ${name}: ${e.details || e.message}\n`);
-    if (e.code === grpc.status.UNAVAILABLE || e.code === grpc.status.DEADLINE_EXCEEDED) {
-      err(
-        `  (broker ${conn.address}, expected SPIFFE ID ${conn.brokerId}: is it running there, and does its certificate verify against ${identity.trustSource}?)\n`,
-      );
-    }
+    err(`${prefix}: ${adminCallErrorLine(e, { address: conn.address, ...identity })}\n`);
     return exitCodeForStatus(e.code);
   } finally {
     client.close();
