@@ -16,8 +16,7 @@ export const policyCheckSpec: CommandSpec = {
     caller: {
       type: 'string',
       placeholder: 'SPIFFE_ID',
-      required: true,
-      description: 'SPIFFE ID of the calling workload, e.g. spiffe://example.org/ns/billing/sa/worker',
+      description: 'SPIFFE ID of the calling workload, e.g. spiffe://example.org/ns/billing/sa/worker (without it: only check that the file is valid)',
     },
     action: { type: 'string', placeholder: 'ACTION', description: 'Action the task would perform, e.g. invoice.export (required unless --admin)' },
     audience: { type: 'string', placeholder: 'SPIFFE_ID', description: "SPIFFE ID of the resource server the task's tokens are for (required unless --admin)" },
@@ -36,6 +35,7 @@ export const policyCheckSpec: CommandSpec = {
     json: { type: 'boolean', description: 'Print the decision as one JSON object instead of text' },
   },
   notes:
+    'With --policy alone the file is only validated: 0 valid, 1 not (the line and column of the first error).\n' +
     'Exit status: 0 allowed, 3 denied, 2 usage error, 1 the policy file cannot be read or is not valid.\n' +
     'Denials say why: which rules matched the caller and the first condition each of them failed.',
 };
@@ -60,10 +60,18 @@ function requiredUnlessAdmin(parsed: ParsedCommand, name: string): string {
 }
 
 export async function runPolicyCheck(parsed: ParsedCommand, out: (line: string) => void): Promise<number> {
+  const path = stringOption(parsed.values, 'policy') ?? '';
+  const asks = ['caller', 'action', 'audience', 'gateway', 'ttl'].some((name) => stringOption(parsed.values, name) !== undefined);
+  if (!asks && parsed.values.admin !== true && listOption(parsed.values, 'scope').length === 0) {
+    // Validation only. A PolicyError propagates: main() prints it (file, line, column) and exits 1.
+    const policy = await readPolicyFile(path);
+    const summary = { valid: true, policy: path, digest: policy.digest, rules: policy.rules.length };
+    out(parsed.values.json === true ? JSON.stringify(summary) : `OK: policy ${path} is valid (${summary.rules} rules; digest ${policy.digest})`);
+    return ExitCode.ok;
+  }
   const caller = spiffeIdOption(parsed, 'caller');
   const admin = parsed.values.admin === true;
   const json = parsed.values.json === true;
-  const path = stringOption(parsed.values, 'policy') ?? '';
 
   let request: { action: string; audience: string; scopes: string[]; taskTtlSeconds?: number; gateway?: SpiffeId } | undefined;
   if (!admin) {

@@ -129,7 +129,7 @@ export function policyErrorLine(err: PolicyError, { checkHint = true } = {}): st
   if (!err.path && err.detail.startsWith('cannot read the policy file')) {
     return `${err.located}: check the path and that the file is readable`;
   }
-  const check = checkHint ? ` (check it with: task-broker policy check --policy ${err.source} --caller SPIFFE_ID --admin)` : '';
+  const check = checkHint ? ` (check it with: task-broker policy check --policy ${err.source})` : '';
   return `${err.located}: fix the file${check}`;
 }
 

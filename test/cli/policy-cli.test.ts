@@ -107,7 +107,7 @@ describe('task-broker policy check', () => {
     expect(JSON.parse(notAdmin.stdout)).toMatchObject({ allowed: false, reason: `caller ${WORKER} is not an admin` });
   });
 
-  it('exits 1 with the PolicyError on stderr for a broken or missing policy file', { timeout: cliTimeout(2) }, async () => {
+  it('exits 1 with the PolicyError on stderr for a broken or missing policy file; --policy alone validates', { timeout: cliTimeout(4) }, async () => {
     const broken = join(dir(), 'broken.yaml');
     await writeFile(
       broken,
@@ -117,6 +117,15 @@ describe('task-broker policy check', () => {
     expect(result.code).toBe(1);
     expect(result.stderr).toContain(`policy ${broken} line 6, column 17: rules[0].audiences[0]: spiffe id pattern "spiffe://example.org/ns/*-x"`);
     expect(result.stdout).not.toMatch(/ALLOW|DENY/);
+
+    // --policy alone validates the file: the same line, column and advice; exit 1.
+    const validateBroken = await check('--policy', broken);
+    expect(validateBroken.code).toBe(1);
+    expect(validateBroken.stderr).toContain(`policy ${broken} line 6, column 17: rules[0].audiences[0]`);
+    expect(validateBroken.stderr).toMatch(/: fix the file\n$/);
+    const validateGood = await check('--policy', EXAMPLE);
+    expect(validateGood.code, validateGood.stderr).toBe(0);
+    expect(validateGood.stdout).toMatch(new RegExp(`^OK: policy ${EXAMPLE.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is valid \\(\\d+ rules; digest \\S+\\)\\n$`));
 
     const missing = await check('--policy', join(dir(), 'nope.yaml'), '--caller', WORKER, '--admin');
     expect(missing.code).toBe(1);

@@ -141,7 +141,7 @@ describe('task-broker serve', () => {
     const result = await serve(['--policy', broken], {});
     expect(result.code, result.stderr).toBe(1);
     expect(result.stderr).toBe(
-      `task-broker serve: policy ${broken} line 8, column 5: rules[0].scopes: must be a list, got "everything": fix the file (check it with: task-broker policy check --policy ${broken} --caller SPIFFE_ID --admin)\n`,
+      `task-broker serve: policy ${broken} line 8, column 5: rules[0].scopes: must be a list, got "everything": fix the file (check it with: task-broker policy check --policy ${broken})\n`,
     );
 
     // A YAML syntax error carries its line too.
@@ -186,7 +186,7 @@ describe('a running serve whose policy file breaks', () => {
     await rename(`${policyPath}.new`, policyPath);
     const failure = await broker.cli.waitForLog((l) => l.level === 'error' || (typeof l.msg === 'string' && l.msg.startsWith('policy reload failed')));
     expect(failure.msg).toBe(
-      `policy reload failed; keeping the last good policy: policy ${policyPath} line 8, column 5: rules[0].scopes: must be a list, got "everything": fix the file (check it with: task-broker policy check --policy ${policyPath} --caller SPIFFE_ID --admin)`,
+      `policy reload failed; keeping the last good policy: policy ${policyPath} line 8, column 5: rules[0].scopes: must be a list, got "everything": fix the file (check it with: task-broker policy check --policy ${policyPath})`,
     );
     // The admin is still an admin: the last good policy is in force.
     const ok = await listTasks(broker.address);

@@ -105,7 +105,7 @@ describe('policyErrorLine: one line, what is wrong and what to do', () => {
   it('a broken file: fix it, and how to check it offline', () => {
     const err = policyError(POLICY.replace('scopes: ["reports:read"]', 'scopes: reports:read'), '/p/policy.yaml');
     expect(policyErrorLine(err)).toBe(
-      'policy /p/policy.yaml line 15, column 5: rules[1].scopes: must be a list, got "reports:read": fix the file (check it with: task-broker policy check --policy /p/policy.yaml --caller SPIFFE_ID --admin)',
+      'policy /p/policy.yaml line 15, column 5: rules[1].scopes: must be a list, got "reports:read": fix the file (check it with: task-broker policy check --policy /p/policy.yaml)',
     );
     expect(policyErrorLine(err, { checkHint: false })).toBe(
       'policy /p/policy.yaml line 15, column 5: rules[1].scopes: must be a list, got "reports:read": fix the file',
