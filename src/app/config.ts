@@ -81,6 +81,8 @@ export interface BrokerConfig {
   filePollIntervalMs: number;
   /** How long in-flight calls may take to finish on SIGTERM. */
   shutdownGraceMs: number;
+  /** At shutdown, how long tracing (when on: OTEL_* environment) may take to export the spans it holds. */
+  tracingShutdownMs: number;
   logLevel: string;
   connectionLimits: ConnectionLimits;
   admission: AdmissionLimits;
@@ -123,6 +125,7 @@ export const DEFAULTS = {
   revocationHeartbeatMs: 5_000,
   filePollIntervalMs: 5_000,
   shutdownGraceMs: 20_000,
+  tracingShutdownMs: 5_000,
   logLevel: 'info',
   connectionLimits: DEFAULT_CONNECTION_LIMITS,
   admission: DEFAULT_ADMISSION_LIMITS,
@@ -157,6 +160,7 @@ export function brokerConfig(input: BrokerConfigInput): BrokerConfig {
     revocationHeartbeatMs: input.revocationHeartbeatMs ?? d.revocationHeartbeatMs,
     filePollIntervalMs: input.filePollIntervalMs ?? d.filePollIntervalMs,
     shutdownGraceMs: input.shutdownGraceMs ?? d.shutdownGraceMs,
+    tracingShutdownMs: input.tracingShutdownMs ?? d.tracingShutdownMs,
     logLevel: input.logLevel ?? d.logLevel,
     connectionLimits: { ...d.connectionLimits, ...input.connectionLimits, maxConnections: input.connectionLimits?.maxConnections ?? autoMaxConnections() },
     admission: { ...d.admission, ...input.admission },

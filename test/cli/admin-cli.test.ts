@@ -374,6 +374,7 @@ describe('task-broker admin', () => {
       prevHash,
       hash: `h${seq}`,
       taskId: UNKNOWN_TASK,
+      traceId: '',
     });
     const res: GetAuditTrailResponse__Output = {
       taskId: UNKNOWN_TASK,
@@ -519,6 +520,7 @@ describe('task-broker admin', () => {
       prevHash: '',
       hash: `h${seq}`,
       taskId,
+      traceId: '',
     });
     const res: GetAuditTrailResponse__Output = {
       taskId: child,
