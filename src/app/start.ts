@@ -21,7 +21,7 @@ import { setUpIdentity } from './identity.js';
  */
 export async function startFromConfig(config: BrokerConfig, logger: Logger): Promise<RunningTaskBroker> {
   // First: an OTEL_* value it refuses stops the start before anything is opened.
-  const tracing = await startTracing({ logger });
+  const tracing = await startTracing({ logger, shutdownMs: config.tracingShutdownMs });
   if (tracing.enabled) logger.info({ reason: tracing.reason }, 'tracing on (OpenTelemetry)');
   let kek: Awaited<ReturnType<typeof loadKek>>;
   try {

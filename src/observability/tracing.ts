@@ -249,13 +249,24 @@ export function tracingDecision(env: NodeJS.ProcessEnv): TracingDecision {
   return { enabled: false, reason: 'no OTEL_TRACES_EXPORTER and no OTLP endpoint' };
 }
 
+/** One argument of a diagnostic, as text (never throws: the SDK passes what it likes, circular objects too). */
+function describe(arg: unknown): string {
+  if (arg instanceof Error) return arg.message;
+  if (typeof arg === 'string') return arg;
+  try {
+    return JSON.stringify(arg) ?? typeof arg;
+  } catch {
+    return typeof arg;
+  }
+}
+
 /** OpenTelemetry's own diagnostics (an export that failed, a dropped span) into the broker's log, bounded. */
 function diagnosticsTo(api: Api, logger: Logger, env: NodeJS.ProcessEnv): void {
   const throttle = new LogThrottle(logger, { perInterval: 5, intervalMs: 60_000, maxKinds: 50 });
   const line =
     (level: 'info' | 'warn') =>
     (message: string, ...args: unknown[]) => {
-      const detail = args.map((a) => (a instanceof Error ? a.message : typeof a === 'string' ? a : (JSON.stringify(a) ?? String(a)))).join(' ');
+      const detail = args.map(describe).join(' ');
       throttle.log(level, message.slice(0, 80), { otel: message, ...(detail ? { detail: detail.slice(0, 1000) } : {}) }, 'opentelemetry');
     };
   const level = (env.OTEL_LOG_LEVEL ?? '').trim().toUpperCase();
@@ -266,15 +277,27 @@ function diagnosticsTo(api: Api, logger: Logger, env: NodeJS.ProcessEnv): void {
   );
 }
 
+/** How long stopTracing() waits for the SDK by default, and the OTLP exporter's timeout unless the environment sets one. */
+export const DEFAULT_TRACING_SHUTDOWN_MS = 5_000;
+
 /**
  * Starts tracing when the environment asks for it (tracingDecision): loads the SDK, starts NodeSDK
  * for traces only (no metrics, no logs: the broker serves its metrics on /metrics), and makes
  * every call traced from now on. Resolves with the decision; throws on an OTEL_* value it refuses.
+ *
+ * NodeSDK reads process.env (`env` is for the decision only, for tests). Unless the environment
+ * sets OTEL_EXPORTER_OTLP_TRACES_TIMEOUT or OTEL_EXPORTER_OTLP_TIMEOUT, the OTLP exporter's
+ * timeout becomes `shutdownMs` (the SDK's default is 10 s): an export in flight holds the process
+ * open until it times out, so this is what keeps a broker whose collector does not answer from
+ * lingering past its shutdown bound.
  */
-export async function startTracing(options: { logger: Logger; env?: NodeJS.ProcessEnv }): Promise<TracingDecision> {
+export async function startTracing(options: { logger: Logger; env?: NodeJS.ProcessEnv; shutdownMs?: number }): Promise<TracingDecision> {
   const env = options.env ?? process.env;
   const decision = tracingDecision(env);
   if (!decision.enabled || runtime) return decision;
+  if (!process.env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT?.trim() && !process.env.OTEL_EXPORTER_OTLP_TIMEOUT?.trim()) {
+    process.env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = String(options.shutdownMs ?? DEFAULT_TRACING_SHUTDOWN_MS);
+  }
   const [api, { NodeSDK }] = await Promise.all([import('@opentelemetry/api'), import('@opentelemetry/sdk-node')]);
   sdkLoaded = true;
   const named = (env.OTEL_SERVICE_NAME ?? '').trim() !== '' || /(^|,)\s*service\.name\s*=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? '');
@@ -298,7 +321,7 @@ export async function startTracing(options: { logger: Logger; env?: NodeJS.Proce
  * `timeoutMs`; what is left after that is dropped, so a collector that is down never holds up a
  * broker's exit.
  */
-export async function stopTracing(logger: Logger, timeoutMs = 5_000): Promise<void> {
+export async function stopTracing(logger: Logger, timeoutMs = DEFAULT_TRACING_SHUTDOWN_MS): Promise<void> {
   const rt = runtime;
   runtime = undefined;
   if (!rt) return;

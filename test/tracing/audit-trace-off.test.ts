@@ -40,12 +40,11 @@ describe.each(STORES)('trace ids in the audit trail, tracing off (%s)', (kind) =
   const { logger, lines } = capturedLogger();
   let t: TestBroker;
   let worker: BrokerClient;
-  let api: BrokerClient;
   let admin: AdminClient;
 
   beforeAll(async () => {
     t = await startTestBroker(kind, { logger });
-    [worker, api, admin] = await Promise.all([t.client(WORKER), t.client(API), t.adminClient(ADMIN)]);
+    [worker, admin] = await Promise.all([t.client(WORKER), t.adminClient(ADMIN)]);
   });
   afterAll(async () => {
     await t?.close();
@@ -72,7 +71,7 @@ describe.each(STORES)('trace ids in the audit trail, tracing off (%s)', (kind) =
 
     const trail = await admin.getAuditTrail(created.task!.taskId);
     expect(trail.events[0]).toMatchObject({ eventType: 'task.created', requestId: `req-${kind}-traced`, traceId });
-    expect(trail.chain.ok).toBe(true);
+    expect(trail.chain?.ok).toBe(true);
 
     expect(rpcLine(`req-${kind}-traced`)).toMatchObject({ method: 'CreateTask', code: 'OK', trace_id: traceId });
     // No span of the broker's own: nothing to name.
