@@ -270,7 +270,8 @@ function diagnosticsTo(api: Api, logger: Logger, env: NodeJS.ProcessEnv): void {
       throttle.log(level, message.slice(0, 80), { otel: message, ...(detail ? { detail: detail.slice(0, 1000) } : {}) }, 'opentelemetry');
     };
   const level = (env.OTEL_LOG_LEVEL ?? '').trim().toUpperCase();
-  const wanted = level in api.DiagLogLevel ? api.DiagLogLevel[level as keyof typeof api.DiagLogLevel] : api.DiagLogLevel.WARN;
+  // OTEL_LOG_LEVEL names a level (NONE, ERROR, WARN, INFO, DEBUG, VERBOSE, ALL); default WARN.
+  const wanted = /^[A-Z]+$/.test(level) && level in api.DiagLogLevel ? api.DiagLogLevel[level as keyof typeof api.DiagLogLevel] : api.DiagLogLevel.WARN;
   api.diag.setLogger(
     { error: line('warn'), warn: line('warn'), info: line('info'), debug: line('info'), verbose: line('info') },
     { logLevel: wanted, suppressOverrideMessage: true },

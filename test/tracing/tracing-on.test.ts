@@ -173,6 +173,16 @@ describe.each(STORES)('tracing on, in-memory exporter (%s)', (kind) => {
     expect(lines().find((l) => l.msg === 'rpc' && l.requestId === requestId)).toMatchObject({ trace_id: traceId });
   });
 
+  it('a malformed traceparent is ignored: the call succeeds as a root span, whose trace id is the one recorded', async () => {
+    const malformed = newTraceId();
+    const created = await worker.createTask({ spec: spec() }, withHeaders({ traceparent: `00-${malformed.toUpperCase()}-${CALLER_SPAN}-01` }));
+    expect(await spansOf(malformed)).toEqual([]);
+    const traceId = (await verifyTaskTrail(t.broker.store.db, created.task!.taskId)).trail[0]!.details.trace_id as string;
+    expect(traceId).toMatch(/^[0-9a-f]{32}$/);
+    expect(traceId).not.toBe(malformed);
+    expect(one(await spansOf(traceId), CREATE).parentSpanContext).toBeUndefined();
+  });
+
   it("a caller's unsampled trace is not exported, and still recorded", async () => {
     const traceId = newTraceId();
     const created = await worker.createTask({ spec: spec() }, withHeaders({ traceparent: `00-${traceId}-${CALLER_SPAN}-00` }));
