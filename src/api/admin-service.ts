@@ -32,6 +32,7 @@ export function auditEventMessage(e: AuditEvent): AuditEventMessage {
     prevHash: e.prevHash,
     hash: e.hash,
     taskId: e.taskId ?? '',
+    traceId: typeof e.details.trace_id === 'string' ? e.details.trace_id : '',
   };
 }
 

@@ -8,11 +8,16 @@
  * over-size message, a deadline), which never passes through the interceptors above it. It also
  * bounds every status message, so no caller input echoed into an error can grow a trailer past
  * what HTTP/2 peers accept (a stalled stream, not an error, is what an oversized trailer gets).
+ *
+ * With tracing on, it is also where each call's SERVER span starts (once its metadata, with the
+ * caller's traceparent, arrived) and ends (with the status the call ended with).
  */
 import * as grpc from '@grpc/grpc-js';
 import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
 import type { BrokerMetrics, GrpcType } from '../observability/metrics.js';
+import { startServerSpan, traceContextFrom, tracingEnabled, TRACEPARENT_HEADER, TRACESTATE_HEADER, type ServerSpan } from '../observability/tracing.js';
+import type { CallTrace } from '../model/task.js';
 import { requestIdFrom } from '../tasks/ids.js';
 import { callerOf } from '../transport/caller.js';
 
@@ -34,6 +39,21 @@ export function requestIdOf(call: { metadata: grpc.Metadata }): string {
     requestIds.set(call.metadata, id);
   }
   return id;
+}
+
+const traces = new WeakMap<grpc.Metadata, CallTrace | null>();
+
+/**
+ * The call's trace context: its server span's when tracing is on, else the caller's valid
+ * `traceparent` (undefined: none, or a malformed one, which is ignored). The same for every asker.
+ */
+export function callTraceOf(call: { metadata: grpc.Metadata }): CallTrace | undefined {
+  let trace = traces.get(call.metadata);
+  if (trace === undefined) {
+    trace = traceContextFrom(call.metadata.get(TRACEPARENT_HEADER), call.metadata.get(TRACESTATE_HEADER)) ?? null;
+    traces.set(call.metadata, trace);
+  }
+  return trace ?? undefined;
 }
 
 /** The name of a status code (OK, NOT_FOUND, ...), as metrics and logs show it. */
@@ -100,7 +120,9 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
   return (descriptor, call) => {
     const { service, method } = splitMethodPath(descriptor.path);
     const started = process.hrtime.bigint();
+    const startTime = tracingEnabled() ? performance.timeOrigin + performance.now() : 0;
     let metadata: grpc.Metadata | undefined;
+    let span: ServerSpan | undefined;
     let recorded = false;
     const type = grpcTypeOf(descriptor);
     const inFlight = metrics?.inFlightOf(service, method);
@@ -111,6 +133,9 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
       if (recorded) return;
       recorded = true;
       try {
+        // A call refused before its metadata was read still gets its span (a root: no traceparent was read).
+        if (startTime > 0 && !span) span = startServerSpan({ service, method, peer: call.getPeer(), startTime, parent: undefined });
+        span?.end(code, statusName(code), details);
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
         inFlight?.dec();
         metrics?.observeRpc(service, method, type, code, seconds);
@@ -120,10 +145,13 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
         } catch {
           caller = undefined;
         }
+        const trace = span?.trace ?? (metadata ? callTraceOf({ metadata }) : undefined);
         const line = {
           service,
           method,
           requestId: metadata ? requestIdOf({ metadata }) : undefined,
+          ...(trace ? { trace_id: trace.traceId } : {}),
+          ...(span ? { span_id: span.trace.spanId } : {}),
           caller,
           peer: call.getPeer(),
           code: statusName(code),
@@ -158,6 +186,11 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
           onReceiveMetadata: (md, nextMetadata) => {
             metadata = md;
             requestIdOf({ metadata: md });
+            if (startTime > 0) {
+              span = startServerSpan({ service, method, peer: call.getPeer(), startTime, parent: callTraceOf({ metadata: md }) });
+              // From here on the call's trace is its server span's: the parent of its database spans, and the trace id of its audit events.
+              if (span) traces.set(md, span.trace);
+            }
             nextMetadata(md);
           },
           // Also called after every status; a call that ends here without one was cancelled by the client.

@@ -22,7 +22,7 @@ import { subjectTokenArgument } from '../tasks/validation.js';
 import { BrokerError } from '../errors.js';
 import type { RevocationFeed } from '../tasks/revocation-feed.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
-import { REQUEST_ID_HEADER, requestIdOf } from './call-record.js';
+import { callTraceOf, REQUEST_ID_HEADER, requestIdOf } from './call-record.js';
 import { unary, type RpcContext } from './handlers.js';
 import { watchRevocationsHandler, type RevocationStreamLimits } from './revocation-stream.js';
 import { reportTokenUseHandler } from './token-use-stream.js';
@@ -39,14 +39,21 @@ export interface TaskBrokerServiceDeps {
   metrics?: BrokerMetrics;
 }
 
-/** The verified caller of a call plus its request id (echoed to the client in the response headers). */
+/** The verified caller of a call plus its request id (echoed to the client in the response headers) and trace context. */
 export function actorOf(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'sendMetadata'>): Actor {
   const caller = callerOf(call);
   const requestId = requestIdOf(call);
   const md = new grpc.Metadata();
   md.set(REQUEST_ID_HEADER, requestId);
   call.sendMetadata(md);
-  return { spiffeId: caller.spiffeId.toString(), trustDomain: caller.trustDomain, certThumbprint: caller.certThumbprint, requestId };
+  const trace = callTraceOf(call);
+  return {
+    spiffeId: caller.spiffeId.toString(),
+    trustDomain: caller.trustDomain,
+    certThumbprint: caller.certThumbprint,
+    requestId,
+    ...(trace ? { trace } : {}),
+  };
 }
 
 export function taskMessage(task: Task): TaskMessage {

@@ -1,9 +1,10 @@
 /**
- * The one entry point from a configuration to a running broker: key-encryption key, policy,
- * identity and database opened in turn, then the broker started on them. `serve` and `dev` start
- * here.
+ * The one entry point from a configuration to a running broker: tracing (when the OTEL_*
+ * environment asks for it), key-encryption key, policy, identity and database opened in turn,
+ * then the broker started on them. `serve` and `dev` start here.
  */
 import type { Logger } from '../observability/logger.js';
+import { startTracing, stopTracing } from '../observability/tracing.js';
 import { FilePolicySource } from '../policy/policy-source.js';
 import { openStore } from '../store/database.js';
 import { loadKek } from '../tokens/kek.js';
@@ -15,10 +16,20 @@ import { setUpIdentity } from './identity.js';
 /**
  * Starts the whole broker from `config`: SVID and bundles in place (with the Workload API, after
  * the first SVID arrived, within its timeout), database opened, keys ready. close() also stops
- * following the policy, SVID and bundle files or the Workload API.
+ * following the policy, SVID and bundle files or the Workload API, and then stops tracing (its
+ * spans exported within config.tracingShutdownMs).
  */
 export async function startFromConfig(config: BrokerConfig, logger: Logger): Promise<RunningTaskBroker> {
-  const kek = await loadKek(config.kek);
+  // First: an OTEL_* value it refuses stops the start before anything is opened.
+  const tracing = await startTracing({ logger, shutdownMs: config.tracingShutdownMs });
+  if (tracing.enabled) logger.info({ reason: tracing.reason }, 'tracing on (OpenTelemetry)');
+  let kek: Awaited<ReturnType<typeof loadKek>>;
+  try {
+    kek = await loadKek(config.kek);
+  } catch (err) {
+    await stopTracing(logger, config.tracingShutdownMs);
+    throw err;
+  }
   let policy: FilePolicySource | undefined;
   let identity: X509Source | undefined;
   try {
@@ -65,11 +76,13 @@ export async function startFromConfig(config: BrokerConfig, logger: Logger): Pro
         await broker.close(graceMs);
         opened.close();
         policy?.close();
+        await stopTracing(logger, config.tracingShutdownMs);
       },
     };
   } catch (err) {
     identity?.close();
     policy?.close();
+    await stopTracing(logger, config.tracingShutdownMs);
     throw err;
   }
 }

@@ -49,6 +49,8 @@ export interface AuditActor {
   spiffeId: string;
   certThumbprint: string | null;
   requestId: string;
+  /** The W3C trace id of the call, when it has one: recorded as details.trace_id (covered by the hash). */
+  traceId?: string;
 }
 
 export interface AuditEventInput {
@@ -113,7 +115,8 @@ export function eventHash(e: HashedFields): string {
  */
 export async function appendAuditEvent(tx: Tx, input: AuditEventInput, options: AppendOptions = {}): Promise<number> {
   const started = options.onTimed ? performance.now() : 0;
-  const details = JSON.stringify(input.details);
+  const traceId = input.actor.traceId;
+  const details = JSON.stringify(traceId ? { ...input.details, trace_id: traceId } : input.details);
   const { rows } = await sql<{
     event_id: string | number;
   }>`select tb_append_event(${input.taskId}, ${input.type}, ${input.actor.spiffeId}, ${input.actor.certThumbprint}, ${input.actor.requestId}, ${input.occurredAt}, ${storableJson(details)}::jsonb) as event_id`.execute(

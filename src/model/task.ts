@@ -17,12 +17,30 @@ export function isLive(state: TaskState): boolean {
   return LIVE_STATES.includes(state);
 }
 
+/**
+ * The W3C trace context a call's own work hangs under: the broker's server span when tracing is
+ * on, else the caller's span from a valid `traceparent`. Its trace id is recorded in every audit
+ * event the call writes (details.trace_id).
+ */
+export interface CallTrace {
+  /** 32 lowercase hex digits, not all zero. */
+  readonly traceId: string;
+  /** 16 lowercase hex digits, not all zero. */
+  readonly spanId: string;
+  /** The sampled bit of the trace flags. */
+  readonly sampled: boolean;
+  /** The caller's `tracestate`, as received (only used with tracing on). */
+  readonly state?: string;
+}
+
 /** The verified caller of a request. */
 export interface Actor {
   spiffeId: string;
   trustDomain: string;
   certThumbprint: string;
   requestId: string;
+  /** The call's trace context, when it has one (a valid traceparent, or tracing on). */
+  trace?: CallTrace;
 }
 
 export interface TaskSpec {

@@ -54,10 +54,16 @@ export interface WriteBatcherOptions {
   onBatch?: (operations: number, seconds: number) => void;
 }
 
+/** Told when the statement an operation went in is sent (tracing: the call's database span). */
+export interface OperationWatch {
+  sent(batchSize: number): void;
+}
+
 interface Pending {
   key: string;
   caller: string;
   op: object;
+  watch: OperationWatch | undefined;
   resolve: (result: unknown) => void;
   reject: (err: unknown) => void;
 }
@@ -94,9 +100,10 @@ export class WriteBatcher {
   /**
    * Queues one operation; resolves with its result once its batch committed. `key` orders lock
    * acquisition within a batch (the task ID, or the audit chain the operation appends to);
-   * `caller` (the SPIFFE ID it is done for) bounds one caller's share of a batch.
+   * `caller` (the SPIFFE ID it is done for) bounds one caller's share of a batch. `watch` is told
+   * each time a statement with the operation in it is sent.
    */
-  submit(key: string, op: object, caller = ''): Promise<unknown> {
+  submit(key: string, op: object, caller = '', watch?: OperationWatch): Promise<unknown> {
     if (this.#queue.length >= this.limits.maxQueued) {
       return Promise.reject(
         new BrokerError(
@@ -107,7 +114,7 @@ export class WriteBatcher {
       );
     }
     return new Promise((resolve, reject) => {
-      this.#queue.push({ key, caller, op, resolve, reject });
+      this.#queue.push({ key, caller, op, watch, resolve, reject });
       this.#schedule();
     });
   }
@@ -159,6 +166,7 @@ export class WriteBatcher {
   async #run(batch: Pending[], attempt = 0): Promise<void> {
     const sorted = batch.length > 1 ? batch.slice().sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0)) : batch;
     const started = performance.now();
+    for (const p of sorted) p.watch?.sent(sorted.length);
     let results: unknown[];
     try {
       results = await this.#apply(opsJson(sorted));

@@ -626,7 +626,7 @@ export class TaskAdmin {
     for (const [field, value] of Object.entries(text)) freeText(value, field);
     const prepared = (prepare ? await prepare() : undefined) as P;
     return this.#deps.units.run(async (work) => {
-      const row = (await this.#deps.rows.lock(work, taskId, actor.requestId)) ?? work.refuse(notFound());
+      const row = (await this.#deps.rows.lock(work, taskId, actor.requestId, actor.trace?.traceId)) ?? work.refuse(notFound());
       return fn(work, row, entry, prepared);
     });
   }

@@ -4,10 +4,15 @@
  * event for many concurrent calls in one commit), the task's immutable facts (cached once read,
  * so policy is decided and tokens are signed before that round trip), the policy decision at
  * request time, and the not-found path that strangers and missing tasks share.
+ *
+ * The call's trace travels with every operation (who()): its trace id in the JSON (`trace`, which
+ * tb_apply puts into each audit event the operation appends, migrations/0007), and its span
+ * context under a symbol key that JSON leaves out (the parent of the database span, apply()).
  */
 import { DenialThrottle } from '../audit/denial-throttle.js';
 import { BrokerError } from '../errors.js';
-import type { Actor, FinalState, Principal, VerifyReason } from '../model/task.js';
+import type { Actor, CallTrace, FinalState, Principal, VerifyReason } from '../model/task.js';
+import { startDatabaseSpan, tracingEnabled } from '../observability/tracing.js';
 import type { Policy, PolicyDecision, PolicyRequest } from '../policy/policy.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
@@ -49,6 +54,9 @@ export type FactsRow = Pick<TaskRow, 'task_id' | 'owner_spiffe_id' | 'action' | 
 
 const FACTS_SQL =
   "select task_id, owner_spiffe_id, action, audience, scopes, ttl_seconds, task_hash, expires_at, spec->'resources' as resources, parent_task_id, root_task_id, depth, delegators, principal, principal_claims, gateway from tasks where task_id = $1";
+
+/** Where an operation carries its call's span context (not sent to the database: JSON skips symbol keys). */
+export const CALL_TRACE: unique symbol = Symbol('call trace');
 
 /** Task facts kept per replica; the oldest are forgotten first (a miss costs one read). */
 const MAX_CACHED_FACTS = 20_000;
@@ -128,9 +136,26 @@ export class TaskAccess {
 
   /** Sends one operation through the write batcher; resolves once its batch committed. */
   async apply(key: string, op: Record<string, unknown>): Promise<OpResult> {
-    const result = (await this.#batcher.submit(key, op, op.actor as string)) as OpResult;
+    const result = (tracingEnabled() ? await this.#tracedSubmit(key, op) : await this.#batcher.submit(key, op, op.actor as string)) as OpResult;
     if (result.ended) for (const e of result.ended) this.#deps.observer?.taskEnded?.(e.state, e.revoked);
     return result;
+  }
+
+  /** submit() inside the call's database span: from queueing to its batch's commit, the batch size on it. */
+  async #tracedSubmit(key: string, op: Record<string, unknown>): Promise<unknown> {
+    const span = startDatabaseSpan((op as { [CALL_TRACE]?: CallTrace })[CALL_TRACE], 'tb_apply', {
+      'db.operation.name': 'tb_apply',
+      'db.stored_procedure.name': 'tb_apply',
+      'taskbroker.operation': String(op.op),
+    });
+    try {
+      const result = await this.#batcher.submit(key, op, op.actor as string, span);
+      span?.end();
+      return result;
+    } catch (err) {
+      span?.end(err);
+      throw err;
+    }
   }
 
   /**
@@ -147,9 +172,10 @@ export class TaskAccess {
     return this.apply(`actor:${actor.spiffeId}`, { op: 'event', task_id: null, type, ...this.who(actor, now), details });
   }
 
-  /** Who acts and when, as every operation carries it. */
+  /** Who acts and when, as every operation carries it, and the call's trace when it has one. */
   who(actor: Actor, now: Date) {
-    return { actor: actor.spiffeId, thumb: actor.certThumbprint, req: actor.requestId, at: now.toISOString(), issuer: this.#deps.issuer };
+    const who = { actor: actor.spiffeId, thumb: actor.certThumbprint, req: actor.requestId, at: now.toISOString(), issuer: this.#deps.issuer };
+    return actor.trace ? { ...who, trace: actor.trace.traceId, [CALL_TRACE]: actor.trace } : who;
   }
 
   /** The policy in force (undefined: none, so everything is denied). */
@@ -205,7 +231,7 @@ export class TaskAccess {
   /** The facts of a well-formed task ID the caller owns or serves as its gateway, or the not-found path. */
   async ownedFacts(actor: Actor, taskId: string, operation: string): Promise<TaskFacts> {
     taskIdArgument(taskId);
-    const facts = await this.#factsOf(taskId);
+    const facts = await this.#factsOf(taskId, actor.trace);
     if (!facts || (facts.ownerSpiffeId !== actor.spiffeId && facts.gateway !== actor.spiffeId)) {
       return this.notFound(actor, taskId, operation, facts !== undefined);
     }
@@ -267,11 +293,22 @@ export class TaskAccess {
     throw new BrokerError('not-found', 'task not found');
   }
 
-  /** The immutable facts of a task: cached, or read once (undefined: no such task). */
-  async #factsOf(taskId: string): Promise<TaskFacts | undefined> {
+  /** The immutable facts of a task: cached, or read once (undefined: no such task), in a span of the call `trace` when traced. */
+  async #factsOf(taskId: string, trace?: CallTrace): Promise<TaskFacts | undefined> {
     const cached = this.#facts.get(taskId);
     if (cached) return cached;
-    const [row] = await this.#deps.store.read<FactsRow>('tb_task_facts', FACTS_SQL, [taskId]);
+    const span = tracingEnabled()
+      ? startDatabaseSpan(trace, 'SELECT tasks', { 'db.operation.name': 'SELECT', 'db.collection.name': 'tasks', 'db.query.summary': 'SELECT tasks' })
+      : undefined;
+    let rows: FactsRow[];
+    try {
+      rows = await this.#deps.store.read<FactsRow>('tb_task_facts', FACTS_SQL, [taskId]);
+    } catch (err) {
+      span?.end(err);
+      throw err;
+    }
+    span?.end();
+    const [row] = rows;
     return row && this.remember(taskId, row);
   }
 }

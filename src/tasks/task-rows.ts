@@ -12,6 +12,20 @@ import type { PrincipalJson, TaskRow } from '../store/schema.js';
 import { storableJson } from '../store/write-batcher.js';
 import { auditActor, type TaskObserver, type UnitOfWork, type Work } from './unit-of-work.js';
 
+/** The trace id each unit of work's transaction has set for tb_append_event (migrations/0007), so it is set once. */
+const tracedTransactions = new WeakMap<object, string>();
+
+/**
+ * Makes every event the database appends in this transaction from now on carry `traceId`
+ * (details.trace_id): tb_end_task appends events of its own (a tree's descendants), which the
+ * broker does not write itself. Transaction-local (set_config(..., true)).
+ */
+async function traceTransaction(work: Work, traceId: string): Promise<void> {
+  if (tracedTransactions.get(work.tx) === traceId) return;
+  await sql`select set_config('taskbroker.trace_id', ${traceId}, true)`.execute(work.tx);
+  tracedTransactions.set(work.tx, traceId);
+}
+
 export function toTask(row: TaskRow): Task {
   const spec = row.spec as Omit<TaskSpec, 'ttlSeconds'>;
   return {
@@ -87,19 +101,19 @@ export class TaskRows {
     this.#deps = deps;
   }
 
-  /** Locks any task for an admin action, expiring it first if it is due; undefined: no such task. */
-  async lock(work: Work, taskId: string, requestId: string): Promise<TaskRow | undefined> {
+  /** Locks any task for an admin action, expiring it first if it is due (in the call's trace `traceId`); undefined: no such task. */
+  async lock(work: Work, taskId: string, requestId: string, traceId?: string): Promise<TaskRow | undefined> {
     // A tree's lock order: its root first, then the task (migrations/0005).
     const root = await work.tx.selectFrom('tasks').select('root_task_id').where('task_id', '=', taskId).executeTakeFirst();
     if (root?.root_task_id) await work.tx.selectFrom('tasks').select('task_id').where('task_id', '=', root.root_task_id).forUpdate().execute();
     const row = await work.tx.selectFrom('tasks').selectAll().where('task_id', '=', taskId).forUpdate().executeTakeFirst();
-    return row && this.expireIfDue(work, row, requestId);
+    return row && this.expireIfDue(work, row, requestId, traceId);
   }
 
   /** A live task past its expiry becomes EXPIRED now, whoever touches it first (or the sweeper). */
-  async expireIfDue(work: Work, row: TaskRow, requestId: string): Promise<TaskRow> {
+  async expireIfDue(work: Work, row: TaskRow, requestId: string, traceId?: string): Promise<TaskRow> {
     if (!isLive(row.state) || row.expires_at.getTime() > work.now.getTime()) return row;
-    return this.end(work, row, this.#expiry(requestId));
+    return this.end(work, row, this.#expiry(requestId, traceId));
   }
 
   /** Locks the live tasks of one trust domain whose owner matches `regex`, in task_id order (two overlapping kill switches cannot deadlock). */
@@ -118,6 +132,7 @@ export class TaskRows {
   /** Moves a live task to a final state, revokes its tokens and records the event (tb_end_task). */
   async end(work: Work, row: TaskRow, change: TaskEnding): Promise<TaskRow & { revokedTokens: number }> {
     const a = auditActor(change.actor);
+    if (a.traceId) await traceTransaction(work, a.traceId);
     const details = change.details ? storableJson(JSON.stringify(change.details)) : null;
     const { rows } = await sql<{
       r: { task: Record<string, unknown>; revoked: number };
@@ -243,14 +258,14 @@ export class TaskRows {
     return Number(result.numDeletedRows);
   }
 
-  #expiry(requestId: string): TaskEnding {
+  #expiry(requestId: string, traceId?: string): TaskEnding {
     const issuer = this.#deps.issuer;
     return {
       state: 'EXPIRED',
       by: issuer,
       reason: 'task ttl elapsed',
       eventType: 'task.expired',
-      actor: { spiffeId: issuer, certThumbprint: null, requestId },
+      actor: { spiffeId: issuer, certThumbprint: null, requestId, ...(traceId ? { traceId } : {}) },
     };
   }
 }

@@ -46,7 +46,9 @@ export interface UnitOfWorkDeps {
 }
 
 export function auditActor(actor: Actor | AuditActor): AuditActor {
-  return 'trustDomain' in actor ? { spiffeId: actor.spiffeId, certThumbprint: actor.certThumbprint, requestId: actor.requestId } : actor;
+  if (!('trustDomain' in actor)) return actor;
+  const who = { spiffeId: actor.spiffeId, certThumbprint: actor.certThumbprint, requestId: actor.requestId };
+  return actor.trace ? { ...who, traceId: actor.trace.traceId } : who;
 }
 
 /** Thrown by Work.refuse inside the unit; caught by run, which commits and then throws the error. */

@@ -508,6 +508,7 @@ describe('task-broker admin', () => {
       prevHash,
       hash: `h${seq}`,
       taskId: UNKNOWN_TASK,
+      traceId: '',
     });
     const res: GetAuditTrailResponse__Output = {
       taskId: UNKNOWN_TASK,
@@ -680,6 +681,7 @@ describe('task-broker admin', () => {
       prevHash: '',
       hash: `h${seq}`,
       taskId,
+      traceId: '',
     });
     const res: GetAuditTrailResponse__Output = {
       taskId: child,
