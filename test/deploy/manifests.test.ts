@@ -6,19 +6,15 @@
  *
  * kubectl is required: without it these tests fail (with a message saying so), never skip.
  */
-import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
 import { parseDuration, parseListenAddress } from '../../src/cli/options.js';
 import { parsePolicy } from '../../src/policy/policy-document.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
+import type { K8sObject, Labels } from './render.js';
+import { kustomize, parseManifests, ROOT } from './render.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const KUBECTL = process.env.KUBECTL ?? 'kubectl';
 const NAMESPACE = 'task-broker';
 const CSI_DRIVER = 'csi.spiffe.io';
 const UID = 65532;
@@ -28,17 +24,9 @@ const TRUST_DOMAIN = 'example.org';
 // ---------------------------------------------------------------------------------------------
 // The shapes read from the rendered YAML (only the fields these tests look at).
 
-type Labels = Record<string, string>;
 interface LabelSelector {
   matchLabels?: Labels;
   matchExpressions?: { key: string; operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist'; values?: string[] }[];
-}
-interface K8sObject {
-  apiVersion: string;
-  kind: string;
-  metadata: { name: string; namespace?: string; labels?: Labels };
-  data?: Record<string, string>;
-  stringData?: Record<string, string>;
 }
 interface EnvVar {
   name: string;
@@ -146,8 +134,6 @@ interface CnpgCluster extends K8sObject {
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
-const run = promisify(execFile);
-
 class Rendered {
   constructor(
     readonly overlay: string,
@@ -181,39 +167,6 @@ class Rendered {
   get podLabels(): Labels {
     return this.deployment.spec.template.metadata.labels;
   }
-}
-
-async function kustomize(dir: string): Promise<string> {
-  try {
-    const { stdout } = await run(KUBECTL, ['kustomize', join(ROOT, dir)], { maxBuffer: 32 * 1024 * 1024 });
-    return stdout;
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === 'ENOENT') {
-      throw new Error(
-        `kubectl not found (looked for "${KUBECTL}" on PATH). The deploy tests render deploy/overlays with ` +
-          '`kubectl kustomize` and cannot check anything without it: install kubectl 1.27 or later ' +
-          '(built-in kustomize v5), or point KUBECTL at it.',
-      );
-    }
-    throw new Error(`kubectl kustomize ${dir} failed: ${e.stderr?.trim() || e.message}`);
-  }
-}
-
-function parseManifests(overlay: string, text: string): K8sObject[] {
-  const objects: K8sObject[] = [];
-  for (const doc of parseAllDocuments(text)) {
-    const problem = doc.errors[0] ?? doc.warnings[0];
-    if (problem) throw new Error(`${overlay}: rendered YAML does not parse: ${problem.message}`);
-    const value: unknown = doc.toJS();
-    if (value === null || value === undefined) continue;
-    const obj = value as Partial<K8sObject>;
-    if (typeof obj.apiVersion !== 'string' || typeof obj.kind !== 'string' || typeof obj.metadata?.name !== 'string') {
-      throw new Error(`${overlay}: a rendered document is not a Kubernetes object: ${JSON.stringify(value).slice(0, 200)}`);
-    }
-    objects.push(obj as K8sObject);
-  }
-  return objects;
 }
 
 const cache = new Map<string, Promise<Rendered>>();
