@@ -97,6 +97,18 @@ describe('the vendored API schemas', () => {
     }
   });
 
+  it('take a field set to null as absent, as the API server does', () => {
+    const service = {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'nulls', namespace: 'task-broker', creationTimestamp: null },
+      spec: { selector: { app: 'nulls' }, ports: [{ name: 'http', port: 8080, targetPort: null }] },
+      status: { loadBalancer: {} },
+    };
+    expect(schemas.problems(service)).toEqual([]);
+    expect(schemas.problems({ ...service, spec: { ports: [{ name: 'http', port: null }] } })).toEqual(["/spec/ports/0: must have required property 'port'"]);
+  });
+
   it('check types, quantities and list keys as well as field names', () => {
     const deployment = {
       apiVersion: 'apps/v1',

@@ -118,7 +118,7 @@ export class ApiSchemas {
       return [`no schema for ${apiVersion} ${kind}: vendor its schema (test/deploy/schemas/README.md) before rendering it, or fix apiVersion/kind`];
     }
     entry.validate ??= this.#ajv.compile(entry.schema);
-    const problems = entry.validate(object) ? [] : describe(entry.validate.errors ?? []);
+    const problems = entry.validate(withoutNulls(object)) ? [] : describe(entry.validate.errors ?? []);
     const name = metadata?.name;
     if (typeof name !== 'string' || name.length > 253 || !DNS_SUBDOMAIN.test(name)) {
       problems.push(`/metadata/name: ${JSON.stringify(name)} is not a valid object name (RFC 1123 subdomain)`);
@@ -216,6 +216,21 @@ function goRegExp(pattern: string, flags: string): RegExp {
   return new RegExp(anchor + pattern.slice(whole.length), flags + goFlags);
 }
 goRegExp.code = 'goRegExp';
+
+/**
+ * The object as the API server validates it: a field set to null is as good as absent (built-in
+ * types decode it to their zero value; CRD schemas prune it unless nullable, where null is valid
+ * anyway), so `creationTimestamp: null` passes and a required field set to null is missing.
+ */
+function withoutNulls(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutNulls);
+  if (value === null || typeof value !== 'object') return value;
+  return Object.fromEntries(
+    Object.entries(value)
+      .filter(([, v]) => v !== null)
+      .map(([k, v]) => [k, withoutNulls(v)]),
+  );
+}
 
 function quantitySchema(): Schema {
   return { anyOf: [{ type: 'string', pattern: QUANTITY.source }, { type: 'number' }] };
