@@ -252,11 +252,29 @@ async function openPostgres(url: string, options: StoreOptions): Promise<Store> 
   }
 }
 
+/** What the container image leaves out: it runs on PostgreSQL only (Dockerfile). */
+const PGLITE_PACKAGES = ['@electric-sql/pglite', 'kysely-pglite-dialect'];
+
+/**
+ * Loaded here, not at the top: a broker on PostgreSQL (and anything else that imports the
+ * store) never loads the embedded database, and the container image does not have it.
+ */
+async function loadPglite() {
+  try {
+    const [{ PGlite }, { PGliteDialect }] = await Promise.all([import('@electric-sql/pglite'), import('kysely-pglite-dialect')]);
+    return { PGlite, PGliteDialect };
+  } catch (err) {
+    const { code, message } = err as NodeJS.ErrnoException;
+    if (code === 'ERR_MODULE_NOT_FOUND' && PGLITE_PACKAGES.some((name) => message.includes(`'${name}'`))) {
+      throw new Error('this image has no embedded PostgreSQL (PGlite); set --database-url or TASK_BROKER_DATABASE_URL');
+    }
+    throw err;
+  }
+}
+
 async function openPglite(dataDir: string | undefined): Promise<Store> {
+  const { PGlite, PGliteDialect } = await loadPglite();
   if (dataDir) await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  // Loaded here, not at the top: a broker on PostgreSQL (and anything else that imports the
-  // store) never loads the embedded database.
-  const [{ PGlite }, { PGliteDialect }] = await Promise.all([import('@electric-sql/pglite'), import('kysely-pglite-dialect')]);
   const pglite = await PGlite.create(dataDir ? { dataDir } : {});
   let statementsSent = 0;
   const query = pglite.query.bind(pglite);

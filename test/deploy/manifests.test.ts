@@ -6,19 +6,17 @@
  *
  * kubectl is required: without it these tests fail (with a message saying so), never skip.
  */
-import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
 import { parseDuration, parseListenAddress } from '../../src/cli/options.js';
 import { parsePolicy } from '../../src/policy/policy-document.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
+import type { DockerStage } from './dockerfile.js';
+import { args, copiesFrom, deletedDependencies, instructions, labels, loadDockerfile } from './dockerfile.js';
+import type { K8sObject, Labels } from './render.js';
+import { kustomize, parseManifests, ROOT } from './render.js';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const KUBECTL = process.env.KUBECTL ?? 'kubectl';
 const NAMESPACE = 'task-broker';
 const CSI_DRIVER = 'csi.spiffe.io';
 const UID = 65532;
@@ -28,17 +26,9 @@ const TRUST_DOMAIN = 'example.org';
 // ---------------------------------------------------------------------------------------------
 // The shapes read from the rendered YAML (only the fields these tests look at).
 
-type Labels = Record<string, string>;
 interface LabelSelector {
   matchLabels?: Labels;
   matchExpressions?: { key: string; operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist'; values?: string[] }[];
-}
-interface K8sObject {
-  apiVersion: string;
-  kind: string;
-  metadata: { name: string; namespace?: string; labels?: Labels };
-  data?: Record<string, string>;
-  stringData?: Record<string, string>;
 }
 interface EnvVar {
   name: string;
@@ -146,8 +136,6 @@ interface CnpgCluster extends K8sObject {
 // ---------------------------------------------------------------------------------------------
 // Rendering
 
-const run = promisify(execFile);
-
 class Rendered {
   constructor(
     readonly overlay: string,
@@ -181,39 +169,6 @@ class Rendered {
   get podLabels(): Labels {
     return this.deployment.spec.template.metadata.labels;
   }
-}
-
-async function kustomize(dir: string): Promise<string> {
-  try {
-    const { stdout } = await run(KUBECTL, ['kustomize', join(ROOT, dir)], { maxBuffer: 32 * 1024 * 1024 });
-    return stdout;
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === 'ENOENT') {
-      throw new Error(
-        `kubectl not found (looked for "${KUBECTL}" on PATH). The deploy tests render deploy/overlays with ` +
-          '`kubectl kustomize` and cannot check anything without it: install kubectl 1.27 or later ' +
-          '(built-in kustomize v5), or point KUBECTL at it.',
-      );
-    }
-    throw new Error(`kubectl kustomize ${dir} failed: ${e.stderr?.trim() || e.message}`);
-  }
-}
-
-function parseManifests(overlay: string, text: string): K8sObject[] {
-  const objects: K8sObject[] = [];
-  for (const doc of parseAllDocuments(text)) {
-    const problem = doc.errors[0] ?? doc.warnings[0];
-    if (problem) throw new Error(`${overlay}: rendered YAML does not parse: ${problem.message}`);
-    const value: unknown = doc.toJS();
-    if (value === null || value === undefined) continue;
-    const obj = value as Partial<K8sObject>;
-    if (typeof obj.apiVersion !== 'string' || typeof obj.kind !== 'string' || typeof obj.metadata?.name !== 'string') {
-      throw new Error(`${overlay}: a rendered document is not a Kubernetes object: ${JSON.stringify(value).slice(0, 200)}`);
-    }
-    objects.push(obj as K8sObject);
-  }
-  return objects;
 }
 
 const cache = new Map<string, Promise<Rendered>>();
@@ -797,34 +752,13 @@ function policyText(r: Rendered): string {
   return text;
 }
 
-interface DockerStage {
-  from: string;
-  name?: string;
-  lines: string[];
-}
-
-function dockerStages(text: string): DockerStage[] {
-  const logical = text
-    .replace(/\\\r?\n/g, ' ')
-    .split(/\r?\n/)
-    .map((l) => l.trim())
-    .filter((l) => l !== '' && !l.startsWith('#'));
-  const stages: DockerStage[] = [];
-  for (const line of logical) {
-    const from = /^FROM\s+(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?$/i.exec(line);
-    if (from) stages.push({ from: from[1] ?? '', name: from[2], lines: [] });
-    else stages.at(-1)?.lines.push(line);
-  }
-  return stages;
-}
-
 describe('Dockerfile', () => {
-  const load = async () => dockerStages(await readFile(join(ROOT, 'Dockerfile'), 'utf8'));
+  const load = async () => (await loadDockerfile()).stages;
 
-  it('builds in a Node.js 20 stage and runs on a separate Node.js 20 image', async () => {
+  it('builds in a Node.js 26 stage and runs on a separate Node.js 26 image', async () => {
     const stages = await load();
     expect(stages.length).toBeGreaterThanOrEqual(2);
-    for (const stage of stages) expect(stage.from).toMatch(/^(docker\.io\/(library\/)?)?node:20[.-]|^gcr\.io\/distroless\/nodejs20-/);
+    for (const stage of stages) expect(stage.from).toMatch(/^(docker\.io\/(library\/)?)?node:26[.-]|^gcr\.io\/distroless\/nodejs26-/);
     const build = stages[0] as DockerStage;
     const runtime = stages.at(-1) as DockerStage;
     expect(runtime.from).not.toBe(build.from);
@@ -834,11 +768,82 @@ describe('Dockerfile', () => {
     expect(buildRuns).toMatch(/npm prune --omit=dev\b/);
   });
 
-  it('runs as the unprivileged user 65532', async () => {
+  it('pins every base image by digest, and says how to refresh the digests', async () => {
+    const { text, stages } = await loadDockerfile();
+    const named = new Set(stages.map((s) => s.name));
+    for (const stage of stages) {
+      if (named.has(stage.from)) continue; // FROM an earlier stage
+      expect(stage.from, 'image:tag@sha256:<digest>').toMatch(/^[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}$/);
+    }
+    expect(text).toContain('docker buildx imagetools inspect');
+  });
+
+  it('labels the image with the OCI annotations, matching package.json and its base image', async () => {
+    const stages = await load();
+    const runtime = stages.at(-1) as DockerStage;
+    const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { name: string; version: string; description: string; license: string };
+    const label = labels(runtime);
+    const oci = (key: string) => label.get(`org.opencontainers.image.${key}`);
+    expect(oci('title')).toBe(pkg.name);
+    expect(oci('description')).toBe(pkg.description);
+    expect(oci('licenses')).toBe(pkg.license);
+    const [baseName, baseDigest] = runtime.from.split('@');
+    expect(oci('base.name')).toBe(baseName);
+    expect(oci('base.digest')).toBe(baseDigest);
+    // What differs per build comes from build arguments declared in the runtime stage.
+    const declared = args(runtime);
+    for (const [key, arg] of [
+      ['version', 'VERSION'],
+      ['revision', 'REVISION'],
+      ['created', 'CREATED'],
+      ['source', 'SOURCE'],
+    ] as const) {
+      expect(oci(key), key).toBe(`\${${arg}}`);
+      expect(declared.has(arg), `ARG ${arg}`).toBe(true);
+    }
+    expect(declared.get('VERSION'), "VERSION's default is package.json's version").toBe(pkg.version);
+  });
+
+  it('leaves the embedded PostgreSQL out of the runtime image; the code imports it only without a database URL', async () => {
+    const build = (await load())[0] as DockerStage;
+    const dropped = deletedDependencies(build);
+    expect(dropped.sort()).toEqual(['@electric-sql/pglite', 'kysely-pglite-dialect']);
+    // Dropped from package.json before the prune, so npm prune removes them (and only their own dependencies).
+    const run = instructions(build, 'RUN').find((r) => r.includes('npm pkg delete')) ?? '';
+    expect(run.indexOf('npm pkg delete')).toBeLessThan(run.indexOf('npm prune --omit=dev'));
+    // Nothing in src imports them statically: only src/store/database.ts, lazily, and it names them.
+    const database = await readFile(join(ROOT, 'src/store/database.ts'), 'utf8');
+    for (const name of dropped) {
+      expect(database).toContain(`import('${name}')`);
+      expect(database).toMatch(new RegExp(`PGLITE_PACKAGES = \\[[^\\]]*'${name.replace('/', '\\/')}'`));
+    }
+    const staticImports: string[] = [];
+    for (const file of (await readdir(join(ROOT, 'src'), { recursive: true })).filter((f) => f.endsWith('.ts') && !f.startsWith('gen/'))) {
+      const text = await readFile(join(ROOT, 'src', file), 'utf8');
+      for (const m of text.matchAll(/^import\s+(?!type\b)[^;]*?from\s+'([^']+)'/gm))
+        if (dropped.includes(m[1] ?? '')) staticImports.push(`src/${file}: ${m[0]}`);
+    }
+    expect(staticImports).toEqual([]);
+  });
+
+  it('writes the SBOM of the pruned runtime dependencies in the build and ships it in the image', async () => {
+    const stages = await load();
+    const build = stages[0] as DockerStage;
+    const runtime = stages.at(-1) as DockerStage;
+    const run = instructions(build, 'RUN').find((r) => r.includes('scripts/sbom.mjs')) ?? '';
+    expect(run.indexOf('npm prune --omit=dev')).toBeGreaterThan(-1);
+    expect(run.indexOf('node scripts/sbom.mjs')).toBeGreaterThan(run.indexOf('npm prune --omit=dev'));
+    expect(instructions(build, 'COPY')).toContain('scripts/sbom.mjs scripts/sbom.mjs');
+    expect(copiesFrom(runtime, build)).toContainEqual({ source: 'sbom.cdx.json', destination: './sbom.cdx.json' });
+  });
+
+  it('runs as the unprivileged user 65532, on a nonroot base, with root-owned files', async () => {
     const runtime = (await load()).at(-1) as DockerStage;
-    const users = runtime.lines.filter((l) => /^USER /i.test(l)).map((l) => l.slice(5).trim());
+    const users = instructions(runtime, 'USER');
     expect(users.length).toBeGreaterThan(0);
-    expect(users.at(-1)?.split(':')[0]).toBe(String(UID));
+    expect(users.at(-1)?.split(':')).toEqual([String(UID), String(UID)]);
+    expect(runtime.from).toMatch(/:nonroot@/);
+    for (const copy of instructions(runtime, 'COPY')) expect(copy, 'the broker cannot modify its own files').toContain('--chown=0:0');
   });
 
   it('copies what the CLI needs at run time: compiled code, launcher, protos, migrations, dependencies', async () => {
@@ -866,7 +871,7 @@ describe('Dockerfile', () => {
         entry,
       ).toBe(true);
     }
-    for (const needed of ['src', 'proto', 'migrations', 'bin', 'package.json', 'package-lock.json']) {
+    for (const needed of ['src', 'proto', 'migrations', 'bin', 'scripts', 'package.json', 'package-lock.json']) {
       expect(
         ignored.some((l) => l === needed || l === `${needed}/`),
         `${needed} must stay in the context`,
