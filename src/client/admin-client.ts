@@ -22,7 +22,11 @@ export class AdminClient extends ServiceClient<TaskBrokerAdminClient> {
     return unaryCall((md, opts, cb) => this.raw.RevokeTask({ taskId, reason }, md, opts, cb), options);
   }
 
-  /** `dryRun`: change nothing, answer what a real call would revoke. */
+  /**
+   * `dryRun`: change nothing, answer what a real call would revoke. A broker older than dry_run
+   * ignores the field and revokes for real; that answer (dryRun false) is returned as it is, so
+   * check `dryRun` on it (the admin CLI does, and fails loudly).
+   */
   revokeWorkload(selector: string, reason: string, options?: CallOptions & { dryRun?: boolean }): Promise<RevokeWorkloadResponse__Output> {
     const { dryRun = false, ...callOptions } = options ?? {};
     return unaryCall((md, opts, cb) => this.raw.RevokeWorkload({ selector, reason, dryRun }, md, opts, cb), callOptions);

@@ -436,7 +436,7 @@ export class TaskAdmin {
     taskIdArgument(taskId);
     const { units, rows } = this.#deps;
     return units.run(async (work) => {
-      const row = (await rows.lock(work, taskId, actor.requestId)) ?? work.refuse(notFound());
+      const row = (await rows.lock(work, taskId, actor.requestId, actor.trace?.traceId)) ?? work.refuse(notFound());
       const { trail, ...check } = await verifyTaskTrail(work.tx, taskId);
       const tokens = await work.tx
         .selectFrom('tokens')

@@ -14,6 +14,7 @@ import type { BrokerClient } from '../../src/client/broker-client.js';
 import type { CreateTaskRequest } from '../../src/gen/taskbroker/v1/CreateTaskRequest.js';
 import { tracingState } from '../../src/observability/tracing.js';
 import { API, startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
+import { sample, scrape } from '../ops/helpers.js';
 import { STORES } from '../helpers/db.js';
 import { capturedLogger } from '../helpers/logs.js';
 import { ADMIN } from '../helpers/policy.js';
@@ -126,7 +127,11 @@ describe.each(STORES)('trace ids in the audit trail, tracing off (%s)', (kind) =
 
   it('concurrent calls that share a write batch keep their own trace ids (or none)', async () => {
     const traces = Array.from({ length: 16 }, (_, i) => (i % 2 === 0 ? newTrace() : undefined));
+    const batches = async () => sample(await scrape(t), 'task_broker_db_write_batch_operations_count') ?? 0;
+    const batchesBefore = await batches();
     const created = await Promise.all(traces.map((trace) => worker.createTask({ spec: spec() }, trace ? withHeaders({ traceparent: trace.traceparent }) : {})));
+    // They did share statements: fewer write batches than calls (traced and untraced side by side).
+    expect((await batches()) - batchesBefore).toBeLessThan(traces.length);
     for (const [i, res] of created.entries()) {
       const [event] = await trailOf(res.task!.taskId);
       expect(event!.details.trace_id, `call ${i}`).toBe(traces[i]?.traceId);

@@ -15,6 +15,8 @@ export interface AdminConnectionFacts {
   trustSource: string;
   /** How to give a bundle with the broker's CA. */
   bundleAdvice: string;
+  /** How to present an SVID the broker accepts. */
+  svidAdvice: string;
 }
 
 export function adminCallErrorLine(err: grpc.ServiceError, facts: AdminConnectionFacts): string {
@@ -28,7 +30,7 @@ export function adminCallErrorLine(err: grpc.ServiceError, facts: AdminConnectio
       brokerId: 'check --broker-id',
       bundle: facts.bundleAdvice,
       timeout: 'raise --timeout',
-      svid: 'give --svid-cert and --svid-key an SVID from a trust domain the broker trusts (one it has a --bundle for)',
+      svid: facts.svidAdvice,
     },
   });
   // The line stays one line whatever grpc-js put in the details.

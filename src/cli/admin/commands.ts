@@ -398,7 +398,7 @@ const revokeWorkloadSpec: CommandSpec = {
   notes: `Tasks delegated from a revoked task end with it (their tokens are counted with its own).\n${ADMIN_EXIT_NOTES}`,
 };
 
-const revokeWorkload: AdminCommandDef<{ selector: string; reason: string; dryRun: boolean }, RevokeWorkloadResponse__Output> = {
+export const revokeWorkload: AdminCommandDef<{ selector: string; reason: string; dryRun: boolean }, RevokeWorkloadResponse__Output> = {
   spec: revokeWorkloadSpec,
   rpc: 'RevokeWorkload',
   request: (parsed) => ({
@@ -407,8 +407,9 @@ const revokeWorkload: AdminCommandDef<{ selector: string; reason: string; dryRun
     dryRun: parsed.values['dry-run'] === true,
   }),
   call: (client, { selector, reason, dryRun }, options) => client.revokeWorkload(selector, reason, { ...options, dryRun }),
-  render(res, { selector, dryRun }, out) {
-    if (dryRun) {
+  render(res, { selector }, out) {
+    // What the broker did decides the text: one older than dry_run ignores it and revokes for real.
+    if (res.dryRun) {
       if (res.revokedTasks === 0) {
         out(`dry run: no live tasks match ${selector}: nothing would be revoked (nothing was changed)`);
         return;
@@ -427,6 +428,14 @@ const revokeWorkload: AdminCommandDef<{ selector: string; reason: string; dryRun
     }
     out(`revoked ${plural(res.revokedTasks, 'task', 'tasks')} and ${plural(res.revokedTokens, 'token', 'tokens')} of workloads matching ${selector}:`);
     for (const id of res.taskIds) out(`  ${id}`);
+  },
+  verdict(res, err, prefix, { dryRun }) {
+    if (!dryRun || res.dryRun) return ExitCode.ok;
+    err(
+      `${prefix}: the broker ignored --dry-run (it predates it) and REVOKED ${plural(res.revokedTasks, 'task', 'tasks')} ` +
+        `with ${plural(res.revokedTokens, 'token', 'tokens')}: upgrade every broker replica before using --dry-run\n`,
+    );
+    return ExitCode.failure;
   },
 };
 

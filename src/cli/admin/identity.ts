@@ -48,6 +48,8 @@ export interface AdminIdentity {
   trustSource: string;
   /** How to give a bundle that has the broker's CA, for error hints. */
   bundleAdvice: string;
+  /** How to present an SVID the broker accepts, for this kind of identity. */
+  svidAdvice: string;
   close(): void;
 }
 
@@ -103,6 +105,7 @@ export async function adminIdentity(
         credentials: x509SourceCredentials(source, { serverId: brokerId }),
         trustSource: `the bundles of the Workload API at ${address}`,
         bundleAdvice: "the SPIRE agent must hand out the bundle of the broker's trust domain (federate with it)",
+        svidAdvice: `the SVID the Workload API at ${address} hands out must be from a trust domain the broker trusts, and the policy must list it as an admin`,
         close: () => source.close(),
       };
     } catch (err) {
@@ -129,6 +132,7 @@ export async function adminIdentity(
     credentials,
     trustSource: `the trust bundle ${paths.bundle}`,
     bundleAdvice: "pass the bundle of the broker's trust domain with --bundle",
+    svidAdvice: 'give --svid-cert and --svid-key an SVID from a trust domain the broker trusts (one it has a --bundle for)',
     close: () => undefined,
   };
 }

@@ -100,7 +100,7 @@ export interface AdminCommandDef<Req, Res extends object> {
   /** The text output: `table` by default, `wide` with -o wide (more columns, where the command has more to show). */
   render(response: Res, request: Req, out: Out, format: TextFormat): void;
   /** The exit code once the output is printed (default 0); may explain a failure on stderr. */
-  verdict?(response: Res, err: Err, prefix: string): number;
+  verdict?(response: Res, err: Err, prefix: string, request: Req): number;
 }
 
 export interface AdminCommand {
@@ -199,7 +199,7 @@ export function report<Req, Res extends object>(
 ): number {
   if (format === 'json') out(JSON.stringify(toProto3Json(responseType(ADMIN_SERVICE, def.rpc), response), null, 2));
   else def.render(response, request, out, format);
-  return def.verdict ? def.verdict(response, err, prefix) : ExitCode.ok;
+  return def.verdict ? def.verdict(response, err, prefix, request) : ExitCode.ok;
 }
 
 /**
