@@ -40,7 +40,8 @@ export type AuditEventType =
   | 'admin.tasks_listed'
   | 'admin.audit_read'
   | 'admin.tree_read'
-  | 'admin.key_rotated';
+  | 'admin.key_rotated'
+  | 'admin.signing_keys_listed';
 
 /** Who did it: the verified caller (or the broker itself, for the sweeper). */
 export interface AuditActor {
