@@ -15,5 +15,8 @@ ALTER TABLE signing_keys ADD CONSTRAINT signing_keys_state_check CHECK (state IN
 ALTER TABLE signing_keys ADD COLUMN activates_at timestamptz;
 UPDATE signing_keys SET activates_at = created_at;
 ALTER TABLE signing_keys ALTER COLUMN activates_at SET NOT NULL;
+-- The previous release inserts keys (its rotations: ACTIVE at once) without the column while a
+-- rolling upgrade runs both; such a key became active when it was inserted.
+ALTER TABLE signing_keys ALTER COLUMN activates_at SET DEFAULT now();
 -- At most one key waits to become active, as at most one is (signing_keys_one_active).
 CREATE UNIQUE INDEX signing_keys_one_next ON signing_keys (state) WHERE state = 'NEXT';

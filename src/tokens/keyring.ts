@@ -12,7 +12,7 @@
  *   left out of the JWKS (the row stays: tokens name it).
  *
  * An immediate rotation (a compromised key) skips NEXT: the new key is ACTIVE at once and a
- * pending NEXT key is dropped (it never signed). The first key of an empty database is ACTIVE at
+ * pending NEXT key is dropped (it never signed: RETIRED and out of the JWKS at once). The first key of an empty database is ACTIVE at
  * once too: no cache anywhere holds a key set yet.
  *
  * Private keys are stored as PKCS#8 DER encrypted under the KEK, with the kid as associated data
@@ -98,7 +98,7 @@ export interface Rotation {
    * read of the keys after activatesAt.
    */
   retiredKeyPublishedUntil: Date | undefined;
-  /** The pending NEXT key an immediate rotation dropped (it never signed). */
+  /** The pending NEXT key an immediate rotation dropped: it never signed, and leaves the JWKS at once (RETIRED, activated and retired at the same instant). */
   discardedKid: string | undefined;
 }
 
@@ -279,8 +279,8 @@ export class SigningKeyRing implements VerificationKeySource {
   /**
    * Adds a new key. Normally it is NEXT: published now, ACTIVE from now + prePublicationMs, when
    * the current key is retired. With `immediate` (a compromised key) it is ACTIVE at once, the
-   * current key RETIRED now, and a pending NEXT key dropped. With no ACTIVE key it is ACTIVE at
-   * once either way. A retired key stays published for retiredPublicationMs.
+   * current key RETIRED now, and a pending NEXT key dropped (out of the JWKS at once). With no
+   * ACTIVE key it is ACTIVE at once either way. A retired key stays published for retiredPublicationMs.
    *
    * While a NEXT key is pending (not yet due) a rotation without `immediate` is refused
    * (failed-precondition, naming the key and when it activates); a due one is promoted first.
@@ -298,8 +298,13 @@ export class SigningKeyRing implements VerificationKeySource {
           let { active, next } = await this.#lockCurrent(tx);
           let discardedKid: string | undefined;
           if (next && immediate) {
-            // Never signed (it was never ACTIVE, so no token names it): nothing needs it.
-            await tx.deleteFrom('signing_keys').where('kid', '=', next.kid).execute();
+            // It never signed, so nothing needs it published: out of the JWKS at once (it may be as
+            // exposed as the key being replaced). Kept as a row, retired the instant it activated.
+            await tx
+              .updateTable('signing_keys')
+              .set({ state: 'RETIRED', activates_at: now, retired_at: now, publish_until: now })
+              .where('kid', '=', next.kid)
+              .execute();
             discardedKid = next.kid;
             next = undefined;
           }

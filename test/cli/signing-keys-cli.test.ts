@@ -197,9 +197,10 @@ describe('task-broker admin list-signing-keys and rotate-signing-key', () => {
       const listed = jsonOf<JsonKeys>(await admin(['list-signing-keys', '--all', '--json']));
       expect(listed.keys.map((k) => [k.kid, k.state, k.published])).toEqual([
         [emergency.kid, 'SIGNING_KEY_STATE_ACTIVE', true],
+        [next, 'SIGNING_KEY_STATE_RETIRED', false],
         [active, 'SIGNING_KEY_STATE_RETIRED', true],
       ]);
-      expect(listed.keys[1]).toMatchObject({ retiredAt: emergency.activatesAt, publishedUntil: emergency.retiredKeyPublishedUntil });
+      expect(listed.keys[2]).toMatchObject({ retiredAt: emergency.activatesAt, publishedUntil: emergency.retiredKeyPublishedUntil });
       const text = await admin(['list-signing-keys']);
       const iso = (text: string | null) => escaped(new Date(text ?? '').toISOString());
       expect(text.stdout.split('\n')[2]).toMatch(

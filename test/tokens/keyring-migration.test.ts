@@ -2,7 +2,8 @@
  * Migration 0008 on a database that already has keys (made under 0001–0006, before NEXT
  * existed), on PostgreSQL and PGlite: the keys keep their state and get activates_at = created_at,
  * the state check admits NEXT and still refuses anything else, at most one key is NEXT, and a key
- * ring carries on from the old ACTIVE key into a pre-published rotation.
+ * ring carries on from the old ACTIVE key into a pre-published rotation. The previous release,
+ * still running during a rolling upgrade, can insert keys without the new column.
  */
 import { sql } from 'kysely';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -75,6 +76,17 @@ describe.each(STORES)('migration 0008 (signing-key pre-publication) on %s', (kin
     await expect(insert('PENDING', new Date())).rejects.toThrow(/signing_keys_state_check/);
     await expect(insert('RETIRED', null)).rejects.toThrow(/activates_at/);
     await store.db.deleteFrom('signing_keys').where('kid', '=', next).execute();
+  });
+
+  it('a key the previous release inserts during a rolling upgrade (no activates_at) counts as active from its insertion', async () => {
+    const key = await generateSigningKey('ES256', kek);
+    const before = Date.now();
+    await sql`insert into signing_keys (kid, alg, public_jwk, private_key_ciphertext, kek_id, state, created_at)
+      values (${key.kid}, ${key.alg}, ${key.public_jwk}::jsonb, ${key.private_key_ciphertext}, ${key.kek_id}, 'RETIRED', now())`.execute(store.db);
+    const row = await store.db.selectFrom('signing_keys').select(['activates_at', 'created_at']).where('kid', '=', key.kid).executeTakeFirstOrThrow();
+    expect(row.activates_at.getTime()).toBe(row.created_at.getTime());
+    expect(row.activates_at.getTime()).toBeGreaterThanOrEqual(before - 60_000);
+    await store.db.deleteFrom('signing_keys').where('kid', '=', key.kid).execute();
   });
 
   it('a key ring carries on with the old ACTIVE key and rotates into a NEXT key', async () => {

@@ -360,9 +360,11 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     expect(emergency).toMatchObject({ state: 'ACTIVE', immediate: true, retiredKid: old, discardedKid: pending.kid });
     expect(emergency.activatesAt.getTime()).toBe(now.getTime());
     expect(emergency.retiredKeyPublishedUntil?.getTime()).toBe(now.getTime() + RETIRED_MS);
-    expect((await keyRows()).map((r) => [r.kid, r.state, r.publish_until?.getTime()])).toEqual([
-      [old, 'RETIRED', now.getTime() + RETIRED_MS],
-      [emergency.kid, 'ACTIVE', undefined],
+    // The dropped key never signed: out of the JWKS at once, kept as a row retired the instant it activated.
+    expect((await keyRows()).map((r) => [r.kid, r.state, r.activates_at.getTime(), r.retired_at?.getTime(), r.publish_until?.getTime()])).toEqual([
+      [old, 'RETIRED', now.getTime() - 1000, now.getTime(), now.getTime() + RETIRED_MS],
+      [pending.kid, 'RETIRED', now.getTime(), now.getTime(), now.getTime()],
+      [emergency.kid, 'ACTIVE', now.getTime(), undefined, undefined],
     ]);
     expect((await b.activeKey()).kid).toBe(emergency.kid);
     expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([emergency.kid, old]);

@@ -301,7 +301,7 @@ export function printRotation(res: RotateSigningKeyResponse__Output, out: Out): 
     ['state', stateText],
     ['activates at', activates],
     ['retired key', retired ?? '- (there was no active key)'],
-    ['discarded key', res.discardedKid ? `${res.discardedKid} (was NEXT, never signed)` : undefined],
+    ['discarded key', res.discardedKid ? `${res.discardedKid} (was NEXT, never signed; out of the JWKS now)` : undefined],
   ]);
   for (const line of lines) out(line);
 }
