@@ -223,11 +223,13 @@ export class SigningKeyRing implements VerificationKeySource {
       }
     } else {
       const fresh = await generateSigningKey(this.#alg, this.#kek);
-      // Another replica may insert its own ACTIVE key at the same moment: the unique partial
-      // index lets exactly one in, and everyone then reads that one.
+      // The first key signs at once: no cache anywhere holds a key set yet. Another replica may
+      // insert its own ACTIVE key at the same moment: the unique partial index lets exactly one
+      // in, and everyone then reads that one.
+      const now = this.#clock();
       const inserted = await this.#db
         .insertInto('signing_keys')
-        .values(this.#row(fresh, 'ACTIVE', this.#clock(), this.#clock()))
+        .values(this.#row(fresh, 'ACTIVE', now, now))
         .onConflict((oc) => oc.doNothing())
         .returning('kid')
         .executeTakeFirst();
@@ -259,9 +261,10 @@ export class SigningKeyRing implements VerificationKeySource {
   }
 
   /**
-   * The active key, the next key and every retired key still published. Read from the database each time
-   * (concurrent calls share one read) so a key rotated in by another replica is published at
-   * once; HTTP caching bounds how often that happens. Falls back to the cache if the read fails.
+   * The active key, the next key and every retired key still published. Read from the database
+   * each time (concurrent calls share one read) so a key rotated in by another replica is
+   * published at once; HTTP caching bounds how often that happens. Falls back to the cache if the
+   * read fails.
    */
   async jwks(): Promise<{ keys: JWK[] }> {
     let snapshot: Snapshot;
