@@ -133,8 +133,35 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
     }),
 
     RotateSigningKey: unary('RotateSigningKey', rpc, async (call) => {
-      const res = await admin.rotateSigningKey(actorOf(call));
-      return { kid: res.kid, retiredKid: res.retiredKid ?? '' };
+      const { immediate, reason } = call.request;
+      const res = await admin.rotateSigningKey(actorOf(call), { immediate, reason });
+      return {
+        kid: res.kid,
+        retiredKid: res.retiredKid ?? '',
+        state: `SIGNING_KEY_STATE_${res.state}`,
+        activatesAt: toTimestamp(res.activatesAt),
+        retiredKeyPublishedUntil: res.retiredKeyPublishedUntil ? toTimestamp(res.retiredKeyPublishedUntil) : null,
+        immediate: res.immediate,
+        discardedKid: res.discardedKid ?? '',
+      };
+    }),
+
+    ListSigningKeys: unary('ListSigningKeys', rpc, async (call) => {
+      const res = await admin.listSigningKeys(actorOf(call), { all: call.request.all });
+      return {
+        keys: res.keys.map((k) => ({
+          kid: k.kid,
+          alg: k.alg,
+          state: `SIGNING_KEY_STATE_${k.state}`,
+          createdAt: toTimestamp(k.createdAt),
+          activatesAt: toTimestamp(k.activatesAt),
+          retiredAt: k.retiredAt ? toTimestamp(k.retiredAt) : null,
+          publishedUntil: k.publishUntil ? toTimestamp(k.publishUntil) : null,
+          published: k.published,
+        })),
+        prePublicationSeconds: Math.ceil(res.prePublicationMs / 1000),
+        retiredPublicationSeconds: Math.ceil(res.retiredPublicationMs / 1000),
+      };
     }),
   };
 }

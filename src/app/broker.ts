@@ -54,6 +54,8 @@ export interface TaskBrokerOptions {
   /** Token `iss`; default: the broker's own SPIFFE ID. */
   issuer?: string;
   limits?: Partial<LifecycleLimits>;
+  /** How long a rotated-in signing key is in the JWKS before it signs (default DEFAULTS.keyPrePublicationMs). */
+  keyPrePublicationMs?: number;
   /** How often the expiry sweeper runs; 0 disables it. */
   sweepIntervalMs?: number;
   /** Token rows are deleted this long after they expire (their audit events stay). */
@@ -139,6 +141,7 @@ export async function startTaskBroker(options: TaskBrokerOptions): Promise<Runni
       alg: tokenAlg,
       clock: options.clock,
       maxTokenTtlSeconds: limits.maxTokenTtlSeconds,
+      prePublicationMs: options.keyPrePublicationMs ?? DEFAULTS.keyPrePublicationMs,
       logger,
     });
     await keys.init();

@@ -10,6 +10,7 @@ import { DEFAULT_TRACING_SHUTDOWN_MS } from '../observability/tracing.js';
 import { DEFAULT_POOL } from '../store/database.js';
 import type { BundleFile } from '../spiffe/bundle-files.js';
 import { DEFAULT_LIMITS, type LifecycleLimits } from '../tasks/limits.js';
+import { DEFAULT_PRE_PUBLICATION_MS } from '../tokens/key-publication.js';
 import type { TokenAlg } from '../tokens/keyring.js';
 import { DEFAULT_CONNECTION_LIMITS, type ConnectionLimits } from '../transport/svid-server.js';
 
@@ -70,6 +71,8 @@ export interface BrokerConfig {
   /** Token `iss`; absent: the broker's own SPIFFE ID. */
   issuer?: string;
   limits: LifecycleLimits;
+  /** How long a rotated-in signing key is in the JWKS before it signs (tokens/key-publication.ts). */
+  keyPrePublicationMs: number;
   /** How often expired tasks are swept; 0: never. */
   sweepIntervalMs: number;
   /** Token rows are deleted this long after they expire (their audit events stay). */
@@ -123,6 +126,7 @@ export const DEFAULTS = {
   migrate: false,
   tokenAlg: 'ES256',
   limits: DEFAULT_LIMITS,
+  keyPrePublicationMs: DEFAULT_PRE_PUBLICATION_MS,
   sweepIntervalMs: 30_000,
   tokenRetentionSeconds: 7 * 24 * 3600,
   revocationPollIntervalMs: 1_000,
@@ -158,6 +162,7 @@ export function brokerConfig(input: BrokerConfigInput): BrokerConfig {
     tokenAlg: input.tokenAlg ?? d.tokenAlg,
     ...(input.issuer !== undefined ? { issuer: input.issuer } : {}),
     limits: { ...d.limits, ...input.limits },
+    keyPrePublicationMs: input.keyPrePublicationMs ?? d.keyPrePublicationMs,
     sweepIntervalMs: input.sweepIntervalMs ?? d.sweepIntervalMs,
     tokenRetentionSeconds: input.tokenRetentionSeconds ?? d.tokenRetentionSeconds,
     revocationPollIntervalMs: input.revocationPollIntervalMs ?? d.revocationPollIntervalMs,

@@ -62,6 +62,7 @@ export async function startFromConfig(config: BrokerConfig, logger: Logger): Pro
       tokenAlg: config.tokenAlg,
       issuer: config.issuer,
       limits: config.limits,
+      keyPrePublicationMs: config.keyPrePublicationMs,
       sweepIntervalMs: config.sweepIntervalMs,
       tokenRetentionSeconds: config.tokenRetentionSeconds,
       revocationPollIntervalMs: config.revocationPollIntervalMs,

@@ -42,7 +42,8 @@ export type AuditEventType =
   | 'admin.task_read'
   | 'admin.workload_revoke_dry_run'
   | 'admin.tree_read'
-  | 'admin.key_rotated';
+  | 'admin.key_rotated'
+  | 'admin.signing_keys_listed';
 
 /** Who did it: the verified caller (or the broker itself, for the sweeper). */
 export interface AuditActor {

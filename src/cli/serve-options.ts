@@ -4,6 +4,7 @@
  */
 import { DEFAULTS, RESERVED_FILE_DESCRIPTORS, type ListenAddress } from '../app/config.js';
 import { SPIFFE_ENDPOINT_SOCKET } from '../spiffe/workload-api.js';
+import { DEFAULT_KEY_REFRESH_INTERVAL_MS, JWKS_MAX_AGE_SECONDS, VERIFIER_KEY_MAX_AGE_MS } from '../tokens/key-publication.js';
 import { TOKEN_ALGS } from '../tokens/keyring.js';
 import type { CommandSpec, OptionSpec } from './options.js';
 
@@ -262,6 +263,15 @@ export const serveSpec: CommandSpec = {
       env: 'TASK_BROKER_MAX_TOKEN_TTL',
       default: secondsText(DEFAULTS.limits.maxTokenTtlSeconds),
       description: 'Longest token lifetime (never past the task expiry)',
+    },
+    'key-pre-publication': {
+      type: 'string',
+      placeholder: 'DURATION',
+      env: 'TASK_BROKER_KEY_PRE_PUBLICATION',
+      default: durationText(DEFAULTS.keyPrePublicationMs),
+      description:
+        `How long a rotated-in signing key is in the JWKS before it signs: at least the JWKS cache lifetime (${JWKS_MAX_AGE_SECONDS}s) ` +
+        `plus the replicas' key refresh interval (${DEFAULT_KEY_REFRESH_INTERVAL_MS / 1000}s); the default adds the verifier SDK's key max age (${VERIFIER_KEY_MAX_AGE_MS / 1000}s)`,
     },
     'sweep-interval': {
       type: 'string',

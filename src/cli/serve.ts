@@ -8,6 +8,7 @@ import { createLogger } from '../observability/logger.js';
 import { parseBundleFileArg } from '../spiffe/bundle-files.js';
 import { SpiffeId } from '../spiffe/id.js';
 import { parseWorkloadApiAddress, SPIFFE_ENDPOINT_SOCKET } from '../spiffe/workload-api.js';
+import { DEFAULT_KEY_REFRESH_INTERVAL_MS, JWKS_MAX_AGE_SECONDS, minimumPrePublicationMs, readableDuration } from '../tokens/key-publication.js';
 import { isTokenAlg, TOKEN_ALGS } from '../tokens/keyring.js';
 import { listOption, parseDuration, parseListenAddress, stringOption, textOption, UsageError, type ParsedCommand } from './options.js';
 
@@ -106,6 +107,14 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
   };
   if (limits.defaultTaskTtlSeconds > limits.maxTaskTtlSeconds) throw new UsageError('--default-task-ttl is longer than --max-task-ttl');
   if (limits.defaultTokenTtlSeconds > limits.maxTokenTtlSeconds) throw new UsageError('--default-token-ttl is longer than --max-token-ttl');
+  const keyPrePublicationMs = parseDuration(textOption(values, 'key-pre-publication'), '--key-pre-publication');
+  if (keyPrePublicationMs < minimumPrePublicationMs()) {
+    throw new UsageError(
+      `--key-pre-publication must be at least ${minimumPrePublicationMs() / 1000}s: the JWKS cache lifetime (${JWKS_MAX_AGE_SECONDS}s) ` +
+        `plus the replicas' key refresh interval (${readableDuration(DEFAULT_KEY_REFRESH_INTERVAL_MS)}); ` +
+        `shorter, a verifier could meet a new key before its cached key set has it (got ${readableDuration(keyPrePublicationMs)})`,
+    );
+  }
   return brokerConfig({
     listen: parseListenAddress(textOption(values, 'listen')),
     ...(httpListen === 'off' ? {} : { http: parseListenAddress(httpListen) }),
@@ -116,6 +125,7 @@ export function serveConfig(parsed: ParsedCommand): BrokerConfig {
     tokenAlg: alg,
     issuer: stringOption(values, 'issuer'),
     limits,
+    keyPrePublicationMs,
     sweepIntervalMs: durationOption(values, 'sweep-interval', { allowZero: true }),
     tokenRetentionSeconds: seconds(values, 'token-retention'),
     revocationHeartbeatMs: durationOption(values, 'revocation-heartbeat'),

@@ -3,6 +3,7 @@
  */
 import type { ApproveTaskResponse__Output } from '../gen/taskbroker/v1/ApproveTaskResponse.js';
 import type { GetAuditTrailResponse__Output } from '../gen/taskbroker/v1/GetAuditTrailResponse.js';
+import type { ListSigningKeysResponse__Output } from '../gen/taskbroker/v1/ListSigningKeysResponse.js';
 import type { ListTasksRequest } from '../gen/taskbroker/v1/ListTasksRequest.js';
 import type { ListTasksResponse__Output } from '../gen/taskbroker/v1/ListTasksResponse.js';
 import type { RevokeTaskResponse__Output } from '../gen/taskbroker/v1/RevokeTaskResponse.js';
@@ -69,7 +70,18 @@ export class AdminClient extends ServiceClient<TaskBrokerAdminClient> {
     return unaryCall((md, opts, cb) => this.raw.ApproveTask({ taskId, comment, approverToken }, md, opts, cb), callOptions);
   }
 
-  rotateSigningKey(options?: CallOptions): Promise<RotateSigningKeyResponse__Output> {
-    return unaryCall((md, opts, cb) => this.raw.RotateSigningKey({}, md, opts, cb), options);
+  /**
+   * A new signing key: NEXT (in the JWKS now, signing from the answer's activatesAt). `immediate`:
+   * the emergency path for a compromised key, ACTIVE at once without pre-publication.
+   */
+  rotateSigningKey(options?: CallOptions & { immediate?: boolean; reason?: string }): Promise<RotateSigningKeyResponse__Output> {
+    const { immediate = false, reason = '', ...callOptions } = options ?? {};
+    return unaryCall((md, opts, cb) => this.raw.RotateSigningKey({ immediate, reason }, md, opts, cb), callOptions);
+  }
+
+  /** The signing keys in the JWKS (`all`: also the retired keys no longer in it), newest first, with their phases. */
+  listSigningKeys(options?: CallOptions & { all?: boolean }): Promise<ListSigningKeysResponse__Output> {
+    const { all = false, ...callOptions } = options ?? {};
+    return unaryCall((md, opts, cb) => this.raw.ListSigningKeys({ all }, md, opts, cb), callOptions);
   }
 }

@@ -5,6 +5,7 @@
  */
 import type { BrokerMetrics } from '../observability/metrics.js';
 import type { Readiness } from '../observability/readiness.js';
+import { JWKS_MAX_AGE_SECONDS } from '../tokens/key-publication.js';
 import type { SigningKeyRing } from '../tokens/keyring.js';
 import type { Route } from './ops-server.js';
 
@@ -12,11 +13,15 @@ import type { Route } from './ops-server.js';
 export const JWKS_PATH = '/.well-known/jwks.json';
 export const METRICS_PATH = '/metrics';
 
-/** GET /.well-known/jwks.json: the public signing keys, cacheable for a minute. */
+/**
+ * GET /.well-known/jwks.json: the public signing keys (next, active, retired still published),
+ * cacheable for JWKS_MAX_AGE_SECONDS (a minute). The signing-key pre-publication period counts on
+ * this lifetime (tokens/key-publication.ts): change one, and the other follows.
+ */
 export function jwksRoute(ring: Pick<SigningKeyRing, 'jwks'>): Route {
   return async () => ({
     status: 200,
-    headers: { 'Content-Type': 'application/jwk-set+json', 'Cache-Control': 'public, max-age=60' },
+    headers: { 'Content-Type': 'application/jwk-set+json', 'Cache-Control': `public, max-age=${JWKS_MAX_AGE_SECONDS}` },
     body: JSON.stringify(await ring.jwks()),
   });
 }

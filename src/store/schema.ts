@@ -57,7 +57,8 @@ export interface PrincipalJson {
   sid?: string;
 }
 
-export type SigningKeyState = 'ACTIVE' | 'RETIRED';
+/** NEXT: published, never signs (until activates_at); ACTIVE: signs; RETIRED: published until publish_until (migrations/0008). */
+export type SigningKeyState = 'NEXT' | 'ACTIVE' | 'RETIRED';
 
 export interface SigningKeysTable {
   kid: string;
@@ -67,6 +68,8 @@ export interface SigningKeysTable {
   kek_id: string;
   state: SigningKeyState;
   created_at: Date;
+  /** NEXT: when it becomes ACTIVE; ACTIVE and RETIRED: when it did. */
+  activates_at: Date;
   retired_at: Date | null;
   publish_until: Date | null;
 }

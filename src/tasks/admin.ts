@@ -16,7 +16,7 @@ import { SpiffeId } from '../spiffe/id.js';
 import type { Db } from '../store/database.js';
 import type { PrincipalJson, TaskRow } from '../store/schema.js';
 import { SubjectTokenVerifier } from '../policy/subject-tokens.js';
-import type { SigningKeyRing } from '../tokens/keyring.js';
+import type { Rotation, SigningKeyInfo, SigningKeyRing } from '../tokens/keyring.js';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_RECORDED_INPUT, MAX_TRAIL_PAGE } from './limits.js';
 import { decodeCursor, encodeCursor, filterDigest, type ListTasksFilter } from './list-cursor.js';
 import { toTask, type TaskRows } from './task-rows.js';
@@ -595,16 +595,51 @@ export class TaskAdmin {
     );
   }
 
-  async rotateSigningKey(actor: Actor): Promise<{ kid: string; retiredKid: string | undefined }> {
-    const entry = await this.#authorize(actor, 'RotateSigningKey');
+  /**
+   * A new signing key: NEXT (published now, signing from its activates_at) or, with `immediate`
+   * (a compromised key: no pre-publication), ACTIVE at once. Refused (FAILED_PRECONDITION) while
+   * another NEXT key is pending, unless immediate. Audited in the rotation's transaction.
+   */
+  async rotateSigningKey(actor: Actor, request: { immediate?: boolean; reason?: string } = {}): Promise<Rotation> {
+    const immediate = request.immediate === true;
+    const reason = request.reason ?? '';
+    const entry = await this.#authorize(actor, 'RotateSigningKey', { immediate, reason: bounded(reason) });
+    freeText(reason, 'reason');
     const { units, keys } = this.#deps;
-    return keys.rotate(async (tx, rotation) => {
+    return keys.rotate({ immediate }, async (tx, rotation) => {
       await units.append(tx, actor, {
         taskId: null,
         type: 'admin.key_rotated',
-        details: { kid: rotation.kid, retired_kid: rotation.retiredKid ?? null, admin_entry: entry },
+        details: {
+          kid: rotation.kid,
+          state: rotation.state,
+          activates_at: rotation.activatesAt.toISOString(),
+          retired_kid: rotation.retiredKid ?? null,
+          retired_key_published_until: rotation.retiredKeyPublishedUntil?.toISOString() ?? null,
+          immediate,
+          ...(immediate ? { pre_publication_skipped: true, discarded_kid: rotation.discardedKid ?? null } : {}),
+          reason,
+          admin_entry: entry,
+        },
       });
     });
+  }
+
+  /** The signing keys in the JWKS (with `all`, also those no longer published), newest first. The read is on the admin's record. */
+  async listSigningKeys(
+    actor: Actor,
+    request: { all?: boolean } = {},
+  ): Promise<{ keys: SigningKeyInfo[]; prePublicationMs: number; retiredPublicationMs: number }> {
+    const all = request.all === true;
+    await this.#authorize(actor, 'ListSigningKeys');
+    const { keys, units } = this.#deps;
+    const listed = await keys.list({ all });
+    await units.record(actor, {
+      taskId: null,
+      type: 'admin.signing_keys_listed',
+      details: { all, returned: listed.length, kids: listed.map((k) => k.kid).slice(0, 100) },
+    });
+    return { keys: listed, prePublicationMs: keys.prePublicationMs, retiredPublicationMs: keys.retiredPublicationMs };
   }
 
   /**

@@ -1,7 +1,8 @@
 /**
  * The broker's token verification keys, held in memory for a synchronous lookup by kid. Loaded
- * from GetSigningKeys (over the mTLS channel) or a JWKS URL; refreshed when a token names a kid
- * we do not know, at most once per `minRefreshIntervalMs` (an unknown kid sooner is refused
+ * from GetSigningKeys (over the mTLS channel) or a JWKS URL; refreshed in the background once
+ * older than `maxAgeMs` (so a key the broker pre-publishes arrives before its first token), and
+ * when a token names a kid we do not know, at most once per `minRefreshIntervalMs` (an unknown kid sooner is refused
  * without a fetch, so junk kids cannot make us hammer the broker), concurrent refreshes sharing
  * one fetch.
  */
@@ -17,6 +18,8 @@ export interface KeySetOptions {
   /** Overrides the issuer GetSigningKeys reports; required with a URL. */
   issuer: string | undefined;
   minRefreshIntervalMs: number;
+  /** Keys fetched longer ago than this are fetched again at the next verification (refreshIfOld). */
+  maxAgeMs: number;
   clock: VerifierClock;
   logger: VerifierLogger;
 }
@@ -31,6 +34,8 @@ export class SigningKeySet {
   #keys = new Map<string, VerificationKey>();
   #issuer: string | undefined;
   #lastFetchAt = Number.NEGATIVE_INFINITY;
+  /** When the fetch behind the keys we hold started. */
+  #loadedAt = Number.NEGATIVE_INFINITY;
   #inFlight: Promise<void> | undefined;
   #refreshes = 0;
 
@@ -59,15 +64,26 @@ export class SigningKeySet {
     return this.#inFlight !== undefined || this.#options.clock.now() - this.#lastFetchAt >= this.#options.minRefreshIntervalMs;
   }
 
+  /**
+   * Starts a fetch in the background when the keys are older than maxAgeMs (and a fetch may
+   * start); never waits. A failed fetch is logged, and tried again at the refresh rate.
+   */
+  refreshIfOld(): void {
+    if (this.#inFlight || this.#options.clock.now() - this.#loadedAt < this.#options.maxAgeMs || !this.mayRefresh()) return;
+    this.refresh().catch((error: Error) => this.#options.logger('warn', 'verifier: key refresh failed', { error: error.message }));
+  }
+
   /** Fetches the keys unless a fetch is under way (then shares it); `force` ignores the rate limit (the first load). Rejects when the fetch fails. */
   refresh(force = false): Promise<void> {
     if (this.#inFlight) return this.#inFlight;
     if (!force && !this.mayRefresh()) return Promise.resolve();
-    this.#lastFetchAt = this.#options.clock.now();
+    const startedAt = this.#options.clock.now();
+    this.#lastFetchAt = startedAt;
     this.#refreshes += 1;
     this.#inFlight = this.#fetch()
       .then(({ keys, issuer }) => {
         this.#keys = keys;
+        this.#loadedAt = startedAt;
         this.#issuer = this.#options.issuer ?? issuer;
       })
       .finally(() => {

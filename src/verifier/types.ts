@@ -129,6 +129,12 @@ export interface VerifierOptions {
   onStale?: 'fail-closed' | 'online';
   /** Key refreshes (on an unknown kid) at most this often; default 10_000. */
   keyRefreshMinIntervalMs?: number;
+  /**
+   * Keys older than this are fetched again, in the background, at the next verification (so a key
+   * the broker pre-publishes is known before its first token); default 300_000. The broker's
+   * signing-key pre-publication period (serve --key-pre-publication) must cover it.
+   */
+  keyMaxAgeMs?: number;
   /** Access reports (ReportTokenUse); false: none. Default: on, with the defaults of ReportingOptions. */
   reporting?: ReportingOptions | false;
   /** Stream reconnect backoff: first delay and cap; default 250 and 10_000, with jitter. */

@@ -16,6 +16,7 @@
  * are MALFORMED: the claims it does not understand may limit the token.
  */
 import { ACTION_NAME } from '../model/task.js';
+import { VERIFIER_KEY_MAX_AGE_MS } from '../tokens/key-publication.js';
 import { actorsOf, checkTaskTokenWithKey, readTaskTokenHeader, type TaskTokenClaims } from '../tokens/task-token.js';
 import { systemClock } from './clock.js';
 import { SigningKeySet } from './keys.js';
@@ -85,6 +86,9 @@ export class TaskTokenVerifier {
     if (!(Number.isFinite(maxStalenessMs) && maxStalenessMs > 0))
       throw new RangeError('createTaskTokenVerifier: maxStalenessMs must be a positive number of milliseconds');
     this.#maxStalenessMs = maxStalenessMs;
+    const keyMaxAgeMs = options.keyMaxAgeMs ?? VERIFIER_KEY_MAX_AGE_MS;
+    if (!(Number.isFinite(keyMaxAgeMs) && keyMaxAgeMs > 0))
+      throw new RangeError('createTaskTokenVerifier: keyMaxAgeMs must be a positive number of milliseconds');
     this.#onStale = options.onStale ?? 'fail-closed';
     this.#audience = options.audience;
     const jwks = options.jwks === undefined || options.jwks === 'broker' ? 'broker' : new URL(options.jwks);
@@ -93,6 +97,7 @@ export class TaskTokenVerifier {
       jwks,
       issuer: options.issuer,
       minRefreshIntervalMs: options.keyRefreshMinIntervalMs ?? 10_000,
+      maxAgeMs: keyMaxAgeMs,
       clock: this.#clock,
       logger: this.#logger,
     });
@@ -139,6 +144,7 @@ export class TaskTokenVerifier {
    */
   verifySync(token: string, options: VerifyOptions = {}): VerificationResult {
     const now = this.#clock.now();
+    this.#keys.refreshIfOld();
     const outcome = this.#offline(token, options, now);
     if (outcome.needs === 'key') {
       this.#keys.refresh().catch((error: Error) => this.#logger('warn', 'verifier: key refresh failed', { error: error.message }));
@@ -155,6 +161,7 @@ export class TaskTokenVerifier {
   async verify(token: string, options: VerifyOptions = {}): Promise<VerificationResult> {
     if (!this.#baseDone) await this.#ensureBase();
     const now = this.#clock.now();
+    this.#keys.refreshIfOld();
     let outcome = this.#offline(token, options, now);
     if (outcome.needs === 'key') {
       try {

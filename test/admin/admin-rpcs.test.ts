@@ -236,7 +236,8 @@ describe.each(STORES)('TaskBrokerAdmin on %s', (kind) => {
     const oldKid = decodeProtectedHeader(old.token).kid;
     const presenterCertThumbprint = (await worker.whoAmI()).certThumbprint;
 
-    const rotated = await admin.rotateSigningKey();
+    // Immediate: the new key signs at once (the pre-published path: test/tokens/signing-key-rpcs.test.ts).
+    const rotated = await admin.rotateSigningKey({ immediate: true });
     expect(rotated.retiredKid).toBe(oldKid);
     expect(rotated.kid).not.toBe(oldKid);
     const fresh = await worker.issueToken({ taskId: task!.taskId });

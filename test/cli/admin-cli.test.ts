@@ -819,18 +819,21 @@ describe('task-broker admin', () => {
     expect(nothing.stdout).toBe('dry run: no live tasks match spiffe://example.org/ns/batch/**: nothing would be revoked (nothing was changed)\n');
   });
 
-  it('rotate-signing-key makes a new key active and publishes it in the JWKS next to the retired one', { timeout: cliTimeout(2) }, async () => {
+  it('rotate-signing-key publishes a NEXT key next to the active one; --immediate makes a new key active at once', { timeout: cliTimeout(2) }, async () => {
     const before = await jwksKids();
-    const rotated = jsonOf<{ kid: string; retiredKid: string }>(await admin(['rotate-signing-key', '--json']));
+    const rotated = jsonOf<{ kid: string; retiredKid: string; state: string }>(await admin(['rotate-signing-key', '--json']));
+    expect(rotated.state).toBe('SIGNING_KEY_STATE_NEXT');
     expect(before).not.toContain(rotated.kid);
     expect(before).toContain(rotated.retiredKid);
     const after = await jwksKids();
     expect(after).toEqual(expect.arrayContaining([rotated.kid, rotated.retiredKid]));
 
-    const text = await admin(['rotate-signing-key']);
+    // (The scheduled path, the refusal while a key is pending and list-signing-keys: test/cli/signing-keys-cli.test.ts.)
+    const text = await admin(['rotate-signing-key', '--immediate']);
     expect(text.code, text.stderr).toBe(0);
     const kid = /^new signing key: +(\S+)$/m.exec(text.stdout)?.[1] ?? '';
-    expect(text.stdout).toMatch(new RegExp(`^retired key: +${rotated.kid} `, 'm'));
+    expect(text.stdout).toMatch(new RegExp(`^retired key: +${rotated.retiredKid} `, 'm'));
+    expect(text.stdout).toMatch(new RegExp(`^discarded key: +${rotated.kid} `, 'm'));
     expect(await jwksKids()).toContain(kid);
     // Tokens are signed with the new key from now on.
     const taskId = await newTask(requester);

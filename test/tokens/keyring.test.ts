@@ -1,9 +1,17 @@
+/**
+ * The signing-key ring on PostgreSQL and PGlite, on a clock the test moves: keys at rest, replicas
+ * sharing keys, and the phases of a rotation: NEXT (published, not signing) for the pre-publication
+ * period, then ACTIVE (promoted by whichever replica signs or reads first, exactly once), the old
+ * key RETIRED and published until its tokens expired; the emergency (immediate) path.
+ */
 import { KeyObject } from 'node:crypto';
-import { calculateJwkThumbprint, decodeProtectedHeader } from 'jose';
+import { calculateJwkThumbprint, decodeJwt, decodeProtectedHeader } from 'jose';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BrokerError } from '../../src/errors.js';
 import type { Db } from '../../src/store/database.js';
 import { silentLogger, type Logger } from '../../src/observability/logger.js';
 import { generateKekBase64, KeyEncryptionKey } from '../../src/tokens/kek.js';
+import { DEFAULT_PRE_PUBLICATION_MS } from '../../src/tokens/key-publication.js';
 import { SigningKeyRing, type TokenAlg } from '../../src/tokens/keyring.js';
 import { checkTaskToken, signTaskToken } from '../../src/tokens/task-token.js';
 import { migratedStore, STORES } from '../helpers/db.js';
@@ -12,6 +20,10 @@ import { taskTokenClaims, TOKEN_ISSUER } from '../helpers/task-token.js';
 
 const MAX_TTL_SECONDS = 600;
 const REFRESH_MS = 30_000;
+/** The default: 60 s JWKS max-age + 30 s refresh + 5 min verifier key max age. */
+const PRE_MS = DEFAULT_PRE_PUBLICATION_MS;
+/** How long a retired key stays published after its retirement. */
+const RETIRED_MS = MAX_TTL_SECONDS * 1000 + REFRESH_MS;
 
 /** A clock the test moves by hand. */
 function manualClock(start = new Date('2030-01-01T00:00:00Z')) {
@@ -39,7 +51,7 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
   let closeReplica: () => Promise<void>;
   const kek = KeyEncryptionKey.fromBase64(generateKekBase64());
 
-  const ring = (options: { db?: Db; alg?: TokenAlg; clock?: () => Date; logger?: Logger; kek?: KeyEncryptionKey } = {}) =>
+  const ring = (options: { db?: Db; alg?: TokenAlg; clock?: () => Date; logger?: Logger; kek?: KeyEncryptionKey; prePublicationMs?: number } = {}) =>
     new SigningKeyRing({
       db: options.db ?? env.store.db,
       kek: options.kek ?? kek,
@@ -47,10 +59,12 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
       clock: options.clock,
       maxTokenTtlSeconds: MAX_TTL_SECONDS,
       refreshIntervalMs: REFRESH_MS,
+      prePublicationMs: options.prePublicationMs,
       logger: options.logger ?? silentLogger(),
     });
   const resetKeys = () => env.store.db.deleteFrom('signing_keys').execute();
-  const keyRows = () => env.store.db.selectFrom('signing_keys').selectAll().orderBy('created_at').execute();
+  /** Oldest first: by creation, then activation (a key and the next one rotated in at the same instant). */
+  const keyRows = () => env.store.db.selectFrom('signing_keys').selectAll().orderBy('created_at').orderBy('activates_at').execute();
   /** From no keys: replica `a` creates the first key, `b` runs on another connection; both on a clock the test moves. */
   const twoReplicas = async () => {
     await resetKeys();
@@ -139,7 +153,7 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     const r = ring({ logger });
     await r.init();
     const first = await r.activeKey();
-    await r.rotate();
+    await r.rotate({ immediate: true });
     const second = await r.activeKey();
     const text = JSON.stringify(lines());
     expect(lines().length).toBeGreaterThan(0);
@@ -198,56 +212,173 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     expect(await a.jwks()).toEqual({ keys: [active.publicJwk] });
   });
 
-  it('rotate(): new key active, old one verifies and stays published until publish_until, then drops out', async () => {
+  it('the first key of an empty database is ACTIVE at once, and so is a rotation when no key is active', async () => {
+    await resetKeys();
+    const time = manualClock();
+    const a = ring({ clock: time.clock });
+    await a.init();
+    const [first] = await keyRows();
+    expect(first).toMatchObject({ state: 'ACTIVE', retired_at: null, publish_until: null });
+    expect(first!.activates_at.getTime()).toBe(time.clock().getTime());
+    expect(first!.created_at.getTime()).toBe(time.clock().getTime());
+
+    await resetKeys();
+    const rotation = await a.rotate();
+    expect(rotation).toMatchObject({ state: 'ACTIVE', immediate: false, retiredKid: undefined, retiredKeyPublishedUntil: undefined });
+    expect(rotation.activatesAt.getTime()).toBe(time.clock().getTime());
+    expect((await a.activeKey()).kid).toBe(rotation.kid);
+  });
+
+  it('rotate(): the next key is published at once and signs only from activates_at; the old key signs until then, then stays published until its tokens expired', async () => {
     const { time, a, b } = await twoReplicas();
     const old = await a.activeKey();
     expect((await b.activeKey()).kid).toBe(old.kid);
-    const oldToken = await signTaskToken(old, taskTokenClaims(time.clock(), { exp: Math.floor(time.clock().getTime() / 1000) + MAX_TTL_SECONDS }));
-
     const rotatedAt = time.clock();
-    const { kid, retiredKid } = await a.rotate();
-    expect(retiredKid).toBe(old.kid);
-    expect(kid).not.toBe(old.kid);
-    expect((await a.activeKey()).kid).toBe(kid);
+    const activatesAt = new Date(rotatedAt.getTime() + PRE_MS);
 
-    const rows = await keyRows();
-    expect(rows.map((r) => [r.kid, r.state])).toEqual([
-      [old.kid, 'RETIRED'],
-      [kid, 'ACTIVE'],
+    const rotation = await a.rotate();
+    expect(rotation).toMatchObject({ state: 'NEXT', alg: 'ES256', immediate: false, retiredKid: old.kid, discardedKid: undefined });
+    expect(rotation.kid).not.toBe(old.kid);
+    expect(rotation.activatesAt.getTime()).toBe(activatesAt.getTime());
+    expect(rotation.retiredKeyPublishedUntil?.getTime()).toBe(activatesAt.getTime() + RETIRED_MS);
+    const next = rotation.kid;
+    expect((await keyRows()).map((r) => [r.kid, r.state, r.activates_at.getTime(), r.retired_at, r.publish_until])).toEqual([
+      [old.kid, 'ACTIVE', rotatedAt.getTime(), null, null],
+      [next, 'NEXT', activatesAt.getTime(), null, null],
     ]);
-    const publishUntil = new Date(rotatedAt.getTime() + MAX_TTL_SECONDS * 1000 + REFRESH_MS);
-    expect(rows[0]!.retired_at?.getTime()).toBe(rotatedAt.getTime());
-    expect(rows[0]!.publish_until?.getTime()).toBe(publishUntil.getTime());
 
-    // B has not re-read yet: it keeps signing with the old key, but already verifies the new
-    // one (an unknown kid makes it re-read at once).
+    // Published by every replica at once (the JWKS is read fresh), verifiable, but not signing.
+    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([old.kid, next]);
+    expect((await b.jwks()).keys.map((k) => k.kid)).toEqual([old.kid, next]);
+    expect(await b.verificationKey(next)).toMatchObject({ alg: 'ES256' });
+    expect((await a.activeKey()).kid).toBe(old.kid);
     expect((await b.activeKey()).kid).toBe(old.kid);
+
+    // Every refresh before activates_at keeps signing with the old key.
+    time.set(new Date(activatesAt.getTime() - 1));
+    expect((await a.activeKey()).kid).toBe(old.kid);
+    expect((await b.activeKey()).kid).toBe(old.kid);
+    const oldToken = await signTaskToken(
+      await b.activeKey(),
+      taskTokenClaims(time.clock(), { exp: Math.floor(time.clock().getTime() / 1000) + MAX_TTL_SECONDS }),
+    );
+
+    // Due: the first replica to sign promotes it; the other follows at its next signature, although its cache is fresh.
+    time.set(activatesAt);
+    expect((await b.activeKey()).kid).toBe(next);
+    const rows = await keyRows();
+    expect(rows.map((r) => [r.kid, r.state, r.activates_at.getTime(), r.retired_at?.getTime(), r.publish_until?.getTime()])).toEqual([
+      [old.kid, 'RETIRED', rotatedAt.getTime(), activatesAt.getTime(), activatesAt.getTime() + RETIRED_MS],
+      [next, 'ACTIVE', activatesAt.getTime(), undefined, undefined],
+    ]);
+    expect((await a.activeKey()).kid).toBe(next);
     const newToken = await signTaskToken(await a.activeKey(), taskTokenClaims(time.clock()));
-    expect(await checkTaskToken(newToken, b, { issuer: TOKEN_ISSUER, now: time.clock() })).toMatchObject({ ok: true, kid });
-    expect(await checkTaskToken(oldToken, b, { issuer: TOKEN_ISSUER, now: time.clock() })).toMatchObject({ ok: true, kid: old.kid });
-    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([kid, old.kid]);
-    expect((await b.jwks()).keys.map((k) => k.kid)).toEqual([kid, old.kid]);
+    expect(decodeProtectedHeader(newToken).kid).toBe(next);
+    for (const [token, kid] of [
+      [oldToken, old.kid],
+      [newToken, next],
+    ] as const) {
+      expect(await checkTaskToken(token, a, { issuer: TOKEN_ISSUER, now: time.clock() })).toMatchObject({ ok: true, kid });
+      expect(await checkTaskToken(token, b, { issuer: TOKEN_ISSUER, now: time.clock() })).toMatchObject({ ok: true, kid });
+    }
+    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([next, old.kid]);
 
-    time.advance(REFRESH_MS);
-    expect((await b.activeKey()).kid).toBe(kid);
-
+    // The old key stays published until every token it signed has expired, then drops out.
+    const publishUntil = new Date(activatesAt.getTime() + RETIRED_MS);
+    expect(publishUntil.getTime()).toBeGreaterThan((decodeJwt(oldToken).exp ?? Infinity) * 1000);
     time.set(new Date(publishUntil.getTime() - 1));
-    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([kid, old.kid]);
+    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([next, old.kid]);
     expect(await b.verificationKey(old.kid)).toBeDefined();
-
     time.set(publishUntil);
-    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([kid]);
+    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([next]);
     expect(await a.verificationKey(old.kid)).toBeUndefined();
     expect(await b.verificationKey(old.kid)).toBeUndefined();
     expect(await ring({ clock: time.clock }).verificationKey(old.kid)).toBeUndefined();
-    expect(await a.verificationKey(kid)).toMatchObject({ alg: 'ES256' });
     expect(await checkTaskToken(oldToken, a, { issuer: TOKEN_ISSUER, now: rotatedAt })).toMatchObject({ ok: false, reason: 'bad-signature' });
   });
 
-  it('concurrent rotations from two replicas both succeed and leave one ACTIVE key', async () => {
+  it('a rotation while a key is pending is FAILED_PRECONDITION naming it and when it activates; a due one is promoted first', async () => {
     const { time, a, b } = await twoReplicas();
     const original = (await a.activeKey()).kid;
-    const results = await Promise.all([a.rotate(), b.rotate()]);
+    const pending = await a.rotate();
+    time.advance(60_000);
+    const refusal = await b.rotate().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    expect(refusal).toBeInstanceOf(BrokerError);
+    expect(refusal).toMatchObject({ kind: 'failed-precondition' });
+    expect((refusal as Error).message).toBe(
+      `signing key ${pending.kid} is already waiting to become active, at ${pending.activatesAt.toISOString()} (in 5m30s): ` +
+        'rotate again after that, or rotate with immediate (emergency: no pre-publication) if the active key is compromised',
+    );
+    expect(await keyRows()).toHaveLength(2);
+
+    // Due, and no replica has signed since: the rotation promotes it, then schedules the next one.
+    time.set(new Date(pending.activatesAt.getTime() + 1000));
+    const second = await b.rotate();
+    expect(second).toMatchObject({ state: 'NEXT', retiredKid: pending.kid });
+    expect(second.activatesAt.getTime()).toBe(time.clock().getTime() + PRE_MS);
+    expect((await keyRows()).map((r) => [r.kid, r.state])).toEqual([
+      [original, 'RETIRED'],
+      [pending.kid, 'ACTIVE'],
+      [second.kid, 'NEXT'],
+    ]);
+    expect((await a.activeKey()).kid).toBe(pending.kid);
+  });
+
+  it('replicas promoting a due key at once end with exactly one ACTIVE key and the old one retired once', async () => {
+    const { time, a } = await twoReplicas();
+    const old = (await a.activeKey()).kid;
+    const { logger, lines } = capturedLogger();
+    const rings = Array.from({ length: 6 }, (_, i) => ring({ db: i % 2 === 0 ? env.store.db : replicaDb, clock: time.clock, logger }));
+    // Every replica has read the keys (so each holds the pending key in its cache) before it is due.
+    const { kid: next, activatesAt } = await a.rotate();
+    for (const r of rings) expect((await r.activeKey()).kid).toBe(old);
+    time.set(new Date(activatesAt.getTime() + 5));
+    // Some sign, some serve the JWKS: each path promotes a due key.
+    const results = await Promise.all(rings.map((r, i) => (i % 3 === 2 ? r.jwks().then(() => r.activeKey()) : r.activeKey())));
+    expect(new Set(results.map((k) => k.kid))).toEqual(new Set([next]));
+    const rows = await keyRows();
+    expect(rows.filter((r) => r.state === 'ACTIVE').map((r) => r.kid)).toEqual([next]);
+    expect(rows.map((r) => [r.kid, r.state, r.retired_at?.getTime(), r.publish_until?.getTime()])).toEqual([
+      [old, 'RETIRED', activatesAt.getTime() + 5, activatesAt.getTime() + 5 + RETIRED_MS],
+      [next, 'ACTIVE', undefined, undefined],
+    ]);
+    expect((await a.activeKey()).kid).toBe(next);
+    // One of them did it; the others found nothing left to promote.
+    expect(lines().filter((l) => String(l.msg).startsWith('the next signing key is due'))).toEqual([expect.objectContaining({ kid: next, retiredKid: old })]);
+  });
+
+  it('an immediate rotation makes the new key ACTIVE at once, retires the old key now and drops a pending NEXT key', async () => {
+    const { time, a, b } = await twoReplicas();
+    const old = (await a.activeKey()).kid;
+    const pending = await a.rotate();
+    time.advance(1000);
+    const now = time.clock();
+    const emergency = await b.rotate({ immediate: true });
+    expect(emergency).toMatchObject({ state: 'ACTIVE', immediate: true, retiredKid: old, discardedKid: pending.kid });
+    expect(emergency.activatesAt.getTime()).toBe(now.getTime());
+    expect(emergency.retiredKeyPublishedUntil?.getTime()).toBe(now.getTime() + RETIRED_MS);
+    // The dropped key never signed: out of the JWKS at once, kept as a row retired the instant it activated.
+    expect((await keyRows()).map((r) => [r.kid, r.state, r.activates_at.getTime(), r.retired_at?.getTime(), r.publish_until?.getTime()])).toEqual([
+      [old, 'RETIRED', now.getTime() - 1000, now.getTime(), now.getTime() + RETIRED_MS],
+      [pending.kid, 'RETIRED', now.getTime(), now.getTime(), now.getTime()],
+      [emergency.kid, 'ACTIVE', now.getTime(), undefined, undefined],
+    ]);
+    expect((await b.activeKey()).kid).toBe(emergency.kid);
+    expect((await a.jwks()).keys.map((k) => k.kid)).toEqual([emergency.kid, old]);
+    // A replica with a fresh cache meets the new kid and re-reads at once; it signs with it after its refresh interval.
+    expect(await a.verificationKey(emergency.kid)).toBeDefined();
+    expect(await a.verificationKey(pending.kid)).toBeUndefined();
+    time.advance(REFRESH_MS);
+    expect((await a.activeKey()).kid).toBe(emergency.kid);
+  });
+
+  it('concurrent immediate rotations from two replicas both succeed and leave one ACTIVE key', async () => {
+    const { time, a, b } = await twoReplicas();
+    const original = (await a.activeKey()).kid;
+    const results = await Promise.all([a.rotate({ immediate: true }), b.rotate({ immediate: true })]);
     const rows = await keyRows();
     expect(rows).toHaveLength(3);
     expect(rows.filter((r) => r.state === 'ACTIVE')).toHaveLength(1);
@@ -263,6 +394,85 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     expect((await b.activeKey()).kid).toBe(active);
   });
 
+  it('concurrent scheduled rotations: one adds the next key, the other is refused naming it', async () => {
+    const { a, b } = await twoReplicas();
+    const settled = await Promise.allSettled([a.rotate(), b.rotate()]);
+    const done = settled.filter((r) => r.status === 'fulfilled').map((r) => r.value);
+    const refused = settled.filter((r) => r.status === 'rejected').map((r) => r.reason as BrokerError);
+    expect(done).toHaveLength(1);
+    expect(refused).toHaveLength(1);
+    expect(refused[0]).toMatchObject({ kind: 'failed-precondition', message: expect.stringContaining(`signing key ${done[0]!.kid} is already waiting`) });
+    expect((await keyRows()).map((r) => r.state)).toEqual(['ACTIVE', 'NEXT']);
+  });
+
+  it('list(): every published key with its phase times, newest first; with all, also the keys no longer published', async () => {
+    const { time, a } = await twoReplicas();
+    const first = (await a.activeKey()).kid;
+    const t0 = time.clock().getTime();
+    const second = await a.rotate();
+    time.set(second.activatesAt);
+    const third = await a.rotate();
+    const t1 = second.activatesAt.getTime();
+    expect(await a.list()).toEqual([
+      {
+        kid: third.kid,
+        alg: 'ES256',
+        state: 'NEXT',
+        createdAt: new Date(t1),
+        activatesAt: third.activatesAt,
+        retiredAt: undefined,
+        publishUntil: undefined,
+        published: true,
+      },
+      {
+        kid: second.kid,
+        alg: 'ES256',
+        state: 'ACTIVE',
+        createdAt: new Date(t0),
+        activatesAt: new Date(t1),
+        retiredAt: undefined,
+        publishUntil: undefined,
+        published: true,
+      },
+      {
+        kid: first,
+        alg: 'ES256',
+        state: 'RETIRED',
+        createdAt: new Date(t0),
+        activatesAt: new Date(t0),
+        retiredAt: new Date(t1),
+        publishUntil: new Date(t1 + RETIRED_MS),
+        published: true,
+      },
+    ]);
+    // Later the third key is due (list() promotes it) and the first one has left the JWKS.
+    time.set(new Date(t1 + RETIRED_MS));
+    expect((await a.list()).map((k) => [k.kid, k.state])).toEqual([
+      [third.kid, 'ACTIVE'],
+      [second.kid, 'RETIRED'],
+    ]);
+    expect((await a.list({ all: true })).map((k) => [k.kid, k.state, k.published])).toEqual([
+      [third.kid, 'ACTIVE', true],
+      [second.kid, 'RETIRED', true],
+      [first, 'RETIRED', false],
+    ]);
+    expect(a.prePublicationMs).toBe(PRE_MS);
+    expect(a.retiredPublicationMs).toBe(RETIRED_MS);
+  });
+
+  it('refuses a pre-publication period shorter than the JWKS cache lifetime plus the refresh interval, and warns below the whole chain', () => {
+    expect(() => ring({ prePublicationMs: 89_999 })).toThrow(
+      'the signing-key pre-publication period must be at least 1m30s (the JWKS cache lifetime, 60s, plus the key refresh interval, 30s), got 89999 ms',
+    );
+    expect(() => ring({ prePublicationMs: Number.NaN })).toThrow(/pre-publication period must be at least 1m30s/);
+    const quiet = capturedLogger();
+    expect(ring({ prePublicationMs: PRE_MS, logger: quiet.logger }).prePublicationMs).toBe(PRE_MS);
+    expect(quiet.lines()).toEqual([]);
+    const short = capturedLogger();
+    expect(ring({ prePublicationMs: 90_000, logger: short.logger }).prePublicationMs).toBe(90_000);
+    expect(short.lines()).toEqual([expect.objectContaining({ level: 'warn', prePublicationMs: 90_000, recommendedMs: PRE_MS })]);
+  });
+
   it('an ACTIVE key of another alg is kept (with a warning) until rotated', async () => {
     await resetKeys();
     await ring({ alg: 'EdDSA' }).init();
@@ -271,7 +481,7 @@ describe.each(STORES)('SigningKeyRing on %s', (kind) => {
     await es.init();
     expect((await es.activeKey()).alg).toBe('EdDSA');
     expect(lines().some((l) => l.level === 'warn' && l.configuredAlg === 'ES256' && l.activeAlg === 'EdDSA')).toBe(true);
-    await es.rotate();
+    await es.rotate({ immediate: true });
     expect((await es.activeKey()).alg).toBe('ES256');
   });
 });

@@ -22,6 +22,7 @@ import { unaryCall, type CallOptions } from '../../client/broker-client.js';
 import type { ApproveTaskResponse__Output } from '../../gen/taskbroker/v1/ApproveTaskResponse.js';
 import type { GetAuditTrailResponse__Output } from '../../gen/taskbroker/v1/GetAuditTrailResponse.js';
 import type { GetTaskTreeResponse__Output } from '../../gen/taskbroker/v1/GetTaskTreeResponse.js';
+import type { ListSigningKeysResponse__Output } from '../../gen/taskbroker/v1/ListSigningKeysResponse.js';
 import type { ListTasksRequest } from '../../gen/taskbroker/v1/ListTasksRequest.js';
 import type { ListTasksResponse__Output } from '../../gen/taskbroker/v1/ListTasksResponse.js';
 import type { RevokeTaskResponse__Output } from '../../gen/taskbroker/v1/RevokeTaskResponse.js';
@@ -38,6 +39,8 @@ import { formatFields } from '../table.js';
 import {
   plural,
   printAuditTrail,
+  printRotation,
+  printSigningKeys,
   printTaskDetails,
   printTaskFields,
   printTaskTable,
@@ -439,23 +442,52 @@ export const revokeWorkload: AdminCommandDef<{ selector: string; reason: string;
   },
 };
 
-const rotateSigningKey: AdminCommandDef<null, RotateSigningKeyResponse__Output> = {
-  spec: {
-    name: 'admin rotate-signing-key',
-    summary: 'Make a new token signing key active; the old one stays in the JWKS until every token it signed has expired.',
-    options: { ...adminConnectionOptions },
-    notes: ADMIN_EXIT_NOTES,
+const rotateSigningKeySpec: CommandSpec = {
+  name: 'admin rotate-signing-key',
+  summary:
+    'Add a new token signing key: in the JWKS at once (NEXT), signing after the pre-publication period, when the old key retires; ' +
+    'the old key stays in the JWKS until every token it signed has expired.',
+  options: {
+    immediate: {
+      type: 'boolean',
+      description:
+        'Emergency, for a compromised key: the new key signs at once, without pre-publication (verifiers that cached the key set must fetch it again), ' +
+        'and a pending NEXT key is dropped. Recorded as such in the audit trail',
+    },
+    reason: { type: 'string', placeholder: 'TEXT', description: 'Why; recorded in the audit trail' },
+    ...adminConnectionOptions,
   },
+  notes:
+    'While a NEXT key is waiting to activate, another rotation is refused (exit 5, FAILED_PRECONDITION, naming the key and when it activates) unless --immediate.\n' +
+    ADMIN_EXIT_NOTES,
+};
+
+const rotateSigningKey: AdminCommandDef<{ immediate: boolean; reason: string }, RotateSigningKeyResponse__Output> = {
+  spec: rotateSigningKeySpec,
   rpc: 'RotateSigningKey',
-  request: () => null,
-  call: (client, _request, options) => client.rotateSigningKey(options),
-  render(res, _request, out) {
-    const lines = formatFields([
-      ['new signing key', res.kid],
-      ['retired key', res.retiredKid ? `${res.retiredKid} (stays in the JWKS until every token it signed has expired)` : '- (there was no active key)'],
-    ]);
-    for (const line of lines) out(line);
+  request: (parsed) => ({ immediate: parsed.values.immediate === true, reason: stringOption(parsed.values, 'reason') ?? '' }),
+  call: (client, request, options) => client.rotateSigningKey({ ...options, ...request }),
+  render: (res, _request, out) => printRotation(res, out),
+};
+
+// ---------------------------------------------------------------------------------------------
+// list-signing-keys
+
+const listSigningKeys: AdminCommandDef<{ all: boolean }, ListSigningKeysResponse__Output> = {
+  spec: {
+    name: 'admin list-signing-keys',
+    summary:
+      'List the token signing keys in the JWKS, newest first: state (NEXT, ACTIVE, RETIRED), when each phase began, and until when each key is in the JWKS.',
+    options: {
+      all: { type: 'boolean', description: 'Also the retired keys no longer in the JWKS (at most 1,000 keys)' },
+      ...adminConnectionOptions,
+    },
+    notes: `The read is on your audit record.\n${ADMIN_EXIT_NOTES}`,
   },
+  rpc: 'ListSigningKeys',
+  request: (parsed) => ({ all: parsed.values.all === true }),
+  call: (client, { all }, options) => client.listSigningKeys({ ...options, all }),
+  render: (res, _request, out) => printSigningKeys(res, out),
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -472,5 +504,6 @@ export const adminCommands: Record<string, AdminCommand> = Object.fromEntries(
     adminCommand(revokeTask),
     adminCommand(revokeWorkload),
     adminCommand(rotateSigningKey),
+    adminCommand(listSigningKeys),
   ].map((c) => [c.spec.name, c]),
 );

@@ -6,12 +6,15 @@
 import type { ChainCheck__Output } from '../../gen/taskbroker/v1/ChainCheck.js';
 import type { GetAuditTrailResponse__Output } from '../../gen/taskbroker/v1/GetAuditTrailResponse.js';
 import type { GetTaskTreeResponse__Output } from '../../gen/taskbroker/v1/GetTaskTreeResponse.js';
+import type { ListSigningKeysResponse__Output } from '../../gen/taskbroker/v1/ListSigningKeysResponse.js';
+import type { RotateSigningKeyResponse__Output } from '../../gen/taskbroker/v1/RotateSigningKeyResponse.js';
 import type { Task__Output } from '../../gen/taskbroker/v1/Task.js';
 import type { TaskBrokerAdminGetTaskResponse__Output } from '../../gen/taskbroker/v1/TaskBrokerAdminGetTaskResponse.js';
 import type { Timestamp__Output } from '../../gen/google/protobuf/Timestamp.js';
 import { parseTaskState } from '../../protocol/enums.js';
 import { structToJson } from '../../protocol/struct.js';
 import { fromTimestamp } from '../../protocol/timestamps.js';
+import { readableDuration } from '../../tokens/key-publication.js';
 import { formatFields, formatTable } from '../table.js';
 import type { Out, TextFormat } from './run.js';
 
@@ -355,4 +358,56 @@ export function printTreeAuditTrail(res: CheckedTrail, out: Out, format: TextFor
   if (chain.ok)
     out(`hash chains verified: ${plural(res.chains.length, 'task', 'tasks')}, ${plural(chain.events, 'event', 'events')}, each linked to the one before`);
   else out(`HASH CHAIN BROKEN: ${chain.problem || 'no detail given'} (at event #${chain.brokenAt})`);
+}
+
+/** SIGNING_KEY_STATE_NEXT → NEXT; a name this build does not know is shown as it came. */
+export function shortKeyState(state: string | number): string {
+  const text = String(state);
+  return text.startsWith('SIGNING_KEY_STATE_') ? text.slice('SIGNING_KEY_STATE_'.length) : text;
+}
+
+/** The signing keys as a table, newest first, then how long each phase lasts. */
+export function printSigningKeys(res: ListSigningKeysResponse__Output, out: Out): void {
+  if (res.keys.length === 0) {
+    out('no signing keys');
+    return;
+  }
+  const retiredFor = readableDuration(res.retiredPublicationSeconds * 1000);
+  const rows = res.keys.map((k) => {
+    const state = shortKeyState(k.state);
+    const until = state === 'RETIRED' ? `${dash(isoTime(k.publishedUntil))}${k.published ? '' : ' (gone)'}` : `retirement + ${retiredFor}`;
+    return [k.kid, k.alg, state, dash(isoTime(k.createdAt)), dash(isoTime(k.activatesAt)), dash(isoTime(k.retiredAt)), until];
+  });
+  for (const line of formatTable(['KID', 'ALG', 'STATE', 'CREATED', 'ACTIVE FROM', 'RETIRED', 'IN JWKS UNTIL'], rows)) out(line);
+  out('');
+  out(
+    `pre-publication ${readableDuration(res.prePublicationSeconds * 1000)}: a new key is in the JWKS this long before it signs (NEXT); ` +
+      `a retired key stays in the JWKS ${retiredFor}: the longest token lifetime plus the key refresh interval`,
+  );
+}
+
+/** What a rotation did: the new key, its state and when it signs, and the key it retires. */
+export function printRotation(res: RotateSigningKeyResponse__Output, out: Out): void {
+  const state = shortKeyState(res.state);
+  const activates = dash(isoTime(res.activatesAt));
+  const leaves = dash(isoTime(res.retiredKeyPublishedUntil));
+  const stateText =
+    state === 'NEXT'
+      ? 'NEXT (in the JWKS now; signs from its activation time)'
+      : res.immediate
+        ? 'ACTIVE (immediate: signs now, without pre-publication; verifiers that cached the key set meet an unknown kid and fetch it again)'
+        : 'ACTIVE (signs now: no key was active)';
+  const retired = !res.retiredKid
+    ? undefined
+    : state === 'NEXT'
+      ? `${res.retiredKid} (signs until ${activates}, then stays in the JWKS until ${leaves} at the earliest)`
+      : `${res.retiredKid} (stays in the JWKS until ${leaves}, when every token it signed has expired)`;
+  const lines = formatFields([
+    ['new signing key', res.kid],
+    ['state', stateText],
+    ['activates at', activates],
+    ['retired key', retired ?? '- (there was no active key)'],
+    ['discarded key', res.discardedKid ? `${res.discardedKid} (was NEXT, never signed; out of the JWKS now)` : undefined],
+  ]);
+  for (const line of lines) out(line);
 }
