@@ -35,7 +35,6 @@ import { parseTaskState, taskStateName, type TaskStateName } from '../../protoco
 import { toTimestamp } from '../../protocol/timestamps.js';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../../tasks/limits.js';
 import { ExitCode, stringOption, UsageError, type CommandSpec, type ParsedCommand } from '../options.js';
-import { formatFields } from '../table.js';
 import {
   plural,
   printAuditTrail,
