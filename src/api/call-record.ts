@@ -15,7 +15,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
-import type { BrokerMetrics, GrpcType } from '../observability/metrics.js';
+import type { BrokerMetrics, GrpcType, MethodMetrics } from '../observability/metrics.js';
 import { startServerSpan, traceContextFrom, tracingEnabled, TRACEPARENT_HEADER, TRACESTATE_HEADER, type ServerSpan } from '../observability/tracing.js';
 import type { CallTrace } from '../model/task.js';
 import { requestIdFrom } from '../tasks/ids.js';
@@ -117,17 +117,23 @@ interface StatusSink {
 /** The outermost server interceptor: records every call once, and bounds its status message. */
 export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderOptions): grpc.ServerInterceptor {
   const refusals = new LogThrottle(logger, { perInterval: 20, intervalMs: 10_000, maxKinds: 1_000 });
+  // Per method path (grpc-js runs interceptors only for registered ones): its names and metrics, found once.
+  const methods = new Map<string, { service: string; method: string; metrics: MethodMetrics | undefined }>();
   return (descriptor, call) => {
-    const { service, method } = splitMethodPath(descriptor.path);
+    let known = methods.get(descriptor.path);
+    if (!known) {
+      const { service, method } = splitMethodPath(descriptor.path);
+      known = { service, method, metrics: metrics?.methodMetrics(service, method, grpcTypeOf(descriptor)) };
+      methods.set(descriptor.path, known);
+    }
+    const { service, method, metrics: methodMetrics } = known;
     const started = process.hrtime.bigint();
     const startTime = tracingEnabled() ? performance.timeOrigin + performance.now() : 0;
     let metadata: grpc.Metadata | undefined;
     let span: ServerSpan | undefined;
     let recorded = false;
-    const type = grpcTypeOf(descriptor);
-    const inFlight = metrics?.inFlightOf(service, method);
-    inFlight?.inc();
-    metrics?.startRpc(service, method, type);
+    methodMetrics?.inFlight.inc();
+    methodMetrics?.started.inc();
 
     const record = (code: grpc.status, details: string | undefined) => {
       if (recorded) return;
@@ -137,8 +143,9 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
         if (startTime > 0 && !span) span = startServerSpan({ service, method, peer: call.getPeer(), startTime, parent: undefined });
         span?.end(code, statusName(code), details);
         const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-        inFlight?.dec();
-        metrics?.observeRpc(service, method, type, code, seconds);
+        methodMetrics?.inFlight.dec();
+        methodMetrics?.handled(code).inc();
+        methodMetrics?.duration.observe(seconds);
         let caller: string | undefined;
         try {
           caller = metadata ? callerOf({ metadata }).spiffeId.toString() : undefined;

@@ -57,7 +57,15 @@ export interface BrokerMetricsOptions {
 
 const unixSeconds = (at: Date | undefined) => (at ? at.getTime() / 1000 : undefined);
 
-/** Label sets (service, method, code) whose metric children are kept for reuse. */
+/** One method's labelled gRPC metric children; `handled` by status code (at most 17 per method). */
+export interface MethodMetrics {
+  readonly inFlight: { inc(): void; dec(): void };
+  readonly started: { inc(): void };
+  readonly duration: { observe(seconds: number): void };
+  handled(code: number): { inc(): void };
+}
+
+/** Methods (service, method, type) whose metric children are kept for reuse. */
 const MAX_RPC_LABEL_SETS = 1_000;
 
 export class BrokerMetrics {
@@ -82,9 +90,7 @@ export class BrokerMetrics {
   readonly ready: Gauge;
   readonly readinessCheck: Gauge<'check'>;
   readonly #clock: () => Date;
-  readonly #inFlightChildren = new Map<string, { inc(): void; dec(): void }>();
-  readonly #startedChildren = new Map<string, { inc(): void }>();
-  readonly #rpcChildren = new Map<string, { handled: { inc(): void }; duration: { observe(value: number): void } }>();
+  readonly #methodMetrics = new Map<string, MethodMetrics>();
   #svid: () => SvidInfo | undefined = () => undefined;
   #pool: (() => PoolStats) | undefined;
   #readiness: (() => ReadinessSnapshot) | undefined;
@@ -255,40 +261,32 @@ export class BrokerMetrics {
     if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
   }
 
-  /** The in-flight gauge of one method (its labelled child, looked up once). */
-  inFlightOf(service: string, method: string): { inc(): void; dec(): void } {
-    const key = `${service}/${method}`;
-    let child = this.#inFlightChildren.get(key);
-    if (!child) {
-      child = this.rpcInFlight.labels({ service, method });
-      if (this.#inFlightChildren.size < MAX_RPC_LABEL_SETS) this.#inFlightChildren.set(key, child);
-    }
-    return child;
-  }
-
-  /** One gRPC call started. */
-  startRpc(service: string, method: string, type: GrpcType): void {
+  /**
+   * The labelled children of one method's gRPC metrics, looked up once (prom-client hashes the
+   * label set on every call otherwise): what a call records at its start and end.
+   */
+  methodMetrics(service: string, method: string, type: GrpcType): MethodMetrics {
     const key = `${service}/${method}/${type}`;
-    let child = this.#startedChildren.get(key);
-    if (!child) {
-      child = this.rpcStarted.labels({ grpc_service: service, grpc_method: method, grpc_type: type });
-      if (this.#startedChildren.size < MAX_RPC_LABEL_SETS) this.#startedChildren.set(key, child);
-    }
-    child.inc();
-  }
-
-  /** One finished gRPC call with its status code. */
-  observeRpc(service: string, method: string, type: GrpcType, code: number, seconds: number): void {
-    const key = `${service}/${method}/${type}/${code}`;
-    let children = this.#rpcChildren.get(key);
-    if (!children) {
-      // prom-client hashes the label set on every call; the labelled children are looked up once.
+    let found = this.#methodMetrics.get(key);
+    if (!found) {
       const labels = { grpc_service: service, grpc_method: method, grpc_type: type };
-      children = { handled: this.rpcHandled.labels({ ...labels, grpc_code: grpcCodeLabel(code) }), duration: this.rpcDuration.labels(labels) };
-      if (this.#rpcChildren.size < MAX_RPC_LABEL_SETS) this.#rpcChildren.set(key, children);
+      const handled = new Map<number, { inc(): void }>();
+      found = {
+        inFlight: this.rpcInFlight.labels({ service, method }),
+        started: this.rpcStarted.labels(labels),
+        duration: this.rpcDuration.labels(labels),
+        handled: (code) => {
+          let child = handled.get(code);
+          if (!child) {
+            child = this.rpcHandled.labels({ ...labels, grpc_code: grpcCodeLabel(code) });
+            handled.set(code, child);
+          }
+          return child;
+        },
+      };
+      if (this.#methodMetrics.size < MAX_RPC_LABEL_SETS) this.#methodMetrics.set(key, found);
     }
-    children.handled.inc();
-    children.duration.observe(seconds);
+    return found;
   }
 
   /** Reports the SVID `current()` returns at each scrape. */
