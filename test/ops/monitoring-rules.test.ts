@@ -11,37 +11,12 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { startTestBroker, WORKER, type TestBroker } from '../helpers/broker.js';
+import { metricNamesIn } from '../deploy/promql.js';
 import { scrape } from './helpers.js';
 
 const MONITORING = fileURLToPath(new URL('../../deploy/components/monitoring/', import.meta.url));
 /** Series Prometheus makes itself for every target; not the broker's to export. */
 const SYNTHETIC = new Set(['up', 'scrape_duration_seconds', 'scrape_samples_scraped']);
-const PROMQL_WORDS = new Set(['and', 'or', 'unless', 'by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'bool', 'offset', 'inf', 'nan']);
-
-/**
- * The metric names a PromQL expression reads: identifiers that are not functions, keywords,
- * label names (inside `{}` or the `by (...)`-style lists), strings, durations or numbers.
- */
-export function metricNamesIn(expr: string): string[] {
-  const bare = expr
-    .replace(/"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`/g, '""') // strings
-    .replace(/\{[^}]*\}/g, ' ') // label matchers
-    .replace(/\[[^\]]*\]/g, ' ') // range and subquery durations
-    .replace(/\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)/g, ' ') // label lists
-    .replace(/\$\{?\w+\}?/g, ' '); // Grafana variables ($__rate_interval, ${datasource})
-  const names = new Set<string>();
-  for (const m of bare.matchAll(/[a-zA-Z_:][a-zA-Z0-9_:]*/g)) {
-    const name = m[0];
-    const rest = bare.slice((m.index ?? 0) + name.length);
-    if (/^\s*\(/.test(rest)) continue; // a function call
-    if (PROMQL_WORDS.has(name.toLowerCase())) continue;
-    const before = bare.slice(0, m.index ?? 0);
-    if (/[0-9.]$/.test(before) && /^[smhdwy]/.test(name)) continue; // 5m, 1h
-    if (/[0-9.][eE]?$/.test(before)) continue; // the exponent or suffix of a number
-    names.add(name);
-  }
-  return [...names];
-}
 
 /** Declared metric families (`# TYPE name type`), with the series names each one exposes. */
 function exportedSeries(text: string): Set<string> {
@@ -105,7 +80,7 @@ async function listJson(dir: string): Promise<string[]> {
   return out;
 }
 
-describe('metricNamesIn (the PromQL reader this test relies on)', () => {
+describe('metricNamesIn (the PromQL reader of test/deploy/promql.ts this test relies on)', () => {
   it('finds metric names and nothing else', () => {
     expect(
       metricNamesIn('histogram_quantile(0.99, sum by (le, grpc_method) (rate(grpc_server_handling_seconds_bucket{grpc_type="unary"}[5m]))) > 0.25'),
