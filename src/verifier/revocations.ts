@@ -132,7 +132,10 @@ export class RevocationWatcher {
     for (const revocation of message.revocations ?? []) this.#tell(revocation.taskId);
     const interval = durationMs(message.heartbeatInterval);
     if (interval !== undefined && interval > 0) this.#heartbeatIntervalMs = interval;
-    if (message.startComplete) {
+    // A broker older than start_complete never sends it; its first heartbeat (an empty message that
+    // is not a snapshot, which a current broker never sends before its start is whole) ends the start.
+    const completes = message.startComplete || (!message.snapshot && (message.revocations?.length ?? 0) === 0);
+    if (completes) {
       start.complete = true;
       if (start.staging) this.#revoked = start.staging;
       start.staging = undefined;

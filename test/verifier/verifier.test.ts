@@ -236,6 +236,17 @@ describe('revocations', () => {
     expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: true });
   });
 
+  it('against a broker older than start_complete, its first heartbeat ends the start', async () => {
+    const { clock, broker, verifier, jwt } = await streaming();
+    const opts = { presenterCertificate: presenter.der };
+    const stream = broker.streams[0]!;
+    stream.send({ snapshot: true, cursor: 'c1', startComplete: false, revocations: [revocation('task-1', clock.now() + 60_000)] });
+    expect(await verifier.verify(jwt, opts)).toMatchObject({ reason: 'REVOCATION_STATUS_UNKNOWN' });
+    stream.send({ cursor: 'c1', startComplete: false, revocations: [] }); // the old broker's heartbeat
+    await verifier.ready();
+    expect(await verifier.verify(jwt, opts)).toMatchObject({ valid: false, reason: 'REVOKED' });
+  });
+
   it('reconnects with the last cursor after an error or an end, backing off', async () => {
     const { clock, broker, verifier } = await streaming({ reconnectInitialMs: 100, reconnectMaxMs: 1_000 });
     broker.streams[0]!.send({ snapshot: true, cursor: 'c1' });
