@@ -428,40 +428,42 @@ export class TaskAdmin {
 
   /**
    * One task with its history (the state changes in its trail), its token counts and the check of
-   * its chain. The task is locked for the read, so a task past its expiry is EXPIRED first, as any
-   * other admin action finds it. The read is on the admin's record (admin.task_read).
+   * its chain. The task is locked only to expire it if it is due (a short transaction of its own),
+   * so a task past its expiry is EXPIRED first, as any other admin action finds it; the trail is
+   * read and checked without a lock, as audit-trail does, so the owner's calls never wait on it.
+   * The read is on the admin's record (admin.task_read).
    */
   async getTask(actor: Actor, taskId: string): Promise<TaskDetails> {
     await this.#authorize(actor, 'GetTask', { task_id: bounded(taskId) });
     taskIdArgument(taskId);
-    const { units, rows } = this.#deps;
-    return units.run(async (work) => {
-      const row = (await rows.lock(work, taskId, actor.requestId, actor.trace?.traceId)) ?? work.refuse(notFound());
-      const { trail, ...check } = await verifyTaskTrail(work.tx, taskId);
-      const tokens = await work.tx
-        .selectFrom('tokens')
-        .select((eb) => eb.fn.countAll<string | number>().as('live'))
-        .where('task_id', '=', taskId)
-        .where('revoked_at', 'is', null)
-        .where('expires_at', '>', work.now)
-        .executeTakeFirst();
-      const history = stateHistory(trail);
-      // The read is on the record of the admin who made it (not on the task's chain being read).
-      await work.audit(actor, {
-        taskId: null,
-        type: 'admin.task_read',
-        details: { task_id: taskId, state: row.state, chain_ok: check.ok, events: check.events },
-      });
-      return {
-        task: toTask(row),
-        history,
-        tokensIssued: trail.filter((e) => e.type === 'token.issued').length,
-        liveTokens: count(tokens?.live),
-        delegatedTasks: trail.filter((e) => e.type === 'task.delegated').length,
-        ownerCertThumbprint: row.owner_cert_thumbprint,
-        check,
-      };
+    const { units, rows, db } = this.#deps;
+    const { row, now } = await units.run(async (work) => ({
+      row: (await rows.lock(work, taskId, actor.requestId, actor.trace?.traceId)) ?? work.refuse(notFound()),
+      now: work.now,
+    }));
+    const { trail, ...check } = await verifyTaskTrail(db, taskId);
+    const tokens = await db
+      .selectFrom('tokens')
+      .select((eb) => eb.fn.countAll<string | number>().as('live'))
+      .where('task_id', '=', taskId)
+      .where('revoked_at', 'is', null)
+      .where('expires_at', '>', now)
+      .executeTakeFirst();
+    // The read is on the record of the admin who made it (not on the task's chain being read).
+    await units.record(actor, {
+      taskId: null,
+      type: 'admin.task_read',
+      details: { task_id: taskId, state: row.state, chain_ok: check.ok, events: check.events },
     });
+    return {
+      task: toTask(row),
+      history: stateHistory(trail),
+      tokensIssued: trail.filter((e) => e.type === 'token.issued').length,
+      liveTokens: count(tokens?.live),
+      delegatedTasks: trail.filter((e) => e.type === 'task.delegated').length,
+      ownerCertThumbprint: row.owner_cert_thumbprint,
+      check,
+    };
   }
 
   /**
