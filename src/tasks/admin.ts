@@ -6,11 +6,10 @@
  * identity, in the transaction of the change. Changes go through the unit of work and the task
  * rows, the same ones the sweeper uses.
  */
-import { sql } from 'kysely';
 import { createHash } from 'node:crypto';
 import { verifyTaskTrail, type AuditEvent, type ChainCheck } from '../audit/audit.js';
 import { BrokerError, clipped } from '../errors.js';
-import { isLive, LIVE_STATES, TASK_STATES, type Actor, type Task, type TaskState } from '../model/task.js';
+import { isLive, TASK_STATES, type Actor, type Task, type TaskState } from '../model/task.js';
 import type { PolicySource } from '../policy/policy-source.js';
 import { SpiffeId } from '../spiffe/id.js';
 import type { Db } from '../store/database.js';
@@ -186,15 +185,6 @@ export function stateHistory(trail: readonly AuditEvent[]): TaskStateChange[] {
   return changes;
 }
 
-/** How many task IDs go into one IN (…) list. */
-const ID_CHUNK = 1000;
-
-function chunks<T>(items: readonly T[], size = ID_CHUNK): T[][] {
-  const out: T[][] = [];
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size));
-  return out;
-}
-
 const count = (value: string | number | bigint | undefined): number => Number(value ?? 0);
 
 /** Tree trail page tokens: the event_id of the last event of a page and a digest of the tree's root. */
@@ -269,7 +259,7 @@ export class TaskAdmin {
     return units.run(async (work) => {
       let revokedTokens = 0;
       const taskIds: string[] = [];
-      for (const row of await rows.lockLiveOwnedBy(work, matcher.trustDomain, regex)) {
+      for (const row of await rows.liveOwnedBy(work, matcher.trustDomain, regex, { lock: true })) {
         if (!matcher.matches(SpiffeId.parse(row.owner_spiffe_id))) continue; // the regex and the matcher must agree; the matcher decides
         const ended = await rows.end(work, row, {
           state: 'REVOKED',
@@ -304,35 +294,10 @@ export class TaskAdmin {
     regex: string,
   ): Promise<WorkloadRevocation> {
     return this.#deps.units.run(async (work) => {
-      const candidates = await work.tx
-        .selectFrom('tasks')
-        .select(['task_id', 'owner_spiffe_id', 'root_task_id', 'has_delegated'])
-        .where('state', 'in', LIVE_STATES)
-        .where('owner_trust_domain', '=', matcher.trustDomain)
-        .where(sql<boolean>`owner_spiffe_id ~ ${regex}`)
-        .orderBy('task_id')
-        .execute();
-      const selected = candidates.filter((row) => matcher.matches(SpiffeId.parse(row.owner_spiffe_id)));
-      const taskIds = selected.map((row) => row.task_id);
-      const descendants = await this.#liveDescendants(work, selected);
-      const selectedIds = new Set(taskIds);
-      const ending = [...taskIds, ...descendants.filter((id) => !selectedIds.has(id))];
-      let revokedTokens = 0;
-      let liveTokens = 0;
-      for (const ids of chunks(ending)) {
-        const counted = await work.tx
-          .selectFrom('tokens')
-          .select((eb) => [
-            eb.fn.countAll<string | number>().as('unrevoked'),
-            eb.fn.countAll<string | number>().filterWhere('expires_at', '>', work.now).as('live'),
-          ])
-          .where('task_id', 'in', ids)
-          .where('revoked_at', 'is', null)
-          .executeTakeFirst();
-        revokedTokens += count(counted?.unrevoked);
-        liveTokens += count(counted?.live);
-      }
-      const descendantTasks = ending.length - taskIds.length;
+      const candidates = await this.#deps.rows.liveOwnedBy(work, matcher.trustDomain, regex, { lock: false });
+      const taskIds = candidates.filter((row) => matcher.matches(SpiffeId.parse(row.owner_spiffe_id))).map((row) => row.task_id);
+      const reach = await this.#deps.rows.endingReach(work, taskIds, work.now);
+      const { unrevokedTokens: revokedTokens, liveTokens, descendants: descendantTasks } = reach;
       await work.audit(actor, {
         taskId: null,
         type: 'admin.workload_revoke_dry_run',
@@ -349,37 +314,6 @@ export class TaskAdmin {
       });
       return { taskIds, revokedTokens, dryRun: true, liveTokens, descendantTasks };
     });
-  }
-
-  /** The live tasks delegated (at any depth) below `tasks`, read through the trees they belong to. */
-  async #liveDescendants(work: Work, tasks: ReadonlyArray<{ task_id: string; root_task_id: string | null; has_delegated: boolean }>): Promise<string[]> {
-    // Only a task something was delegated from has descendants (has_delegated, as tb_end_task reads it).
-    const delegating = tasks.filter((t) => t.has_delegated);
-    if (delegating.length === 0) return [];
-    const roots = [...new Set(delegating.map((t) => t.root_task_id ?? t.task_id))];
-    const children = new Map<string, Array<{ taskId: string; live: boolean }>>();
-    for (const ids of chunks(roots)) {
-      const rows = await work.tx.selectFrom('tasks').select(['task_id', 'parent_task_id', 'state']).where('root_task_id', 'in', ids).execute();
-      for (const row of rows) {
-        if (!row.parent_task_id) continue;
-        const list = children.get(row.parent_task_id) ?? [];
-        list.push({ taskId: row.task_id, live: isLive(row.state) });
-        children.set(row.parent_task_id, list);
-      }
-    }
-    const found = new Set<string>();
-    const seen = new Set<string>();
-    const stack = delegating.map((t) => t.task_id);
-    while (stack.length > 0) {
-      const id = stack.pop()!;
-      if (seen.has(id)) continue;
-      seen.add(id);
-      for (const child of children.get(id) ?? []) {
-        if (child.live) found.add(child.taskId);
-        stack.push(child.taskId);
-      }
-    }
-    return [...found].sort();
   }
 
   async listTasks(actor: Actor, request: ListTasksRequest, page: { pageSize?: number; pageToken?: string }): Promise<{ tasks: Task[]; nextPageToken: string }> {

@@ -116,17 +116,43 @@ export class TaskRows {
     return this.end(work, row, this.#expiry(requestId, traceId));
   }
 
-  /** Locks the live tasks of one trust domain whose owner matches `regex`, in task_id order (two overlapping kill switches cannot deadlock). */
-  lockLiveOwnedBy(work: Work, trustDomain: string, regex: string): Promise<TaskRow[]> {
-    return work.tx
+  /**
+   * The live tasks of one trust domain whose owner matches `regex`, in task_id order: locked for the
+   * kill switch (two overlapping ones cannot deadlock), or read without a lock for its dry run.
+   */
+  liveOwnedBy(work: Work, trustDomain: string, regex: string, { lock }: { lock: boolean }): Promise<TaskRow[]> {
+    const q = work.tx
       .selectFrom('tasks')
       .selectAll()
       .where('state', 'in', LIVE_STATES)
       .where('owner_trust_domain', '=', trustDomain)
       .where(sql<boolean>`owner_spiffe_id ~ ${regex}`)
-      .orderBy('task_id')
-      .forUpdate()
-      .execute();
+      .orderBy('task_id');
+    return (lock ? q.forUpdate() : q).execute();
+  }
+
+  /**
+   * What ending `taskIds` would reach, read in one statement: the live tasks delegated below them
+   * at any depth (the subtree tb_end_task ends with a task, by parent_task_id), and the unrevoked
+   * tokens of both (`live`: not yet expired at `now`).
+   */
+  async endingReach(work: Work, taskIds: readonly string[], now: Date): Promise<{ descendants: number; unrevokedTokens: number; liveTokens: number }> {
+    if (taskIds.length === 0) return { descendants: 0, unrevokedTokens: 0, liveTokens: 0 };
+    const { rows } = await sql<{ descendants: string | number; unrevoked: string | number; live: string | number }>`
+      with recursive selected as (select value as task_id from jsonb_array_elements_text(${JSON.stringify(taskIds)}::jsonb)),
+      below as (
+        select c.task_id, c.state from tasks c join selected s on c.parent_task_id = s.task_id
+        union
+        select c.task_id, c.state from tasks c join below b on c.parent_task_id = b.task_id
+      ),
+      descendants as (select task_id from below where state in (${sql.join(LIVE_STATES)}) except select task_id from selected),
+      ending as (select task_id from selected union select task_id from descendants)
+      select (select count(*) from descendants) as descendants,
+             count(t.task_id) as unrevoked,
+             count(t.task_id) filter (where t.expires_at > ${now}) as live
+      from ending e left join tokens t on t.task_id = e.task_id and t.revoked_at is null`.execute(work.tx);
+    const [r] = rows;
+    return { descendants: Number(r?.descendants ?? 0), unrevokedTokens: Number(r?.unrevoked ?? 0), liveTokens: Number(r?.live ?? 0) };
   }
 
   /** Moves a live task to a final state, revokes its tokens and records the event (tb_end_task). */
