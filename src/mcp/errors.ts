@@ -17,6 +17,11 @@ export function noRequester(): McpError {
   return new McpError(ErrorCode.InvalidRequest, 'task requests need an authenticated requester: an mTLS client certificate (X509-SVID) or a bearer token');
 }
 
+/** Whether the broker refused the call for now (its caller quota or queue) and said when to try again. */
+export function isBrokerBusy(err: unknown): err is TaskBrokerError & { retryAfterMs: number } {
+  return err instanceof TaskBrokerError && err.retryAfterMs !== undefined;
+}
+
 /** Whether the broker could not be reached or did not answer in time (nothing was decided). */
 export function isBrokerUnavailable(err: unknown): boolean {
   if (err instanceof TaskBrokerError) {

@@ -40,7 +40,7 @@ import type { JsonObject, Requester } from '../model/task.js';
 import { randomUUID } from 'node:crypto';
 import { TaskBrokerError } from '../client/errors.js';
 import { argumentsSha256 } from './arguments-hash.js';
-import { isBrokerUnavailable, mcpErrorOf, noRequester } from './errors.js';
+import { isBrokerBusy, isBrokerUnavailable, mcpErrorOf, noRequester } from './errors.js';
 import { LocalTasks, type AbortReason, type RunningWork } from './local-tasks.js';
 import { requesterOf } from './requester.js';
 import { isTerminalState, mcpTaskOf } from './task-status.js';
@@ -401,7 +401,8 @@ export class McpTaskGuard {
         if (task.state === 'ACTIVE') return true;
         if (isTerminalState(task)) return false;
       } catch (err) {
-        if (!isBrokerUnavailable(err)) {
+        // Unreachable or busy: look again at the next interval.
+        if (!isBrokerUnavailable(err) && !isBrokerBusy(err)) {
           this.#onError(err, taskId);
           return false;
         }
@@ -410,9 +411,10 @@ export class McpTaskGuard {
   }
 
   /**
-   * completeTask with the result, retried a few times while the broker is unreachable. A result
-   * the broker refuses (too large, not JSON) ends the task as failed with a short error instead,
-   * so the requester is not left waiting for the task's ttl.
+   * completeTask with the result, retried a few times while the broker is unreachable or busy
+   * (after the delay it names). A result the broker refuses otherwise (too large for its message
+   * limit or its result limit, not JSON) ends the task as failed with a short error instead, so
+   * the requester is not left waiting for the task's ttl.
    */
   async #complete(taskId: string, outcome: { result: CallToolResult; failed: boolean }): Promise<void> {
     let current = outcome;
@@ -427,7 +429,16 @@ export class McpTaskGuard {
         const reason = err instanceof TaskBrokerError ? err.reason : undefined;
         // Ended meanwhile (cancelled, expired, revoked): nothing left to store.
         if (reason === 'failed-precondition') return;
-        if (reason === 'invalid-argument' && current === outcome) {
+        const busy = isBrokerBusy(err);
+        if (busy || isBrokerUnavailable(err)) {
+          if (attempt >= 4) {
+            this.#onError(err, taskId);
+            return;
+          }
+          await new Promise((r) => setTimeout(r, busy ? err.retryAfterMs : 250 * 2 ** attempt));
+          continue;
+        }
+        if (current === outcome) {
           this.#onError(err, taskId);
           current = {
             result: errorResult(new Error(`the tool's result could not be stored: ${err instanceof Error ? err.message : String(err)}`)),
@@ -435,11 +446,8 @@ export class McpTaskGuard {
           };
           continue;
         }
-        if (!isBrokerUnavailable(err) || attempt >= 4) {
-          this.#onError(err, taskId);
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 250 * 2 ** attempt));
+        this.#onError(err, taskId);
+        return;
       }
     }
   }

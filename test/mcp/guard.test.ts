@@ -238,6 +238,16 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'failed' });
   });
 
+  it("ends a task whose result is over the broker's message limit as failed too (RESOURCE_EXHAUSTED, not a busy answer)", async () => {
+    const taskId = await startTask(alice, 'too big to send');
+    const pending = alice.experimental.tasks.getTaskResult(taskId, CallToolResultSchema);
+    await mcp.works.finish(taskId, 'x'.repeat(1_100_000));
+    const result = await pending;
+    expect(result.isError).toBe(true);
+    expect(JSON.stringify(result.content)).toMatch(/could not be stored: .*the limit is 1048576 bytes/);
+    expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ status: 'failed' });
+  });
+
   it('gives the SDK a task store that knows no task: a client naming a task in request metadata learns nothing', async () => {
     const taskId = await startTask(alice, 'inert store');
     await mcp.works.running(taskId);
