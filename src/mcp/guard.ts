@@ -36,14 +36,14 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import type { IssueTokenOptions, TaskBrokerClient } from '../client/task-broker-client.js';
 import type { IssuedToken, Task, TaskResult } from '../client/results.js';
-import type { JsonObject, Requester } from '../model/task.js';
+import { isLive, type JsonObject, type Requester } from '../model/task.js';
 import { randomUUID } from 'node:crypto';
 import { TaskBrokerError } from '../client/errors.js';
 import { argumentsSha256 } from './arguments-hash.js';
 import { isBrokerBusy, isBrokerUnavailable, mcpErrorOf, noRequester } from './errors.js';
 import { LocalTasks, type AbortReason, type RunningWork } from './local-tasks.js';
 import { requesterOf } from './requester.js';
-import { isTerminalState, mcpTaskOf } from './task-status.js';
+import { mcpTaskOf } from './task-status.js';
 import { waitForChange } from './wait.js';
 
 /** The broker calls the guard makes (a TaskBrokerClient has them all). */
@@ -124,7 +124,6 @@ export class McpTaskGuard {
   readonly #deadlineMs: number;
   readonly #onError: (err: unknown, taskId: string) => void;
   readonly #local: LocalTasks;
-  readonly #tools = new Map<string, GuardedTool>();
   /** Servers whose tools/call is wrapped already (once per server). */
   readonly #wrapped = new WeakSet<McpServer>();
   /** Servers whose tasks/* handlers are the guard's already. */
@@ -250,7 +249,6 @@ export class McpTaskGuard {
       { ...toolConfig, inputSchema: (toolConfig.inputSchema ?? {}) as AnySchema, execution: { taskSupport: 'required' } },
       handler,
     );
-    this.#tools.set(name, tool);
     this.#wrapToolsCall(server);
     // Never leave the SDK's own tasks/* handlers in place next to a guarded tool (they would answer from the local store).
     this.install(server);
@@ -285,7 +283,7 @@ export class McpTaskGuard {
     const read = await this.#broker.readTask(taskId, { operation, onBehalfOf: requester, deadlineMs: this.#deadlineMs }).catch((err: unknown) => {
       throw mcpErrorOf(err, taskId);
     });
-    if (isTerminalState(read.task)) this.#local.abort(taskId, read.task.state === 'EXPIRED' ? 'expired' : 'cancelled');
+    if (!isLive(read.task.state)) this.#local.abort(taskId, read.task.state === 'EXPIRED' ? 'expired' : 'cancelled');
     return read;
   }
 
@@ -298,11 +296,11 @@ export class McpTaskGuard {
   async #awaitResult(taskId: string, requester: Requester, signal: AbortSignal): Promise<CallToolResult> {
     let read = await this.#read(taskId, 'result', requester);
     let delayMs = this.#pollIntervalMs;
-    while (!isTerminalState(read.task)) {
+    while (isLive(read.task.state)) {
       await waitForChange(this.#local.work(taskId)?.settled, delayMs, signal);
       delayMs = Math.min(delayMs * 2, this.#maxRecheckMs);
       read = await this.#read(taskId, 'poll', requester);
-      if (isTerminalState(read.task)) read = await this.#read(taskId, 'result', requester);
+      if (!isLive(read.task.state)) read = await this.#read(taskId, 'result', requester);
     }
     return resultOf(taskId, read);
   }
@@ -399,7 +397,7 @@ export class McpTaskGuard {
       try {
         const { task } = await this.#broker.readTask(taskId, { operation: 'poll', deadlineMs: this.#deadlineMs });
         if (task.state === 'ACTIVE') return true;
-        if (isTerminalState(task)) return false;
+        if (!isLive(task.state)) return false;
       } catch (err) {
         // Unreachable or busy: look again at the next interval.
         if (!isBrokerUnavailable(err) && !isBrokerBusy(err)) {

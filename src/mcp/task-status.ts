@@ -4,7 +4,6 @@
  */
 import type { Task as McpTask } from '@modelcontextprotocol/sdk/types.js';
 import type { Task } from '../client/results.js';
-import { isLive } from '../model/task.js';
 
 export type McpTaskStatus = McpTask['status'];
 
@@ -40,9 +39,4 @@ function statusOf(task: Task): { status: McpTaskStatus; statusMessage?: string }
     case 'REVOKED':
       return { status: 'failed', statusMessage: `revoked: ${task.endReason ?? 'by an admin'}` };
   }
-}
-
-/** A task the broker ended (completed, cancelled, revoked, expired): its MCP status is final. */
-export function isTerminalState(task: Task): boolean {
-  return !isLive(task.state);
 }

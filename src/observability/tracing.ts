@@ -33,7 +33,7 @@ export const TRACEPARENT_HEADER = 'traceparent';
 export const TRACESTATE_HEADER = 'tracestate';
 
 /** The instrumentation scope of the broker's spans. */
-export const TRACER_NAME = 'task-broker';
+const TRACER_NAME = 'task-broker';
 
 /** W3C: a tracestate longer than this may be dropped; it is (and a traceparent that long is not one). */
 const MAX_HEADER = 512;

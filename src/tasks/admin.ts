@@ -162,7 +162,7 @@ const textOf = (value: unknown): string => (typeof value === 'string' ? value : 
  * created in; a delegated task names its parent), its approval (with the comment) and its end
  * (with the reason or outcome). Every other event (polls, tokens, delegations) leaves the state as it is.
  */
-export function stateHistory(trail: readonly AuditEvent[]): TaskStateChange[] {
+function stateHistory(trail: readonly AuditEvent[]): TaskStateChange[] {
   const changes: TaskStateChange[] = [];
   for (const e of trail) {
     const d = e.details;

@@ -131,15 +131,15 @@ export function requesterDetails(requester: VerifiedRequester): Record<string, u
  * subject requester must also be of the task principal's session.
  */
 export function requesterMismatch(facts: TaskFacts, requester: VerifiedRequester, session: boolean): string | undefined {
+  const other = 'the requester is not the one the task was created for';
   if (requester.kind === 'x509') {
     // A task created for an X509 requester is owned by it, never by its gateway (that one is a
     // subject requester's task, owned by the gateway: no certificate names its principal).
-    if (facts.ownerSpiffeId === facts.gateway || facts.principal !== null) return 'the requester is not the one the task was created for';
-    return requester.spiffeId === facts.ownerSpiffeId ? undefined : 'the requester is not the one the task was created for';
+    const createdFor = requester.spiffeId === facts.ownerSpiffeId && facts.ownerSpiffeId !== facts.gateway && facts.principal === null;
+    return createdFor ? undefined : other;
   }
   const p = facts.principal;
-  if (!p || facts.ownerSpiffeId !== facts.gateway) return 'the requester is not the one the task was created for';
-  if (p.iss !== requester.principal.iss || p.sub !== requester.principal.sub) return 'the requester is not the one the task was created for';
+  if (!p || facts.ownerSpiffeId !== facts.gateway || p.iss !== requester.principal.iss || p.sub !== requester.principal.sub) return other;
   if (session && (p.sid ?? null) !== (requester.principal.sid ?? null)) return "the requester's subject token is of another session than the task's";
   return undefined;
 }

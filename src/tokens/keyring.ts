@@ -118,7 +118,7 @@ export interface SigningKeyInfo {
 }
 
 /** ListSigningKeys with `all` returns at most this many keys, newest first. */
-export const MAX_LISTED_KEYS = 1000;
+const MAX_LISTED_KEYS = 1000;
 
 interface CachedKey {
   kid: string;

@@ -52,7 +52,7 @@ export const adminConnectionOptions: Record<string, OptionSpec> = {
 };
 
 /** The output formats of -o/--output: json is --json; table the default text; wide the text with more columns. */
-export const OUTPUT_FORMATS = ['table', 'wide', 'json'] as const;
+const OUTPUT_FORMATS = ['table', 'wide', 'json'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 /** The text formats a command renders. */
 export type TextFormat = Exclude<OutputFormat, 'json'>;
