@@ -16,7 +16,15 @@ import * as grpc from '@grpc/grpc-js';
 import { LogThrottle } from '../observability/log-throttle.js';
 import type { Logger } from '../observability/logger.js';
 import type { BrokerMetrics, GrpcType, MethodMetrics } from '../observability/metrics.js';
-import { startServerSpan, traceContextFrom, tracingEnabled, TRACEPARENT_HEADER, TRACESTATE_HEADER, type ServerSpan } from '../observability/tracing.js';
+import {
+  spanClock,
+  startServerSpan,
+  traceContextFrom,
+  tracingEnabled,
+  TRACEPARENT_HEADER,
+  TRACESTATE_HEADER,
+  type ServerSpan,
+} from '../observability/tracing.js';
 import type { CallTrace } from '../model/task.js';
 import { requestIdFrom } from '../tasks/ids.js';
 import { callerOf } from '../transport/caller.js';
@@ -128,7 +136,7 @@ export function callRecorder({ logger, metrics, maxMessageBytes }: CallRecorderO
     }
     const { service, method, metrics: methodMetrics } = known;
     const started = process.hrtime.bigint();
-    const startTime = tracingEnabled() ? performance.timeOrigin + performance.now() : 0;
+    const startTime = tracingEnabled() ? spanClock() : 0;
     let metadata: grpc.Metadata | undefined;
     let span: ServerSpan | undefined;
     let recorded = false;

@@ -124,6 +124,16 @@ export function peerAttributes(peer: string): Attributes {
   return { 'network.peer.address': m[1], 'network.peer.port': Number(m[2]) };
 }
 
+/**
+ * Span times, in epoch milliseconds with a sub-millisecond part, all read from one monotonic
+ * clock. Every span gets explicit start and end times from it: a span given only a start time
+ * would end at Date.now() (whole milliseconds, and a clock NTP can step), so a child could
+ * appear to end after its parent.
+ */
+export function spanClock(): number {
+  return performance.timeOrigin + performance.now();
+}
+
 export interface ServerSpan {
   /** The span's own context: the parent of the call's database spans, and its trace id the audit's. */
   readonly trace: CallTrace;
@@ -159,7 +169,7 @@ export function startServerSpan(call: {
     end(code, codeName, details) {
       span.setAttribute('rpc.grpc.status_code', code);
       if (SERVER_ERROR_CODES.has(code)) span.setStatus({ code: rt.api.SpanStatusCode.ERROR, message: details ? `${codeName}: ${details}` : codeName });
-      span.end();
+      span.end(spanClock());
     },
   };
 }
@@ -181,7 +191,7 @@ export function startDatabaseSpan(parent: CallTrace | undefined, name: string, a
   if (!rt || !parent) return undefined;
   const span = rt.tracer.startSpan(
     name,
-    { kind: rt.api.SpanKind.CLIENT, attributes: { 'db.system': 'postgresql', 'db.system.name': 'postgresql', ...attributes } },
+    { kind: rt.api.SpanKind.CLIENT, startTime: spanClock(), attributes: { 'db.system': 'postgresql', 'db.system.name': 'postgresql', ...attributes } },
     parentContext(rt, parent, false),
   );
   let statements = 0;
@@ -190,7 +200,7 @@ export function startDatabaseSpan(parent: CallTrace | undefined, name: string, a
     sent(batchSize) {
       statements += 1;
       lastBatch = batchSize;
-      span.addEvent('statement sent', { 'taskbroker.batch.size': batchSize });
+      span.addEvent('statement sent', { 'taskbroker.batch.size': batchSize }, spanClock());
     },
     end(error) {
       // A batch serves many calls: each call's span names the size of the statement its work
@@ -203,7 +213,7 @@ export function startDatabaseSpan(parent: CallTrace | undefined, name: string, a
         span.setStatus({ code: rt.api.SpanStatusCode.ERROR, message: error instanceof Error ? error.message : 'failed' });
         if (error instanceof Error) span.setAttribute('error.type', error.name);
       }
-      span.end();
+      span.end(spanClock());
     },
   };
 }
