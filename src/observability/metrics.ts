@@ -45,7 +45,7 @@ const GO_CODE_NAMES: Record<number, string> = {
 };
 
 /** The `grpc_code` label of a status code. */
-export function grpcCodeLabel(code: number): string {
+function grpcCodeLabel(code: number): string {
   return GO_CODE_NAMES[code] ?? `Code(${code})`;
 }
 
@@ -65,14 +65,11 @@ export interface MethodMetrics {
   handled(code: number): { inc(): void };
 }
 
-/** Methods (service, method, type) whose metric children are kept for reuse. */
-const MAX_RPC_LABEL_SETS = 1_000;
-
 export class BrokerMetrics {
   readonly registry = new Registry();
-  readonly rpcStarted: Counter<RpcLabels>;
-  readonly rpcHandled: Counter<HandledLabels>;
-  readonly rpcDuration: Histogram<RpcLabels>;
+  readonly #rpcStarted: Counter<RpcLabels>;
+  readonly #rpcHandled: Counter<HandledLabels>;
+  readonly #rpcDuration: Histogram<RpcLabels>;
   readonly rpcInFlight: Gauge<'service' | 'method'>;
   readonly tokensIssued: Counter;
   readonly tokenVerifications: Counter<'reason'>;
@@ -90,7 +87,6 @@ export class BrokerMetrics {
   readonly ready: Gauge;
   readonly readinessCheck: Gauge<'check'>;
   readonly #clock: () => Date;
-  readonly #methodMetrics = new Map<string, MethodMetrics>();
   #svid: () => SvidInfo | undefined = () => undefined;
   #pool: (() => PoolStats) | undefined;
   #readiness: (() => ReadinessSnapshot) | undefined;
@@ -106,19 +102,19 @@ export class BrokerMetrics {
     const { counter, histogram, gauge, gaugePerLabel } = metricsIn(this.registry);
     const rpcLabels: RpcLabels[] = ['grpc_service', 'grpc_method', 'grpc_type'];
     const registers = [this.registry];
-    this.rpcStarted = new Counter({
+    this.#rpcStarted = new Counter({
       name: 'grpc_server_started_total',
       help: 'gRPC calls started on the server, by service, method and type',
       labelNames: rpcLabels,
       registers,
     });
-    this.rpcHandled = new Counter({
+    this.#rpcHandled = new Counter({
       name: 'grpc_server_handled_total',
       help: 'gRPC calls completed on the server, by service, method, type and status code (calls refused as Unauthenticated before any handler included)',
       labelNames: [...rpcLabels, 'grpc_code'],
       registers,
     });
-    this.rpcDuration = new Histogram({
+    this.#rpcDuration = new Histogram({
       name: 'grpc_server_handling_seconds',
       help: 'Time from the start of a gRPC call to its status, by service, method and type',
       labelNames: rpcLabels,
@@ -262,31 +258,19 @@ export class BrokerMetrics {
   }
 
   /**
-   * The labelled children of one method's gRPC metrics, looked up once (prom-client hashes the
-   * label set on every call otherwise): what a call records at its start and end.
+   * The labelled children of one method's gRPC metrics (prom-client hashes the label set on every
+   * call otherwise): what a call records at its start and end. The caller keeps them per method.
    */
   methodMetrics(service: string, method: string, type: GrpcType): MethodMetrics {
-    const key = `${service}/${method}/${type}`;
-    let found = this.#methodMetrics.get(key);
-    if (!found) {
-      const labels = { grpc_service: service, grpc_method: method, grpc_type: type };
-      const handled = new Map<number, { inc(): void }>();
-      found = {
-        inFlight: this.rpcInFlight.labels({ service, method }),
-        started: this.rpcStarted.labels(labels),
-        duration: this.rpcDuration.labels(labels),
-        handled: (code) => {
-          let child = handled.get(code);
-          if (!child) {
-            child = this.rpcHandled.labels({ ...labels, grpc_code: grpcCodeLabel(code) });
-            handled.set(code, child);
-          }
-          return child;
-        },
-      };
-      if (this.#methodMetrics.size < MAX_RPC_LABEL_SETS) this.#methodMetrics.set(key, found);
-    }
-    return found;
+    const labels = { grpc_service: service, grpc_method: method, grpc_type: type };
+    // By status code (0..16), each child made on the code's first use.
+    const handled: { inc(): void }[] = [];
+    return {
+      inFlight: this.rpcInFlight.labels({ service, method }),
+      started: this.#rpcStarted.labels(labels),
+      duration: this.#rpcDuration.labels(labels),
+      handled: (code) => (handled[code] ??= this.#rpcHandled.labels({ ...labels, grpc_code: grpcCodeLabel(code) })),
+    };
   }
 
   /** Reports the SVID `current()` returns at each scrape. */
