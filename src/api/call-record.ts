@@ -58,7 +58,10 @@ const traces = new WeakMap<grpc.Metadata, CallTrace | null>();
 export function callTraceOf(call: { metadata: grpc.Metadata }): CallTrace | undefined {
   let trace = traces.get(call.metadata);
   if (trace === undefined) {
-    trace = traceContextFrom(call.metadata.get(TRACEPARENT_HEADER), call.metadata.get(TRACESTATE_HEADER)) ?? null;
+    const traceparent = call.metadata.get(TRACEPARENT_HEADER);
+    // Most calls carry none: one metadata lookup, nothing parsed or cached.
+    if (traceparent.length === 0) return undefined;
+    trace = traceContextFrom(traceparent, call.metadata.get(TRACESTATE_HEADER)) ?? null;
     traces.set(call.metadata, trace);
   }
   return trace ?? undefined;

@@ -6,7 +6,6 @@
 import { readFileSync } from 'node:fs';
 import { DEFAULT_ADMISSION_LIMITS, type AdmissionLimits } from '../api/admission.js';
 import { openFilesLimit } from '../observability/capacity-checks.js';
-import { DEFAULT_TRACING_SHUTDOWN_MS } from '../observability/tracing.js';
 import { DEFAULT_POOL } from '../store/database.js';
 import type { BundleFile } from '../spiffe/bundle-files.js';
 import { DEFAULT_LIMITS, type LifecycleLimits } from '../tasks/limits.js';
@@ -85,11 +84,6 @@ export interface BrokerConfig {
   filePollIntervalMs: number;
   /** How long in-flight calls may take to finish on SIGTERM. */
   shutdownGraceMs: number;
-  /**
-   * At shutdown, how long tracing (when on: OTEL_* environment) may take to export the spans it
-   * holds; also the OTLP exporter's timeout unless OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT sets one.
-   */
-  tracingShutdownMs: number;
   logLevel: string;
   connectionLimits: ConnectionLimits;
   admission: AdmissionLimits;
@@ -133,7 +127,6 @@ export const DEFAULTS = {
   revocationHeartbeatMs: 5_000,
   filePollIntervalMs: 5_000,
   shutdownGraceMs: 20_000,
-  tracingShutdownMs: DEFAULT_TRACING_SHUTDOWN_MS,
   logLevel: 'info',
   connectionLimits: DEFAULT_CONNECTION_LIMITS,
   admission: DEFAULT_ADMISSION_LIMITS,
@@ -169,7 +162,6 @@ export function brokerConfig(input: BrokerConfigInput): BrokerConfig {
     revocationHeartbeatMs: input.revocationHeartbeatMs ?? d.revocationHeartbeatMs,
     filePollIntervalMs: input.filePollIntervalMs ?? d.filePollIntervalMs,
     shutdownGraceMs: input.shutdownGraceMs ?? d.shutdownGraceMs,
-    tracingShutdownMs: input.tracingShutdownMs ?? d.tracingShutdownMs,
     logLevel: input.logLevel ?? d.logLevel,
     connectionLimits: { ...d.connectionLimits, ...input.connectionLimits, maxConnections: input.connectionLimits?.maxConnections ?? autoMaxConnections() },
     admission: { ...d.admission, ...input.admission },

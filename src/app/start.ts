@@ -17,22 +17,16 @@ import { setUpIdentity } from './identity.js';
  * Starts the whole broker from `config`: SVID and bundles in place (with the Workload API, after
  * the first SVID arrived, within its timeout), database opened, keys ready. close() also stops
  * following the policy, SVID and bundle files or the Workload API, and then stops tracing (its
- * spans exported within config.tracingShutdownMs).
+ * spans exported within its shutdown bound, 5 s).
  */
 export async function startFromConfig(config: BrokerConfig, logger: Logger): Promise<RunningTaskBroker> {
   // First: an OTEL_* value it refuses stops the start before anything is opened.
-  const tracing = await startTracing({ logger, shutdownMs: config.tracingShutdownMs });
+  const tracing = await startTracing({ logger });
   if (tracing.enabled) logger.info({ reason: tracing.reason }, 'tracing on (OpenTelemetry)');
-  let kek: Awaited<ReturnType<typeof loadKek>>;
-  try {
-    kek = await loadKek(config.kek);
-  } catch (err) {
-    await stopTracing(logger, config.tracingShutdownMs);
-    throw err;
-  }
   let policy: FilePolicySource | undefined;
   let identity: X509Source | undefined;
   try {
+    const kek = await loadKek(config.kek);
     if (config.policyPath) policy = await FilePolicySource.load(config.policyPath, { logger, pollIntervalMs: config.filePollIntervalMs });
     identity = await setUpIdentity(config.identity, { logger, filePollIntervalMs: config.filePollIntervalMs });
     const { database } = config;
@@ -77,13 +71,13 @@ export async function startFromConfig(config: BrokerConfig, logger: Logger): Pro
         await broker.close(graceMs);
         opened.close();
         policy?.close();
-        await stopTracing(logger, config.tracingShutdownMs);
+        await stopTracing(logger);
       },
     };
   } catch (err) {
     identity?.close();
     policy?.close();
-    await stopTracing(logger, config.tracingShutdownMs);
+    await stopTracing(logger);
     throw err;
   }
 }

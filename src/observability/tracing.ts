@@ -4,8 +4,9 @@
  * its database round trip (tasks/task-access.ts), and the W3C trace context a caller sends in
  * `traceparent` / `tracestate`.
  *
- * Off by default, and then free: nothing of OpenTelemetry is loaded (the API and the SDK come in
- * by dynamic import() when tracing starts), and a call costs one check of `tracingEnabled()`.
+ * Off by default: nothing of OpenTelemetry is loaded (the API and the SDK come in by dynamic
+ * import() when tracing starts); a call then pays a check of `tracingEnabled()` and a lookup of
+ * its `traceparent` header (parsed only when present). Not measured apart in bench/.
  * What turns it on is the standard environment (tracingDecision): OTEL_TRACES_EXPORTER set to
  * an exporter, or an OTLP endpoint set (OTEL_EXPORTER_OTLP_ENDPOINT or
  * OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), unless OTEL_TRACES_EXPORTER is `none` or
@@ -49,7 +50,7 @@ interface Runtime {
 let runtime: Runtime | undefined;
 let sdkLoaded = false;
 
-/** Whether spans are made: the one check a call pays when tracing is off. */
+/** Whether spans are made (checked once per call). */
 export function tracingEnabled(): boolean {
   return runtime !== undefined;
 }
@@ -289,7 +290,7 @@ function diagnosticsTo(api: Api, logger: Logger, env: NodeJS.ProcessEnv): void {
 }
 
 /** How long stopTracing() waits for the SDK by default, and the OTLP exporter's timeout unless the environment sets one. */
-export const DEFAULT_TRACING_SHUTDOWN_MS = 5_000;
+const DEFAULT_TRACING_SHUTDOWN_MS = 5_000;
 
 /**
  * Starts tracing when the environment asks for it (tracingDecision): loads the SDK, starts NodeSDK
@@ -298,16 +299,16 @@ export const DEFAULT_TRACING_SHUTDOWN_MS = 5_000;
  *
  * NodeSDK reads process.env (`env` is for the decision only, for tests). Unless the environment
  * sets OTEL_EXPORTER_OTLP_TRACES_TIMEOUT or OTEL_EXPORTER_OTLP_TIMEOUT, the OTLP exporter's
- * timeout becomes `shutdownMs` (the SDK's default is 10 s): an export in flight holds the process
+ * timeout becomes DEFAULT_TRACING_SHUTDOWN_MS (the SDK's default is 10 s): an export in flight holds the process
  * open until it times out, so this is what keeps a broker whose collector does not answer from
  * lingering past its shutdown bound.
  */
-export async function startTracing(options: { logger: Logger; env?: NodeJS.ProcessEnv; shutdownMs?: number }): Promise<TracingDecision> {
+export async function startTracing(options: { logger: Logger; env?: NodeJS.ProcessEnv }): Promise<TracingDecision> {
   const env = options.env ?? process.env;
   const decision = tracingDecision(env);
   if (!decision.enabled || runtime) return decision;
   if (!process.env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT?.trim() && !process.env.OTEL_EXPORTER_OTLP_TIMEOUT?.trim()) {
-    process.env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = String(options.shutdownMs ?? DEFAULT_TRACING_SHUTDOWN_MS);
+    process.env.OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = String(DEFAULT_TRACING_SHUTDOWN_MS);
   }
   const [api, { NodeSDK }] = await Promise.all([import('@opentelemetry/api'), import('@opentelemetry/sdk-node')]);
   sdkLoaded = true;
@@ -329,10 +330,11 @@ export async function startTracing(options: { logger: Logger; env?: NodeJS.Proce
 
 /**
  * Stops tracing: no new spans, and the SDK exports what it holds (flush and shutdown) within
- * `timeoutMs`; what is left after that is dropped, so a collector that is down never holds up a
+ * DEFAULT_TRACING_SHUTDOWN_MS; what is left after that is dropped, so a collector that is down never holds up a
  * broker's exit.
  */
-export async function stopTracing(logger: Logger, timeoutMs = DEFAULT_TRACING_SHUTDOWN_MS): Promise<void> {
+export async function stopTracing(logger: Logger): Promise<void> {
+  const timeoutMs = DEFAULT_TRACING_SHUTDOWN_MS;
   const rt = runtime;
   runtime = undefined;
   if (!rt) return;
