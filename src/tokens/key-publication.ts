@@ -45,11 +45,11 @@ export function minimumPrePublicationMs(keyRefreshIntervalMs = DEFAULT_KEY_REFRE
 }
 
 /** How long a retired key stays published after it stopped signing. */
-export function retiredPublicationMs(maxTokenTtlSeconds: number, keyRefreshIntervalMs = DEFAULT_KEY_REFRESH_INTERVAL_MS): number {
+export function retiredPublicationMs(maxTokenTtlSeconds: number, keyRefreshIntervalMs: number): number {
   return maxTokenTtlSeconds * 1000 + keyRefreshIntervalMs;
 }
 
-/** A duration for a message: 6m30s, 90s, 15m30s, 2h. */
+/** A duration for a message: 6m30s, 1m30s, 15m30s, 2h. */
 export function readableDuration(ms: number): string {
   const total = Math.round(ms / 1000);
   const h = Math.floor(total / 3600);

@@ -26,7 +26,8 @@ import type { KeyObject } from 'node:crypto';
 import type { CryptoKey, JWK } from 'jose';
 import type { Logger } from '../observability/logger.js';
 import type { Db, Tx } from '../store/database.js';
-import type { SigningKeyRow, SigningKeyState } from '../store/schema.js';
+import type { Schema, SigningKeyRow, SigningKeyState } from '../store/schema.js';
+import type { ExpressionBuilder } from 'kysely';
 import { isUniqueViolation } from '../store/failures.js';
 import { BrokerError } from '../errors.js';
 import type { KeyEncryptionKey } from './kek.js';
@@ -256,7 +257,7 @@ export class SigningKeyRing implements VerificationKeySource {
     let key = (await this.#current()).keys.get(kid);
     // Another replica may have rotated since the last read.
     key ??= (await this.#read()).keys.get(kid);
-    if (!key || !this.#isPublished(key, this.#clock())) return undefined;
+    if (!key || !isPublished(key.state, key.publishUntil, this.#clock())) return undefined;
     return { alg: key.alg, publicKey: key.publicKey };
   }
 
@@ -276,7 +277,7 @@ export class SigningKeyRing implements VerificationKeySource {
       snapshot = this.#snapshot;
     }
     const now = this.#clock();
-    return { keys: [...snapshot.keys.values()].filter((k) => this.#isPublished(k, now)).map((k) => ({ ...k.publicJwk })) };
+    return { keys: [...snapshot.keys.values()].filter((k) => isPublished(k.state, k.publishUntil, now)).map((k) => ({ ...k.publicJwk })) };
   }
 
   /**
@@ -379,7 +380,7 @@ export class SigningKeyRing implements VerificationKeySource {
       .orderBy('created_at', 'desc')
       .orderBy('kid')
       .limit(MAX_LISTED_KEYS);
-    if (options.all !== true) query = query.where((eb) => eb.or([eb('state', 'in', ['NEXT', 'ACTIVE']), eb('publish_until', '>', now)]));
+    if (options.all !== true) query = query.where(publishedAt(now));
     const rows = await query.execute();
     return rows.map((row) => ({
       kid: row.kid,
@@ -389,7 +390,7 @@ export class SigningKeyRing implements VerificationKeySource {
       activatesAt: row.activates_at,
       retiredAt: row.retired_at ?? undefined,
       publishUntil: row.publish_until ?? undefined,
-      published: row.state !== 'RETIRED' || (row.publish_until !== null && row.publish_until.getTime() > now.getTime()),
+      published: isPublished(row.state, row.publish_until ?? undefined, now),
     }));
   }
 
@@ -454,10 +455,6 @@ export class SigningKeyRing implements VerificationKeySource {
         `(in ${readableDuration(next.activates_at.getTime() - now.getTime())}): rotate again after that, ` +
         'or rotate with immediate (emergency: no pre-publication) if the active key is compromised',
     );
-  }
-
-  #isPublished(key: CachedKey, now: Date): boolean {
-    return key.state !== 'RETIRED' || (key.publishUntil !== undefined && key.publishUntil.getTime() > now.getTime());
   }
 
   /** The cached snapshot, re-read when older than the refresh interval (or the clock went back). */
@@ -527,14 +524,18 @@ export class SigningKeyRing implements VerificationKeySource {
 
   /** NEXT and ACTIVE keys and RETIRED keys still published at `now`: ACTIVE, NEXT, RETIRED, newest first within each. */
   #publishedRows(now: Date): Promise<SigningKeyRow[]> {
-    return this.#db
-      .selectFrom('signing_keys')
-      .selectAll()
-      .where((eb) => eb.or([eb('state', 'in', ['NEXT', 'ACTIVE']), eb('publish_until', '>', now)]))
-      .orderBy('state')
-      .orderBy('created_at', 'desc')
-      .execute();
+    return this.#db.selectFrom('signing_keys').selectAll().where(publishedAt(now)).orderBy('state').orderBy('created_at', 'desc').execute();
   }
+}
+
+/** Whether a key is in the key set at `now`: NEXT and ACTIVE keys, and RETIRED ones until publish_until. */
+function isPublished(state: SigningKeyState, publishUntil: Date | undefined, now: Date): boolean {
+  return state !== 'RETIRED' || (publishUntil !== undefined && publishUntil.getTime() > now.getTime());
+}
+
+/** isPublished as a WHERE condition on signing_keys. */
+function publishedAt(now: Date) {
+  return (eb: ExpressionBuilder<Schema, 'signing_keys'>) => eb.or([eb('state', 'in', ['NEXT', 'ACTIVE']), eb('publish_until', '>', now)]);
 }
 
 async function parsePublic(row: SigningKeyRow): Promise<CachedKey> {
