@@ -396,11 +396,10 @@ export class TaskLifecycle {
   /**
    * The facts of a task the caller owns, serves as its gateway or delegated (readTask decides what
    * a delegator may do); else the not-found path. A gateway acting for a requester must be the
-   * task's gateway.
+   * task's gateway. Callers have checked the task ID.
    */
   async #followUpFacts(actor: Actor, taskId: string, operation: string, requester?: VerifiedRequester): Promise<TaskFacts> {
-    taskIdArgument(taskId);
-    const facts = await this.#access.factsOf(taskId);
+    const facts = await this.#access.factsOf(taskId, actor.trace);
     if (requester) {
       if (facts && facts.gateway === actor.spiffeId) return facts;
       const why = facts ? 'caller is not the gateway of the task' : undefined;

@@ -246,7 +246,8 @@ export class TaskAccess {
    */
   async servedFacts(actor: Actor, taskId: string, operation: string): Promise<TaskFacts> {
     const facts = await this.ownedFacts(actor, taskId, operation);
-    if (facts.gateway !== null && facts.gateway !== actor.spiffeId && facts.gateway !== facts.ownerSpiffeId) {
+    // ownedFacts let in only the owner and the gateway: anyone but the gateway here is the owner.
+    if (facts.gateway !== null && facts.gateway !== actor.spiffeId) {
       const reason = `the task is served by its gateway ${facts.gateway}: its tokens, its completion and delegation from it are the gateway's (its owner may read and cancel it)`;
       await this.applyOn(facts, { op: 'event', task_id: taskId, type: 'access.denied', ...this.who(actor, this.now()), details: { operation, reason } });
       throw new BrokerError('permission-denied', reason);
@@ -254,9 +255,9 @@ export class TaskAccess {
     return facts;
   }
 
-  /** The facts of any task (undefined: no such task); no owner check. */
-  factsOf(taskId: string): Promise<TaskFacts | undefined> {
-    return this.#factsOf(taskId);
+  /** The facts of any task (undefined: no such task); no owner check. A read is a span of `trace`. */
+  factsOf(taskId: string, trace?: CallTrace): Promise<TaskFacts | undefined> {
+    return this.#factsOf(taskId, trace);
   }
 
   /** A refusal from tb_apply as the error the caller gets (recording it was the database's part). */
