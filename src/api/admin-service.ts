@@ -7,7 +7,7 @@ import type { TaskBrokerAdminHandlers } from '../gen/taskbroker/v1/TaskBrokerAdm
 import type { Logger } from '../observability/logger.js';
 import type { AuditEvent, ChainCheck } from '../audit/audit.js';
 import type { ChainCheck as ChainCheckMessage } from '../gen/taskbroker/v1/ChainCheck.js';
-import { taskStateName } from '../protocol/enums.js';
+import { signingKeyStateName, taskStateName } from '../protocol/enums.js';
 import { jsonToStruct } from '../protocol/struct.js';
 import { fromTimestamp, toTimestamp } from '../protocol/timestamps.js';
 import type { TaskAdmin } from '../tasks/admin.js';
@@ -138,7 +138,7 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
       return {
         kid: res.kid,
         retiredKid: res.retiredKid ?? '',
-        state: `SIGNING_KEY_STATE_${res.state}`,
+        state: signingKeyStateName(res.state),
         activatesAt: toTimestamp(res.activatesAt),
         retiredKeyPublishedUntil: res.retiredKeyPublishedUntil ? toTimestamp(res.retiredKeyPublishedUntil) : null,
         immediate: res.immediate,
@@ -152,7 +152,7 @@ export function adminHandlers({ logger, admin }: AdminServiceDeps): TaskBrokerAd
         keys: res.keys.map((k) => ({
           kid: k.kid,
           alg: k.alg,
-          state: `SIGNING_KEY_STATE_${k.state}`,
+          state: signingKeyStateName(k.state),
           createdAt: toTimestamp(k.createdAt),
           activatesAt: toTimestamp(k.activatesAt),
           retiredAt: k.retiredAt ? toTimestamp(k.retiredAt) : null,

@@ -1,7 +1,9 @@
 /**
  * The one place where domain names become proto enum names and back: TaskState ACTIVE is
- * TASK_STATE_ACTIVE on the wire, VerifyReason task-not-active is VERIFY_TOKEN_REASON_TASK_NOT_ACTIVE.
+ * TASK_STATE_ACTIVE on the wire, VerifyReason task-not-active is VERIFY_TOKEN_REASON_TASK_NOT_ACTIVE,
+ * a NEXT signing key SIGNING_KEY_STATE_NEXT.
  */
+import type { SigningKeyState__Output } from '../gen/taskbroker/v1/SigningKeyState.js';
 import { VerifyTokenReason } from '../gen/taskbroker/v1/VerifyTokenReason.js';
 import { TASK_STATES, VERIFY_REASONS, type TaskState, type VerifyReason } from '../model/task.js';
 
@@ -43,4 +45,9 @@ const VERIFY_REASON_NAMES = Object.fromEntries(
 
 export function verifyReasonName(reason: VerifyReason): VerifyReasonName {
   return VERIFY_REASON_NAMES[reason];
+}
+
+/** A signing key's state on the wire (the compiler checks the name is one of the proto enum's). */
+export function signingKeyStateName(state: 'NEXT' | 'ACTIVE' | 'RETIRED'): SigningKeyState__Output {
+  return `SIGNING_KEY_STATE_${state}`;
 }
