@@ -18,7 +18,7 @@ import { Agent, fetch as undiciFetch } from 'undici';
 import { z } from 'zod';
 import { TaskBrokerClient } from '../../src/client/task-broker-client.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
-import { guardMcpTasks, requesterAuthInfo, type GuardOptions, type McpTaskGuard, type ToolTaskContext } from '../../src/mcp/index.js';
+import { guardMcpTasks, requesterAuthInfo, type GuardBroker, type GuardOptions, type McpTaskGuard, type ToolTaskContext } from '../../src/mcp/index.js';
 import { tlsIdentityFrom, type X509Source } from '../../src/spiffe/x509-source.js';
 import { BROKER_ID, type TestBroker } from '../helpers/broker.js';
 import { pemOf, type PemSvid, type TrustDomainPki } from '../helpers/pki.js';
@@ -110,8 +110,15 @@ export function mtlsFetch(svid: PemSvid | undefined, ca: string, serverId: strin
   return { fetch, agent };
 }
 
-export async function startMcpFixture(t: TestBroker, options: Partial<Omit<GuardOptions, 'broker'>> & { brokerAddress?: string } = {}): Promise<McpFixture> {
-  const { brokerAddress, ...guardOptions } = options;
+export interface McpFixtureOptions extends Partial<Omit<GuardOptions, 'broker'>> {
+  /** Where the guard's broker client connects (default: the test broker). */
+  brokerAddress?: string;
+  /** Wraps the guard's broker client (the real one), e.g. to hold an answer back. */
+  wrapBroker?: (broker: GuardBroker) => GuardBroker;
+}
+
+export async function startMcpFixture(t: TestBroker, options: McpFixtureOptions = {}): Promise<McpFixture> {
+  const { brokerAddress, wrapBroker, ...guardOptions } = options;
   const serverSvid = await pemOf(await mintX509Svid(t.a.root, MCP_SERVER));
   const gatewayClient = new TaskBrokerClient({
     address: brokerAddress ?? t.address,
@@ -119,7 +126,13 @@ export async function startMcpFixture(t: TestBroker, options: Partial<Omit<Guard
     source: staticSource(serverSvid, t),
     deadlineMs: 3_000,
   });
-  const guard = guardMcpTasks({ broker: gatewayClient, audience: MCP_SERVER, scopes: ['reports:write'], pollIntervalMs: 100, ...guardOptions });
+  const guard = guardMcpTasks({
+    broker: wrapBroker ? wrapBroker(gatewayClient) : gatewayClient,
+    audience: MCP_SERVER,
+    scopes: ['reports:write'],
+    pollIntervalMs: 100,
+    ...guardOptions,
+  });
   const works = new Works();
 
   const mcpServer = (): McpServer => {
