@@ -7,7 +7,8 @@
  */
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import type { PeerCertificate } from 'node:tls';
+import { constants } from 'node:crypto';
+import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -85,6 +86,8 @@ export interface McpFixture {
   works: Works;
   /** The MCP server's own broker client (its SVID). */
   gatewayClient: TaskBrokerClient;
+  /** The TLS connections the MCP server accepted: the client's SAN, and whether the session was resumed. */
+  connections: Array<{ peer: string | undefined; resumed: boolean }>;
   /** A connected MCP client presenting an SVID for `spiffeId`; with `bearer`, no certificate but that token (none when empty). */
   connect(spiffeId: string, options?: { bearer?: string; pki?: TrustDomainPki; viaIntermediate?: boolean }): Promise<Client>;
   close(): Promise<void>;
@@ -143,7 +146,15 @@ export async function startMcpFixture(t: TestBroker, options: McpFixtureOptions 
   };
 
   const https: Server = createServer(
-    { cert: serverSvid.certChainPem, key: serverSvid.keyPem, ca: [t.a.root.pem, t.b.root.pem], requestCert: true, rejectUnauthorized: false },
+    {
+      cert: serverSvid.certChainPem,
+      key: serverSvid.keyPem,
+      ca: [t.a.root.pem, t.b.root.pem],
+      requestCert: true,
+      rejectUnauthorized: false,
+      // No resumption: a resumed session presents only the client's leaf (see requesterAuthInfo).
+      secureOptions: constants.SSL_OP_NO_TICKET,
+    },
     (req, res) => {
       const auth = requesterAuthInfo(req);
       if (auth) Object.assign(req, { auth });
@@ -161,6 +172,10 @@ export async function startMcpFixture(t: TestBroker, options: McpFixtureOptions 
         });
     },
   );
+  const connections: McpFixture['connections'] = [];
+  https.on('secureConnection', (socket: TLSSocket) => {
+    connections.push({ peer: (socket.getPeerCertificate() as PeerCertificate | undefined)?.subjectaltname, resumed: socket.isSessionReused() });
+  });
   await new Promise<void>((resolve) => https.listen(0, '127.0.0.1', resolve));
   const url = new URL(`https://127.0.0.1:${(https.address() as AddressInfo).port}/mcp`);
   const clients: Array<{ client: Client; agent: Agent }> = [];
@@ -170,6 +185,7 @@ export async function startMcpFixture(t: TestBroker, options: McpFixtureOptions 
     guard,
     works,
     gatewayClient,
+    connections,
     async connect(spiffeId, connectOptions = {}) {
       const pki = connectOptions.pki ?? (spiffeId.startsWith('spiffe://b.test/') ? t.b : t.a);
       const issuer = connectOptions.viaIntermediate ? pki.intermediate : pki.root;

@@ -121,6 +121,11 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     expect(await carol.experimental.tasks.getTask(taskId)).toMatchObject({ taskId, status: 'working' });
     await expect(alice.experimental.tasks.getTask(taskId)).rejects.toEqual(notFound(taskId));
     await mcp.works.finish(taskId, 'ok');
+    // The client opened more than one connection, each a full handshake presenting the whole chain
+    // (a resumed session would present the leaf alone, which the broker cannot verify).
+    const carols = mcp.connections.filter((c) => c.peer?.includes('sa/carol'));
+    expect(carols.length).toBeGreaterThanOrEqual(2);
+    expect(carols.filter((c) => c.resumed)).toEqual([]);
   });
 
   it("answers a task creation the policy refuses with the broker's refusal, and starts no work", async () => {
