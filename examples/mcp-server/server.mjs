@@ -53,13 +53,13 @@ async function generateReport({ quarter }, work) {
 /** Stateless Streamable HTTP: a fresh McpServer per request; the guard (and the works) outlive them. */
 function mcpServer() {
   const server = new McpServer({ name: 'reports', version: '1.0.0' }, guard.serverOptions());
+  // Also installs the guard's broker-checked tasks/get, tasks/result, tasks/list and tasks/cancel.
   guard.registerToolTask(
     server,
     'report.generate',
     { description: 'Generates a quarterly report (task-only)', inputSchema: { quarter: z.string() } },
     generateReport,
   );
-  guard.install(server);
   return server;
 }
 
