@@ -60,7 +60,17 @@ export async function startLocalBroker({ trustDomain, brokerId, identities, poli
     const bundle = join(dir, 'ca.pem');
     const port = await start(
       'broker',
-      [BIN, 'serve', '--listen', '127.0.0.1:0', '--http-listen', 'off', '--svid-cert', join(dir, 'broker.pem'), '--svid-key', join(dir, 'broker.key')].concat([
+      [
+        BIN,
+        'serve',
+        '--listen',
+        '127.0.0.1:0',
+        '--http-listen',
+        'off',
+        '--svid-cert',
+        join(dir, 'broker.pem'),
+        '--svid-key',
+        join(dir, 'broker.key'),
         '--bundle',
         `${trustDomain}=${bundle}`,
         '--policy',
@@ -68,7 +78,7 @@ export async function startLocalBroker({ trustDomain, brokerId, identities, poli
         '--data-dir',
         join(dir, 'data'),
         '--migrate',
-      ]),
+      ],
       { TASK_BROKER_KEK: randomBytes(32).toString('base64') },
       (line) => (json(line)?.msg === 'task-broker listening' ? json(line).port : undefined),
     );

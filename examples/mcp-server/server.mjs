@@ -4,6 +4,7 @@
 // returns a report. Every task request is checked and audited by the broker (task-broker/mcp).
 //
 // Environment: BROKER_ADDRESS, BROKER_ID, SVID_CERT, SVID_KEY, BUNDLE (PEM), MCP_SERVER_ID, PORT.
+import { constants } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:https';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -52,18 +53,27 @@ async function generateReport({ quarter }, work) {
 /** Stateless Streamable HTTP: a fresh McpServer per request; the guard (and the works) outlive them. */
 function mcpServer() {
   const server = new McpServer({ name: 'reports', version: '1.0.0' }, guard.serverOptions());
+  // Also installs the guard's broker-checked tasks/get, tasks/result, tasks/list and tasks/cancel.
   guard.registerToolTask(
     server,
     'report.generate',
     { description: 'Generates a quarterly report (task-only)', inputSchema: { quarter: z.string() } },
     generateReport,
   );
-  guard.install(server);
   return server;
 }
 
 const https = createServer(
-  { cert: readFileSync(env('SVID_CERT')), key: readFileSync(env('SVID_KEY')), ca: readFileSync(env('BUNDLE')), requestCert: true, rejectUnauthorized: true },
+  {
+    cert: readFileSync(env('SVID_CERT')),
+    key: readFileSync(env('SVID_KEY')),
+    ca: readFileSync(env('BUNDLE')),
+    requestCert: true,
+    rejectUnauthorized: true,
+    // No TLS session resumption: a resumed session presents only the client's leaf certificate,
+    // and a requester SVID issued by an intermediate would then fail at the broker.
+    secureOptions: constants.SSL_OP_NO_TICKET,
+  },
   (req, res) => {
     req.auth = requesterAuthInfo(req);
     const server = mcpServer();

@@ -9,7 +9,7 @@
 import { ErrorCode, McpError } from '@modelcontextprotocol/sdk/types.js';
 import { TaskBrokerError } from '../client/errors.js';
 
-export function taskNotFound(taskId: string): McpError {
+function taskNotFound(taskId: string): McpError {
   return new McpError(ErrorCode.InvalidParams, `Task not found: ${taskId}`);
 }
 

@@ -130,7 +130,8 @@ export class McpTaskGuard {
   readonly #installed = new WeakSet<McpServer>();
   /** A failed task creation, by the signal of its tools/call, so the wrapper can answer with it (see #wrapToolsCall). */
   readonly #creationFailures = new WeakMap<AbortSignal, McpError>();
-  #starting = 0;
+  /** Task creations under way (asked of the broker, no work started yet): close() waits for them. */
+  readonly #creations = new Set<Promise<unknown>>();
   #closed = false;
 
   constructor(options: GuardOptions) {
@@ -256,15 +257,22 @@ export class McpTaskGuard {
   }
 
   /**
-   * Stops taking tasks and aborts the running works (reason 'shutdown'); each ends its task as
-   * failed at the broker. Resolves when they have, or after `timeoutMs`.
+   * Stops taking tasks and aborts the running works (reason 'shutdown'): a running work ends its
+   * task as failed at the broker, a work still waiting for an approval cancels its task there (so
+   * no later approval finds a task whose work will never run). A task whose creation is under way
+   * is waited for and ended the same way (its work never starts). Resolves when all have, or
+   * after `timeoutMs`.
    */
   async close(timeoutMs = 5_000): Promise<void> {
     this.#closed = true;
-    const works = this.#local.all();
-    for (const w of works) w.controller.abort('shutdown' satisfies AbortReason);
+    for (const w of this.#local.all()) w.controller.abort('shutdown' satisfies AbortReason);
+    const ended = (async () => {
+      // A creation that resolves now starts a work that #start aborts at once (the guard is closed).
+      await Promise.allSettled([...this.#creations]);
+      await Promise.all(this.#local.all().map((w) => w.settled));
+    })();
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(works.map((w) => w.settled)), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+    await Promise.race([ended, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
     clearTimeout(timer);
   }
 
@@ -308,13 +316,12 @@ export class McpTaskGuard {
   async #createTask(tool: GuardedTool, args: unknown, authInfo: AuthInfo | undefined, requestedTtlMs: number | undefined): Promise<CreateTaskResult> {
     const requester = this.#requester(authInfo);
     if (this.#closed) throw new McpError(ErrorCode.InternalError, 'the MCP server is shutting down; retry elsewhere');
-    if (this.#local.size + this.#starting >= this.#maxWorks) {
+    if (this.#local.size + this.#creations.size >= this.#maxWorks) {
       throw new McpError(ErrorCode.InternalError, `too many tasks running on this server (${this.#maxWorks}); retry later`);
     }
     const ttlMs = Math.min(Math.max(requestedTtlMs ?? this.#defaultTtlMs, 1_000), this.#maxTtlMs);
     const params: JsonObject = { tool: tool.name, arguments_sha256: argumentsSha256(args) };
-    this.#starting += 1;
-    try {
+    const creation = (async () => {
       const spec = {
         action: tool.name,
         audience: this.#audience,
@@ -333,8 +340,12 @@ export class McpTaskGuard {
       });
       this.#start(tool, args, task, authInfo);
       return { task: this.#view(task) };
+    })();
+    this.#creations.add(creation);
+    try {
+      return await creation;
     } finally {
-      this.#starting -= 1;
+      this.#creations.delete(creation);
     }
   }
 
@@ -344,6 +355,8 @@ export class McpTaskGuard {
     let settle!: () => void;
     const work: RunningWork = { task, controller, settled: new Promise<void>((r) => (settle = r)) };
     this.#local.add(work);
+    // Created while close() waited for the creation: the work never starts, the task ends below.
+    if (this.#closed) controller.abort('shutdown' satisfies AbortReason);
     const expiry = setTimeout(() => controller.abort('expired' satisfies AbortReason), Math.max(0, task.expiresAt.getTime() - Date.now()));
     expiry.unref();
     const context: ToolTaskContext = {
@@ -353,28 +366,31 @@ export class McpTaskGuard {
       authInfo,
       issueToken: (options = {}) => this.#broker.issueToken(task.taskId, { deadlineMs: this.#deadlineMs, ...options }),
     };
+    const reasonOf = (): AbortReason | undefined => (controller.signal.aborted ? (controller.signal.reason as AbortReason) : undefined);
     void (async () => {
-      // A task that needs an approval runs nothing before it has one: its work has effects of its own.
-      if (task.state !== 'ACTIVE' && !(await this.#approved(task.taskId, controller.signal))) {
-        clearTimeout(expiry);
-        this.#local.delete(task.taskId);
-        settle();
-        return;
-      }
-      let outcome: { result: CallToolResult; failed: boolean };
       try {
-        outcome = { result: await tool.work(args, context), failed: false };
-      } catch (err) {
-        outcome = { result: errorResult(err), failed: true };
-      }
-      clearTimeout(expiry);
-      const reason = controller.signal.aborted ? (controller.signal.reason as AbortReason) : undefined;
-      try {
+        // A task that needs an approval runs nothing before it has one: its work has effects of its own.
+        if (task.state !== 'ACTIVE' && !(await this.#approved(task.taskId, controller.signal))) {
+          // A shutdown while it waits would leave it pending at the broker, approvable, with no work to run.
+          if (reasonOf() === 'shutdown') await this.#cancel(task.taskId, 'the MCP server shut down before approval');
+          return;
+        }
+        let outcome: { result: CallToolResult; failed: boolean } | undefined;
+        // A work aborted before it starts (shut down meanwhile) does not start.
+        if (!controller.signal.aborted) {
+          try {
+            outcome = { result: await tool.work(args, context), failed: false };
+          } catch (err) {
+            outcome = { result: errorResult(err), failed: true };
+          }
+        }
+        const reason = reasonOf();
         // Cancelled and expired tasks were ended by the broker; a shutdown ends them as failed here.
         if (reason === 'shutdown')
           await this.#complete(task.taskId, { result: errorResult(new Error('the MCP server shut down before the tool finished')), failed: true });
-        else if (reason === undefined) await this.#complete(task.taskId, outcome);
+        else if (reason === undefined && outcome) await this.#complete(task.taskId, outcome);
       } finally {
+        clearTimeout(expiry);
         this.#local.delete(task.taskId);
         settle();
       }
@@ -405,6 +421,19 @@ export class McpTaskGuard {
           return false;
         }
       }
+    }
+  }
+
+  /**
+   * Cancels a task this server serves, as its gateway (no requester), for a work that never ran.
+   * A task that ended meanwhile (approval refused, ttl, a revoke) needs nothing more.
+   */
+  async #cancel(taskId: string, reason: string): Promise<void> {
+    try {
+      await this.#broker.cancelTask(taskId, reason, { deadlineMs: this.#deadlineMs });
+    } catch (err) {
+      if (err instanceof TaskBrokerError && err.reason === 'failed-precondition') return;
+      this.#onError(err, taskId);
     }
   }
 

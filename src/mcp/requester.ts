@@ -31,6 +31,11 @@ export function requesterOf(authInfo: AuthInfo | undefined): Requester | undefin
  * The AuthInfo for a request to an HTTPS MCP endpoint: the peer's SVID chain when the TLS
  * handshake verified a client certificate, else the `Authorization: Bearer` token, else
  * undefined. Assign it to `req.auth` before `transport.handleRequest(req, res)`.
+ *
+ * The HTTPS server must not resume TLS sessions (`secureOptions: constants.SSL_OP_NO_TICKET`;
+ * Node keeps no session-ID cache unless asked to): a resumed session presents only the peer's
+ * leaf, not the chain it came with, and an SVID issued by an intermediate then fails at the
+ * broker. Each connection then makes a full handshake and presents its whole chain.
  */
 export function requesterAuthInfo(req: IncomingMessage): AuthInfo | undefined {
   const chain = peerChain(req);
@@ -44,15 +49,6 @@ export function requesterAuthInfo(req: IncomingMessage): AuthInfo | undefined {
 }
 
 /**
- * Chains seen on full handshakes, by leaf fingerprint. A resumed TLS session hands the server
- * only the peer's leaf (no issuerCertificate), and a leaf issued by an intermediate does not
- * verify at the broker on its own; the chain the same leaf came with on its full handshake (in
- * this process) fills the gap. Bounded: the oldest entry leaves first.
- */
-const chainsByLeaf = new Map<string, Uint8Array[]>();
-const MAX_REMEMBERED_CHAINS = 1024;
-
-/**
  * The DER chain of an authorized TLS peer, leaf first, up to (not including) a self-signed
  * certificate: the broker verifies it against its own trust bundles, so the root is not needed.
  * Only a peer the TLS server authorized counts: an unverified certificate is no identity.
@@ -62,19 +58,8 @@ function peerChain(req: IncomingMessage): { leaf: PeerCertificate; der: Uint8Arr
   if (typeof socket.getPeerCertificate !== 'function' || socket.authorized !== true) return undefined;
   const leaf: DetailedPeerCertificate = socket.getPeerCertificate(true);
   if (!leaf?.raw) return undefined;
-  if (!leaf.issuerCertificate) {
-    // A resumed session: only the leaf is known here.
-    return { leaf, der: chainsByLeaf.get(leaf.fingerprint256) ?? [new Uint8Array(leaf.raw)] };
-  }
-  const der = linkedChain(leaf, { dropRoot: true }).map((c) => new Uint8Array(c));
-  remember(leaf.fingerprint256, der);
-  return { leaf, der };
-}
-
-function remember(fingerprint: string, der: Uint8Array[]): void {
-  chainsByLeaf.delete(fingerprint);
-  chainsByLeaf.set(fingerprint, der);
-  if (chainsByLeaf.size > MAX_REMEMBERED_CHAINS) chainsByLeaf.delete(chainsByLeaf.keys().next().value as string);
+  // On a resumed session (see requesterAuthInfo) Node links no issuer: the leaf alone goes.
+  return { leaf, der: linkedChain(leaf, { dropRoot: true }).map((c) => new Uint8Array(c)) };
 }
 
 function uriSanOf(cert: PeerCertificate): string | undefined {

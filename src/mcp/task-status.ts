@@ -5,7 +5,7 @@
 import type { Task as McpTask } from '@modelcontextprotocol/sdk/types.js';
 import type { Task } from '../client/results.js';
 
-export type McpTaskStatus = McpTask['status'];
+type McpTaskStatus = McpTask['status'];
 
 export interface TaskViewOptions {
   pollIntervalMs: number;

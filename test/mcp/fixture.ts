@@ -7,7 +7,8 @@
  */
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import type { PeerCertificate } from 'node:tls';
+import { constants } from 'node:crypto';
+import type { PeerCertificate, TLSSocket } from 'node:tls';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
@@ -18,7 +19,7 @@ import { Agent, fetch as undiciFetch } from 'undici';
 import { z } from 'zod';
 import { TaskBrokerClient } from '../../src/client/task-broker-client.js';
 import { mintX509Svid } from '../../src/devca/certificates.js';
-import { guardMcpTasks, requesterAuthInfo, type GuardOptions, type McpTaskGuard, type ToolTaskContext } from '../../src/mcp/index.js';
+import { guardMcpTasks, requesterAuthInfo, type GuardBroker, type GuardOptions, type McpTaskGuard, type ToolTaskContext } from '../../src/mcp/index.js';
 import { tlsIdentityFrom, type X509Source } from '../../src/spiffe/x509-source.js';
 import { BROKER_ID, type TestBroker } from '../helpers/broker.js';
 import { pemOf, type PemSvid, type TrustDomainPki } from '../helpers/pki.js';
@@ -85,6 +86,8 @@ export interface McpFixture {
   works: Works;
   /** The MCP server's own broker client (its SVID). */
   gatewayClient: TaskBrokerClient;
+  /** The TLS connections the MCP server accepted: the client's SAN, and whether the session was resumed. */
+  connections: Array<{ peer: string | undefined; resumed: boolean }>;
   /** A connected MCP client presenting an SVID for `spiffeId`; with `bearer`, no certificate but that token (none when empty). */
   connect(spiffeId: string, options?: { bearer?: string; pki?: TrustDomainPki; viaIntermediate?: boolean }): Promise<Client>;
   close(): Promise<void>;
@@ -110,8 +113,15 @@ export function mtlsFetch(svid: PemSvid | undefined, ca: string, serverId: strin
   return { fetch, agent };
 }
 
-export async function startMcpFixture(t: TestBroker, options: Partial<Omit<GuardOptions, 'broker'>> & { brokerAddress?: string } = {}): Promise<McpFixture> {
-  const { brokerAddress, ...guardOptions } = options;
+export interface McpFixtureOptions extends Partial<Omit<GuardOptions, 'broker'>> {
+  /** Where the guard's broker client connects (default: the test broker). */
+  brokerAddress?: string;
+  /** Wraps the guard's broker client (the real one), e.g. to hold an answer back. */
+  wrapBroker?: (broker: GuardBroker) => GuardBroker;
+}
+
+export async function startMcpFixture(t: TestBroker, options: McpFixtureOptions = {}): Promise<McpFixture> {
+  const { brokerAddress, wrapBroker, ...guardOptions } = options;
   const serverSvid = await pemOf(await mintX509Svid(t.a.root, MCP_SERVER));
   const gatewayClient = new TaskBrokerClient({
     address: brokerAddress ?? t.address,
@@ -119,7 +129,13 @@ export async function startMcpFixture(t: TestBroker, options: Partial<Omit<Guard
     source: staticSource(serverSvid, t),
     deadlineMs: 3_000,
   });
-  const guard = guardMcpTasks({ broker: gatewayClient, audience: MCP_SERVER, scopes: ['reports:write'], pollIntervalMs: 100, ...guardOptions });
+  const guard = guardMcpTasks({
+    broker: wrapBroker ? wrapBroker(gatewayClient) : gatewayClient,
+    audience: MCP_SERVER,
+    scopes: ['reports:write'],
+    pollIntervalMs: 100,
+    ...guardOptions,
+  });
   const works = new Works();
 
   const mcpServer = (): McpServer => {
@@ -130,7 +146,15 @@ export async function startMcpFixture(t: TestBroker, options: Partial<Omit<Guard
   };
 
   const https: Server = createServer(
-    { cert: serverSvid.certChainPem, key: serverSvid.keyPem, ca: [t.a.root.pem, t.b.root.pem], requestCert: true, rejectUnauthorized: false },
+    {
+      cert: serverSvid.certChainPem,
+      key: serverSvid.keyPem,
+      ca: [t.a.root.pem, t.b.root.pem],
+      requestCert: true,
+      rejectUnauthorized: false,
+      // No resumption: a resumed session presents only the client's leaf (see requesterAuthInfo).
+      secureOptions: constants.SSL_OP_NO_TICKET,
+    },
     (req, res) => {
       const auth = requesterAuthInfo(req);
       if (auth) Object.assign(req, { auth });
@@ -148,6 +172,10 @@ export async function startMcpFixture(t: TestBroker, options: Partial<Omit<Guard
         });
     },
   );
+  const connections: McpFixture['connections'] = [];
+  https.on('secureConnection', (socket: TLSSocket) => {
+    connections.push({ peer: (socket.getPeerCertificate() as PeerCertificate | undefined)?.subjectaltname, resumed: socket.isSessionReused() });
+  });
   await new Promise<void>((resolve) => https.listen(0, '127.0.0.1', resolve));
   const url = new URL(`https://127.0.0.1:${(https.address() as AddressInfo).port}/mcp`);
   const clients: Array<{ client: Client; agent: Agent }> = [];
@@ -157,6 +185,7 @@ export async function startMcpFixture(t: TestBroker, options: Partial<Omit<Guard
     guard,
     works,
     gatewayClient,
+    connections,
     async connect(spiffeId, connectOptions = {}) {
       const pki = connectOptions.pki ?? (spiffeId.startsWith('spiffe://b.test/') ? t.b : t.a);
       const issuer = connectOptions.viaIntermediate ? pki.intermediate : pki.root;

@@ -5,17 +5,45 @@
  * task's tokens die with it; tasks/list shows only the requester's own; without the broker every
  * task request fails closed.
  */
+import * as grpc from '@grpc/grpc-js';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { CallToolResultSchema, ErrorCode } from '@modelcontextprotocol/sdk/types.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyTaskTrail } from '../../src/audit/audit.js';
-import { argumentsSha256 } from '../../src/mcp/index.js';
+import { argumentsSha256, type GuardBroker } from '../../src/mcp/index.js';
 import type { StoreKind } from '../../src/store/database.js';
 import { startTestBroker, type TestBroker } from '../helpers/broker.js';
 import { MutablePolicySource, policyOf } from '../helpers/policy.js';
 import { ALICE, BOB, MCP_POLICY, MCP_SERVER, startMcpFixture, TOOL, type McpFixture } from './fixture.js';
 
 const STORES: StoreKind[] = ['postgres', 'pglite'];
+const ADMIN = 'spiffe://a.test/ns/platform/sa/admin';
+const APPROVAL_POLICY = MCP_POLICY.replace('result_retention: 1h', 'result_retention: 1h\n    require_approval: true');
+
+/**
+ * The real broker client, except that each CreateTask answer (the task committed at the broker)
+ * is held back until `release` is called: a creation stays under way as long as the test wants.
+ */
+function holdingCreations(): { wrap: (broker: GuardBroker) => GuardBroker; created: Promise<string>; release: () => void } {
+  let onCreated!: (taskId: string) => void;
+  let release!: () => void;
+  const created = new Promise<string>((resolve) => (onCreated = resolve));
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const wrap = (broker: GuardBroker): GuardBroker => ({
+    createTask: async (spec, options) => {
+      const answer = await broker.createTask(spec, options);
+      onCreated(answer.task.taskId);
+      await released;
+      return answer;
+    },
+    readTask: (taskId, options) => broker.readTask(taskId, options),
+    cancelTask: (taskId, reason, options) => broker.cancelTask(taskId, reason, options),
+    completeTask: (taskId, outcome, options) => broker.completeTask(taskId, outcome, options),
+    listOwnTasks: (options) => broker.listOwnTasks(options),
+    issueToken: (taskId, options) => broker.issueToken(taskId, options),
+  });
+  return { wrap, created, release };
+}
 
 /** Calls the tool task-augmented and returns the created task's ID (the stream stops there). */
 async function startTask(client: Client, title: string): Promise<string> {
@@ -93,6 +121,11 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
     expect(await carol.experimental.tasks.getTask(taskId)).toMatchObject({ taskId, status: 'working' });
     await expect(alice.experimental.tasks.getTask(taskId)).rejects.toEqual(notFound(taskId));
     await mcp.works.finish(taskId, 'ok');
+    // The client opened more than one connection, each a full handshake presenting the whole chain
+    // (a resumed session would present the leaf alone, which the broker cannot verify).
+    const carols = mcp.connections.filter((c) => c.peer?.includes('sa/carol'));
+    expect(carols.length).toBeGreaterThanOrEqual(2);
+    expect(carols.filter((c) => c.resumed)).toEqual([]);
   });
 
   it("answers a task creation the policy refuses with the broker's refusal, and starts no work", async () => {
@@ -209,14 +242,14 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
   });
 
   it('runs nothing before an approval the rule requires; the work starts once an admin approved', async () => {
-    policy.set(policyOf(MCP_POLICY.replace('result_retention: 1h', 'result_retention: 1h\n    require_approval: true')));
+    policy.set(policyOf(APPROVAL_POLICY));
     try {
       const before = mcp.works.started.length;
       const taskId = await startTask(alice, 'needs approval');
       expect(await alice.experimental.tasks.getTask(taskId)).toMatchObject({ taskId, status: 'working', statusMessage: 'waiting for approval' });
       expect(mcp.works.started.length).toBe(before);
       expect(mcp.works.started.map((w) => w.taskId)).not.toContain(taskId);
-      const admin = await t.adminClient('spiffe://a.test/ns/platform/sa/admin');
+      const admin = await t.adminClient(ADMIN);
       await admin.approveTask(taskId, 'looks fine');
       const work = await mcp.works.running(taskId);
       expect(work.task.taskId).toBe(taskId);
@@ -225,6 +258,58 @@ describe.each(STORES)('MCP tasks guarded by the broker (%s)', (kind) => {
       expect((await pending).content).toEqual([{ type: 'text', text: 'needs approval: approved and done' }]);
     } finally {
       policy.set(policyOf(MCP_POLICY));
+    }
+  });
+
+  it('ends at the broker a task whose creation was under way when the guard closed; its work never starts', async () => {
+    const held = holdingCreations();
+    const own = await startMcpFixture(t, { wrapBroker: held.wrap });
+    try {
+      const client = await own.connect(ALICE);
+      const creating = startTask(client, 'created while closing');
+      const taskId = await held.created;
+      const closing = own.guard.close(10_000);
+      held.release();
+      await closing;
+      expect(await creating).toBe(taskId);
+      expect(own.guard.runningWorks).toBe(0);
+      expect(own.works.started.map((w) => w.taskId)).not.toContain(taskId);
+      const admin = await t.adminClient(ADMIN);
+      const { task, history } = await admin.getTask(taskId);
+      expect(task).toMatchObject({ state: 'TASK_STATE_COMPLETED', resultFailed: true });
+      expect(history.at(-1)).toMatchObject({ state: 'TASK_STATE_COMPLETED', event: 'task.completed', by: MCP_SERVER });
+    } finally {
+      held.release();
+      await own.close();
+    }
+  });
+
+  it('cancels at the broker a task still waiting for approval when the guard closes, so no later approval finds it', async () => {
+    policy.set(policyOf(APPROVAL_POLICY));
+    const own = await startMcpFixture(t);
+    try {
+      const client = await own.connect(ALICE);
+      const taskId = await startTask(client, 'pending at shutdown');
+      expect(own.guard.runningWorks).toBe(1);
+      await own.guard.close(10_000);
+      expect(own.guard.runningWorks).toBe(0);
+      const admin = await t.adminClient(ADMIN);
+      const { task, history } = await admin.getTask(taskId);
+      expect(task?.state).toBe('TASK_STATE_CANCELLED');
+      expect(history.at(-1)).toMatchObject({
+        state: 'TASK_STATE_CANCELLED',
+        event: 'task.cancelled',
+        by: MCP_SERVER,
+        reason: 'the MCP server shut down before approval',
+      });
+      const cancelled = (await trailOf(t, taskId)).find((e) => e.type === 'task.cancelled');
+      expect(cancelled?.actor).toBe(MCP_SERVER);
+      expect(JSON.stringify(cancelled?.details)).toContain('the MCP server shut down before approval');
+      await expect(admin.approveTask(taskId, 'too late')).rejects.toMatchObject({ code: grpc.status.FAILED_PRECONDITION });
+      expect(own.works.started).toHaveLength(0);
+    } finally {
+      policy.set(policyOf(MCP_POLICY));
+      await own.close();
     }
   });
 
