@@ -247,7 +247,7 @@ describe('the alerting rules', () => {
     );
     expect(exprOf('TaskBrokerDatabasePoolWaiting')).toContain('task_broker_db_pool_waiting_requests');
     expect(exprOf('TaskBrokerDatabasePoolNearlyFull')).toContain(
-      'task_broker_db_pool_connections{job="task-broker"} / task_broker_db_pool_max_connections{job="task-broker"} > 0.9',
+      '(task_broker_db_pool_connections{job="task-broker"} - task_broker_db_pool_idle_connections{job="task-broker"}) / task_broker_db_pool_max_connections{job="task-broker"} > 0.9',
     );
     expect(exprOf('TaskBrokerVerificationFailuresHigh')).toContain('task_broker_token_verifications_total{job="task-broker", reason!="valid"}');
     expect(exprOf('TaskBrokerRevocationLogStale')).toBe('task_broker_revocation_log_read_age_seconds{job="task-broker"} > 5');
