@@ -58,7 +58,7 @@ export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 export type TextFormat = Exclude<OutputFormat, 'json'>;
 
 /** -o/--output and --json as one format: an unknown format, or --json with a text format, is a UsageError. */
-export function outputFormat(spec: CommandSpec, parsed: ParsedCommand): OutputFormat {
+function outputFormat(spec: CommandSpec, parsed: ParsedCommand): OutputFormat {
   const usage = `(see 'task-broker ${spec.name} --help')`;
   const given = stringOption(parsed.values, 'output');
   const json = parsed.values.json === true;
