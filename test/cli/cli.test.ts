@@ -78,6 +78,8 @@ describe('task-broker CLI', () => {
     const badFlag = await runCli(['serve', '--no-such-flag']);
     expect(badFlag.code).toBe(2);
     expect(badFlag.stderr).toMatch(/Unknown option '--no-such-flag'/);
+    // One line, ending where to read the usage, as every usage error does.
+    expect(badFlag.stderr).toMatch(/^task-broker serve: [^\n]* \(see 'task-broker serve --help'\)\n$/);
   });
 
   // Steps: three dev-ca runs, two log lines, the exit after SIGTERM.
