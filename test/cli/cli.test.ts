@@ -27,6 +27,16 @@ describe('task-broker CLI', () => {
     expect(unknown.stderr).toMatch(/unknown command "frobnicate"/);
   });
 
+  it('-h and help print the same list as --help, exit 0', { timeout: cliTimeout(3) }, async () => {
+    const [long, short, word] = await Promise.all([runCli(['--help']), runCli(['-h']), runCli(['help'])]);
+    expect(long.code).toBe(0);
+    for (const result of [short, word]) {
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stderr).toBe('');
+      expect(result.stdout).toBe(long.stdout);
+    }
+  });
+
   it('every command has --help', { timeout: cliTimeout(5) }, async () => {
     for (const command of [['serve'], ['dev'], ['migrate'], ['dev-ca', 'init'], ['dev-ca', 'mint']]) {
       const result = await runCli([...command, '--help']);
