@@ -45,7 +45,7 @@ function resolve(argv: string[]): { name: string; command: Command; rest: string
 }
 
 export async function main(argv: string[], io = { out: (s: string) => process.stdout.write(s), err: (s: string) => process.stderr.write(s) }): Promise<number> {
-  if (argv.length === 0 || argv[0] === '--help' || argv[0] === 'help') {
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
     io.out(topLevelHelp());
     return argv.length === 0 ? ExitCode.usage : ExitCode.ok;
   }

@@ -45,6 +45,11 @@ export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
+/** What a usage error ends with: where to read the command's usage, e.g. `(see 'task-broker admin get-task --help')`. */
+export function seeHelp(command: string): string {
+  return `(see 'task-broker ${command} --help')`;
+}
+
 export interface ParsedCommand {
   values: Record<string, string | boolean | string[] | undefined>;
   positionals: string[];
@@ -61,7 +66,7 @@ export function parseCommand(spec: CommandSpec, argv: string[], env: NodeJS.Proc
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
   } catch (err) {
-    throw new UsageError(`${(err as Error).message.replace(/\. To specify.*$/s, '')}\nRun 'task-broker ${spec.name} --help' for usage.`);
+    throw new UsageError(`${(err as Error).message.replace(/\. To specify.*$/s, '')} ${seeHelp(spec.name)}`);
   }
   const values: ParsedCommand['values'] = {};
   if (parsed.values.help === true) return { values, positionals: parsed.positionals, help: true };
@@ -80,7 +85,7 @@ export function parseCommand(spec: CommandSpec, argv: string[], env: NodeJS.Proc
     }
     if (value === undefined && opt.default !== undefined) value = opt.multiple ? [opt.default] : opt.default;
     if (value === undefined && opt.required) {
-      throw new UsageError(`--${name} is required${opt.env ? ` (or set ${opt.env})` : ''}\nRun 'task-broker ${spec.name} --help' for usage.`);
+      throw new UsageError(`--${name} is required${opt.env ? ` (or set ${opt.env})` : ''} ${seeHelp(spec.name)}`);
     }
     values[name] = value;
   }

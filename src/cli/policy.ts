@@ -6,7 +6,7 @@ import type { AdminDecision, PolicyDecision } from '../policy/policy.js';
 import { parseDurationSeconds } from '../policy/policy-document.js';
 import { readPolicyFile } from '../policy/policy-source.js';
 import { SpiffeId, SpiffeIdError } from '../spiffe/id.js';
-import { ExitCode, listOption, stringOption, UsageError, type CommandSpec, type ParsedCommand } from './options.js';
+import { ExitCode, listOption, seeHelp, stringOption, UsageError, type CommandSpec, type ParsedCommand } from './options.js';
 
 export const policyCheckSpec: CommandSpec = {
   name: 'policy check',
@@ -42,7 +42,7 @@ export const policyCheckSpec: CommandSpec = {
 
 function spiffeIdOption(parsed: ParsedCommand, name: string): SpiffeId {
   const value = stringOption(parsed.values, name);
-  if (value === undefined) throw new UsageError(`--${name} is required\nRun 'task-broker ${policyCheckSpec.name} --help' for usage.`);
+  if (value === undefined) throw new UsageError(`--${name} is required ${seeHelp(policyCheckSpec.name)}`);
   try {
     return SpiffeId.parse(value);
   } catch (err) {
@@ -54,7 +54,7 @@ function spiffeIdOption(parsed: ParsedCommand, name: string): SpiffeId {
 function requiredUnlessAdmin(parsed: ParsedCommand, name: string): string {
   const value = stringOption(parsed.values, name);
   if (value === undefined || value === '') {
-    throw new UsageError(`--${name} is required (unless --admin)\nRun 'task-broker ${policyCheckSpec.name} --help' for usage.`);
+    throw new UsageError(`--${name} is required (unless --admin) ${seeHelp(policyCheckSpec.name)}`);
   }
   return value;
 }

@@ -16,7 +16,14 @@ export function printable(text: string): string {
 /** An aligned table: a header row, then one line per row; columns separated by two spaces. */
 export function formatTable(headers: readonly string[], rows: readonly (readonly string[])[]): string[] {
   const cells = [headers, ...rows].map((row) => headers.map((_, i) => printable(row[i] ?? '')));
-  const widths = headers.map((_, i) => Math.max(...cells.map((row) => (row[i] ?? '').length)));
+  // A loop, not Math.max(...column): spreading one argument per row overflows the call stack on
+  // long tables (an audit trail of a long-polled task has hundreds of thousands of rows).
+  const widths = headers.map(() => 0);
+  for (const row of cells) {
+    row.forEach((cell, i) => {
+      widths[i] = Math.max(widths[i] ?? 0, cell.length);
+    });
+  }
   const last = headers.length - 1;
   return cells.map((row) =>
     row

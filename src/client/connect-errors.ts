@@ -25,7 +25,7 @@ export interface ConnectionAdvice {
 }
 
 /** The SDK's words (TaskBrokerClient options). */
-export const SDK_ADVICE: ConnectionAdvice = {
+const SDK_ADVICE: ConnectionAdvice = {
   address: 'check the address',
   brokerId: 'check serverId',
   bundle: "give the client the trust bundle of the broker's trust domain",

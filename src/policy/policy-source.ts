@@ -92,7 +92,7 @@ export class FilePolicySource implements PolicySource {
       policy = await source.#policy.ready();
     } catch (err) {
       if (err instanceof PolicyError) throw err;
-      throw new PolicyError(path, '', `cannot read the policy file: ${(err as Error).message}`);
+      throw PolicyError.unreadable(path, err);
     }
     source.#log.info({ digest: policy.digest, rules: policy.rules.length, admins: policy.admins.length }, 'policy loaded');
     return source;
@@ -126,7 +126,7 @@ export class FilePolicySource implements PolicySource {
  * that command is the one reporting).
  */
 export function policyErrorLine(err: PolicyError, { checkHint = true } = {}): string {
-  if (!err.path && err.detail.startsWith('cannot read the policy file')) {
+  if (err.kind === 'unreadable') {
     return `${err.located}: check the path and that the file is readable`;
   }
   const check = checkHint ? ` (check it with: task-broker policy check --policy ${err.source})` : '';
@@ -139,7 +139,7 @@ export async function readPolicyFile(path: string): Promise<Policy> {
   try {
     text = await readFile(path, 'utf8');
   } catch (err) {
-    throw new PolicyError(path, '', `cannot read the policy file: ${(err as Error).message}`);
+    throw PolicyError.unreadable(path, err);
   }
   return parsePolicy(text, path);
 }

@@ -52,8 +52,15 @@ export class PolicyError extends Error {
     readonly detail: string,
     /** Where the offending field (or YAML error) is in the text, when the parser knows. */
     readonly position?: PolicyPosition,
+    /** `unreadable`: the file could not be read at all, so the fix is its path or permissions, not its text. */
+    readonly kind: 'document' | 'unreadable' = 'document',
   ) {
     super(path ? `${source}: ${path}: ${detail}` : `${source}: ${detail}`);
+  }
+
+  /** The policy file `source` could not be read (`cause`: what reading it threw). */
+  static unreadable(source: string, cause: unknown): PolicyError {
+    return new PolicyError(source, '', `cannot read the policy file: ${(cause as Error).message}`, undefined, 'unreadable');
   }
 
   /**

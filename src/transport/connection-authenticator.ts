@@ -59,11 +59,6 @@ function connectionKey(c: ConnectionAddress): string | undefined {
   return `${c.remoteAddress}|${c.remotePort}|${c.localAddress}|${c.localPort}`;
 }
 
-/** The DER certificates a peer presented, leaf first, as Node linked them. */
-export function presentedChain(socket: TLSSocket): Buffer[] {
-  return linkedChain(socket.getPeerCertificate(true));
-}
-
 function callerFrom(verified: ReturnType<typeof verifyX509Svid>): Caller {
   return {
     spiffeId: verified.spiffeId,
@@ -104,7 +99,7 @@ export class ConnectionAuthenticator {
   admit(socket: TLSSocket): Admission {
     const key = connectionKey(socket);
     const peer = `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}`;
-    const presented = presentedChain(socket);
+    const presented = linkedChain(socket.getPeerCertificate(true));
     let admission: Admission;
     if (!key) {
       admission = { ok: false, failure: 'unknown-connection', reason: 'connection has no TCP address' };

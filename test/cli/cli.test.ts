@@ -27,6 +27,16 @@ describe('task-broker CLI', () => {
     expect(unknown.stderr).toMatch(/unknown command "frobnicate"/);
   });
 
+  it('-h and help print the same list as --help, exit 0', { timeout: cliTimeout(3) }, async () => {
+    const [long, short, word] = await Promise.all([runCli(['--help']), runCli(['-h']), runCli(['help'])]);
+    expect(long.code).toBe(0);
+    for (const result of [short, word]) {
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stderr).toBe('');
+      expect(result.stdout).toBe(long.stdout);
+    }
+  });
+
   it('every command has --help', { timeout: cliTimeout(5) }, async () => {
     for (const command of [['serve'], ['dev'], ['migrate'], ['dev-ca', 'init'], ['dev-ca', 'mint']]) {
       const result = await runCli([...command, '--help']);
@@ -78,6 +88,8 @@ describe('task-broker CLI', () => {
     const badFlag = await runCli(['serve', '--no-such-flag']);
     expect(badFlag.code).toBe(2);
     expect(badFlag.stderr).toMatch(/Unknown option '--no-such-flag'/);
+    // One line, ending where to read the usage, as every usage error does.
+    expect(badFlag.stderr).toMatch(/^task-broker serve: [^\n]* \(see 'task-broker serve --help'\)\n$/);
   });
 
   // Steps: three dev-ca runs, two log lines, the exit after SIGTERM.

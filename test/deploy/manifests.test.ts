@@ -9,6 +9,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { adminCommands } from '../../src/cli/admin/commands.js';
 import { parseDuration, parseListenAddress } from '../../src/cli/options.js';
 import { parsePolicy } from '../../src/policy/policy-document.js';
 import { SpiffeId } from '../../src/spiffe/id.js';
@@ -877,5 +878,19 @@ describe('Dockerfile', () => {
         `${needed} must stay in the context`,
       ).toBe(false);
     }
+  });
+});
+
+describe('deploy/README.md', () => {
+  it('names every admin command among those that need an admin SVID (§10)', async () => {
+    const readme = await readFile(join(ROOT, 'deploy/README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## 10. Admin access'), readme.indexOf('\n## ', readme.indexOf('## 10. Admin access') + 1));
+    const listed = /^Admin commands \(([^)]*)\) need an SVID/m.exec(section)?.[1] ?? '';
+    const named = [...listed.matchAll(/`([^`]+)`/g)].map((m) => m[1]);
+    expect(named.sort()).toEqual(
+      Object.keys(adminCommands)
+        .map((name) => name.replace(/^admin /, ''))
+        .sort(),
+    );
   });
 });

@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseListenAddress } from '../../src/cli/options.js';
+import { VERIFY_REASONS } from '../../src/model/task.js';
 import { EXPORTED_METRICS, SCRAPE_METRICS } from './exported-metrics.js';
 import { listedMetric, metricNamesIn } from './promql.js';
 import type { K8sObject, Labels } from './render.js';
@@ -246,10 +247,19 @@ describe('the alerting rules', () => {
     );
     expect(exprOf('TaskBrokerDatabasePoolWaiting')).toContain('task_broker_db_pool_waiting_requests');
     expect(exprOf('TaskBrokerDatabasePoolNearlyFull')).toContain(
-      'task_broker_db_pool_connections{job="task-broker"} / task_broker_db_pool_max_connections{job="task-broker"} > 0.9',
+      '(task_broker_db_pool_connections{job="task-broker"} - task_broker_db_pool_idle_connections{job="task-broker"}) / task_broker_db_pool_max_connections{job="task-broker"} > 0.9',
     );
     expect(exprOf('TaskBrokerVerificationFailuresHigh')).toContain('task_broker_token_verifications_total{job="task-broker", reason!="valid"}');
     expect(exprOf('TaskBrokerRevocationLogStale')).toBe('task_broker_revocation_log_read_age_seconds{job="task-broker"} > 5');
+  });
+
+  it("name verification reasons by the reason label's values, as the broker exports them", async () => {
+    const rule = allRules(await load()).find((r) => r.alert === 'TaskBrokerVerificationFailuresHigh');
+    const description = rule?.annotations?.description ?? '';
+    const named = [...description.matchAll(/`([^`]+)`/g)].map((m) => m[1]);
+    expect(named).toEqual(expect.arrayContaining(['expired', 'revoked', 'bad-signature', 'malformed']));
+    for (const reason of named) expect(VERIFY_REASONS, reason).toContain(reason);
+    expect(description).not.toMatch(/\b(EXPIRED|REVOKED|BAD_SIGNATURE|MALFORMED)\b/);
   });
 
   it('are read by a metric-name reader that sees through selectors, ranges, grouping and functions', () => {

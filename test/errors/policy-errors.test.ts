@@ -124,6 +124,20 @@ describe('policyErrorLine: one line, what is wrong and what to do', () => {
     );
   });
 
+  it('FilePolicySource.load on a file that cannot be read: check the path; a document error with the same words: fix the file', async () => {
+    const missing = join(dir(), 'missing.yaml');
+    const err = await FilePolicySource.load(missing, { logger: silentLogger(), pollIntervalMs: 0 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(PolicyError);
+    expect((err as PolicyError).kind).toBe('unreadable');
+    expect(policyErrorLine(err as PolicyError)).toMatch(/: cannot read the policy file: ENOENT.*: check the path and that the file is readable$/);
+    // Only the kind says unreadable, not the wording of the detail.
+    const lookalike = new PolicyError('/p/policy.yaml', '', 'cannot read the policy file: it is YAML 1.1');
+    expect(policyErrorLine(lookalike, { checkHint: false })).toBe('policy /p/policy.yaml: cannot read the policy file: it is YAML 1.1: fix the file');
+  });
+
   it('FilePolicySource.load refuses a broken file with its line', async () => {
     const path = join(dir(), 'broken.yaml');
     await writeFile(path, POLICY.replace('    max_task_ttl: 1h\n', '    max_task_tll: 1h\n'));

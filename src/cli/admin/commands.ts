@@ -34,7 +34,7 @@ import { TASK_STATES } from '../../model/task.js';
 import { parseTaskState, taskStateName, type TaskStateName } from '../../protocol/enums.js';
 import { toTimestamp } from '../../protocol/timestamps.js';
 import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from '../../tasks/limits.js';
-import { ExitCode, stringOption, UsageError, type CommandSpec, type ParsedCommand } from '../options.js';
+import { ExitCode, seeHelp, stringOption, UsageError, type CommandSpec, type ParsedCommand } from '../options.js';
 import {
   plural,
   printAuditTrail,
@@ -74,7 +74,7 @@ function taskOption(description: string): CommandSpec['options'] {
  * two different IDs, or more than one argument, are a usage error on one line.
  */
 function taskArgument(spec: CommandSpec, parsed: ParsedCommand): string {
-  const help = `(see 'task-broker ${spec.name} --help')`;
+  const help = seeHelp(spec.name);
   if (parsed.positionals.length > 1) throw new UsageError(`unexpected argument "${parsed.positionals[1] ?? ''}": one task ID at most ${help}`);
   const flag = optionalText(parsed, 'task');
   const positional = parsed.positionals[0]?.trim() || undefined;
@@ -355,9 +355,7 @@ function readTextFile(spec: CommandSpec, flag: string, path: string): string {
   try {
     return readFileSync(path, 'utf8').trim();
   } catch (err) {
-    throw new UsageError(
-      `--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}\nRun 'task-broker ${spec.name} --help' for usage.`,
-    );
+    throw new UsageError(`--${flag}: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message} ${seeHelp(spec.name)}`);
   }
 }
 

@@ -16,13 +16,11 @@ const PREFIX = 'admin ';
 
 /** The admin commands by their own name (list-tasks, not "admin list-tasks"), in table order. */
 function commands(): Array<[string, (typeof adminCommands)[string]]> {
-  return Object.entries(adminCommands)
-    .filter(([name]) => name.startsWith(PREFIX))
-    .map(([name, command]) => [name.slice(PREFIX.length), command]);
+  return Object.entries(adminCommands).map(([name, command]) => [name.slice(PREFIX.length), command]);
 }
 
 /** The list of admin commands, one line each, and how to get one's options. */
-export function adminHelpText(): string {
+function adminHelpText(): string {
   const list = commands();
   const width = Math.max(...list.map(([name]) => name.length)) + 2;
   return [

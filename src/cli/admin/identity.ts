@@ -10,7 +10,7 @@ import { svidChannelCredentials } from '../../client/credentials.js';
 import { x509SourceCredentials } from '../../client/source-credentials.js';
 import { workloadApiX509Source } from '../../client/sources.js';
 import { parseWorkloadApiAddress } from '../../spiffe/workload-api.js';
-import { stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from '../options.js';
+import { seeHelp, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from '../options.js';
 
 export const adminIdentityOptions: Record<string, OptionSpec> = {
   'svid-cert': {
@@ -68,7 +68,7 @@ function text(parsed: ParsedCommand, name: string): string | undefined {
 
 /** The Workload API address to use, or undefined for SVID files; a contradictory set of flags is a UsageError. */
 function workloadApiAddress(spec: CommandSpec, parsed: ParsedCommand, env: NodeJS.ProcessEnv): string | undefined {
-  const usage = `\nRun 'task-broker ${spec.name} --help' for usage.`;
+  const usage = ` ${seeHelp(spec.name)}`;
   const flag = text(parsed, 'workload-api');
   const files = ['svid-cert', 'svid-key'].filter((name) => text(parsed, name) !== undefined);
   if (flag !== undefined && files.length > 0) throw new UsageError(`--workload-api cannot be combined with ${files.map((f) => `--${f}`).join(', ')}${usage}`);
@@ -115,8 +115,7 @@ export async function adminIdentity(
   }
   const required = (name: string) => {
     const value = text(parsed, name);
-    if (value === undefined)
-      throw new UsageError(`--${name} is required with SVID files (or use --workload-api)\nRun 'task-broker ${spec.name} --help' for usage.`);
+    if (value === undefined) throw new UsageError(`--${name} is required with SVID files (or use --workload-api) ${seeHelp(spec.name)}`);
     return value;
   };
   const paths = { cert: required('svid-cert'), key: required('svid-key'), bundle: required('bundle') };

@@ -38,7 +38,7 @@ const hashPrefix = (hash: string): string => (hash.length > 12 ? `${hash.slice(0
 const scopesOf = (t: Task__Output): string => (t.spec?.scopes.length ? t.spec.scopes.join(' ') : '-');
 
 /** Who created the task: its gateway, else its delegator (the owner of its parent), else its owner. */
-export function createdBy(t: Task__Output): string {
+function createdBy(t: Task__Output): string {
   return t.gateway || t.delegators[0] || t.ownerSpiffeId;
 }
 
@@ -65,7 +65,7 @@ function wideTaskRow(t: Task__Output): string[] {
   ];
 }
 
-export function printTaskTable(tasks: Task__Output[], out: Out, format: TextFormat = 'table'): void {
+export function printTaskTable(tasks: Task__Output[], out: Out, format: TextFormat): void {
   const lines = format === 'wide' ? formatTable(WIDE_TASK_COLUMNS, tasks.map(wideTaskRow)) : formatTable(TASK_COLUMNS, tasks.map(taskRow));
   for (const line of lines) out(line);
 }
@@ -110,7 +110,7 @@ function taskFieldPairs(t: Task__Output, format: TextFormat): Array<[string, str
 }
 
 /** A task as a `key: value` block, after a blank line; nothing when the response had none. */
-export function printTaskFields(t: Task__Output | null, out: Out, format: TextFormat = 'table'): void {
+export function printTaskFields(t: Task__Output | null, out: Out, format: TextFormat): void {
   if (!t) return;
   out('');
   for (const line of formatFields(taskFieldPairs(t, format))) out(line);
@@ -126,7 +126,7 @@ function chainText(chain: ChainCheck__Output | null): string {
  * get-task: a headline, the task's fields with its token counts and chain check, then its history
  * (the state changes from its audit trail) as a table; `wide` adds certificate thumbprints.
  */
-export function printTaskDetails(res: TaskBrokerAdminGetTaskResponse__Output, asked: string, out: Out, format: TextFormat = 'table'): void {
+export function printTaskDetails(res: TaskBrokerAdminGetTaskResponse__Output, asked: string, out: Out, format: TextFormat): void {
   const t = res.task;
   if (!t) {
     out(`task ${asked}: the broker returned no task`);
@@ -293,7 +293,7 @@ export function treePrefixes(tasks: readonly Task__Output[]): string[] {
 }
 
 /** The tree as an indented table: each task below the one it was delegated from (`wide`: with action, audience and creation time). */
-export function printTaskTree(res: GetTaskTreeResponse__Output, asked: string, out: Out, format: TextFormat = 'table'): void {
+export function printTaskTree(res: GetTaskTreeResponse__Output, asked: string, out: Out, format: TextFormat): void {
   const wide = format === 'wide';
   const root = res.rootTaskId || asked;
   out(`delegation tree of ${root}${asked && asked !== root ? ` (the tree ${asked} belongs to)` : ''}: ${plural(res.tasks.length, 'task', 'tasks')}`);
@@ -323,7 +323,7 @@ export function shortTaskIds(taskIds: readonly string[]): Map<string, string> {
 }
 
 /** A tree's trail: every event with its task's short ID (`wide`: and its actor's certificate thumbprint), then each task's chain check. */
-export function printTreeAuditTrail(res: CheckedTrail, out: Out, format: TextFormat = 'table'): void {
+export function printTreeAuditTrail(res: CheckedTrail, out: Out, format: TextFormat): void {
   const wide = format === 'wide';
   const { chain } = res;
   const ids = [...res.chains.map((c) => c.taskId), ...res.events.map((e) => e.taskId)];
@@ -361,7 +361,7 @@ export function printTreeAuditTrail(res: CheckedTrail, out: Out, format: TextFor
 }
 
 /** SIGNING_KEY_STATE_NEXT → NEXT; a name this build does not know is shown as it came. */
-export function shortKeyState(state: string | number): string {
+function shortKeyState(state: string | number): string {
   const text = String(state);
   return text.startsWith('SIGNING_KEY_STATE_') ? text.slice('SIGNING_KEY_STATE_'.length) : text;
 }

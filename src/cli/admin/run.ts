@@ -11,7 +11,7 @@ import { responseType, toProto3Json } from '../../protocol/proto-json.js';
 import { SpiffeId } from '../../spiffe/id.js';
 import { adminCallErrorLine } from './call-error.js';
 import { adminIdentity, adminIdentityOptions } from './identity.js';
-import { ExitCode, parseDuration, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from '../options.js';
+import { ExitCode, parseDuration, seeHelp, stringOption, UsageError, type CommandSpec, type OptionSpec, type ParsedCommand } from '../options.js';
 
 /** Options every admin command takes: where the broker is, who it must be, who we are. */
 export const adminConnectionOptions: Record<string, OptionSpec> = {
@@ -58,8 +58,8 @@ export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
 export type TextFormat = Exclude<OutputFormat, 'json'>;
 
 /** -o/--output and --json as one format: an unknown format, or --json with a text format, is a UsageError. */
-export function outputFormat(spec: CommandSpec, parsed: ParsedCommand): OutputFormat {
-  const usage = `(see 'task-broker ${spec.name} --help')`;
+function outputFormat(spec: CommandSpec, parsed: ParsedCommand): OutputFormat {
+  const usage = seeHelp(spec.name);
   const given = stringOption(parsed.values, 'output');
   const json = parsed.values.json === true;
   if (given === undefined) return json ? 'json' : 'table';
@@ -149,7 +149,7 @@ function isServiceError(err: unknown): err is grpc.ServiceError {
 /** A string option that must be present and non-empty. */
 export function requiredText(spec: CommandSpec, parsed: ParsedCommand, name: string): string {
   const value = stringOption(parsed.values, name)?.trim();
-  if (!value) throw new UsageError(`--${name} must not be empty\nRun 'task-broker ${spec.name} --help' for usage.`);
+  if (!value) throw new UsageError(`--${name} must not be empty ${seeHelp(spec.name)}`);
   return value;
 }
 
@@ -160,9 +160,7 @@ export function optionalText(parsed: ParsedCommand, name: string): string | unde
 
 function noPositionals(spec: CommandSpec, parsed: ParsedCommand): void {
   if (parsed.positionals.length > 0) {
-    throw new UsageError(
-      `unexpected argument "${parsed.positionals[0] ?? ''}" (every value is given with a flag)\nRun 'task-broker ${spec.name} --help' for usage.`,
-    );
+    throw new UsageError(`unexpected argument "${parsed.positionals[0] ?? ''}" (every value is given with a flag) ${seeHelp(spec.name)}`);
   }
 }
 
